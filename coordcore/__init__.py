@@ -1,0 +1,12 @@
+"""coordcore: unique time-ordered IDs, consistent hashing and fenced locks, at hot-path speed.
+
+The facade only re-exports; see the submodules for the details.
+"""
+from coordcore.errors import CoordcoreError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CoordcoreError",
+    "__version__",
+]

@@ -1,0 +1,56 @@
+"""Command-line options of ``coordcore serve`` (also ``python -m coordcore.server``)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from coordcore.server.server import ServerConfig, run_server
+
+__all__ = ["add_arguments", "config_from_args", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig()
+    a = parser.add_argument
+    a("--host", default=d.host, help="address to listen on (default %(default)s)")
+    a("--port", type=int, default=d.port, help="TCP port, 0 for any free one (default %(default)s)")
+    a("--data-dir", type=Path, default=d.data_dir, help="lock log and ID state (default ./%(default)s)")
+    a("--worker-id", type=int, default=None,
+      help="Snowflake worker ID (default: $COORDCORE_WORKER_ID, else 0)")
+    a("--datacenter-id", type=int, default=None, help="Snowflake datacenter ID (default: $COORDCORE_DATACENTER_ID, else 0)")
+    a("--requirepass", default=None,
+      help="shared secret clients must give with AUTH (default: $COORDCORE_REQUIREPASS, else none)")
+    a("--max-connections", type=int, default=d.max_connections, help="(default %(default)s)")
+    a("--max-request-bytes", type=int, default=d.max_request_bytes, help="(default %(default)s)")
+    a("--max-args", type=int, default=d.max_args, help="arguments per request (default %(default)s)")
+    a("--max-id-range", type=int, default=d.max_id_range, help="largest ID.RANGE n (default %(default)s)")
+    a("--id-workers", type=int, default=d.id_workers,
+      help="processes serving IDs, on ports port..port+N-1 with worker IDs worker..worker+N-1")
+    a("--id-only", action="store_true", help="serve connection and ID.* commands only (no lock state)")
+    a("--unsafe-no-fsync", action="store_true",
+      help="do not fsync the lock log: acknowledged grants can be lost on a crash (tests, caches)")
+    a("--log-format", choices=("kv", "json"), default=d.log_format)
+    a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
+    a("--announce-port", action="store_true", help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host, port=args.port, data_dir=args.data_dir, worker_id=args.worker_id,
+        datacenter_id=args.datacenter_id,
+        requirepass=args.requirepass if args.requirepass is not None else os.environ.get("COORDCORE_REQUIREPASS"),
+        max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
+        max_args=args.max_args, max_id_range=args.max_id_range, id_workers=args.id_workers,
+        id_only=args.id_only, fsync=not args.unsafe_no_fsync, log_format=args.log_format,
+        log_level=args.log_level)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_server(config_from_args(args), announce_port=args.announce_port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coordcore serve", description="Run the coordcore server.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

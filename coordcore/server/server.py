@@ -1,0 +1,297 @@
+"""The coordcore server: configuration, lifecycle, connections, ID worker processes.
+
+One *main* process owns the lock state machine (the durable lock log in
+``<data_dir>/locks``) and serves every command on ``host:port``. With
+``id_workers=N`` it also starts N-1 *ID worker* processes on the next ports
+(``port+1`` ...), each with its own worker ID (``worker_id+i``) and its own ID state
+file; they serve only the connection and ``ID.*`` commands. They share no state with
+the main process and need none: an ID's uniqueness comes from its worker ID, and the
+lock state machine stays single (one process, one log, one writer). ``ID.WORKERS``
+lists every ID endpoint; :meth:`coordcore.client.Client.ids` spreads over them.
+
+>>> cfg = ServerConfig(port=0, data_dir=Path("/tmp/x"))
+>>> cfg.host, cfg.max_connections > 0
+('127.0.0.1', True)
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coordcore.errors import BadArgument, WorkerIdUnavailable
+from coordcore.server import commands
+from coordcore.server.log import StructLog, configure
+from coordcore.server.protocol import Connection, Handler
+
+__all__ = ["Server", "ServerConfig", "run_server"]
+
+VERSION = "0.1.0"
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """Everything ``coordcore serve`` can be told (see ``coordcore serve --help``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 7379
+    data_dir: Path = Path("coordcore-data")
+    #: Snowflake worker ID; None: from COORDCORE_WORKER_ID, else 0 (with a warning).
+    worker_id: int | None = None
+    datacenter_id: int | None = None
+    requirepass: str | None = None
+    max_connections: int = 10_000
+    max_request_bytes: int = 1 << 20
+    max_args: int = 1024
+    max_output_bytes: int = 64 << 20
+    write_high_water: int = 256 << 10
+    max_id_range: int = 1 << 16
+    #: Processes serving IDs (the main one included): ports port .. port+id_workers-1.
+    id_workers: int = 1
+    #: Serve only connection and ID commands (what the extra ID worker processes do).
+    id_only: bool = False
+    #: fsync the lock log (off only for tests and caches).
+    fsync: bool = True
+    backlog: int = 1024
+    #: Seconds a shutdown waits for parked requests before cancelling them.
+    shutdown_grace: float = 2.0
+    log_format: str = "kv"
+    log_level: str = "info"
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise BadArgument(f"port must be in [0, 65535], got {self.port}")
+        if self.id_workers < 1:
+            raise BadArgument(f"id_workers must be >= 1, got {self.id_workers}")
+        if self.id_workers > 1 and self.port and self.port + self.id_workers - 1 > 65535:
+            raise BadArgument("id_workers ports would run past 65535")
+        for name in ("max_connections", "max_request_bytes", "max_args", "max_output_bytes",
+                     "write_high_water", "max_id_range", "backlog"):
+            if getattr(self, name) < 1:
+                raise BadArgument(f"{name} must be >= 1")
+        if self.max_args < 2:
+            raise BadArgument("max_args must be >= 2")
+
+
+def _resolve_worker_id(config: ServerConfig, log: StructLog) -> tuple[int, int]:
+    worker = config.worker_id
+    if worker is None:
+        env = os.environ.get("COORDCORE_WORKER_ID")
+        if env is not None:
+            try:
+                worker = int(env)
+            except ValueError:
+                raise WorkerIdUnavailable(f"COORDCORE_WORKER_ID is not an integer: {env!r}") from None
+        else:
+            worker = 0
+            log.warning("no worker id configured, using 0: give each server its own "
+                        "(--worker-id or COORDCORE_WORKER_ID)")
+    dc = config.datacenter_id
+    if dc is None:
+        dc = int(os.environ.get("COORDCORE_DATACENTER_ID", "0") or 0)
+    return worker, dc
+
+
+class Server:
+    """A coordcore server on the running event loop.
+
+    ``await server.start()`` binds and serves; ``await server.close()`` stops
+    accepting, finishes in-flight requests (cancelling parked waits after
+    ``shutdown_grace``), closes the lock service (flush and fsync) and the connections.
+    """
+
+    def __init__(self, config: ServerConfig, *, log: StructLog | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.version = VERSION
+        self.log = log if log is not None else configure(config.log_format, config.log_level)
+        self.connections: set[Connection] = set()
+        self.connections_total = 0
+        self.commands_total = 0
+        self.started = time.monotonic()
+        self.role = "ids" if config.id_only else "main"
+        self.port = config.port
+        self.ids: Any = None
+        self.locks: Any = None
+        self.commands: dict[bytes, Handler] = {}
+        self.noauth: dict[bytes, Handler] = commands.noauth_commands()
+        self.command_names: list[bytes] = []
+        self._next_conn_id = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.AbstractServer | None = None
+        self._children: list[tuple[subprocess.Popen[bytes], str]] = []
+        self._info_providers: list[Callable[[], list[str]]] = []
+        self._closed = asyncio.Event()
+        self._closing = False
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        from coordcore.ids import Snowflake  # the lead's module (see coordcore.ids)
+
+        cfg = self.config
+        worker, dc = _resolve_worker_id(cfg, self.log)
+        ids_dir = cfg.data_dir / "ids"
+        ids_dir.mkdir(parents=True, exist_ok=True)
+        self.ids = Snowflake(worker, datacenter_id=dc, state_file=ids_dir / f"worker-{dc}-{worker}.state")
+        self.worker_id, self.datacenter_id = worker, dc
+        table = commands.core_commands()
+        table.update(commands.id_commands())
+        if not cfg.id_only:
+            from coordcore.server import lockcmds
+
+            self.locks = await lockcmds.open_backend(self)
+            table.update(lockcmds.lock_commands())
+            self._info_providers.append(lambda: lockcmds.info_lines(self))
+        self.commands = table
+        self.command_names = sorted(table)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: Connection(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+        sock = self._listener.sockets[0]
+        self.port = sock.getsockname()[1]
+        self.log.info("listening", host=cfg.host, port=self.port, role=self.role, worker_id=worker,
+                      datacenter_id=dc, data_dir=str(cfg.data_dir), pid=os.getpid(),
+                      auth=cfg.requirepass is not None)
+        if cfg.id_workers > 1 and not cfg.id_only:
+            await self._start_id_workers(worker)
+
+    async def _start_id_workers(self, worker: int) -> None:
+        cfg = self.config
+        for i in range(1, cfg.id_workers):
+            port = cfg.port + i if cfg.port else 0
+            argv = [sys.executable, "-m", "coordcore.server", "--id-only",
+                    "--host", cfg.host, "--port", str(port), "--worker-id", str(worker + i),
+                    "--datacenter-id", str(self.datacenter_id), "--data-dir", str(cfg.data_dir),
+                    "--log-format", cfg.log_format, "--log-level", cfg.log_level, "--announce-port"]
+            env = dict(os.environ)
+            if cfg.requirepass is not None:
+                env["COORDCORE_REQUIREPASS"] = cfg.requirepass
+            child = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+            assert child.stdout is not None
+            line = await asyncio.get_running_loop().run_in_executor(None, child.stdout.readline)
+            if not line.startswith(b"PORT "):
+                child.kill()
+                child.wait()
+                raise RuntimeError(f"ID worker {worker + i} failed to start")
+            endpoint = f"{cfg.host}:{int(line.split()[1])}"
+            self._children.append((child, endpoint))
+            self.log.info("id worker started", worker_id=worker + i, endpoint=endpoint, pid=child.pid)
+
+    def id_endpoints(self) -> list[str]:
+        return [f"{self.config.host}:{self.port}"] + [ep for _, ep in self._children]
+
+    async def close(self) -> None:
+        """Graceful stop: see the class docstring. Idempotent."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self.log.info("shutting down", connections=len(self.connections), parked=len(self._tasks))
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self.connections):
+            if conn.transport is not None and not conn.transport.is_closing():
+                with contextlib.suppress(Exception):
+                    conn.transport.pause_reading()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=self.config.shutdown_grace)
+        if self.locks is not None:
+            from coordcore.server import lockcmds
+
+            await lockcmds.close_backend(self)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        for child, _ in self._children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child, _ in self._children:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, child.wait, 10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.wait_closed(), 1.0)
+        close_ids = getattr(self.ids, "close", None)
+        if close_ids is not None:
+            close_ids()
+        self.log.info("stopped", commands=self.commands_total, connections=self.connections_total)
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # --- used by connections ----------------------------------------------------
+
+    def next_connection_id(self) -> int:
+        self._next_conn_id += 1
+        return self._next_conn_id
+
+    def tables_for_new_connection(self) -> tuple[dict[bytes, Handler], Handler]:
+        if self.config.requirepass is None:
+            return self.commands, commands.unknown_command
+        return self.noauth, commands.auth_required
+
+    def admit(self, conn: Connection) -> bool:
+        if self._closing or len(self.connections) >= self.config.max_connections:
+            self.log.warning("connection refused", peer=conn.peer, reason="closing" if self._closing
+                             else "max connections", connections=len(self.connections))
+            return False
+        self.connections.add(conn)
+        self.connections_total += 1
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def info_sections(self) -> list[str]:
+        lines = ["# IDs", f"worker_id:{self.worker_id}", f"datacenter_id:{self.datacenter_id}",
+                 f"id_endpoints:{','.join(self.id_endpoints())}", ""]
+        for provider in self._info_providers:
+            lines += provider()
+        return lines
+
+
+def run_server(config: ServerConfig, *, announce_port: bool = False) -> int:
+    """Run a server until SIGTERM or SIGINT; return the exit status (0 on a clean stop)."""
+    import uvloop
+
+    log = configure(config.log_format, config.log_level)
+
+    async def main() -> None:
+        server = Server(config, log=log)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        if announce_port:
+            sys.stdout.write(f"PORT {server.port}\n")
+            sys.stdout.flush()
+        await stop.wait()
+        await server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    return 0

@@ -2,6 +2,7 @@
 
 The facade only re-exports; see the submodules for the details.
 """
+from coordcore.client import AsyncClient, Client
 from coordcore.errors import CoordcoreError
 from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
 
@@ -14,5 +15,8 @@ __all__ = [
     "Snowflake",
     "WorkerIdSource",
     "decode",
+    # server and clients
+    "AsyncClient",
+    "Client",
     "__version__",
 ]

@@ -172,7 +172,7 @@ def cmd_config(conn: Connection, req: list[bytes]) -> bytes:
     """``CONFIG GET`` answers an empty map (redis-benchmark asks for 'save'/'appendonly')."""
     require_args(req, 1)
     if req[1].upper() == b"GET":
-        return resp.encode_map([], conn.resp3)
+        return resp.encode_map([(param, resp.encode_bulk(b"")) for param in req[2:3]], conn.resp3)
     raise BadArgument("coordcore is configured by its command line, not CONFIG")
 
 

@@ -30,7 +30,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 
@@ -79,8 +79,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but quack alike.
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -169,10 +169,14 @@ class Connection(asyncio.Protocol):
                 self._close_after(out)
                 return
             handled += 1
-            name = req[0]
-            handler = self.table.get(name) if type(name) is bytes else None
-            if handler is None:
-                handler = self._lookup(req)
+            for arg in req:
+                if type(arg) is not bytes:
+                    handler = _not_a_request
+                    break
+            else:
+                handler = self.table.get(req[0])
+                if handler is None:
+                    handler = self._lookup(req[0])
             try:
                 reply = handler(self, req)
             except CoordcoreError as exc:
@@ -192,11 +196,7 @@ class Connection(asyncio.Protocol):
         if not self._closing:
             self._check_partial()
 
-    def _lookup(self, req: list[Any]) -> Handler:
-        for arg in req:
-            if type(arg) is not bytes:
-                return _not_a_request
-        name = req[0]
+    def _lookup(self, name: bytes) -> Handler:
         upper = name.upper()
         handler = self.table.get(upper)
         if handler is None:
@@ -250,7 +250,7 @@ class Connection(asyncio.Protocol):
         """Ask the read loop to close the connection once the current reply is written."""
         self._closing = True
         if self.transport is not None:
-            self.transport.get_loop().call_soon(self._close_transport)
+            asyncio.get_running_loop().call_soon(self._close_transport)
 
     def _close_transport(self) -> None:
         if self.transport is not None:

@@ -1,0 +1,135 @@
+"""Value types and request/reply shapes shared by the sync and asyncio clients."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from coordcore.client._wire import Arg, to_dict
+from coordcore.errors import BadArgument
+
+__all__ = ["Grant", "IdRuns", "Leader", "LockInfo", "WatchEvent"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """A held lock, semaphore permit or leadership. ``token`` is the fencing token:
+    the lock service's revision at grant time, higher for every later grant. Pass it
+    with each write to the protected resource so it can refuse stale holders."""
+
+    key: str | bytes
+    token: int
+    session: int
+    shared: bool = False
+    kind: Literal["lock", "semaphore", "election"] = "lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class Leader:
+    session: int
+    value: bytes
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LockInfo:
+    """What ``LOCK.INFO`` says: the mode, holders as (session, token), waiter count."""
+
+    key: bytes
+    mode: str
+    holders: list[tuple[int, int]]
+    waiters: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchEvent:
+    """One change under a watched prefix, at ``revision`` (watch events arrive in
+    strictly increasing revision order)."""
+
+    revision: int
+    kind: str
+    key: bytes
+    fields: dict[str, Any]
+
+
+class IdRuns:
+    """IDs as runs of consecutive integers ``(first, count)``: what ``ID.RANGE`` returns.
+
+    >>> runs = IdRuns([(10, 3), (100, 2)])
+    >>> len(runs), list(runs)
+    (5, [10, 11, 12, 100, 101])
+    """
+
+    __slots__ = ("runs",)
+
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
+        self.runs = runs
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> IdRuns:
+        return cls([(int(first), int(count)) for first, count in reply])
+
+    def __len__(self) -> int:
+        return sum(count for _, count in self.runs)
+
+    def __iter__(self) -> Iterator[int]:
+        for first, count in self.runs:
+            yield from range(first, first + count)
+
+    def __repr__(self) -> str:
+        return f"IdRuns({self.runs!r})"
+
+
+class Election:
+    def __init__(self, name: str | bytes) -> None:
+        self.name = name
+
+
+def ttl_arg(ttl: float) -> str:
+    if not ttl > 0:
+        raise BadArgument(f"ttl must be > 0 seconds, got {ttl}")
+    return repr(float(ttl))
+
+
+def _timeout_ms(timeout: float | None) -> list[Arg]:
+    if timeout is None:
+        return []
+    if timeout < 0:
+        raise BadArgument(f"timeout must be >= 0 seconds, got {timeout}")
+    return ["TIMEOUT", int(round(timeout * 1000))]
+
+
+def acquire_args(cmd: str, key: str | bytes, sid: int, shared: bool, timeout: float | None) -> list[Arg]:
+    args: list[Arg] = [cmd, key, sid]
+    if shared:
+        args.append("SHARED")
+    return args + _timeout_ms(timeout)
+
+
+def sem_args(name: str | bytes, sid: int, permits: int, timeout: float | None) -> list[Arg]:
+    return ["SEM.ACQUIRE", name, sid, permits, *_timeout_ms(timeout)]
+
+
+def campaign_args(name: str | bytes, sid: int, value: str | bytes, timeout: float | None) -> list[Arg]:
+    return ["ELECT.CAMPAIGN", name, sid, value, *_timeout_ms(timeout)]
+
+
+def parse_lock_info(reply: Any) -> LockInfo:
+    d = to_dict(reply)
+    return LockInfo(key=d["key"], mode=d["mode"].decode(),
+                    holders=[(int(s), int(t)) for s, t in d["holders"]], waiters=int(d["waiters"]))
+
+
+def parse_leader(reply: Any) -> Leader | None:
+    if reply is None:
+        return None
+    d = to_dict(reply)
+    return Leader(session=int(d["session"]), value=d["value"], token=int(d["token"]))
+
+
+def parse_watch_event(push: Any) -> WatchEvent | None:
+    """A ``>`` push ``["watch", revision, kind, key, {fields}]`` as a WatchEvent."""
+    if len(push) < 4 or push[0] != b"watch":
+        return None
+    fields = to_dict(push[4]) if len(push) > 4 and push[4] is not None else {}
+    return WatchEvent(revision=int(push[1]), kind=push[2].decode(), key=push[3], fields=fields)

@@ -1,0 +1,604 @@
+"""``AsyncClient``: the asyncio client of a coordcore server.
+
+One multiplexed connection carries every non-blocking command (many tasks share it,
+pipelined: replies come back in order); a command that may wait server side
+(``LOCK.ACQUIRE``, ``SEM.ACQUIRE``, ``ELECT.CAMPAIGN``) borrows a connection of its
+own from a small pool, because the server answers a connection's requests in order
+and a parked acquire would hold up everyone behind it. Cancelling a waiting acquire
+closes its connection, which withdraws the wait server side; if the grant raced with
+the cancel, the client releases it.
+
+Sessions are kept alive in the background (every ttl/3); when the server says a
+session is gone, ``session.expired`` is set and its grants are void.
+
+>>> import asyncio
+>>> async def demo(port):                                     # doctest: +SKIP
+...     async with AsyncClient(port=port) as client:
+...         async with client.lock("jobs/42", ttl=10) as grant:
+...             print(grant.token > 0)
+...         ids = client.ids()
+...         print(await ids.next_id() < await ids.next_id())
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import hiredis
+
+from coordcore.client._common import (
+    Election,
+    Grant,
+    IdRuns,
+    Leader,
+    LockInfo,
+    WatchEvent,
+    acquire_args,
+    campaign_args,
+    parse_leader,
+    parse_lock_info,
+    parse_watch_event,
+    sem_args,
+    ttl_arg,
+)
+from coordcore.client._wire import Arg, Endpoint, new_reader, pack, parse_endpoint, to_dict
+from coordcore.errors import (
+    BadArgument,
+    ConnectionLost,
+    CoordcoreError,
+    NotLockHolder,
+    ServiceClosed,
+    SessionExpired,
+)
+
+__all__ = ["AsyncClient", "AsyncIdBuffer", "AsyncPipeline", "AsyncSession"]
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: requests out, replies matched to futures in order."""
+
+    def __init__(self, on_push: Any = None) -> None:
+        self.reader = new_reader()
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+        self.on_push = on_push
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(ConnectionLost(f"protocol error from server: {exc}"))
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            if reply is False:
+                return
+            if type(reply) is hiredis.PushNotification:
+                if self.on_push is not None:
+                    self.on_push(reply)
+                continue
+            if not self.waiters:
+                continue  # e.g. a reply to a request whose waiter was dropped on failure
+            fut = self.waiters.popleft()
+            if fut.done():
+                continue
+            if isinstance(reply, CoordcoreError):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionLost(f"connection to the server lost ({exc or 'closed'})"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.on_push is not None:
+            self.on_push(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.lost = exc
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def request(self, data: bytes, count: int) -> list[asyncio.Future[Any]]:
+        if self.lost is not None or self.transport is None or self.transport.is_closing():
+            raise ConnectionLost("connection is closed")
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(count)]
+        self.waiters.extend(futs)
+        self.transport.write(data)
+        return futs
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class AsyncClient:
+    """An asyncio client: ``async with AsyncClient(host, port) as client: ...``.
+
+    ``retries`` reconnect attempts are made for commands that are safe to repeat
+    (everything but the ones that create state); ``default_ttl`` is the TTL of the
+    session that :meth:`lock` and friends open when not given one.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7379, *, password: str | None = None,
+                 connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
+                 default_ttl: float = 10.0) -> None:
+        self.endpoint = Endpoint(host, port)
+        self.password = password
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.default_ttl = default_ttl
+        self._main: _Conn | None = None
+        self._connecting: asyncio.Future[_Conn] | None = None
+        self._idle: list[_Conn] = []
+        self._sessions: dict[int, AsyncSession] = {}
+        self._default_sessions: dict[float, AsyncSession] = {}
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- connections ---------------------------------------------------------------
+
+    async def _open(self, endpoint: Endpoint | None = None, on_push: Any = None) -> _Conn:
+        ep = endpoint or self.endpoint
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Conn(on_push), ep.host, ep.port), self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionLost(f"cannot connect to {ep}: {exc}") from exc
+        hello: list[Arg] = ["HELLO", 3]
+        if self.password is not None:
+            hello += ["AUTH", "default", self.password]
+        try:
+            await conn.request(pack(hello), 1)[0]
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
+
+    async def connect(self) -> None:
+        """Open the main connection now (otherwise the first command does)."""
+        await self._main_conn()
+
+    async def _main_conn(self) -> _Conn:
+        if self._closed:
+            raise ServiceClosed("client is closed")
+        conn = self._main
+        if conn is not None and conn.lost is None:
+            return conn
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+            try:
+                self._main = await self._connecting
+            finally:
+                self._connecting = None
+            return self._main
+        return await asyncio.shield(self._connecting)
+
+    async def _borrow(self) -> _Conn:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.lost is None:
+                return conn
+        return await self._open()
+
+    def _give_back(self, conn: _Conn) -> None:
+        if conn.lost is None and not self._closed and len(self._idle) < 8:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        """Close sessions this client opened (releasing their locks), then connections."""
+        if self._closed:
+            return
+        for session in list(self._sessions.values()):
+            with contextlib.suppress(CoordcoreError, OSError):
+                await session.close()
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        conns = [c for c in [self._main, *self._idle] if c is not None]
+        self._idle.clear()
+        self._main = None
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.closed, 1.0)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- commands --------------------------------------------------------------------
+
+    async def execute(self, *args: Arg, retry: bool = True) -> Any:
+        """Send one command and return its reply (errors raise their coordcore class)."""
+        data = pack(args)
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                conn = await self._main_conn()
+                return await conn.request(data, 1)[0]
+            except ConnectionLost:
+                if attempt + 1 >= attempts or self._closed:
+                    raise
+                await asyncio.sleep(self.retry_delay * (2 ** attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def execute_blocking(self, *args: Arg) -> Any:
+        """A command that may park server side, on a borrowed connection of its own."""
+        conn = await self._borrow()
+        try:
+            reply = await conn.request(pack(args), 1)[0]
+        except asyncio.CancelledError:
+            conn.abort()  # withdraws the server-side wait
+            raise
+        except BaseException:
+            conn.abort()
+            raise
+        self._give_back(conn)
+        return reply
+
+    def pipeline(self) -> AsyncPipeline:
+        """Queue commands, send them in one write, get every reply: see AsyncPipeline."""
+        return AsyncPipeline(self)
+
+    async def ping(self) -> bool:
+        return bool(await self.execute("PING") == b"PONG")
+
+    async def info(self) -> dict[str, str]:
+        text = (await self.execute("INFO")).decode()
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+    # --- IDs ------------------------------------------------------------------------
+
+    async def next_id(self) -> int:
+        """One ID from the server (``ID.NEXT``)."""
+        return int(await self.execute("ID.NEXT"))
+
+    async def id_range(self, n: int) -> IdRuns:
+        """``n`` IDs as runs of consecutive integers (``ID.RANGE``)."""
+        return IdRuns.from_reply(await self.execute("ID.RANGE", n))
+
+    async def id_workers(self) -> list[Endpoint]:
+        return [parse_endpoint(x) for x in await self.execute("ID.WORKERS")]
+
+    def ids(self, *, batch: int = 4096, spread: bool = True) -> AsyncIdBuffer:
+        """A local ID buffer that prefetches ``ID.RANGE`` runs (over every ID worker
+        process of the server when ``spread``)."""
+        return AsyncIdBuffer(self, batch=batch, spread=spread)
+
+    # --- sessions ---------------------------------------------------------------------
+
+    async def session(self, ttl: float | None = None, *, keepalive: bool = True) -> AsyncSession:
+        """Open a session (a lease) with ``ttl`` seconds, kept alive in the background."""
+        ttl = self.default_ttl if ttl is None else ttl
+        sid = int(await self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
+        session = AsyncSession(self, sid, ttl)
+        self._sessions[sid] = session
+        if keepalive:
+            session._keeper = self._spawn(session._keep_alive())
+        return session
+
+    async def _default_session(self, ttl: float | None) -> AsyncSession:
+        ttl = self.default_ttl if ttl is None else ttl
+        session = self._default_sessions.get(ttl)
+        if session is None or session.expired or session.closed:
+            session = await self.session(ttl)
+            self._default_sessions[ttl] = session
+        return session
+
+    # --- locks, semaphores, elections --------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str | bytes, *, ttl: float | None = None, session: AsyncSession | None = None,
+                   shared: bool = False, timeout: float | None = None) -> AsyncIterator[Grant]:
+        """``async with client.lock("jobs/42", ttl=10) as grant:`` holds the lock;
+        ``grant.token`` is its fencing token. Released on exit."""
+        grant = await self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout)
+        try:
+            yield grant
+        finally:
+            await self.release(grant)
+
+    async def acquire(self, key: str | bytes, *, ttl: float | None = None, session: AsyncSession | None = None,
+                      shared: bool = False, timeout: float | None = None) -> Grant:
+        s = session if session is not None else await self._default_session(ttl)
+        args = acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout)
+        try:
+            token = await self.execute_blocking(*args)
+        except asyncio.CancelledError:
+            self._spawn(self._release_quietly("LOCK.RELEASE", key, s.id))
+            raise
+        return Grant(key, int(token), s.id, shared=shared)
+
+    async def try_acquire(self, key: str | bytes, *, ttl: float | None = None,
+                          session: AsyncSession | None = None, shared: bool = False) -> Grant | None:
+        """The lock if it is free now, else None (never waits)."""
+        s = session if session is not None else await self._default_session(ttl)
+        args: list[Arg] = ["LOCK.TRY", key, s.id]
+        if shared:
+            args.append("SHARED")
+        token = await self.execute(*args, retry=False)
+        return None if token is None else Grant(key, int(token), s.id, shared=shared)
+
+    async def release(self, grant: Grant) -> None:
+        cmd = {"lock": "LOCK.RELEASE", "semaphore": "SEM.RELEASE", "election": "ELECT.RESIGN"}[grant.kind]
+        await self.execute(cmd, grant.key, grant.session)
+
+    async def _release_quietly(self, cmd: str, key: str | bytes, sid: int) -> None:
+        with contextlib.suppress(CoordcoreError, OSError):
+            await self.execute(cmd, key, sid)
+
+    async def lock_info(self, key: str | bytes) -> LockInfo:
+        return parse_lock_info(await self.execute("LOCK.INFO", key))
+
+    @contextlib.asynccontextmanager
+    async def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
+                        session: AsyncSession | None = None, timeout: float | None = None) -> AsyncIterator[Grant]:
+        """Hold one of ``permits`` slots of the counting semaphore ``name``."""
+        s = session if session is not None else await self._default_session(ttl)
+        try:
+            token = await self.execute_blocking(*sem_args(name, s.id, permits, timeout))
+        except asyncio.CancelledError:
+            self._spawn(self._release_quietly("SEM.RELEASE", name, s.id))
+            raise
+        grant = Grant(name, int(token), s.id, kind="semaphore")
+        try:
+            yield grant
+        finally:
+            await self.release(grant)
+
+    def election(self, name: str | bytes, *, ttl: float | None = None,
+                 session: AsyncSession | None = None) -> AsyncElection:
+        return AsyncElection(self, name, ttl, session)
+
+    # --- watches ---------------------------------------------------------------------
+
+    async def watch(self, prefix: str | bytes = b"") -> AsyncIterator[WatchEvent]:
+        """Every change under ``prefix`` from now on, in revision order, as an async
+        iterator (a connection of its own, RESP3 pushes). Ends when the connection does."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        conn = await self._open(on_push=queue.put_nowait)
+        try:
+            await conn.request(pack(["WATCH", prefix]), 1)[0]
+            while True:
+                item = await queue.get()
+                if item is None:
+                    raise ConnectionLost("watch connection lost")
+                event = parse_watch_event(item)
+                if event is not None:
+                    yield event
+        finally:
+            conn.close()
+
+
+class AsyncSession:
+    """A server-side session (lease); see :meth:`AsyncClient.session`."""
+
+    def __init__(self, client: AsyncClient, sid: int, ttl: float) -> None:
+        self.client = client
+        self.id = sid
+        self.ttl = ttl
+        self.expired = False
+        self.closed = False
+        self.done = asyncio.get_running_loop().create_future()
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def keepalive(self) -> None:
+        try:
+            await self.client.execute("SESSION.KEEPALIVE", self.id)
+        except SessionExpired:
+            self._mark_expired()
+            raise
+
+    def _mark_expired(self) -> None:
+        self.expired = True
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _keep_alive(self) -> None:
+        while not (self.closed or self.expired):
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await self.keepalive()
+            except SessionExpired:
+                return
+            except (ConnectionLost, OSError):
+                continue  # the next round reconnects; the server's TTL is the judge
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+        self.client._sessions.pop(self.id, None)
+        try:
+            await self.client.execute("SESSION.CLOSE", self.id)
+        except SessionExpired:
+            pass
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncElection(Election):
+    """A leader election: ``await e.campaign(value)`` waits to lead; ``leader()``."""
+
+    def __init__(self, client: AsyncClient, name: str | bytes, ttl: float | None,
+                 session: AsyncSession | None) -> None:
+        super().__init__(name)
+        self.client = client
+        self.ttl = ttl
+        self.session = session
+
+    async def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
+        s = self.session if self.session is not None else await self.client._default_session(self.ttl)
+        self.session = s
+        try:
+            token = await self.client.execute_blocking(*campaign_args(self.name, s.id, value, timeout))
+        except asyncio.CancelledError:
+            self.client._spawn(self.client._release_quietly("ELECT.RESIGN", self.name, s.id))
+            raise
+        return Grant(self.name, int(token), s.id, kind="election")
+
+    async def proclaim(self, value: str | bytes) -> None:
+        if self.session is None:
+            raise NotLockHolder("campaign first")
+        await self.client.execute("ELECT.PROCLAIM", self.name, self.session.id, value)
+
+    async def resign(self) -> None:
+        if self.session is None:
+            raise NotLockHolder("campaign first")
+        await self.client.execute("ELECT.RESIGN", self.name, self.session.id)
+
+    async def leader(self) -> Leader | None:
+        return parse_leader(await self.client.execute("ELECT.LEADER", self.name))
+
+
+class AsyncPipeline:
+    """Commands queued locally and sent in one write: ``replies = await pipe.execute()``.
+
+    >>> async def demo(client):                                   # doctest: +SKIP
+    ...     pipe = client.pipeline()
+    ...     for _ in range(3):
+    ...         pipe.command("ID.NEXT")
+    ...     return await pipe.execute()
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.commands: list[Sequence[Arg]] = []
+
+    def command(self, *args: Arg) -> AsyncPipeline:
+        self.commands.append(args)
+        return self
+
+    async def execute(self, *, raise_on_error: bool = True) -> list[Any]:
+        """Every reply, in order; with ``raise_on_error`` the first error reply raises,
+        otherwise error replies are returned as exception instances."""
+        if not self.commands:
+            return []
+        data = b"".join(pack(c) for c in self.commands)
+        conn = await self.client._main_conn()
+        futs = conn.request(data, len(self.commands))
+        self.commands = []
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, ConnectionLost):
+                raise r
+            if raise_on_error and isinstance(r, BaseException):
+                raise r
+        return list(results)
+
+
+class AsyncIdBuffer:
+    """IDs served from a local buffer of ``ID.RANGE`` runs, refilled ahead of need.
+
+    ``await buf.next_id()`` is a local pop while the buffer has IDs; when it runs
+    below half a batch a refill is already in flight.
+    """
+
+    def __init__(self, client: AsyncClient, *, batch: int, spread: bool) -> None:
+        if not 1 <= batch <= 1 << 16:
+            raise BadArgument(f"batch must be in [1, 65536], got {batch}")
+        self.client = client
+        self.batch = batch
+        self.spread = spread
+        self._runs: deque[list[int]] = deque()  # [next, end) per run
+        self._available = 0
+        self._refill: asyncio.Task[None] | None = None
+        self._conns: list[_Conn] | None = None
+        self._rr = itertools.count()
+
+    async def _endpoint_conns(self) -> list[_Conn]:
+        if self._conns is None or any(c.lost is not None for c in self._conns):
+            eps = await self.client.id_workers() if self.spread else [self.client.endpoint]
+            self._conns = [await self.client._open(ep) for ep in eps]
+        return self._conns
+
+    async def _fetch(self) -> None:
+        for attempt in range(self.client.retries + 1):
+            try:
+                conns = await self._endpoint_conns()
+                conn = conns[next(self._rr) % len(conns)]
+                reply = await conn.request(pack(["ID.RANGE", self.batch]), 1)[0]
+                break
+            except ConnectionLost:
+                self._conns = None
+                if attempt >= self.client.retries:
+                    raise
+                await asyncio.sleep(self.client.retry_delay * (2 ** attempt))
+        for first, count in reply:
+            self._runs.append([int(first), int(first) + int(count)])
+            self._available += int(count)
+
+    def _start_refill(self) -> None:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.ensure_future(self._fetch())
+
+    async def next_id(self) -> int:
+        while self._available == 0:
+            self._start_refill()
+            assert self._refill is not None
+            await asyncio.shield(self._refill)
+        run = self._runs[0]
+        value = run[0]
+        run[0] = value + 1
+        if run[0] == run[1]:
+            self._runs.popleft()
+        self._available -= 1
+        if self._available < self.batch // 2:
+            self._start_refill()
+        return value
+
+    async def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(BaseException):
+                await self._refill
+        for conn in self._conns or []:
+            conn.close()
+        self._conns = None

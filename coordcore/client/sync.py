@@ -1,0 +1,566 @@
+"""``Client``: the blocking (threaded) client of a coordcore server.
+
+Thread safe: each call checks a connection out of a small pool, so threads do not
+wait on each other's round trips, and a thread waiting for a lock holds only its own
+connection (the server answers a connection's requests in order; a parked acquire
+would hold up the commands behind it). Sessions are kept alive by one background
+thread (every ttl/3). Broken connections are replaced; commands that are safe to
+repeat are retried ``retries`` times.
+
+>>> def demo(port):                                             # doctest: +SKIP
+...     with Client(port=port) as client:
+...         with client.lock("jobs/42", ttl=10) as grant:
+...             print(grant.token > 0)
+...         ids = client.ids()
+...         print(ids.next_id() < ids.next_id())
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import hiredis
+
+from coordcore.client._common import (
+    Election,
+    Grant,
+    IdRuns,
+    Leader,
+    LockInfo,
+    WatchEvent,
+    acquire_args,
+    campaign_args,
+    parse_leader,
+    parse_lock_info,
+    parse_watch_event,
+    sem_args,
+    ttl_arg,
+)
+from coordcore.client._wire import Arg, Endpoint, new_reader, pack, parse_endpoint
+from coordcore.errors import (
+    BadArgument,
+    ConnectionLost,
+    CoordcoreError,
+    NotLockHolder,
+    ServiceClosed,
+    SessionExpired,
+)
+
+__all__ = ["Client", "IdBuffer", "Pipeline", "Session"]
+
+
+class _Conn:
+    """One blocking socket connection with a hiredis reader."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float, password: str | None) -> None:
+        try:
+            self.sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {endpoint}: {exc}") from exc
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(None)
+        self.reader = new_reader()
+        self.broken = False
+        hello: list[Arg] = ["HELLO", 3]
+        if password is not None:
+            hello += ["AUTH", "default", password]
+        try:
+            self.call(hello)
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.broken = True
+            raise ConnectionLost(f"send failed: {exc}") from exc
+
+    def read(self, *, pushes: bool = False) -> Any:
+        """The next reply (error replies returned as exception instances)."""
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.broken = True
+                raise ConnectionLost(f"protocol error from server: {exc}") from exc
+            if reply is not False:
+                if not pushes and type(reply) is hiredis.PushNotification:
+                    continue
+                return reply
+            try:
+                data = self.sock.recv(1 << 16)
+            except socket.timeout:
+                raise
+            except OSError as exc:
+                self.broken = True
+                raise ConnectionLost(f"receive failed: {exc}") from exc
+            if not data:
+                self.broken = True
+                raise ConnectionLost("server closed the connection")
+            self.reader.feed(data)
+
+    def call(self, args: Sequence[Arg]) -> Any:
+        self.send(pack(args))
+        reply = self.read()
+        if isinstance(reply, CoordcoreError):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        self.broken = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Client:
+    """A thread-safe blocking client: ``with Client(host, port) as client: ...``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7379, *, password: str | None = None,
+                 connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
+                 default_ttl: float = 10.0, pool_size: int = 8) -> None:
+        self.endpoint = Endpoint(host, port)
+        self.password = password
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.default_ttl = default_ttl
+        self.pool_size = pool_size
+        self._idle: list[_Conn] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sessions: dict[int, Session] = {}
+        self._default_sessions: dict[float, Session] = {}
+        self._keeper: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- connections ---------------------------------------------------------------
+
+    def _open(self, endpoint: Endpoint | None = None) -> _Conn:
+        return _Conn(endpoint or self.endpoint, timeout=self.connect_timeout, password=self.password)
+
+    def _checkout(self) -> _Conn:
+        if self._closed:
+            raise ServiceClosed("client is closed")
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.broken:
+                    return conn
+        return self._open()
+
+    def _checkin(self, conn: _Conn) -> None:
+        if conn.broken or self._closed:
+            conn.close()
+            return
+        with self._lock:
+            if len(self._idle) < self.pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[_Conn]:
+        conn = self._checkout()
+        try:
+            yield conn
+        except ConnectionLost:
+            conn.close()
+            raise
+        except CoordcoreError:
+            raise  # an error reply: the stream is intact
+        except BaseException:
+            # An interrupted round trip leaves the stream in an unknown place.
+            conn.close()
+            raise
+        finally:
+            self._checkin(conn)
+
+    def close(self) -> None:
+        """Close the sessions this client opened (releasing their locks), then connections."""
+        if self._closed:
+            return
+        for session in list(self._sessions.values()):
+            with contextlib.suppress(CoordcoreError, OSError):
+                session.close()
+        self._closed = True
+        self._wake.set()
+        if self._keeper is not None:
+            self._keeper.join(5)
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # --- commands --------------------------------------------------------------------
+
+    def execute(self, *args: Arg, retry: bool = True, timeout: float | None = None) -> Any:
+        """Send one command, return its reply; error replies raise their coordcore class."""
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                with self.connection() as conn:
+                    if timeout is not None:
+                        conn.sock.settimeout(timeout)
+                    try:
+                        return conn.call(args)
+                    finally:
+                        if timeout is not None and not conn.broken:
+                            conn.sock.settimeout(None)
+            except ConnectionLost:
+                if attempt + 1 >= attempts or self._closed:
+                    raise
+                time.sleep(self.retry_delay * (2 ** attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self)
+
+    def ping(self) -> bool:
+        return bool(self.execute("PING") == b"PONG")
+
+    def info(self) -> dict[str, str]:
+        text = self.execute("INFO").decode()
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+    # --- IDs --------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        return int(self.execute("ID.NEXT"))
+
+    def id_range(self, n: int) -> IdRuns:
+        return IdRuns.from_reply(self.execute("ID.RANGE", n))
+
+    def id_workers(self) -> list[Endpoint]:
+        return [parse_endpoint(x) for x in self.execute("ID.WORKERS")]
+
+    def ids(self, *, batch: int = 4096, spread: bool = True) -> IdBuffer:
+        """A local buffer of IDs prefetched with pipelined ``ID.RANGE`` requests."""
+        return IdBuffer(self, batch=batch, spread=spread)
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def session(self, ttl: float | None = None, *, keepalive: bool = True) -> Session:
+        ttl = self.default_ttl if ttl is None else ttl
+        sid = int(self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
+        session = Session(self, sid, ttl, keepalive=keepalive)
+        with self._lock:
+            self._sessions[sid] = session
+            if keepalive and self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep_alive, name="coordcore-keepalive",
+                                                daemon=True)
+                self._keeper.start()
+        self._wake.set()
+        return session
+
+    def _default_session(self, ttl: float | None) -> Session:
+        ttl = self.default_ttl if ttl is None else ttl
+        with self._lock:
+            session = self._default_sessions.get(ttl)
+        if session is None or session.expired or session.closed:
+            session = self.session(ttl)
+            with self._lock:
+                self._default_sessions[ttl] = session
+        return session
+
+    def _keep_alive(self) -> None:
+        while not self._closed:
+            now = time.monotonic()
+            with self._lock:
+                sessions = [s for s in self._sessions.values() if s.keepalive_enabled]
+            wait = 1.0
+            for s in sessions:
+                if s.closed or s.expired:
+                    continue
+                due = s.last_keepalive + s.ttl / 3
+                if due <= now:
+                    try:
+                        s.keepalive()
+                    except SessionExpired:
+                        pass
+                    except (ConnectionLost, OSError, ServiceClosed):
+                        pass  # retried next round; the server's TTL is the judge
+                    due = s.last_keepalive + s.ttl / 3
+                wait = min(wait, max(0.01, due - time.monotonic()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    # --- locks, semaphores, elections --------------------------------------------------
+
+    def _blocking(self, args: Sequence[Arg], timeout: float | None) -> Any:
+        conn = self._checkout()
+        try:
+            # Server-side TIMEOUT decides; the socket timeout is only a safety net.
+            conn.sock.settimeout(None if timeout is None else timeout + 30.0)
+            reply = conn.call(args)
+            conn.sock.settimeout(None)
+        except CoordcoreError:
+            self._checkin(conn)
+            raise
+        except BaseException:
+            conn.close()  # withdraws the server-side wait
+            raise
+        self._checkin(conn)
+        return reply
+
+    @contextlib.contextmanager
+    def lock(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
+             shared: bool = False, timeout: float | None = None) -> Iterator[Grant]:
+        """``with client.lock("jobs/42", ttl=10) as grant:`` holds the lock; ``grant.token``
+        is its fencing token. Released on exit."""
+        grant = self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout)
+        try:
+            yield grant
+        finally:
+            self.release(grant)
+
+    def acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
+                shared: bool = False, timeout: float | None = None) -> Grant:
+        s = session if session is not None else self._default_session(ttl)
+        try:
+            token = self._blocking(acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout), timeout)
+        except (KeyboardInterrupt, ConnectionLost):
+            self._release_quietly("LOCK.RELEASE", key, s.id)
+            raise
+        return Grant(key, int(token), s.id, shared=shared)
+
+    def try_acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
+                    shared: bool = False) -> Grant | None:
+        s = session if session is not None else self._default_session(ttl)
+        args: list[Arg] = ["LOCK.TRY", key, s.id]
+        if shared:
+            args.append("SHARED")
+        token = self.execute(*args, retry=False)
+        return None if token is None else Grant(key, int(token), s.id, shared=shared)
+
+    def release(self, grant: Grant) -> None:
+        cmd = {"lock": "LOCK.RELEASE", "semaphore": "SEM.RELEASE", "election": "ELECT.RESIGN"}[grant.kind]
+        self.execute(cmd, grant.key, grant.session)
+
+    def _release_quietly(self, cmd: str, key: str | bytes, sid: int) -> None:
+        with contextlib.suppress(CoordcoreError, OSError):
+            self.execute(cmd, key, sid)
+
+    def lock_info(self, key: str | bytes) -> LockInfo:
+        return parse_lock_info(self.execute("LOCK.INFO", key))
+
+    @contextlib.contextmanager
+    def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
+                  session: Session | None = None, timeout: float | None = None) -> Iterator[Grant]:
+        s = session if session is not None else self._default_session(ttl)
+        try:
+            token = self._blocking(sem_args(name, s.id, permits, timeout), timeout)
+        except (KeyboardInterrupt, ConnectionLost):
+            self._release_quietly("SEM.RELEASE", name, s.id)
+            raise
+        grant = Grant(name, int(token), s.id, kind="semaphore")
+        try:
+            yield grant
+        finally:
+            self.release(grant)
+
+    def election(self, name: str | bytes, *, ttl: float | None = None, session: Session | None = None) -> SyncElection:
+        return SyncElection(self, name, ttl, session)
+
+    # --- watches ---------------------------------------------------------------------
+
+    def watch(self, prefix: str | bytes = b"", *, timeout: float | None = None) -> Iterator[WatchEvent]:
+        """Every change under ``prefix`` from now on, in revision order (a connection of
+        its own). ``timeout``: seconds without an event before ``TimeoutError``."""
+        conn = self._open()
+        try:
+            conn.call(["WATCH", prefix])
+            conn.sock.settimeout(timeout)
+            while True:
+                event = parse_watch_event(conn.read(pushes=True))
+                if event is not None:
+                    yield event
+        finally:
+            conn.close()
+
+
+class Session:
+    """A server-side session (lease) kept alive by the client's background thread."""
+
+    def __init__(self, client: Client, sid: int, ttl: float, *, keepalive: bool) -> None:
+        self.client = client
+        self.id = sid
+        self.ttl = ttl
+        self.keepalive_enabled = keepalive
+        self.expired = False
+        self.closed = False
+        self.last_keepalive = time.monotonic()
+
+    def keepalive(self) -> None:
+        try:
+            self.client.execute("SESSION.KEEPALIVE", self.id)
+        except SessionExpired:
+            self.expired = True
+            raise
+        self.last_keepalive = time.monotonic()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self.client._lock:
+            self.client._sessions.pop(self.id, None)
+        with contextlib.suppress(SessionExpired):
+            self.client.execute("SESSION.CLOSE", self.id)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncElection(Election):
+    def __init__(self, client: Client, name: str | bytes, ttl: float | None, session: Session | None) -> None:
+        super().__init__(name)
+        self.client = client
+        self.ttl = ttl
+        self.session = session
+
+    def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
+        s = self.session if self.session is not None else self.client._default_session(self.ttl)
+        self.session = s
+        try:
+            token = self.client._blocking(campaign_args(self.name, s.id, value, timeout), timeout)
+        except (KeyboardInterrupt, ConnectionLost):
+            self.client._release_quietly("ELECT.RESIGN", self.name, s.id)
+            raise
+        return Grant(self.name, int(token), s.id, kind="election")
+
+    def proclaim(self, value: str | bytes) -> None:
+        if self.session is None:
+            raise NotLockHolder("campaign first")
+        self.client.execute("ELECT.PROCLAIM", self.name, self.session.id, value)
+
+    def resign(self) -> None:
+        if self.session is None:
+            raise NotLockHolder("campaign first")
+        self.client.execute("ELECT.RESIGN", self.name, self.session.id)
+
+    def leader(self) -> Leader | None:
+        return parse_leader(self.client.execute("ELECT.LEADER", self.name))
+
+
+class Pipeline:
+    """Commands sent in one write on one connection; ``execute()`` returns every reply."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.commands: list[Sequence[Arg]] = []
+
+    def command(self, *args: Arg) -> Pipeline:
+        self.commands.append(args)
+        return self
+
+    def execute(self, *, raise_on_error: bool = True) -> list[Any]:
+        if not self.commands:
+            return []
+        commands, self.commands = self.commands, []
+        with self.client.connection() as conn:
+            conn.send(b"".join(pack(c) for c in commands))
+            replies = [conn.read() for _ in commands]
+        if raise_on_error:
+            for r in replies:
+                if isinstance(r, CoordcoreError):
+                    raise r
+        return replies
+
+
+class IdBuffer:
+    """IDs from a local buffer; the next ``ID.RANGE`` is sent (pipelined, not awaited)
+    when the buffer falls below half a batch, and read when it is needed, so
+    ``next_id()`` is an in-process pop almost always. Not shared between threads
+    without a lock of your own (make one buffer per thread)."""
+
+    def __init__(self, client: Client, *, batch: int, spread: bool) -> None:
+        if not 1 <= batch <= 1 << 16:
+            raise BadArgument(f"batch must be in [1, 65536], got {batch}")
+        self.client = client
+        self.batch = batch
+        self.spread = spread
+        self._runs: deque[list[int]] = deque()
+        self._available = 0
+        self._conns: list[_Conn] | None = None
+        self._inflight: deque[_Conn] = deque()
+        self._rr = itertools.count()
+
+    def _endpoint_conns(self) -> list[_Conn]:
+        if self._conns is None:
+            eps = self.client.id_workers() if self.spread else [self.client.endpoint]
+            self._conns = [self.client._open(ep) for ep in eps]
+        return self._conns
+
+    def _request(self) -> None:
+        conns = self._endpoint_conns()
+        conn = conns[next(self._rr) % len(conns)]
+        conn.send(pack(["ID.RANGE", self.batch]))
+        self._inflight.append(conn)
+
+    def _collect(self) -> None:
+        conn = self._inflight.popleft()
+        reply = conn.read()
+        if isinstance(reply, CoordcoreError):
+            raise reply
+        for first, count in reply:
+            self._runs.append([int(first), int(first) + int(count)])
+            self._available += int(count)
+
+    def _refill(self) -> None:
+        for attempt in range(self.client.retries + 1):
+            try:
+                if not self._inflight:
+                    self._request()
+                self._collect()
+                return
+            except ConnectionLost:
+                self._reset()
+                if attempt >= self.client.retries:
+                    raise
+                time.sleep(self.client.retry_delay * (2 ** attempt))
+
+    def _reset(self) -> None:
+        for conn in self._conns or []:
+            conn.close()
+        self._conns = None
+        self._inflight.clear()
+
+    def next_id(self) -> int:
+        if self._available == 0:
+            self._refill()
+        run = self._runs[0]
+        value = run[0]
+        run[0] = value + 1
+        if run[0] == run[1]:
+            self._runs.popleft()
+        self._available -= 1
+        if self._available < self.batch // 2 and not self._inflight:
+            try:
+                self._request()
+            except ConnectionLost:
+                self._reset()
+        return value
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield self.next_id()
+
+    def close(self) -> None:
+        self._reset()

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-request-bytes", type=int, default=d.max_request_bytes, help="(default %(default)s)")
     a("--max-args", type=int, default=d.max_args, help="arguments per request (default %(default)s)")
     a("--max-id-range", type=int, default=d.max_id_range, help="largest ID.RANGE n (default %(default)s)")
+    a("--max-inflight", type=int, default=d.max_inflight,
+      help="commands awaiting their commit per connection before reading pauses (default %(default)s)")
     a("--id-workers", type=int, default=d.id_workers,
       help="processes serving IDs, on ports port..port+N-1 with worker IDs worker..worker+N-1")
     a("--id-only", action="store_true", help="serve connection and ID.* commands only (no lock state)")
@@ -41,7 +43,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         datacenter_id=args.datacenter_id,
         requirepass=args.requirepass if args.requirepass is not None else os.environ.get("COORDCORE_REQUIREPASS"),
         max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
-        max_args=args.max_args, max_id_range=args.max_id_range, id_workers=args.id_workers,
+        max_args=args.max_args, max_id_range=args.max_id_range, max_inflight=args.max_inflight, id_workers=args.id_workers,
         id_only=args.id_only, fsync=not args.unsafe_no_fsync, log_format=args.log_format,
         log_level=args.log_level)
 

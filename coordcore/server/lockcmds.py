@@ -1,24 +1,473 @@
-"""Lock, session, semaphore, election and watch commands (wired to the LockService)."""
+"""Session, lock, semaphore, election and watch commands, served by the
+:class:`~coordcore.locks.service.LockService` (its durable log lives in
+``<data_dir>/locks``).
+
+Sessions are not tied to connections (like etcd leases): a client that reconnects
+keeps its session and its locks while it keeps the session alive. A blocking acquire
+parks its connection (see :mod:`coordcore.server.protocol`); the lock service wakes it
+when the batch that grants it commits. If the connection goes while it waits, the
+wait is withdrawn through the log (a CANCEL, which also releases a grant that won the
+race), so a vanished client never ends up holding a lock it cannot know about.
+
+Wire commands (``ms`` are milliseconds, ``ttl`` seconds; ``REQID n`` makes a retried
+request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the oldest)::
+
+    SESSION.OPEN ttl                       -> session id
+    SESSION.KEEPALIVE session              -> deadline (ms, service clock)
+    SESSION.CLOSE session                  -> OK
+    SESSION.INFO session                   -> map (ttl_ms, deadline_ms, contenders) | null
+    LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n] [LABEL v]   -> token
+    LOCK.TRY key session [SHARED] [REQID n] [LABEL v]                    -> token | null
+    LOCK.RELEASE key session [TOKEN t] [REQID n]                         -> OK
+    LOCK.INFO key                          -> map (key, kind, permits, mode, holders, waiters)
+    SEM.ACQUIRE key session permits [TIMEOUT ms] [REQID n] [LABEL v]     -> token
+    SEM.TRY key session permits [REQID n] [LABEL v]                      -> token | null
+    SEM.RELEASE key session [TOKEN t] [REQID n]                          -> OK
+    SEM.INFO key                           -> as LOCK.INFO
+    ELECT.CAMPAIGN name session value [TIMEOUT ms] [REQID n]             -> token
+    ELECT.PROCLAIM name session value [TOKEN t] [REQID n]                -> revision
+    ELECT.RESIGN name session [TOKEN t] [REQID n]                        -> OK
+    ELECT.LEADER name                      -> map (session, value, token) | null
+    LOCKS.KEYS [prefix]                    -> keys in use
+    LOCKS.REVISION                         -> the last committed revision
+    WATCH prefix / UNWATCH [prefix]        -> OK, then pushes
+        >5 "watch" revision kind key {mode, session, ticket, token, value}
+
+A watch push is a RESP3 push after ``HELLO 3``; on RESP2 it is a plain array and the
+connection accepts only WATCH, UNWATCH, PING and QUIT while it watches (as Redis does
+for pub/sub).
+"""
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from coordcore.errors import BadArgument, CoordcoreError, WatchLagged
+from coordcore.locks.machine import MAX_KEY_SIZE, MAX_VALUE_SIZE, Contender, Event, EventKind, Kind, Mode
+from coordcore.locks.service import Grant, LockService
+from coordcore.server import resp
+from coordcore.server.commands import parse_float, parse_int, require_args
+
 if TYPE_CHECKING:
-    from coordcore.server.protocol import Handler
+    from coordcore.server.protocol import Connection, Handler
     from coordcore.server.server import Server
 
+__all__ = ["close_backend", "info_lines", "lock_commands", "open_backend"]
 
-async def open_backend(server: Server) -> Any:
-    return None
+_U63 = 2**63 - 1
+_MAX_TIMEOUT_MS = 30 * 86_400_000
+
+
+async def open_backend(server: Server) -> LockService:
+    path = server.config.data_dir / "locks"
+    durability = "fsync" if server.config.fsync else "unsafe-no-fsync"
+    svc = await LockService.open(path, durability=durability)
+    server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
+    return svc
 
 
 async def close_backend(server: Server) -> None:
-    return None
-
-
-def lock_commands() -> dict[bytes, Handler]:
-    return {}
+    svc: LockService = server.locks
+    await svc.close()
+    server.log.info("lock service closed", revision=svc.revision)
 
 
 def info_lines(server: Server) -> list[str]:
-    return []
+    svc: LockService = server.locks
+    st = svc.stats
+    return ["# Locks", f"revision:{svc.revision}", f"batches:{st.batches}", f"batch_commands:{st.commands}",
+            f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}", ""]
+
+
+def _svc(conn: Connection) -> LockService:
+    return conn.server.locks  # type: ignore[no-any-return]
+
+
+# --- argument parsing ----------------------------------------------------------------
+
+
+def _key(value: bytes, what: str = "key") -> bytes:
+    if not 1 <= len(value) <= MAX_KEY_SIZE:
+        raise BadArgument(f"{what} must be 1..{MAX_KEY_SIZE} bytes, got {len(value)}")
+    return value
+
+
+def _session(value: bytes) -> int:
+    return parse_int(value, "session", 1, _U63)
+
+
+class _Options:
+    __slots__ = ("shared", "timeout", "request_id", "label", "token")
+
+    def __init__(self) -> None:
+        self.shared = False
+        self.timeout: float | None = None
+        self.request_id = 0
+        self.label = b""
+        self.token = 0
+
+
+def _options(args: list[bytes], allowed: frozenset[bytes]) -> _Options:
+    opts = _Options()
+    i = 0
+    while i < len(args):
+        word = args[i].upper()
+        if word not in allowed:
+            raise BadArgument(f"unexpected argument {args[i][:32]!r} (allowed: "
+                              f"{', '.join(sorted(a.decode() for a in allowed))})")
+        if word == b"SHARED":
+            opts.shared = True
+            i += 1
+            continue
+        if i + 1 >= len(args):
+            raise BadArgument(f"{word.decode()} needs a value")
+        value = args[i + 1]
+        if word == b"TIMEOUT":
+            opts.timeout = parse_int(value, "TIMEOUT ms", 0, _MAX_TIMEOUT_MS) / 1000.0
+        elif word == b"REQID":
+            opts.request_id = parse_int(value, "REQID", 1, _U63)
+        elif word == b"TOKEN":
+            opts.token = parse_int(value, "TOKEN", 0, _U63)
+        elif word == b"LABEL":
+            if len(value) > MAX_VALUE_SIZE:
+                raise BadArgument(f"LABEL must be at most {MAX_VALUE_SIZE} bytes")
+            opts.label = value
+        i += 2
+    return opts
+
+
+_ACQ = frozenset({b"SHARED", b"TIMEOUT", b"REQID", b"LABEL"})
+_TRY = frozenset({b"SHARED", b"REQID", b"LABEL"})
+_SEM_ACQ = frozenset({b"TIMEOUT", b"REQID", b"LABEL"})
+_SEM_TRY = frozenset({b"REQID", b"LABEL"})
+_REL = frozenset({b"TOKEN", b"REQID"})
+_CAMPAIGN = frozenset({b"TIMEOUT", b"REQID"})
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+async def _reply_int(awaitable: Awaitable[int]) -> bytes:
+    return resp.encode_int(await awaitable)
+
+
+async def _ok(awaitable: Awaitable[Any]) -> bytes:
+    await awaitable
+    return resp.OK
+
+
+def cmd_session_open(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 1, 1)
+    ttl = parse_float(req[1], "ttl (seconds)", 0.001, 30 * 86_400.0)
+
+    async def run() -> bytes:
+        session = await _svc(conn).open_session(ttl, keepalive=False)
+        return resp.encode_int(session.id)
+
+    return run()
+
+
+def cmd_session_keepalive(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 1, 1)
+    return _reply_int(_svc(conn).keepalive(_session(req[1])))
+
+
+def cmd_session_close(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 1, 1)
+    return _ok(_svc(conn).close_session(_session(req[1])))
+
+
+def _contender(c: Contender, key: bytes | None = None) -> bytes:
+    pairs = [(b"session", resp.encode_int(c.session)), (b"ticket", resp.encode_int(c.ticket)),
+             (b"token", resp.encode_int(c.token)), (b"mode", resp.encode_bulk(_mode_name(c.mode))),
+             (b"value", resp.encode_bulk(c.value))]
+    if key is not None:
+        pairs.insert(0, (b"key", resp.encode_bulk(key)))
+    return pairs_map(pairs)
+
+
+def pairs_map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    # Nested maps are always RESP2-flat here: both encodings read fine with to_dict().
+    return resp.encode_map(pairs, False)
+
+
+def cmd_session_info(conn: Connection, req: list[bytes]) -> bytes:
+    require_args(req, 1, 1)
+    info = _svc(conn).session_info(_session(req[1]))
+    if info is None:
+        return resp.encode_null(conn.resp3)
+    return resp.encode_map([
+        (b"session", resp.encode_int(info.session_id)),
+        (b"ttl_ms", resp.encode_int(info.ttl_ms)),
+        (b"deadline_ms", resp.encode_int(info.deadline_ms)),
+        (b"contenders", resp.encode_array([_contender(c, key) for key, c in info.contenders])),
+    ], conn.resp3)
+
+
+# --- locks -------------------------------------------------------------------------------
+
+
+def _mode_name(mode: int) -> bytes:
+    try:
+        return Mode(mode).name.lower().encode()
+    except ValueError:
+        return b"%d" % mode
+
+
+def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 2)
+    key, sid = _key(req[1]), _session(req[2])
+    o = _options(req[3:], _ACQ)
+
+    async def run() -> bytes:
+        grant = await _svc(conn).acquire(key, sid, shared=o.shared, timeout=o.timeout, label=o.label,
+                                         request_id=o.request_id)
+        return resp.encode_int(grant.token)
+
+    return run()
+
+
+async def _token_or_null(conn: Connection, awaitable: Awaitable[Grant | None]) -> bytes:
+    grant = await awaitable
+    return resp.encode_null(conn.resp3) if grant is None else resp.encode_int(grant.token)
+
+
+def cmd_lock_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 2)
+    key, sid = _key(req[1]), _session(req[2])
+    o = _options(req[3:], _TRY)
+    return _token_or_null(conn, _svc(conn).try_acquire(key, sid, shared=o.shared, label=o.label,
+                                                       request_id=o.request_id))
+
+
+def _release(conn: Connection, req: list[bytes], kind: Any) -> Awaitable[bytes]:
+    require_args(req, 2)
+    key, sid = _key(req[1]), _session(req[2])
+    o = _options(req[3:], _REL)
+    grant = Grant(key, o.token, 0, sid, kind)
+    return _ok(_svc(conn).release(grant, request_id=o.request_id))
+
+
+def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    return _release(conn, req, "lock")
+
+
+def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
+    require_args(req, 1, 1)
+    key = _key(req[1])
+    info = _svc(conn).info(key)
+    if info is None:
+        kind, permits, holders, waiters = b"none", 0, (), ()
+    else:
+        kind = Kind(info.kind).name.lower().encode()
+        permits, holders, waiters = info.permits, info.holders, info.waiters
+    if not holders:
+        mode = b"free"
+    else:
+        mode = _mode_name(holders[0].mode)
+    return resp.encode_map([
+        (b"key", resp.encode_bulk(key)),
+        (b"kind", resp.encode_bulk(kind)),
+        (b"permits", resp.encode_int(permits)),
+        (b"mode", resp.encode_bulk(mode)),
+        (b"holders", resp.encode_array([_contender(c) for c in holders])),
+        (b"waiters", resp.encode_array([_contender(c) for c in waiters])),
+    ], conn.resp3)
+
+
+# --- semaphores ---------------------------------------------------------------------------
+
+
+def cmd_sem_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 3)
+    key, sid = _key(req[1]), _session(req[2])
+    permits = parse_int(req[3], "permits", 1, 1_000_000)
+    o = _options(req[4:], _SEM_ACQ)
+
+    async def run() -> bytes:
+        grant = await _svc(conn).acquire_semaphore(key, sid, permits, timeout=o.timeout, label=o.label,
+                                                   request_id=o.request_id)
+        return resp.encode_int(grant.token)
+
+    return run()
+
+
+def cmd_sem_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 3)
+    key, sid = _key(req[1]), _session(req[2])
+    permits = parse_int(req[3], "permits", 1, 1_000_000)
+    o = _options(req[4:], _SEM_TRY)
+    return _token_or_null(conn, _svc(conn).try_acquire_semaphore(key, sid, permits, label=o.label,
+                                                                 request_id=o.request_id))
+
+
+def cmd_sem_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    return _release(conn, req, "semaphore")
+
+
+# --- elections ----------------------------------------------------------------------------
+
+
+def cmd_elect_campaign(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 3)
+    key, sid, value = _key(req[1], "election name"), _session(req[2]), req[3]
+    if len(value) > MAX_VALUE_SIZE:
+        raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
+    o = _options(req[4:], _CAMPAIGN)
+
+    async def run() -> bytes:
+        grant = await _svc(conn).campaign(key, sid, value, timeout=o.timeout, request_id=o.request_id)
+        return resp.encode_int(grant.token)
+
+    return run()
+
+
+def cmd_elect_proclaim(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    require_args(req, 3)
+    key, sid, value = _key(req[1], "election name"), _session(req[2]), req[3]
+    if len(value) > MAX_VALUE_SIZE:
+        raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
+    o = _options(req[4:], _REL)
+    grant = Grant(key, o.token, 0, sid, "leader")
+    return _reply_int(_svc(conn).proclaim(grant, value, request_id=o.request_id))
+
+
+def cmd_elect_resign(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    return _release(conn, req, "leader")
+
+
+def cmd_elect_leader(conn: Connection, req: list[bytes]) -> bytes:
+    require_args(req, 1, 1)
+    leader = _svc(conn).leader(_key(req[1], "election name"))
+    if leader is None:
+        return resp.encode_null(conn.resp3)
+    return resp.encode_map([(b"session", resp.encode_int(leader.session_id)),
+                            (b"value", resp.encode_bulk(leader.value)),
+                            (b"token", resp.encode_int(leader.token))], conn.resp3)
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+def cmd_keys(conn: Connection, req: list[bytes]) -> bytes:
+    require_args(req, 0, 1)
+    prefix = req[1] if len(req) > 1 else b""
+    return resp.encode_array([resp.encode_bulk(k) for k in _svc(conn).keys(prefix)])
+
+
+def cmd_revision(conn: Connection, req: list[bytes]) -> bytes:
+    require_args(req, 0, 0)
+    return resp.encode_int(_svc(conn).revision)
+
+
+# --- watches --------------------------------------------------------------------------------
+
+
+def encode_event(ev: Event, resp3: bool) -> bytes:
+    try:
+        kind = EventKind(ev.kind).name.lower().encode()
+    except ValueError:
+        kind = b"%d" % ev.kind
+    fields = pairs_map([(b"mode", resp.encode_bulk(_mode_name(ev.mode))),
+                        (b"session", resp.encode_int(ev.session)), (b"ticket", resp.encode_int(ev.ticket)),
+                        (b"token", resp.encode_int(ev.token)), (b"value", resp.encode_bulk(ev.value))])
+    return resp.encode_push([resp.encode_bulk(b"watch"), resp.encode_int(ev.revision), resp.encode_bulk(kind),
+                             resp.encode_bulk(ev.key), fields], resp3)
+
+
+async def _forward(conn: Connection, watch: Any) -> None:
+    try:
+        async for ev in watch:
+            conn.push(encode_event(ev, conn.resp3))
+    except WatchLagged as exc:
+        conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
+                                    resp.encode_bulk(f"LAGGED {exc}".encode())], conn.resp3))
+        conn.server.log.warning("watch lagged, closing connection", conn=conn.id, peer=conn.peer)
+        conn.abort()
+    except CoordcoreError:
+        pass  # the service closed: the connection closes with the server
+
+
+def cmd_watch(conn: Connection, req: list[bytes]) -> bytes:
+    require_args(req, 1, 1)
+    prefix = req[1]
+    if len(prefix) > MAX_KEY_SIZE:
+        raise BadArgument(f"prefix must be at most {MAX_KEY_SIZE} bytes")
+    watches = conn.watches
+    if prefix not in watches:
+        watch = _svc(conn).watch(prefix)
+        task = asyncio.ensure_future(_forward(conn, watch))
+        watches[prefix] = (watch, task)
+        if len(watches) == 1:
+            conn.on_close.append(lambda: _unwatch_all(conn))
+    conn.watching = len(watches)
+    if not conn.resp3:
+        conn.table = conn.server.watch_table
+    return resp.OK
+
+
+def _unwatch_all(conn: Connection) -> None:
+    watches = conn.watches
+    for watch, task in watches.values():
+        watch.close()
+        task.cancel()
+    watches.clear()
+    conn.watching = 0
+
+
+def cmd_unwatch(conn: Connection, req: list[bytes]) -> bytes:
+    require_args(req, 0, 1)
+    watches = conn.watches
+    if len(req) == 1:
+        _unwatch_all(conn)
+    else:
+        item = watches.pop(req[1], None)
+        if item is not None:
+            item[0].close()
+            item[1].cancel()
+        conn.watching = len(watches)
+    if not conn.watching:
+        conn.table = conn.server.commands
+    return resp.OK
+
+
+def watch_mode_commands() -> dict[bytes, Handler]:
+    """What a RESP2 connection may send while it watches."""
+    from coordcore.server.commands import cmd_ping, cmd_quit
+
+    return {b"WATCH": cmd_watch, b"UNWATCH": cmd_unwatch, b"PING": cmd_ping, b"QUIT": cmd_quit}
+
+
+def lock_commands() -> dict[bytes, Handler]:
+    return {
+        b"SESSION.OPEN": cmd_session_open,
+        b"SESSION.KEEPALIVE": cmd_session_keepalive,
+        b"SESSION.CLOSE": cmd_session_close,
+        b"SESSION.INFO": cmd_session_info,
+        b"LOCK.ACQUIRE": cmd_lock_acquire,
+        b"LOCK.TRY": cmd_lock_try,
+        b"LOCK.RELEASE": cmd_lock_release,
+        b"LOCK.INFO": cmd_key_info,
+        b"SEM.ACQUIRE": cmd_sem_acquire,
+        b"SEM.TRY": cmd_sem_try,
+        b"SEM.RELEASE": cmd_sem_release,
+        b"SEM.INFO": cmd_key_info,
+        b"ELECT.CAMPAIGN": cmd_elect_campaign,
+        b"ELECT.PROCLAIM": cmd_elect_proclaim,
+        b"ELECT.RESIGN": cmd_elect_resign,
+        b"ELECT.LEADER": cmd_elect_leader,
+        b"LOCKS.KEYS": cmd_keys,
+        b"LOCKS.REVISION": cmd_revision,
+        b"WATCH": cmd_watch,
+        b"UNWATCH": cmd_unwatch,
+    }
+
+
+
+def blocking_handlers() -> set[Handler]:
+    return {cmd_lock_acquire, cmd_sem_acquire, cmd_elect_campaign}
+
+
+def barrier_handlers() -> set[Handler]:
+    return {cmd_key_info, cmd_session_info, cmd_elect_leader, cmd_keys, cmd_revision}

@@ -4,12 +4,19 @@ The read path follows asyncpg's shape: ``data_received`` feeds a ``hiredis.Reade
 and drains *every* complete request in the buffer before writing all their replies
 with one ``transport.write`` (pipelining costs one syscall per read, not per request).
 
-Ordering and blocking commands follow Redis: a command whose handler has to wait
-(``LOCK.ACQUIRE`` on a held lock, a campaign, ...) *parks* the connection. The wait
-happens server side in a task, so other connections are served meanwhile; on this
-connection, the requests pipelined behind it stay unparsed in the reader (and reading
-pauses) until the parked reply is written, so replies always come back in request
-order and a pipelined ``LOCK.RELEASE`` can never overtake its ``LOCK.ACQUIRE``.
+Ordering: replies always come back in request order. A command that must commit
+through the lock log (``LOCK.TRY``, ``LOCK.RELEASE``, ``SESSION.*``...) runs as a task
+and its reply waits in a slot while the requests behind it keep being parsed and
+submitted, so one pipelining connection fills a whole group-commit batch (requests
+reach the lock service in request order, so they are applied in that order). A
+*blocking* command (``LOCK.ACQUIRE``, ``SEM.ACQUIRE``, ``ELECT.CAMPAIGN``, which may
+wait for other clients) *parks* the connection, as Redis does for its blocking
+commands: the wait happens server side, other connections are served meanwhile, and
+the requests pipelined behind it stay unparsed in the reader (reading pauses) until
+it is answered, so a pipelined ``LOCK.RELEASE`` can never overtake its
+``LOCK.ACQUIRE``. A read of lock state (``LOCK.INFO``...) behind writes still in
+flight on its connection waits for them to commit, so it sees them. At most
+``max_inflight`` commands are in flight per connection (then reading pauses).
 
 Back-pressure: ``pause_writing`` (the transport's write buffer is over its high mark)
 pauses *reading*, so a client that does not read its replies stops being served
@@ -47,7 +54,7 @@ Reply = bytes | Awaitable[bytes]
 Handler = Callable[["Connection", list[bytes]], Reply]
 
 _PAUSE_WRITE = 1
-_PAUSE_PARKED = 2
+_PAUSE_HELD = 2
 
 
 class Connection(asyncio.Protocol):
@@ -67,10 +74,21 @@ class Connection(asyncio.Protocol):
         self.id = server.next_connection_id()
         #: Bytes fed since the last complete request: bounds a partial request.
         self._partial = 0
+        #: Bytes received while holding (parked, barrier or in-flight bound).
+        self._held = 0
         self._pause = 0
         self._closing = False
+        #: Replies in request order: ready bytes, or tasks of commands in flight.
+        self._slots: deque[bytes | asyncio.Task[bytes]] = deque()
+        #: The blocking command this connection waits for (nothing more is parsed).
         self._parked: asyncio.Task[bytes] | None = None
+        #: A lock-state read waiting for this connection's writes in flight to commit.
+        self._deferred: list[bytes] | None = None
+        self._barrier = False
+        self._inflight_full = False
         self._eof = False
+        #: WATCH subscriptions of this connection: prefix -> (watch, forwarding task).
+        self.watches: dict[bytes, Any] = {}
         #: Callbacks run when the connection goes (watch cancellation, ...).
         self.on_close: list[Callable[[], object]] = []
         #: Set while this connection has watches (RESP2 restricts it to watch commands).
@@ -98,10 +116,14 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        if self._parked is not None and not self._parked.done():
+        parked = self._parked
+        if parked is not None and not parked.done():
             # The client is gone: stop waiting on its behalf (the lock layer withdraws
-            # the waiting request; a grant that raced with this is released there).
-            self._parked.cancel()
+            # the wait; a grant that raced with this is released there).
+            parked.cancel()
+        # Other commands in flight run to completion: they were sent, so they happen
+        # (a vanished client cannot tell either way, as with any lost reply).
+        self._slots.clear()
         for callback in self.on_close:
             try:
                 callback()
@@ -124,18 +146,26 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         self.reader.feed(data)
-        self._partial += len(data)
-        if self._pause & _PAUSE_PARKED:
-            # Parked: keep the bytes in the reader; reading is paused already, but a
-            # read may have been in flight. The bound still applies.
-            self._check_partial()
+        if self._parked is not None or self._barrier or self._inflight_full:
+            # Holding: keep the bytes in the reader, unparsed. Reading goes on (so a
+            # client that vanishes while it waits is noticed at once) until the held
+            # bytes pass the request bound; then reading pauses until we catch up.
+            self._held += len(data)
+            if self._held > self.config.max_request_bytes:
+                self._pause_reading(_PAUSE_HELD)
             return
+        self._partial += len(data)
         self._drain()
 
     def eof_received(self) -> bool | None:
-        # Half-close from the client: finish what is parked (and what it pipelined
-        # behind it), then close.
-        if self._parked is None:
+        # The client finished sending. Commands in flight are answered, then the
+        # connection closes (``printf 'PING\r\n' | nc`` style use). But a client that
+        # hangs up while parked on a blocking command is gone as far as that wait is
+        # concerned (a full close looks the same from here): close now, which
+        # withdraws the wait.
+        if self._parked is not None:
+            return None
+        if not self._slots and self._deferred is None:
             return None
         self._eof = True
         return True
@@ -143,32 +173,39 @@ class Connection(asyncio.Protocol):
     # --- the read loop ----------------------------------------------------------
 
     def _drain(self) -> None:
-        """Handle every complete request in the reader; write their replies at once."""
+        """Handle every complete request in the reader; write the ready replies at once."""
         out: list[bytes] = []
         reader = self.reader
+        slots = self._slots
         handled = 0
         while not self._closing:
-            try:
-                req = reader.gets()
-            except hiredis.ProtocolError as exc:
-                out.append(resp.encode_error(ProtocolError.code, f"protocol error: {exc}"))
-                self._close_after(out)
-                return
-            except MemoryError:
-                out.append(resp.encode_error(RequestTooLarge.code, "request too large"))
-                self._close_after(out)
-                return
-            if req is False:
-                break
-            self._partial = 0
-            if type(req) is not list or not req:
-                out.append(resp.encode_error(ProtocolError.code, "expected an array of bulk strings"))
-                continue
-            if len(req) > self.config.max_args:
-                out.append(resp.encode_error(RequestTooLarge.code, f"more than {self.config.max_args} arguments"))
-                self._close_after(out)
-                return
+            if self._deferred is not None:
+                req: Any = self._deferred
+                self._deferred = None
+            else:
+                try:
+                    req = reader.gets()
+                except hiredis.ProtocolError as exc:
+                    out.append(resp.encode_error(ProtocolError.code, f"protocol error: {exc}"))
+                    self._close_after(out)
+                    return
+                except MemoryError:
+                    out.append(resp.encode_error(RequestTooLarge.code, "request too large"))
+                    self._close_after(out)
+                    return
+                if req is False:
+                    break
+                self._partial = 0
+                if type(req) is not list or not req:
+                    error = resp.encode_error(ProtocolError.code, "expected an array of bulk strings")
+                    (slots.append if slots else out.append)(error)
+                    continue
+                if len(req) > self.config.max_args:
+                    out.append(resp.encode_error(RequestTooLarge.code, f"more than {self.config.max_args} arguments"))
+                    self._close_after(out)
+                    return
             handled += 1
+            handler: Handler | None = None
             for arg in req:
                 if type(arg) is not bytes:
                     handler = _not_a_request
@@ -177,19 +214,40 @@ class Connection(asyncio.Protocol):
                 handler = self.table.get(req[0])
                 if handler is None:
                     handler = self._lookup(req[0])
+            if slots and handler in self.server.barrier_handlers:
+                # A read of lock state behind writes still in flight on this
+                # connection: run it once they commit, so it sees them (as a pipeline
+                # on Redis would).
+                self._deferred = req
+                self._barrier = True
+                handled -= 1
+                break
             try:
-                reply = handler(self, req)
+                reply: Reply = handler(self, req)
             except CoordcoreError as exc:
                 reply = resp.encode_exception(exc)
             except Exception as exc:  # a bug must not take the server down
                 self.server.log.exception("command failed", conn=self.id, command=_safe_name(req))
                 reply = resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
             if type(reply) is bytes:
-                out.append(reply)
+                if slots:
+                    slots.append(reply)
+                else:
+                    out.append(reply)
                 continue
             assert not isinstance(reply, bytes)
-            self._park(reply)
-            break
+            task: asyncio.Task[bytes] = asyncio.ensure_future(reply)
+            slots.append(task)
+            self.server.track(task)
+            task.add_done_callback(self._slot_done)
+            if handler in self.server.blocking_handlers:
+                # May wait for other clients: later requests stay unparsed until it is
+                # answered (Redis blocking-command semantics).
+                self._parked = task
+                break
+            if len(slots) >= self.config.max_inflight:
+                self._inflight_full = True
+                break
         self.server.commands_total += handled
         if out and self.transport is not None:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
@@ -211,36 +269,51 @@ class Connection(asyncio.Protocol):
             self._close_after([resp.encode_error(RequestTooLarge.code,
                                                  f"request over {self.config.max_request_bytes} bytes")])
 
-    def _park(self, awaitable: Awaitable[bytes]) -> None:
-        self._pause_reading(_PAUSE_PARKED)
-        task = asyncio.ensure_future(awaitable)
-        self._parked = task
-        task.add_done_callback(self._unpark)
-        self.server.track(task)
-
-    def _unpark(self, task: asyncio.Task[bytes]) -> None:
-        self._parked = None
-        if self._closing:
-            if not task.cancelled():
-                task.exception()  # retrieved: a cancelled wait of a gone client is fine
-            return
+    def _task_reply(self, task: asyncio.Task[bytes]) -> bytes:
         if task.cancelled():
-            reply = resp.encode_error("CANCELLED", "request cancelled (server shutting down)")
-        else:
-            exc = task.exception()
-            if exc is None:
-                reply = task.result()
-            elif isinstance(exc, CoordcoreError):
-                reply = resp.encode_exception(exc)
+            return resp.encode_error("UNAVAILABLE", "request cancelled: the server is shutting down")
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        if isinstance(exc, CoordcoreError):
+            return resp.encode_exception(exc)
+        self.server.log.error("command failed", conn=self.id, error=repr(exc))
+        return resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
+
+    def _slot_done(self, task: asyncio.Task[bytes]) -> None:
+        if self._closing or self.transport is None:
+            if not task.cancelled():
+                task.exception()  # retrieved: the client is gone, nobody reads this
+            return
+        slots = self._slots
+        out: list[bytes] = []
+        while slots:
+            head = slots[0]
+            if type(head) is bytes:
+                out.append(head)
+            elif head.done():  # type: ignore[union-attr]
+                out.append(self._task_reply(head))  # type: ignore[arg-type]
             else:
-                self.server.log.error("parked command failed", conn=self.id, error=repr(exc))
-                reply = resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
-        assert self.transport is not None
-        self.transport.write(reply)
-        self._resume_reading(_PAUSE_PARKED)
-        # Requests that arrived while parked are still in the reader.
-        self._drain()
-        if self._eof and self._parked is None and not self._closing:
+                break
+            slots.popleft()
+        if out:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+        resume = False
+        if self._parked is not None and self._parked.done():
+            self._parked = None
+            resume = True
+        if self._barrier and not slots:
+            self._barrier = False
+            resume = True
+        if self._inflight_full and len(slots) <= self.config.max_inflight // 2:
+            self._inflight_full = False
+            resume = True
+        if resume and self._parked is None and not self._barrier and not self._inflight_full:
+            self._held = 0
+            self._resume_reading(_PAUSE_HELD)
+            # Requests that arrived meanwhile are still in the reader.
+            self._drain()
+        if self._eof and not slots and self._parked is None and not self._closing:
             self._closing = True
             self.transport.close()
 

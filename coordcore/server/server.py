@@ -54,6 +54,8 @@ class ServerConfig:
     max_output_bytes: int = 64 << 20
     write_high_water: int = 256 << 10
     max_id_range: int = 1 << 16
+    #: Commands in flight (awaiting their commit) per connection before reading pauses.
+    max_inflight: int = 1024
     #: Processes serving IDs (the main one included): ports port .. port+id_workers-1.
     id_workers: int = 1
     #: Serve only connection and ID commands (what the extra ID worker processes do).
@@ -74,7 +76,7 @@ class ServerConfig:
         if self.id_workers > 1 and self.port and self.port + self.id_workers - 1 > 65535:
             raise BadArgument("id_workers ports would run past 65535")
         for name in ("max_connections", "max_request_bytes", "max_args", "max_output_bytes",
-                     "write_high_water", "max_id_range", "backlog"):
+                     "write_high_water", "max_id_range", "max_inflight", "backlog"):
             if getattr(self, name) < 1:
                 raise BadArgument(f"{name} must be >= 1")
         if self.max_args < 2:
@@ -124,6 +126,12 @@ class Server:
         self.commands: dict[bytes, Handler] = {}
         self.noauth: dict[bytes, Handler] = commands.noauth_commands()
         self.command_names: list[bytes] = []
+        #: Handlers that may wait for other clients: they park their connection.
+        self.blocking_handlers: set[Handler] = set()
+        #: Handlers that read lock state: they wait for their connection's writes.
+        self.barrier_handlers: set[Handler] = set()
+        #: The table of a RESP2 connection while it watches.
+        self.watch_table: dict[bytes, Handler] = {}
         self._next_conn_id = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.AbstractServer | None = None
@@ -150,6 +158,9 @@ class Server:
 
             self.locks = await lockcmds.open_backend(self)
             table.update(lockcmds.lock_commands())
+            self.blocking_handlers = lockcmds.blocking_handlers()
+            self.barrier_handlers = lockcmds.barrier_handlers()
+            self.watch_table = lockcmds.watch_mode_commands()
             self._info_providers.append(lambda: lockcmds.info_lines(self))
         self.commands = table
         self.command_names = sorted(table)

@@ -149,9 +149,11 @@ class Raw:
 
 @contextlib.asynccontextmanager
 async def inprocess_server(data_dir: Path, **overrides: Any) -> AsyncIterator[Server]:
-    """A Server on the running loop (any free port), closed afterwards."""
+    """A Server on the running loop (any free port), closed afterwards. Without
+    ``locks=True`` it is ID-only (no lock service): enough for protocol tests."""
+    locks = overrides.pop("locks", False)
     cfg = ServerConfig(port=0, data_dir=data_dir, worker_id=overrides.pop("worker_id", 2), fsync=False,
-                       **overrides)
+                       id_only=not locks, **overrides)
     server = Server(cfg, log=configure("kv", "warning", name="coordcore.server.test"))
     await server.start()
     try:

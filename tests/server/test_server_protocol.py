@@ -278,3 +278,66 @@ def test_many_idle_connections_while_others_are_served(run: Callable[..., Any], 
                 w.close()
 
     run(main(), timeout=60)
+
+
+def test_commands_in_flight_and_blocking_commands_keep_reply_order(run: Callable[..., Any], tmp_path: Path) -> None:
+    """Commit-style commands run concurrently with replies in order; a blocking one parks
+    its connection (later requests wait unparsed) without stalling other connections."""
+
+    async def main() -> None:
+        async with inprocess_server(tmp_path, max_inflight=8) as server:
+            gate = asyncio.Event()
+            started: list[bytes] = []
+
+            def slow(conn: Any, req: list[bytes]) -> Any:
+                started.append(req[1])
+
+                async def later() -> bytes:
+                    await asyncio.sleep(float(req[2]))
+                    return b"+" + req[1] + b"\r\n"
+                return later()
+
+            def block(conn: Any, req: list[bytes]) -> Any:
+                started.append(req[1])
+
+                async def wait() -> bytes:
+                    await gate.wait()
+                    return b"+" + req[1] + b"\r\n"
+                return wait()
+
+            server.commands[b"T.SLOW"] = slow
+            server.commands[b"T.BLOCK"] = block
+            server.blocking_handlers.add(block)
+            # In-flight commands finish out of order; replies come back in order, and
+            # quick replies queue behind them.
+            replies = await roundtrip(server.port, pack("T.SLOW", "a", 0.05) + pack("T.SLOW", "b", 0.0) +
+                                      pack("PING") + pack("T.SLOW", "c", 0.01), 4)
+            assert replies == [b"a", b"b", b"PONG", b"c"]
+            # More than max_inflight pipelined: all answered, in order.
+            n = 50
+            replies = await roundtrip(server.port, b"".join(pack("T.SLOW", str(i), 0.001 * (i % 3))
+                                                            for i in range(n)), n)
+            assert replies == [str(i).encode() for i in range(n)]
+            # A blocking command parks its connection: what follows is not even started.
+            started.clear()
+            reader, writer = await aio_raw(server.port)
+            parser = hiredis.Reader()
+            writer.write(pack("T.BLOCK", "x") + pack("T.SLOW", "y", 0) + pack("ECHO", "z"))
+            await asyncio.sleep(0.05)
+            assert started == [b"x"]
+            # ... while other connections are served.
+            assert await roundtrip(server.port, pack("PING"), 1) == [b"PONG"]
+            gate.set()
+            assert [await read_reply(reader, parser) for _ in range(3)] == [b"x", b"y", b"z"]
+            assert started == [b"x", b"y"]
+            # A client that goes away while parked: the wait is cancelled.
+            gate.clear()
+            writer.write(pack("T.BLOCK", "gone"))
+            await asyncio.sleep(0.05)
+            (conn,) = [c for c in server.connections if c._parked is not None]
+            parked = conn._parked
+            writer.transport.abort()
+            await asyncio.sleep(0.05)
+            assert parked is not None and parked.cancelled(), (conn._pause, conn._closing, conn in server.connections)
+
+    run(main(), timeout=30)

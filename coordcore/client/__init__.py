@@ -2,7 +2,7 @@
 :class:`AsyncClient` (asyncio). Both speak RESP3, map error replies to coordcore's
 exception classes, keep sessions alive in the background, hand out locks as context
 managers yielding a :class:`Grant` with its fencing ``token``, and prefetch IDs."""
-from coordcore.client._common import Grant, IdRuns, Leader, LockInfo, WatchEvent
+from coordcore.client._common import Contender, Grant, IdRuns, Leader, LockInfo, WatchEvent
 from coordcore.client._wire import Endpoint
 from coordcore.client.aio import AsyncClient, AsyncIdBuffer, AsyncPipeline, AsyncSession
 from coordcore.client.sync import Client, IdBuffer, Pipeline, Session
@@ -13,6 +13,7 @@ __all__ = [
     "AsyncPipeline",
     "AsyncSession",
     "Client",
+    "Contender",
     "Endpoint",
     "Grant",
     "IdBuffer",

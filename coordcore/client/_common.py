@@ -8,7 +8,14 @@ from typing import Any, Literal
 from coordcore.client._wire import Arg, to_dict
 from coordcore.errors import BadArgument
 
-__all__ = ["Grant", "IdRuns", "Leader", "LockInfo", "WatchEvent"]
+__all__ = ["Contender", "Grant", "IdRuns", "Leader", "LockInfo", "WatchEvent"]
+
+
+GrantKind = Literal["lock", "semaphore", "election"]
+
+
+def key_bytes(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +28,7 @@ class Grant:
     token: int
     session: int
     shared: bool = False
-    kind: Literal["lock", "semaphore", "election"] = "lock"
+    kind: GrantKind = "lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,13 +39,28 @@ class Leader:
 
 
 @dataclasses.dataclass(frozen=True)
+class Contender:
+    """A holder (``token != 0``) or waiter of a key, as ``LOCK.INFO`` reports it."""
+
+    session: int
+    ticket: int
+    token: int
+    mode: str
+    value: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class LockInfo:
-    """What ``LOCK.INFO`` says: the mode, holders as (session, token), waiter count."""
+    """What ``LOCK.INFO`` / ``SEM.INFO`` say about a key: its kind (``lock``,
+    ``semaphore``, ``election`` or ``none``), the mode it is held in (``free``,
+    ``exclusive``, ``shared``...), holders in token order, waiters in FIFO order."""
 
     key: bytes
+    kind: str
+    permits: int
     mode: str
-    holders: list[tuple[int, int]]
-    waiters: int
+    holders: list[Contender]
+    waiters: list[Contender]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +107,14 @@ class Election:
         self.name = name
 
 
+RELEASE_COMMAND: dict[str, str] = {"lock": "LOCK.RELEASE", "semaphore": "SEM.RELEASE", "election": "ELECT.RESIGN"}
+INFO_COMMAND: dict[str, str] = {"lock": "LOCK.INFO", "semaphore": "SEM.INFO", "election": "LOCK.INFO"}
+
+
+def release_args(grant: Grant, request_id: int) -> list[Arg]:
+    return [RELEASE_COMMAND[grant.kind], grant.key, grant.session, "TOKEN", grant.token, "REQID", request_id]
+
+
 def ttl_arg(ttl: float) -> str:
     if not ttl > 0:
         raise BadArgument(f"ttl must be > 0 seconds, got {ttl}")
@@ -106,6 +136,12 @@ def acquire_args(cmd: str, key: str | bytes, sid: int, shared: bool, timeout: fl
     return args + _timeout_ms(timeout)
 
 
+def stray_holds(info: LockInfo, sid: int, known: set[int]) -> list[int]:
+    """Tokens of holds of session ``sid`` on a key that the client does not know of
+    (a grant whose reply was lost with its connection)."""
+    return [c.token for c in info.holders if c.session == sid and c.token not in known]
+
+
 def sem_args(name: str | bytes, sid: int, permits: int, timeout: float | None) -> list[Arg]:
     return ["SEM.ACQUIRE", name, sid, permits, *_timeout_ms(timeout)]
 
@@ -114,10 +150,16 @@ def campaign_args(name: str | bytes, sid: int, value: str | bytes, timeout: floa
     return ["ELECT.CAMPAIGN", name, sid, value, *_timeout_ms(timeout)]
 
 
+def _contender(reply: Any) -> Contender:
+    d = to_dict(reply)
+    return Contender(session=int(d["session"]), ticket=int(d["ticket"]), token=int(d["token"]),
+                     mode=d["mode"].decode(), value=d["value"])
+
+
 def parse_lock_info(reply: Any) -> LockInfo:
     d = to_dict(reply)
-    return LockInfo(key=d["key"], mode=d["mode"].decode(),
-                    holders=[(int(s), int(t)) for s, t in d["holders"]], waiters=int(d["waiters"]))
+    return LockInfo(key=d["key"], kind=d["kind"].decode(), permits=int(d["permits"]), mode=d["mode"].decode(),
+                    holders=[_contender(c) for c in d["holders"]], waiters=[_contender(c) for c in d["waiters"]])
 
 
 def parse_leader(reply: Any) -> Leader | None:

@@ -32,26 +32,32 @@ from typing import Any
 import hiredis
 
 from coordcore.client._common import (
+    INFO_COMMAND,
+    RELEASE_COMMAND,
     Election,
     Grant,
+    GrantKind,
     IdRuns,
     Leader,
     LockInfo,
     WatchEvent,
     acquire_args,
     campaign_args,
+    key_bytes as _kb,
     parse_leader,
     parse_lock_info,
     parse_watch_event,
+    release_args,
     sem_args,
+    stray_holds,
     ttl_arg,
 )
-from coordcore.client._wire import Arg, Endpoint, new_reader, pack, parse_endpoint, to_dict
+from coordcore.client._wire import Arg, Endpoint, error_from_reply, new_reader, pack, parse_endpoint
 from coordcore.errors import (
     BadArgument,
     ConnectionLost,
     CoordcoreError,
-    NotLockHolder,
+    NotLeader,
     ServiceClosed,
     SessionExpired,
 )
@@ -158,6 +164,10 @@ class AsyncClient:
         self._default_sessions: dict[float, AsyncSession] = {}
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reqids = itertools.count(1)
+        #: Tokens this client holds, per (session, key): to tell a lost grant from ours.
+        self._held: dict[tuple[int, bytes], set[int]] = {}
+        self._inflight: dict[tuple[int, bytes], int] = {}
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -326,11 +336,46 @@ class AsyncClient:
 
     # --- locks, semaphores, elections --------------------------------------------------
 
+    def _reqid(self) -> int:
+        return next(self._reqids)
+
+    async def _contend(self, args: list[Arg], key: str | bytes, sid: int, kind: GrantKind,
+                       shared: bool = False) -> Grant:
+        """A blocking acquire on a connection of its own. If it is cancelled or its
+        connection breaks, the server withdraws the wait; a grant whose reply was lost
+        is found with LOCK.INFO and released, so the caller never holds a lock it was
+        not told about."""
+        k = (sid, _kb(key))
+        self._inflight[k] = self._inflight.get(k, 0) + 1
+        try:
+            token = int(await self.execute_blocking(*args))
+        except (asyncio.CancelledError, ConnectionLost):
+            self._spawn(self._reconcile(key, sid, kind))
+            raise
+        finally:
+            self._inflight[k] -= 1
+        self._held.setdefault(k, set()).add(token)
+        return Grant(key, token, sid, shared=shared, kind=kind)
+
+    async def _reconcile(self, key: str | bytes, sid: int, kind: GrantKind) -> None:
+        k = (sid, _kb(key))
+        with contextlib.suppress(CoordcoreError, OSError):
+            await asyncio.sleep(0)
+            if self._inflight.get(k):
+                return  # another acquire of ours on this key is in flight: do not guess
+            info = parse_lock_info(await self.execute(INFO_COMMAND[kind], key))
+            for token in stray_holds(info, sid, self._held.get(k, set())):
+                await self.execute(RELEASE_COMMAND[kind], key, sid, "TOKEN", token, "REQID", self._reqid())
+
+    async def _session_for(self, session: AsyncSession | None, ttl: float | None) -> AsyncSession:
+        return session if session is not None else await self._default_session(ttl)
+
     @contextlib.asynccontextmanager
     async def lock(self, key: str | bytes, *, ttl: float | None = None, session: AsyncSession | None = None,
                    shared: bool = False, timeout: float | None = None) -> AsyncIterator[Grant]:
         """``async with client.lock("jobs/42", ttl=10) as grant:`` holds the lock;
-        ``grant.token`` is its fencing token. Released on exit."""
+        ``grant.token`` is its fencing token. Released on exit. ``ttl`` is the TTL of
+        the client's session for that TTL (opened once, kept alive)."""
         grant = await self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout)
         try:
             yield grant
@@ -339,47 +384,47 @@ class AsyncClient:
 
     async def acquire(self, key: str | bytes, *, ttl: float | None = None, session: AsyncSession | None = None,
                       shared: bool = False, timeout: float | None = None) -> Grant:
-        s = session if session is not None else await self._default_session(ttl)
-        args = acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout)
-        try:
-            token = await self.execute_blocking(*args)
-        except asyncio.CancelledError:
-            self._spawn(self._release_quietly("LOCK.RELEASE", key, s.id))
-            raise
-        return Grant(key, int(token), s.id, shared=shared)
+        """Wait for lock ``key`` (``timeout`` seconds, None: forever) and return the grant.
+        Raises LockTimeout, SessionExpired..."""
+        s = await self._session_for(session, ttl)
+        args = acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout) + ["REQID", self._reqid()]
+        return await self._contend(args, key, s.id, "lock", shared)
 
     async def try_acquire(self, key: str | bytes, *, ttl: float | None = None,
                           session: AsyncSession | None = None, shared: bool = False) -> Grant | None:
-        """The lock if it is free now, else None (never waits)."""
-        s = session if session is not None else await self._default_session(ttl)
+        """The lock if it can be granted now, else None (never waits)."""
+        s = await self._session_for(session, ttl)
         args: list[Arg] = ["LOCK.TRY", key, s.id]
         if shared:
             args.append("SHARED")
-        token = await self.execute(*args, retry=False)
-        return None if token is None else Grant(key, int(token), s.id, shared=shared)
+        token = await self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
+        if token is None:
+            return None
+        self._held.setdefault((s.id, _kb(key)), set()).add(int(token))
+        return Grant(key, int(token), s.id, shared=shared)
 
     async def release(self, grant: Grant) -> None:
-        cmd = {"lock": "LOCK.RELEASE", "semaphore": "SEM.RELEASE", "election": "ELECT.RESIGN"}[grant.kind]
-        await self.execute(cmd, grant.key, grant.session)
-
-    async def _release_quietly(self, cmd: str, key: str | bytes, sid: int) -> None:
-        with contextlib.suppress(CoordcoreError, OSError):
-            await self.execute(cmd, key, sid)
+        """Release a lock, semaphore permit or leadership (by its token)."""
+        try:
+            await self.execute(*release_args(grant, self._reqid()))  # retried with the same REQID
+        finally:
+            self._held.get((grant.session, _kb(grant.key)), set()).discard(grant.token)
 
     async def lock_info(self, key: str | bytes) -> LockInfo:
+        """Holders and waiters of a lock, semaphore or election key."""
         return parse_lock_info(await self.execute("LOCK.INFO", key))
+
+    async def acquire_semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
+                                session: AsyncSession | None = None, timeout: float | None = None) -> Grant:
+        s = await self._session_for(session, ttl)
+        args = sem_args(name, s.id, permits, timeout) + ["REQID", self._reqid()]
+        return await self._contend(args, name, s.id, "semaphore")
 
     @contextlib.asynccontextmanager
     async def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
                         session: AsyncSession | None = None, timeout: float | None = None) -> AsyncIterator[Grant]:
-        """Hold one of ``permits`` slots of the counting semaphore ``name``."""
-        s = session if session is not None else await self._default_session(ttl)
-        try:
-            token = await self.execute_blocking(*sem_args(name, s.id, permits, timeout))
-        except asyncio.CancelledError:
-            self._spawn(self._release_quietly("SEM.RELEASE", name, s.id))
-            raise
-        grant = Grant(name, int(token), s.id, kind="semaphore")
+        """Hold one of ``permits`` slots of the counting semaphore ``name`` (FIFO)."""
+        grant = await self.acquire_semaphore(name, permits, ttl=ttl, session=session, timeout=timeout)
         try:
             yield grant
         finally:
@@ -387,13 +432,15 @@ class AsyncClient:
 
     def election(self, name: str | bytes, *, ttl: float | None = None,
                  session: AsyncSession | None = None) -> AsyncElection:
+        """A leader election handle: ``await e.campaign(value)``, ``await e.leader()``."""
         return AsyncElection(self, name, ttl, session)
 
     # --- watches ---------------------------------------------------------------------
 
     async def watch(self, prefix: str | bytes = b"") -> AsyncIterator[WatchEvent]:
         """Every change under ``prefix`` from now on, in revision order, as an async
-        iterator (a connection of its own, RESP3 pushes). Ends when the connection does."""
+        iterator (a connection of its own, RESP3 pushes). Ends with ConnectionLost
+        when the connection does."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         conn = await self._open(on_push=queue.put_nowait)
         try:
@@ -402,6 +449,8 @@ class AsyncClient:
                 item = await queue.get()
                 if item is None:
                     raise ConnectionLost("watch connection lost")
+                if item and item[0] == b"watch-error":
+                    raise error_from_reply(item[1].decode())
                 event = parse_watch_event(item)
                 if event is not None:
                     yield event
@@ -465,7 +514,8 @@ class AsyncSession:
 
 
 class AsyncElection(Election):
-    """A leader election: ``await e.campaign(value)`` waits to lead; ``leader()``."""
+    """A leader election: ``grant = await e.campaign(value)`` waits to lead (FIFO
+    succession); ``proclaim``, ``resign``, ``leader()``, ``observe()``."""
 
     def __init__(self, client: AsyncClient, name: str | bytes, ttl: float | None,
                  session: AsyncSession | None) -> None:
@@ -473,29 +523,54 @@ class AsyncElection(Election):
         self.client = client
         self.ttl = ttl
         self.session = session
+        self.grant: Grant | None = None
 
     async def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
-        s = self.session if self.session is not None else await self.client._default_session(self.ttl)
+        s = await self.client._session_for(self.session, self.ttl)
         self.session = s
-        try:
-            token = await self.client.execute_blocking(*campaign_args(self.name, s.id, value, timeout))
-        except asyncio.CancelledError:
-            self.client._spawn(self.client._release_quietly("ELECT.RESIGN", self.name, s.id))
-            raise
-        return Grant(self.name, int(token), s.id, kind="election")
+        args = campaign_args(self.name, s.id, value, timeout) + ["REQID", self.client._reqid()]
+        self.grant = await self.client._contend(args, self.name, s.id, "election")
+        return self.grant
 
-    async def proclaim(self, value: str | bytes) -> None:
-        if self.session is None:
-            raise NotLockHolder("campaign first")
-        await self.client.execute("ELECT.PROCLAIM", self.name, self.session.id, value)
+    def _leadership(self) -> Grant:
+        if self.grant is None:
+            raise NotLeader("campaign first")
+        return self.grant
+
+    async def proclaim(self, value: str | bytes) -> int:
+        """Publish a new value as leader; returns the revision of the proclamation."""
+        g = self._leadership()
+        return int(await self.client.execute("ELECT.PROCLAIM", self.name, g.session, value, "TOKEN", g.token,
+                                             "REQID", self.client._reqid()))
 
     async def resign(self) -> None:
-        if self.session is None:
-            raise NotLockHolder("campaign first")
-        await self.client.execute("ELECT.RESIGN", self.name, self.session.id)
+        g = self._leadership()
+        self.grant = None
+        await self.client.release(g)
 
     async def leader(self) -> Leader | None:
         return parse_leader(await self.client.execute("ELECT.LEADER", self.name))
+
+    async def observe(self) -> AsyncIterator[Leader | None]:
+        """The leader now, then after every change of leader or value."""
+        events = self.client.watch(self.name)
+        try:
+            first = asyncio.ensure_future(events.__anext__())
+            await asyncio.sleep(0.01)  # let the watch register before reading the state
+            current = await self.leader()
+            yield current
+            pending: asyncio.Future[WatchEvent] = first
+            while True:
+                event = await pending
+                pending = asyncio.ensure_future(events.__anext__())
+                if event.key != _kb(self.name):
+                    continue
+                now = await self.leader()
+                if now != current:
+                    current = now
+                    yield current
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 class AsyncPipeline:

@@ -28,26 +28,32 @@ from typing import Any
 import hiredis
 
 from coordcore.client._common import (
+    INFO_COMMAND,
+    RELEASE_COMMAND,
     Election,
     Grant,
+    GrantKind,
     IdRuns,
     Leader,
     LockInfo,
     WatchEvent,
     acquire_args,
     campaign_args,
+    key_bytes,
     parse_leader,
     parse_lock_info,
     parse_watch_event,
+    release_args,
     sem_args,
+    stray_holds,
     ttl_arg,
 )
-from coordcore.client._wire import Arg, Endpoint, new_reader, pack, parse_endpoint
+from coordcore.client._wire import Arg, Endpoint, error_from_reply, new_reader, pack, parse_endpoint
 from coordcore.errors import (
     BadArgument,
     ConnectionLost,
     CoordcoreError,
-    NotLockHolder,
+    NotLeader,
     ServiceClosed,
     SessionExpired,
 )
@@ -140,6 +146,10 @@ class Client:
         self._default_sessions: dict[float, Session] = {}
         self._keeper: threading.Thread | None = None
         self._wake = threading.Event()
+        self._reqids = itertools.count(1)
+        #: Tokens this client holds, per (session, key): to tell a lost grant from ours.
+        self._held: dict[tuple[int, bytes], set[int]] = {}
+        self._inflight: dict[tuple[int, bytes], int] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -300,13 +310,20 @@ class Client:
 
     # --- locks, semaphores, elections --------------------------------------------------
 
+    def _reqid(self) -> int:
+        with self._lock:
+            return next(self._reqids)
+
     def _blocking(self, args: Sequence[Arg], timeout: float | None) -> Any:
         conn = self._checkout()
         try:
-            # Server-side TIMEOUT decides; the socket timeout is only a safety net.
+            # The server's TIMEOUT decides; the socket timeout is only a safety net.
             conn.sock.settimeout(None if timeout is None else timeout + 30.0)
             reply = conn.call(args)
             conn.sock.settimeout(None)
+        except ConnectionLost:
+            conn.close()
+            raise
         except CoordcoreError:
             self._checkin(conn)
             raise
@@ -315,6 +332,38 @@ class Client:
             raise
         self._checkin(conn)
         return reply
+
+    def _contend(self, args: list[Arg], key: str | bytes, sid: int, kind: GrantKind, timeout: float | None,
+                 shared: bool = False) -> Grant:
+        """A blocking acquire on a connection of its own; see AsyncClient._contend."""
+        k = (sid, key_bytes(key))
+        with self._lock:
+            self._inflight[k] = self._inflight.get(k, 0) + 1
+        try:
+            token = int(self._blocking(args, timeout))
+        except (KeyboardInterrupt, ConnectionLost, OSError):
+            with self._lock:
+                self._inflight[k] -= 1
+            self._reconcile(key, sid, kind)
+            raise
+        with self._lock:
+            self._inflight[k] -= 1
+            self._held.setdefault(k, set()).add(token)
+        return Grant(key, token, sid, shared=shared, kind=kind)
+
+    def _reconcile(self, key: str | bytes, sid: int, kind: GrantKind) -> None:
+        k = (sid, key_bytes(key))
+        with contextlib.suppress(CoordcoreError, OSError):
+            with self._lock:
+                if self._inflight.get(k):
+                    return
+                known = set(self._held.get(k, set()))
+            info = parse_lock_info(self.execute(INFO_COMMAND[kind], key))
+            for token in stray_holds(info, sid, known):
+                self.execute(RELEASE_COMMAND[kind], key, sid, "TOKEN", token, "REQID", self._reqid())
+
+    def _session_for(self, session: Session | None, ttl: float | None) -> Session:
+        return session if session is not None else self._default_session(ttl)
 
     @contextlib.contextmanager
     def lock(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
@@ -329,44 +378,45 @@ class Client:
 
     def acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
                 shared: bool = False, timeout: float | None = None) -> Grant:
-        s = session if session is not None else self._default_session(ttl)
-        try:
-            token = self._blocking(acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout), timeout)
-        except (KeyboardInterrupt, ConnectionLost):
-            self._release_quietly("LOCK.RELEASE", key, s.id)
-            raise
-        return Grant(key, int(token), s.id, shared=shared)
+        s = self._session_for(session, ttl)
+        args = acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout) + ["REQID", self._reqid()]
+        return self._contend(args, key, s.id, "lock", timeout, shared)
 
     def try_acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
                     shared: bool = False) -> Grant | None:
-        s = session if session is not None else self._default_session(ttl)
+        s = self._session_for(session, ttl)
         args: list[Arg] = ["LOCK.TRY", key, s.id]
         if shared:
             args.append("SHARED")
-        token = self.execute(*args, retry=False)
-        return None if token is None else Grant(key, int(token), s.id, shared=shared)
+        token = self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
+        if token is None:
+            return None
+        with self._lock:
+            self._held.setdefault((s.id, key_bytes(key)), set()).add(int(token))
+        return Grant(key, int(token), s.id, shared=shared)
 
     def release(self, grant: Grant) -> None:
-        cmd = {"lock": "LOCK.RELEASE", "semaphore": "SEM.RELEASE", "election": "ELECT.RESIGN"}[grant.kind]
-        self.execute(cmd, grant.key, grant.session)
-
-    def _release_quietly(self, cmd: str, key: str | bytes, sid: int) -> None:
-        with contextlib.suppress(CoordcoreError, OSError):
-            self.execute(cmd, key, sid)
+        """Release a lock, semaphore permit or leadership (by its token)."""
+        try:
+            self.execute(*release_args(grant, self._reqid()))  # retried with the same REQID
+        finally:
+            with self._lock:
+                self._held.get((grant.session, key_bytes(grant.key)), set()).discard(grant.token)
 
     def lock_info(self, key: str | bytes) -> LockInfo:
         return parse_lock_info(self.execute("LOCK.INFO", key))
 
+    def acquire_semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
+                          session: Session | None = None, timeout: float | None = None) -> Grant:
+        s = self._session_for(session, ttl)
+        args = sem_args(name, s.id, permits, timeout) + ["REQID", self._reqid()]
+        return self._contend(args, name, s.id, "semaphore", timeout)
+
     @contextlib.contextmanager
     def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
                   session: Session | None = None, timeout: float | None = None) -> Iterator[Grant]:
-        s = session if session is not None else self._default_session(ttl)
-        try:
-            token = self._blocking(sem_args(name, s.id, permits, timeout), timeout)
-        except (KeyboardInterrupt, ConnectionLost):
-            self._release_quietly("SEM.RELEASE", name, s.id)
-            raise
-        grant = Grant(name, int(token), s.id, kind="semaphore")
+        """Hold one of ``permits`` slots of the counting semaphore ``name`` (FIFO)."""
+        grant = self.acquire_semaphore(name, permits, ttl=ttl, session=session, timeout=timeout)
         try:
             yield grant
         finally:
@@ -385,7 +435,10 @@ class Client:
             conn.call(["WATCH", prefix])
             conn.sock.settimeout(timeout)
             while True:
-                event = parse_watch_event(conn.read(pushes=True))
+                item = conn.read(pushes=True)
+                if isinstance(item, list) and item and item[0] == b"watch-error":
+                    raise error_from_reply(item[1].decode())
+                event = parse_watch_event(item)
                 if event is not None:
                     yield event
         finally:
@@ -429,31 +482,36 @@ class Session:
 
 
 class SyncElection(Election):
+    """A leader election: ``grant = e.campaign(value)`` blocks until this client leads."""
+
     def __init__(self, client: Client, name: str | bytes, ttl: float | None, session: Session | None) -> None:
         super().__init__(name)
         self.client = client
         self.ttl = ttl
         self.session = session
+        self.grant: Grant | None = None
 
     def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
-        s = self.session if self.session is not None else self.client._default_session(self.ttl)
+        s = self.client._session_for(self.session, self.ttl)
         self.session = s
-        try:
-            token = self.client._blocking(campaign_args(self.name, s.id, value, timeout), timeout)
-        except (KeyboardInterrupt, ConnectionLost):
-            self.client._release_quietly("ELECT.RESIGN", self.name, s.id)
-            raise
-        return Grant(self.name, int(token), s.id, kind="election")
+        args = campaign_args(self.name, s.id, value, timeout) + ["REQID", self.client._reqid()]
+        self.grant = self.client._contend(args, self.name, s.id, "election", timeout)
+        return self.grant
 
-    def proclaim(self, value: str | bytes) -> None:
-        if self.session is None:
-            raise NotLockHolder("campaign first")
-        self.client.execute("ELECT.PROCLAIM", self.name, self.session.id, value)
+    def _leadership(self) -> Grant:
+        if self.grant is None:
+            raise NotLeader("campaign first")
+        return self.grant
+
+    def proclaim(self, value: str | bytes) -> int:
+        g = self._leadership()
+        return int(self.client.execute("ELECT.PROCLAIM", self.name, g.session, value, "TOKEN", g.token,
+                                       "REQID", self.client._reqid()))
 
     def resign(self) -> None:
-        if self.session is None:
-            raise NotLockHolder("campaign first")
-        self.client.execute("ELECT.RESIGN", self.name, self.session.id)
+        g = self._leadership()
+        self.grant = None
+        self.client.release(g)
 
     def leader(self) -> Leader | None:
         return parse_leader(self.client.execute("ELECT.LEADER", self.name))

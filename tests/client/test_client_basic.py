@@ -42,7 +42,7 @@ def test_async_client_commands(run: Callable[..., Any], tmp_path: Path) -> None:
             assert replies[:100] == [str(i).encode() for i in range(100)]
             assert isinstance(replies[100], BadArgument)
             info = await client.info()
-            assert info["role"] == "main"
+            assert info["worker_id"] == "2"
 
     run(main(), timeout=30)
 

@@ -178,18 +178,13 @@ def cmd_session_close(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     return _ok(_svc(conn).close_session(_session(req[1])))
 
 
-def _contender(c: Contender, key: bytes | None = None) -> bytes:
+def _contender(c: Contender, resp3: bool, key: bytes | None = None) -> bytes:
     pairs = [(b"session", resp.encode_int(c.session)), (b"ticket", resp.encode_int(c.ticket)),
              (b"token", resp.encode_int(c.token)), (b"mode", resp.encode_bulk(_mode_name(c.mode))),
              (b"value", resp.encode_bulk(c.value))]
     if key is not None:
         pairs.insert(0, (b"key", resp.encode_bulk(key)))
-    return pairs_map(pairs)
-
-
-def pairs_map(pairs: list[tuple[bytes, bytes]]) -> bytes:
-    # Nested maps are always RESP2-flat here: both encodings read fine with to_dict().
-    return resp.encode_map(pairs, False)
+    return resp.encode_map(pairs, resp3)
 
 
 def cmd_session_info(conn: Connection, req: list[bytes]) -> bytes:
@@ -201,7 +196,7 @@ def cmd_session_info(conn: Connection, req: list[bytes]) -> bytes:
         (b"session", resp.encode_int(info.session_id)),
         (b"ttl_ms", resp.encode_int(info.ttl_ms)),
         (b"deadline_ms", resp.encode_int(info.deadline_ms)),
-        (b"contenders", resp.encode_array([_contender(c, key) for key, c in info.contenders])),
+        (b"contenders", resp.encode_array([_contender(c, conn.resp3, key) for key, c in info.contenders])),
     ], conn.resp3)
 
 
@@ -271,8 +266,8 @@ def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
         (b"kind", resp.encode_bulk(kind)),
         (b"permits", resp.encode_int(permits)),
         (b"mode", resp.encode_bulk(mode)),
-        (b"holders", resp.encode_array([_contender(c) for c in holders])),
-        (b"waiters", resp.encode_array([_contender(c) for c in waiters])),
+        (b"holders", resp.encode_array([_contender(c, conn.resp3) for c in holders])),
+        (b"waiters", resp.encode_array([_contender(c, conn.resp3) for c in waiters])),
     ], conn.resp3)
 
 
@@ -369,9 +364,10 @@ def encode_event(ev: Event, resp3: bool) -> bytes:
         kind = EventKind(ev.kind).name.lower().encode()
     except ValueError:
         kind = b"%d" % ev.kind
-    fields = pairs_map([(b"mode", resp.encode_bulk(_mode_name(ev.mode))),
+    fields = resp.encode_map([(b"mode", resp.encode_bulk(_mode_name(ev.mode))),
                         (b"session", resp.encode_int(ev.session)), (b"ticket", resp.encode_int(ev.ticket)),
-                        (b"token", resp.encode_int(ev.token)), (b"value", resp.encode_bulk(ev.value))])
+                        (b"token", resp.encode_int(ev.token)), (b"value", resp.encode_bulk(ev.value))],
+                             resp3)
     return resp.encode_push([resp.encode_bulk(b"watch"), resp.encode_int(ev.revision), resp.encode_bulk(kind),
                              resp.encode_bulk(ev.key), fields], resp3)
 

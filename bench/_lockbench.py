@@ -1,0 +1,326 @@
+"""Lock acquire+release cycles: coordcore (fsync on) vs Redis (redis-py's Lock protocol,
+no persistence and AOF fsync always), etcd's lock API and kazoo's Lock on ZooKeeper.
+
+coordcore and Redis are driven by the same light load generator (asyncio + hiredis,
+one connection per client, the next command pipelined with the release), so the
+server is what is measured, not a heavy Python client:
+
+* coordcore: ``LOCK.ACQUIRE key session`` (blocking, parked server side, woken on
+  commit) then ``LOCK.RELEASE key session TOKEN t`` pipelined with the next acquire.
+* Redis: exactly what redis-py's ``Lock`` sends: ``SET key token NX PX ttl``, polling
+  every 0.1 s (redis-py's default ``sleep``) while held, and the compare-and-delete
+  Lua script (``EVALSHA``) to release.
+* etcd: its lock API (v3lock ``Lock``/``Unlock`` with a lease) over the gRPC JSON
+  gateway, one keep-alive HTTP/1.1 connection per client (light, like the others).
+* ZooKeeper: kazoo's ``Lock`` recipe (threads: kazoo has no light mode).
+
+Each case reports cycles/s, acquire latency p50/p99 and the server's CPU per cycle.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import statistics
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import hiredis
+import uvloop
+
+import _peers
+from _report import Report
+
+CASES = [(1, 1), (8, 1), (32, 1), (1, 1000), (8, 1000), (32, 1000)]
+
+
+class Resp(asyncio.Protocol):
+    """A minimal pipelined RESP connection: send(*commands) -> futures, in order."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiters: list[asyncio.Future[Any]] = []
+        self.head = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            fut = self.waiters[self.head]
+            self.head += 1
+            if not fut.done():
+                fut.set_result(reply)
+        if self.head > 1024:
+            del self.waiters[:self.head]
+            self.head = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.waiters[self.head:]:
+            if not fut.done():
+                fut.set_exception(ConnectionError("lost"))
+
+    def send(self, *commands: tuple[Any, ...]) -> list[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in commands]
+        self.waiters.extend(futs)
+        assert self.transport is not None
+        self.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
+        return futs
+
+
+async def resp_connect(port: int) -> Resp:
+    _, proto = await asyncio.get_running_loop().create_connection(Resp, "127.0.0.1", port)
+    return proto
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.cycles = 0
+        self.all_cycles = 0  # warm-up and wind-down included: for CPU per cycle
+        self.latencies: list[float] = []
+        self.measuring = False
+
+    def done(self, acquire_latency: float) -> None:
+        self.all_cycles += 1
+        if self.measuring:
+            self.cycles += 1
+            self.latencies.append(acquire_latency)
+
+
+def pick(n_keys: int, rnd: random.Random) -> bytes:
+    return b"bench/%d" % (rnd.randrange(n_keys) if n_keys > 1 else 0)
+
+
+async def coordcore_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event, seed: int) -> None:
+    rnd = random.Random(seed)
+    conn = await resp_connect(port)
+    (sid,) = await asyncio.gather(*conn.send(("SESSION.OPEN", 30)))
+    key = pick(n_keys, rnd)
+    t0 = time.perf_counter()
+    (acq,) = conn.send(("LOCK.ACQUIRE", key, sid))
+    while True:
+        token = await acq
+        now = time.perf_counter()
+        stats.done(now - t0)
+        if stop.is_set():
+            await conn.send(("LOCK.RELEASE", key, sid, "TOKEN", token))[0]
+            break
+        nxt = pick(n_keys, rnd)
+        t0 = now
+        _, acq = conn.send(("LOCK.RELEASE", key, sid, "TOKEN", token), ("LOCK.ACQUIRE", nxt, sid))
+        key = nxt
+    await conn.send(("SESSION.CLOSE", sid))[0]
+    assert conn.transport is not None
+    conn.transport.close()
+
+
+# redis-py's Lock release script (redis/lock.py LUA_RELEASE_SCRIPT), verbatim in effect.
+LUA_RELEASE = """
+local token = redis.call('get', KEYS[1])
+if not token or token ~= ARGV[1] then
+    return 0
+end
+redis.call('del', KEYS[1])
+return 1
+"""
+
+
+async def redis_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event, seed: int) -> None:
+    rnd = random.Random(seed)
+    conn = await resp_connect(port)
+    (sha,) = await asyncio.gather(*conn.send(("SCRIPT", "LOAD", LUA_RELEASE)))
+    n = 0
+    while not stop.is_set():
+        key = pick(n_keys, rnd)
+        token = b"%d-%d" % (seed, n)
+        n += 1
+        t0 = time.perf_counter()
+        while True:
+            ok = await conn.send(("SET", key, token, "NX", "PX", 10_000))[0]
+            if ok is not None:
+                break
+            await asyncio.sleep(0.1)  # redis-py Lock's default poll interval
+        stats.done(time.perf_counter() - t0)
+        await conn.send(("EVALSHA", sha, 1, key, token))[0]
+    assert conn.transport is not None
+    conn.transport.close()
+
+
+class Http(asyncio.Protocol):
+    """A minimal keep-alive HTTP/1.1 JSON client for etcd's gRPC gateway."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.buf = b""
+        self.waiter: asyncio.Future[Any] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        head, sep, rest = self.buf.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(rest) < length:
+            return
+        body, self.buf = rest[:length], rest[length:]
+        status = int(head.split(b" ", 2)[1])
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((status, json.loads(body or b"{}")))
+
+    async def post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(doc).encode()
+        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.port, len(body), body))
+        status, reply = await self.waiter
+        if status != 200:
+            raise RuntimeError(f"etcd {path}: HTTP {status} {reply}")
+        return reply  # type: ignore[no-any-return]
+
+
+async def etcd_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event, seed: int) -> None:
+    rnd = random.Random(seed)
+    _, http = await asyncio.get_running_loop().create_connection(lambda: Http(port), "127.0.0.1", port)
+    lease = (await http.post("/v3/lease/grant", {"TTL": 30}))["ID"]
+    while not stop.is_set():
+        name = base64.b64encode(pick(n_keys, rnd)).decode()
+        t0 = time.perf_counter()
+        held = await http.post("/v3/lock/lock", {"name": name, "lease": lease})
+        stats.done(time.perf_counter() - t0)
+        await http.post("/v3/lock/unlock", {"key": held["key"]})
+    assert http.transport is not None
+    http.transport.close()
+
+
+Client = Callable[[int, int, Stats, asyncio.Event, int], Awaitable[None]]
+
+
+async def drive(client: Client, port: int, n_clients: int, n_keys: int, seconds: float) -> Stats:
+    stats = Stats()
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(client(port, n_keys, stats, stop, i)) for i in range(n_clients)]
+    await asyncio.sleep(min(1.0, seconds / 3))  # warm up
+    stats.measuring = True
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    stats.measuring = False
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    stats.cycles_per_s = stats.cycles / elapsed  # type: ignore[attr-defined]
+    return stats
+
+
+def kazoo_run(port: int, n_clients: int, n_keys: int, seconds: float) -> Stats:
+    from kazoo.client import KazooClient
+
+    stats = Stats()
+    stop = threading.Event()
+    clients = [KazooClient(hosts=f"127.0.0.1:{port}", timeout=30) for _ in range(n_clients)]
+    for c in clients:
+        c.start(timeout=30)
+    lock = threading.Lock()
+
+    def work(i: int, zk: Any) -> None:
+        rnd = random.Random(i)
+        while not stop.is_set():
+            key = pick(n_keys, rnd).decode()
+            t0 = time.perf_counter()
+            lk = zk.Lock(f"/{key}", f"c{i}")
+            lk.acquire()
+            dt = time.perf_counter() - t0
+            lk.release()
+            with lock:
+                stats.done(dt)
+
+    threads = [threading.Thread(target=work, args=(i, c), daemon=True) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(min(1.0, seconds / 3))
+    stats.measuring = True
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stats.measuring = False
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join(30)
+    for c in clients:
+        c.stop()
+        c.close()
+    stats.cycles_per_s = stats.cycles / elapsed  # type: ignore[attr-defined]
+    return stats
+
+
+def measure(name: str, pid: int, fn: Callable[[], Stats]) -> dict[str, float]:
+    """Run one case; the server's CPU is read from /proc around the whole run and
+    divided by every cycle of the run (warm-up included)."""
+    cpu0 = _peers.cpu_seconds_of(pid)
+    stats = fn()
+    cpu = _peers.cpu_seconds_of(pid) - cpu0
+    lat = sorted(stats.latencies) or [float("nan")]
+    out = {"cycles_per_s": stats.cycles_per_s,  # type: ignore[attr-defined]
+           "p50_ms": statistics.median(lat) * 1e3,
+           "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
+           "cpu_us_per_cycle": cpu / max(stats.all_cycles, 1) * 1e6}
+    print(f"    {name:<28} {out['cycles_per_s']:>10,.0f} cycles/s  p50 {out['p50_ms']:7.2f} ms  "
+          f"p99 {out['p99_ms']:8.2f} ms  server CPU {out['cpu_us_per_cycle']:7.1f} us/cycle", flush=True)
+    return out
+
+
+def run(report: Report, *, quick: bool = False, peers: tuple[str, ...] = ("redis", "redis-aof", "etcd", "zk")) -> None:
+    seconds = 1.5 if quick else 4.0
+    results: dict[tuple[int, int], dict[str, dict[str, float]]] = {case: {} for case in CASES}
+    cc_proc, cc_port, _ = _peers.start_coordcore()
+    try:
+        for n_clients, n_keys in CASES:
+            print(f"  locks: {n_clients} clients, {n_keys} keys", flush=True)
+            results[(n_clients, n_keys)]["coordcore"] = measure(
+                "coordcore (fsync)", cc_proc.pid,
+                lambda: uvloop.run(drive(coordcore_client, cc_port, n_clients, n_keys, seconds)))
+    finally:
+        _peers.stop(cc_proc)
+    for peer in peers:
+        if peer in ("redis", "redis-aof"):
+            proc, port = _peers.start_redis(aof=peer == "redis-aof")
+            runner: Callable[[int, int], Stats] = \
+                lambda c, k: uvloop.run(drive(redis_client, port, c, k, seconds))  # noqa: E731
+        elif peer == "etcd":
+            proc, port = _peers.start_etcd()
+            runner = lambda c, k: uvloop.run(drive(etcd_client, port, c, k, seconds))  # noqa: E731
+        else:
+            proc, port = _peers.start_zookeeper()
+            runner = lambda c, k: kazoo_run(port, c, k, seconds)  # noqa: E731
+        try:
+            for n_clients, n_keys in CASES:
+                print(f"  locks: {n_clients} clients, {n_keys} keys", flush=True)
+                results[(n_clients, n_keys)][peer] = measure(
+                    peer, proc.pid, lambda: runner(n_clients, n_keys))
+        finally:
+            _peers.stop(proc)
+    names = {"redis": "redis-py Lock (no persistence)", "redis-aof": "redis-py Lock (AOF always)",
+             "etcd": "etcd lock API", "zk": "kazoo Lock"}
+    for (n_clients, n_keys), by_peer in results.items():
+        ours = by_peer["coordcore"]
+        case = f"lock cycles, {n_clients} clients, {n_keys} key{'s' if n_keys > 1 else ''}"
+        for peer in peers:
+            theirs = by_peer[peer]
+            report.row(case, "cycles/s", ours["cycles_per_s"], names[peer], theirs["cycles_per_s"],
+                       coordcore_p50_ms=ours["p50_ms"], coordcore_p99_ms=ours["p99_ms"],
+                       coordcore_cpu_us=ours["cpu_us_per_cycle"], peer_p50_ms=theirs["p50_ms"],
+                       peer_p99_ms=theirs["p99_ms"], peer_cpu_us=theirs["cpu_us_per_cycle"])

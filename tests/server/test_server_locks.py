@@ -1,0 +1,252 @@
+"""Locks over the wire against a real `coordcore serve`: replies, contention with a
+fenced resource, wake-ups on release and expiry, clients killed with SIGKILL, the
+server killed with SIGKILL and restarted, watches, and bad input with no state change."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from ccserver import Raw, ServerProc
+
+from coordcore import AsyncClient
+from coordcore.locks.fencing import FencedResource
+
+Serve = Callable[..., ServerProc]
+
+
+def test_redis_py_lock_commands(serve: Serve) -> None:
+    srv = serve()
+    r = redis.Redis(port=srv.port, protocol=3)
+    s1 = r.execute_command("SESSION.OPEN", 10)
+    s2 = r.execute_command("SESSION.OPEN", "2.5")
+    assert isinstance(s1, int) and s2 > s1
+    t1 = r.execute_command("LOCK.ACQUIRE", "jobs/1", s1)
+    assert isinstance(t1, int) and t1 > 0
+    assert r.execute_command("LOCK.TRY", "jobs/1", s2) is None
+    with pytest.raises(redis.ResponseError, match="^TIMEOUT"):
+        r.execute_command("LOCK.ACQUIRE", "jobs/1", s2, "TIMEOUT", 50)
+    info = r.execute_command("LOCK.INFO", "jobs/1")
+    assert info[b"kind"] == b"lock" and info[b"mode"] == b"exclusive"
+    assert [h[b"session"] for h in info[b"holders"]] == [s1] and info[b"waiters"] == []
+    with pytest.raises(redis.ResponseError, match="^NOTHOLDER"):
+        r.execute_command("LOCK.RELEASE", "jobs/1", s2)
+    assert r.execute_command("LOCK.RELEASE", "jobs/1", s1, "TOKEN", t1) == b"OK"
+    t2 = r.execute_command("LOCK.TRY", "jobs/1", s2, "SHARED")
+    t3 = r.execute_command("LOCK.TRY", "jobs/1", s1, "SHARED")
+    assert t3 > t2 > t1
+    assert r.execute_command("LOCK.INFO", "jobs/1")[b"mode"] == b"shared"
+    assert r.execute_command("LOCKS.KEYS", "jobs/") == [b"jobs/1"]
+    # Semaphores and elections.
+    assert r.execute_command("SEM.TRY", "pool", s1, 2) > 0
+    assert r.execute_command("SEM.TRY", "pool", s2, 2) > 0
+    assert r.execute_command("SEM.TRY", "pool", s2, 2) is None
+    with pytest.raises(redis.ResponseError, match="^BADARG"):
+        r.execute_command("SEM.TRY", "pool", s2, 3)
+    lead = r.execute_command("ELECT.CAMPAIGN", "leader", s1, "node-a")
+    assert r.execute_command("ELECT.LEADER", "leader") == {b"session": s1, b"value": b"node-a", b"token": lead}
+    assert r.execute_command("ELECT.PROCLAIM", "leader", s1, "node-a2") > lead
+    assert r.execute_command("ELECT.LEADER", "leader")[b"value"] == b"node-a2"
+    with pytest.raises(redis.ResponseError, match="^WRONGTYPE"):
+        r.execute_command("LOCK.TRY", "leader", s2)
+    # Sessions.
+    assert r.execute_command("SESSION.KEEPALIVE", s2) > 0
+    sinfo = r.execute_command("SESSION.INFO", s1)
+    assert sinfo[b"ttl_ms"] == 10_000 and len(sinfo[b"contenders"]) == 3
+    assert r.execute_command("SESSION.CLOSE", s1) == b"OK"
+    with pytest.raises(redis.ResponseError, match="^NOSESSION"):
+        r.execute_command("LOCK.ACQUIRE", "jobs/2", s1)
+    assert r.execute_command("ELECT.LEADER", "leader") is None
+    with pytest.raises(redis.ResponseError, match="^BADARG"):
+        r.execute_command("SESSION.OPEN", 0)
+    with pytest.raises(redis.ResponseError, match="^BADARG"):
+        r.execute_command("LOCK.ACQUIRE", "k" * 2000, s2)
+    r.close()
+
+
+def test_contending_clients_never_overlap(serve: Serve) -> None:
+    srv = serve()
+    storage: FencedResource[int] = FencedResource()
+    holder: list[int] = []
+    tokens: list[int] = []
+
+    async def worker(i: int) -> None:
+        async with AsyncClient(port=srv.port) as client:
+            for _ in range(15):
+                async with client.lock("shared/resource", ttl=10) as grant:
+                    assert not holder, f"client {i} entered while {holder} holds"
+                    holder.append(i)
+                    storage.write("shared/resource", grant.token, i)
+                    tokens.append(grant.token)
+                    await asyncio.sleep(0.001)
+                    assert holder == [i]
+                    holder.pop()
+
+    async def main() -> None:
+        await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(8))), 60)
+
+    asyncio.run(main())
+    assert len(tokens) == 8 * 15
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+
+
+def test_blocked_acquire_is_granted_on_release_and_on_expiry(serve: Serve) -> None:
+    srv = serve()
+    a, b = Raw(srv.port), Raw(srv.port)
+    s1, s2 = a.command("SESSION.OPEN", 10), a.command("SESSION.OPEN", 10)
+    t1 = a.command("LOCK.ACQUIRE", "k", s1)
+    b.send(b"*3\r\n$12\r\nLOCK.ACQUIRE\r\n$1\r\nk\r\n$%d\r\n%d\r\n" % (len(str(s2)), s2))
+    time.sleep(0.2)
+    info = a.command("LOCK.INFO", "k")
+    assert [w[1 + w.index(b"session")] for w in info[info.index(b"waiters") + 1]] == [s2]
+    assert a.command("LOCK.RELEASE", "k", s1) == b"OK"
+    t2 = b.read()
+    assert t2 > t1
+    # Expiry: a session that is not kept alive loses its lock after its TTL.
+    s3 = a.command("SESSION.OPEN", "0.5")
+    c = Raw(srv.port)
+    assert c.command("LOCK.TRY", "e", s3) > 0
+    started = time.monotonic()
+    t4 = b.command("LOCK.ACQUIRE", "e", s2, "TIMEOUT", 5000)
+    waited = time.monotonic() - started
+    assert isinstance(t4, int) and 0.3 < waited < 3.0
+    assert str(c.command("LOCK.RELEASE", "e", s3)).startswith("NOSESSION")
+    for raw in (a, b, c):
+        raw.close()
+
+
+def test_client_killed_with_sigkill_loses_its_locks_after_ttl(serve: Serve, tmp_path: Path) -> None:
+    srv = serve()
+    script = tmp_path / "holder.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        from coordcore import Client
+        client = Client(port={srv.port})
+        grant = client.acquire("jobs/42", ttl=1.0)
+        print(grant.token, flush=True)
+        time.sleep(60)
+    """))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        token = int(child.stdout.readline())
+        with Raw(srv.port) as raw:
+            me = raw.command("SESSION.OPEN", 10)
+            # The holder's keep-alive keeps it alive well past its TTL.
+            time.sleep(1.5)
+            assert str(raw.command("LOCK.ACQUIRE", "jobs/42", me, "TIMEOUT", 100)).startswith("TIMEOUT")
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            killed = time.monotonic()
+            mine = raw.command("LOCK.ACQUIRE", "jobs/42", me, "TIMEOUT", 10_000)
+            waited = time.monotonic() - killed
+            assert isinstance(mine, int) and mine > token
+            assert waited < 5.0  # TTL 1 s plus ticks
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+@pytest.mark.slow
+def test_server_kill9_restart_keeps_acknowledged_grants(serve: Serve, tmp_path: Path) -> None:
+    data = tmp_path / "durable"
+    acked: dict[bytes, tuple[int, int]] = {}  # key -> (session, token) still held
+    all_tokens: list[int] = []
+    srv = serve(data=data)
+    port = srv.port
+    for rnd in range(3):
+        with Raw(port) as raw:
+            sessions = [raw.command("SESSION.OPEN", 600) for _ in range(4)]
+            # A pipelined burst: many grants in flight when the kill comes.
+            for i in range(200):
+                key = b"k%d" % (i % 40)
+                sid = sessions[i % 4]
+                if key in acked and i % 3 == 0:
+                    s, t = acked[key]
+                    assert raw.command("LOCK.RELEASE", key, s, "TOKEN", t) == b"OK"
+                    del acked[key]
+                    continue
+                token = raw.command("LOCK.TRY", key, sid)
+                if token is not None:
+                    assert isinstance(token, int)
+                    acked[key] = (sid, token)
+                    all_tokens.append(token)
+            revision = raw.command("LOCKS.REVISION")
+            # Unacknowledged requests in flight at the kill.
+            raw.send(b"".join(b"*3\r\n$8\r\nLOCK.TRY\r\n$2\r\nz%d\r\n$%d\r\n%d\r\n"
+                              % (j, len(str(sessions[0])), sessions[0]) for j in range(10)))
+        srv.stop(signal.SIGKILL)
+        srv = serve(data=data, port=port)
+        with Raw(port) as raw:
+            assert raw.command("LOCKS.REVISION") >= revision
+            for key, (sid, token) in acked.items():
+                info = raw.command("LOCK.INFO", key)
+                holders = info[info.index(b"holders") + 1]
+                assert len(holders) == 1, (rnd, key, info)
+                h = holders[0]
+                assert h[h.index(b"session") + 1] == sid and h[h.index(b"token") + 1] == token
+            fresh = raw.command("SESSION.OPEN", 600)
+            newer = raw.command("LOCK.TRY", b"fresh%d" % rnd, fresh)
+            assert newer > max(all_tokens)
+    assert all_tokens == sorted(all_tokens) and len(set(all_tokens)) == len(all_tokens)
+
+
+def test_watch_delivers_every_event_in_revision_order(serve: Serve) -> None:
+    srv = serve()
+    events: list[Any] = []
+    with Raw(srv.port) as watcher, Raw(srv.port) as raw:
+        assert watcher.command("HELLO", 3)[b"proto"] == 3
+        assert watcher.command("WATCH", "") == b"OK"
+        start = raw.command("LOCKS.REVISION")
+        sessions = [raw.command("SESSION.OPEN", 30) for _ in range(3)]
+        for i in range(30):
+            sid = sessions[i % 3]
+            key = b"w/%d" % (i % 5)
+            if raw.command("LOCK.TRY", key, sid) is None:
+                continue
+            raw.command("LOCK.RELEASE", key, sid)
+        for sid in sessions:
+            raw.command("SESSION.CLOSE", sid)
+        end = raw.command("LOCKS.REVISION")
+        while len(events) < end - start:
+            events.append(watcher.read())
+    revisions = [e[1] for e in events]
+    assert revisions == list(range(start + 1, end + 1))  # every event, gap-free, in order
+    kinds = [e[2] for e in events]
+    assert kinds[:3] == [b"open"] * 3 and kinds[-3:] == [b"close"] * 3
+    assert kinds.count(b"grant") == kinds.count(b"release") == 30
+
+
+def test_bad_input_changes_no_state(serve: Serve) -> None:
+    srv = serve()
+    with Raw(srv.port) as raw:
+        sid = raw.command("SESSION.OPEN", 30)
+        raw.command("LOCK.TRY", "held", sid)
+        before = raw.command("LOCKS.REVISION")
+        bad = [
+            ("LOCK.ACQUIRE",), ("LOCK.ACQUIRE", "k"), ("LOCK.ACQUIRE", "k", "notanumber"),
+            ("LOCK.ACQUIRE", "k", sid, "TIMEOUT"), ("LOCK.ACQUIRE", "k", sid, "TIMEOUT", -1),
+            ("LOCK.ACQUIRE", "k", sid, "BOGUS"), ("LOCK.ACQUIRE", "", sid), ("LOCK.ACQUIRE", "k", 0),
+            ("LOCK.RELEASE", "held", sid + 1000), ("LOCK.RELEASE", "nothing", sid),
+            ("SESSION.OPEN", -1), ("SESSION.OPEN", "nan"), ("SESSION.OPEN", "1e99"), ("SESSION.KEEPALIVE", 999999),
+            ("SEM.ACQUIRE", "s", sid, 0), ("SEM.ACQUIRE", "s", sid, "x"), ("ELECT.CAMPAIGN", "e", sid),
+            ("ELECT.PROCLAIM", "e", sid, "v"), ("ELECT.RESIGN", "e", sid), ("LOCK.TRY", "held", sid, "SHARED", "x"),
+            ("WATCH",), ("LOCK.INFO",),
+        ]
+        for args in bad:
+            reply = raw.command(*args)
+            assert isinstance(reply, Exception), (args, reply)
+            assert str(reply).split()[0] in {"BADARG", "NOSESSION", "NOTHOLDER", "NOTLEADER", "NOTFOUND"}, \
+                (args, reply)
+        assert raw.command("LOCKS.REVISION") == before

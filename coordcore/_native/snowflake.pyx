@@ -360,4 +360,3 @@ cdef class Generator:
                     packed = first + j
                     out[i + j] = self._compose(packed)
             i += count
-        return out

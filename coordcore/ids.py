@@ -143,7 +143,7 @@ class Layout:
     (41, 5, 5, 12)
     >>> tw.ids_per_tick
     4096
-    >>> Layout(timestamp_bits=60, worker_bits=10, sequence_bits=12, epoch_ms=0)
+    >>> Layout(timestamp_bits=60, datacenter_bits=0, worker_bits=10, sequence_bits=12, epoch_ms=0)
     Traceback (most recent call last):
     ...
     coordcore.errors.BadArgument: layout uses 82 bits; at most 63 fit a signed 64-bit ID
@@ -296,8 +296,8 @@ def _layout(layout: Layout | str) -> Layout:
 def decode(id: int, layout: Layout | str = "twitter") -> DecodedId:
     """Decode an ID under a layout (default ``twitter``).
 
-    >>> decode(1541815603606036480).worker
-    0
+    >>> decode(1541815603606036480).timestamp_ms
+    1656432460105
     """
     return _layout(layout).decode(id)
 
@@ -360,19 +360,27 @@ class HostWorkerIds(WorkerIdSource):
     True
     """
 
+    # POSIX record locks exclude other processes only: IDs this process holds, by lock file.
+    _held_here: dict[Path, int] = {}  # lock file -> fd
+    _held_pid = os.getpid()
+
     def __init__(self, directory: str | os.PathLike[str], *, worker_ids: range | None = None,
                  datacenter_id: int = 0) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.worker_ids = worker_ids
         self.datacenter_id = datacenter_id
-        self._held: dict[WorkerAssignment, tuple[int, int]] = {}  # assignment -> (pid, fd)
+
+    def _path(self, worker: int) -> Path:
+        return self.directory / f"worker-{self.datacenter_id}-{worker}.lock"
 
     def acquire(self, layout: Layout, on_lost: Callable[[], None]) -> WorkerAssignment:
         ids = self.worker_ids if self.worker_ids is not None else range(layout.max_worker + 1)
-        self._forget_inherited()
+        held = self._held_in_this_process()
         for worker in ids:
-            path = self.directory / f"worker-{self.datacenter_id}-{worker}.lock"
+            path = self._path(worker)
+            if path in held:
+                continue
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -381,23 +389,25 @@ class HostWorkerIds(WorkerIdSource):
                 continue
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            assignment = WorkerAssignment(worker, self.datacenter_id)
-            self._held[assignment] = (os.getpid(), fd)
-            return assignment
+            held[path] = fd
+            return WorkerAssignment(worker, self.datacenter_id)
         raise WorkerIdUnavailable(f"all worker IDs in {ids} are held by live processes under {self.directory}")
 
-    def _forget_inherited(self) -> None:
-        # In a forked child the parent's locks are the parent's: close our copies of the
-        # descriptors (that releases only this process's locks, of which it has none).
-        for assignment, (pid, fd) in list(self._held.items()):
-            if pid != os.getpid():
+    @classmethod
+    def _held_in_this_process(cls) -> dict[Path, int]:
+        # In a forked child the parent's locks are the parent's: forget them and close our
+        # copies of their descriptors (that releases only this process's locks: none).
+        if cls._held_pid != os.getpid():
+            for fd in cls._held_here.values():
                 os.close(fd)
-                del self._held[assignment]
+            HostWorkerIds._held_here = {}
+            HostWorkerIds._held_pid = os.getpid()
+        return cls._held_here
 
     def release(self, assignment: WorkerAssignment) -> None:
-        held = self._held.pop(assignment, None)
-        if held is not None and held[0] == os.getpid():
-            os.close(held[1])
+        fd = self._held_in_this_process().pop(self._path(assignment.worker_id), None)
+        if fd is not None:
+            os.close(fd)
 
 
 # --- the state file ------------------------------------------------------------------
@@ -407,13 +417,17 @@ class _StateFile:
     """Two fixed 64-byte slots, written alternately, each with a sequence number and a
     CRC: a torn write spoils at most the slot being written, never the other one."""
 
+    _open_paths: set[Path] = set()  # POSIX record locks do not exclude the same process
     _SLOT = struct.Struct("<4sHHIqQ")  # magic, version, reserved, layout fingerprint, tick, seqno
     _SIZE = 64
     _MAGIC = b"CCSF"
 
     def __init__(self, path: str | os.PathLike[str], layout: Layout) -> None:
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.fingerprint = layout.fingerprint()
+        self.fd = -1
+        if self.path in self._open_paths:
+            raise StateFileError(f"state file {self.path} is already in use by another generator")
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -423,6 +437,7 @@ class _StateFile:
         except OSError:
             os.close(self.fd)
             raise StateFileError(f"state file {self.path} is in use by another process") from None
+        self._open_paths.add(self.path)
         self.seqno, self.tick = self._read()
 
     def _read(self) -> tuple[int, int]:
@@ -465,6 +480,7 @@ class _StateFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            self._open_paths.discard(self.path)
 
 
 # --- the generator -------------------------------------------------------------------
@@ -594,7 +610,8 @@ class Snowflake(_snowflake.Generator):
                 raise BadArgument("next_ids needs n or out")
             _check_int("n", n, 0, 2**40)
             out = np.empty(n, dtype=np.int64)
-            return self._fill(out)  # type: ignore[no-any-return]
+            self._fill(out)
+            return out
         if not isinstance(out, np.ndarray) or out.dtype != np.int64 or out.ndim != 1:
             raise WrongType("out must be a 1-D numpy array of int64")
         if not out.flags.c_contiguous or not out.flags.writeable:
@@ -614,7 +631,7 @@ class Snowflake(_snowflake.Generator):
         if self._layout.shift("sequence") != 0:
             raise BadArgument(f"next_run needs the sequence in the lowest bits; layout {self._layout.name!r} "
                               "does not have it")
-        return super().next_run(max_count)  # type: ignore[no-any-return]
+        return super().next_run(max_count)
 
     def decode(self, id: int) -> DecodedId:
         """Decode an ID under this generator's layout."""

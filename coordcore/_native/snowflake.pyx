@@ -350,14 +350,18 @@ cdef class Generator:
     def _fill(self, cnp.int64_t[::1] out):
         """Fill ``out`` with new IDs, a tick's run at a time."""
         cdef Py_ssize_t n = out.shape[0], i = 0, j
-        cdef int64_t first, count, packed
+        cdef int64_t first, count, base
         cdef int64_t info[2]
         while i < n:
             if self._claim(n - i, &first, &count, info) != CLAIM_OK:
                 self._claim_blocking(n - i, &first, &count)
             with nogil:
-                for j in range(count):
-                    packed = first + j
-                    out[i + j] = self._compose(packed)
+                if self._seq_shift == 0:
+                    # Sequence in the low bits: a run is consecutive integers (vectorises).
+                    base = self._compose(first)
+                    for j in range(count):
+                        out[i + j] = base + j
+                else:
+                    for j in range(count):
+                        out[i + j] = self._compose(first + j)
             i += count
-        return out

@@ -7,7 +7,8 @@ server is what is measured, not a heavy Python client:
 
 * coordcore: ``LOCK.ACQUIRE key session`` (blocking, parked server side, woken on
   commit) then ``LOCK.RELEASE key session TOKEN t`` pipelined with the next acquire.
-* Redis: exactly what redis-py's ``Lock`` sends: ``SET key token NX PX ttl``, polling
+* Redis, twice: redis-py's own asyncio ``Lock`` (what its users get), and, driven by
+  the light generator, exactly what redis-py's ``Lock`` sends: ``SET key token NX PX ttl``, polling
   every 0.1 s (redis-py's default ``sleep``) while held, and the compare-and-delete
   Lua script (``EVALSHA``) to release.
 * etcd: its lock API (v3lock ``Lock``/``Unlock`` with a lease) over the gRPC JSON
@@ -152,6 +153,21 @@ async def redis_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event
     conn.transport.close()
 
 
+async def redispy_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event, seed: int) -> None:
+    """redis-py's own asyncio ``Lock`` (what a user of redis-py gets: a heavy client)."""
+    import redis.asyncio
+
+    rnd = random.Random(seed)
+    r = redis.asyncio.Redis(port=port)
+    while not stop.is_set():
+        lock = r.lock(pick(n_keys, rnd), timeout=10, sleep=0.1)
+        t0 = time.perf_counter()
+        await lock.acquire()
+        stats.done(time.perf_counter() - t0)
+        await lock.release()
+    await r.aclose()
+
+
 class Http(asyncio.Protocol):
     """A minimal keep-alive HTTP/1.1 JSON client for etcd's gRPC gateway."""
 
@@ -283,7 +299,7 @@ def measure(name: str, pid: int, fn: Callable[[], Stats]) -> dict[str, float]:
     return out
 
 
-def run(report: Report, *, quick: bool = False, peers: tuple[str, ...] = ("redis", "redis-aof", "etcd", "zk")) -> None:
+def run(report: Report, *, quick: bool = False, peers: tuple[str, ...] = ("redis-py", "redis", "redis-aof", "etcd", "zk")) -> None:
     seconds = 1.5 if quick else 4.0
     results: dict[tuple[int, int], dict[str, dict[str, float]]] = {case: {} for case in CASES}
     cc_proc, cc_port, _ = _peers.start_coordcore()
@@ -296,10 +312,11 @@ def run(report: Report, *, quick: bool = False, peers: tuple[str, ...] = ("redis
     finally:
         _peers.stop(cc_proc)
     for peer in peers:
-        if peer in ("redis", "redis-aof"):
+        if peer in ("redis-py", "redis", "redis-aof"):
             proc, port = _peers.start_redis(aof=peer == "redis-aof")
+            driver = redispy_client if peer == "redis-py" else redis_client
             runner: Callable[[int, int], Stats] = \
-                lambda c, k: uvloop.run(drive(redis_client, port, c, k, seconds))  # noqa: E731
+                lambda c, k: uvloop.run(drive(driver, port, c, k, seconds))  # noqa: E731
         elif peer == "etcd":
             proc, port = _peers.start_etcd()
             runner = lambda c, k: uvloop.run(drive(etcd_client, port, c, k, seconds))  # noqa: E731
@@ -313,7 +330,9 @@ def run(report: Report, *, quick: bool = False, peers: tuple[str, ...] = ("redis
                     peer, proc.pid, lambda: runner(n_clients, n_keys))
         finally:
             _peers.stop(proc)
-    names = {"redis": "redis-py Lock (no persistence)", "redis-aof": "redis-py Lock (AOF always)",
+    names = {"redis-py": "redis-py Lock, no persistence",
+             "redis": "Lock protocol, light gen., no persistence",
+             "redis-aof": "Lock protocol, light gen., AOF always",
              "etcd": "etcd lock API", "zk": "kazoo Lock"}
     for (n_clients, n_keys), by_peer in results.items():
         ours = by_peer["coordcore"]

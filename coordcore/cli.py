@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="decode as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_id_command)
+
+    from coordcore.server import cli as serve_cli
+
+    p = sub.add_parser("serve", help="run the coordcore server (RESP on 127.0.0.1:7379)",
+                       description="Run the coordcore server: IDs, sessions, fenced locks, semaphores, "
+                                   "elections and watches over RESP (redis-cli and Redis clients work).")
+    serve_cli.add_arguments(p)
+    p.set_defaults(func=serve_cli.run)
     return parser
 
 

@@ -213,6 +213,10 @@ class Server:
             if conn.transport is not None and not conn.transport.is_closing():
                 with contextlib.suppress(Exception):
                     conn.transport.pause_reading()
+            # A blocking wait may never end: answer it now (-UNAVAILABLE), withdrawing
+            # it; commands already submitted finish with the batch they are in.
+            if conn._parked is not None:
+                conn._parked.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.shutdown_grace)
             for task in pending:

@@ -138,6 +138,7 @@ def test_oversized_requests_are_refused_and_closed(run: Callable[..., Any], tmp_
                 b"*1\r\n$100000\r\n" + b"x" * 9000,               # same inside a request
                 pack(*(["ECHO"] * 9)),                            # too many arguments
                 b"*100000000\r\n" + b"$1\r\nx\r\n" * 2000,       # a huge array header
+                b"*4000000000\r\n",                               # one hiredis cannot allocate
             ]
             for data in cases:
                 reader, writer = await aio_raw(server.port)

@@ -4,14 +4,16 @@ exception classes, keep sessions alive in the background, hand out locks as cont
 managers yielding a :class:`Grant` with its fencing ``token``, and prefetch IDs."""
 from coordcore.client._common import Contender, Grant, IdRuns, Leader, LockInfo, WatchEvent
 from coordcore.client._wire import Endpoint
-from coordcore.client.aio import AsyncClient, AsyncIdBuffer, AsyncPipeline, AsyncSession
-from coordcore.client.sync import Client, IdBuffer, Pipeline, Session
+from coordcore.client.aio import AsyncClient, AsyncElection, AsyncIdBuffer, AsyncPipeline, AsyncSession, AsyncWatch
+from coordcore.client.sync import Client, IdBuffer, Pipeline, Session, SyncElection, Watch
 
 __all__ = [
     "AsyncClient",
+    "AsyncElection",
     "AsyncIdBuffer",
     "AsyncPipeline",
     "AsyncSession",
+    "AsyncWatch",
     "Client",
     "Contender",
     "Endpoint",
@@ -22,5 +24,7 @@ __all__ = [
     "LockInfo",
     "Pipeline",
     "Session",
+    "SyncElection",
+    "Watch",
     "WatchEvent",
 ]

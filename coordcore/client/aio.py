@@ -62,7 +62,7 @@ from coordcore.errors import (
     SessionExpired,
 )
 
-__all__ = ["AsyncClient", "AsyncIdBuffer", "AsyncPipeline", "AsyncSession"]
+__all__ = ["AsyncClient", "AsyncElection", "AsyncIdBuffer", "AsyncPipeline", "AsyncSession", "AsyncWatch"]
 
 
 class _Conn(asyncio.Protocol):
@@ -437,25 +437,58 @@ class AsyncClient:
 
     # --- watches ---------------------------------------------------------------------
 
-    async def watch(self, prefix: str | bytes = b"") -> AsyncIterator[WatchEvent]:
-        """Every change under ``prefix`` from now on, in revision order, as an async
-        iterator (a connection of its own, RESP3 pushes). Ends with ConnectionLost
-        when the connection does."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        conn = await self._open(on_push=queue.put_nowait)
-        try:
-            await conn.request(pack(["WATCH", prefix]), 1)[0]
-            while True:
-                item = await queue.get()
-                if item is None:
-                    raise ConnectionLost("watch connection lost")
-                if item and item[0] == b"watch-error":
-                    raise error_from_reply(item[1].decode())
-                event = parse_watch_event(item)
-                if event is not None:
-                    yield event
-        finally:
-            conn.close()
+    def watch(self, prefix: str | bytes = b"") -> AsyncWatch:
+        """Every change under ``prefix``, in revision order, as an async iterator on a
+        connection of its own (RESP3 pushes). ``async with client.watch(p) as events:``
+        is subscribed when the block starts; a bare ``async for`` subscribes at its first
+        step. Ends with ConnectionLost when the connection does."""
+        return AsyncWatch(self, prefix)
+
+
+class AsyncWatch:
+    """An async iterator of WatchEvent; see :meth:`AsyncClient.watch`."""
+
+    def __init__(self, client: AsyncClient, prefix: str | bytes) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._conn: _Conn | None = None
+
+    async def start(self) -> AsyncWatch:
+        if self._conn is None:
+            conn = await self.client._open(on_push=self._queue.put_nowait)
+            self._conn = conn
+            try:
+                await conn.request(pack(["WATCH", self.prefix]), 1)[0]
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        await self.start()
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                raise ConnectionLost("watch connection lost")
+            if item and item[0] == b"watch-error":
+                raise error_from_reply(item[1].decode())
+            event = parse_watch_event(item)
+            if event is not None:
+                return event
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    async def __aenter__(self) -> AsyncWatch:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
 
 class AsyncSession:
@@ -553,24 +586,16 @@ class AsyncElection(Election):
 
     async def observe(self) -> AsyncIterator[Leader | None]:
         """The leader now, then after every change of leader or value."""
-        events = self.client.watch(self.name)
-        try:
-            first = asyncio.ensure_future(events.__anext__())
-            await asyncio.sleep(0.01)  # let the watch register before reading the state
+        async with self.client.watch(self.name) as events:
             current = await self.leader()
             yield current
-            pending: asyncio.Future[WatchEvent] = first
-            while True:
-                event = await pending
-                pending = asyncio.ensure_future(events.__anext__())
+            async for event in events:
                 if event.key != _kb(self.name):
                     continue
                 now = await self.leader()
                 if now != current:
                     current = now
                     yield current
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
 
 
 class AsyncPipeline:

@@ -58,7 +58,7 @@ from coordcore.errors import (
     SessionExpired,
 )
 
-__all__ = ["Client", "IdBuffer", "Pipeline", "Session"]
+__all__ = ["Client", "IdBuffer", "Pipeline", "Session", "Watch"]
 
 
 class _Conn:
@@ -427,22 +427,45 @@ class Client:
 
     # --- watches ---------------------------------------------------------------------
 
-    def watch(self, prefix: str | bytes = b"", *, timeout: float | None = None) -> Iterator[WatchEvent]:
-        """Every change under ``prefix`` from now on, in revision order (a connection of
-        its own). ``timeout``: seconds without an event before ``TimeoutError``."""
-        conn = self._open()
+    def watch(self, prefix: str | bytes = b"", *, timeout: float | None = None) -> Watch:
+        """Every change under ``prefix`` from now on (subscribed when this returns), in
+        revision order, as an iterator on a connection of its own. ``timeout``: seconds
+        without an event before ``TimeoutError``. Close it (or use ``with``) when done."""
+        return Watch(self._open(), prefix, timeout)
+
+
+class Watch:
+    """An iterator of WatchEvent; see :meth:`Client.watch`."""
+
+    def __init__(self, conn: _Conn, prefix: str | bytes, timeout: float | None) -> None:
+        self._conn = conn
         try:
             conn.call(["WATCH", prefix])
-            conn.sock.settimeout(timeout)
-            while True:
-                item = conn.read(pushes=True)
-                if isinstance(item, list) and item and item[0] == b"watch-error":
-                    raise error_from_reply(item[1].decode())
-                event = parse_watch_event(item)
-                if event is not None:
-                    yield event
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        conn.sock.settimeout(timeout)
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        while True:
+            item = self._conn.read(pushes=True)
+            if isinstance(item, list) and item and item[0] == b"watch-error":
+                raise error_from_reply(item[1].decode())
+            event = parse_watch_event(item)
+            if event is not None:
+                return event
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Session:

@@ -3,13 +3,16 @@ reconnects, auth, ID worker spreading."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ccserver import ServerProc, inprocess_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+from ccserver import ServerProc, inprocess_server, serve  # noqa: E402,F401 (serve is a fixture)
 
 from coordcore import AsyncClient, Client
 from coordcore.errors import AuthFailed, AuthRequired, BadArgument, ConnectionLost, UnknownCommand

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -9,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ccserver import ServerProc, inprocess_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+from ccserver import ServerProc, inprocess_server, serve  # noqa: E402,F401 (serve is a fixture)
 
 from coordcore import AsyncClient, Client
 from coordcore.errors import LockTimeout, NotLockHolder, SessionExpired
@@ -91,14 +94,15 @@ def test_async_watch_and_session_expiry(run: Callable[..., Any], tmp_path: Path)
         async with inprocess_server(tmp_path, locks=True) as server, AsyncClient(port=server.port) as a:
             seen: list[Any] = []
 
+            events = await a.watch("w/").start()
+
             async def watcher() -> None:
-                async for event in a.watch("w/"):
+                async for event in events:
                     seen.append(event)
                     if len(seen) == 4:
                         return
 
             task = asyncio.ensure_future(watcher())
-            await asyncio.sleep(0.05)
             async with a.lock("w/1"):
                 pass
             async with a.lock("w/2"):
@@ -107,6 +111,24 @@ def test_async_watch_and_session_expiry(run: Callable[..., Any], tmp_path: Path)
             assert [(e.kind, e.key) for e in seen] == [("grant", b"w/1"), ("release", b"w/1"),
                                                        ("grant", b"w/2"), ("release", b"w/2")]
             assert [e.revision for e in seen] == sorted(e.revision for e in seen)
+            events.close()
+            # An election observer sees the leader change.
+            observed: list[Any] = []
+            election = a.election("obs")
+
+            async def observer() -> None:
+                async for leader in election.observe():
+                    observed.append(None if leader is None else leader.value)
+                    if len(observed) == 3:
+                        return
+
+            obs_task = asyncio.ensure_future(observer())
+            await asyncio.sleep(0.05)
+            await election.campaign("v1")
+            await asyncio.sleep(0.05)
+            await election.proclaim("v2")
+            await asyncio.wait_for(obs_task, 5)
+            assert observed == [None, b"v1", b"v2"]
             # A session the client does not keep alive expires server side.
             s = await a.session(ttl=0.3, keepalive=False)
             await asyncio.sleep(0.8)
@@ -142,7 +164,7 @@ def test_sync_client_locks(serve: Serve) -> None:
             pass
         first, second = next(events), next(events)
         assert (first.kind, second.kind) == ("grant", "release") and second.revision > first.revision
-        events.close()  # type: ignore[attr-defined]
+        events.close()
         # Threads contend on one lock through one client: never two inside.
         inside: list[int] = []
         errors: list[BaseException] = []

@@ -1,6 +1,8 @@
 """Test helpers: real `coordcore serve` subprocesses and in-process servers on loopback.
 
-Imported by tests/server/conftest.py and tests/client/conftest.py.
+Test modules import what they use from here (the ``serve`` fixture too: pytest finds
+fixtures imported into a test module). tests/client adds this directory to sys.path:
+per-directory conftest.py files would clash by basename without __init__.py files.
 """
 from __future__ import annotations
 

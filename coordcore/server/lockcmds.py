@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from coordcore.errors import BadArgument, CoordcoreError, WatchLagged
 from coordcore.locks.machine import MAX_KEY_SIZE, MAX_VALUE_SIZE, Contender, Event, EventKind, Kind, Mode
@@ -61,7 +61,7 @@ _MAX_TIMEOUT_MS = 30 * 86_400_000
 
 async def open_backend(server: Server) -> LockService:
     path = server.config.data_dir / "locks"
-    durability = "fsync" if server.config.fsync else "unsafe-no-fsync"
+    durability: Literal["fsync", "unsafe-no-fsync"] = "fsync" if server.config.fsync else "unsafe-no-fsync"
     svc = await LockService.open(path, durability=durability)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
@@ -252,8 +252,10 @@ def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
     require_args(req, 1, 1)
     key = _key(req[1])
     info = _svc(conn).info(key)
+    holders: tuple[Contender, ...] = ()
+    waiters: tuple[Contender, ...] = ()
     if info is None:
-        kind, permits, holders, waiters = b"none", 0, (), ()
+        kind, permits = b"none", 0
     else:
         kind = Kind(info.kind).name.lower().encode()
         permits, holders, waiters = info.permits, info.holders, info.waiters

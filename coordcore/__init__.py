@@ -3,10 +3,16 @@
 The facade only re-exports; see the submodules for the details.
 """
 from coordcore.errors import CoordcoreError
+from coordcore.locks import FencedResource, Grant, LockService, Session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CoordcoreError",
     "__version__",
+    # locks
+    "FencedResource",
+    "Grant",
+    "LockService",
+    "Session",
 ]

@@ -882,6 +882,13 @@ class LockMachine:
         p = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
         return self._m.keys(p)
 
+    def check_invariants(self) -> None:
+        """Verify the internal structures and the lock rules (AssertionError if broken).
+
+        Debug builds (``COORDCORE_DEBUG=1``) run this after every batch.
+        """
+        self._m.check_invariants()
+
     def __repr__(self) -> str:
         return (f"<LockMachine revision={self.revision} time_ms={self.time_ms} "
                 f"sessions={self.session_count} keys={self.key_count}>")

@@ -11,10 +11,12 @@ MAX_TIME_MS: int
 MAX_BATCH_COMMANDS: int
 REQUEST_WINDOW: int
 
+from typing import final
+
 _Contender = tuple[int, int, int, int, bytes]
 
+@final
 class LockMachine:
-    def __init__(self) -> None: ...
     def apply(self, batch: bytes) -> tuple[bytes, bytes]: ...
     def snapshot(self) -> bytes: ...
     def restore(self, data: bytes) -> None: ...

@@ -509,9 +509,6 @@ cdef class LockMachine:
         memset(self.st.ktab.slots, 0xFF, 16 * sizeof(uint32_t))
         self.st.ktab.cap = 16
 
-    def __init__(self):
-        pass
-
     def __dealloc__(self):
         self._free_state(&self.st)
         free(self.ev.data)

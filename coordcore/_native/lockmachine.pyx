@@ -470,6 +470,8 @@ def crc32c(data, uint32_t value=0):
     """CRC-32C (Castagnoli) of ``data``, continuing from ``value``."""
     cdef const unsigned char[::1] view
     try:
+        if data is None:
+            raise TypeError
         view = data
     except (TypeError, ValueError):
         raise WrongType(f"crc32c needs a contiguous bytes-like object, not {type(data).__name__}") from None
@@ -1368,6 +1370,8 @@ cdef class LockMachine:
         if self.broken:
             raise RuntimeError("this LockMachine ran out of memory mid-batch and must be discarded")
         try:
+            if batch is None:
+                raise TypeError
             view = batch
         except (TypeError, ValueError):
             raise WrongType(f"batch must be a contiguous bytes-like object, not {type(batch).__name__}") from None
@@ -1545,6 +1549,8 @@ cdef class LockMachine:
         cdef LockMachine fresh
         cdef State tmp
         try:
+            if data is None:
+                raise TypeError
             view = data
         except (TypeError, ValueError):
             raise WrongType(f"snapshot must be a contiguous bytes-like object, not {type(data).__name__}") from None

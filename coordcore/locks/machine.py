@@ -785,6 +785,32 @@ class LockMachine:
 
     Not thread-safe: one owner (the service's writer) applies batches; the read-only
     queries may be called between batches.
+
+    >>> m = LockMachine()
+    >>> b = BatchBuilder()
+    >>> b.open_session(ttl_ms=5_000), b.open_session(ttl_ms=5_000)
+    (0, 1)
+    >>> [r.session_id for r in m.apply(b.build(time_ms=1_000)).results]
+    [1, 2]
+    >>> b.clear()
+    >>> b.acquire(1, "jobs/42", request_id=1), b.acquire(2, "jobs/42", request_id=1)
+    (0, 1)
+    >>> first, second = m.apply(b.build(time_ms=1_001)).results
+    >>> first.ok, first.token, second.waiting, second.ticket
+    (True, 3, True, 4)
+    >>> [c.session for c in m.contenders("jobs/42")]
+    [1, 2]
+    >>> b.clear()
+    >>> b.release(1, "jobs/42", first.token)
+    0
+    >>> [(EventKind(e.kind).name, e.session, e.token) for e in m.apply(b.build(1_002)).events]
+    [('RELEASE', 1, 3), ('GRANT', 2, 6)]
+    >>> m.next_deadline()
+    6000
+    >>> [EventKind(e.kind).name for e in m.apply(tick(6_000)).events]
+    ['EXPIRE', 'EXPIRE', 'RELEASE']
+    >>> LockMachine.from_snapshot(m.snapshot()).snapshot() == m.snapshot()
+    True
     """
 
     __slots__ = ("_m",)

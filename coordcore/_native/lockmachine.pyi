@@ -11,7 +11,9 @@ MAX_TIME_MS: int
 MAX_BATCH_COMMANDS: int
 REQUEST_WINDOW: int
 
-from typing import final
+from typing import Any, TypeVar, final
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 _Contender = tuple[int, int, int, int, bytes]
 
@@ -37,3 +39,5 @@ class LockMachine:
     def check_invariants(self) -> None: ...
 
 def crc32c(data: bytes, value: int = 0) -> int: ...
+def decode_results(raw: bytes, cls: type[_T]) -> list[_T]: ...
+def decode_events(raw: bytes, cls: type[_T]) -> list[_T]: ...

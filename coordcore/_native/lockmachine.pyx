@@ -20,6 +20,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_FromUnsignedLongLong
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
 
 import os
 
@@ -89,6 +92,12 @@ cdef extern from *:
         }
         return cc_fmix(h);
     }
+    /* An empty instance of a tuple subclass with n slots (what tuple.__new__ does
+       for subclasses, without building an intermediate tuple). */
+    static PyObject *cc_tuple_alloc(PyObject *cls, Py_ssize_t n) {
+        PyTypeObject *t = (PyTypeObject *)cls;
+        return t->tp_alloc(t, n);
+    }
     static uint32_t cc_crc32c_table[256];
     static void cc_crc32c_init(void) {
         for (uint32_t i = 0; i < 256; i++) {
@@ -114,6 +123,7 @@ cdef extern from *:
     uint64_t cc_hash(const unsigned char *p, size_t n, uint64_t seed) noexcept nogil
     void cc_crc32c_init() noexcept nogil
     uint32_t cc_crc32c(uint32_t crc, const unsigned char *p, size_t n) noexcept nogil
+    object cc_tuple_alloc(object cls, Py_ssize_t n)
 
 cc_crc32c_init()
 
@@ -135,7 +145,7 @@ cdef enum:
     C_MAX_KEY = 1024
     C_MAX_VALUE = 4096
     C_MAX_PERMITS = 1000000
-    C_MAX_BATCH = 1 << 20
+    C_MAX_BATCH = 1048576  # 1 << 20 (a literal: Cython 3.3 crashes on shifts in enums under overflowcheck)
     C_WINDOW = 128
     HDR_SIZE = 20
     CMD_SIZE = 32
@@ -478,6 +488,75 @@ def crc32c(data, uint32_t value=0):
     if view.shape[0] == 0:
         return value
     return cc_crc32c(value, &view[0], <size_t>view.shape[0])
+
+
+cdef inline void _put(object t, Py_ssize_t i, object v):
+    Py_INCREF(v)
+    PyTuple_SET_ITEM(t, i, v)
+
+
+cdef int _check_tuple_class(object cls, Py_ssize_t n) except -1:
+    if not (isinstance(cls, type) and issubclass(cls, tuple)) or len(getattr(cls, "_fields", ())) != n:
+        raise WrongType(f"cls must be a tuple subclass with {n} fields")
+    return 0
+
+
+def decode_results(raw, cls):
+    """Packed results -> [cls(op, status, detail, flags, value, aux), ...]."""
+    cdef const unsigned char[::1] view = raw
+    cdef size_t n = <size_t>view.shape[0]
+    cdef size_t pos
+    cdef const unsigned char *p
+    cdef list out = []
+    cdef object t
+    _check_tuple_class(cls, 6)
+    if n % RES_SIZE:
+        raise BadArgument("packed results must be a multiple of 24 bytes")
+    pos = 0
+    while pos < n:
+        p = &view[pos]
+        t = cc_tuple_alloc(cls, 6)
+        _put(t, 0, p[0])
+        _put(t, 1, p[1])
+        _put(t, 2, p[2])
+        _put(t, 3, p[3])
+        _put(t, 4, PyLong_FromUnsignedLongLong(cc_ld64(p + 8)))
+        _put(t, 5, PyLong_FromUnsignedLongLong(cc_ld64(p + 16)))
+        out.append(t)
+        pos += RES_SIZE
+    return out
+
+
+def decode_events(raw, cls):
+    """Packed events -> [cls(revision, kind, mode, session, ticket, token, key, value), ...]."""
+    cdef const unsigned char[::1] view = raw
+    cdef size_t n = <size_t>view.shape[0]
+    cdef size_t pos = 0
+    cdef const unsigned char *p
+    cdef uint32_t klen, vlen
+    cdef list out = []
+    cdef object t
+    _check_tuple_class(cls, 8)
+    while pos < n:
+        if n - pos < EV_SIZE:
+            raise BadArgument("packed events are truncated")
+        p = &view[pos]
+        klen = cc_ld16(p + 2)
+        vlen = cc_ld32(p + 4)
+        if n - pos - EV_SIZE < <size_t>klen + vlen:
+            raise BadArgument("packed events are truncated")
+        t = cc_tuple_alloc(cls, 8)
+        _put(t, 0, PyLong_FromUnsignedLongLong(cc_ld64(p + 8)))
+        _put(t, 1, p[0])
+        _put(t, 2, p[1])
+        _put(t, 3, PyLong_FromUnsignedLongLong(cc_ld64(p + 16)))
+        _put(t, 4, PyLong_FromUnsignedLongLong(cc_ld64(p + 24)))
+        _put(t, 5, PyLong_FromUnsignedLongLong(cc_ld64(p + 32)))
+        _put(t, 6, PyBytes_FromStringAndSize(<const char *>p + EV_SIZE, klen) if klen else b"")
+        _put(t, 7, PyBytes_FromStringAndSize(<const char *>p + EV_SIZE + klen, vlen) if vlen else b"")
+        out.append(t)
+        pos += EV_SIZE + <size_t>klen + vlen
+    return out
 
 
 @cython.final

@@ -758,22 +758,16 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
 
 
 def decode_results(raw: bytes) -> list[Result]:
-    """Decode the packed results of :meth:`LockMachine.apply_raw`."""
-    return [Result._make(t) for t in _RESULT.iter_unpack(raw)]
+    """Decode the packed results of :meth:`LockMachine.apply_raw` (24 bytes each:
+    u8 op, u8 status, u8 detail, u8 flags, u32 0, u64 value, u64 aux)."""
+    return _lm.decode_results(raw, Result)
 
 
 def decode_events(raw: bytes) -> list[Event]:
-    """Decode the packed events of :meth:`LockMachine.apply_raw`."""
-    events: list[Event] = []
-    pos, end, unpack = 0, len(raw), _EVENT.unpack_from
-    while pos < end:
-        kind, mode, klen, vlen, rev, session, ticket, token = unpack(raw, pos)
-        pos += EVENT_HEADER_SIZE
-        key = raw[pos:pos + klen]
-        pos += klen
-        events.append(Event(rev, kind, mode, session, ticket, token, key, raw[pos:pos + vlen]))
-        pos += vlen
-    return events
+    """Decode the packed events of :meth:`LockMachine.apply_raw` (each: u8 kind,
+    u8 mode, u16 key length, u32 value length, u64 revision, u64 session, u64 ticket,
+    u64 token, key, value)."""
+    return _lm.decode_events(raw, Event)
 
 
 def _contender(t: tuple[int, int, int, int, bytes]) -> Contender:

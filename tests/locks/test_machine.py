@@ -388,3 +388,38 @@ def test_decode_batch_round_trip() -> None:
     assert tick(77) == BatchBuilder().build(77)
     again.clear()
     assert len(again) == 0 and again.build(1) == tick(1)
+
+
+def test_native_decoders_match_struct_decoding() -> None:
+    import gc
+    import struct
+
+    m = LockMachine()
+    b = BatchBuilder()
+    for _ in range(50):
+        b.open_session(100)
+    m.apply(b.build(0))
+    b.clear()
+    for i in range(50):
+        b.campaign(i + 1, f"e{i % 7}", b"v" * i)
+        b.acquire(i + 1, "k", shared=i % 3 == 0, value=b"\x00" * (i % 5))
+        b.release(i + 1, "k")
+    raw_results, raw_events = m.apply_raw(b.build(1))
+    results, events = decode_results(raw_results), decode_events(raw_events)
+    gc.collect()
+    assert results == [Result(*t) for t in struct.iter_unpack("<BBBB4xQQ", raw_results)]
+    expected, pos = [], 0
+    while pos < len(raw_events):
+        kind, mode, klen, vlen, rev, s, ticket, token = struct.unpack_from("<BBHIQQQQ", raw_events, pos)
+        pos += 40
+        expected.append(Event(rev, kind, mode, s, ticket, token, raw_events[pos:pos + klen],
+                              raw_events[pos + klen:pos + klen + vlen]))
+        pos += klen + vlen
+    assert events == expected and type(events[0]) is Event and events[0].key == b"e0"
+    assert len(events) > 100 and results[1].token > 0
+    with pytest.raises(errors.BadArgument):
+        decode_results(raw_results[:-1])
+    with pytest.raises(errors.BadArgument):
+        decode_events(raw_events[:-1])
+    with pytest.raises(errors.WrongType):
+        native.decode_results(raw_results, tuple)

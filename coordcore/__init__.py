@@ -3,10 +3,16 @@
 The facade only re-exports; see the submodules for the details.
 """
 from coordcore.errors import CoordcoreError
+from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CoordcoreError",
+    # ids
+    "Layout",
+    "Snowflake",
+    "WorkerIdSource",
+    "decode",
     "__version__",
 ]

@@ -97,6 +97,20 @@ def test_builder_refuses_bad_arguments(method: str, args: tuple[Any, ...], kwarg
     assert len(b) == 1 and b.build(1) == before  # nothing was written
 
 
+def test_builder_accepts_integer_like_and_bytes_like() -> None:
+    import numpy as np
+
+    b = BatchBuilder()
+    b.acquire(np.uint64(3), bytearray(b"k"), request_id=np.int32(4), value=memoryview(b"v"))
+    b.open_session(np.int64(10))
+    reference = BatchBuilder()
+    reference.acquire(3, b"k", request_id=4, value=b"v")
+    reference.open_session(10)
+    assert b.build(1) == reference.build(1)
+    with pytest.raises(errors.BadArgument):
+        b.keepalive(np.int64(-1))
+
+
 def test_builder_limits_are_inclusive() -> None:
     b = BatchBuilder()
     b.acquire(1, "x" * MAX_KEY_SIZE, value=b"v" * MAX_VALUE_SIZE)

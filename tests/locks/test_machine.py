@@ -423,3 +423,26 @@ def test_native_decoders_match_struct_decoding() -> None:
         decode_events(raw_events[:-1])
     with pytest.raises(errors.WrongType):
         native.decode_results(raw_results, tuple)
+
+
+def test_many_keepalives_keep_expiry_exact(h: Harness, rng: object) -> None:
+    """Keep-alives leave stale entries in the expiry heap, compacted now and then; the
+    expiry order and next_deadline() must not notice (the harness also compares every
+    step with the model)."""
+    import random
+
+    assert isinstance(rng, random.Random)
+    sessions = h.open(40, ttl=100, time_ms=0)
+    live = set(sessions)
+    stop = {s: rng.randrange(0, 500) for s in sessions}  # when each session's owner goes quiet
+    for t in range(1, 400):
+        deadline = {s: h.m.session(s).deadline_ms for s in live}  # type: ignore[union-attr]
+        due = sorted((d, s) for s, d in deadline.items() if d <= t)
+        picked = [s for s in sessions if s in live and t < stop[s] and rng.random() < 0.3]
+        applied = h.step(t, lambda b: [b.keepalive(s) for s in picked])
+        expired = [e.session for e in applied.events if e.kind == EventKind.EXPIRE]
+        assert expired == [s for _, s in due]  # exactly the due ones, in (deadline, id) order
+        live -= set(expired)
+        assert h.m.next_deadline() == min((h.m.session(s).deadline_ms for s in live),  # type: ignore[union-attr]
+                                          default=None)
+    assert h.m.session_count == len(live) and 0 < len(live) < 40

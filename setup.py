@@ -57,6 +57,8 @@ directives = {
     "embedsignature": True,
     "freethreading_compatible": True,
     "linetrace": COVERAGE,
+    "auto_pickle": False,  # native state (generators, rings, machines) is not picklable by accident
+    "autotestdict": False,
 }
 
 setup(

@@ -3,12 +3,18 @@
 The facade only re-exports; see the submodules for the details.
 """
 from coordcore.errors import CoordcoreError
+from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
 from coordcore.locks import FencedResource, Grant, LockService, Session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CoordcoreError",
+    # ids
+    "Layout",
+    "Snowflake",
+    "WorkerIdSource",
+    "decode",
     "__version__",
     # locks
     "FencedResource",

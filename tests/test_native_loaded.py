@@ -26,3 +26,26 @@ def test_facade_exports_exactly_all() -> None:
     public = {n for n in vars(coordcore) if not n.startswith("_")}
     submodules = {"errors", "ids", "ring", "locks", "server", "client", "cli"}
     assert public - set(coordcore.__all__) <= submodules
+
+
+def test_importing_without_the_extension_fails_plainly() -> None:
+    """With the compiled module hidden, importing the facade raises a clear ImportError
+    (no fallback to something slower)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.abc\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'coordcore._native.snowflake':\n"
+        "            raise ImportError('hidden for the test')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "try:\n"
+        "    import coordcore\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "compiled module coordcore._native.snowflake is missing or broken" in out.stdout
+    assert "no pure-Python fallback" in out.stdout

@@ -122,8 +122,8 @@ Batch record (format version 1, little-endian)
             u64 arg (ttl_ms | token | permits | ticket), key bytes, value bytes
 
 The record must be consumed exactly. A record that is structurally malformed (bad
-magic or version, truncated, trailing bytes, unknown op, unknown flag bits, more
-than :data:`MAX_BATCH_COMMANDS`) raises :class:`~coordcore.errors.BadArgument` (or
+magic or version, reserved bits set, a time beyond :data:`MAX_TIME_MS`, truncated,
+trailing bytes, unknown op, unknown flag bits, more than :data:`MAX_BATCH_COMMANDS`) raises :class:`~coordcore.errors.BadArgument` (or
 :class:`~coordcore.errors.UnknownCommand`) *before anything is applied*. Arguments
 out of range inside a well-formed record (bad TTL, key too long, ...) give a
 ``BADARG`` result for that command only. :class:`BatchBuilder` refuses all of these
@@ -150,6 +150,7 @@ True
 """
 from __future__ import annotations
 
+import operator
 import struct
 from enum import IntEnum
 from typing import NamedTuple
@@ -419,7 +420,7 @@ class Result(NamedTuple):
             text += f" ({self.value})"
         elif self.detail == Detail.KIND and self.value in Kind._value2member_map_:
             text += f" ({Kind(self.value).name.lower()})"
-        return f"{name}: {Status(self.status).name.lower()}: {text}" if text else name
+        return f"{name}: {text}" if text else name
 
     def exception(self) -> CoordcoreError | None:
         """The exception this result stands for (None for OK and WAITING)."""
@@ -514,9 +515,9 @@ assert _HEADER.size == BATCH_HEADER_SIZE and _CMD.size == COMMAND_HEADER_SIZE
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:
     if type(value) is not int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):
             raise WrongType(f"{name} must be an int, not {type(value).__name__}")
-        value = int(value)
+        value = operator.index(value)  # type: ignore[arg-type]
     if not lo <= value <= hi:
         raise BadArgument(f"{name} must be in [{lo}, {hi}], got {value}")
     return value
@@ -544,6 +545,38 @@ def _value(value: object) -> bytes:
     if len(value) > MAX_VALUE_SIZE:
         raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes, got {len(value)}")
     return value
+
+
+def _sid(session: object) -> int:
+    if type(session) is int and 0 < session <= _U64:
+        return session
+    return _int("session", session, 1, _U64)
+
+
+def _u64(name: str, value: object) -> int:
+    if type(value) is int and 0 <= value <= _U64:
+        return value
+    return _int(name, value, 0, _U64)
+
+
+def _k(key: object) -> bytes:
+    if type(key) is bytes:
+        if 0 < len(key) <= MAX_KEY_SIZE:
+            return key
+    elif type(key) is str:
+        b = key.encode()
+        if 0 < len(b) <= MAX_KEY_SIZE:
+            return b
+    return _key(key)
+
+
+def _v(value: object) -> bytes:
+    if type(value) is bytes and len(value) <= MAX_VALUE_SIZE:
+        return value
+    return _value(value)
+
+
+_pack_cmd = _CMD.pack
 
 
 class BatchBuilder:
@@ -590,13 +623,18 @@ class BatchBuilder:
 
     def _add(self, op: int, flags: int, session: int, request_id: int, arg: int,
              key: bytes, value: bytes) -> int:
-        if self._count >= MAX_BATCH_COMMANDS:
+        # Callers validated every argument; this only writes.
+        count = self._count
+        if count >= MAX_BATCH_COMMANDS:
             raise BadArgument(f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
-        self._buf += _CMD.pack(op, flags, len(key), len(value), session, request_id, arg)
-        self._buf += key
-        self._buf += value
-        self._count += 1
-        return self._count - 1
+        buf = self._buf
+        buf += _pack_cmd(op, flags, len(key), len(value), session, request_id, arg)
+        if key:
+            buf += key
+        if value:
+            buf += value
+        self._count = count + 1
+        return count
 
     def add(self, command: Command) -> int:
         """Append a decoded :class:`Command` (validated like the named methods)."""
@@ -633,15 +671,15 @@ class BatchBuilder:
     def open_session(self, ttl_ms: int) -> int:
         """Open a session with a TTL in ms; its id comes back in ``Result.session_id``."""
         ttl = _int("ttl_ms", ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
-        return self._add(Op.OPEN, 0, 0, 0, ttl, b"", b"")
+        return self._add(1, 0, 0, 0, ttl, b"", b"")
 
     def keepalive(self, session: int) -> int:
         """Extend the session's deadline to batch time + its TTL."""
-        return self._add(Op.KEEPALIVE, 0, _int("session", session, 1, _U64), 0, 0, b"", b"")
+        return self._add(2, 0, _sid(session), 0, 0, b"", b"")
 
     def close_session(self, session: int) -> int:
         """Close the session, releasing and cancelling all it has."""
-        return self._add(Op.CLOSE, 0, _int("session", session, 1, _U64), 0, 0, b"", b"")
+        return self._add(3, 0, _sid(session), 0, 0, b"", b"")
 
     def acquire(self, session: int, key: str | bytes, *, shared: bool = False, wait: bool = True,
                 request_id: int = 0, value: str | bytes = b"") -> int:
@@ -650,54 +688,54 @@ class BatchBuilder:
         ``value`` is an optional label shown to :meth:`LockMachine.info` (kazoo's
         contender identifier).
         """
-        flags = (FLAG_SHARED if _bool("shared", shared) else 0) | (FLAG_WAIT if _bool("wait", wait) else 0)
-        return self._add(Op.ACQUIRE, flags, _int("session", session, 1, _U64),
-                         _int("request_id", request_id, 0, _U64), 0, _key(key), _value(value))
+        if shared is False or shared is True:
+            flags = FLAG_SHARED if shared else 0
+        else:
+            flags = FLAG_SHARED if _bool("shared", shared) else 0
+        if wait is True:
+            flags |= FLAG_WAIT
+        elif wait is not False and _bool("wait", wait):
+            flags |= FLAG_WAIT
+        return self._add(4, flags, _sid(session), _u64("request_id", request_id), 0, _k(key), _v(value))
 
     def release(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
         """Release the session's hold on lock ``key`` with ``token`` (0: its oldest hold)."""
-        return self._add(Op.RELEASE, 0, _int("session", session, 1, _U64),
-                         _int("request_id", request_id, 0, _U64), _int("token", token, 0, _U64),
-                         _key(key), b"")
+        return self._add(5, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), b"")
 
     def sem_acquire(self, session: int, key: str | bytes, permits: int, *, wait: bool = True,
                     request_id: int = 0, value: str | bytes = b"") -> int:
         """Take one permit of the semaphore ``key`` of size ``permits``."""
-        return self._add(Op.SEM_ACQUIRE, FLAG_WAIT if _bool("wait", wait) else 0,
-                         _int("session", session, 1, _U64), _int("request_id", request_id, 0, _U64),
-                         _int("permits", permits, 1, MAX_PERMITS), _key(key), _value(value))
+        return self._add(6, FLAG_WAIT if _bool("wait", wait) else 0, _sid(session),
+                         _u64("request_id", request_id), _int("permits", permits, 1, MAX_PERMITS),
+                         _k(key), _v(value))
 
     def sem_release(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
         """Give back the permit with ``token`` (0: the session's oldest on this key)."""
-        return self._add(Op.SEM_RELEASE, 0, _int("session", session, 1, _U64),
-                         _int("request_id", request_id, 0, _U64), _int("token", token, 0, _U64),
-                         _key(key), b"")
+        return self._add(7, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), b"")
 
     def campaign(self, session: int, key: str | bytes, value: str | bytes, *, wait: bool = True,
                  request_id: int = 0) -> int:
         """Run for leader of election ``key`` with ``value``; FIFO succession."""
-        return self._add(Op.CAMPAIGN, FLAG_WAIT if _bool("wait", wait) else 0,
-                         _int("session", session, 1, _U64), _int("request_id", request_id, 0, _U64),
-                         0, _key(key), _value(value))
+        return self._add(8, FLAG_WAIT if _bool("wait", wait) else 0, _sid(session),
+                         _u64("request_id", request_id), 0, _k(key), _v(value))
 
     def proclaim(self, session: int, key: str | bytes, value: str | bytes, token: int = 0, *,
                  request_id: int = 0) -> int:
         """As leader (with ``token``, 0: whichever), publish a new value."""
-        return self._add(Op.PROCLAIM, 0, _int("session", session, 1, _U64),
-                         _int("request_id", request_id, 0, _U64), _int("token", token, 0, _U64),
-                         _key(key), _value(value))
+        return self._add(9, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), _v(value))
 
     def resign(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
         """Give up leadership (with ``token``, 0: whichever); the next candidate leads."""
-        return self._add(Op.RESIGN, 0, _int("session", session, 1, _U64),
-                         _int("request_id", request_id, 0, _U64), _int("token", token, 0, _U64),
-                         _key(key), b"")
+        return self._add(10, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), b"")
 
     def cancel(self, session: int, key: str | bytes, ticket: int, *, request_id: int = 0) -> int:
         """Withdraw the contender with ``ticket``: dequeue a waiter, release a holder."""
-        return self._add(Op.CANCEL, 0, _int("session", session, 1, _U64),
-                         _int("request_id", request_id, 0, _U64), _int("ticket", ticket, 1, _U64),
-                         _key(key), b"")
+        return self._add(11, 0, _sid(session), _u64("request_id", request_id),
+                         _int("ticket", ticket, 1, _U64), _k(key), b"")
 
 
 def _bool(name: str, value: object) -> bool:
@@ -758,22 +796,16 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
 
 
 def decode_results(raw: bytes) -> list[Result]:
-    """Decode the packed results of :meth:`LockMachine.apply_raw`."""
-    return [Result._make(t) for t in _RESULT.iter_unpack(raw)]
+    """Decode the packed results of :meth:`LockMachine.apply_raw` (24 bytes each:
+    u8 op, u8 status, u8 detail, u8 flags, u32 0, u64 value, u64 aux)."""
+    return _lm.decode_results(raw, Result)
 
 
 def decode_events(raw: bytes) -> list[Event]:
-    """Decode the packed events of :meth:`LockMachine.apply_raw`."""
-    events: list[Event] = []
-    pos, end, unpack = 0, len(raw), _EVENT.unpack_from
-    while pos < end:
-        kind, mode, klen, vlen, rev, session, ticket, token = unpack(raw, pos)
-        pos += EVENT_HEADER_SIZE
-        key = raw[pos:pos + klen]
-        pos += klen
-        events.append(Event(rev, kind, mode, session, ticket, token, key, raw[pos:pos + vlen]))
-        pos += vlen
-    return events
+    """Decode the packed events of :meth:`LockMachine.apply_raw` (each: u8 kind,
+    u8 mode, u16 key length, u32 value length, u64 revision, u64 session, u64 ticket,
+    u64 token, key, value)."""
+    return _lm.decode_events(raw, Event)
 
 
 def _contender(t: tuple[int, int, int, int, bytes]) -> Contender:
@@ -785,6 +817,32 @@ class LockMachine:
 
     Not thread-safe: one owner (the service's writer) applies batches; the read-only
     queries may be called between batches.
+
+    >>> m = LockMachine()
+    >>> b = BatchBuilder()
+    >>> b.open_session(ttl_ms=5_000), b.open_session(ttl_ms=5_000)
+    (0, 1)
+    >>> [r.session_id for r in m.apply(b.build(time_ms=1_000)).results]
+    [1, 2]
+    >>> b.clear()
+    >>> b.acquire(1, "jobs/42", request_id=1), b.acquire(2, "jobs/42", request_id=1)
+    (0, 1)
+    >>> first, second = m.apply(b.build(time_ms=1_001)).results
+    >>> first.ok, first.token, second.waiting, second.ticket
+    (True, 3, True, 4)
+    >>> [c.session for c in m.contenders("jobs/42")]
+    [1, 2]
+    >>> b.clear()
+    >>> b.release(1, "jobs/42", first.token)
+    0
+    >>> [(EventKind(e.kind).name, e.session, e.token) for e in m.apply(b.build(1_002)).events]
+    [('RELEASE', 1, 3), ('GRANT', 2, 6)]
+    >>> m.next_deadline()
+    6000
+    >>> [EventKind(e.kind).name for e in m.apply(tick(6_000)).events]
+    ['EXPIRE', 'EXPIRE', 'RELEASE']
+    >>> LockMachine.from_snapshot(m.snapshot()).snapshot() == m.snapshot()
+    True
     """
 
     __slots__ = ("_m",)
@@ -881,6 +939,13 @@ class LockMachine:
         """The keys in use that start with ``prefix``, sorted."""
         p = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
         return self._m.keys(p)
+
+    def check_invariants(self) -> None:
+        """Verify the internal structures and the lock rules (AssertionError if broken).
+
+        Debug builds (``COORDCORE_DEBUG=1``) run this after every batch.
+        """
+        self._m.check_invariants()
 
     def __repr__(self) -> str:
         return (f"<LockMachine revision={self.revision} time_ms={self.time_ms} "

@@ -1,0 +1,367 @@
+# The Snowflake ID generator core. Users import coordcore.ids, which subclasses Generator.
+#
+# State is one 64-bit word, the last issued (tick << sequence_bits | sequence), claimed
+# with a compare-and-swap: many threads share one generator without a lock (and without
+# the GIL on free-threaded builds), and a claim of n IDs is one CAS. Claiming past the end
+# of a tick's sequence naturally carries into the next tick; whether that is allowed
+# ahead of the wall clock is the clock policy's business.
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport int64_t, uint64_t
+from posix.time cimport clock_gettime, nanosleep, timespec, CLOCK_REALTIME
+
+cimport cython
+cimport numpy as cnp
+import numpy as np
+import os
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifndef CC_DEBUG
+    #define CC_DEBUG 0
+    #endif
+    #define cc_load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define cc_store(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #define cc_cas(p, expected, desired) \
+        __atomic_compare_exchange_n((p), (expected), (desired), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+    #if defined(__x86_64__) || defined(__i386__)
+    #define cc_cpu_relax() __builtin_ia32_pause()
+    #elif defined(__aarch64__)
+    #define cc_cpu_relax() __asm__ __volatile__("yield")
+    #else
+    #define cc_cpu_relax() ((void)0)
+    #endif
+    /* Bumped in every forked child (os.register_at_fork below): a generator created under
+       another generation knows it is running in a child of the process that configured it. */
+    static long cc_fork_generation = 0;
+    /* The state of a generator that must issue nothing more. */
+    #define CC_SEALED INT64_MAX
+    """
+    const bint CC_DEBUG
+    int64_t cc_load(int64_t* p) nogil
+    void cc_store(int64_t* p, int64_t v) nogil
+    bint cc_cas(int64_t* p, int64_t* expected, int64_t desired) nogil
+    void cc_cpu_relax() nogil
+    long cc_fork_generation
+    const int64_t SEALED "CC_SEALED"
+
+
+def _after_fork_in_child() -> None:
+    global cc_fork_generation
+    cc_fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Clock policies.
+cdef enum:
+    POLICY_WAIT = 0
+    POLICY_RAISE = 1
+    POLICY_LOGICAL = 2
+
+# Outcomes of one claim attempt.
+cdef enum:
+    CLAIM_OK = 0
+    CLAIM_NEXT_TICK = 1     # sequence of the current tick exhausted; wait for the clock
+    CLAIM_BACKWARDS = 2     # wall clock is behind the last issued tick
+    CLAIM_RESERVE = 3       # the state file's high-water mark must move first
+    CLAIM_TOO_FAR_AHEAD = 4 # logical clock would run further ahead than allowed
+    CLAIM_EXHAUSTED = 5     # the layout's timestamp field is full
+    CLAIM_FORKED = 6        # running in a forked child
+    CLAIM_REVOKED = 7       # sealed: the worker-ID lease was lost, or the generator closed
+
+POLICIES = {"wait": POLICY_WAIT, "raise": POLICY_RAISE, "logical": POLICY_LOGICAL}
+
+
+cdef inline int64_t wall_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline void sleep_ns(int64_t ns) noexcept nogil:
+    cdef timespec ts
+    ts.tv_sec = ns // 1000000000
+    ts.tv_nsec = ns % 1000000000
+    nanosleep(&ts, NULL)
+
+
+cdef class SkewClock:
+    """The wall clock shifted by ``offset_ns``: a test clock that can jump backwards.
+
+    Time keeps flowing at the real rate, so a ``wait`` policy really catches up. Hand it
+    to a generator with ``clock_source=``; the real path pays one pointer test for it.
+    """
+    cdef public int64_t offset_ns
+
+    def __init__(self, int64_t offset_ns=0):
+        self.offset_ns = offset_ns
+
+    def jump(self, double ms):
+        """Move the clock by ``ms`` milliseconds (negative: backwards)."""
+        self.offset_ns += <int64_t>(ms * 1e6)
+
+    def now_ms(self):
+        """This clock's time in Unix milliseconds."""
+        return (wall_ns() + self.offset_ns) // 1000000
+
+
+cdef class Generator:
+    """Native core of :class:`coordcore.ids.Snowflake` (configure once, call many)."""
+
+    # Layout, precomputed into shifts and masks (any field order works).
+    cdef int64_t _epoch_ns, _unit_ns, _max_tick
+    cdef int _seq_bits, _ts_shift, _seq_shift
+    cdef int64_t _seq_mask, _node_bits
+    cdef int _policy
+    cdef int64_t _max_backward_ns, _max_ahead_ticks
+    # Hot state: last issued packed (tick << seq_bits | seq). Written by CAS only.
+    cdef int64_t _state
+    # Highest tick made durable in the state file (INT64_MAX without a state file).
+    cdef int64_t _hwm_tick
+    cdef long _fork_generation
+    cdef SkewClock _skew
+
+    def __cinit__(self):
+        self._state = SEALED  # unusable until _configure
+        self._hwm_tick = 0x7FFFFFFFFFFFFFFF
+        self._unit_ns = 1000000
+
+    def _configure(self, *, int64_t epoch_ms, int64_t unit_ms, int timestamp_bits, int sequence_bits,
+                   int timestamp_shift, int sequence_shift, int64_t node_bits, str clock,
+                   double max_backward_ms, max_ahead_ms, SkewClock clock_source):
+        """Set the layout and policy (validated by the Python facade)."""
+        self._epoch_ns = epoch_ms * 1000000
+        self._unit_ns = unit_ms * 1000000
+        self._max_tick = (<int64_t>1 << timestamp_bits) - 1
+        self._seq_bits = sequence_bits
+        self._seq_mask = (<int64_t>1 << sequence_bits) - 1
+        self._ts_shift = timestamp_shift
+        self._seq_shift = sequence_shift
+        self._node_bits = node_bits
+        self._policy = POLICIES[clock]
+        self._max_backward_ns = <int64_t>(max_backward_ms * 1e6)
+        self._max_ahead_ticks = (0x7FFFFFFFFFFFFFFF if max_ahead_ms is None
+                                 else <int64_t>(max_ahead_ms * 1e6) // self._unit_ns)
+        self._skew = clock_source
+        self._fork_generation = cc_fork_generation
+        self._state = -1
+
+    # -- state, for the facade (restarts, fork, leases) --------------------------------
+
+    def _set_node_bits(self, int64_t node_bits):
+        self._node_bits = node_bits
+        self._fork_generation = cc_fork_generation
+
+    def _last_tick(self):
+        """Tick of the last issued ID (-1 if none)."""
+        cdef int64_t s = cc_load(&self._state)
+        return -1 if s < 0 or s == SEALED else s >> self._seq_bits
+
+    def _resume_after_tick(self, int64_t tick):
+        """Never issue an ID at or before ``tick`` (restored from a state file)."""
+        cdef int64_t floor = ((tick + 1) << self._seq_bits) - 1
+        cdef int64_t cur = cc_load(&self._state)
+        while cur < floor and not cc_cas(&self._state, &cur, floor):
+            pass
+
+    def _set_hwm_tick(self, int64_t tick):
+        cc_store(&self._hwm_tick, tick)
+
+    def _seal(self):
+        """Stop issuance for good (lease lost, generator closed): swap the state for SEALED
+        atomically, so no claim in flight can land after it. Returns the last issued tick
+        (-1 if none, or if already sealed)."""
+        cdef int64_t last = cc_load(&self._state)
+        while not cc_cas(&self._state, &last, SEALED):
+            pass
+        return -1 if last < 0 or last == SEALED else last >> self._seq_bits
+
+    @property
+    def _sealed(self):
+        return cc_load(&self._state) == SEALED
+
+    def _now_tick(self):
+        """The clock's current tick (-1 before the epoch)."""
+        return self._clock_tick()
+
+    # -- the hot path ------------------------------------------------------------------
+
+    cdef inline int64_t _clock_ns(self) noexcept nogil:
+        """Nanoseconds since the layout's epoch on this generator's clock."""
+        cdef int64_t ns = wall_ns() - self._epoch_ns
+        if self._skew is not None:
+            ns += self._skew.offset_ns
+        return ns
+
+    cdef inline int64_t _clock_tick(self) noexcept nogil:
+        cdef int64_t ns = self._clock_ns()
+        if ns < 0:
+            return -1
+        if self._unit_ns == 1000000:  # constant divisor: the compiler turns it into a multiply
+            return ns // 1000000
+        return ns // self._unit_ns
+
+    cdef inline int64_t _tick_start_ns(self, int64_t tick) noexcept nogil:
+        return tick * self._unit_ns
+
+    cdef inline int _claim(self, int64_t want, int64_t* first, int64_t* count,
+                           int64_t* info) noexcept nogil:
+        """Claim up to ``want`` consecutive packed values within one tick. On success
+        ``first``/``count`` hold the claim; otherwise ``info[0]`` is the tick to wait for (or
+        to reserve) and ``info[1]`` the drift in ticks.
+
+        The state is loaded *before* the clock is read: every claim made so far was made at
+        a clock reading no later than ours, so a clock behind the last issued tick really
+        went backwards (under wait/raise no claim runs ahead of its own clock reading)."""
+        cdef int64_t last, last_tick, now, start, start_tick, avail, end
+        if self._fork_generation != cc_fork_generation:
+            return CLAIM_FORKED
+        last = cc_load(&self._state)
+        while True:
+            if last == SEALED:
+                return CLAIM_REVOKED
+            now = self._clock_tick()
+            last_tick = last >> self._seq_bits if last >= 0 else -1
+            if now > last_tick:
+                start = now << self._seq_bits
+            else:
+                start = last + 1
+                if now < last_tick and self._policy != POLICY_LOGICAL:
+                    info[0] = last_tick
+                    info[1] = last_tick - now
+                    return CLAIM_BACKWARDS
+                if (start & self._seq_mask) == 0 and self._policy != POLICY_LOGICAL:
+                    info[0] = last_tick + 1
+                    return CLAIM_NEXT_TICK
+            start_tick = start >> self._seq_bits
+            if start_tick > self._max_tick:
+                return CLAIM_EXHAUSTED
+            if start_tick > now and start_tick - now > self._max_ahead_ticks:
+                info[0] = start_tick - self._max_ahead_ticks
+                return CLAIM_TOO_FAR_AHEAD
+            if start_tick > self._hwm_tick:
+                info[0] = start_tick
+                return CLAIM_RESERVE
+            avail = self._seq_mask + 1 - (start & self._seq_mask)
+            if want < avail:
+                avail = want
+            end = start + avail - 1
+            if cc_cas(&self._state, &last, end):
+                if CC_DEBUG:
+                    if not (end >= start and start > last):
+                        with gil:
+                            raise AssertionError("snowflake: sequence did not rise")
+                first[0] = start
+                count[0] = avail
+                return CLAIM_OK
+            # Lost the race: `last` now holds the winner's state; read the clock again.
+
+    cdef inline int64_t _compose(self, int64_t packed) noexcept nogil:
+        return (((packed >> self._seq_bits) << self._ts_shift)
+                | ((packed & self._seq_mask) << self._seq_shift)
+                | self._node_bits)
+
+    cdef int _claim_blocking(self, int64_t want, int64_t* first, int64_t* count) except -1:
+        """Claim, waiting, reserving or raising as the policy says. Holds the GIL on entry
+        and exit; releases it while it waits."""
+        cdef int64_t info[2]
+        cdef int64_t backwards_since = -1
+        cdef int rc
+        while True:
+            rc = self._claim(want, first, count, info)
+            if rc == CLAIM_OK:
+                return 0
+            if rc == CLAIM_NEXT_TICK or rc == CLAIM_TOO_FAR_AHEAD:
+                self._wait_for_tick(info[0])
+            elif rc == CLAIM_BACKWARDS:
+                if backwards_since < 0:
+                    backwards_since = wall_ns()
+                if (self._policy == POLICY_RAISE
+                        or info[1] * self._unit_ns > self._max_backward_ns
+                        or wall_ns() - backwards_since > self._max_backward_ns):
+                    self._on_backwards(info[1] * self._unit_ns / 1e6)
+                self._wait_for_tick(info[0])
+            elif rc == CLAIM_RESERVE:
+                self._reserve(info[0])
+            elif rc == CLAIM_FORKED:
+                self._on_fork()
+            elif rc == CLAIM_REVOKED:
+                self._on_revoked()
+            else:
+                self._on_exhausted()
+
+    cdef int _wait_for_tick(self, int64_t tick) except -1:
+        """Until the clock reaches ``tick``: sleep through most of it, spin the last
+        stretch (a plain sleep overshoots by the timer slack, costing IDs at the ceiling)."""
+        cdef int64_t left_ns
+        with nogil:
+            while True:
+                left_ns = self._tick_start_ns(tick) - self._clock_ns()
+                if left_ns <= 0:
+                    break
+                if left_ns > 200000:
+                    sleep_ns(left_ns - 100000)
+                else:
+                    cc_cpu_relax()
+        PyErr_CheckSignals()
+        return 0
+
+    # Rare paths, implemented by the facade in Python.
+    def _on_backwards(self, drift_ms):
+        raise NotImplementedError
+
+    def _reserve(self, int64_t tick):
+        raise NotImplementedError
+
+    def _on_fork(self):
+        raise NotImplementedError
+
+    def _on_revoked(self):
+        raise NotImplementedError
+
+    def _on_exhausted(self):
+        raise NotImplementedError
+
+    # -- public calls --------------------------------------------------------------------
+
+    def next_id(self):
+        """The next ID, a Python int."""
+        cdef int64_t first, count
+        cdef int64_t info[2]
+        # Fast path inline: one load, one clock read, one CAS.
+        if self._claim(1, &first, &count, info) != CLAIM_OK:
+            self._claim_blocking(1, &first, &count)
+        return self._compose(first)
+
+    def next_run(self, int64_t max_count):
+        """Claim up to ``max_count`` IDs that are consecutive integers, all from one tick:
+        returns ``(first_id, count)``, count >= 1. Needs the sequence in the lowest bits."""
+        cdef int64_t first, count
+        if max_count < 1:
+            raise ValueError("max_count must be >= 1")
+        if self._seq_shift != 0:
+            raise ValueError("next_run needs a layout whose sequence field is the lowest bits")
+        self._claim_blocking(max_count, &first, &count)
+        return self._compose(first), count
+
+    @cython.boundscheck(False)
+    def _fill(self, cnp.int64_t[::1] out):
+        """Fill ``out`` with new IDs, a tick's run at a time."""
+        cdef Py_ssize_t n = out.shape[0], i = 0, j
+        cdef int64_t first, count, base
+        cdef int64_t info[2]
+        while i < n:
+            if self._claim(n - i, &first, &count, info) != CLAIM_OK:
+                self._claim_blocking(n - i, &first, &count)
+            with nogil:
+                if self._seq_shift == 0:
+                    # Sequence in the low bits: a run is consecutive integers (vectorises).
+                    base = self._compose(first)
+                    for j in range(count):
+                        out[i + j] = base + j
+                else:
+                    for j in range(count):
+                        out[i + j] = self._compose(first + j)
+            i += count

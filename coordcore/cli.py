@@ -1,0 +1,72 @@
+"""The ``coordcore`` command.
+
+``coordcore id`` issues IDs and decodes them; other subcommands (``serve``) register
+themselves in :func:`build_parser`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from coordcore.errors import CoordcoreError
+from coordcore.ids import LAYOUTS, Snowflake, decode
+
+
+def _id_command(args: argparse.Namespace) -> int:
+    if args.decode is not None:
+        for raw in args.decode:
+            try:
+                value = int(raw, 0)
+            except ValueError:
+                raise CoordcoreError(f"not an integer ID: {raw!r}") from None
+            d = decode(value, layout=args.layout)
+            row = {"id": d.id, "timestamp_ms": d.timestamp_ms, "time": d.datetime.isoformat(),
+                   "datacenter": d.datacenter, "worker": d.worker, "sequence": d.sequence}
+            print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
+        return 0
+    with Snowflake(args.worker_id, datacenter_id=args.datacenter_id, layout=args.layout,
+                   clock=args.clock, state_file=args.state_file) as gen:
+        ids = gen.next_ids(args.count)
+        for value in ids.tolist():
+            print(value)
+        if not args.quiet and len(ids):
+            d = gen.decode(int(ids[-1]))
+            print(f"# {len(ids)} IDs from worker {d.worker}, datacenter {d.datacenter}, layout "
+                  f"{gen.layout.name}; the last decodes to {d.datetime.isoformat()} sequence {d.sequence}",
+                  file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coordcore", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("id", help="issue Snowflake IDs, or decode them")
+    p.add_argument("-n", "--count", type=int, default=5, help="how many IDs to issue (default 5)")
+    p.add_argument("--worker-id", type=int, default=int(os.environ.get("COORDCORE_WORKER_ID") or 0),
+                   help="worker ID (default: $COORDCORE_WORKER_ID, else 0)")
+    p.add_argument("--datacenter-id", type=int, default=None)
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="twitter")
+    p.add_argument("--clock", choices=("wait", "raise", "logical"), default="wait")
+    p.add_argument("--state-file", default=None, help="persist a timestamp high-water mark here")
+    p.add_argument("--decode", nargs="+", metavar="ID", help="decode these IDs instead of issuing")
+    p.add_argument("--json", action="store_true", help="decode as JSON lines")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_id_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CoordcoreError as exc:
+        print(f"coordcore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

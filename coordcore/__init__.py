@@ -5,6 +5,7 @@ The facade only re-exports; see the submodules for the details.
 from coordcore.client import AsyncClient, Client
 from coordcore.errors import CoordcoreError
 from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
+from coordcore.locks import FencedResource, Grant, LockService, Session
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,9 @@ __all__ = [
     "AsyncClient",
     "Client",
     "__version__",
+    # locks
+    "FencedResource",
+    "Grant",
+    "LockService",
+    "Session",
 ]

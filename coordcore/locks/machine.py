@@ -1,0 +1,952 @@
+"""The deterministic lock state machine: batch records in, results and events out.
+
+:class:`LockMachine` is a compiled (Cython) state machine. It never reads a clock and
+never does I/O: each *batch record* it applies carries the time chosen by whoever
+appended it, so replaying the same records from an empty machine always gives the
+same state, byte for byte (:meth:`LockMachine.snapshot`). The durable log stores
+these records, the service builds them with :class:`BatchBuilder`, and (later) etcd
+replicates them. This module is the contract between those layers.
+
+Contract
+========
+
+State
+-----
+* **Sessions**: id (from a counter starting at 1, never reused), TTL, deadline. A
+  session opened or kept alive at batch time ``t`` has deadline ``t + ttl``. It
+  *expires* at the start of the first batch whose time is ``>= deadline``.
+* **Keys**: at most :data:`MAX_KEY_SIZE` bytes, non-empty, any bytes (``str`` is
+  encoded as UTF-8). One key namespace: a key is a *lock*, a *semaphore* or an
+  *election* (its :class:`Kind`) from its first contender until its last one leaves
+  (then it no longer exists). Using a key as another kind gives ``WRONGTYPE``.
+* **Contenders**: every acquire or campaign that is granted or waits creates a
+  contender with a **ticket** (the revision at which it arrived); when granted it gets
+  a **token** (the revision at the grant: the fencing token). A contender granted at
+  once has ``token == ticket``. Holders are kept in token order, waiters in FIFO
+  (ticket) order. A session may hold several contenders on one lock or semaphore key
+  (for instance two tasks sharing a session), but at most one per election.
+* **Revision**: one counter; every event gets the next revision, so events form a
+  gap-free sequence ``1, 2, 3, ...``. Tokens and tickets are revisions: strictly
+  increasing, never reused, preserved by snapshots. Keep-alives do not change the
+  revision (they only move a deadline; etcd does the same with lease refreshes).
+
+Granting (in FIFO order, writers are never starved)
+---------------------------------------------------
+* lock: an exclusive contender is granted when there are no holders; a shared one when
+  there are no holders or only shared holders. An acquire is granted at once only
+  if nobody waits, so a waiting writer blocks readers that come after it.
+* semaphore: ``permits`` is fixed by the first acquire on the key; granted when
+  fewer than ``permits`` contenders hold. A different ``permits`` later is ``BADARG``.
+* election: the single holder is the **leader** with the value it campaigned with
+  (or last proclaimed); candidates wait in FIFO order for succession.
+* An acquire or campaign with ``wait=False`` that cannot be granted at once returns
+  ``BUSY`` and changes nothing; with ``wait=True`` it returns ``WAITING`` with its
+  ticket, and the grant arrives later as a ``GRANT`` event carrying that ticket.
+
+Commands (:class:`Op`; build them with :class:`BatchBuilder`)
+-------------------------------------------------------------
+============== ===================================== =========================================
+op             arguments                             success result (``value``, ``aux``)
+============== ===================================== =========================================
+OPEN           ttl_ms                                session id, deadline
+KEEPALIVE      session                               deadline, deadline
+CLOSE          session                               0, 0 (releases everything the session has)
+ACQUIRE        session, key, shared, wait, value     token, ticket (or WAITING: 0, ticket)
+RELEASE        session, key, token (0: oldest hold)  token, ticket
+SEM_ACQUIRE    session, key, permits, wait, value    token, ticket (or WAITING: 0, ticket)
+SEM_RELEASE    session, key, token (0: oldest hold)  token, ticket
+CAMPAIGN       session, key, value, wait             token, ticket (or WAITING: 0, ticket)
+PROCLAIM       session, key, token (0: mine), value  revision of the proclaim, token
+RESIGN         session, key, token (0: mine)         token, ticket
+CANCEL         session, key, ticket                  token if it held (now released) else 0, ticket
+============== ===================================== =========================================
+
+``CANCEL`` withdraws a contender whatever its state: a waiter is removed (``CANCEL``
+event), a holder is released (``RELEASE`` event). A service cancels a timed-out
+acquire with it; if the grant won the race, the result tells (``value != 0``).
+
+Every command except OPEN names a session; if it does not exist (never opened,
+closed, expired) the result is ``NOSESSION``.
+
+Idempotence: a command with a non-zero ``request_id`` (ACQUIRE, RELEASE, SEM_*,
+CAMPAIGN, PROCLAIM, RESIGN, CANCEL) is remembered in a per-session table of the
+:data:`REQUEST_WINDOW` most recent request ids. A retry with the same
+``(session, request_id)`` returns the original result with ``duplicate`` set and
+changes nothing (no event). Clients must not reuse a request id on a session, and must
+not retry a request after issuing :data:`REQUEST_WINDOW` newer ones on that session.
+OPEN, KEEPALIVE and CLOSE are not remembered: a repeated KEEPALIVE is harmless, a
+repeated CLOSE answers ``NOSESSION``, a repeated OPEN opens another session (an
+orphan expires after its TTL).
+
+Results (:class:`Result`)
+-------------------------
+One per command, in order: ``status`` (:class:`Status`: ``OK``, ``WAITING``,
+``BUSY`` or an error), ``value``, ``aux`` (see the table), ``detail`` (why, for
+errors), ``duplicate``. Error statuses map to the classes of :mod:`coordcore.errors`
+through their code words (:func:`status_code`, :meth:`Result.exception`): ``NOSESSION``
+-> :class:`~coordcore.errors.SessionExpired`, ``NOTHOLDER`` ->
+:class:`~coordcore.errors.NotLockHolder`, ``CONFLICT``, ``NOTLEADER``, ``BADARG``,
+``WRONGTYPE``, ``NOTFOUND``; ``BUSY`` maps to ``TIMEOUT``
+(:class:`~coordcore.errors.LockTimeout`, a try is a zero timeout). A command that
+fails changes nothing.
+
+Events (:class:`Event`)
+-----------------------
+Every state change is one event with its own revision: ``OPEN``, ``CLOSE``,
+``EXPIRE`` (session events, empty key), ``WAIT`` (a contender queued), ``GRANT`` (a
+contender now holds: token = revision; for an election, a new leader and its value),
+``RELEASE`` (a holder left: release, resign, cancel, close or expiry), ``CANCEL`` (a
+waiter left), ``PROCLAIM`` (the leader's new value). When a session ends, its
+``CLOSE``/``EXPIRE`` event comes first, then one ``RELEASE``/``CANCEL`` per contender
+in ticket order, then the grants this made possible. A ``watch(prefix)`` is a filter
+on this stream.
+
+Time
+----
+A batch's timestamp is the appender's clock in ms. If it is earlier than the last
+applied batch's time, the batch is applied at the last time (time never goes back
+inside the machine). Expiry happens at the start of a batch, before its commands:
+every session with ``deadline <= time``, in (deadline, session id) order; the
+sessions' contenders are removed first, then waiters are granted, so no grant goes
+to a session expiring in the same batch. An empty batch is a *tick*.
+
+Batch record (format version 1, little-endian)
+----------------------------------------------
+::
+
+    header  20 bytes: magic b"CCLB", u8 version (1), u8 flags (0), u16 reserved (0),
+                      u64 time_ms, u32 command count
+    command 32 bytes + key + value:
+            u8 op, u8 flags (bit 0 SHARED, bit 1 WAIT), u16 key length,
+            u32 value length, u64 session, u64 request id,
+            u64 arg (ttl_ms | token | permits | ticket), key bytes, value bytes
+
+The record must be consumed exactly. A record that is structurally malformed (bad
+magic or version, reserved bits set, a time beyond :data:`MAX_TIME_MS`, truncated,
+trailing bytes, unknown op, unknown flag bits, more than :data:`MAX_BATCH_COMMANDS`) raises :class:`~coordcore.errors.BadArgument` (or
+:class:`~coordcore.errors.UnknownCommand`) *before anything is applied*. Arguments
+out of range inside a well-formed record (bad TTL, key too long, ...) give a
+``BADARG`` result for that command only. :class:`BatchBuilder` refuses all of these
+up front with :class:`~coordcore.errors.BadArgument` or
+:class:`~coordcore.errors.WrongType`.
+
+Snapshot (version 1)
+--------------------
+``snapshot()`` is deterministic: sessions sorted by id, keys sorted by bytes,
+holders in token order and waiters in ticket order, each session's request table
+oldest first, then a CRC-32C of everything before it. ``restore()`` (or
+:meth:`LockMachine.from_snapshot`) validates it whole before replacing anything and
+raises :class:`~coordcore.errors.LogCorrupted` when it is damaged.
+
+Example
+-------
+>>> b = BatchBuilder()
+>>> b.open_session(ttl_ms=10_000)
+0
+>>> len(b), len(b.build(time_ms=1_000)) == BATCH_HEADER_SIZE + COMMAND_HEADER_SIZE
+(1, True)
+>>> decode_batch(b.build(time_ms=1_000))[1][0].op == Op.OPEN
+True
+"""
+from __future__ import annotations
+
+import operator
+import struct
+from enum import IntEnum
+from typing import NamedTuple
+
+from coordcore.errors import BadArgument, CoordcoreError, UnknownCommand, WrongType, error_for_code
+
+try:
+    from coordcore._native import lockmachine as _lm
+except ImportError:  # pragma: no cover - a broken installation
+    from coordcore._native import require
+
+    require("lockmachine")
+    raise
+
+__all__ = [
+    "BATCH_FORMAT_VERSION",
+    "BATCH_HEADER_SIZE",
+    "COMMAND_HEADER_SIZE",
+    "MAX_BATCH_COMMANDS",
+    "MAX_KEY_SIZE",
+    "MAX_PERMITS",
+    "MAX_TIME_MS",
+    "MAX_TTL_MS",
+    "MAX_VALUE_SIZE",
+    "MIN_TTL_MS",
+    "REQUEST_WINDOW",
+    "Applied",
+    "BatchBuilder",
+    "Command",
+    "Contender",
+    "Detail",
+    "Event",
+    "EventKind",
+    "KeyInfo",
+    "Kind",
+    "LockMachine",
+    "Mode",
+    "Op",
+    "Result",
+    "SessionInfo",
+    "Status",
+    "decode_batch",
+    "decode_events",
+    "decode_results",
+    "status_code",
+    "tick",
+]
+
+#: Version of the batch record format written by :class:`BatchBuilder`.
+BATCH_FORMAT_VERSION = 1
+BATCH_MAGIC = b"CCLB"
+#: Size of a batch record's header, and of each command's fixed part.
+BATCH_HEADER_SIZE = 20
+COMMAND_HEADER_SIZE = 32
+#: Largest key, in bytes (after UTF-8 encoding of a ``str``).
+MAX_KEY_SIZE = 1024
+#: Largest value (election value, contender label), in bytes.
+MAX_VALUE_SIZE = 4096
+#: Bounds of a session TTL, in ms (1 ms .. 30 days).
+MIN_TTL_MS = 1
+MAX_TTL_MS = 30 * 86_400_000
+#: Largest semaphore size.
+MAX_PERMITS = 1_000_000
+#: Largest batch timestamp (ms); deadlines stay far from 64-bit overflow.
+MAX_TIME_MS = 2**62
+#: Most commands in one batch record.
+MAX_BATCH_COMMANDS = 1 << 20
+#: How many recent request ids each session remembers for idempotent retries.
+REQUEST_WINDOW = 128
+
+_U64 = 2**64 - 1
+
+
+class Op(IntEnum):
+    """Command codes of the batch record (stable: they are stored in logs)."""
+
+    OPEN = 1
+    KEEPALIVE = 2
+    CLOSE = 3
+    ACQUIRE = 4
+    RELEASE = 5
+    SEM_ACQUIRE = 6
+    SEM_RELEASE = 7
+    CAMPAIGN = 8
+    PROCLAIM = 9
+    RESIGN = 10
+    CANCEL = 11
+
+
+#: Command flag bits.
+FLAG_SHARED = 1
+FLAG_WAIT = 2
+
+
+class Status(IntEnum):
+    """Result status of a command (stable numbers, stored in snapshots)."""
+
+    OK = 0
+    WAITING = 1
+    BUSY = 2
+    NOSESSION = 10
+    NOTHOLDER = 11
+    CONFLICT = 12
+    NOTLEADER = 13
+    BADARG = 14
+    WRONGTYPE = 15
+    NOTFOUND = 16
+
+
+class Detail(IntEnum):
+    """Why a command failed (``Result.detail``); 0 when it did not."""
+
+    NONE = 0
+    FLAGS = 1  #: a flag this command does not take
+    KEY = 2  #: key empty, too long, or given to a command that takes none
+    VALUE = 3  #: value too long, or given to a command that takes none
+    TTL = 4  #: TTL out of [MIN_TTL_MS, MAX_TTL_MS]
+    PERMITS = 5  #: permits out of [1, MAX_PERMITS]
+    PERMITS_MISMATCH = 6  #: the semaphore exists with another size (``value``)
+    SESSION = 7  #: session id 0 (or non-zero for OPEN)
+    ARG = 8  #: a non-zero argument to a command that takes none / ticket 0
+    NO_SUCH_SESSION = 9
+    NO_SUCH_HOLD = 10  #: no hold of this session with that token on this key
+    NOT_LEADER = 11
+    NO_SUCH_CONTENDER = 12  #: no contender of this session with that ticket on this key
+    ALREADY_CANDIDATE = 13  #: the session already campaigns in (or leads) this election
+    KIND = 14  #: the key is of another kind (``value`` is its :class:`Kind`)
+
+
+class Kind(IntEnum):
+    """What a key is, from its first contender to its last."""
+
+    LOCK = 1
+    SEMAPHORE = 2
+    ELECTION = 3
+
+
+class Mode(IntEnum):
+    """How a contender holds or waits (``NONE`` for session events)."""
+
+    NONE = 0
+    EXCLUSIVE = 1
+    SHARED = 2
+    SEMAPHORE = 3
+    ELECTION = 4
+
+
+class EventKind(IntEnum):
+    """What an :class:`Event` reports."""
+
+    OPEN = 1
+    CLOSE = 2
+    EXPIRE = 3
+    WAIT = 4
+    GRANT = 5
+    RELEASE = 6
+    CANCEL = 7
+    PROCLAIM = 8
+
+
+_STATUS_CODES: dict[int, str] = {
+    Status.BUSY: "TIMEOUT",
+    Status.NOSESSION: "NOSESSION",
+    Status.NOTHOLDER: "NOTHOLDER",
+    Status.CONFLICT: "CONFLICT",
+    Status.NOTLEADER: "NOTLEADER",
+    Status.BADARG: "BADARG",
+    Status.WRONGTYPE: "WRONGTYPE",
+    Status.NOTFOUND: "NOTFOUND",
+}
+
+_DETAIL_TEXT: dict[int, str] = {
+    Detail.NONE: "",
+    Detail.FLAGS: "a flag this command does not take",
+    Detail.KEY: f"key must be 1..{MAX_KEY_SIZE} bytes (and only for commands that take a key)",
+    Detail.VALUE: f"value must be at most {MAX_VALUE_SIZE} bytes (and only for commands that take one)",
+    Detail.TTL: f"ttl_ms must be in [{MIN_TTL_MS}, {MAX_TTL_MS}]",
+    Detail.PERMITS: f"permits must be in [1, {MAX_PERMITS}]",
+    Detail.PERMITS_MISMATCH: "the semaphore exists with another number of permits",
+    Detail.SESSION: "session id must be non-zero (and zero for OPEN)",
+    Detail.ARG: "an argument this command does not take, or ticket 0",
+    Detail.NO_SUCH_SESSION: "no such session (never opened, closed or expired)",
+    Detail.NO_SUCH_HOLD: "the session holds nothing with that token on this key",
+    Detail.NOT_LEADER: "the session is not this election's leader (with that token)",
+    Detail.NO_SUCH_CONTENDER: "the session has no contender with that ticket on this key",
+    Detail.ALREADY_CANDIDATE: "the session already campaigns in or leads this election",
+    Detail.KIND: "the key is in use as another kind",
+}
+
+
+def status_code(status: int) -> str | None:
+    """The wire code word of an error status (``None`` for OK and WAITING).
+
+    >>> status_code(Status.NOSESSION), status_code(Status.BUSY), status_code(Status.OK)
+    ('NOSESSION', 'TIMEOUT', None)
+    """
+    return _STATUS_CODES.get(status)
+
+
+class Result(NamedTuple):
+    """The outcome of one command. See the module docstring for ``value``/``aux`` per op."""
+
+    op: int
+    status: int
+    detail: int
+    flags: int
+    value: int
+    aux: int
+
+    @property
+    def ok(self) -> bool:
+        """Granted / done (not waiting, not busy, no error)."""
+        return self.status == Status.OK
+
+    @property
+    def waiting(self) -> bool:
+        """Queued: the grant will come as a GRANT event with :attr:`ticket`."""
+        return self.status == Status.WAITING
+
+    @property
+    def duplicate(self) -> bool:
+        """A retry answered from the request table; nothing changed."""
+        return bool(self.flags & 1)
+
+    @property
+    def token(self) -> int:
+        """Fencing token of a grant (ACQUIRE, SEM_ACQUIRE, CAMPAIGN, RELEASE...); 0 if none."""
+        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE):
+            return 0
+        if self.op == Op.PROCLAIM:
+            return self.aux if self.status == Status.OK else 0
+        return self.value if self.status == Status.OK else 0
+
+    @property
+    def ticket(self) -> int:
+        """The contender's ticket (identity while waiting, argument of CANCEL)."""
+        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.PROCLAIM):
+            return 0
+        return self.aux if self.status in (Status.OK, Status.WAITING) else 0
+
+    @property
+    def session_id(self) -> int:
+        """The new session's id (OPEN)."""
+        return self.value if self.op == Op.OPEN and self.status == Status.OK else 0
+
+    @property
+    def deadline_ms(self) -> int:
+        """The session's new deadline (OPEN, KEEPALIVE)."""
+        ok = self.status == Status.OK and self.op in (Op.OPEN, Op.KEEPALIVE)
+        return self.aux if ok else 0
+
+    @property
+    def code(self) -> str | None:
+        """The error code word (``"NOSESSION"``...), ``"TIMEOUT"`` for BUSY, else None."""
+        return _STATUS_CODES.get(self.status)
+
+    @property
+    def message(self) -> str:
+        """A human sentence for an error result ('' for success)."""
+        if self.status in (Status.OK, Status.WAITING):
+            return ""
+        name = Op(self.op).name if self.op in Op._value2member_map_ else str(self.op)
+        if self.status == Status.BUSY:
+            return f"{name}: not granted at once (held or contended) and wait=False"
+        text = _DETAIL_TEXT.get(self.detail, "")
+        if self.detail == Detail.PERMITS_MISMATCH:
+            text += f" ({self.value})"
+        elif self.detail == Detail.KIND and self.value in Kind._value2member_map_:
+            text += f" ({Kind(self.value).name.lower()})"
+        return f"{name}: {text}" if text else name
+
+    def exception(self) -> CoordcoreError | None:
+        """The exception this result stands for (None for OK and WAITING)."""
+        code = _STATUS_CODES.get(self.status)
+        if code is None:
+            return None
+        return error_for_code(code)(self.message)
+
+    def unwrap(self) -> Result:
+        """Return self if OK or WAITING, else raise :meth:`exception`."""
+        exc = self.exception()
+        if exc is not None:
+            raise exc
+        return self
+
+
+class Event(NamedTuple):
+    """One state change, at its own revision. ``key`` and ``value`` are bytes."""
+
+    revision: int
+    kind: int
+    mode: int
+    session: int
+    ticket: int
+    token: int
+    key: bytes
+    value: bytes
+
+
+class Applied(NamedTuple):
+    """What :meth:`LockMachine.apply` returns."""
+
+    results: list[Result]
+    events: list[Event]
+
+
+class Contender(NamedTuple):
+    """A holder (``token != 0``) or waiter of a key."""
+
+    session: int
+    ticket: int
+    token: int
+    mode: int
+    value: bytes
+
+    @property
+    def holding(self) -> bool:
+        return self.token != 0
+
+
+class KeyInfo(NamedTuple):
+    """A key's kind, size (semaphores), holders (token order) and waiters (FIFO)."""
+
+    key: bytes
+    kind: int
+    permits: int
+    holders: tuple[Contender, ...]
+    waiters: tuple[Contender, ...]
+
+
+class SessionInfo(NamedTuple):
+    """A live session and the contenders it owns (ticket order) as (key, Contender)."""
+
+    session_id: int
+    ttl_ms: int
+    deadline_ms: int
+    contenders: tuple[tuple[bytes, Contender], ...]
+
+
+class Command(NamedTuple):
+    """One decoded command of a batch record (:func:`decode_batch`)."""
+
+    op: int
+    flags: int
+    session: int
+    request_id: int
+    arg: int
+    key: bytes
+    value: bytes
+
+
+# --- encoding ----------------------------------------------------------------------
+
+_HEADER = struct.Struct("<4sBBHQI")
+_CMD = struct.Struct("<BBHIQQQ")
+_RESULT = struct.Struct("<BBBB4xQQ")
+_EVENT = struct.Struct("<BBHIQQQQ")
+RESULT_SIZE = _RESULT.size
+EVENT_HEADER_SIZE = _EVENT.size
+assert _HEADER.size == BATCH_HEADER_SIZE and _CMD.size == COMMAND_HEADER_SIZE
+
+
+def _int(name: str, value: object, lo: int, hi: int) -> int:
+    if type(value) is not int:
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+            raise WrongType(f"{name} must be an int, not {type(value).__name__}")
+        value = operator.index(value)  # type: ignore[arg-type]
+    if not lo <= value <= hi:
+        raise BadArgument(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _key(key: object) -> bytes:
+    if isinstance(key, str):
+        key = key.encode()
+    elif isinstance(key, (bytearray, memoryview)):
+        key = bytes(key)
+    elif not isinstance(key, bytes):
+        raise WrongType(f"key must be str or bytes, not {type(key).__name__}")
+    if not 0 < len(key) <= MAX_KEY_SIZE:
+        raise BadArgument(f"key must be 1..{MAX_KEY_SIZE} bytes, got {len(key)}")
+    return key
+
+
+def _value(value: object) -> bytes:
+    if isinstance(value, str):
+        value = value.encode()
+    elif isinstance(value, (bytearray, memoryview)):
+        value = bytes(value)
+    elif not isinstance(value, bytes):
+        raise WrongType(f"value must be str or bytes, not {type(value).__name__}")
+    if len(value) > MAX_VALUE_SIZE:
+        raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes, got {len(value)}")
+    return value
+
+
+def _sid(session: object) -> int:
+    if type(session) is int and 0 < session <= _U64:
+        return session
+    return _int("session", session, 1, _U64)
+
+
+def _u64(name: str, value: object) -> int:
+    if type(value) is int and 0 <= value <= _U64:
+        return value
+    return _int(name, value, 0, _U64)
+
+
+def _k(key: object) -> bytes:
+    if type(key) is bytes:
+        if 0 < len(key) <= MAX_KEY_SIZE:
+            return key
+    elif type(key) is str:
+        b = key.encode()
+        if 0 < len(b) <= MAX_KEY_SIZE:
+            return b
+    return _key(key)
+
+
+def _v(value: object) -> bytes:
+    if type(value) is bytes and len(value) <= MAX_VALUE_SIZE:
+        return value
+    return _value(value)
+
+
+_pack_cmd = _CMD.pack
+
+
+class BatchBuilder:
+    """Builds one batch record, validating every argument before writing a byte.
+
+    Each method appends one command and returns its index in the batch (the index of
+    its :class:`Result`). Configure once, reuse: :meth:`build` returns the record and
+    :meth:`clear` empties the builder for the next batch.
+
+    >>> b = BatchBuilder()
+    >>> b.acquire(1, "jobs/42", request_id=7), b.release(1, "jobs/42", token=3)
+    (0, 1)
+    >>> b.acquire(1, "x" * 2000)
+    Traceback (most recent call last):
+    ...
+    coordcore.errors.BadArgument: key must be 1..1024 bytes, got 2000
+    >>> b.open_session(ttl_ms=-5)
+    Traceback (most recent call last):
+    ...
+    coordcore.errors.BadArgument: ttl_ms must be in [1, 2592000000], got -5
+    >>> len(b)
+    2
+    """
+
+    __slots__ = ("_buf", "_count")
+
+    def __init__(self) -> None:
+        self._buf = bytearray(BATCH_HEADER_SIZE)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def clear(self) -> None:
+        """Forget every command (keeps the buffer for reuse)."""
+        del self._buf[BATCH_HEADER_SIZE:]
+        self._count = 0
+
+    def build(self, time_ms: int) -> bytes:
+        """The batch record stamped with ``time_ms`` (the appender's clock, in ms)."""
+        t = _int("time_ms", time_ms, 0, MAX_TIME_MS)
+        _HEADER.pack_into(self._buf, 0, BATCH_MAGIC, BATCH_FORMAT_VERSION, 0, 0, t, self._count)
+        return bytes(self._buf)
+
+    def _add(self, op: int, flags: int, session: int, request_id: int, arg: int,
+             key: bytes, value: bytes) -> int:
+        # Callers validated every argument; this only writes.
+        count = self._count
+        if count >= MAX_BATCH_COMMANDS:
+            raise BadArgument(f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
+        buf = self._buf
+        buf += _pack_cmd(op, flags, len(key), len(value), session, request_id, arg)
+        if key:
+            buf += key
+        if value:
+            buf += value
+        self._count = count + 1
+        return count
+
+    def add(self, command: Command) -> int:
+        """Append a decoded :class:`Command` (validated like the named methods)."""
+        op = command.op
+        shared = bool(command.flags & FLAG_SHARED)
+        wait = bool(command.flags & FLAG_WAIT)
+        if command.flags & ~(FLAG_SHARED | FLAG_WAIT):
+            raise BadArgument(f"unknown command flags {command.flags:#x}")
+        s, r, a, k, v = command.session, command.request_id, command.arg, command.key, command.value
+        if op == Op.OPEN:
+            return self.open_session(a)
+        if op == Op.KEEPALIVE:
+            return self.keepalive(s)
+        if op == Op.CLOSE:
+            return self.close_session(s)
+        if op == Op.ACQUIRE:
+            return self.acquire(s, k, shared=shared, wait=wait, request_id=r, value=v)
+        if op == Op.RELEASE:
+            return self.release(s, k, a, request_id=r)
+        if op == Op.SEM_ACQUIRE:
+            return self.sem_acquire(s, k, a, wait=wait, request_id=r, value=v)
+        if op == Op.SEM_RELEASE:
+            return self.sem_release(s, k, a, request_id=r)
+        if op == Op.CAMPAIGN:
+            return self.campaign(s, k, v, wait=wait, request_id=r)
+        if op == Op.PROCLAIM:
+            return self.proclaim(s, k, v, a, request_id=r)
+        if op == Op.RESIGN:
+            return self.resign(s, k, a, request_id=r)
+        if op == Op.CANCEL:
+            return self.cancel(s, k, a, request_id=r)
+        raise UnknownCommand(f"unknown lock machine command {op!r}")
+
+    def open_session(self, ttl_ms: int) -> int:
+        """Open a session with a TTL in ms; its id comes back in ``Result.session_id``."""
+        ttl = _int("ttl_ms", ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
+        return self._add(1, 0, 0, 0, ttl, b"", b"")
+
+    def keepalive(self, session: int) -> int:
+        """Extend the session's deadline to batch time + its TTL."""
+        return self._add(2, 0, _sid(session), 0, 0, b"", b"")
+
+    def close_session(self, session: int) -> int:
+        """Close the session, releasing and cancelling all it has."""
+        return self._add(3, 0, _sid(session), 0, 0, b"", b"")
+
+    def acquire(self, session: int, key: str | bytes, *, shared: bool = False, wait: bool = True,
+                request_id: int = 0, value: str | bytes = b"") -> int:
+        """Acquire the lock ``key`` exclusively (or ``shared``); ``wait=False`` is a try.
+
+        ``value`` is an optional label shown to :meth:`LockMachine.info` (kazoo's
+        contender identifier).
+        """
+        if shared is False or shared is True:
+            flags = FLAG_SHARED if shared else 0
+        else:
+            flags = FLAG_SHARED if _bool("shared", shared) else 0
+        if wait is True:
+            flags |= FLAG_WAIT
+        elif wait is not False and _bool("wait", wait):
+            flags |= FLAG_WAIT
+        return self._add(4, flags, _sid(session), _u64("request_id", request_id), 0, _k(key), _v(value))
+
+    def release(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
+        """Release the session's hold on lock ``key`` with ``token`` (0: its oldest hold)."""
+        return self._add(5, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), b"")
+
+    def sem_acquire(self, session: int, key: str | bytes, permits: int, *, wait: bool = True,
+                    request_id: int = 0, value: str | bytes = b"") -> int:
+        """Take one permit of the semaphore ``key`` of size ``permits``."""
+        return self._add(6, FLAG_WAIT if _bool("wait", wait) else 0, _sid(session),
+                         _u64("request_id", request_id), _int("permits", permits, 1, MAX_PERMITS),
+                         _k(key), _v(value))
+
+    def sem_release(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
+        """Give back the permit with ``token`` (0: the session's oldest on this key)."""
+        return self._add(7, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), b"")
+
+    def campaign(self, session: int, key: str | bytes, value: str | bytes, *, wait: bool = True,
+                 request_id: int = 0) -> int:
+        """Run for leader of election ``key`` with ``value``; FIFO succession."""
+        return self._add(8, FLAG_WAIT if _bool("wait", wait) else 0, _sid(session),
+                         _u64("request_id", request_id), 0, _k(key), _v(value))
+
+    def proclaim(self, session: int, key: str | bytes, value: str | bytes, token: int = 0, *,
+                 request_id: int = 0) -> int:
+        """As leader (with ``token``, 0: whichever), publish a new value."""
+        return self._add(9, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), _v(value))
+
+    def resign(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
+        """Give up leadership (with ``token``, 0: whichever); the next candidate leads."""
+        return self._add(10, 0, _sid(session), _u64("request_id", request_id), _u64("token", token),
+                         _k(key), b"")
+
+    def cancel(self, session: int, key: str | bytes, ticket: int, *, request_id: int = 0) -> int:
+        """Withdraw the contender with ``ticket``: dequeue a waiter, release a holder."""
+        return self._add(11, 0, _sid(session), _u64("request_id", request_id),
+                         _int("ticket", ticket, 1, _U64), _k(key), b"")
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise WrongType(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def tick(time_ms: int) -> bytes:
+    """An empty batch record: advances time and expires sessions.
+
+    >>> len(tick(5)) == BATCH_HEADER_SIZE
+    True
+    """
+    return BatchBuilder().build(time_ms)
+
+
+def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
+    """Parse a batch record into (time_ms, commands), checking its structure.
+
+    Raises :class:`~coordcore.errors.BadArgument` on a malformed record and
+    :class:`~coordcore.errors.UnknownCommand` on an unknown op (what ``apply`` raises).
+    """
+    if not isinstance(batch, (bytes, bytearray, memoryview)):
+        raise WrongType(f"batch must be bytes, not {type(batch).__name__}")
+    data = bytes(batch)
+    if len(data) < BATCH_HEADER_SIZE:
+        raise BadArgument(f"malformed batch: {len(data)} bytes is shorter than the header")
+    magic, version, flags, reserved, time_ms, count = _HEADER.unpack_from(data, 0)
+    if magic != BATCH_MAGIC:
+        raise BadArgument(f"malformed batch: bad magic {magic!r}")
+    if version != BATCH_FORMAT_VERSION:
+        raise BadArgument(f"malformed batch: unsupported format version {version}")
+    if flags or reserved:
+        raise BadArgument("malformed batch: reserved header bits set")
+    if count > MAX_BATCH_COMMANDS:
+        raise BadArgument(f"malformed batch: {count} commands (at most {MAX_BATCH_COMMANDS})")
+    pos = BATCH_HEADER_SIZE
+    commands: list[Command] = []
+    for i in range(count):
+        if pos + COMMAND_HEADER_SIZE > len(data):
+            raise BadArgument(f"malformed batch: command {i} is truncated")
+        op, cflags, klen, vlen, session, req, arg = _CMD.unpack_from(data, pos)
+        if not Op.OPEN <= op <= Op.CANCEL:
+            raise UnknownCommand(f"malformed batch: command {i} has unknown op {op}")
+        if cflags & ~(FLAG_SHARED | FLAG_WAIT):
+            raise BadArgument(f"malformed batch: command {i} has unknown flags {cflags:#x}")
+        pos += COMMAND_HEADER_SIZE
+        if pos + klen + vlen > len(data):
+            raise BadArgument(f"malformed batch: command {i} is truncated")
+        key = data[pos:pos + klen]
+        value = data[pos + klen:pos + klen + vlen]
+        pos += klen + vlen
+        commands.append(Command(op, cflags, session, req, arg, key, value))
+    if pos != len(data):
+        raise BadArgument(f"malformed batch: {len(data) - pos} trailing bytes")
+    return time_ms, commands
+
+
+def decode_results(raw: bytes) -> list[Result]:
+    """Decode the packed results of :meth:`LockMachine.apply_raw` (24 bytes each:
+    u8 op, u8 status, u8 detail, u8 flags, u32 0, u64 value, u64 aux)."""
+    return _lm.decode_results(raw, Result)
+
+
+def decode_events(raw: bytes) -> list[Event]:
+    """Decode the packed events of :meth:`LockMachine.apply_raw` (each: u8 kind,
+    u8 mode, u16 key length, u32 value length, u64 revision, u64 session, u64 ticket,
+    u64 token, key, value)."""
+    return _lm.decode_events(raw, Event)
+
+
+def _contender(t: tuple[int, int, int, int, bytes]) -> Contender:
+    return Contender(*t)
+
+
+class LockMachine:
+    """The deterministic lock state machine (see the module docstring for the contract).
+
+    Not thread-safe: one owner (the service's writer) applies batches; the read-only
+    queries may be called between batches.
+
+    >>> m = LockMachine()
+    >>> b = BatchBuilder()
+    >>> b.open_session(ttl_ms=5_000), b.open_session(ttl_ms=5_000)
+    (0, 1)
+    >>> [r.session_id for r in m.apply(b.build(time_ms=1_000)).results]
+    [1, 2]
+    >>> b.clear()
+    >>> b.acquire(1, "jobs/42", request_id=1), b.acquire(2, "jobs/42", request_id=1)
+    (0, 1)
+    >>> first, second = m.apply(b.build(time_ms=1_001)).results
+    >>> first.ok, first.token, second.waiting, second.ticket
+    (True, 3, True, 4)
+    >>> [c.session for c in m.contenders("jobs/42")]
+    [1, 2]
+    >>> b.clear()
+    >>> b.release(1, "jobs/42", first.token)
+    0
+    >>> [(EventKind(e.kind).name, e.session, e.token) for e in m.apply(b.build(1_002)).events]
+    [('RELEASE', 1, 3), ('GRANT', 2, 6)]
+    >>> m.next_deadline()
+    6000
+    >>> [EventKind(e.kind).name for e in m.apply(tick(6_000)).events]
+    ['EXPIRE', 'EXPIRE', 'RELEASE']
+    >>> LockMachine.from_snapshot(m.snapshot()).snapshot() == m.snapshot()
+    True
+    """
+
+    __slots__ = ("_m",)
+
+    def __init__(self) -> None:
+        self._m = _lm.LockMachine()
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> LockMachine:
+        """A machine restored from :meth:`snapshot` bytes."""
+        machine = cls()
+        machine.restore(data)
+        return machine
+
+    # --- the log-driven path --------------------------------------------------------
+
+    def apply(self, batch: bytes) -> Applied:
+        """Apply one batch record; one :class:`Result` per command and the events caused."""
+        raw_results, raw_events = self._m.apply(batch)
+        return Applied(decode_results(raw_results), decode_events(raw_events))
+
+    def apply_raw(self, batch: bytes) -> tuple[bytes, bytes]:
+        """Apply one batch record; packed results and events (see :func:`decode_results`)."""
+        return self._m.apply(batch)
+
+    def snapshot(self) -> bytes:
+        """The whole state as deterministic, checksummed bytes."""
+        return self._m.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state by a snapshot's (validated before anything changes)."""
+        self._m.restore(data)
+
+    # --- read-only queries (not log commands) ---------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last event (0 for an empty machine)."""
+        return self._m.revision
+
+    @property
+    def time_ms(self) -> int:
+        """The time of the last applied batch (never goes back)."""
+        return self._m.time_ms
+
+    @property
+    def next_session_id(self) -> int:
+        """The id the next OPEN will get."""
+        return self._m.next_session_id
+
+    @property
+    def session_count(self) -> int:
+        return self._m.session_count
+
+    @property
+    def key_count(self) -> int:
+        return self._m.key_count
+
+    def next_deadline(self) -> int | None:
+        """The earliest session deadline (when the next tick has work), or None."""
+        return self._m.next_deadline()
+
+    def session(self, session_id: int) -> SessionInfo | None:
+        """A live session's TTL, deadline and contenders, or None."""
+        t = self._m.session(_int("session_id", session_id, 0, _U64))
+        if t is None:
+            return None
+        sid, ttl, deadline, items = t
+        return SessionInfo(sid, ttl, deadline, tuple((k, _contender(c)) for k, c in items))
+
+    def info(self, key: str | bytes) -> KeyInfo | None:
+        """A key's kind, permits, holders and waiters (LOCK.INFO), or None if unused."""
+        k = _key(key)
+        t = self._m.key_info(k)
+        if t is None:
+            return None
+        kind, permits, holders, waiters = t
+        return KeyInfo(k, kind, permits, tuple(map(_contender, holders)),
+                       tuple(map(_contender, waiters)))
+
+    def contenders(self, key: str | bytes) -> list[Contender]:
+        """Holders (token order) then waiters (FIFO) of ``key`` (kazoo's ``contenders()``)."""
+        info = self.info(key)
+        return [] if info is None else [*info.holders, *info.waiters]
+
+    def leader(self, key: str | bytes) -> Contender | None:
+        """The election's leader (its ``value`` is the current proclamation), or None."""
+        info = self.info(key)
+        if info is None or info.kind != Kind.ELECTION or not info.holders:
+            return None
+        return info.holders[0]
+
+    def keys(self, prefix: str | bytes = b"") -> list[bytes]:
+        """The keys in use that start with ``prefix``, sorted."""
+        p = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
+        return self._m.keys(p)
+
+    def check_invariants(self) -> None:
+        """Verify the internal structures and the lock rules (AssertionError if broken).
+
+        Debug builds (``COORDCORE_DEBUG=1``) run this after every batch.
+        """
+        self._m.check_invariants()
+
+    def __repr__(self) -> str:
+        return (f"<LockMachine revision={self.revision} time_ms={self.time_ms} "
+                f"sessions={self.session_count} keys={self.key_count}>")

@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         self._deferred: list[bytes] | None = None
         self._barrier = False
         self._inflight_full = False
+        self._flush_scheduled = False
         self._eof = False
         #: WATCH subscriptions of this connection: prefix -> (watch, forwarding task).
         self.watches: dict[bytes, Any] = {}
@@ -284,6 +285,16 @@ class Connection(asyncio.Protocol):
         if self._closing or self.transport is None:
             if not task.cancelled():
                 task.exception()  # retrieved: the client is gone, nobody reads this
+            return
+        # The commands of one batch complete in the same loop turn: flush once after
+        # them all, so their replies leave in one write (one syscall) per connection.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closing or self.transport is None:
             return
         slots = self._slots
         out: list[bytes] = []

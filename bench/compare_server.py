@@ -134,6 +134,27 @@ def bench_id_range(report: Report) -> None:
     report.row("ID.RANGE 4096, 2 worker processes (2 cores)", "IDs/ms", two, "format ceiling 8192/ms", 8192.0)
 
 
+def fsync_probe(report: Report, when: str) -> None:
+    """fdatasync latency of this disk now: durable lock cycles are bounded by it."""
+    import tempfile
+
+    d = _peers.tmpdir("fsync")
+    fd, path = tempfile.mkstemp(dir=d)
+    times = []
+    try:
+        for _ in range(200):
+            os.write(fd, b"x" * 128)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    report.row(f"fdatasync latency p50 ({when})", "ms", times[100] * 1e3, None, None)
+    report.row(f"fdatasync latency p99 ({when})", "ms", times[197] * 1e3, None, None)
+
+
 def main() -> None:
     report = Report("server", peers={"redis-py": "redis", "kazoo": "kazoo", "hiredis": "hiredis",
                                      "uvloop": "uvloop"})
@@ -152,7 +173,9 @@ def main() -> None:
             import _lockbench
         except ImportError as exc:
             raise SystemExit(f"lock benchmark unavailable: {exc}") from exc
+        fsync_probe(report, "before the lock cases")
         _lockbench.run(report, quick=QUICK)
+        fsync_probe(report, "after the lock cases")
     finally:
         _peers.stop_all()
     report.finish()

@@ -81,7 +81,12 @@ def encode_request(args: list[bytes]) -> bytes:
 
 
 token = st.sampled_from([b"PING", b"ECHO", b"ID.NEXT", b"ID.RANGE", b"ID.DECODE", b"HELLO", b"INFO",
-                         b"COMMAND", b"CLIENT", b"AUTH", b"NOPE", b"id.next", b"3", b"-1", b"2", b"x"])
+                         b"COMMAND", b"CLIENT", b"AUTH", b"NOPE", b"id.next", b"3", b"-1", b"2", b"x",
+                         # Lock commands: with no session open they must all fail (NOSESSION,
+                         # BADARG...) and change nothing; SESSION.OPEN is left out on purpose.
+                         b"LOCK.ACQUIRE", b"LOCK.TRY", b"LOCK.RELEASE", b"LOCK.INFO", b"SEM.ACQUIRE",
+                         b"ELECT.CAMPAIGN", b"ELECT.PROCLAIM", b"SESSION.CLOSE", b"SESSION.KEEPALIVE",
+                         b"WATCH", b"UNWATCH", b"SHARED", b"TIMEOUT", b"TOKEN", b"1", b"0"])
 arg = st.one_of(token, st.binary(max_size=40))
 request = st.lists(arg, min_size=1, max_size=6).map(lambda args: ("req", args))
 junk = st.one_of(
@@ -154,6 +159,7 @@ def test_live_server_fuzz(serve: Callable[..., ServerProc]) -> None:
     srv = serve("--max-request-bytes", "4096", "--max-args", "32")
     with Raw(srv.port) as probe:
         before = probe.command("INFO")
+        revision = probe.command("LOCKS.REVISION")
 
         @settings(max_examples=80, deadline=None)
         @given(parts=stream, cuts=st.lists(st.integers(0, 10_000), max_size=4))
@@ -180,6 +186,8 @@ def test_live_server_fuzz(serve: Callable[..., ServerProc]) -> None:
 
         fuzz()
         after = probe.command("INFO")
+        assert probe.command("LOCKS.REVISION") == revision  # bad input changed no lock state
+        assert probe.command("LOCKS.KEYS") == []
     assert b"role:main" in before and b"role:main" in after
     assert srv.proc is not None and srv.proc.poll() is None
     assert "Traceback" not in srv.log()

@@ -561,3 +561,33 @@ def test_open_reports_bad_paths(run: Run, tmp_path: Path) -> None:
         with pytest.raises(BadArgument):
             LockService.open(tmp_path, durability="fast")  # type: ignore[arg-type]
     run(main())
+
+
+def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer answers a batch only after the log's write+fsync came back; meanwhile
+    the loop keeps serving and the next batch fills up."""
+    import threading
+
+    async def main() -> None:
+        async with LockService.open(tmp_path) as svc:
+            s = await svc.open_session()
+            assert svc._log is not None
+            gate = threading.Event()
+            real_append = svc._log.append
+
+            def slow_append(payload: bytes) -> int:
+                gate.wait(10)
+                return real_append(payload)
+            monkeypatch.setattr(svc._log, "append", slow_append)
+            first = asyncio.ensure_future(svc.acquire("a", s))
+            await asyncio.sleep(0.05)
+            more = [asyncio.ensure_future(svc.acquire(f"b{i}", s)) for i in range(10)]
+            await asyncio.sleep(0.05)
+            assert not first.done() and not any(m.done() for m in more)
+            assert len(svc._queue) == 10  # the next batch accumulates during the fsync
+            batches = svc.stats.batches
+            gate.set()
+            await asyncio.gather(first, *more)
+            assert svc.stats.batches == batches + 2
+    run(main())

@@ -305,13 +305,10 @@ class _GrantContext:
         grant, self._grant = self._grant, None
         if grant is None:
             return
-        # Release even if this task is being cancelled: shield the release itself.
-        release = asyncio.ensure_future(self._service.release(grant))
+        # The release command is queued before release() first awaits, so even if
+        # this task is cancelled while it waits, the release is still committed.
         try:
-            await asyncio.shield(release)
-        except asyncio.CancelledError:
-            self._service._track(release)
-            raise
+            await self._service.release(grant)
         except (NotLockHolder, SessionExpired, ServiceClosed):
             # The lock was lost while held (session expired or closed): the body ran
             # unprotected. Say so, unless the body is already raising something.
@@ -618,6 +615,9 @@ class LockService:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                # One more turn of the loop: tasks woken by the last commit in the same
+                # turn as the first new request queue theirs too, into the same batch.
+                await asyncio.sleep(0)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 logger.exception("the lock service's writer failed; closing the service")
@@ -843,24 +843,26 @@ class LockService:
         """Submit an acquire-like command (wait=True) and wait up to ``timeout`` for its
         grant; on timeout or cancellation withdraw it through the log."""
         req = self._submit(add, parks=True)
+        # The caller awaits the request's own future (one loop hop from commit to the
+        # caller, which matters for batching); a timeout fails that future with
+        # _TimedOut, a cancellation cancels it. Either way the request's committed
+        # outcome stays in req.result / req.applied for _withdraw.
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _time_out, req.future)
         try:
-            if timeout is None:
-                result = await asyncio.shield(req.future)
-            else:
-                done, _ = await asyncio.wait((req.future,), timeout=timeout)
-                if not done:
-                    raise _TimedOut
-                result = req.future.result()
+            result = await req.future
         except _TimedOut:
             await self._withdraw(req, key, sid)
             raise LockTimeout(f"{kind} {key!r} not granted within {timeout} s") from None
         except asyncio.CancelledError:
-            if req.future.done() and not req.future.cancelled():
-                # Granted (or failed) in the same step as the cancellation: undo a grant.
-                self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
-            elif not req.future.done():
-                self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
+            # Cancelled while waiting, or granted in the same step as the cancellation:
+            # withdraw in the background (a CANCEL also releases a grant that won).
+            self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         exc = result.exception()
         if exc is not None:
             raise exc
@@ -1165,6 +1167,11 @@ class LockService:
 
 class _TimedOut(Exception):
     pass
+
+
+def _time_out(fut: asyncio.Future[Result]) -> None:
+    if not fut.done():
+        fut.set_exception(_TimedOut())
 
 
 def _set_exception(req: _Request, exc: BaseException) -> None:

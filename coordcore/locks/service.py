@@ -69,7 +69,7 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from coordcore.errors import (
@@ -117,6 +117,8 @@ T = TypeVar("T")
 Key = str | bytes
 GrantKind = Literal["lock", "shared", "semaphore", "leader"]
 
+#: The most requests one batch record carries (a flood is cut into several batches).
+MAX_BATCH: Final = 16_384
 #: How many events a watch buffers for a slow reader before it is stopped (WatchLagged).
 DEFAULT_WATCH_BUFFER: Final = 10_000
 
@@ -181,15 +183,15 @@ class BatchStats:
     fsyncs: int = 0
     bytes: int = 0
     snapshots: int = 0
-    sizes: collections.Counter[int] | None = None
+    #: batches by command count, bucketed by powers of two (0: ticks, 1, 2 (2-3), 4 (4-7) ...)
+    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
     def bucket_counts(self) -> dict[str, int]:
         """``{"1": n, "2-3": n, "4-7": n, ...}``: batches by command count."""
         out: dict[str, int] = {}
-        sizes = self.sizes if self.sizes is not None else collections.Counter()
-        for b in sorted(sizes):
+        for b in sorted(self.sizes):
             label = "0" if b == 0 else str(b) if b == 1 else f"{b}-{2 * b - 1}"
-            out[label] = sizes[b]
+            out[label] = self.sizes[b]
         return out
 
 
@@ -481,7 +483,7 @@ class LockService:
         self._last_ms = machine.time_ms
         self._since_snapshot_records = 0
         self._since_snapshot_bytes = 0
-        self.stats = BatchStats(sizes=collections.Counter())
+        self.stats = BatchStats()
         self._writer = asyncio.ensure_future(self._write_loop())
         self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
 
@@ -626,7 +628,10 @@ class LockService:
                 raise
 
     async def _write_batch(self) -> None:
-        batch, self._queue = self._queue, []
+        if len(self._queue) <= MAX_BATCH:
+            batch, self._queue = self._queue, []
+        else:  # a flood: cut a bounded batch, the rest goes into the next one
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         tick_waiters, self._tick_waiters = self._tick_waiters, []
         tick = self._tick_wanted
         self._tick_wanted = False
@@ -662,7 +667,6 @@ class LockService:
         st.bytes += len(record)
         if not accepted:
             st.ticks += 1
-        assert st.sizes is not None
         st.sizes[1 << (len(accepted).bit_length() - 1) if accepted else 0] += 1
         self._since_snapshot_records += 1
         self._since_snapshot_bytes += len(record)

@@ -390,7 +390,7 @@ def test_group_commit_batches_concurrent_requests(run: Run, tmp_path: Path) -> N
             ops = 32 * 10 * 2
             fsyncs = svc.stats.fsyncs - base
             assert 0 < fsyncs < ops / 2, (fsyncs, svc.stats.bucket_counts())
-            assert max(k for k in svc.stats.sizes or {}) >= 8
+            assert max(svc.stats.sizes) >= 8
     run(main())
 
 
@@ -590,4 +590,18 @@ def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: P
             gate.set()
             await asyncio.gather(first, *more)
             assert svc.stats.batches == batches + 2
+    run(main())
+
+
+def test_a_flood_is_cut_into_bounded_batches(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordcore.locks import service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_BATCH", 4)
+
+    async def main() -> None:
+        async with LockService.in_memory() as svc:
+            s = await svc.open_session(keepalive=False)
+            grants = await asyncio.gather(*(svc.acquire(f"k{i}", s) for i in range(10)))
+            assert sorted(g.token for g in grants) == [g.token for g in grants]  # FIFO order kept
+            assert max(svc.stats.sizes) <= 4 and svc.stats.commands == 11
     run(main())

@@ -84,7 +84,7 @@ from coordcore.errors import (
     WatchLagged,
     WrongType,
 )
-from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability
+from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability, TornTail
 from coordcore.locks.machine import (
     MAX_TTL_MS,
     BatchBuilder,
@@ -1077,6 +1077,12 @@ class LockService:
     def keys(self, prefix: Key = b"") -> list[bytes]:
         """Keys in use that start with ``prefix``, sorted."""
         return self._machine.keys(prefix)
+
+    @property
+    def torn_tail(self) -> TornTail | None:
+        """What recovery cut off the end of the log when it was opened (a batch that was
+        being written when the previous process died, never acknowledged), or None."""
+        return self._log.recovered.torn_tail if self._log is not None else None
 
     @property
     def revision(self) -> int:

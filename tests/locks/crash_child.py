@@ -37,7 +37,7 @@ async def serve(path: str, seed: int, tasks: int) -> None:
 
     svc = await LockService.open(path, tick_interval=0.05)
     await svc.snapshot()
-    emit(ev="ready", rev=svc.revision, pid=os.getpid())
+    emit(ev="ready", rev=svc.revision, pid=os.getpid(), torn=svc.torn_tail is not None)
 
     async def worker(i: int) -> None:
         rng = random.Random(seed * 1009 + i)

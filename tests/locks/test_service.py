@@ -222,10 +222,11 @@ def test_waiters_learn_why_their_wait_ended(run: Run) -> None:
 def test_background_keepalive_and_tick_expiry(run: Run) -> None:
     async def main() -> None:
         async with LockService.in_memory(tick_interval=0.02) as svc:
-            kept = await svc.open_session(ttl=0.15)
-            idle = await svc.open_session(ttl=0.15, keepalive=False)
+            # Generous margins: the machine is shared, a keep-alive may be late by a lot.
+            kept = await svc.open_session(ttl=1.5)
+            idle = await svc.open_session(ttl=0.1, keepalive=False)
             await asyncio.wait_for(asyncio.shield(idle.done), 5)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.6)  # past kept's TTL: only its keep-alives saved it
             assert idle.expired and kept.alive
             await kept.close()
             assert await kept.done == "closed"

@@ -641,5 +641,4 @@ def test_timeouts_under_contention_never_leave_a_holder(run: Run, rng: random.Ra
                     await asyncio.sleep(0.002)
                 assert svc.contenders(key) == [], key
             assert outcomes["granted"] > 0 and outcomes["timeout"] > 0, outcomes
-            svc._machine._m.check_invariants()
     run(main())

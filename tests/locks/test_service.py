@@ -642,3 +642,28 @@ def test_timeouts_under_contention_never_leave_a_holder(run: Run, rng: random.Ra
                 assert svc.contenders(key) == [], key
             assert outcomes["granted"] > 0 and outcomes["timeout"] > 0, outcomes
     run(main())
+
+
+def test_retried_request_ids_and_session_handles(run: Run) -> None:
+    """What a server needs: sessions by id, and a retried acquire (same request id) that
+    answers the first grant again instead of granting twice."""
+    async def main() -> None:
+        async with LockService.in_memory() as svc:
+            async with await svc.open_session(ttl=30, keepalive=False) as s:
+                handle = svc.session(s.id)
+                assert handle is s
+                g1 = await svc.acquire("k", s.id, request_id=7)
+                g2 = await svc.acquire("k", s.id, request_id=7)  # the retry
+                assert g1.token == g2.token and len(svc.contenders("k")) == 1
+                await svc.release(Grant("k", 0, 0, s.id, "lock"))  # token 0: its oldest hold
+                assert svc.contenders("k") == []
+                async with s.lock("k2") as g3:
+                    assert svc.contenders("k2")[0].token == g3.token
+                deadline = await svc.keepalive(s.id)
+                assert deadline == svc.time_ms + 30_000
+            assert await s.done == "closed"
+            with pytest.raises(SessionExpired):
+                svc.session(s.id)
+            with pytest.raises(WrongType):
+                svc.session("1")  # type: ignore[arg-type]
+    run(main())

@@ -31,8 +31,12 @@ Time
 Each batch is stamped with the service's clock in ms: by default the wall clock at
 start plus ``time.monotonic()`` since (immune to wall-clock steps while running), never
 below the last batch's time (so never decreasing, across restarts too). Tests pass a
-:class:`ManualClock`. A session opened before a restart expires if the service was
-down for longer than its TTL.
+:class:`ManualClock`. By default the time the service was down counts: a session
+opened before a restart has expired if the service was down for longer than its TTL
+(right for embedded use, where its owner died with the process). With
+``count_downtime=False`` the clock resumes at the last batch's time, so sessions keep the
+TTL they had left (what a server whose clients reconnect wants; etcd also renews leases
+when a new leader starts).
 
 Durability
 ----------
@@ -142,8 +146,8 @@ class ManualClock:
         self._now += seconds
 
 
-def _default_clock() -> Callable[[], float]:
-    wall0, mono0 = time.time(), time.monotonic()
+def _default_clock(start: float | None = None) -> Callable[[], float]:
+    wall0, mono0 = time.time() if start is None else start, time.monotonic()
     return lambda: wall0 + (time.monotonic() - mono0)
 
 
@@ -493,6 +497,7 @@ class LockService:
         *,
         durability: Durability = "fsync",
         clock: Callable[[], float] | None = None,
+        count_downtime: bool = True,
         tick_interval: float = 0.1,
         snapshot_every_records: int = 100_000,
         snapshot_every_bytes: int = 64 * 1024 * 1024,
@@ -502,6 +507,8 @@ class LockService:
 
         ``await LockService.open(path)`` or ``async with LockService.open(path) as svc``.
         ``durability="unsafe-no-fsync"`` skips fsync (tests and caches only).
+        ``count_downtime=False`` resumes the clock where the last batch left it (see
+        "Time" in the module docs); ``clock`` replaces the clock altogether (seconds).
         Raises :class:`~coordcore.errors.LogCorrupted` for a damaged log (other than a
         torn tail, which is cut off) and a clear ``OSError`` for an unusable path.
         """
@@ -517,7 +524,11 @@ class LockService:
                     opener, cls._recover, path, durability, segment_bytes)
             finally:
                 opener.shutdown(wait=False)
-            return cls(log=log, machine=machine, clock=clock or _default_clock(),
+            chosen = clock
+            if chosen is None:
+                resume = not count_downtime and machine.time_ms > 0
+                chosen = _default_clock(machine.time_ms / 1000 if resume else None)
+            return cls(log=log, machine=machine, clock=chosen,
                        tick_interval=tick_interval, snapshot_every_records=snapshot_every_records,
                        snapshot_every_bytes=snapshot_every_bytes)
 

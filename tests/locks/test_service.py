@@ -667,3 +667,24 @@ def test_retried_request_ids_and_session_handles(run: Run) -> None:
             with pytest.raises(WrongType):
                 svc.session("1")  # type: ignore[arg-type]
     run(main())
+
+
+def test_downtime_counts_unless_told_otherwise(run: Run, tmp_path: Path) -> None:
+    """By default a session outlives a restart only if the downtime was shorter than its
+    TTL; with count_downtime=False the clock resumes where the last batch left it."""
+    async def write() -> int:
+        async with LockService.open(tmp_path) as svc:
+            s = await svc.open_session(ttl=1.0, keepalive=False)
+            await svc.acquire("k", s)
+            return s.id
+
+    async def reopen(count_downtime: bool) -> bool:
+        async with LockService.open(tmp_path, count_downtime=count_downtime) as svc:
+            await svc.tick()
+            return svc.session_info(sid) is not None
+
+    sid = run(write())
+    import time
+    time.sleep(1.2)  # down for longer than the TTL
+    assert run(reopen(False)) is True  # resumed: ~1 s of TTL left, not yet over
+    assert run(reopen(True)) is False  # the downtime counted: expired on the first tick

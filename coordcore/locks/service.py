@@ -454,6 +454,26 @@ class LockService:
     """The embedded lock service. Create it with :meth:`open` (durable) or
     :meth:`in_memory`; see the module docstring for how it works.
 
+    At a glance (``session`` is a :class:`Session` or a session id):
+
+    * sessions: :meth:`open_session`, :meth:`session` (a handle by id), :meth:`keepalive`,
+      :meth:`close_session`, :meth:`session_info`;
+    * locks: :meth:`lock` (``async with``), :meth:`acquire`, :meth:`try_acquire`,
+      :meth:`release` (a :class:`Grant`; ``Grant(key, 0, 0, session_id, "lock")`` releases
+      the session's oldest hold on ``key``), :meth:`contenders`, :meth:`info`, :meth:`keys`;
+    * semaphores: :meth:`semaphore`, :meth:`acquire_semaphore`,
+      :meth:`try_acquire_semaphore`, :meth:`release`;
+    * elections: :meth:`campaign`, :meth:`proclaim`, :meth:`resign`, :meth:`leader`,
+      :meth:`observe`;
+    * events: :meth:`watch`; maintenance: :meth:`tick`, :meth:`snapshot`, :meth:`close`,
+      :attr:`stats`, :attr:`revision`, :attr:`torn_tail`.
+
+    Errors: :class:`~coordcore.errors.SessionExpired`, :class:`~coordcore.errors.LockTimeout`,
+    :class:`~coordcore.errors.NotLockHolder`, :class:`~coordcore.errors.NotLeader`,
+    :class:`~coordcore.errors.Cancelled`, :class:`~coordcore.errors.ServiceClosed`,
+    :class:`~coordcore.errors.WatchLagged`, :class:`~coordcore.errors.LogCorrupted`,
+    :class:`~coordcore.errors.BadArgument`, :class:`~coordcore.errors.WrongType`.
+
     All methods must be called from the event loop the service was started on.
     """
 

@@ -31,8 +31,12 @@ Time
 Each batch is stamped with the service's clock in ms: by default the wall clock at
 start plus ``time.monotonic()`` since (immune to wall-clock steps while running), never
 below the last batch's time (so never decreasing, across restarts too). Tests pass a
-:class:`ManualClock`. A session opened before a restart expires if the service was
-down for longer than its TTL.
+:class:`ManualClock`. By default the time the service was down counts: a session
+opened before a restart has expired if the service was down for longer than its TTL
+(right for embedded use, where its owner died with the process). With
+``count_downtime=False`` the clock resumes at the last batch's time, so sessions keep the
+TTL they had left (what a server whose clients reconnect wants; etcd also renews leases
+when a new leader starts).
 
 Durability
 ----------
@@ -69,7 +73,7 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from coordcore.errors import (
@@ -78,14 +82,13 @@ from coordcore.errors import (
     CoordcoreError,
     LockTimeout,
     LogCorrupted,
-    NotLeader,
     NotLockHolder,
     ServiceClosed,
     SessionExpired,
     WatchLagged,
     WrongType,
 )
-from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability
+from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability, TornTail
 from coordcore.locks.machine import (
     MAX_TTL_MS,
     BatchBuilder,
@@ -94,8 +97,6 @@ from coordcore.locks.machine import (
     EventKind,
     KeyInfo,
     LockMachine,
-    Mode,
-    Op,
     Result,
     SessionInfo,
     Status,
@@ -117,6 +118,8 @@ T = TypeVar("T")
 Key = str | bytes
 GrantKind = Literal["lock", "shared", "semaphore", "leader"]
 
+#: The most requests one batch record carries (a flood is cut into several batches).
+MAX_BATCH: Final = 16_384
 #: How many events a watch buffers for a slow reader before it is stopped (WatchLagged).
 DEFAULT_WATCH_BUFFER: Final = 10_000
 
@@ -143,8 +146,8 @@ class ManualClock:
         self._now += seconds
 
 
-def _default_clock() -> Callable[[], float]:
-    wall0, mono0 = time.time(), time.monotonic()
+def _default_clock(start: float | None = None) -> Callable[[], float]:
+    wall0, mono0 = time.time() if start is None else start, time.monotonic()
     return lambda: wall0 + (time.monotonic() - mono0)
 
 
@@ -181,15 +184,15 @@ class BatchStats:
     fsyncs: int = 0
     bytes: int = 0
     snapshots: int = 0
-    sizes: collections.Counter[int] | None = None
+    #: batches by command count, bucketed by powers of two (0: ticks, 1, 2 (2-3), 4 (4-7) ...)
+    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
     def bucket_counts(self) -> dict[str, int]:
         """``{"1": n, "2-3": n, "4-7": n, ...}``: batches by command count."""
         out: dict[str, int] = {}
-        sizes = self.sizes if self.sizes is not None else collections.Counter()
-        for b in sorted(sizes):
+        for b in sorted(self.sizes):
             label = "0" if b == 0 else str(b) if b == 1 else f"{b}-{2 * b - 1}"
-            out[label] = sizes[b]
+            out[label] = self.sizes[b]
         return out
 
 
@@ -305,13 +308,10 @@ class _GrantContext:
         grant, self._grant = self._grant, None
         if grant is None:
             return
-        # Release even if this task is being cancelled: shield the release itself.
-        release = asyncio.ensure_future(self._service.release(grant))
+        # The release command is queued before release() first awaits, so even if
+        # this task is cancelled while it waits, the release is still committed.
         try:
-            await asyncio.shield(release)
-        except asyncio.CancelledError:
-            self._service._track(release)
-            raise
+            await self._service.release(grant)
         except (NotLockHolder, SessionExpired, ServiceClosed):
             # The lock was lost while held (session expired or closed): the body ran
             # unprotected. Say so, unless the body is already raising something.
@@ -454,6 +454,26 @@ class LockService:
     """The embedded lock service. Create it with :meth:`open` (durable) or
     :meth:`in_memory`; see the module docstring for how it works.
 
+    At a glance (``session`` is a :class:`Session` or a session id):
+
+    * sessions: :meth:`open_session`, :meth:`session` (a handle by id), :meth:`keepalive`,
+      :meth:`close_session`, :meth:`session_info`;
+    * locks: :meth:`lock` (``async with``), :meth:`acquire`, :meth:`try_acquire`,
+      :meth:`release` (a :class:`Grant`; ``Grant(key, 0, 0, session_id, "lock")`` releases
+      the session's oldest hold on ``key``), :meth:`contenders`, :meth:`info`, :meth:`keys`;
+    * semaphores: :meth:`semaphore`, :meth:`acquire_semaphore`,
+      :meth:`try_acquire_semaphore`, :meth:`release`;
+    * elections: :meth:`campaign`, :meth:`proclaim`, :meth:`resign`, :meth:`leader`,
+      :meth:`observe`;
+    * events: :meth:`watch`; maintenance: :meth:`tick`, :meth:`snapshot`, :meth:`close`,
+      :attr:`stats`, :attr:`revision`, :attr:`torn_tail`.
+
+    Errors: :class:`~coordcore.errors.SessionExpired`, :class:`~coordcore.errors.LockTimeout`,
+    :class:`~coordcore.errors.NotLockHolder`, :class:`~coordcore.errors.NotLeader`,
+    :class:`~coordcore.errors.Cancelled`, :class:`~coordcore.errors.ServiceClosed`,
+    :class:`~coordcore.errors.WatchLagged`, :class:`~coordcore.errors.LogCorrupted`,
+    :class:`~coordcore.errors.BadArgument`, :class:`~coordcore.errors.WrongType`.
+
     All methods must be called from the event loop the service was started on.
     """
 
@@ -484,7 +504,7 @@ class LockService:
         self._last_ms = machine.time_ms
         self._since_snapshot_records = 0
         self._since_snapshot_bytes = 0
-        self.stats = BatchStats(sizes=collections.Counter())
+        self.stats = BatchStats()
         self._writer = asyncio.ensure_future(self._write_loop())
         self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
 
@@ -497,6 +517,7 @@ class LockService:
         *,
         durability: Durability = "fsync",
         clock: Callable[[], float] | None = None,
+        count_downtime: bool = True,
         tick_interval: float = 0.1,
         snapshot_every_records: int = 100_000,
         snapshot_every_bytes: int = 64 * 1024 * 1024,
@@ -506,6 +527,8 @@ class LockService:
 
         ``await LockService.open(path)`` or ``async with LockService.open(path) as svc``.
         ``durability="unsafe-no-fsync"`` skips fsync (tests and caches only).
+        ``count_downtime=False`` resumes the clock where the last batch left it (see
+        "Time" in the module docs); ``clock`` replaces the clock altogether (seconds).
         Raises :class:`~coordcore.errors.LogCorrupted` for a damaged log (other than a
         torn tail, which is cut off) and a clear ``OSError`` for an unusable path.
         """
@@ -521,7 +544,11 @@ class LockService:
                     opener, cls._recover, path, durability, segment_bytes)
             finally:
                 opener.shutdown(wait=False)
-            return cls(log=log, machine=machine, clock=clock or _default_clock(),
+            chosen = clock
+            if chosen is None:
+                resume = not count_downtime and machine.time_ms > 0
+                chosen = _default_clock(machine.time_ms / 1000 if resume else None)
+            return cls(log=log, machine=machine, clock=chosen,
                        tick_interval=tick_interval, snapshot_every_records=snapshot_every_records,
                        snapshot_every_bytes=snapshot_every_bytes)
 
@@ -618,6 +645,9 @@ class LockService:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                # One more turn of the loop: tasks woken by the last commit in the same
+                # turn as the first new request queue theirs too, into the same batch.
+                await asyncio.sleep(0)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 logger.exception("the lock service's writer failed; closing the service")
@@ -626,7 +656,10 @@ class LockService:
                 raise
 
     async def _write_batch(self) -> None:
-        batch, self._queue = self._queue, []
+        if len(self._queue) <= MAX_BATCH:
+            batch, self._queue = self._queue, []
+        else:  # a flood: cut a bounded batch, the rest goes into the next one
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         tick_waiters, self._tick_waiters = self._tick_waiters, []
         tick = self._tick_wanted
         self._tick_wanted = False
@@ -662,7 +695,6 @@ class LockService:
         st.bytes += len(record)
         if not accepted:
             st.ticks += 1
-        assert st.sizes is not None
         st.sizes[1 << (len(accepted).bit_length() - 1) if accepted else 0] += 1
         self._since_snapshot_records += 1
         self._since_snapshot_bytes += len(record)
@@ -843,24 +875,26 @@ class LockService:
         """Submit an acquire-like command (wait=True) and wait up to ``timeout`` for its
         grant; on timeout or cancellation withdraw it through the log."""
         req = self._submit(add, parks=True)
+        # The caller awaits the request's own future (one loop hop from commit to the
+        # caller, which matters for batching); a timeout fails that future with
+        # _TimedOut, a cancellation cancels it. Either way the request's committed
+        # outcome stays in req.result / req.applied for _withdraw.
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _time_out, req.future)
         try:
-            if timeout is None:
-                result = await asyncio.shield(req.future)
-            else:
-                done, _ = await asyncio.wait((req.future,), timeout=timeout)
-                if not done:
-                    raise _TimedOut
-                result = req.future.result()
+            result = await req.future
         except _TimedOut:
             await self._withdraw(req, key, sid)
             raise LockTimeout(f"{kind} {key!r} not granted within {timeout} s") from None
         except asyncio.CancelledError:
-            if req.future.done() and not req.future.cancelled():
-                # Granted (or failed) in the same step as the cancellation: undo a grant.
-                self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
-            elif not req.future.done():
-                self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
+            # Cancelled while waiting, or granted in the same step as the cancellation:
+            # withdraw in the background (a CANCEL also releases a grant that won).
+            self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         exc = result.exception()
         if exc is not None:
             raise exc
@@ -1076,6 +1110,12 @@ class LockService:
         return self._machine.keys(prefix)
 
     @property
+    def torn_tail(self) -> TornTail | None:
+        """What recovery cut off the end of the log when it was opened (a batch that was
+        being written when the previous process died, never acknowledged), or None."""
+        return self._log.recovered.torn_tail if self._log is not None else None
+
+    @property
     def revision(self) -> int:
         """The revision of the last committed event."""
         return self._machine.revision
@@ -1165,6 +1205,11 @@ class LockService:
 
 class _TimedOut(Exception):
     pass
+
+
+def _time_out(fut: asyncio.Future[Result]) -> None:
+    if not fut.done():
+        fut.set_exception(_TimedOut())
 
 
 def _set_exception(req: _Request, exc: BaseException) -> None:

@@ -69,7 +69,7 @@ def test_one_write_and_one_fdatasync_per_append(tmp_path: Path, monkeypatch: pyt
         def counted(*a: object, _real: object = real, _name: str = name) -> object:
             calls[_name] += 1
             return _real(*a)  # type: ignore[operator]
-        monkeypatch.setattr(logmod.os, name, counted)
+        monkeypatch.setattr(os, name, counted)
     for _ in range(10):
         log.append(b"x" * 1000)
     assert calls == {"writev": 10, "write": 0, "fdatasync": 10}
@@ -79,8 +79,8 @@ def test_one_write_and_one_fdatasync_per_append(tmp_path: Path, monkeypatch: pyt
 def test_unsafe_no_fsync_never_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*_: object) -> None:
         raise AssertionError("fsync in unsafe-no-fsync mode")
-    monkeypatch.setattr(logmod.os, "fdatasync", forbidden)
-    monkeypatch.setattr(logmod.os, "fsync", forbidden)
+    monkeypatch.setattr(os, "fdatasync", forbidden)
+    monkeypatch.setattr(os, "fsync", forbidden)
     with BatchLog.open(tmp_path, durability="unsafe-no-fsync", segment_bytes=4096) as log:
         for i in range(100):
             log.append(b"%d" % i * 50)
@@ -195,9 +195,9 @@ def test_corrupt_or_zeroed_last_record_is_cut_off(tmp_path: Path, caplog: pytest
     variants: list[tuple[str, bytes]] = []
     original = (src / seg_name).read_bytes()
     for pos in range(start, end):  # every byte of the last record, flipped
-        data = bytearray(original)
-        data[pos] ^= 0x5A
-        variants.append((f"flip{pos}", bytes(data)))
+        flipped = bytearray(original)
+        flipped[pos] ^= 0x5A
+        variants.append((f"flip{pos}", bytes(flipped)))
     # The file grew but the data never arrived (zeros), with and without a partial record.
     variants.append(("zeros", original[:start] + bytes(end - start + 100)))
     variants.append(("zeros-after-partial", original[:start + 5] + bytes(4096)))
@@ -348,7 +348,7 @@ def test_a_failed_fsync_stops_the_log(tmp_path: Path, monkeypatch: pytest.Monkey
 
     def eio(fd: int) -> None:
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(logmod.os, "fdatasync", eio)
+    monkeypatch.setattr(os, "fdatasync", eio)
     with pytest.raises(OSError, match="Input/output"):
         log.append(b"unknown fate")
     monkeypatch.undo()
@@ -393,7 +393,10 @@ def test_log_matches_a_list(tmp_path_factory: pytest.TempPathFactory,
             log.close()
             log = BatchLog.open(d, segment_bytes=4096)
             got_snap = log.recovered.snapshot
-            assert (got_snap.index, got_snap.payload) == snap if snap else got_snap is None
+            if snap is None:
+                assert got_snap is None
+            else:
+                assert got_snap is not None and (got_snap.index, got_snap.payload) == snap
             base = snap[0] if snap else 0
             assert payloads(log) == list(enumerate(model, 1))[base:]
             assert (log.recovered.torn_tail is not None) == (op == "tear")

@@ -62,7 +62,10 @@ _MAX_TIMEOUT_MS = 30 * 86_400_000
 async def open_backend(server: Server) -> LockService:
     path = server.config.data_dir / "locks"
     durability: Literal["fsync", "unsafe-no-fsync"] = "fsync" if server.config.fsync else "unsafe-no-fsync"
-    svc = await LockService.open(path, durability=durability)
+    # count_downtime=False: a restart resumes the service clock where the last batch left
+    # it, so sessions keep the TTL they had left and clients that reconnect within it
+    # keep their locks (etcd renews leases on a new leader the same way).
+    svc = await LockService.open(path, durability=durability, count_downtime=False)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
 

@@ -250,3 +250,25 @@ def test_bad_input_changes_no_state(serve: Serve) -> None:
             assert str(reply).split()[0] in {"BADARG", "NOSESSION", "NOTHOLDER", "NOTLEADER", "NOTFOUND"}, \
                 (args, reply)
         assert raw.command("LOCKS.REVISION") == before
+
+
+def test_sessions_keep_their_ttl_across_a_restart(serve: Serve, tmp_path: Path) -> None:
+    """Downtime does not count against sessions: a client that reconnects within its
+    TTL after the server comes back keeps its session and locks."""
+    data = tmp_path / "restart"
+    srv = serve(data=data)
+    port = srv.port
+    with Raw(port) as raw:
+        sid = raw.command("SESSION.OPEN", 1)
+        token = raw.command("LOCK.ACQUIRE", "held", sid)
+    assert srv.stop() == 0
+    time.sleep(1.5)  # longer than the TTL
+    serve(data=data, port=port)
+    with Raw(port) as raw:
+        assert raw.command("SESSION.KEEPALIVE", sid) > 0
+        info = raw.command("LOCK.INFO", "held")
+        (holder,) = info[info.index(b"holders") + 1]
+        assert holder[holder.index(b"token") + 1] == token
+        # Not kept alive from here on, it expires after its TTL.
+        time.sleep(1.6)
+        assert str(raw.command("SESSION.KEEPALIVE", sid)).startswith("NOSESSION")

@@ -11,13 +11,25 @@ the cancel, the client releases it.
 Sessions are kept alive in the background (every ttl/3); when the server says a
 session is gone, ``session.expired`` is set and its grants are void.
 
->>> import asyncio
->>> async def demo(port):                                     # doctest: +SKIP
-...     async with AsyncClient(port=port) as client:
-...         async with client.lock("jobs/42", ttl=10) as grant:
-...             print(grant.token > 0)
-...         ids = client.ids()
-...         print(await ids.next_id() < await ids.next_id())
+>>> import asyncio, tempfile
+>>> from pathlib import Path
+>>> from coordcore.server import Server, ServerConfig
+>>> async def demo() -> list[bool]:
+...     config = ServerConfig(port=0, data_dir=Path(tempfile.mkdtemp()), worker_id=1, log_level="warning")
+...     server = Server(config)
+...     await server.start()
+...     try:
+...         async with AsyncClient(port=server.port) as client:
+...             async with client.lock("jobs/42", ttl=10) as grant:
+...                 held = grant.token > 0
+...             ids = client.ids()
+...             ordered = await ids.next_id() < await ids.next_id()
+...             await ids.close()
+...     finally:
+...         await server.close()
+...     return [held, ordered]
+>>> asyncio.run(demo())
+[True, True]
 """
 from __future__ import annotations
 
@@ -599,13 +611,12 @@ class AsyncElection(Election):
 
 
 class AsyncPipeline:
-    """Commands queued locally and sent in one write: ``replies = await pipe.execute()``.
+    """Commands queued locally and sent in one write: ``replies = await pipe.execute()``::
 
-    >>> async def demo(client):                                   # doctest: +SKIP
-    ...     pipe = client.pipeline()
-    ...     for _ in range(3):
-    ...         pipe.command("ID.NEXT")
-    ...     return await pipe.execute()
+        pipe = client.pipeline()
+        for _ in range(3):
+            pipe.command("ID.NEXT")
+        three_ids = await pipe.execute()
     """
 
     def __init__(self, client: AsyncClient) -> None:

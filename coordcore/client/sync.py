@@ -7,12 +7,28 @@ would hold up the commands behind it). Sessions are kept alive by one background
 thread (every ttl/3). Broken connections are replaced; commands that are safe to
 repeat are retried ``retries`` times.
 
->>> def demo(port):                                             # doctest: +SKIP
-...     with Client(port=port) as client:
-...         with client.lock("jobs/42", ttl=10) as grant:
-...             print(grant.token > 0)
-...         ids = client.ids()
-...         print(ids.next_id() < ids.next_id())
+>>> import asyncio, tempfile, threading
+>>> from pathlib import Path
+>>> from coordcore.server import Server, ServerConfig
+>>> loop = asyncio.new_event_loop()
+>>> config = ServerConfig(port=0, data_dir=Path(tempfile.mkdtemp()), worker_id=1, log_level="warning")
+>>> server = Server(config)
+>>> loop.run_until_complete(server.start())
+>>> thread = threading.Thread(target=loop.run_forever)
+>>> thread.start()
+>>> with Client(port=server.port) as client:
+...     with client.lock("jobs/42", ttl=10) as grant:
+...         print(grant.token > 0)
+...     ids = client.ids()
+...     print(ids.next_id() < ids.next_id())
+...     ids.close()
+True
+True
+>>> asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+>>> loop.call_soon_threadsafe(loop.stop)
+<Handle ...>
+>>> thread.join()
+>>> loop.close()
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from coordcore.server.server import ServerConfig, run_server
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--log-format", choices=("kv", "json"), default=d.log_format)
     a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
     a("--announce-port", action="store_true", help=argparse.SUPPRESS)
+    a("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -49,7 +51,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_server(config_from_args(args), announce_port=args.announce_port)
+    try:
+        return run_server(config_from_args(args), announce_port=args.announce_port,
+                          exit_with_stdin=args.exit_with_stdin)
+    except OSError as exc:  # a port in use, an unwritable data dir: say so, no traceback
+        print(f"coordcore serve: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,7 +186,10 @@ class Server:
             env = dict(os.environ)
             if cfg.requirepass is not None:
                 env["COORDCORE_REQUIREPASS"] = cfg.requirepass
-            child = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+            # stdin is a pipe the child watches: when this process dies, even by SIGKILL,
+            # the pipe closes and the child stops (no orphaned ID workers).
+            child = subprocess.Popen([*argv, "--exit-with-stdin"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
             assert child.stdout is not None
             line = await asyncio.get_running_loop().run_in_executor(None, child.stdout.readline)
             if not line.startswith(b"PORT "):
@@ -233,6 +236,8 @@ class Server:
         for child, _ in self._children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
+            if child.stdin is not None:
+                child.stdin.close()
         for child, _ in self._children:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, child.wait, 10)
@@ -288,7 +293,7 @@ class Server:
         return lines
 
 
-def run_server(config: ServerConfig, *, announce_port: bool = False) -> int:
+def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_stdin: bool = False) -> int:
     """Run a server until SIGTERM or SIGINT; return the exit status (0 on a clean stop)."""
     import uvloop
 
@@ -301,6 +306,18 @@ def run_server(config: ServerConfig, *, announce_port: bool = False) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await server.start()
+        if exit_with_stdin:
+            def on_stdin() -> None:
+                try:
+                    data = os.read(0, 4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    loop.remove_reader(0)
+                    log.info("parent gone (stdin closed), stopping")
+                    stop.set()
+
+            loop.add_reader(0, on_stdin)
         if announce_port:
             sys.stdout.write(f"PORT {server.port}\n")
             sys.stdout.flush()

@@ -85,9 +85,14 @@ class ServerProc:
         return rc
 
     def kill(self) -> None:
+        """Stop it for good: SIGTERM (so it stops its ID workers), then SIGKILL."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
 

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -120,3 +121,20 @@ def test_id_worker_processes(serve: Serve) -> None:
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_id_workers_stop_when_the_main_process_is_killed(serve: Serve) -> None:
+    srv = serve("--id-workers", "2")
+    (child,) = [int(line.split("pid=")[1].split()[0]) for line in srv.log().splitlines()
+                if "id worker started" in line]
+    srv.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the ID worker outlived its killed parent")

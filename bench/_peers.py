@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 _started: list[subprocess.Popen[bytes]] = []
+_dirs: list[Path] = []
 _apt_updated = False
 
 
@@ -81,12 +82,18 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
 
 
 def stop_all() -> None:
+    """Stop every process started here (by PID) and remove their temp data dirs."""
     for proc in list(_started):
         stop(proc)
+    for d in _dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    _dirs.clear()
 
 
 def tmpdir(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"ccbench-{name}-"))
+    d = Path(tempfile.mkdtemp(prefix=f"ccbench-{name}-"))
+    _dirs.append(d)
+    return d
 
 
 def cpu_seconds_of(pid: int) -> float:

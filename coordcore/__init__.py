@@ -3,10 +3,31 @@
 The facade only re-exports; see the submodules for the details.
 """
 from coordcore.errors import CoordcoreError
+from coordcore.ring import (
+    BoundedLoadRing,
+    HashRing,
+    Rendezvous,
+    RingSnapshot,
+    hash64,
+    hash64_many,
+    jump_hash,
+    jump_hash_many,
+    moved_fraction,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CoordcoreError",
     "__version__",
+    # ring
+    "BoundedLoadRing",
+    "HashRing",
+    "Rendezvous",
+    "RingSnapshot",
+    "hash64",
+    "hash64_many",
+    "jump_hash",
+    "jump_hash_many",
+    "moved_fraction",
 ]

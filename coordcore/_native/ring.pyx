@@ -854,6 +854,13 @@ cdef object _readonly(object arr):
     return arr
 
 
+cdef object _frozen(object arr):
+    """A copy of ``arr`` backed by an immutable bytes object. A read-only flag alone is not
+    enough: an array that owns its memory can be made writeable again (also through a
+    view's ``.base``), and the lookups trust these arrays without bounds checks."""
+    return np.frombuffer(arr.tobytes(), dtype=arr.dtype).reshape(arr.shape)
+
+
 # --- the ring snapshot ----------------------------------------------------------------
 
 @cython.final
@@ -975,9 +982,11 @@ cdef class RingSnapshot:
         # CC_PAD sentinels after the last point let cc_ring_find count without bounds checks.
         padded = np.full(npoints + CC_PAD, 0xFFFFFFFFFFFFFFFF, dtype=_UINT64)
         padded[:npoints] = pts
-        self._padded = _readonly(padded)
-        self._points = _readonly(padded[:npoints])
-        self._owners = _readonly(own)
+        padded = _frozen(padded)
+        own = _frozen(own)
+        self._padded = padded
+        self._points = padded[:npoints]
+        self._owners = own
         cdef int hashbits = 64 if mode == MODE_XXH64 else 32
         cdef int bits = 1
         while bits < 24 and ((<Py_ssize_t>1) << bits) < npoints:

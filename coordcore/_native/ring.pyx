@@ -712,12 +712,24 @@ def md5_words(data):
 
 # --- jump hash ------------------------------------------------------------------------
 
+cdef long long _small_int(object value, str what) except? -1:
+    """An int argument as a C long long, compared in C on the hot path; huge values clamp
+    to +-2**63 - 1 so that the caller's range check reports them."""
+    cdef int overflow = 0
+    cdef long long v
+    if PyBool_Check(value) or not PyLong_Check(value):
+        raise WrongType(f"{what} must be an int, not {_type_name(value)}")
+    v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow:
+        return 9223372036854775807 if overflow > 0 else -9223372036854775807
+    return v
+
+
 cdef int32_t _buckets(object buckets) except -1:
-    if PyBool_Check(buckets) or not PyLong_Check(buckets):
-        raise WrongType(f"buckets must be an int, not {_type_name(buckets)}")
-    if not 0 < buckets <= 2147483647:
+    cdef long long v = _small_int(buckets, "buckets")
+    if not 0 < v <= 2147483647:
         raise BadArgument(f"buckets must be in [1, 2**31 - 1], got {buckets}")
-    return <int32_t>buckets
+    return <int32_t>v
 
 
 cdef uint64_t _jump_key(object key) except? 0:
@@ -1143,15 +1155,14 @@ cdef class RingSnapshot:
         return 0
 
     cdef int _check_n(self, object n) except -1:
-        if PyBool_Check(n) or not PyLong_Check(n):
-            raise WrongType(f"n must be an int, not {_type_name(n)}")
-        if n < 1:
+        cdef long long v = _small_int(n, "n")
+        if v < 1:
             raise BadArgument(f"n must be at least 1, got {n}")
-        if n > self.nholders:
+        if v > self.nholders:
             raise BadArgument(
                 f"n={n} but the ring has only {self.nholders} node(s) owning points"
             )
-        return <int>n
+        return <int>v
 
     cdef object _node_for(self, object key):
         self._require_nodes()

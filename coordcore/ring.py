@@ -41,8 +41,8 @@ True
 continuum, the later node keeping a point two nodes share), so a coordcore client can sit
 beside existing memcached clients. One detail differs from ``uhashring``: a key whose
 32-bit hash equals a point exactly belongs to that point (libketama and libmemcached
-search ``<=``), where uhashring's ``bisect_right`` gives it to the next point. With the
-default 160 points per node that concerns about one key in 27 million per node.
+search ``<=``), where uhashring's ``bisect_right`` gives it to the next point. A key hits
+a point exactly with probability points / 2**32: one key in 2.7 million on a 10-node ring.
 
 Jump consistent hash (:func:`jump_hash`) needs no memory and balances perfectly, but its
 buckets are numbered 0..n-1 and only the last one can be removed. To take a middle bucket

@@ -365,6 +365,17 @@ def test_pickle_and_repr() -> None:
     assert pickle.loads(pickle.dumps(bal)).shares == bal.shares
 
 
+def test_snapshots_cannot_be_rebuilt_in_place() -> None:
+    from coordcore.ring import Rendezvous
+
+    snap = RingSnapshot(["a"])
+    with pytest.raises(TypeError, match="immutable"):
+        snap.__init__(["b"])  # type: ignore[misc]
+    with pytest.raises(TypeError, match="immutable"):
+        Rendezvous(["a"]).__init__(["b"])  # type: ignore[misc]
+    assert snap.nodes == ("a",)
+
+
 def test_snapshot_arrays_are_read_only() -> None:
     snap = RingSnapshot(["a", "b"])
     for arr in (snap.points, snap.owners):

@@ -2,10 +2,13 @@
 replica sets, batch lookups, serialisation, balance, concurrency and bad input."""
 from __future__ import annotations
 
+import os
 import pickle
 import random
+import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -469,6 +472,40 @@ def test_readers_never_see_a_half_built_ring() -> None:
     assert not any(t.is_alive() for t in threads)
     assert errors == []
     assert min(reads) > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_a_writer_holds_the_lock() -> None:
+    ring = HashRing(["a", "b"])
+    inside, release = threading.Event(), threading.Event()
+
+    class SlowWeight(float):
+        # float() of the weight runs inside add_node's writer lock: park the writer there.
+        def __float__(self) -> float:
+            inside.set()
+            release.wait(30)
+            return 1.0
+
+    writer = threading.Thread(target=ring.add_node, args=("c", SlowWeight(1.0)))
+    writer.start()
+    assert inside.wait(30)
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a threaded process: that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child: the writer thread is gone, its lock must not be
+        code = 1
+        try:
+            signal.alarm(20)
+            ring.add_node("d")
+            code = 0 if ring.nodes == ("a", "b", "d") else 2
+        finally:
+            os._exit(code)
+    release.set()
+    writer.join(30)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ring.nodes == ("a", "b", "c")
 
 
 def test_concurrent_writers_lose_no_update() -> None:

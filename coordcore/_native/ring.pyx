@@ -16,8 +16,10 @@ from libc.math cimport log, floor
 import math
 import numbers
 import operator
+import os
 import struct
 import threading
+import weakref
 
 import numpy as np
 
@@ -1537,10 +1539,12 @@ cdef class HashRing:
 
     cdef RingSnapshot _snap
     cdef object _wlock
+    cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         self._snap = _EMPTY
         self._wlock = threading.Lock()
+        _LIVE_RINGS.add(self)
 
     def __init__(self, nodes=(), *, vnodes=DEF_VNODES, hash="xxh64", replicas=DEF_REPLICAS):
         self._set(RingSnapshot(nodes, vnodes=vnodes, hash=hash, replicas=replicas))
@@ -1678,6 +1682,23 @@ cdef class HashRing:
 
     def __reduce__(self):
         return (type(self).from_bytes, (self.to_bytes(),))
+
+
+# A child forked while another thread was inside add_node/remove_node would inherit a
+# held writer lock and deadlock on its next change. The ring itself is always whole (a
+# writer's only mutation is the final swap), so the child just gets fresh locks.
+_LIVE_RINGS = weakref.WeakSet()
+
+
+def _reset_locks_after_fork():
+    cdef HashRing ring
+    for obj in list(_LIVE_RINGS):
+        ring = <HashRing>obj
+        ring._wlock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_after_fork)
 
 
 # --- rendezvous -----------------------------------------------------------------------

@@ -52,6 +52,10 @@ cdef extern from "Python.h":
     Py_ssize_t PyBytes_GET_SIZE(object)
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
     unsigned long long PyLong_AsUnsignedLongLong(object) except? -1
+    # The same without Cython's error check: _int_bits clears the OverflowError itself.
+    unsigned long long PyLong_AsUnsignedLongLong_raw "PyLong_AsUnsignedLongLong"(object)
+    PyObject* PyErr_Occurred()
+    void PyErr_Clear()
     bint PyList_CheckExact(object)
     bint PyTuple_CheckExact(object)
     Py_ssize_t PyList_GET_SIZE(object)
@@ -417,10 +421,14 @@ cdef uint64_t _int_bits(object key) except? 0:
     """An int key as the uint64 it is modulo 2**64; only [-2**63, 2**64) is accepted."""
     cdef int overflow = 0
     cdef long long v = PyLong_AsLongLongAndOverflow(key, &overflow)
+    cdef unsigned long long u
     if overflow == 0:
         return <uint64_t>v
-    if overflow > 0 and key < 18446744073709551616:
-        return PyLong_AsUnsignedLongLong(key)
+    if overflow > 0:  # [2**63, 2**64) is half of all 64-bit hashes: keep it in C
+        u = PyLong_AsUnsignedLongLong_raw(key)
+        if u != 0xFFFFFFFFFFFFFFFFULL or PyErr_Occurred() == NULL:
+            return u
+        PyErr_Clear()
     raise BadArgument(
         f"int key {key} is outside [-2**63, 2**64): int keys are hashed as 8 little-endian "
         "bytes; hash a bigger number's bytes instead (e.g. n.to_bytes(16, 'little'))"

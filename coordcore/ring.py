@@ -157,6 +157,12 @@ def moved_fraction(old: _Ring, new: _Ring, keys: Iterable[Key] | npt.NDArray[Any
     return float(mask.mean()) if mask.size else 0.0
 
 
+def _bounded_key(key: object) -> None:
+    # Keys live in a dict: refuse what would alias (True == 1) or cannot be hashed stably.
+    if isinstance(key, bool) or not isinstance(key, (str, bytes, int)):
+        raise WrongType(f"bounded-load keys must be str, bytes or int, not {type(key).__name__}")
+
+
 @dataclass(frozen=True, slots=True)
 class Move:
     """A key that :meth:`BoundedLoadRing.release` moved to keep every node under its cap."""
@@ -191,7 +197,7 @@ class BoundedLoadRing:
     >>> all(bl.loads[n] <= c for n, c in bl.capacities().items())
     True
 
-    Thread-safe (one lock); keys must be hashable (str, bytes or int).
+    Thread-safe (one lock); keys are str, bytes or int (compared by value, as dict keys).
     """
 
     __slots__ = ("_snap", "_epsilon", "_w", "_wsum", "_loads", "_where", "_on", "_lock")
@@ -252,28 +258,23 @@ class BoundedLoadRing:
         return len(self._where)
 
     def __contains__(self, key: object) -> bool:
-        try:
-            return key in self._where
-        except TypeError:
+        if isinstance(key, bool) or not isinstance(key, (str, bytes, int)):
             return False
+        return key in self._where
 
     def node_of(self, key: Key) -> str:
         """The node ``key`` is assigned to (NotFound if it is not assigned)."""
+        _bounded_key(key)
         try:
             k = self._where[key]
         except KeyError:
             raise NotFound(f"key {key!r} is not assigned") from None
-        except TypeError:
-            raise WrongType(f"keys must be hashable (str, bytes or int), not {type(key).__name__}") from None
         return self._snap.nodes[k]
 
     def assign(self, key: Key) -> str:
         """Place ``key`` on the first node in its ring order with room, and return that
         node. A key already assigned stays where it is (its node is returned)."""
-        try:
-            hash(key)
-        except TypeError:
-            raise WrongType(f"keys must be hashable (str, bytes or int), not {type(key).__name__}") from None
+        _bounded_key(key)
         with self._lock:
             k = self._where.get(key)
             if k is not None:
@@ -288,13 +289,12 @@ class BoundedLoadRing:
     def release(self, key: Key) -> list[Move]:
         """Remove ``key`` (NotFound if it is not assigned). Returns the keys moved so that
         no node exceeds the (now lower) capacity; usually none."""
+        _bounded_key(key)
         with self._lock:
             try:
                 k = self._where.pop(key)
             except KeyError:
                 raise NotFound(f"key {key!r} is not assigned") from None
-            except TypeError:
-                raise WrongType(f"keys must be hashable (str, bytes or int), not {type(key).__name__}") from None
             del self._on[k][key]
             self._loads[k] -= 1
             caps = self._caps(len(self._where))

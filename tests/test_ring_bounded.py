@@ -165,7 +165,13 @@ def test_bad_input() -> None:
         bl.assign(bytearray(b"x"))  # unhashable
     with pytest.raises(WrongType):
         bl.assign(1.5)  # type: ignore[arg-type]
-    assert len(bl) == 0
+    bl.assign(1)
+    with pytest.raises(WrongType):
+        bl.assign(True)  # would alias the key 1
+    assert True not in bl and 1 in bl
+    with pytest.raises(WrongType):
+        bl.release(True)
+    assert len(bl) == 1
 
 
 @given(st.integers(1, 6), st.floats(0.0, 2.0), st.integers(1, 300))

@@ -1192,11 +1192,12 @@ cdef class RingSnapshot:
 
     def hash_key(self, key):
         """The ring's hash of a key: hash64(key) for xxh64, the 32-bit md5 word for ketama.
-        Batch lookups accept arrays of these (pre-hashed keys)."""
+        Batch lookups accept uint64 arrays of these (pre-hashed keys)."""
         return _mode_key(self.mode, key)
 
     def hash_keys(self, keys, out=None):
-        """hash_key of every key into a uint64 array (``out`` if given)."""
+        """hash_key of every key into a uint64 array (``out`` if given). Unlike the batch
+        lookups, a numpy integer array here holds int keys to hash, not hashes."""
         if self.mode == MODE_XXH64:
             return hash64_many(keys, 0, out)
         return _hash_seq(KIND_KETAMA, _key_seq(keys), 0, out)

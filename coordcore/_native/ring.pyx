@@ -793,7 +793,9 @@ def jump_hash(key, buckets):
     """Lamping and Veach's jump consistent hash: the bucket in [0, buckets) of a 64-bit key.
 
     An int key is the 64-bit key itself (modulo 2**64, as in the paper); a str or bytes
-    key is first hashed with :func:`hash64`.
+    key is first hashed with :func:`hash64`. Buckets are numbered 0..buckets-1 and only
+    the last can go away: to remove a middle one, use HashRing or Rendezvous, or keep
+    jump hash over stable slots and map slots to nodes through a table you edit.
 
     >>> jump_hash(10863919174838991, 11), jump_hash(2, 100001)  # Guava's golden values
     (6, 80343)

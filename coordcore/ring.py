@@ -20,8 +20,9 @@ key, exactly as in a numpy int64 or uint64 array). A ``str`` and its UTF-8 bytes
 same key. The hash is xxHash64 with seed 0 (:func:`hash64`), identical to the ``xxhash``
 package's ``xxh64_intdigest``, so other languages can place keys the same way.
 
-How a ring is built (``hash="xxh64"``, the default): a node of weight w gets
-round(vnodes * w) points, point j being ``hash64(name, seed=j)``; a key belongs to the
+How a ring is built (``hash="xxh64"``, the default): a node (a str name) of weight w
+gets floor(vnodes * w + 0.5) points, at least one, point j being ``hash64(name, seed=j)``
+for j = 0, 1, ...; a key belongs to the
 first point at or after its hash, wrapping around. Weights are absolute, so adding or
 removing a node never changes the other nodes' points: only the keys that the new node
 takes, or that the removed node had, move. If two points are equal, the node whose UTF-8

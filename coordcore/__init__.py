@@ -4,6 +4,17 @@ The facade only re-exports; see the submodules for the details.
 """
 from coordcore.errors import CoordcoreError
 from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
+from coordcore.ring import (
+    BoundedLoadRing,
+    HashRing,
+    Rendezvous,
+    RingSnapshot,
+    hash64,
+    hash64_many,
+    jump_hash,
+    jump_hash_many,
+    moved_fraction,
+)
 
 __version__ = "0.1.0"
 
@@ -14,5 +25,15 @@ __all__ = [
     "Snowflake",
     "WorkerIdSource",
     "decode",
+    # ring
+    "BoundedLoadRing",
+    "HashRing",
+    "Rendezvous",
+    "RingSnapshot",
+    "hash64",
+    "hash64_many",
+    "jump_hash",
+    "jump_hash_many",
+    "moved_fraction",
     "__version__",
 ]

@@ -4,6 +4,7 @@ The facade only re-exports; see the submodules for the details.
 """
 from coordcore.errors import CoordcoreError
 from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
+from coordcore.locks import FencedResource, Grant, LockService, Session
 from coordcore.ring import (
     BoundedLoadRing,
     HashRing,
@@ -35,5 +36,10 @@ __all__ = [
     "jump_hash",
     "jump_hash_many",
     "moved_fraction",
+    # locks
+    "FencedResource",
+    "Grant",
+    "LockService",
+    "Session",
     "__version__",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "Cancelled",
     "LogCorrupted",
     "ServiceClosed",
+    "WatchLagged",
     # server and clients
     "ProtocolError",
     "RequestTooLarge",
@@ -205,6 +206,21 @@ class ServiceClosed(CoordcoreError, RuntimeError):
     """The lock service (or client) is closed."""
 
     code = "CLOSED"
+
+
+class WatchLagged(CoordcoreError, RuntimeError):
+    """A watch (or election observer) fell further behind than its buffer allows and was
+    stopped; the events up to ``last_revision`` were delivered. Re-read the state and
+    watch again."""
+
+    code = "LAGGED"
+
+    def __init__(self, message: str, last_revision: int = 0) -> None:
+        super().__init__(message)
+        self.last_revision = last_revision
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.last_revision))
 
 
 # --- server and clients ------------------------------------------------------------

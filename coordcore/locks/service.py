@@ -1,0 +1,1239 @@
+"""The embedded lock service: asyncio, group commit, wake-on-commit, fencing tokens.
+
+:class:`LockService` puts the deterministic :class:`~coordcore.locks.machine.LockMachine`
+behind an asyncio API in the spirit of etcd's ``concurrency`` package, with kazoo's
+conveniences (timeouts, cancellation, contenders)::
+
+    async with LockService.open("/var/lib/app/locks") as svc:
+        session = await svc.open_session(ttl=10)          # kept alive in the background
+        async with svc.lock("jobs/42", session, timeout=5) as grant:
+            storage.write("jobs/42", grant.token, data)   # fence writes with the token
+
+How a request travels
+---------------------
+Every mutating call from any number of tasks becomes one command queued for **one
+writer task**. The writer drains *everything* queued into one batch record
+(:class:`~coordcore.locks.machine.BatchBuilder`), appends it to the durable log with one
+``write`` and one ``fdatasync`` in a worker thread (so the event loop keeps serving and
+the next batch accumulates meanwhile: group commit), applies it to the machine, and
+then answers every request of the batch and dispatches the events: grants to parked
+blocking acquires, session expiries, watch events. Nothing is acknowledged before its
+batch is on disk. Under load, batches grow by themselves while an fsync is in flight.
+
+A blocked acquire is parked (no polling): it wakes when the batch that grants it
+commits. A timeout or a cancelled task withdraws the waiter through the log (a CANCEL
+command), so a timed-out acquire never ends up holding the lock, even if the grant won
+the race. A periodic tick batch (only when some session's deadline has passed) expires
+idle sessions; their locks go to the next waiters in the same batch.
+
+Time
+----
+Each batch is stamped with the service's clock in ms: by default the wall clock at
+start plus ``time.monotonic()`` since (immune to wall-clock steps while running), never
+below the last batch's time (so never decreasing, across restarts too). Tests pass a
+:class:`ManualClock`. By default the time the service was down counts: a session
+opened before a restart has expired if the service was down for longer than its TTL
+(right for embedded use, where its owner died with the process). With
+``count_downtime=False`` the clock resumes at the last batch's time, so sessions keep the
+TTL they had left (what a server whose clients reconnect wants; etcd also renews leases
+when a new leader starts).
+
+Durability
+----------
+``LockService.open(path)`` keeps a :class:`~coordcore.locks.log.BatchLog` in ``path``;
+restart recovers the newest snapshot and replays the log (a torn last batch, never
+acknowledged, is cut off). Snapshots are taken automatically after
+``snapshot_every_records`` batches or ``snapshot_every_bytes`` bytes, or on demand
+with :meth:`LockService.snapshot`. ``LockService.in_memory()`` has no log.
+
+>>> import asyncio
+>>> async def demo() -> list[object]:
+...     async with LockService.in_memory() as svc:
+...         s1 = await svc.open_session(ttl=10)
+...         s2 = await svc.open_session(ttl=10)
+...         async with svc.lock("jobs/42", s1) as g1:
+...             waiter = asyncio.ensure_future(svc.acquire("jobs/42", s2))
+...             await asyncio.sleep(0.01)
+...             queued = [c.session for c in svc.contenders("jobs/42")]
+...         g2 = await waiter                      # granted when s1's release commits
+...         await svc.release(g2)
+...         busy = await svc.try_acquire("jobs/42", s1)
+...         return [queued == [s1.id, s2.id], g2.token > g1.token, busy is not None]
+>>> asyncio.run(demo())
+[True, True, True]
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import math
+import os
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, Literal, TypeVar
+
+from coordcore.errors import (
+    BadArgument,
+    Cancelled,
+    CoordcoreError,
+    LockTimeout,
+    LogCorrupted,
+    NotLockHolder,
+    ServiceClosed,
+    SessionExpired,
+    WatchLagged,
+    WrongType,
+)
+from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability, TornTail
+from coordcore.locks.machine import (
+    MAX_TTL_MS,
+    BatchBuilder,
+    Contender,
+    Event,
+    EventKind,
+    KeyInfo,
+    LockMachine,
+    Result,
+    SessionInfo,
+    Status,
+)
+
+__all__ = [
+    "BatchStats",
+    "Grant",
+    "Leader",
+    "LockService",
+    "ManualClock",
+    "Session",
+    "Watch",
+]
+
+logger = logging.getLogger("coordcore.locks.service")
+
+T = TypeVar("T")
+Key = str | bytes
+GrantKind = Literal["lock", "shared", "semaphore", "leader"]
+
+#: The most requests one batch record carries (a flood is cut into several batches).
+MAX_BATCH: Final = 16_384
+#: How many events a watch buffers for a slow reader before it is stopped (WatchLagged).
+DEFAULT_WATCH_BUFFER: Final = 10_000
+
+_SNAP_MAGIC: Final = b"CCSVCSNP"
+_SNAP_HEAD = struct.Struct("<8sIIQQQ")  # magic, version, reserved, log index, revision, time_ms
+
+
+class ManualClock:
+    """A clock for tests and examples: seconds, moved only by :meth:`advance`.
+
+    >>> c = ManualClock(100.0); c.advance(2.5); c()
+    102.5
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = float(start)
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise BadArgument(f"a clock only moves forward, not by {seconds!r}")
+        self._now += seconds
+
+
+def _default_clock(start: float | None = None) -> Callable[[], float]:
+    wall0, mono0 = time.time() if start is None else start, time.monotonic()
+    return lambda: wall0 + (time.monotonic() - mono0)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A held lock, semaphore permit or leadership. ``token`` is the fencing token: the
+    revision at grant time, strictly increasing across all grants, never reused."""
+
+    key: Key
+    token: int
+    ticket: int
+    session_id: int
+    kind: GrantKind
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """An election's leader: its session, its current (last proclaimed) value and its
+    fencing token."""
+
+    session_id: int
+    value: bytes
+    token: int
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counters of the writer: batches written, commands in them, fsyncs, bytes, and
+    the batch-size distribution (commands per batch, in power-of-two buckets)."""
+
+    batches: int = 0
+    commands: int = 0
+    ticks: int = 0
+    fsyncs: int = 0
+    bytes: int = 0
+    snapshots: int = 0
+    #: batches by command count, bucketed by powers of two (0: ticks, 1, 2 (2-3), 4 (4-7) ...)
+    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def bucket_counts(self) -> dict[str, int]:
+        """``{"1": n, "2-3": n, "4-7": n, ...}``: batches by command count."""
+        out: dict[str, int] = {}
+        for b in sorted(self.sizes):
+            label = "0" if b == 0 else str(b) if b == 1 else f"{b}-{2 * b - 1}"
+            out[label] = self.sizes[b]
+        return out
+
+
+class _Request:
+    """One command waiting for its batch. ``add`` puts it in the builder."""
+
+    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied")
+
+    def __init__(self, add: Callable[[BatchBuilder], int], parks: bool,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.add = add
+        self.future: asyncio.Future[Result] = loop.create_future()
+        self.parks = parks  # an acquire/campaign: a WAITING result parks it by ticket
+        self.abandoned = False  # its caller timed out or was cancelled
+        self.result: Result | None = None
+        self.applied: asyncio.Future[Result] | None = None
+
+
+class Session:
+    """A lease: alive while kept alive (in the background unless ``keepalive=False``).
+
+    Everything acquired with a session is released when it closes or expires. ``done``
+    resolves (with ``"closed"``, ``"expired"`` or ``"service closed"``) when it ends.
+    """
+
+    def __init__(self, service: LockService, session_id: int, ttl: float, keepalive: bool) -> None:
+        self.id = session_id
+        self.ttl = ttl
+        self._service = service
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._keepalive: asyncio.Task[None] | None = None
+        if keepalive:
+            self._keepalive = asyncio.ensure_future(self._keepalive_loop())
+
+    @property
+    def expired(self) -> bool:
+        """True once the session ended by expiry."""
+        return self.done.done() and self.done.result() == "expired"
+
+    @property
+    def alive(self) -> bool:
+        """Not yet closed or expired (as far as this process has seen)."""
+        return not self.done.done()
+
+    async def _keepalive_loop(self) -> None:
+        interval = max(self.ttl / 3.0, 0.001)
+        while not self.done.done():
+            await asyncio.sleep(interval)
+            try:
+                await self._service.keepalive(self)
+            except (SessionExpired, ServiceClosed):
+                return
+            except Exception:  # an I/O error: the service is failing; say so once
+                logger.exception("keep-alive of session %d failed", self.id)
+                return
+
+    def _end(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_result(reason)
+        task, self._keepalive = self._keepalive, None
+        if task is not None and task is not _current_task():
+            task.cancel()
+
+    async def keepalive(self) -> None:
+        """Extend the lease now (the background task does this every ttl/3)."""
+        await self._service.keepalive(self)
+
+    async def close(self) -> None:
+        """Close the session, releasing everything it holds and waits for. Idempotent."""
+        if self.done.done():
+            return
+        try:
+            await self._service.close_session(self)
+        except SessionExpired:
+            pass
+
+    def lock(self, key: Key, *, shared: bool = False, timeout: float | None = None) -> _GrantContext:
+        """``self.service.lock(key, self, ...)``."""
+        return self._service.lock(key, self, shared=shared, timeout=timeout)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = self.done.result() if self.done.done() else "alive"
+        return f"<Session {self.id} ttl={self.ttl}s {state}>"
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+class _GrantContext:
+    """``async with svc.lock(...) as grant``: acquire on enter, release on exit."""
+
+    def __init__(self, acquire: Callable[[], Coroutine[Any, Any, Grant]], service: LockService) -> None:
+        self._acquire = acquire
+        self._service = service
+        self._grant: Grant | None = None
+
+    async def __aenter__(self) -> Grant:
+        self._grant = await self._acquire()
+        return self._grant
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        grant, self._grant = self._grant, None
+        if grant is None:
+            return
+        # The release command is queued before release() first awaits, so even if
+        # this task is cancelled while it waits, the release is still committed.
+        try:
+            await self._service.release(grant)
+        except (NotLockHolder, SessionExpired, ServiceClosed):
+            # The lock was lost while held (session expired or closed): the body ran
+            # unprotected. Say so, unless the body is already raising something.
+            if exc_type is None:
+                raise
+
+
+class Watch:
+    """An async iterator of :class:`~coordcore.locks.machine.Event` for keys starting with
+    a prefix, in revision order, from the revision after :attr:`start_revision`.
+
+    The buffer is bounded: a reader that falls more than ``buffer`` events behind gets
+    :class:`~coordcore.errors.WatchLagged` (after the events it was sent) instead of
+    unbounded memory. Iteration ends with :class:`~coordcore.errors.ServiceClosed` when
+    the service closes; :meth:`close` ends it quietly.
+    """
+
+    def __init__(self, service: LockService, prefix: bytes, buffer: int, start_revision: int) -> None:
+        self.prefix = prefix
+        self.start_revision = start_revision
+        self._service = service
+        self._buffer = buffer
+        self._queue: collections.deque[Event] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._last = start_revision
+
+    def _offer(self, event: Event) -> None:
+        if self._error is not None or self._closed:
+            return
+        if len(self._queue) >= self._buffer:
+            self._fail(WatchLagged(
+                f"watch on {self.prefix!r} fell more than {self._buffer} events behind; events up "
+                f"to revision {self._last} were delivered, re-read the state and watch again",
+                self._last))
+            return
+        self._queue.append(event)
+        self._last = event.revision
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._service._watches.discard(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _peek(self) -> Event | None:
+        return self._queue[0] if self._queue else None
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    def pending(self) -> int:
+        """Events buffered and not yet read."""
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop watching; iteration ends (after nothing more)."""
+        self._closed = True
+        self._queue.clear()
+        self._service._watches.discard(self)
+        self._wake()
+
+    async def __aenter__(self) -> Watch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Starter(Generic[T]):
+    """Returned by :meth:`LockService.open`: ``await`` it or use it with ``async with``."""
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self._start = start
+        self._value: T | None = None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> T:
+        self._value = await self._start()
+        return self._value
+
+    async def __aexit__(self, *exc: object) -> None:
+        value, self._value = self._value, None
+        if isinstance(value, LockService):
+            await value.close()
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise WrongType(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not (timeout >= 0 and math.isfinite(timeout)):
+        raise BadArgument(f"timeout must be >= 0 seconds and finite, not {timeout!r}")
+    return float(timeout)
+
+
+def _ttl_ms(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise WrongType(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise BadArgument(f"ttl must be > 0 seconds and finite, not {ttl!r}")
+    ms = max(1, round(ttl * 1000))
+    if ms > MAX_TTL_MS:
+        raise BadArgument(f"ttl must be at most {MAX_TTL_MS / 1000:.0f} seconds, not {ttl!r}")
+    return ms
+
+
+def _key_bytes(key: Key) -> bytes:
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    raise WrongType(f"key must be str or bytes, not {type(key).__name__}")
+
+
+class LockService:
+    """The embedded lock service. Create it with :meth:`open` (durable) or
+    :meth:`in_memory`; see the module docstring for how it works.
+
+    At a glance (``session`` is a :class:`Session` or a session id):
+
+    * sessions: :meth:`open_session`, :meth:`session` (a handle by id), :meth:`keepalive`,
+      :meth:`close_session`, :meth:`session_info`;
+    * locks: :meth:`lock` (``async with``), :meth:`acquire`, :meth:`try_acquire`,
+      :meth:`release` (a :class:`Grant`; ``Grant(key, 0, 0, session_id, "lock")`` releases
+      the session's oldest hold on ``key``), :meth:`contenders`, :meth:`info`, :meth:`keys`;
+    * semaphores: :meth:`semaphore`, :meth:`acquire_semaphore`,
+      :meth:`try_acquire_semaphore`, :meth:`release`;
+    * elections: :meth:`campaign`, :meth:`proclaim`, :meth:`resign`, :meth:`leader`,
+      :meth:`observe`;
+    * events: :meth:`watch`; maintenance: :meth:`tick`, :meth:`snapshot`, :meth:`close`,
+      :attr:`stats`, :attr:`revision`, :attr:`torn_tail`.
+
+    Errors: :class:`~coordcore.errors.SessionExpired`, :class:`~coordcore.errors.LockTimeout`,
+    :class:`~coordcore.errors.NotLockHolder`, :class:`~coordcore.errors.NotLeader`,
+    :class:`~coordcore.errors.Cancelled`, :class:`~coordcore.errors.ServiceClosed`,
+    :class:`~coordcore.errors.WatchLagged`, :class:`~coordcore.errors.LogCorrupted`,
+    :class:`~coordcore.errors.BadArgument`, :class:`~coordcore.errors.WrongType`.
+
+    All methods must be called from the event loop the service was started on.
+    """
+
+    def __init__(self, *, log: BatchLog | None, machine: LockMachine, clock: Callable[[], float],
+                 tick_interval: float, snapshot_every_records: int, snapshot_every_bytes: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._log = log
+        self._machine = machine
+        self._clock = clock
+        self._tick_interval = tick_interval
+        self._snap_records = snapshot_every_records
+        self._snap_bytes = snapshot_every_bytes
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coordcore-log")
+        self._builder = BatchBuilder()
+        self._queue: list[_Request] = []
+        self._wakeup = asyncio.Event()
+        self._tick_wanted = False
+        self._tick_waiters: list[asyncio.Future[None]] = []
+        self._snapshot_waiters: list[asyncio.Future[None]] = []
+        self._parked: dict[int, _Request] = {}
+        self._sessions: dict[int, Session] = {}
+        self._watches: set[Watch] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._closing = False
+        self._close_started = False
+        self._closed = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._last_ms = machine.time_ms
+        self._since_snapshot_records = 0
+        self._since_snapshot_bytes = 0
+        self.stats = BatchStats()
+        self._writer = asyncio.ensure_future(self._write_loop())
+        self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
+
+    # --- construction --------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "fsync",
+        clock: Callable[[], float] | None = None,
+        count_downtime: bool = True,
+        tick_interval: float = 0.1,
+        snapshot_every_records: int = 100_000,
+        snapshot_every_bytes: int = 64 * 1024 * 1024,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> _Starter[LockService]:
+        """Open (recovering) the durable service whose log lives in directory ``path``.
+
+        ``await LockService.open(path)`` or ``async with LockService.open(path) as svc``.
+        ``durability="unsafe-no-fsync"`` skips fsync (tests and caches only).
+        ``count_downtime=False`` resumes the clock where the last batch left it (see
+        "Time" in the module docs); ``clock`` replaces the clock altogether (seconds).
+        Raises :class:`~coordcore.errors.LogCorrupted` for a damaged log (other than a
+        torn tail, which is cut off) and a clear ``OSError`` for an unusable path.
+        """
+        cls._check_options(tick_interval, snapshot_every_records, snapshot_every_bytes)
+        if durability not in ("fsync", "unsafe-no-fsync"):
+            raise BadArgument(f"durability must be 'fsync' or 'unsafe-no-fsync', not {durability!r}")
+
+        async def start() -> LockService:
+            loop = asyncio.get_running_loop()
+            opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coordcore-open")
+            try:
+                log, machine = await loop.run_in_executor(
+                    opener, cls._recover, path, durability, segment_bytes)
+            finally:
+                opener.shutdown(wait=False)
+            chosen = clock
+            if chosen is None:
+                resume = not count_downtime and machine.time_ms > 0
+                chosen = _default_clock(machine.time_ms / 1000 if resume else None)
+            return cls(log=log, machine=machine, clock=chosen,
+                       tick_interval=tick_interval, snapshot_every_records=snapshot_every_records,
+                       snapshot_every_bytes=snapshot_every_bytes)
+
+        return _Starter(start)
+
+    @classmethod
+    def in_memory(cls, *, clock: Callable[[], float] | None = None,
+                  tick_interval: float = 0.1) -> _Starter[LockService]:
+        """A service without a log (state is lost when it closes): for tests and
+        single-process coordination that need not survive a restart."""
+        cls._check_options(tick_interval, 1, 1)
+
+        async def start() -> LockService:
+            return cls(log=None, machine=LockMachine(), clock=clock or _default_clock(),
+                       tick_interval=tick_interval, snapshot_every_records=0, snapshot_every_bytes=0)
+
+        return _Starter(start)
+
+    @staticmethod
+    def _check_options(tick_interval: float, records: int, nbytes: int) -> None:
+        if isinstance(tick_interval, bool) or not isinstance(tick_interval, (int, float)) \
+                or not (0 <= tick_interval < 3600):
+            raise BadArgument(f"tick_interval must be in [0, 3600) seconds, not {tick_interval!r}")
+        for name, value in (("snapshot_every_records", records), ("snapshot_every_bytes", nbytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadArgument(f"{name} must be an int >= 1, not {value!r}")
+
+    @staticmethod
+    def _recover(path: str | os.PathLike[str], durability: Durability,
+                 segment_bytes: int) -> tuple[BatchLog, LockMachine]:
+        log = BatchLog.open(path, durability=durability, segment_bytes=segment_bytes)
+        try:
+            machine = LockMachine()
+            rec = log.recovered
+            if rec.snapshot is not None:
+                machine.restore(_unwrap_snapshot(rec.snapshot.payload, rec.snapshot.index, log))
+            for record in rec.records:
+                try:
+                    machine.apply_raw(record.payload)
+                except CoordcoreError as exc:
+                    raise LogCorrupted(
+                        f"lock log {log.path}: record {record.index} passed its checksum but the "
+                        f"lock machine refuses it ({exc}); written by an incompatible version?") from exc
+            rec.records.clear()  # replayed: free the memory
+            return log, machine
+        except BaseException:
+            log.close()
+            raise
+
+    async def __aenter__(self) -> LockService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- the writer ------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        now = int(self._clock() * 1000)
+        if now < self._last_ms:
+            now = self._last_ms  # never backwards, whatever the clock does
+        return now
+
+    def _submit(self, add: Callable[[BatchBuilder], int], *, parks: bool = False) -> _Request:
+        if self._closing:
+            raise ServiceClosed("the lock service is closed" if self._failure is None else
+                                f"the lock service failed: {self._failure!r}") from self._failure
+        req = _Request(add, parks, self._loop)
+        self._queue.append(req)
+        self._wakeup.set()
+        return req
+
+    async def _call(self, add: Callable[[BatchBuilder], int]) -> Result:
+        """Submit one command and wait for its (committed) result; raise on error."""
+        result = await self._submit(add).future
+        exc = result.exception()
+        if exc is not None:
+            raise exc
+        return result
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                if self._queue or self._tick_wanted:
+                    await self._write_batch()
+                if self._snapshot_waiters or self._snapshot_due():
+                    await self._take_snapshot()
+                if self._queue or self._tick_wanted or self._snapshot_waiters:
+                    # Let the tasks just answered run (and queue their next requests)
+                    # before the next batch is cut, so batches fill up under load.
+                    await asyncio.sleep(0)
+                    continue
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                # One more turn of the loop: tasks woken by the last commit in the same
+                # turn as the first new request queue theirs too, into the same batch.
+                await asyncio.sleep(0)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.exception("the lock service's writer failed; closing the service")
+            self._fail(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _write_batch(self) -> None:
+        if len(self._queue) <= MAX_BATCH:
+            batch, self._queue = self._queue, []
+        else:  # a flood: cut a bounded batch, the rest goes into the next one
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        tick_waiters, self._tick_waiters = self._tick_waiters, []
+        tick = self._tick_wanted
+        self._tick_wanted = False
+        builder = self._builder
+        builder.clear()
+        accepted: list[tuple[_Request, int]] = []
+        for req in batch:
+            try:
+                accepted.append((req, req.add(builder)))
+            except CoordcoreError as exc:
+                _set_exception(req, exc)
+        if not accepted and not tick:
+            return  # every request was refused up front: nothing to write
+        record = builder.build(self._now_ms())
+        try:
+            if self._log is not None:
+                await self._loop.run_in_executor(self._io, self._log.append, record)
+                self.stats.fsyncs += self._log.durability == "fsync"
+            applied = self._machine.apply(record)
+        except BaseException as exc:
+            # The batch's fate on disk is unknown: its requesters get the error itself
+            # (not acknowledged), everyone else ServiceClosed (see _fail).
+            for req, _ in accepted:
+                _set_exception(req, exc)
+            for w in tick_waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            raise
+        self._last_ms = self._machine.time_ms
+        st = self.stats
+        st.batches += 1
+        st.commands += len(accepted)
+        st.bytes += len(record)
+        if not accepted:
+            st.ticks += 1
+        st.sizes[1 << (len(accepted).bit_length() - 1) if accepted else 0] += 1
+        self._since_snapshot_records += 1
+        self._since_snapshot_bytes += len(record)
+        results = applied.results
+        for req, index in accepted:
+            self._resolve(req, results[index])
+        self._dispatch(applied.events)
+        for w in tick_waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _resolve(self, req: _Request, result: Result) -> None:
+        req.result = result
+        if req.applied is not None and not req.applied.done():
+            req.applied.set_result(result)
+        if req.parks and result.status == Status.WAITING:
+            self._parked[result.ticket] = req
+            return
+        if not req.future.done():
+            req.future.set_result(result)
+
+    def _dispatch(self, events: list[Event]) -> None:
+        ended: dict[int, str] = {}
+        watches = self._watches
+        for ev in events:
+            kind = ev.kind
+            if kind == EventKind.GRANT:
+                req = self._parked.pop(ev.ticket, None)
+                if req is not None and not req.future.done():
+                    assert req.result is not None
+                    req.result = req.result._replace(status=Status.OK, value=ev.token)
+                    req.future.set_result(req.result)
+            elif kind == EventKind.CANCEL:
+                req = self._parked.pop(ev.ticket, None)
+                if req is not None:
+                    why = ended.get(ev.session)
+                    if why == "expired":
+                        _set_exception(req, SessionExpired(
+                            f"session {ev.session} expired while waiting for {ev.key!r}"))
+                    else:
+                        _set_exception(req, Cancelled(
+                            f"the wait for {ev.key!r} was cancelled"
+                            + (" (its session was closed)" if why else "")))
+            elif kind == EventKind.EXPIRE or kind == EventKind.CLOSE:
+                why = "expired" if kind == EventKind.EXPIRE else "closed"
+                ended[ev.session] = why
+                session = self._sessions.pop(ev.session, None)
+                if session is not None:
+                    session._end(why)
+            if watches:
+                key = ev.key
+                for w in tuple(watches):
+                    if key.startswith(w.prefix):
+                        w._offer(ev)
+
+    def _snapshot_due(self) -> bool:
+        return self._log is not None and (
+            self._since_snapshot_records >= self._snap_records
+            or self._since_snapshot_bytes >= self._snap_bytes)
+
+    async def _take_snapshot(self) -> None:
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        try:
+            if self._log is not None:
+                index = self._log.next_index - 1
+                m = self._machine
+                payload = _SNAP_HEAD.pack(_SNAP_MAGIC, 1, 0, index, m.revision, m.time_ms) + m.snapshot()
+                await self._loop.run_in_executor(self._io, self._log.write_snapshot, index, payload)
+                self.stats.snapshots += 1
+                self._since_snapshot_records = 0
+                self._since_snapshot_bytes = 0
+        except BaseException as exc:
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            raise
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def _tick_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._tick_interval)
+            deadline = self._machine.next_deadline()
+            if deadline is not None and deadline <= self._now_ms() and not self._queue:
+                # Any batch expires due sessions; only an idle service needs a tick.
+                self._tick_wanted = True
+                self._wakeup.set()
+
+    def _track(self, fut: asyncio.Future[Any]) -> None:
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+        fut.add_done_callback(_retrieve)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The writer stopped (I/O error or close): fail everything still waiting."""
+        if self._failure is None and not isinstance(exc, asyncio.CancelledError):
+            self._failure = exc
+        self._closing = True
+        closed = ServiceClosed("the lock service is closed" if self._failure is None else
+                               f"the lock service failed: {self._failure!r}")
+        for req in (*self._queue, *self._parked.values()):
+            _set_exception(req, closed)
+        self._queue.clear()
+        self._parked.clear()
+        for fut in (*self._tick_waiters, *self._snapshot_waiters):
+            if not fut.done():
+                fut.set_exception(closed)
+        self._tick_waiters.clear()
+        self._snapshot_waiters.clear()
+        for w in tuple(self._watches):
+            w._fail(closed)
+        for session in self._sessions.values():
+            session._end("service closed")
+        self._sessions.clear()
+        self._wakeup.set()
+
+    # --- sessions --------------------------------------------------------------------
+
+    async def open_session(self, ttl: float = 10.0, *, keepalive: bool = True) -> Session:
+        """Open a session (a lease of ``ttl`` seconds). With ``keepalive`` (the default) a
+        background task extends it every ttl/3 until it is closed; its ``done`` future
+        tells when it ends."""
+        ttl_ms = _ttl_ms(ttl)
+        result = await self._call(lambda b: b.open_session(ttl_ms))
+        session = Session(self, result.session_id, ttl_ms / 1000.0, keepalive)
+        self._sessions[session.id] = session
+        return session
+
+    def session(self, session_id: int, *, keepalive: bool = False) -> Session:
+        """A handle on an existing session by id (one opened before a restart, or by
+        another component), or :class:`~coordcore.errors.SessionExpired`."""
+        if isinstance(session_id, bool) or not isinstance(session_id, int):
+            raise WrongType(f"session id must be an int, not {type(session_id).__name__}")
+        found = self._sessions.get(session_id)
+        if found is not None:
+            return found
+        info = self._machine.session(session_id) if session_id >= 0 else None
+        if info is None:
+            raise SessionExpired(f"no session {session_id} (never opened, closed or expired)")
+        session = Session(self, session_id, info.ttl_ms / 1000.0, keepalive)
+        self._sessions[session_id] = session
+        return session
+
+    def _sid(self, session: Session | int) -> int:
+        if self._closing:
+            raise ServiceClosed("the lock service is closed" if self._failure is None else
+                                f"the lock service failed: {self._failure!r}") from self._failure
+        if isinstance(session, Session):
+            if session._service is not self:
+                raise BadArgument("that session belongs to another LockService")
+            if session.done.done():
+                raise SessionExpired(f"session {session.id} is {session.done.result()}")
+            return session.id
+        if isinstance(session, bool) or not isinstance(session, int):
+            raise WrongType(f"session must be a Session or a session id, not {type(session).__name__}")
+        return session
+
+    async def keepalive(self, session: Session | int) -> int:
+        """Extend a session's lease to now + TTL; returns the new deadline (ms)."""
+        sid = self._sid(session)
+        return (await self._call(lambda b: b.keepalive(sid))).deadline_ms
+
+    async def close_session(self, session: Session | int) -> None:
+        """Close a session: release everything it holds, cancel what it waits for."""
+        sid = self._sid(session)
+        await self._call(lambda b: b.close_session(sid))
+
+    def session_info(self, session: Session | int) -> SessionInfo | None:
+        """The machine's view of a session (TTL, deadline, contenders), or None."""
+        sid = session.id if isinstance(session, Session) else session
+        return self._machine.session(sid)
+
+    # --- acquiring ---------------------------------------------------------------------
+
+    async def _contend(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
+                       kind: GrantKind, timeout: float | None) -> Grant:
+        """Submit an acquire-like command (wait=True) and wait up to ``timeout`` for its
+        grant; on timeout or cancellation withdraw it through the log."""
+        req = self._submit(add, parks=True)
+        # The caller awaits the request's own future (one loop hop from commit to the
+        # caller, which matters for batching); a timeout fails that future with
+        # _TimedOut, a cancellation cancels it. Either way the request's committed
+        # outcome stays in req.result / req.applied for _withdraw.
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _time_out, req.future)
+        try:
+            result = await req.future
+        except _TimedOut:
+            await self._withdraw(req, key, sid)
+            raise LockTimeout(f"{kind} {key!r} not granted within {timeout} s") from None
+        except asyncio.CancelledError:
+            # Cancelled while waiting, or granted in the same step as the cancellation:
+            # withdraw in the background (a CANCEL also releases a grant that won).
+            self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        exc = result.exception()
+        if exc is not None:
+            raise exc
+        return Grant(key, result.token, result.ticket, sid, kind)
+
+    async def _withdraw(self, req: _Request, key: Key, sid: int) -> None:
+        """Make sure an abandoned acquire holds nothing: if it never reached a batch it is
+        dropped; otherwise CANCEL its ticket (which also releases it if the grant won)."""
+        req.abandoned = True
+        if req.result is None:
+            try:
+                self._queue.remove(req)
+            except ValueError:
+                pass  # already in the batch being written: wait for its result
+            else:
+                req.future.cancel()  # never reached a batch: it never existed
+                return
+            if req.applied is None:
+                req.applied = self._loop.create_future()
+                req.applied.add_done_callback(_retrieve)
+            try:
+                result = await asyncio.shield(req.applied)
+            except (asyncio.CancelledError, ServiceClosed):
+                return
+        else:
+            result = req.result
+        if result.status not in (Status.OK, Status.WAITING):
+            return
+        ticket = result.ticket
+        self._parked.pop(ticket, None)
+        if not req.future.done():
+            req.future.cancel()
+        try:
+            await self._call(lambda b: b.cancel(sid, key, ticket))
+        except (SessionExpired, ServiceClosed, NotLockHolder):
+            pass  # the session ended (and took the contender with it), or we did
+        except CoordcoreError as exc:
+            if exc.code != "NOTFOUND":
+                raise
+
+    async def acquire(self, key: Key, session: Session | int, *, shared: bool = False,
+                      timeout: float | None = None, label: str | bytes = b"",
+                      request_id: int = 0) -> Grant:
+        """Acquire lock ``key`` (exclusive, or ``shared`` for a reader), waiting up to
+        ``timeout`` seconds (None: forever; 0: only if free now). Raises
+        :class:`~coordcore.errors.LockTimeout`, :class:`~coordcore.errors.SessionExpired`
+        (the session ended, also while waiting), :class:`~coordcore.errors.Cancelled`
+        (the session was closed while waiting). ``label`` shows in :meth:`contenders`;
+        ``request_id`` makes a retried request idempotent (servers)."""
+        sid = self._sid(session)
+        t = _check_timeout(timeout)
+        kind: GrantKind = "shared" if shared else "lock"
+        if t == 0:
+            grant = await self._try(lambda b: b.acquire(sid, key, shared=shared, wait=False, value=label,
+                                                        request_id=request_id), key, sid, kind)
+            if grant is None:
+                raise LockTimeout(f"lock {key!r} is held or contended (timeout=0)")
+            return grant
+        return await self._contend(
+            lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=request_id),
+            key, sid, kind, t)
+
+    async def _try(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
+                   kind: GrantKind) -> Grant | None:
+        result = await self._submit(add).future
+        if result.status == Status.BUSY:
+            return None
+        exc = result.exception()
+        if exc is not None:
+            raise exc
+        return Grant(key, result.token, result.ticket, sid, kind)
+
+    async def try_acquire(self, key: Key, session: Session | int, *, shared: bool = False,
+                          label: str | bytes = b"", request_id: int = 0) -> Grant | None:
+        """Acquire lock ``key`` only if it can be granted at once; None otherwise."""
+        sid = self._sid(session)
+        return await self._try(lambda b: b.acquire(sid, key, shared=shared, wait=False, value=label,
+                                                   request_id=request_id),
+                               key, sid, "shared" if shared else "lock")
+
+    def lock(self, key: Key, session: Session | int, *, shared: bool = False,
+             timeout: float | None = None, label: str | bytes = b"") -> _GrantContext:
+        """``async with svc.lock(key, session) as grant:`` acquire, then release on exit.
+
+        If the lock was lost while the body ran (the session expired), leaving the block
+        raises :class:`~coordcore.errors.SessionExpired` (or NotLockHolder), so the loss
+        is not silent."""
+        return _GrantContext(lambda: self.acquire(key, session, shared=shared, timeout=timeout,
+                                                  label=label), self)
+
+    async def release(self, grant: Grant, *, request_id: int = 0) -> None:
+        """Release a lock, semaphore permit or leadership. Raises
+        :class:`~coordcore.errors.NotLockHolder` if it is no longer held (released
+        already, or lost with its session: then :class:`~coordcore.errors.SessionExpired`)."""
+        if not isinstance(grant, Grant):
+            raise WrongType(f"release takes a Grant, not {type(grant).__name__}")
+        sid, key, token = grant.session_id, grant.key, grant.token
+        if grant.kind == "semaphore":
+            await self._call(lambda b: b.sem_release(sid, key, token, request_id=request_id))
+        elif grant.kind == "leader":
+            await self._call(lambda b: b.resign(sid, key, token, request_id=request_id))
+        else:
+            await self._call(lambda b: b.release(sid, key, token, request_id=request_id))
+
+    # --- semaphores --------------------------------------------------------------------
+
+    async def acquire_semaphore(self, key: Key, session: Session | int, permits: int, *,
+                                timeout: float | None = None, label: str | bytes = b"",
+                                request_id: int = 0) -> Grant:
+        """Take one of ``permits`` permits of semaphore ``key`` (FIFO), waiting up to
+        ``timeout``. The first acquire fixes ``permits``; a different number later is
+        :class:`~coordcore.errors.BadArgument`."""
+        sid = self._sid(session)
+        t = _check_timeout(timeout)
+        if t == 0:
+            grant = await self.try_acquire_semaphore(key, sid, permits, label=label, request_id=request_id)
+            if grant is None:
+                raise LockTimeout(f"semaphore {key!r} has no free permit (timeout=0)")
+            return grant
+        return await self._contend(
+            lambda b: b.sem_acquire(sid, key, permits, wait=True, value=label, request_id=request_id),
+            key, sid, "semaphore", t)
+
+    async def try_acquire_semaphore(self, key: Key, session: Session | int, permits: int, *,
+                                    label: str | bytes = b"", request_id: int = 0) -> Grant | None:
+        """Take a permit only if one is free now; None otherwise."""
+        sid = self._sid(session)
+        return await self._try(lambda b: b.sem_acquire(sid, key, permits, wait=False, value=label,
+                                                       request_id=request_id), key, sid, "semaphore")
+
+    def semaphore(self, key: Key, session: Session | int, permits: int, *,
+                  timeout: float | None = None, label: str | bytes = b"") -> _GrantContext:
+        """``async with svc.semaphore(key, session, permits) as grant:``."""
+        return _GrantContext(lambda: self.acquire_semaphore(key, session, permits, timeout=timeout,
+                                                            label=label), self)
+
+    # --- elections ---------------------------------------------------------------------
+
+    async def campaign(self, name: Key, session: Session | int, value: str | bytes, *,
+                       timeout: float | None = None, request_id: int = 0) -> Grant:
+        """Run for leader of election ``name`` with ``value``; returns when this session
+        leads (FIFO succession), or raises LockTimeout after ``timeout``."""
+        sid = self._sid(session)
+        t = _check_timeout(timeout)
+        if t == 0:
+            grant = await self._try(lambda b: b.campaign(sid, name, value, wait=False, request_id=request_id),
+                                    name, sid, "leader")
+            if grant is None:
+                raise LockTimeout(f"election {name!r} has a leader (timeout=0)")
+            return grant
+        return await self._contend(lambda b: b.campaign(sid, name, value, wait=True, request_id=request_id),
+                                   name, sid, "leader", t)
+
+    async def proclaim(self, leadership: Grant, value: str | bytes, *, request_id: int = 0) -> int:
+        """As leader, publish a new value; returns the revision of the proclamation.
+        Raises :class:`~coordcore.errors.NotLeader` if leadership was lost."""
+        if not isinstance(leadership, Grant) or leadership.kind != "leader":
+            raise WrongType("proclaim takes the Grant that campaign() returned")
+        sid, name, token = leadership.session_id, leadership.key, leadership.token
+        return (await self._call(lambda b: b.proclaim(sid, name, value, token,
+                                                      request_id=request_id))).value
+
+    async def resign(self, leadership: Grant, *, request_id: int = 0) -> None:
+        """Give up leadership; the next candidate (if any) leads in the same batch."""
+        if not isinstance(leadership, Grant) or leadership.kind != "leader":
+            raise WrongType("resign takes the Grant that campaign() returned")
+        sid, name, token = leadership.session_id, leadership.key, leadership.token
+        await self._call(lambda b: b.resign(sid, name, token, request_id=request_id))
+
+    def leader(self, name: Key) -> Leader | None:
+        """The current leader of election ``name`` (committed state), or None."""
+        c = self._machine.leader(name)
+        if c is None:
+            return None
+        return Leader(c.session, c.value, c.token)
+
+    async def observe(self, name: Key, *, buffer: int = DEFAULT_WATCH_BUFFER) -> AsyncIterator[Leader | None]:
+        """Yield the leader of ``name`` now, then every change (a new leader, a new
+        proclaimed value, or None when the last candidate leaves)."""
+        key = _key_bytes(name)
+        watch = self.watch(key, buffer=buffer)
+        try:
+            current = self.leader(name)
+            yield current
+            async for ev in watch:
+                if ev.key != key:
+                    continue
+                if ev.kind == EventKind.GRANT or ev.kind == EventKind.PROCLAIM:
+                    current = Leader(ev.session, ev.value, ev.token)
+                elif ev.kind == EventKind.RELEASE and current is not None and ev.token == current.token:
+                    nxt = watch._peek()
+                    if nxt is not None and nxt.key == key and nxt.kind == EventKind.GRANT:
+                        continue  # a successor takes over in the same batch
+                    current = None
+                else:
+                    continue
+                yield current
+        finally:
+            watch.close()
+
+    # --- reading state -------------------------------------------------------------------
+
+    def contenders(self, key: Key) -> list[Contender]:
+        """Holders (token order) then waiters (FIFO) of ``key``: committed state."""
+        return self._machine.contenders(key)
+
+    def info(self, key: Key) -> KeyInfo | None:
+        """A key's kind, permits, holders and waiters, or None if unused."""
+        return self._machine.info(key)
+
+    def keys(self, prefix: Key = b"") -> list[bytes]:
+        """Keys in use that start with ``prefix``, sorted."""
+        return self._machine.keys(prefix)
+
+    @property
+    def torn_tail(self) -> TornTail | None:
+        """What recovery cut off the end of the log when it was opened (a batch that was
+        being written when the previous process died, never acknowledged), or None."""
+        return self._log.recovered.torn_tail if self._log is not None else None
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last committed event."""
+        return self._machine.revision
+
+    @property
+    def time_ms(self) -> int:
+        """The time of the last committed batch (ms)."""
+        return self._machine.time_ms
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def state_snapshot(self) -> bytes:
+        """The machine's deterministic snapshot of the committed state (for checks)."""
+        return self._machine.snapshot()
+
+    def watch(self, prefix: Key = b"", *, buffer: int = DEFAULT_WATCH_BUFFER) -> Watch:
+        """Watch every event on keys starting with ``prefix`` (``""``: everything,
+        session events included), from the next committed revision on."""
+        if self._closing:
+            raise ServiceClosed("the lock service is closed")
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise BadArgument(f"buffer must be an int >= 1, not {buffer!r}")
+        w = Watch(self, _key_bytes(prefix), buffer, self._machine.revision)
+        self._watches.add(w)
+        return w
+
+    # --- maintenance -------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Commit an empty batch now (expiring due sessions) and wait for it."""
+        if self._closing:
+            raise ServiceClosed("the lock service is closed")
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._tick_waiters.append(fut)
+        self._tick_wanted = True
+        self._wakeup.set()
+        await fut
+
+    async def snapshot(self) -> None:
+        """Write a snapshot of the committed state now and drop the log it covers
+        (between two batches; also automatic, see :meth:`open`)."""
+        if self._closing:
+            raise ServiceClosed("the lock service is closed")
+        if self._log is None:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._snapshot_waiters.append(fut)
+        self._wakeup.set()
+        await fut
+
+    async def close(self) -> None:
+        """Finish the queued requests and the batch in flight, then fail waiters still
+        parked (:class:`~coordcore.errors.ServiceClosed`), end sessions' keep-alives and
+        watches, and close the log. Idempotent."""
+        if self._closed.is_set():
+            return
+        if self._close_started:
+            await self._closed.wait()
+            return
+        self._close_started = True
+        self._closing = True
+        self._wakeup.set()
+        try:
+            if self._ticker is not None:
+                self._ticker.cancel()
+                await asyncio.gather(self._ticker, return_exceptions=True)
+            for session in tuple(self._sessions.values()):
+                if session._keepalive is not None:
+                    session._keepalive.cancel()
+            if self._background:
+                await asyncio.gather(*tuple(self._background), return_exceptions=True)
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._fail(asyncio.CancelledError())
+            if self._log is not None:
+                await self._loop.run_in_executor(self._io, self._log.close)
+        finally:
+            self._io.shutdown(wait=False)
+            self._closed.set()
+
+    def __repr__(self) -> str:
+        where = str(self._log.path) if self._log is not None else "in-memory"
+        state = "closed" if self._closing else f"revision={self.revision}"
+        return f"<LockService {where} {state} sessions={self._machine.session_count}>"
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _time_out(fut: asyncio.Future[Result]) -> None:
+    if not fut.done():
+        fut.set_exception(_TimedOut())
+
+
+def _set_exception(req: _Request, exc: BaseException) -> None:
+    """Fail a request's waiter; an abandoned one (its caller left) just ends."""
+    if req.applied is not None and not req.applied.done():
+        req.applied.set_exception(exc)
+    if req.future.done():
+        return
+    if req.abandoned:
+        req.future.cancel()
+    else:
+        req.future.set_exception(exc)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _unwrap_snapshot(payload: bytes, index: int, log: BatchLog) -> bytes:
+    if len(payload) < _SNAP_HEAD.size:
+        raise LogCorrupted(f"lock log {log.path}: snapshot {index} is too short for its header")
+    magic, version, _, covered, _rev, _t = _SNAP_HEAD.unpack_from(payload)
+    if magic != _SNAP_MAGIC or version != 1 or covered != index:
+        raise LogCorrupted(f"lock log {log.path}: snapshot {index} is not a lock service snapshot "
+                           f"(magic {magic!r}, version {version}, index {covered})")
+    return payload[_SNAP_HEAD.size:]

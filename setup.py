@@ -58,7 +58,6 @@ directives = {
     "freethreading_compatible": True,
     "linetrace": COVERAGE,
     "auto_pickle": False,  # native state (generators, rings, machines) is not picklable by accident
-    "autotestdict": False,
 }
 
 setup(

@@ -6,6 +6,17 @@ from coordcore.client import AsyncClient, Client
 from coordcore.errors import CoordcoreError
 from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
 from coordcore.locks import FencedResource, Grant, LockService, Session
+from coordcore.ring import (
+    BoundedLoadRing,
+    HashRing,
+    Rendezvous,
+    RingSnapshot,
+    hash64,
+    hash64_many,
+    jump_hash,
+    jump_hash_many,
+    moved_fraction,
+)
 
 __version__ = "0.1.0"
 
@@ -16,13 +27,23 @@ __all__ = [
     "Snowflake",
     "WorkerIdSource",
     "decode",
+    # ring
+    "BoundedLoadRing",
+    "HashRing",
+    "Rendezvous",
+    "RingSnapshot",
+    "hash64",
+    "hash64_many",
+    "jump_hash",
+    "jump_hash_many",
+    "moved_fraction",
     # server and clients
     "AsyncClient",
     "Client",
-    "__version__",
     # locks
     "FencedResource",
     "Grant",
     "LockService",
     "Session",
+    "__version__",
 ]

@@ -4,6 +4,8 @@ import numpy.typing as npt
 from typing_extensions import disjoint_base
 
 POLICIES: dict[str, int]
+#: Cython's doctest table (autotestdict).
+__test__: dict[str, str]
 
 @disjoint_base
 class SkewClock:

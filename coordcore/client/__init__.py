@@ -6,6 +6,7 @@ from coordcore.client._common import Contender, Grant, IdRuns, Leader, LockInfo,
 from coordcore.client._wire import Endpoint
 from coordcore.client.aio import AsyncClient, AsyncElection, AsyncIdBuffer, AsyncPipeline, AsyncSession, AsyncWatch
 from coordcore.client.sync import Client, IdBuffer, Pipeline, Session, SyncElection, Watch
+from coordcore.client.worker_ids import ServerWorkerIds
 
 __all__ = [
     "AsyncClient",
@@ -23,6 +24,7 @@ __all__ = [
     "Leader",
     "LockInfo",
     "Pipeline",
+    "ServerWorkerIds",
     "Session",
     "SyncElection",
     "Watch",

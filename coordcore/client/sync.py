@@ -281,8 +281,9 @@ class Client:
 
     def session(self, ttl: float | None = None, *, keepalive: bool = True) -> Session:
         ttl = self.default_ttl if ttl is None else ttl
+        sent = time.monotonic()
         sid = int(self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
-        session = Session(self, sid, ttl, keepalive=keepalive)
+        session = Session(self, sid, ttl, keepalive=keepalive, opened_at=sent)
         with self._lock:
             self._sessions[sid] = session
             if keepalive and self._keeper is None:
@@ -487,22 +488,26 @@ class Watch:
 class Session:
     """A server-side session (lease) kept alive by the client's background thread."""
 
-    def __init__(self, client: Client, sid: int, ttl: float, *, keepalive: bool) -> None:
+    def __init__(self, client: Client, sid: int, ttl: float, *, keepalive: bool,
+                 opened_at: float | None = None) -> None:
         self.client = client
         self.id = sid
         self.ttl = ttl
         self.keepalive_enabled = keepalive
         self.expired = False
         self.closed = False
-        self.last_keepalive = time.monotonic()
+        #: time.monotonic() when the last confirmed open/keep-alive was *sent*: the server's
+        #: deadline is at least this plus the TTL.
+        self.last_keepalive = time.monotonic() if opened_at is None else opened_at
 
     def keepalive(self) -> None:
+        sent = time.monotonic()
         try:
             self.client.execute("SESSION.KEEPALIVE", self.id)
         except SessionExpired:
             self.expired = True
             raise
-        self.last_keepalive = time.monotonic()
+        self.last_keepalive = sent
 
     def close(self) -> None:
         if self.closed:

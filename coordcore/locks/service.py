@@ -512,6 +512,7 @@ class LockService:
         self._since_snapshot_records = 0
         self._since_snapshot_bytes = 0
         self.stats = BatchStats()
+        self._batch_listeners: list[Callable[[], None]] = []
         self._writer = asyncio.ensure_future(self._write_loop())
         self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
 
@@ -742,6 +743,14 @@ class LockService:
         for w in tick_waiters:
             if not w.done():
                 w.set_result(None)
+        for listener in self._batch_listeners:
+            listener()
+
+    def add_batch_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each committed batch, once its requests' futures are
+        resolved and its events dispatched (a server writes the batch's replies there,
+        one write per connection, without waiting for the futures' callbacks)."""
+        self._batch_listeners.append(listener)
 
     def _resolve(self, req: _Request, result: Result) -> None:
         req.result = result

@@ -40,7 +40,7 @@ for pub/sub).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from coordcore.errors import BadArgument, CoordcoreError, WatchLagged
@@ -76,6 +76,7 @@ async def open_backend(server: Server) -> LockService:
     # it, so sessions keep the TTL they had left and clients that reconnect within it
     # keep their locks (etcd renews leases on a new leader the same way).
     svc = await LockService.open(path, durability=durability, count_downtime=False)
+    svc.add_batch_listener(server.flush_dirty)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
 
@@ -238,6 +239,17 @@ def _ok_reply(result: Result) -> bytes:
     return _error_reply(result)
 
 
+def _encoder(conn: Connection, reply: Callable[[Result], bytes]) -> Callable[[Result], bytes]:
+    """``reply``, marking ``conn`` for the flush at the end of the committing batch."""
+    mark = conn.mark_dirty
+
+    def encode(result: Result) -> bytes:
+        mark()
+        return reply(result)
+
+    return encode
+
+
 def _error_reply(result: Result) -> bytes:
     exc = result.exception()
     if exc is None:  # pragma: no cover - WAITING never reaches a reply (it parks)
@@ -252,14 +264,14 @@ def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
         # The hot path: no options. No task, no coroutine: the lock service resolves
         # the reply future with the encoded token when the grant commits.
         return _svc(conn).submit_encoded(
-            lambda b: b.acquire(sid, key, shared=False, wait=True), _token_reply,
+            lambda b: b.acquire(sid, key, shared=False, wait=True), _encoder(conn, _token_reply),
             parks=True, key=key, session_id=sid)
     o = _options(req[3:], _ACQ)
     if o.timeout is None:
         shared, label, rid = o.shared, o.label, o.request_id
         return _svc(conn).submit_encoded(
             lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=rid),
-            _token_reply, parks=True, key=key, session_id=sid)
+            _encoder(conn, _token_reply), parks=True, key=key, session_id=sid)
 
     async def run() -> bytes:
         grant = await _svc(conn).acquire(key, sid, shared=o.shared, timeout=o.timeout, label=o.label,
@@ -300,7 +312,7 @@ def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     else:
         o = _options(req[3:], _REL)
         token, rid = o.token, o.request_id
-    return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _ok_reply)
+    return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _encoder(conn, _ok_reply))
 
 
 def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:

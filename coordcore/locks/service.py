@@ -661,7 +661,7 @@ class LockService:
 
     async def _call(self, add: Callable[[BatchBuilder], int]) -> Result:
         """Submit one command and wait for its (committed) result; raise on error."""
-        result = await self._submit(add).future
+        result: Result = await self._submit(add).future
         exc = result.exception()
         if exc is not None:
             raise exc
@@ -1008,7 +1008,7 @@ class LockService:
 
     async def _try(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
                    kind: GrantKind) -> Grant | None:
-        result = await self._submit(add).future
+        result: Result = await self._submit(add).future
         if result.status == Status.BUSY:
             return None
         exc = result.exception()

@@ -123,6 +123,8 @@ MAX_BATCH: Final = 16_384
 #: How many events a watch buffers for a slow reader before it is stopped (WatchLagged).
 DEFAULT_WATCH_BUFFER: Final = 10_000
 
+_WAITING: Final = int(Status.WAITING)
+
 _SNAP_MAGIC: Final = b"CCSVCSNP"
 _SNAP_HEAD = struct.Struct("<8sIIQQQ")  # magic, version, reserved, log index, revision, time_ms
 
@@ -197,18 +199,23 @@ class BatchStats:
 
 
 class _Request:
-    """One command waiting for its batch. ``add`` puts it in the builder."""
+    """One command waiting for its batch. ``add`` puts it in the builder.
 
-    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied")
+    ``future`` gets the committed :class:`Result`, or ``encode(result)`` when the
+    request came through :meth:`LockService.submit_encoded` (a server's reply bytes).
+    """
+
+    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode")
 
     def __init__(self, add: Callable[[BatchBuilder], int], parks: bool,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None) -> None:
         self.add = add
-        self.future: asyncio.Future[Result] = loop.create_future()
+        self.future = future
         self.parks = parks  # an acquire/campaign: a WAITING result parks it by ticket
         self.abandoned = False  # its caller timed out or was cancelled
         self.result: Result | None = None
         self.applied: asyncio.Future[Result] | None = None
+        self.encode = encode
 
 
 class Session:
@@ -505,6 +512,7 @@ class LockService:
         self._since_snapshot_records = 0
         self._since_snapshot_bytes = 0
         self.stats = BatchStats()
+        self._batch_listeners: list[Callable[[], None]] = []
         self._writer = asyncio.ensure_future(self._write_loop())
         self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
 
@@ -616,14 +624,44 @@ class LockService:
         if self._closing:
             raise ServiceClosed("the lock service is closed" if self._failure is None else
                                 f"the lock service failed: {self._failure!r}") from self._failure
-        req = _Request(add, parks, self._loop)
+        req = _Request(add, parks, self._loop.create_future())
         self._queue.append(req)
         self._wakeup.set()
         return req
 
+    def submit_encoded(self, add: Callable[[BatchBuilder], int], encode: Callable[[Result], T], *,
+                       parks: bool = False, key: Key = b"", session_id: int = 0) -> asyncio.Future[T]:
+        """Low level, for servers: queue one command (``add`` appends it to the batch's
+        :class:`~coordcore.locks.machine.BatchBuilder`) and return a future of
+        ``encode(result)``, set when its batch has committed (is on disk) and been
+        applied; ``encode`` must also handle error results. With ``parks`` (an acquire
+        or campaign with ``wait=True``) a WAITING result parks it until the batch that
+        grants it (then ``encode`` gets the result with ``status=OK, value=token``) or
+        cancels it (then the future fails with SessionExpired or Cancelled).
+        Cancelling the future of a parked request withdraws it through the log, like a
+        cancelled :meth:`acquire` (``key`` and ``session_id`` name it for the CANCEL).
+        No task and no coroutine per request: the cheap path a server's hot commands use.
+        """
+        if self._closing:
+            raise ServiceClosed("the lock service is closed" if self._failure is None else
+                                f"the lock service failed: {self._failure!r}") from self._failure
+        fut: asyncio.Future[T] = self._loop.create_future()
+        req = _Request(add, parks, fut, encode)
+        if parks:
+            fut.add_done_callback(lambda f: self._reply_done(f, req, key, session_id))
+        self._queue.append(req)
+        self._wakeup.set()
+        return fut
+
+    def _reply_done(self, fut: asyncio.Future[Any], req: _Request, key: Key, sid: int) -> None:
+        if fut.cancelled() and not req.abandoned:
+            # The caller gave up (its connection went, or the server is stopping):
+            # withdraw the wait, or the grant if it won the race (as _contend does).
+            self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
+
     async def _call(self, add: Callable[[BatchBuilder], int]) -> Result:
         """Submit one command and wait for its (committed) result; raise on error."""
-        result = await self._submit(add).future
+        result: Result = await self._submit(add).future
         exc = result.exception()
         if exc is not None:
             raise exc
@@ -705,16 +743,26 @@ class LockService:
         for w in tick_waiters:
             if not w.done():
                 w.set_result(None)
+        for listener in self._batch_listeners:
+            listener()
+
+    def add_batch_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each committed batch, once its requests' futures are
+        resolved and its events dispatched (a server writes the batch's replies there,
+        one write per connection, without waiting for the futures' callbacks)."""
+        self._batch_listeners.append(listener)
 
     def _resolve(self, req: _Request, result: Result) -> None:
         req.result = result
         if req.applied is not None and not req.applied.done():
             req.applied.set_result(result)
-        if req.parks and result.status == Status.WAITING:
-            self._parked[result.ticket] = req
+        if req.parks and result.status == _WAITING:
+            self._parked[result.aux] = req  # aux: the ticket of a waiting contender
             return
-        if not req.future.done():
-            req.future.set_result(result)
+        fut = req.future
+        if not fut.done():
+            encode = req.encode
+            fut.set_result(result if encode is None else encode(result))
 
     def _dispatch(self, events: list[Event]) -> None:
         ended: dict[int, str] = {}
@@ -725,8 +773,9 @@ class LockService:
                 req = self._parked.pop(ev.ticket, None)
                 if req is not None and not req.future.done():
                     assert req.result is not None
-                    req.result = req.result._replace(status=Status.OK, value=ev.token)
-                    req.future.set_result(req.result)
+                    req.result = result = req.result._replace(status=Status.OK, value=ev.token)
+                    encode = req.encode
+                    req.future.set_result(result if encode is None else encode(result))
             elif kind == EventKind.CANCEL:
                 req = self._parked.pop(ev.ticket, None)
                 if req is not None:
@@ -959,7 +1008,7 @@ class LockService:
 
     async def _try(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
                    kind: GrantKind) -> Grant | None:
-        result = await self._submit(add).future
+        result: Result = await self._submit(add).future
         if result.status == Status.BUSY:
             return None
         exc = result.exception()

@@ -40,11 +40,21 @@ for pub/sub).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from coordcore.errors import BadArgument, CoordcoreError, WatchLagged
-from coordcore.locks.machine import MAX_KEY_SIZE, MAX_VALUE_SIZE, Contender, Event, EventKind, Kind, Mode
+from coordcore.locks.machine import (
+    MAX_KEY_SIZE,
+    MAX_VALUE_SIZE,
+    Contender,
+    Event,
+    EventKind,
+    Kind,
+    Mode,
+    Result,
+    Status,
+)
 from coordcore.locks.service import Grant, LockService
 from coordcore.server import resp
 from coordcore.server.commands import parse_float, parse_int, require_args
@@ -66,6 +76,7 @@ async def open_backend(server: Server) -> LockService:
     # it, so sessions keep the TTL they had left and clients that reconnect within it
     # keep their locks (etcd renews leases on a new leader the same way).
     svc = await LockService.open(path, durability=durability, count_downtime=False)
+    svc.add_batch_listener(server.flush_dirty)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
 
@@ -140,6 +151,8 @@ def _options(args: list[bytes], allowed: frozenset[bytes]) -> _Options:
     return opts
 
 
+_TOKEN_WORDS = frozenset({b"TOKEN", b"token", b"Token"})
+_OK = int(Status.OK)
 _ACQ = frozenset({b"SHARED", b"TIMEOUT", b"REQID", b"LABEL"})
 _TRY = frozenset({b"SHARED", b"REQID", b"LABEL"})
 _SEM_ACQ = frozenset({b"TIMEOUT", b"REQID", b"LABEL"})
@@ -213,10 +226,52 @@ def _mode_name(mode: int) -> bytes:
         return b"%d" % mode
 
 
+def _token_reply(result: Result) -> bytes:
+    """The reply to a committed acquire: its fencing token, or the error."""
+    if result.status == _OK:
+        return b":%d\r\n" % result.value  # an ACQUIRE's value is its token
+    return _error_reply(result)
+
+
+def _ok_reply(result: Result) -> bytes:
+    if result.status == _OK:
+        return resp.OK
+    return _error_reply(result)
+
+
+def _encoder(conn: Connection, reply: Callable[[Result], bytes]) -> Callable[[Result], bytes]:
+    """``reply``, marking ``conn`` for the flush at the end of the committing batch."""
+    mark = conn.mark_dirty
+
+    def encode(result: Result) -> bytes:
+        mark()
+        return reply(result)
+
+    return encode
+
+
+def _error_reply(result: Result) -> bytes:
+    exc = result.exception()
+    if exc is None:  # pragma: no cover - WAITING never reaches a reply (it parks)
+        return resp.encode_error("ERR", f"internal error: unexpected status {result.status}")
+    return resp.encode_exception(exc)
+
+
 def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
     key, sid = _key(req[1]), _session(req[2])
+    if len(req) == 3:
+        # The hot path: no options. No task, no coroutine: the lock service resolves
+        # the reply future with the encoded token when the grant commits.
+        return _svc(conn).submit_encoded(
+            lambda b: b.acquire(sid, key, shared=False, wait=True), _encoder(conn, _token_reply),
+            parks=True, key=key, session_id=sid)
     o = _options(req[3:], _ACQ)
+    if o.timeout is None:
+        shared, label, rid = o.shared, o.label, o.request_id
+        return _svc(conn).submit_encoded(
+            lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=rid),
+            _encoder(conn, _token_reply), parks=True, key=key, session_id=sid)
 
     async def run() -> bytes:
         grant = await _svc(conn).acquire(key, sid, shared=o.shared, timeout=o.timeout, label=o.label,
@@ -248,7 +303,16 @@ def _release(conn: Connection, req: list[bytes], kind: Any) -> Awaitable[bytes]:
 
 
 def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    return _release(conn, req, "lock")
+    require_args(req, 2)
+    key, sid = _key(req[1]), _session(req[2])
+    if len(req) == 3:
+        token, rid = 0, 0
+    elif len(req) == 5 and req[3] in _TOKEN_WORDS:
+        token, rid = parse_int(req[4], "TOKEN", 0, _U63), 0
+    else:
+        o = _options(req[3:], _REL)
+        token, rid = o.token, o.request_id
+    return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _encoder(conn, _ok_reply))
 
 
 def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:

@@ -87,6 +87,8 @@ class Connection(asyncio.Protocol):
         self._barrier = False
         self._inflight_full = False
         self._flush_scheduled = False
+        #: Set while this connection is in the server's list of connections to flush.
+        self.dirty = False
         self._eof = False
         #: WATCH subscriptions of this connection: prefix -> (watch, forwarding task).
         self.watches: dict[bytes, Any] = {}
@@ -281,11 +283,21 @@ class Connection(asyncio.Protocol):
         self.server.log.error("command failed", conn=self.id, error=repr(exc))
         return resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
 
+    def mark_dirty(self) -> None:
+        """A reply of this connection is ready: flush it after the current batch (the
+        lock service's batch listener calls :meth:`Server.flush_dirty`)."""
+        if not self.dirty:
+            self.dirty = True
+            self.server.dirty.append(self)
+
     def _slot_done(self, task: asyncio.Task[bytes]) -> None:
         if self._closing or self.transport is None:
             if not task.cancelled():
                 task.exception()  # retrieved: the client is gone, nobody reads this
             return
+        if not self._slots and self._parked is None and not self._barrier and not self._inflight_full \
+                and not self._eof:
+            return  # flushed already, at the end of the batch (flush_dirty)
         # The commands of one batch complete in the same loop turn: flush once after
         # them all, so their replies leave in one write (one syscall) per connection.
         if not self._flush_scheduled:
@@ -294,6 +306,7 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self.dirty = False
         if self._closing or self.transport is None:
             return
         slots = self._slots

@@ -157,6 +157,10 @@ cdef enum:
 cdef uint64_t C_MIN_TTL = 1
 cdef uint64_t C_MAX_TTL = 30 * 86_400_000ULL
 cdef uint64_t C_MAX_TIME = 1ULL << 62
+# Largest revision and session counter a snapshot may carry: far from 2**64, so the
+# counters can never wrap (a wrapped counter would reuse tokens and hand out session 0,
+# the hash maps' empty marker).
+cdef uint64_t C_MAX_COUNTER = 1ULL << 62
 
 cdef enum:  # ops
     OP_OPEN = 1
@@ -359,6 +363,8 @@ cdef inline uint32_t map_get(const U64Map *m, uint64_t k) noexcept nogil:
     cdef uint32_t mask = m.cap - 1
     cdef uint32_t i = <uint32_t>(mix64(k) & mask)
     cdef uint64_t kk
+    if k == 0:
+        return NIL  # 0 marks an empty slot: it would "match" one and return its stale value
     while True:
         kk = m.keys[i]
         if kk == k:
@@ -1670,7 +1676,8 @@ cdef class LockMachine:
         self.st.time = r.u64()
         self.st.revision = maxrev = r.u64()
         self.st.next_session = r.u64()
-        if self.st.time > C_MAX_TIME or self.st.next_session == 0:
+        if self.st.time > C_MAX_TIME or self.st.next_session == 0 \
+                or self.st.next_session > C_MAX_COUNTER or maxrev > C_MAX_COUNTER:
             raise LogCorrupted("snapshot header out of range")
         nses = r.u32()
         for i in range(nses):

@@ -136,7 +136,9 @@ Snapshot (version 1)
 holders in token order and waiters in ticket order, each session's request table
 oldest first, then a CRC-32C of everything before it. ``restore()`` (or
 :meth:`LockMachine.from_snapshot`) validates it whole before replacing anything and
-raises :class:`~coordcore.errors.LogCorrupted` when it is damaged.
+raises :class:`~coordcore.errors.LogCorrupted` when it is damaged, including a checksum
+that matches fields no machine could have written (a revision or session counter above
+``2**62``, a contender of session 0, ...).
 
 Example
 -------

@@ -42,6 +42,7 @@ from __future__ import annotations
 import abc
 import datetime as _dt
 import fcntl
+import math
 import os
 import struct
 import threading
@@ -527,7 +528,8 @@ class Snowflake(_snowflake.Generator):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3.6e6:
                 raise BadArgument(f"{name} must be a number of ms in [0, 3600000], got {value!r}")
         if max_ahead_ms is not None and (isinstance(max_ahead_ms, bool)
-                                         or not isinstance(max_ahead_ms, (int, float)) or max_ahead_ms < 0):
+                                         or not isinstance(max_ahead_ms, (int, float))
+                                         or math.isnan(max_ahead_ms) or max_ahead_ms < 0):
             raise BadArgument(f"max_ahead_ms must be None or a number of ms >= 0, got {max_ahead_ms!r}")
         if clock_source is not None and not isinstance(clock_source, SkewClock):
             raise WrongType("clock_source must be a SkewClock")

@@ -14,6 +14,8 @@ cimport numpy as cnp
 import numpy as np
 import os
 
+from coordcore.errors import BadArgument
+
 cnp.import_array()
 
 cdef extern from *:
@@ -37,6 +39,23 @@ cdef extern from *:
     static long cc_fork_generation = 0;
     /* The state of a generator that must issue nothing more. */
     #define CC_SEALED INT64_MAX
+    /* Clock arithmetic saturates: a test clock's offset (or a tick far from now) must
+       not overflow int64, which is undefined and turned waits into near-endless ones. */
+    static inline int64_t cc_sat_add(int64_t a, int64_t b) {
+        int64_t r;
+        if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+        return r;
+    }
+    static inline int64_t cc_sat_sub(int64_t a, int64_t b) {
+        int64_t r;
+        if (__builtin_sub_overflow(a, b, &r)) return b < 0 ? INT64_MAX : INT64_MIN;
+        return r;
+    }
+    static inline int64_t cc_sat_mul(int64_t a, int64_t b) {
+        int64_t r;
+        if (__builtin_mul_overflow(a, b, &r)) return (a < 0) != (b < 0) ? INT64_MIN : INT64_MAX;
+        return r;
+    }
     """
     const bint CC_DEBUG
     int64_t cc_load(int64_t* p) nogil
@@ -45,6 +64,9 @@ cdef extern from *:
     void cc_cpu_relax() nogil
     long cc_fork_generation
     const int64_t SEALED "CC_SEALED"
+    int64_t cc_sat_add(int64_t a, int64_t b) noexcept nogil
+    int64_t cc_sat_sub(int64_t a, int64_t b) noexcept nogil
+    int64_t cc_sat_mul(int64_t a, int64_t b) noexcept nogil
 
 
 def _after_fork_in_child() -> None:
@@ -100,11 +122,19 @@ cdef class SkewClock:
 
     def jump(self, double ms):
         """Move the clock by ``ms`` milliseconds (negative: backwards)."""
-        self.offset_ns += <int64_t>(ms * 1e6)
+        cdef double ns = ms * 1e6
+        if ns != ns:
+            raise BadArgument("cannot jump a clock by NaN ms")
+        # Clamped before the cast: a double outside int64 converts to garbage (UB).
+        if ns >= 9.2e18:
+            ns = 9.2e18
+        elif ns <= -9.2e18:
+            ns = -9.2e18
+        self.offset_ns = cc_sat_add(self.offset_ns, <int64_t>ns)
 
     def now_ms(self):
         """This clock's time in Unix milliseconds."""
-        return (wall_ns() + self.offset_ns) // 1000000
+        return cc_sat_add(wall_ns(), self.offset_ns) // 1000000
 
 
 cdef class Generator:
@@ -142,8 +172,10 @@ cdef class Generator:
         self._node_bits = node_bits
         self._policy = POLICIES[clock]
         self._max_backward_ns = <int64_t>(max_backward_ms * 1e6)
-        self._max_ahead_ticks = (0x7FFFFFFFFFFFFFFF if max_ahead_ms is None
-                                 else <int64_t>(max_ahead_ms * 1e6) // self._unit_ns)
+        cdef double ahead_ns = -1.0 if max_ahead_ms is None else max_ahead_ms * 1e6
+        # None, inf or beyond int64 nanoseconds: no bound (the facade refuses NaN).
+        self._max_ahead_ticks = (0x7FFFFFFFFFFFFFFF if not (0.0 <= ahead_ns < 9.2e18)
+                                 else <int64_t>ahead_ns // self._unit_ns)
         self._skew = clock_source
         self._fork_generation = cc_fork_generation
         self._state = -1
@@ -192,7 +224,7 @@ cdef class Generator:
         """Nanoseconds since the layout's epoch on this generator's clock."""
         cdef int64_t ns = wall_ns() - self._epoch_ns
         if self._skew is not None:
-            ns += self._skew.offset_ns
+            ns = cc_sat_add(ns, self._skew.offset_ns)
         return ns
 
     cdef inline int64_t _clock_tick(self) noexcept nogil:
@@ -204,7 +236,7 @@ cdef class Generator:
         return ns // self._unit_ns
 
     cdef inline int64_t _tick_start_ns(self, int64_t tick) noexcept nogil:
-        return tick * self._unit_ns
+        return cc_sat_mul(tick, self._unit_ns)
 
     cdef inline int _claim(self, int64_t want, int64_t* first, int64_t* count,
                            int64_t* info) noexcept nogil:
@@ -225,12 +257,24 @@ cdef class Generator:
             now = self._clock_tick()
             last_tick = last >> self._seq_bits if last >= 0 else -1
             if now > last_tick:
+                if now > self._max_tick:
+                    # Checked before the shift: past the field's end, now << seq_bits can
+                    # overflow into the sign bit (a layout using all 63 bits) and issue
+                    # negative IDs, the same one again and again.
+                    return CLAIM_EXHAUSTED
                 start = now << self._seq_bits
             else:
                 start = last + 1
                 if now < last_tick and self._policy != POLICY_LOGICAL:
                     info[0] = last_tick
                     info[1] = last_tick - now
+                    return CLAIM_BACKWARDS
+                if now < 0 and self._policy != POLICY_LOGICAL:
+                    # The clock is before the layout's epoch and nothing was issued yet:
+                    # that is a clock behind tick 0, bounded like any regression (it used
+                    # to wait for the epoch, however far away, without a bound).
+                    info[0] = 0
+                    info[1] = 1 + cc_sat_sub(0, self._clock_ns()) // self._unit_ns
                     return CLAIM_BACKWARDS
                 if (start & self._seq_mask) == 0 and self._policy != POLICY_LOGICAL:
                     info[0] = last_tick + 1
@@ -279,9 +323,9 @@ cdef class Generator:
                 if backwards_since < 0:
                     backwards_since = wall_ns()
                 if (self._policy == POLICY_RAISE
-                        or info[1] * self._unit_ns > self._max_backward_ns
+                        or cc_sat_mul(info[1], self._unit_ns) > self._max_backward_ns
                         or wall_ns() - backwards_since > self._max_backward_ns):
-                    self._on_backwards(info[1] * self._unit_ns / 1e6)
+                    self._on_backwards(<double>info[1] * <double>self._unit_ns / 1e6)
                 self._wait_for_tick(info[0])
             elif rc == CLAIM_RESERVE:
                 self._reserve(info[0])
@@ -298,7 +342,7 @@ cdef class Generator:
         cdef int64_t left_ns
         with nogil:
             while True:
-                left_ns = self._tick_start_ns(tick) - self._clock_ns()
+                left_ns = cc_sat_sub(self._tick_start_ns(tick), self._clock_ns())
                 if left_ns <= 0:
                     break
                 if left_ns > 200000:

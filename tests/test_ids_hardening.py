@@ -123,6 +123,26 @@ def test_max_ahead_nan_is_refused() -> None:
         Snowflake(1, clock="logical", max_ahead_ms=float("nan"))
 
 
+def test_a_long_clock_wait_is_interruptible() -> None:
+    # The wait for a clock that went back (up to max_backward_ms, an hour at most) was one
+    # uninterrupted sleep: Ctrl-C took effect only when it ended.
+    result = run_python("""
+        import os, signal, threading, time
+        from coordcore.ids import Snowflake, SkewClock
+        skew = SkewClock()
+        gen = Snowflake(1, clock="wait", max_backward_ms=600_000, clock_source=skew)
+        gen.next_id()
+        skew.jump(-120_000)  # two minutes back: a two-minute wait
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        try:
+            gen.next_id()
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic() - t0 < 60)
+    """, timeout=60)
+    assert result.stdout.split() == ["interrupted", "True"], result.stderr
+
+
 def test_out_arrays_of_the_wrong_kind_are_refused() -> None:
     gen = Snowflake(1)
     for bad in (np.zeros(4, dtype=np.int32), np.zeros(4, dtype=np.uint64), np.zeros((2, 2), dtype=np.int64),

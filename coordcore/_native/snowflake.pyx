@@ -95,6 +95,9 @@ cdef enum:
 
 POLICIES = {"wait": POLICY_WAIT, "raise": POLICY_RAISE, "logical": POLICY_LOGICAL}
 
+# Longest uninterrupted sleep of a wait (signals are checked between slices).
+cdef int64_t WAIT_SLICE_NS = 50000000
+
 
 cdef inline int64_t wall_ns() noexcept nogil:
     cdef timespec ts
@@ -338,19 +341,25 @@ cdef class Generator:
 
     cdef int _wait_for_tick(self, int64_t tick) except -1:
         """Until the clock reaches ``tick``: sleep through most of it, spin the last
-        stretch (a plain sleep overshoots by the timer slack, costing IDs at the ceiling)."""
+        stretch (a plain sleep overshoots by the timer slack, costing IDs at the ceiling).
+        A long wait (a clock regression, up to ``max_backward_ms``) sleeps in slices and
+        checks for signals between them, so Ctrl-C interrupts it."""
         cdef int64_t left_ns
-        with nogil:
-            while True:
+        while True:
+            with nogil:
                 left_ns = cc_sat_sub(self._tick_start_ns(tick), self._clock_ns())
-                if left_ns <= 0:
-                    break
-                if left_ns > 200000:
-                    sleep_ns(left_ns - 100000)
+                if left_ns > WAIT_SLICE_NS:
+                    sleep_ns(WAIT_SLICE_NS)
                 else:
-                    cc_cpu_relax()
-        PyErr_CheckSignals()
-        return 0
+                    while left_ns > 0:
+                        if left_ns > 200000:
+                            sleep_ns(left_ns - 100000)
+                        else:
+                            cc_cpu_relax()
+                        left_ns = cc_sat_sub(self._tick_start_ns(tick), self._clock_ns())
+            PyErr_CheckSignals()
+            if left_ns <= 0:
+                return 0
 
     # Rare paths, implemented by the facade in Python.
     def _on_backwards(self, drift_ms):

@@ -48,6 +48,7 @@ import struct
 import threading
 import time
 import warnings
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -534,6 +535,7 @@ class Snowflake(_snowflake.Generator):
         if clock_source is not None and not isinstance(clock_source, SkewClock):
             raise WrongType("clock_source must be a SkewClock")
         self._lock = threading.Lock()
+        _LIVE_GENERATORS.add(self)
         self._lease_lost = False
         self._closed = False
         self._source = self._resolve_source(worker_id, datacenter_id)
@@ -648,17 +650,24 @@ class Snowflake(_snowflake.Generator):
         return self._layout.max_id_at(when)
 
     def close(self) -> None:
-        """Stop issuing; record the true last tick in the state file; release the worker ID."""
+        """Stop issuing; record the true last tick in the state file; release the worker ID.
+
+        In a forked child that has not taken a worker ID of its own, the state file and
+        the worker ID are the parent's: the child only lets go of its copies. (Writing
+        the parent's last tick there would lower the high-water mark the parent reserved
+        ahead, and releasing would give up the parent's lease.)"""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            parents = self._forked
             last = self._seal()
             if self._state is not None:
-                if last >= 0 and self._state.fd >= 0:
+                if last >= 0 and self._state.fd >= 0 and not parents:
                     self._state.write(last)
                 self._state.close()
-            self._source.release(self._assignment)
+            if not parents:
+                self._source.release(self._assignment)
 
     def __enter__(self) -> Snowflake:
         return self
@@ -691,9 +700,11 @@ class Snowflake(_snowflake.Generator):
             self._set_hwm_tick(self._state.tick)
 
     def _on_fork(self) -> None:
-        # The parent's lock may have been held by one of its threads at fork time.
-        self._lock = threading.Lock()
+        # The lock is fresh in a child (_reset_locks_after_fork), so threads of the child
+        # meet here one at a time; the first one takes the new worker ID.
         with self._lock:
+            if not self._forked:
+                return  # another thread of this child did it meanwhile
             if self._state is not None or not self._source.can_reacquire_after_fork:
                 why = ("it keeps a state file, which belongs to the parent"
                        if self._state is not None else "its worker ID is static")
@@ -715,4 +726,18 @@ class Snowflake(_snowflake.Generator):
     def _on_lease_lost(self) -> None:
         self._lease_lost = True
         self._seal()
+
+
+# A child forked while another thread held a generator's lock (reserving in the state
+# file, taking a worker ID) would inherit it held, and deadlock in close() or _on_fork().
+# The generators' state needs no repair: its only shared word is swapped atomically.
+_LIVE_GENERATORS: weakref.WeakSet[Snowflake] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    for gen in list(_LIVE_GENERATORS):
+        gen._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
 

@@ -143,6 +143,129 @@ def test_a_long_clock_wait_is_interruptible() -> None:
     assert result.stdout.split() == ["interrupted", "True"], result.stderr
 
 
+# --- fork ---------------------------------------------------------------------------------
+
+
+def test_a_forked_childs_close_keeps_the_parents_high_water_mark(tmp_path: Path) -> None:
+    # close() in a child wrote the parent's last tick into the parent's state file,
+    # below the mark the parent had reserved ahead; the parent, trusting its mark, kept
+    # issuing above the file's value, so after a crash a restart with the clock set back
+    # reissued the parent's IDs.
+    state = tmp_path / "state"
+    first = run_python(f"""
+        import os, time
+        from coordcore.ids import Snowflake
+        gen = Snowflake(3, state_file={str(state)!r}, reserve_ms=60_000)
+        gen.next_id()
+        pid = os.fork()
+        if pid == 0:
+            gen.close()
+            os._exit(0)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        time.sleep(0.05)
+        print(int(gen.next_ids(10_000).max()))
+        os._exit(0)  # a crash: no close(), the file keeps the reservation
+    """)
+    assert first.returncode == 0, first.stderr
+    issued_max = int(first.stdout)
+    restart = run_python(f"""
+        from coordcore.ids import Snowflake, SkewClock
+        # The clock set back 30 s: only the state file stands between us and reissue.
+        gen = Snowflake(3, state_file={str(state)!r}, clock="logical", clock_source=SkewClock(offset_ns=-30 * 10**9))
+        print(gen.next_id())
+        gen.close()
+    """)
+    assert restart.returncode == 0, restart.stderr
+    assert int(restart.stdout) > issued_max
+
+
+def test_a_forked_child_does_not_release_the_parents_worker_id(tmp_path: Path) -> None:
+    result = run_python("""
+        import os
+        from coordcore.ids import Snowflake, WorkerIdSource, WorkerAssignment
+
+        class Leases(WorkerIdSource):
+            def __init__(self): self.released = []
+            def acquire(self, layout, on_lost): return WorkerAssignment(7)
+            def release(self, a): self.released.append((os.getpid(), a.worker_id))
+
+        src = Leases()
+        gen = Snowflake(src)
+        pid = os.fork()
+        if pid == 0:
+            gen.close()  # never asked for an ID here: nothing of ours to release
+            os._exit(10 + len(src.released))
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        gen.close()
+        print(src.released == [(os.getpid(), 7)])
+    """)
+    assert result.stdout.split() == ["10", "True"], result.stderr
+
+
+def test_a_lock_held_by_another_thread_at_fork_does_not_deadlock_the_child(tmp_path: Path) -> None:
+    result = run_python(f"""
+        import os, threading, time
+        from coordcore.ids import Snowflake, HostWorkerIds
+        gens = [Snowflake(3, state_file={str(tmp_path / 's')!r}),
+                Snowflake(HostWorkerIds({str(tmp_path / 'w')!r}, worker_ids=range(4)))]
+        for gen in gens:
+            held, go = threading.Event(), threading.Event()
+            def hold():
+                with gen._lock:
+                    held.set()
+                    go.wait(10)
+            t = threading.Thread(target=hold)
+            t.start()
+            held.wait()
+            pid = os.fork()
+            if pid == 0:
+                if gen._state is None:
+                    gen.next_id()  # takes a fresh worker ID under the lock
+                gen.close()
+                os._exit(0)
+            for _ in range(200):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    print(os.waitstatus_to_exitcode(status))
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                print("deadlock")
+            go.set()
+            t.join()
+    """)
+    assert result.stdout.split() == ["0", "0"], result.stderr
+
+
+def test_threads_of_a_forked_child_take_one_worker_id_between_them(tmp_path: Path) -> None:
+    # Each thread replaced the lock before taking it, so several threads of the child
+    # took a worker ID each: all but one leaked until the child exited.
+    result = run_python(f"""
+        import os, threading
+        import numpy as np
+        from coordcore.ids import Snowflake, HostWorkerIds
+        gen = Snowflake(HostWorkerIds({str(tmp_path / 'w')!r}, worker_ids=range(16)))
+        pid = os.fork()
+        if pid == 0:
+            start = threading.Barrier(6)
+            out = []
+            def work():
+                start.wait()
+                out.append(gen.next_ids(1000))
+            threads = [threading.Thread(target=work) for _ in range(6)]
+            for t in threads: t.start()
+            for t in threads: t.join()
+            every = np.concatenate(out)
+            assert len(np.unique(every)) == len(every)
+            workers = {{gen.decode(int(i)).worker for i in every}}
+            os._exit(len(HostWorkerIds._held_here) * 10 + len(workers))
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """)
+    assert result.stdout.strip() == "11", result.stderr
+
+
 def test_out_arrays_of_the_wrong_kind_are_refused() -> None:
     gen = Snowflake(1)
     for bad in (np.zeros(4, dtype=np.int32), np.zeros(4, dtype=np.uint64), np.zeros((2, 2), dtype=np.int64),

@@ -201,6 +201,12 @@ cdef class Generator:
         while cur < floor and not cc_cas(&self._state, &cur, floor):
             pass
 
+    @property
+    def _forked(self):
+        """Whether this generator was configured in another process (a forked parent)
+        and has not been given a new worker ID here."""
+        return self._fork_generation != cc_fork_generation
+
     def _set_hwm_tick(self, int64_t tick):
         cc_store(&self._hwm_tick, tick)
 

@@ -1418,9 +1418,12 @@ cdef class RingSnapshot:
         for i in range(1, n):
             sv[self.r.owners[i]] += <double>(self.r.points[i] - self.r.points[i - 1])
         # Point 0 owns the wrap-around arc (last point, end of space) and [0, points[0]].
-        arc = self.r.points[0] - self.r.points[n - 1]
+        # Written without wrapping (first < last), which debug builds' overflowcheck
+        # would refuse: space - last + first.
         if self.mode == MODE_KETAMA:
-            arc = arc + (<uint64_t>1 << 32)  # both < 2**32: back into [0, 2**32)
+            arc = ((<uint64_t>1 << 32) - self.r.points[n - 1]) + self.r.points[0]
+        else:
+            arc = (0xFFFFFFFFFFFFFFFFULL - self.r.points[n - 1]) + self.r.points[0] + 1
         sv[self.r.owners[0]] += <double>arc
         for i in range(len(self._nodes)):
             sv[i] /= space

@@ -311,6 +311,7 @@ cdef extern from *:
         const int32_t *owners;    /* node index of each point */
         const uint32_t *index;    /* (1 << bits) + 1 entries: first point whose bucket >= b */
         const int32_t *succ;      /* npoints rows of `width` distinct nodes in ring order */
+        uint64_t hmask;           /* the hash's bits: 32 for ketama, 64 for xxh64 */
         Py_ssize_t npoints;
         int shift;                /* bucket of h = h >> shift */
         int width;
@@ -330,6 +331,10 @@ cdef extern from *:
     #define CC_PREFETCH(p) ((void)0)
     #endif
     static inline Py_ssize_t cc_ring_find(const cc_ring *r, uint64_t h) {
+        /* Batch callers validate ketama hashes (< 2**32) before the lookup loop, but the
+           array may change in between (another thread, no GIL held): masking keeps the
+           bucket inside the index whatever the value. */
+        h &= r->hmask;
         uint64_t bucket = h >> r->shift;
         Py_ssize_t i = (Py_ssize_t)r->index[bucket], e = (Py_ssize_t)r->index[bucket + 1];
         if (CC_LIKELY(e - i <= CC_PAD)) {
@@ -394,6 +399,7 @@ cdef extern from *:
         const int32_t* owners
         const uint32_t* index
         const int32_t* succ
+        uint64_t hmask
         Py_ssize_t npoints
         int shift
         int width
@@ -1089,6 +1095,7 @@ cdef class RingSnapshot:
         self._index = _readonly(index)
         self._succ = _readonly(succ.reshape(npoints, width))
         self.r.index = &iv[0]
+        self.r.hmask = 0xFFFFFFFFFFFFFFFFULL if mode == MODE_XXH64 else 0xFFFFFFFFULL
         self.r.npoints = npoints
         self.r.shift = hashbits - bits
         self.r.width = width

@@ -33,6 +33,68 @@ from coordcore.ring import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# --- keys that free themselves ------------------------------------------------------------
+
+
+class SelfDropping:
+    """A key whose __index__ (a staticmethod: no frame holds the key) clears the list
+    being hashed, dropping the last reference to the key, then records whether the key
+    survived its own conversion."""
+
+    batch: list[Any] = []
+    alive_after_clear: list[bool] = []
+    current: weakref.ref[SelfDropping] | None = None
+
+    @staticmethod
+    def __index__() -> int:
+        SelfDropping.batch.clear()
+        ref = SelfDropping.current
+        SelfDropping.alive_after_clear.append(ref is not None and ref() is not None)
+        raise TypeError("not an integer")
+
+
+LOOKUPS: dict[str, Callable[[list[Any]], object]] = {
+    "hash64_many": hash64_many,
+    "jump_hash_many": lambda keys: jump_hash_many(keys, 10),
+    "node_for_many": HashRing(["a", "b"]).node_for_many,
+    "ketama_node_for_many": HashRing(["a", "b"], hash="ketama").node_for_many,
+    "nodes_for_many": lambda keys: HashRing(["a", "b", "c"]).nodes_for_many(keys, 2),
+    "ketama_hash_keys": HashRing(["a"], hash="ketama").hash_keys,
+    "rendezvous": Rendezvous(["a", "b"]).node_for_many,
+}
+
+
+@pytest.mark.parametrize("lookup", sorted(LOOKUPS))
+def test_a_key_dropped_by_its_own_conversion_stays_alive(lookup: str) -> None:
+    # The batch loops passed the list's borrowed pointer down; once __index__ dropped the
+    # list's reference the key was freed, and the error message read its type from freed
+    # memory (heap-use-after-free under ASan; a wrong type name or a crash otherwise).
+    key = SelfDropping()
+    SelfDropping.current = weakref.ref(key)
+    SelfDropping.alive_after_clear.clear()
+    SelfDropping.batch[:] = ["x", key, "y"]
+    del key
+    with pytest.raises(errors.WrongType, match="not SelfDropping"):
+        LOOKUPS[lookup](SelfDropping.batch)
+    assert SelfDropping.alive_after_clear == [True]
+    assert SelfDropping.current() is None  # and it is released afterwards
+
+
+def test_a_list_shrunk_by_a_key_is_refused() -> None:
+    class Shrinking:
+        def __init__(self, batch: list[Any]) -> None:
+            self.batch = batch
+
+        def __index__(self) -> int:
+            del self.batch[1:]
+            return 5
+
+    batch: list[Any] = [0, 0, 0]
+    batch[0] = Shrinking(batch)
+    with pytest.raises(errors.BadArgument, match="changed size"):
+        hash64_many(batch)
+
+
 # --- arrays changed while the GIL is released --------------------------------------------
 
 

@@ -618,12 +618,13 @@ cdef int _hash_span(int kind, object seq, Py_ssize_t start, Py_ssize_t stop, uin
 
     ASCII str keys are hashed straight from the borrowed item: nothing in that path can
     run Python code, so the key cannot be freed under us. Any other key is hashed through
-    an owned reference, and since its conversion may run Python code (__index__) that
-    mutates a list, a list's length is re-read for every item. On free-threaded builds
+    a reference of our own, and since its conversion may run Python code (__index__)
+    that mutates a list, a list's length is re-read for every item. On free-threaded builds
     the list is also held in a critical section, as CPython's own list iteration does."""
     cdef bint is_list = PyList_CheckExact(seq)
     cdef Py_ssize_t i, ahead
     cdef PyObject* o
+    cdef object key
     with cython.critical_section(seq):
         for i in range(start, stop):
             if is_list:
@@ -644,7 +645,11 @@ cdef int _hash_span(int kind, object seq, Py_ssize_t start, Py_ssize_t stop, uin
                 else:
                     out[i - start] = cc_xxh64(PyUnicode_DATA_p(o), <size_t>PyUnicode_GET_LENGTH_p(o), seed)
             else:
-                out[i - start] = _hash_kind(kind, <object>o, seed)
+                # A strong reference: __index__ may drop the list's (list.clear()) and the
+                # key must outlive its own conversion (its error message names its type).
+                key = <object>o
+                out[i - start] = _hash_kind(kind, key, seed)
+                key = None
     return 0
 
 

@@ -225,6 +225,26 @@ def test_empty_and_strange_inputs() -> None:
         bare.node_for_many(np.arange(3, dtype=np.uint64))
 
 
+def test_bounded_loads_with_a_huge_epsilon_are_unbounded() -> None:
+    # (1 + eps) * m * w / W overflowed the int64 cast: every node looked full.
+    for eps in (1e18, 1e300, 1.7e308):
+        bl = BoundedLoadRing(HashRing(["a", "b", "c"]), epsilon=eps)
+        nodes = [bl.assign(f"k{i}") for i in range(50)]
+        assert set(nodes) <= {"a", "b", "c"}
+        assert bl.capacity >= 50
+        assert bl.release("k7") == []
+
+
+def test_bounded_loads_with_a_node_owning_no_point() -> None:
+    # ketama can leave a tiny-weight node without points; its capacity must be 0, not NaN.
+    ring = HashRing({"big": 10_000, "tiny": 1}, hash="ketama")
+    assert 1 not in set(ring.snapshot().owners.tolist())
+    bl = BoundedLoadRing(ring, epsilon=1e300)
+    assert all(bl.assign(i) == "big" for i in range(20))
+    assert bl.capacities()["tiny"] == 0
+    assert bl.release(3) == []
+
+
 # --- serialised rings -------------------------------------------------------------------------
 
 

@@ -1730,8 +1730,10 @@ cdef class LockMachine:
             r.need(klen)
             kp = p + r.pos
             r.pos += klen
-            if klen == 0 or klen > C_MAX_KEY or kind < K_LOCK or kind > K_ELECTION or nh + nw == 0 \
-                    or nh + nw < nh:
+            # nw > max - nh rather than a wrapped nh + nw < nh: debug builds' overflowcheck
+            # raises OverflowError on the wrap, not LogCorrupted.
+            if klen == 0 or klen > C_MAX_KEY or kind < K_LOCK or kind > K_ELECTION \
+                    or (nh == 0 and nw == 0) or nw > 0xFFFFFFFF - nh:
                 raise LogCorrupted("snapshot key record out of range")
             if (kind == K_SEM) != (permits != 0) or permits > C_MAX_PERMITS:
                 raise LogCorrupted("snapshot semaphore size out of range")

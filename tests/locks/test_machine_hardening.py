@@ -78,6 +78,19 @@ def test_restore_refuses_counters_that_could_wrap(field: str, value: int) -> Non
     big.check_invariants()
 
 
+@pytest.mark.parametrize(("holders", "waiters"), [(1, 0xFFFFFFFF), (0xFFFFFFFF, 1), (0xFFFFFFFF, 0xFFFFFFFF),
+                                                   (0, 0)])
+def test_restore_refuses_contender_counts_that_wrap(holders: int, waiters: int) -> None:
+    # The check was written as a wrapped nh + nw < nh: right in release, but debug
+    # builds (overflowcheck) raised OverflowError instead of LogCorrupted.
+    _, snap = _one_lock()
+    body = bytearray(snap[:-4])
+    key = HEADER + SESSION + 4
+    struct.pack_into("<II", body, key + 8, holders, waiters)
+    with pytest.raises(errors.LogCorrupted):
+        LockMachine.from_snapshot(_reseal(body))
+
+
 def test_session_zero_is_never_found() -> None:
     m, _ = _one_lock()
     assert m.session(0) is None

@@ -939,7 +939,12 @@ class LockMachine:
 
     def keys(self, prefix: str | bytes = b"") -> list[bytes]:
         """The keys in use that start with ``prefix``, sorted."""
-        p = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
+        if isinstance(prefix, str):
+            p = prefix.encode()
+        elif isinstance(prefix, (bytes, bytearray, memoryview)):
+            p = bytes(prefix)
+        else:  # bytes(n) of an int would be n zero bytes (a MemoryError for a large n)
+            raise WrongType(f"prefix must be str or bytes, not {type(prefix).__name__}")
         return self._m.keys(p)
 
     def check_invariants(self) -> None:

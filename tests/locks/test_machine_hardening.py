@@ -100,6 +100,16 @@ def test_session_zero_is_never_found() -> None:
     m.check_invariants()
 
 
+@pytest.mark.parametrize("prefix", [3, 10**13, [97], None, 1.5])
+def test_keys_refuses_a_prefix_that_is_not_text(prefix: object) -> None:
+    # bytes(prefix) turned an int n into n zero bytes (MemoryError for a large n) and a
+    # list of ints into bytes.
+    m, _ = _one_lock()
+    with pytest.raises(errors.WrongType):
+        m.keys(prefix)  # type: ignore[arg-type]
+    assert m.keys("k") == m.keys(b"k") == m.keys(b"") == [b"k"]
+
+
 # --- structure-aware snapshot mutation ----------------------------------------------------
 
 

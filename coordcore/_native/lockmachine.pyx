@@ -19,7 +19,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
@@ -1442,8 +1442,17 @@ cdef class LockMachine:
 
     # --- the public, log-driven path -----------------------------------------------
 
+    # Every public method runs in a critical section on the machine: a no-op with the GIL;
+    # on free-threaded builds (this module declares itself safe there) it turns a misuse
+    # the facade documents (calls from several threads) into serialised calls instead of
+    # torn C structures.
+
     def apply(self, batch):
         """Apply one batch record; returns (packed results, packed events)."""
+        with cython.critical_section(self):
+            return self._apply(batch)
+
+    cdef object _apply(self, object batch):
         cdef const unsigned char[::1] view
         cdef const unsigned char *p
         cdef size_t n, pos
@@ -1463,6 +1472,11 @@ cdef class LockMachine:
         n = <size_t>view.shape[0]
         if n < HDR_SIZE:
             raise BadArgument(f"malformed batch: {n} bytes is shorter than the header")
+        if not PyBytes_CheckExact(batch):
+            # Pass 2 trusts the lengths pass 1 checked: work on an immutable copy, so no
+            # other thread can change a mutable buffer between the passes.
+            batch = PyBytes_FromStringAndSize(<const char *>&view[0], <Py_ssize_t>n)
+            view = batch
         p = &view[0]
         if memcmp(p, b"CCLB", 4) != 0:
             raise BadArgument(f"malformed batch: bad magic {bytes(view[:4])!r}")
@@ -1510,7 +1524,7 @@ cdef class LockMachine:
             self.broken = True
             raise
         if CC_DEBUG:
-            self.check_invariants()
+            self._check_invariants()
         return results, PyBytes_FromStringAndSize(<char *>self.ev.data, <Py_ssize_t>self.ev.len)
 
     # --- snapshot ------------------------------------------------------------------
@@ -1551,6 +1565,10 @@ cdef class LockMachine:
 
     def snapshot(self):
         """The whole state as deterministic, checksummed bytes (format in machine.py)."""
+        with cython.critical_section(self):
+            return self._snapshot()
+
+    cdef object _snapshot(self):
         cdef Buf b
         cdef unsigned char *q
         cdef uint64_t *ids = NULL
@@ -1630,6 +1648,10 @@ cdef class LockMachine:
 
     def restore(self, data):
         """Replace the whole state by a snapshot's; validated before anything changes."""
+        with cython.critical_section(self):
+            self._restore(data)
+
+    cdef int _restore(self, object data) except -1:
         cdef const unsigned char[::1] view
         cdef LockMachine fresh
         cdef State tmp
@@ -1647,6 +1669,7 @@ cdef class LockMachine:
         self.st = fresh.st
         fresh.st = tmp
         self.broken = False
+        return 0
 
     cdef int _load(self, const unsigned char *p, size_t n) except -1:
         cdef _Reader r = _Reader()
@@ -1871,6 +1894,11 @@ cdef class LockMachine:
 
     def next_deadline(self):
         """The earliest live session deadline, or None."""
+        with cython.critical_section(self):
+            return self._next_deadline()
+
+    cdef object _next_deadline(self):
+        # Not read-only: stale heap entries are dropped on the way.
         while self.st.heap_len and self._heap_top_stale():
             self._heap_pop()
         if self.st.heap_len == 0:
@@ -1884,6 +1912,10 @@ cdef class LockMachine:
 
     def session(self, uint64_t session_id):
         """(id, ttl, deadline, [(key, contender)...]) of a live session, or None."""
+        with cython.critical_section(self):
+            return self._session(session_id)
+
+    cdef object _session(self, uint64_t session_id):
         cdef uint32_t si = map_get(&self.st.ses_map, session_id) if session_id else NIL
         cdef uint32_t c
         cdef list items = []
@@ -1899,6 +1931,10 @@ cdef class LockMachine:
 
     def key_info(self, bytes key not None):
         """(kind, permits, holders, waiters) of a key in use, or None."""
+        with cython.critical_section(self):
+            return self._key_info(key)
+
+    cdef object _key_info(self, bytes key):
         cdef uint32_t klen = <uint32_t>len(key)
         cdef const unsigned char *k = <const unsigned char *>PyBytes_AS_STRING(key)
         cdef uint32_t ki, c
@@ -1920,6 +1956,10 @@ cdef class LockMachine:
 
     def keys(self, bytes prefix not None):
         """The keys in use that start with ``prefix``, sorted."""
+        with cython.critical_section(self):
+            return self._keys(prefix)
+
+    cdef object _keys(self, bytes prefix):
         cdef list out = []
         cdef uint32_t i, plen = <uint32_t>len(prefix)
         cdef const unsigned char *pp = <const unsigned char *>PyBytes_AS_STRING(prefix)
@@ -1933,6 +1973,10 @@ cdef class LockMachine:
     def check_invariants(self):
         """Check the internal structures (AssertionError on violation). Debug builds run
         this after every batch; tests call it directly."""
+        with cython.critical_section(self):
+            self._check_invariants()
+
+    cdef int _check_invariants(self) except -1:
         cdef uint32_t i, c, n, hs, ws, cons = 0, keys = 0
         cdef uint64_t last
         cdef KeySlot *ks
@@ -1989,4 +2033,5 @@ cdef class LockMachine:
                 c = self.st.con[c].snext
             assert hs == s.c_count
         assert n == self.st.ses_used == self.st.ses_map.used, "session counts"
+        return 0
 

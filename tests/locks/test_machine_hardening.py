@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import struct
+import threading
 
 import pytest
 from hypothesis import given
@@ -108,6 +109,54 @@ def test_keys_refuses_a_prefix_that_is_not_text(prefix: object) -> None:
     with pytest.raises(errors.WrongType):
         m.keys(prefix)  # type: ignore[arg-type]
     assert m.keys("k") == m.keys(b"k") == m.keys(b"") == [b"k"]
+
+
+def test_threads_sharing_a_machine_do_not_corrupt_it() -> None:
+    # Documented as one-owner, but a misuse must serialise, not tear the C structures:
+    # with the GIL nothing runs in parallel; on free-threaded builds every public method
+    # takes a critical section on the machine. Batches arrive as bytearrays, which apply
+    # copies before trusting pass 1's checks.
+    m = LockMachine()
+    b = BatchBuilder()
+    for _ in range(8):
+        b.open_session(60_000)
+    m.apply(b.build(1))
+    errors_seen: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def writer(k: int) -> None:
+        rng = random.Random(k)
+        start.wait()
+        try:
+            for i in range(300):
+                w = BatchBuilder()
+                sid = rng.randint(1, 8)
+                w.acquire(sid, f"k{rng.randrange(4)}", shared=rng.random() < 0.5, wait=rng.random() < 0.5)
+                w.release(sid, f"k{rng.randrange(4)}")
+                m.apply(bytearray(w.build(2 + i)))  # type: ignore[arg-type]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors_seen.append(exc)
+
+    def reader() -> None:
+        start.wait()
+        try:
+            for _ in range(300):
+                m.keys(b"k")
+                m.info(b"k1")
+                m.next_deadline()
+                m.session(3)
+                m.snapshot()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors_seen.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors_seen
+    m.check_invariants()
+    assert LockMachine.from_snapshot(m.snapshot()).snapshot() == m.snapshot()
 
 
 # --- structure-aware snapshot mutation ----------------------------------------------------

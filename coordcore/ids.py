@@ -441,6 +441,12 @@ class _StateFile:
             raise StateFileError(f"state file {self.path} is in use by another process") from None
         self._open_paths.add(self.path)
         self.seqno, self.tick = self._read()
+        self.max_tick = (1 << layout.timestamp_bits) - 1
+        if not -1 <= self.tick <= self.max_tick:
+            # Not a mark this layout can have written; trusting it would either disable
+            # the restart protection (a tick that overflows the ID) or block for ever.
+            self.close()
+            raise StateFileError(f"state file {self.path} is corrupt: tick {self.tick} is out of range")
 
     def _read(self) -> tuple[int, int]:
         data = os.pread(self.fd, 2 * self._SIZE, 0)
@@ -696,7 +702,7 @@ class Snowflake(_snowflake.Generator):
                 raise Unavailable("the generator is closed")
             if tick <= self._state.tick:
                 return  # another thread reserved it meanwhile
-            self._state.write(max(tick, self._now_tick()) + self._reserve_ticks)
+            self._state.write(min(max(tick, self._now_tick()) + self._reserve_ticks, self._state.max_tick))
             self._set_hwm_tick(self._state.tick)
 
     def _on_fork(self) -> None:

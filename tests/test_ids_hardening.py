@@ -6,17 +6,19 @@ fails in seconds instead of stalling the suite.
 """
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 import textwrap
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from coordcore.errors import BadArgument, ClockMovedBackwards, Unavailable
-from coordcore.ids import Layout, SkewClock, Snowflake
+from coordcore.errors import BadArgument, ClockMovedBackwards, StateFileError, Unavailable
+from coordcore.ids import Layout, SkewClock, Snowflake, _StateFile
 
 ROOT = Path(__file__).resolve().parents[1]
 INT64_MAX = 2**63 - 1
@@ -141,6 +143,39 @@ def test_a_long_clock_wait_is_interruptible() -> None:
             print("interrupted", time.monotonic() - t0 < 60)
     """, timeout=60)
     assert result.stdout.split() == ["interrupted", "True"], result.stderr
+
+
+def write_state(path: Path, layout: Layout, tick: int) -> None:
+    body = _StateFile._SLOT.pack(_StateFile._MAGIC, 1, 0, layout.fingerprint(), tick, 1)
+    path.write_bytes((body + struct.pack("<I", zlib.crc32(body))).ljust(_StateFile._SIZE, b"\0"))
+
+
+@pytest.mark.parametrize("tick", [2**41, 2**51, 2**62 - 1, 2**63 - 1, -2, -(2**63)])
+def test_a_state_file_tick_outside_the_layout_is_corrupt(tmp_path: Path, tick: int) -> None:
+    # (tick + 1) << sequence_bits overflowed for such ticks: the resume was skipped and
+    # the generator issued IDs below the file's mark (restart protection silently off).
+    state = tmp_path / "s"
+    write_state(state, Layout.preset("twitter"), tick)
+    with pytest.raises(StateFileError, match="out of range"):
+        Snowflake(1, state_file=state)
+    write_state(state, Layout.preset("twitter"), 5)  # the file is not kept open
+    with Snowflake(1, state_file=state) as gen:
+        assert gen.next_id() > 0
+
+
+def test_a_state_file_at_the_last_tick_of_a_full_layout(tmp_path: Path) -> None:
+    lay = full_layout()
+    last = 2**lay.timestamp_bits - 1
+    state = tmp_path / "s"
+    write_state(state, lay, last)
+    with Snowflake(0, layout=lay, state_file=state, clock="logical") as gen, pytest.raises(Unavailable):
+        gen.next_id()
+    write_state(state, lay, last - 1)
+    with Snowflake(0, layout=lay, state_file=state, clock="logical") as gen:
+        first = gen.next_id()
+        assert first > 0 and gen.decode(first).timestamp_ms == lay.epoch_ms + last
+        with pytest.raises(Unavailable):
+            gen.next_ids(2**22)  # the rest of the field and one more
 
 
 # --- fork ---------------------------------------------------------------------------------

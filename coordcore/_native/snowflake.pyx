@@ -196,8 +196,15 @@ cdef class Generator:
 
     def _resume_after_tick(self, int64_t tick):
         """Never issue an ID at or before ``tick`` (restored from a state file)."""
-        cdef int64_t floor = ((tick + 1) << self._seq_bits) - 1
-        cdef int64_t cur = cc_load(&self._state)
+        cdef int64_t floor, cur
+        if tick < 0:
+            return
+        if tick > self._max_tick:
+            tick = self._max_tick
+        # Not ((tick + 1) << seq_bits) - 1, which overflows for the last tick of a layout
+        # using all 63 bits.
+        floor = (tick << self._seq_bits) | self._seq_mask
+        cur = cc_load(&self._state)
         while cur < floor and not cc_cas(&self._state, &cur, floor):
             pass
 

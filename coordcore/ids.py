@@ -365,6 +365,10 @@ class HostWorkerIds(WorkerIdSource):
     # POSIX record locks exclude other processes only: IDs this process holds, by lock file.
     _held_here: dict[Path, int] = {}  # lock file -> fd
     _held_pid = os.getpid()
+    # ... so threads of this process take turns: two acquires racing between the
+    # `in held` check and the insert both got the same lock file (the same process may
+    # lock a file twice), i.e. two generators with one worker ID.
+    _mutex = threading.Lock()
 
     def __init__(self, directory: str | os.PathLike[str], *, worker_ids: range | None = None,
                  datacenter_id: int = 0) -> None:
@@ -377,6 +381,10 @@ class HostWorkerIds(WorkerIdSource):
         return self.directory / f"worker-{self.datacenter_id}-{worker}.lock"
 
     def acquire(self, layout: Layout, on_lost: Callable[[], None]) -> WorkerAssignment:
+        with HostWorkerIds._mutex:
+            return self._acquire(layout)
+
+    def _acquire(self, layout: Layout) -> WorkerAssignment:
         ids = self.worker_ids if self.worker_ids is not None else range(layout.max_worker + 1)
         held = self._held_in_this_process()
         for worker in ids:
@@ -407,9 +415,10 @@ class HostWorkerIds(WorkerIdSource):
         return cls._held_here
 
     def release(self, assignment: WorkerAssignment) -> None:
-        fd = self._held_in_this_process().pop(self._path(assignment.worker_id), None)
-        if fd is not None:
-            os.close(fd)
+        with HostWorkerIds._mutex:
+            fd = self._held_in_this_process().pop(self._path(assignment.worker_id), None)
+            if fd is not None:
+                os.close(fd)
 
 
 # --- the state file ------------------------------------------------------------------
@@ -743,6 +752,7 @@ _LIVE_GENERATORS: weakref.WeakSet[Snowflake] = weakref.WeakSet()
 def _reset_locks_after_fork() -> None:
     for gen in list(_LIVE_GENERATORS):
         gen._lock = threading.Lock()
+    HostWorkerIds._mutex = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_locks_after_fork)

@@ -301,6 +301,34 @@ def test_threads_of_a_forked_child_take_one_worker_id_between_them(tmp_path: Pat
     assert result.stdout.strip() == "11", result.stderr
 
 
+def test_threads_creating_generators_get_distinct_worker_ids(tmp_path: Path) -> None:
+    # POSIX record locks do not exclude the locking process itself: two threads racing
+    # between HostWorkerIds' "held here?" check and its insert locked the same file and
+    # both got that worker ID, so their generators issued the same IDs.
+    import threading
+
+    from coordcore.ids import HostWorkerIds
+
+    for trial in range(10):
+        gens: list[Snowflake] = []
+        start = threading.Barrier(8)
+
+        def make(directory: Path = tmp_path / str(trial)) -> None:
+            start.wait()
+            gens.append(Snowflake(HostWorkerIds(directory, worker_ids=range(32))))
+
+        threads = [threading.Thread(target=make) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({g.worker_id for g in gens}) == 8
+        ids = np.concatenate([g.next_ids(1000) for g in gens])
+        assert len(np.unique(ids)) == len(ids)
+        for g in gens:
+            g.close()
+
+
 def test_out_arrays_of_the_wrong_kind_are_refused() -> None:
     gen = Snowflake(1)
     for bad in (np.zeros(4, dtype=np.int32), np.zeros(4, dtype=np.uint64), np.zeros((2, 2), dtype=np.int64),

@@ -237,6 +237,28 @@ def test_a_forked_child_does_not_release_the_parents_worker_id(tmp_path: Path) -
     assert result.stdout.split() == ["10", "True"], result.stderr
 
 
+def test_a_fork_that_bypasses_os_fork_is_still_seen() -> None:
+    # The fork generation was bumped by an os.register_at_fork handler only: a child made
+    # by fork() from C (a library, ctypes) went on issuing its parent's IDs.
+    result = run_python("""
+        import ctypes, os
+        from coordcore.ids import Snowflake
+        from coordcore.errors import ForkedGenerator
+        gen = Snowflake(3)
+        gen.next_id()
+        pid = ctypes.PyDLL(None).fork()
+        if pid == 0:
+            try:
+                gen.next_id()
+            except ForkedGenerator:
+                os._exit(42)
+            os._exit(1)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        gen.next_id()
+    """)
+    assert result.stdout.strip() == "42", result.stderr
+
+
 def test_a_lock_held_by_another_thread_at_fork_does_not_deadlock_the_child(tmp_path: Path) -> None:
     result = run_python(f"""
         import os, threading, time

@@ -12,7 +12,6 @@ from posix.time cimport clock_gettime, nanosleep, timespec, CLOCK_REALTIME
 cimport cython
 cimport numpy as cnp
 import numpy as np
-import os
 
 from coordcore.errors import BadArgument
 
@@ -34,9 +33,15 @@ cdef extern from *:
     #else
     #define cc_cpu_relax() ((void)0)
     #endif
-    /* Bumped in every forked child (os.register_at_fork below): a generator created under
-       another generation knows it is running in a child of the process that configured it. */
+    #include <pthread.h>
+    /* Bumped in every forked child: a generator created under another generation knows
+       it is running in a child of the process that configured it. A C-level handler
+       (pthread_atfork, as uvloop does) also covers a fork() that bypasses os.fork() and
+       its Python handlers (a C library, ctypes), after which a child could otherwise
+       go on issuing its parent's IDs. */
     static long cc_fork_generation = 0;
+    static void cc_on_fork_child(void) { cc_fork_generation++; }
+    static int cc_install_fork_handler(void) { return pthread_atfork(NULL, NULL, cc_on_fork_child); }
     /* The state of a generator that must issue nothing more. */
     #define CC_SEALED INT64_MAX
     /* Clock arithmetic saturates: a test clock's offset (or a tick far from now) must
@@ -63,18 +68,15 @@ cdef extern from *:
     bint cc_cas(int64_t* p, int64_t* expected, int64_t desired) nogil
     void cc_cpu_relax() nogil
     long cc_fork_generation
+    int cc_install_fork_handler() noexcept
     const int64_t SEALED "CC_SEALED"
     int64_t cc_sat_add(int64_t a, int64_t b) noexcept nogil
     int64_t cc_sat_sub(int64_t a, int64_t b) noexcept nogil
     int64_t cc_sat_mul(int64_t a, int64_t b) noexcept nogil
 
 
-def _after_fork_in_child() -> None:
-    global cc_fork_generation
-    cc_fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if cc_install_fork_handler() != 0:
+    raise ImportError("coordcore._native.snowflake: pthread_atfork failed")
 
 # Clock policies.
 cdef enum:

@@ -168,14 +168,35 @@ def test_a_state_file_at_the_last_tick_of_a_full_layout(tmp_path: Path) -> None:
     last = 2**lay.timestamp_bits - 1
     state = tmp_path / "s"
     write_state(state, lay, last)
-    with Snowflake(0, layout=lay, state_file=state, clock="logical") as gen, pytest.raises(Unavailable):
+    with Snowflake(0, layout=lay, state_file=state, clock="logical") as gen, \
+            pytest.raises(Unavailable, match="run out of timestamp bits"):
         gen.next_id()
     write_state(state, lay, last - 1)
     with Snowflake(0, layout=lay, state_file=state, clock="logical") as gen:
         first = gen.next_id()
         assert first > 0 and gen.decode(first).timestamp_ms == lay.epoch_ms + last
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable, match="run out of timestamp bits"):
             gen.next_ids(2**22)  # the rest of the field and one more
+
+
+def test_the_largest_id_of_a_full_layout(tmp_path: Path) -> None:
+    # Issuing 2**63 - 1 overflowed start + avail - 1 (undefined; a segfault in the debug
+    # build), and the resulting state equalled the "sealed" marker: the generator then
+    # claimed to be closed, and close() did not record its last tick.
+    lay = full_layout()
+    last = 2**lay.timestamp_bits - 1
+    state = tmp_path / "s"
+    write_state(state, lay, last - 1)
+    with Snowflake(0, layout=lay, state_file=state, clock="logical") as gen:
+        ids = gen.next_ids(2**22)  # every ID of the field's last tick
+        assert int(ids[-1]) == 2**63 - 1 and bool((ids[1:] > ids[:-1]).all())
+        for _ in range(2):
+            with pytest.raises(Unavailable, match="run out of timestamp bits"):
+                gen.next_id()
+        assert not gen._sealed
+    with Snowflake(0, layout=lay, state_file=state, clock="logical") as gen, \
+            pytest.raises(Unavailable, match="run out of timestamp bits"):
+        gen.next_id()
 
 
 # --- fork ---------------------------------------------------------------------------------

@@ -42,8 +42,10 @@ cdef extern from *:
     static long cc_fork_generation = 0;
     static void cc_on_fork_child(void) { cc_fork_generation++; }
     static int cc_install_fork_handler(void) { return pthread_atfork(NULL, NULL, cc_on_fork_child); }
-    /* The state of a generator that must issue nothing more. */
-    #define CC_SEALED INT64_MAX
+    /* The state of a generator that must issue nothing more. Not INT64_MAX: in a layout
+       using all 63 bits, that is the state after issuing the very last ID. */
+    #define CC_SEALED INT64_MIN
+    #define CC_LAST_STATE INT64_MAX
     /* Clock arithmetic saturates: a test clock's offset (or a tick far from now) must
        not overflow int64, which is undefined and turned waits into near-endless ones. */
     static inline int64_t cc_sat_add(int64_t a, int64_t b) {
@@ -70,6 +72,7 @@ cdef extern from *:
     long cc_fork_generation
     int cc_install_fork_handler() noexcept
     const int64_t SEALED "CC_SEALED"
+    const int64_t LAST_STATE "CC_LAST_STATE"
     int64_t cc_sat_add(int64_t a, int64_t b) noexcept nogil
     int64_t cc_sat_sub(int64_t a, int64_t b) noexcept nogil
     int64_t cc_sat_mul(int64_t a, int64_t b) noexcept nogil
@@ -207,7 +210,7 @@ cdef class Generator:
         # using all 63 bits.
         floor = (tick << self._seq_bits) | self._seq_mask
         cur = cc_load(&self._state)
-        while cur < floor and not cc_cas(&self._state, &cur, floor):
+        while cur != SEALED and cur < floor and not cc_cas(&self._state, &cur, floor):
             pass
 
     @property
@@ -282,6 +285,8 @@ cdef class Generator:
                     return CLAIM_EXHAUSTED
                 start = now << self._seq_bits
             else:
+                if last == LAST_STATE:
+                    return CLAIM_EXHAUSTED  # the largest ID there is was issued: no last + 1
                 start = last + 1
                 if now < last_tick and self._policy != POLICY_LOGICAL:
                     info[0] = last_tick
@@ -309,7 +314,7 @@ cdef class Generator:
             avail = self._seq_mask + 1 - (start & self._seq_mask)
             if want < avail:
                 avail = want
-            end = start + avail - 1
+            end = start + (avail - 1)  # not start + avail - 1: that passes 2**63 at the very last ID
             if cc_cas(&self._state, &last, end):
                 if CC_DEBUG:
                     if not (end >= start and start > last):

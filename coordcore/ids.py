@@ -24,11 +24,13 @@ What holds
 * **Sequence exhaustion** (more than ``2**sequence_bits`` IDs in one tick) waits for the
   next tick under ``wait`` and ``raise``, and borrows the next tick under ``logical``.
   Never a wrap, never ``None``.
-* **Clock regression** (the wall clock behind the last issued tick): ``wait`` sleeps
-  until the clock catches up if the drift is at most ``max_backward_ms``, else raises
+* **Clock regression** (the wall clock behind the last issued tick, or before the
+  layout's epoch): ``wait`` sleeps until the clock catches up if the drift is at most
+  ``max_backward_ms`` (Ctrl-C interrupts the wait), else raises
   :class:`~coordcore.errors.ClockMovedBackwards`; ``raise`` raises at once (with the
   drift); ``logical`` keeps issuing after the last tick, strictly increasing, and meets
-  the wall clock again once it catches up (optionally bounded by ``max_ahead_ms``).
+  the wall clock again once it catches up (optionally bounded by ``max_ahead_ms``;
+  ``None`` or ``inf``: no bound).
 * **Fork**: a child process never issues its parent's IDs. With a
   :class:`WorkerIdSource` the child's generator takes a fresh worker ID from it on first
   use; otherwise it raises :class:`~coordcore.errors.ForkedGenerator`.

@@ -24,11 +24,13 @@ What holds
 * **Sequence exhaustion** (more than ``2**sequence_bits`` IDs in one tick) waits for the
   next tick under ``wait`` and ``raise``, and borrows the next tick under ``logical``.
   Never a wrap, never ``None``.
-* **Clock regression** (the wall clock behind the last issued tick): ``wait`` sleeps
-  until the clock catches up if the drift is at most ``max_backward_ms``, else raises
+* **Clock regression** (the wall clock behind the last issued tick, or before the
+  layout's epoch): ``wait`` sleeps until the clock catches up if the drift is at most
+  ``max_backward_ms`` (Ctrl-C interrupts the wait), else raises
   :class:`~coordcore.errors.ClockMovedBackwards`; ``raise`` raises at once (with the
   drift); ``logical`` keeps issuing after the last tick, strictly increasing, and meets
-  the wall clock again once it catches up (optionally bounded by ``max_ahead_ms``).
+  the wall clock again once it catches up (optionally bounded by ``max_ahead_ms``;
+  ``None`` or ``inf``: no bound).
 * **Fork**: a child process never issues its parent's IDs. With a
   :class:`WorkerIdSource` the child's generator takes a fresh worker ID from it on first
   use; otherwise it raises :class:`~coordcore.errors.ForkedGenerator`.
@@ -42,11 +44,13 @@ from __future__ import annotations
 import abc
 import datetime as _dt
 import fcntl
+import math
 import os
 import struct
 import threading
 import time
 import warnings
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -363,6 +367,10 @@ class HostWorkerIds(WorkerIdSource):
     # POSIX record locks exclude other processes only: IDs this process holds, by lock file.
     _held_here: dict[Path, int] = {}  # lock file -> fd
     _held_pid = os.getpid()
+    # ... so threads of this process take turns: two acquires racing between the
+    # `in held` check and the insert both got the same lock file (the same process may
+    # lock a file twice), i.e. two generators with one worker ID.
+    _mutex = threading.Lock()
 
     def __init__(self, directory: str | os.PathLike[str], *, worker_ids: range | None = None,
                  datacenter_id: int = 0) -> None:
@@ -375,6 +383,10 @@ class HostWorkerIds(WorkerIdSource):
         return self.directory / f"worker-{self.datacenter_id}-{worker}.lock"
 
     def acquire(self, layout: Layout, on_lost: Callable[[], None]) -> WorkerAssignment:
+        with HostWorkerIds._mutex:
+            return self._acquire(layout)
+
+    def _acquire(self, layout: Layout) -> WorkerAssignment:
         ids = self.worker_ids if self.worker_ids is not None else range(layout.max_worker + 1)
         held = self._held_in_this_process()
         for worker in ids:
@@ -405,9 +417,10 @@ class HostWorkerIds(WorkerIdSource):
         return cls._held_here
 
     def release(self, assignment: WorkerAssignment) -> None:
-        fd = self._held_in_this_process().pop(self._path(assignment.worker_id), None)
-        if fd is not None:
-            os.close(fd)
+        with HostWorkerIds._mutex:
+            fd = self._held_in_this_process().pop(self._path(assignment.worker_id), None)
+            if fd is not None:
+                os.close(fd)
 
 
 # --- the state file ------------------------------------------------------------------
@@ -439,6 +452,12 @@ class _StateFile:
             raise StateFileError(f"state file {self.path} is in use by another process") from None
         self._open_paths.add(self.path)
         self.seqno, self.tick = self._read()
+        self.max_tick = (1 << layout.timestamp_bits) - 1
+        if not -1 <= self.tick <= self.max_tick:
+            # Not a mark this layout can have written; trusting it would either disable
+            # the restart protection (a tick that overflows the ID) or block for ever.
+            self.close()
+            raise StateFileError(f"state file {self.path} is corrupt: tick {self.tick} is out of range")
 
     def _read(self) -> tuple[int, int]:
         data = os.pread(self.fd, 2 * self._SIZE, 0)
@@ -527,11 +546,13 @@ class Snowflake(_snowflake.Generator):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3.6e6:
                 raise BadArgument(f"{name} must be a number of ms in [0, 3600000], got {value!r}")
         if max_ahead_ms is not None and (isinstance(max_ahead_ms, bool)
-                                         or not isinstance(max_ahead_ms, (int, float)) or max_ahead_ms < 0):
+                                         or not isinstance(max_ahead_ms, (int, float))
+                                         or math.isnan(max_ahead_ms) or max_ahead_ms < 0):
             raise BadArgument(f"max_ahead_ms must be None or a number of ms >= 0, got {max_ahead_ms!r}")
         if clock_source is not None and not isinstance(clock_source, SkewClock):
             raise WrongType("clock_source must be a SkewClock")
         self._lock = threading.Lock()
+        _LIVE_GENERATORS.add(self)
         self._lease_lost = False
         self._closed = False
         self._source = self._resolve_source(worker_id, datacenter_id)
@@ -646,17 +667,24 @@ class Snowflake(_snowflake.Generator):
         return self._layout.max_id_at(when)
 
     def close(self) -> None:
-        """Stop issuing; record the true last tick in the state file; release the worker ID."""
+        """Stop issuing; record the true last tick in the state file; release the worker ID.
+
+        In a forked child that has not taken a worker ID of its own, the state file and
+        the worker ID are the parent's: the child only lets go of its copies. (Writing
+        the parent's last tick there would lower the high-water mark the parent reserved
+        ahead, and releasing would give up the parent's lease.)"""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            parents = self._forked
             last = self._seal()
             if self._state is not None:
-                if last >= 0 and self._state.fd >= 0:
+                if last >= 0 and self._state.fd >= 0 and not parents:
                     self._state.write(last)
                 self._state.close()
-            self._source.release(self._assignment)
+            if not parents:
+                self._source.release(self._assignment)
 
     def __enter__(self) -> Snowflake:
         return self
@@ -685,13 +713,15 @@ class Snowflake(_snowflake.Generator):
                 raise Unavailable("the generator is closed")
             if tick <= self._state.tick:
                 return  # another thread reserved it meanwhile
-            self._state.write(max(tick, self._now_tick()) + self._reserve_ticks)
+            self._state.write(min(max(tick, self._now_tick()) + self._reserve_ticks, self._state.max_tick))
             self._set_hwm_tick(self._state.tick)
 
     def _on_fork(self) -> None:
-        # The parent's lock may have been held by one of its threads at fork time.
-        self._lock = threading.Lock()
+        # The lock is fresh in a child (_reset_locks_after_fork), so threads of the child
+        # meet here one at a time; the first one takes the new worker ID.
         with self._lock:
+            if not self._forked:
+                return  # another thread of this child did it meanwhile
             if self._state is not None or not self._source.can_reacquire_after_fork:
                 why = ("it keeps a state file, which belongs to the parent"
                        if self._state is not None else "its worker ID is static")
@@ -713,4 +743,19 @@ class Snowflake(_snowflake.Generator):
     def _on_lease_lost(self) -> None:
         self._lease_lost = True
         self._seal()
+
+
+# A child forked while another thread held a generator's lock (reserving in the state
+# file, taking a worker ID) would inherit it held, and deadlock in close() or _on_fork().
+# The generators' state needs no repair: its only shared word is swapped atomically.
+_LIVE_GENERATORS: weakref.WeakSet[Snowflake] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    for gen in list(_LIVE_GENERATORS):
+        gen._lock = threading.Lock()
+    HostWorkerIds._mutex = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
 

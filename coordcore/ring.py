@@ -158,6 +158,10 @@ def moved_fraction(old: _Ring, new: _Ring, keys: Iterable[Key] | npt.NDArray[Any
     return float(mask.mean()) if mask.size else 0.0
 
 
+#: A bounded-load capacity above any count of keys (stays exact in float64 and int64).
+_MAX_CAP = float(2**62)
+
+
 def _bounded_key(key: object) -> None:
     # Keys live in a dict: refuse what would alias (True == 1) or cannot be hashed stably.
     if isinstance(key, bool) or not isinstance(key, (str, bytes, int)):
@@ -225,7 +229,12 @@ class BoundedLoadRing:
         self._lock = threading.Lock()
 
     def _caps(self, m: int) -> npt.NDArray[np.int64]:
-        caps: npt.NDArray[np.int64] = np.ceil((1.0 + self._epsilon) * m * self._w / self._wsum).astype(np.int64)
+        # Clipped before the cast: a large epsilon makes the product huge or infinite,
+        # which cast to int64 as a negative number (every node "full"); nodes that own
+        # no point (weight 0 here) get 0, not inf * 0 = NaN.
+        with np.errstate(over="ignore", invalid="ignore"):
+            raw = np.ceil((1.0 + self._epsilon) * m * self._w / self._wsum)
+        caps: npt.NDArray[np.int64] = np.where(self._w > 0, np.minimum(raw, _MAX_CAP), 0.0).astype(np.int64)
         return caps
 
     @property

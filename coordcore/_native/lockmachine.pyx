@@ -19,7 +19,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
@@ -157,6 +157,10 @@ cdef enum:
 cdef uint64_t C_MIN_TTL = 1
 cdef uint64_t C_MAX_TTL = 30 * 86_400_000ULL
 cdef uint64_t C_MAX_TIME = 1ULL << 62
+# Largest revision and session counter a snapshot may carry: far from 2**64, so the
+# counters can never wrap (a wrapped counter would reuse tokens and hand out session 0,
+# the hash maps' empty marker).
+cdef uint64_t C_MAX_COUNTER = 1ULL << 62
 
 cdef enum:  # ops
     OP_OPEN = 1
@@ -359,6 +363,8 @@ cdef inline uint32_t map_get(const U64Map *m, uint64_t k) noexcept nogil:
     cdef uint32_t mask = m.cap - 1
     cdef uint32_t i = <uint32_t>(mix64(k) & mask)
     cdef uint64_t kk
+    if k == 0:
+        return NIL  # 0 marks an empty slot: it would "match" one and return its stale value
     while True:
         kk = m.keys[i]
         if kk == k:
@@ -1436,8 +1442,17 @@ cdef class LockMachine:
 
     # --- the public, log-driven path -----------------------------------------------
 
+    # Every public method runs in a critical section on the machine: a no-op with the GIL;
+    # on free-threaded builds (this module declares itself safe there) it turns a misuse
+    # the facade documents (calls from several threads) into serialised calls instead of
+    # torn C structures.
+
     def apply(self, batch):
         """Apply one batch record; returns (packed results, packed events)."""
+        with cython.critical_section(self):
+            return self._apply(batch)
+
+    cdef object _apply(self, object batch):
         cdef const unsigned char[::1] view
         cdef const unsigned char *p
         cdef size_t n, pos
@@ -1457,6 +1472,11 @@ cdef class LockMachine:
         n = <size_t>view.shape[0]
         if n < HDR_SIZE:
             raise BadArgument(f"malformed batch: {n} bytes is shorter than the header")
+        if not PyBytes_CheckExact(batch):
+            # Pass 2 trusts the lengths pass 1 checked: work on an immutable copy, so no
+            # other thread can change a mutable buffer between the passes.
+            batch = PyBytes_FromStringAndSize(<const char *>&view[0], <Py_ssize_t>n)
+            view = batch
         p = &view[0]
         if memcmp(p, b"CCLB", 4) != 0:
             raise BadArgument(f"malformed batch: bad magic {bytes(view[:4])!r}")
@@ -1504,7 +1524,7 @@ cdef class LockMachine:
             self.broken = True
             raise
         if CC_DEBUG:
-            self.check_invariants()
+            self._check_invariants()
         return results, PyBytes_FromStringAndSize(<char *>self.ev.data, <Py_ssize_t>self.ev.len)
 
     # --- snapshot ------------------------------------------------------------------
@@ -1545,6 +1565,10 @@ cdef class LockMachine:
 
     def snapshot(self):
         """The whole state as deterministic, checksummed bytes (format in machine.py)."""
+        with cython.critical_section(self):
+            return self._snapshot()
+
+    cdef object _snapshot(self):
         cdef Buf b
         cdef unsigned char *q
         cdef uint64_t *ids = NULL
@@ -1624,6 +1648,10 @@ cdef class LockMachine:
 
     def restore(self, data):
         """Replace the whole state by a snapshot's; validated before anything changes."""
+        with cython.critical_section(self):
+            self._restore(data)
+
+    cdef int _restore(self, object data) except -1:
         cdef const unsigned char[::1] view
         cdef LockMachine fresh
         cdef State tmp
@@ -1641,6 +1669,7 @@ cdef class LockMachine:
         self.st = fresh.st
         fresh.st = tmp
         self.broken = False
+        return 0
 
     cdef int _load(self, const unsigned char *p, size_t n) except -1:
         cdef _Reader r = _Reader()
@@ -1670,7 +1699,8 @@ cdef class LockMachine:
         self.st.time = r.u64()
         self.st.revision = maxrev = r.u64()
         self.st.next_session = r.u64()
-        if self.st.time > C_MAX_TIME or self.st.next_session == 0:
+        if self.st.time > C_MAX_TIME or self.st.next_session == 0 \
+                or self.st.next_session > C_MAX_COUNTER or maxrev > C_MAX_COUNTER:
             raise LogCorrupted("snapshot header out of range")
         nses = r.u32()
         for i in range(nses):
@@ -1723,8 +1753,10 @@ cdef class LockMachine:
             r.need(klen)
             kp = p + r.pos
             r.pos += klen
-            if klen == 0 or klen > C_MAX_KEY or kind < K_LOCK or kind > K_ELECTION or nh + nw == 0 \
-                    or nh + nw < nh:
+            # nw > max - nh rather than a wrapped nh + nw < nh: debug builds' overflowcheck
+            # raises OverflowError on the wrap, not LogCorrupted.
+            if klen == 0 or klen > C_MAX_KEY or kind < K_LOCK or kind > K_ELECTION \
+                    or (nh == 0 and nw == 0) or nw > 0xFFFFFFFF - nh:
                 raise LogCorrupted("snapshot key record out of range")
             if (kind == K_SEM) != (permits != 0) or permits > C_MAX_PERMITS:
                 raise LogCorrupted("snapshot semaphore size out of range")
@@ -1862,6 +1894,11 @@ cdef class LockMachine:
 
     def next_deadline(self):
         """The earliest live session deadline, or None."""
+        with cython.critical_section(self):
+            return self._next_deadline()
+
+    cdef object _next_deadline(self):
+        # Not read-only: stale heap entries are dropped on the way.
         while self.st.heap_len and self._heap_top_stale():
             self._heap_pop()
         if self.st.heap_len == 0:
@@ -1875,6 +1912,10 @@ cdef class LockMachine:
 
     def session(self, uint64_t session_id):
         """(id, ttl, deadline, [(key, contender)...]) of a live session, or None."""
+        with cython.critical_section(self):
+            return self._session(session_id)
+
+    cdef object _session(self, uint64_t session_id):
         cdef uint32_t si = map_get(&self.st.ses_map, session_id) if session_id else NIL
         cdef uint32_t c
         cdef list items = []
@@ -1890,6 +1931,10 @@ cdef class LockMachine:
 
     def key_info(self, bytes key not None):
         """(kind, permits, holders, waiters) of a key in use, or None."""
+        with cython.critical_section(self):
+            return self._key_info(key)
+
+    cdef object _key_info(self, bytes key):
         cdef uint32_t klen = <uint32_t>len(key)
         cdef const unsigned char *k = <const unsigned char *>PyBytes_AS_STRING(key)
         cdef uint32_t ki, c
@@ -1911,6 +1956,10 @@ cdef class LockMachine:
 
     def keys(self, bytes prefix not None):
         """The keys in use that start with ``prefix``, sorted."""
+        with cython.critical_section(self):
+            return self._keys(prefix)
+
+    cdef object _keys(self, bytes prefix):
         cdef list out = []
         cdef uint32_t i, plen = <uint32_t>len(prefix)
         cdef const unsigned char *pp = <const unsigned char *>PyBytes_AS_STRING(prefix)
@@ -1924,6 +1973,10 @@ cdef class LockMachine:
     def check_invariants(self):
         """Check the internal structures (AssertionError on violation). Debug builds run
         this after every batch; tests call it directly."""
+        with cython.critical_section(self):
+            self._check_invariants()
+
+    cdef int _check_invariants(self) except -1:
         cdef uint32_t i, c, n, hs, ws, cons = 0, keys = 0
         cdef uint64_t last
         cdef KeySlot *ks
@@ -1980,4 +2033,5 @@ cdef class LockMachine:
                 c = self.st.con[c].snext
             assert hs == s.c_count
         assert n == self.st.ses_used == self.st.ses_map.used, "session counts"
+        return 0
 

@@ -311,6 +311,7 @@ cdef extern from *:
         const int32_t *owners;    /* node index of each point */
         const uint32_t *index;    /* (1 << bits) + 1 entries: first point whose bucket >= b */
         const int32_t *succ;      /* npoints rows of `width` distinct nodes in ring order */
+        uint64_t hmask;           /* the hash's bits: 32 for ketama, 64 for xxh64 */
         Py_ssize_t npoints;
         int shift;                /* bucket of h = h >> shift */
         int width;
@@ -330,6 +331,10 @@ cdef extern from *:
     #define CC_PREFETCH(p) ((void)0)
     #endif
     static inline Py_ssize_t cc_ring_find(const cc_ring *r, uint64_t h) {
+        /* Batch callers validate ketama hashes (< 2**32) before the lookup loop, but the
+           array may change in between (another thread, no GIL held): masking keeps the
+           bucket inside the index whatever the value. */
+        h &= r->hmask;
         uint64_t bucket = h >> r->shift;
         Py_ssize_t i = (Py_ssize_t)r->index[bucket], e = (Py_ssize_t)r->index[bucket + 1];
         if (CC_LIKELY(e - i <= CC_PAD)) {
@@ -394,6 +399,7 @@ cdef extern from *:
         const int32_t* owners
         const uint32_t* index
         const int32_t* succ
+        uint64_t hmask
         Py_ssize_t npoints
         int shift
         int width
@@ -612,12 +618,13 @@ cdef int _hash_span(int kind, object seq, Py_ssize_t start, Py_ssize_t stop, uin
 
     ASCII str keys are hashed straight from the borrowed item: nothing in that path can
     run Python code, so the key cannot be freed under us. Any other key is hashed through
-    an owned reference, and since its conversion may run Python code (__index__) that
-    mutates a list, a list's length is re-read for every item. On free-threaded builds
+    a reference of our own, and since its conversion may run Python code (__index__)
+    that mutates a list, a list's length is re-read for every item. On free-threaded builds
     the list is also held in a critical section, as CPython's own list iteration does."""
     cdef bint is_list = PyList_CheckExact(seq)
     cdef Py_ssize_t i, ahead
     cdef PyObject* o
+    cdef object key
     with cython.critical_section(seq):
         for i in range(start, stop):
             if is_list:
@@ -638,7 +645,11 @@ cdef int _hash_span(int kind, object seq, Py_ssize_t start, Py_ssize_t stop, uin
                 else:
                     out[i - start] = cc_xxh64(PyUnicode_DATA_p(o), <size_t>PyUnicode_GET_LENGTH_p(o), seed)
             else:
-                out[i - start] = _hash_kind(kind, <object>o, seed)
+                # A strong reference: __index__ may drop the list's (list.clear()) and the
+                # key must outlive its own conversion (its error message names its type).
+                key = <object>o
+                out[i - start] = _hash_kind(kind, key, seed)
+                key = None
     return 0
 
 
@@ -1089,6 +1100,7 @@ cdef class RingSnapshot:
         self._index = _readonly(index)
         self._succ = _readonly(succ.reshape(npoints, width))
         self.r.index = &iv[0]
+        self.r.hmask = 0xFFFFFFFFFFFFFFFFULL if mode == MODE_XXH64 else 0xFFFFFFFFULL
         self.r.npoints = npoints
         self.r.shift = hashbits - bits
         self.r.width = width
@@ -1418,9 +1430,12 @@ cdef class RingSnapshot:
         for i in range(1, n):
             sv[self.r.owners[i]] += <double>(self.r.points[i] - self.r.points[i - 1])
         # Point 0 owns the wrap-around arc (last point, end of space) and [0, points[0]].
-        arc = self.r.points[0] - self.r.points[n - 1]
+        # Written without wrapping (first < last), which debug builds' overflowcheck
+        # would refuse: space - last + first.
         if self.mode == MODE_KETAMA:
-            arc = arc + (<uint64_t>1 << 32)  # both < 2**32: back into [0, 2**32)
+            arc = ((<uint64_t>1 << 32) - self.r.points[n - 1]) + self.r.points[0]
+        else:
+            arc = (0xFFFFFFFFFFFFFFFFULL - self.r.points[n - 1]) + self.r.points[0] + 1
         sv[self.r.owners[0]] += <double>arc
         for i in range(len(self._nodes)):
             sv[i] /= space

@@ -12,7 +12,8 @@ from posix.time cimport clock_gettime, nanosleep, timespec, CLOCK_REALTIME
 cimport cython
 cimport numpy as cnp
 import numpy as np
-import os
+
+from coordcore.errors import BadArgument
 
 cnp.import_array()
 
@@ -32,11 +33,36 @@ cdef extern from *:
     #else
     #define cc_cpu_relax() ((void)0)
     #endif
-    /* Bumped in every forked child (os.register_at_fork below): a generator created under
-       another generation knows it is running in a child of the process that configured it. */
+    #include <pthread.h>
+    /* Bumped in every forked child: a generator created under another generation knows
+       it is running in a child of the process that configured it. A C-level handler
+       (pthread_atfork, as uvloop does) also covers a fork() that bypasses os.fork() and
+       its Python handlers (a C library, ctypes), after which a child could otherwise
+       go on issuing its parent's IDs. */
     static long cc_fork_generation = 0;
-    /* The state of a generator that must issue nothing more. */
-    #define CC_SEALED INT64_MAX
+    static void cc_on_fork_child(void) { cc_fork_generation++; }
+    static int cc_install_fork_handler(void) { return pthread_atfork(NULL, NULL, cc_on_fork_child); }
+    /* The state of a generator that must issue nothing more. Not INT64_MAX: in a layout
+       using all 63 bits, that is the state after issuing the very last ID. */
+    #define CC_SEALED INT64_MIN
+    #define CC_LAST_STATE INT64_MAX
+    /* Clock arithmetic saturates: a test clock's offset (or a tick far from now) must
+       not overflow int64, which is undefined and turned waits into near-endless ones. */
+    static inline int64_t cc_sat_add(int64_t a, int64_t b) {
+        int64_t r;
+        if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+        return r;
+    }
+    static inline int64_t cc_sat_sub(int64_t a, int64_t b) {
+        int64_t r;
+        if (__builtin_sub_overflow(a, b, &r)) return b < 0 ? INT64_MAX : INT64_MIN;
+        return r;
+    }
+    static inline int64_t cc_sat_mul(int64_t a, int64_t b) {
+        int64_t r;
+        if (__builtin_mul_overflow(a, b, &r)) return (a < 0) != (b < 0) ? INT64_MIN : INT64_MAX;
+        return r;
+    }
     """
     const bint CC_DEBUG
     int64_t cc_load(int64_t* p) nogil
@@ -44,15 +70,16 @@ cdef extern from *:
     bint cc_cas(int64_t* p, int64_t* expected, int64_t desired) nogil
     void cc_cpu_relax() nogil
     long cc_fork_generation
+    int cc_install_fork_handler() noexcept
     const int64_t SEALED "CC_SEALED"
+    const int64_t LAST_STATE "CC_LAST_STATE"
+    int64_t cc_sat_add(int64_t a, int64_t b) noexcept nogil
+    int64_t cc_sat_sub(int64_t a, int64_t b) noexcept nogil
+    int64_t cc_sat_mul(int64_t a, int64_t b) noexcept nogil
 
 
-def _after_fork_in_child() -> None:
-    global cc_fork_generation
-    cc_fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if cc_install_fork_handler() != 0:
+    raise ImportError("coordcore._native.snowflake: pthread_atfork failed")
 
 # Clock policies.
 cdef enum:
@@ -72,6 +99,9 @@ cdef enum:
     CLAIM_REVOKED = 7       # sealed: the worker-ID lease was lost, or the generator closed
 
 POLICIES = {"wait": POLICY_WAIT, "raise": POLICY_RAISE, "logical": POLICY_LOGICAL}
+
+# Longest uninterrupted sleep of a wait (signals are checked between slices).
+cdef int64_t WAIT_SLICE_NS = 50000000
 
 
 cdef inline int64_t wall_ns() noexcept nogil:
@@ -100,11 +130,19 @@ cdef class SkewClock:
 
     def jump(self, double ms):
         """Move the clock by ``ms`` milliseconds (negative: backwards)."""
-        self.offset_ns += <int64_t>(ms * 1e6)
+        cdef double ns = ms * 1e6
+        if ns != ns:
+            raise BadArgument("cannot jump a clock by NaN ms")
+        # Clamped before the cast: a double outside int64 converts to garbage (UB).
+        if ns >= 9.2e18:
+            ns = 9.2e18
+        elif ns <= -9.2e18:
+            ns = -9.2e18
+        self.offset_ns = cc_sat_add(self.offset_ns, <int64_t>ns)
 
     def now_ms(self):
         """This clock's time in Unix milliseconds."""
-        return (wall_ns() + self.offset_ns) // 1000000
+        return cc_sat_add(wall_ns(), self.offset_ns) // 1000000
 
 
 cdef class Generator:
@@ -142,8 +180,10 @@ cdef class Generator:
         self._node_bits = node_bits
         self._policy = POLICIES[clock]
         self._max_backward_ns = <int64_t>(max_backward_ms * 1e6)
-        self._max_ahead_ticks = (0x7FFFFFFFFFFFFFFF if max_ahead_ms is None
-                                 else <int64_t>(max_ahead_ms * 1e6) // self._unit_ns)
+        cdef double ahead_ns = -1.0 if max_ahead_ms is None else max_ahead_ms * 1e6
+        # None, inf or beyond int64 nanoseconds: no bound (the facade refuses NaN).
+        self._max_ahead_ticks = (0x7FFFFFFFFFFFFFFF if not (0.0 <= ahead_ns < 9.2e18)
+                                 else <int64_t>ahead_ns // self._unit_ns)
         self._skew = clock_source
         self._fork_generation = cc_fork_generation
         self._state = -1
@@ -161,10 +201,23 @@ cdef class Generator:
 
     def _resume_after_tick(self, int64_t tick):
         """Never issue an ID at or before ``tick`` (restored from a state file)."""
-        cdef int64_t floor = ((tick + 1) << self._seq_bits) - 1
-        cdef int64_t cur = cc_load(&self._state)
-        while cur < floor and not cc_cas(&self._state, &cur, floor):
+        cdef int64_t floor, cur
+        if tick < 0:
+            return
+        if tick > self._max_tick:
+            tick = self._max_tick
+        # Not ((tick + 1) << seq_bits) - 1, which overflows for the last tick of a layout
+        # using all 63 bits.
+        floor = (tick << self._seq_bits) | self._seq_mask
+        cur = cc_load(&self._state)
+        while cur != SEALED and cur < floor and not cc_cas(&self._state, &cur, floor):
             pass
+
+    @property
+    def _forked(self):
+        """Whether this generator was configured in another process (a forked parent)
+        and has not been given a new worker ID here."""
+        return self._fork_generation != cc_fork_generation
 
     def _set_hwm_tick(self, int64_t tick):
         cc_store(&self._hwm_tick, tick)
@@ -192,7 +245,7 @@ cdef class Generator:
         """Nanoseconds since the layout's epoch on this generator's clock."""
         cdef int64_t ns = wall_ns() - self._epoch_ns
         if self._skew is not None:
-            ns += self._skew.offset_ns
+            ns = cc_sat_add(ns, self._skew.offset_ns)
         return ns
 
     cdef inline int64_t _clock_tick(self) noexcept nogil:
@@ -204,7 +257,7 @@ cdef class Generator:
         return ns // self._unit_ns
 
     cdef inline int64_t _tick_start_ns(self, int64_t tick) noexcept nogil:
-        return tick * self._unit_ns
+        return cc_sat_mul(tick, self._unit_ns)
 
     cdef inline int _claim(self, int64_t want, int64_t* first, int64_t* count,
                            int64_t* info) noexcept nogil:
@@ -225,12 +278,26 @@ cdef class Generator:
             now = self._clock_tick()
             last_tick = last >> self._seq_bits if last >= 0 else -1
             if now > last_tick:
+                if now > self._max_tick:
+                    # Checked before the shift: past the field's end, now << seq_bits can
+                    # overflow into the sign bit (a layout using all 63 bits) and issue
+                    # negative IDs, the same one again and again.
+                    return CLAIM_EXHAUSTED
                 start = now << self._seq_bits
             else:
+                if last == LAST_STATE:
+                    return CLAIM_EXHAUSTED  # the largest ID there is was issued: no last + 1
                 start = last + 1
                 if now < last_tick and self._policy != POLICY_LOGICAL:
                     info[0] = last_tick
                     info[1] = last_tick - now
+                    return CLAIM_BACKWARDS
+                if now < 0 and self._policy != POLICY_LOGICAL:
+                    # The clock is before the layout's epoch and nothing was issued yet:
+                    # that is a clock behind tick 0, bounded like any regression (it used
+                    # to wait for the epoch, however far away, without a bound).
+                    info[0] = 0
+                    info[1] = 1 + cc_sat_sub(0, self._clock_ns()) // self._unit_ns
                     return CLAIM_BACKWARDS
                 if (start & self._seq_mask) == 0 and self._policy != POLICY_LOGICAL:
                     info[0] = last_tick + 1
@@ -247,7 +314,7 @@ cdef class Generator:
             avail = self._seq_mask + 1 - (start & self._seq_mask)
             if want < avail:
                 avail = want
-            end = start + avail - 1
+            end = start + (avail - 1)  # not start + avail - 1: that passes 2**63 at the very last ID
             if cc_cas(&self._state, &last, end):
                 if CC_DEBUG:
                     if not (end >= start and start > last):
@@ -279,9 +346,9 @@ cdef class Generator:
                 if backwards_since < 0:
                     backwards_since = wall_ns()
                 if (self._policy == POLICY_RAISE
-                        or info[1] * self._unit_ns > self._max_backward_ns
+                        or cc_sat_mul(info[1], self._unit_ns) > self._max_backward_ns
                         or wall_ns() - backwards_since > self._max_backward_ns):
-                    self._on_backwards(info[1] * self._unit_ns / 1e6)
+                    self._on_backwards(<double>info[1] * <double>self._unit_ns / 1e6)
                 self._wait_for_tick(info[0])
             elif rc == CLAIM_RESERVE:
                 self._reserve(info[0])
@@ -294,19 +361,25 @@ cdef class Generator:
 
     cdef int _wait_for_tick(self, int64_t tick) except -1:
         """Until the clock reaches ``tick``: sleep through most of it, spin the last
-        stretch (a plain sleep overshoots by the timer slack, costing IDs at the ceiling)."""
+        stretch (a plain sleep overshoots by the timer slack, costing IDs at the ceiling).
+        A long wait (a clock regression, up to ``max_backward_ms``) sleeps in slices and
+        checks for signals between them, so Ctrl-C interrupts it."""
         cdef int64_t left_ns
-        with nogil:
-            while True:
-                left_ns = self._tick_start_ns(tick) - self._clock_ns()
-                if left_ns <= 0:
-                    break
-                if left_ns > 200000:
-                    sleep_ns(left_ns - 100000)
+        while True:
+            with nogil:
+                left_ns = cc_sat_sub(self._tick_start_ns(tick), self._clock_ns())
+                if left_ns > WAIT_SLICE_NS:
+                    sleep_ns(WAIT_SLICE_NS)
                 else:
-                    cc_cpu_relax()
-        PyErr_CheckSignals()
-        return 0
+                    while left_ns > 0:
+                        if left_ns > 200000:
+                            sleep_ns(left_ns - 100000)
+                        else:
+                            cc_cpu_relax()
+                        left_ns = cc_sat_sub(self._tick_start_ns(tick), self._clock_ns())
+            PyErr_CheckSignals()
+            if left_ns <= 0:
+                return 0
 
     # Rare paths, implemented by the facade in Python.
     def _on_backwards(self, drift_ms):

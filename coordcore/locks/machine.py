@@ -136,7 +136,9 @@ Snapshot (version 1)
 holders in token order and waiters in ticket order, each session's request table
 oldest first, then a CRC-32C of everything before it. ``restore()`` (or
 :meth:`LockMachine.from_snapshot`) validates it whole before replacing anything and
-raises :class:`~coordcore.errors.LogCorrupted` when it is damaged.
+raises :class:`~coordcore.errors.LogCorrupted` when it is damaged, including a checksum
+that matches fields no machine could have written (a revision or session counter above
+``2**62``, a contender of session 0, ...).
 
 Example
 -------
@@ -937,7 +939,12 @@ class LockMachine:
 
     def keys(self, prefix: str | bytes = b"") -> list[bytes]:
         """The keys in use that start with ``prefix``, sorted."""
-        p = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
+        if isinstance(prefix, str):
+            p = prefix.encode()
+        elif isinstance(prefix, (bytes, bytearray, memoryview)):
+            p = bytes(prefix)
+        else:  # bytes(n) of an int would be n zero bytes (a MemoryError for a large n)
+            raise WrongType(f"prefix must be str or bytes, not {type(prefix).__name__}")
         return self._m.keys(p)
 
     def check_invariants(self) -> None:

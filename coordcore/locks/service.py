@@ -89,7 +89,9 @@ from coordcore.errors import (
     WrongType,
 )
 from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability, TornTail
+from coordcore._native import require
 from coordcore.locks.machine import (
+    BATCH_HEADER_SIZE,
     MAX_TTL_MS,
     BatchBuilder,
     Contender,
@@ -100,7 +102,11 @@ from coordcore.locks.machine import (
     Result,
     SessionInfo,
     Status,
+    decode_events,
+    decode_results,
 )
+
+_lw = require("lockwire")
 
 __all__ = [
     "BatchStats",
@@ -205,10 +211,12 @@ class _Request:
     request came through :meth:`LockService.submit_encoded` (a server's reply bytes).
     """
 
-    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode")
+    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "fast", "ready")
 
-    def __init__(self, add: Callable[[BatchBuilder], int], parks: bool,
-                 future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None) -> None:
+    def __init__(self, add: Callable[[BatchBuilder], int] | bytes, parks: bool,
+                 future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None,
+                 fast: int = 0, ready: Callable[[], object] | None = None) -> None:
+        #: How to add it to the batch: a BatchBuilder call, or one encoded command.
         self.add = add
         self.future = future
         self.parks = parks  # an acquire/campaign: a WAITING result parks it by ticket
@@ -216,6 +224,10 @@ class _Request:
         self.result: Result | None = None
         self.applied: asyncio.Future[Result] | None = None
         self.encode = encode
+        #: With an encoded command: the reply kind of an OK result (1: the value as an
+        #: integer reply, 2: +OK), built natively from the packed result, then ready().
+        self.fast = fast
+        self.ready = ready
 
 
 class Session:
@@ -653,6 +665,24 @@ class LockService:
         self._wakeup.set()
         return fut
 
+    def submit_wire(self, command: bytes, reply: int, ready: Callable[[], object],
+                    encode: Callable[[Result], bytes], *, parks: bool = False, key: Key = b"",
+                    session_id: int = 0) -> asyncio.Future[bytes]:
+        """Like :meth:`submit_encoded`, for a command already encoded for the batch record
+        (``coordcore._native.lockwire.encode_acquire``/``encode_release``). An OK result
+        becomes its RESP reply natively (``reply`` 1: ``:value``, 2: ``+OK``) and then
+        ``ready()`` is called; any other result goes through ``encode``."""
+        if self._closing:
+            raise ServiceClosed("the lock service is closed" if self._failure is None else
+                                f"the lock service failed: {self._failure!r}") from self._failure
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        req = _Request(command, parks, fut, encode, reply, ready)
+        if parks:
+            fut.add_done_callback(lambda f: self._reply_done(f, req, key, session_id))
+        self._queue.append(req)
+        self._wakeup.set()
+        return fut
+
     def _reply_done(self, fut: asyncio.Future[Any], req: _Request, key: Key, sid: int) -> None:
         if fut.cancelled() and not req.abandoned:
             # The caller gave up (its connection went, or the server is stopping):
@@ -702,21 +732,34 @@ class LockService:
         tick = self._tick_wanted
         self._tick_wanted = False
         builder = self._builder
-        builder.clear()
+        parts: list[bytes] = []
+        count = 0
         accepted: list[tuple[_Request, int]] = []
         for req in batch:
+            add = req.add
+            if type(add) is bytes:  # encoded natively by the server (submit_wire)
+                parts.append(add)
+                accepted.append((req, count))
+                count += 1
+                continue
+            builder.clear()
             try:
-                accepted.append((req, req.add(builder)))
+                index = add(builder)  # type: ignore[operator]
             except CoordcoreError as exc:
                 _set_exception(req, exc)
+                continue
+            if len(builder):
+                parts.append(builder.build(0)[BATCH_HEADER_SIZE:])  # its commands, byte for byte
+            accepted.append((req, count + index))
+            count += len(builder)
         if not accepted and not tick:
             return  # every request was refused up front: nothing to write
-        record = builder.build(self._now_ms())
+        record = _lw.assemble(self._now_ms(), parts, count)
         try:
             if self._log is not None:
                 await self._loop.run_in_executor(self._io, self._log.append, record)
                 self.stats.fsyncs += self._log.durability == "fsync"
-            applied = self._machine.apply(record)
+            raw_results, raw_events = self._machine.apply_raw(record)
         except BaseException as exc:
             # The batch's fate on disk is unknown: its requesters get the error itself
             # (not acknowledged), everyone else ServiceClosed (see _fail).
@@ -736,10 +779,22 @@ class LockService:
         st.sizes[1 << (len(accepted).bit_length() - 1) if accepted else 0] += 1
         self._since_snapshot_records += 1
         self._since_snapshot_bytes += len(record)
-        results = applied.results
+        fast_reply = _lw.fast_reply
         for req, index in accepted:
-            self._resolve(req, results[index])
-        self._dispatch(applied.events)
+            kind = req.fast
+            if kind and req.applied is None:
+                fut = req.future
+                if not fut.done():
+                    reply = fast_reply(raw_results, index, kind)
+                    if reply is not None:  # OK: the reply straight from the packed result
+                        fut.set_result(reply)
+                        req.ready()  # type: ignore[misc]
+                        continue
+            self._resolve(req, decode_results(raw_results[index * 24:index * 24 + 24])[0])
+        # Without watches only session ends and the grants/cancels of parked requests
+        # matter: decode just those.
+        self._dispatch(decode_events(raw_events) if self._watches
+                       else _lw.filter_events(raw_events, Event, self._parked))
         for w in tick_waiters:
             if not w.done():
                 w.set_result(None)

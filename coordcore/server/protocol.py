@@ -96,6 +96,9 @@ class Connection(asyncio.Protocol):
         self.on_close: list[Callable[[], object]] = []
         #: Set while this connection has watches (RESP2 restricts it to watch commands).
         self.watching = 0
+        #: The lock commands' reply encoders of this connection (made on first use).
+        self.token_encoder: Callable[[Any], bytes] | None = None
+        self.ok_encoder: Callable[[Any], bytes] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------
 

@@ -211,11 +211,12 @@ class _Request:
     request came through :meth:`LockService.submit_encoded` (a server's reply bytes).
     """
 
-    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "fast", "ready")
+    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "fast", "ready",
+                 "on_cancel")
 
     def __init__(self, add: Callable[[BatchBuilder], int] | bytes, parks: bool,
                  future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None,
-                 fast: int = 0, ready: Callable[[], object] | None = None) -> None:
+                 fast: int = 0, ready: Callable[[asyncio.Future[Any]], object] | None = None) -> None:
         #: How to add it to the batch: a BatchBuilder call, or one encoded command.
         self.add = add
         self.future = future
@@ -225,9 +226,12 @@ class _Request:
         self.applied: asyncio.Future[Result] | None = None
         self.encode = encode
         #: With an encoded command: the reply kind of an OK result (1: the value as an
-        #: integer reply, 2: +OK), built natively from the packed result, then ready().
+        #: integer reply, 2: +OK), built natively from the packed result; ready(future)
+        #: is called just before the future is resolved with it.
         self.fast = fast
         self.ready = ready
+        #: The future's done callback that withdraws a cancelled wait (parks only).
+        self.on_cancel: Callable[[asyncio.Future[Any]], None] | None = None
 
 
 class Session:
@@ -665,20 +669,22 @@ class LockService:
         self._wakeup.set()
         return fut
 
-    def submit_wire(self, command: bytes, reply: int, ready: Callable[[], object],
+    def submit_wire(self, command: bytes, reply: int, ready: Callable[[asyncio.Future[bytes]], object],
                     encode: Callable[[Result], bytes], *, parks: bool = False, key: Key = b"",
                     session_id: int = 0) -> asyncio.Future[bytes]:
         """Like :meth:`submit_encoded`, for a command already encoded for the batch record
         (``coordcore._native.lockwire.encode_acquire``/``encode_release``). An OK result
-        becomes its RESP reply natively (``reply`` 1: ``:value``, 2: ``+OK``) and then
-        ``ready()`` is called; any other result goes through ``encode``."""
+        becomes its RESP reply natively (``reply`` 1: ``:value``, 2: ``+OK``); ``ready(future)`` is called
+        just before the future gets it (the caller may drop done callbacks it no longer
+        needs there); any other result goes through ``encode``."""
         if self._closing:
             raise ServiceClosed("the lock service is closed" if self._failure is None else
                                 f"the lock service failed: {self._failure!r}") from self._failure
         fut: asyncio.Future[bytes] = self._loop.create_future()
         req = _Request(command, parks, fut, encode, reply, ready)
         if parks:
-            fut.add_done_callback(lambda f: self._reply_done(f, req, key, session_id))
+            req.on_cancel = on_cancel = lambda f: self._reply_done(f, req, key, session_id)
+            fut.add_done_callback(on_cancel)
         self._queue.append(req)
         self._wakeup.set()
         return fut
@@ -787,8 +793,10 @@ class LockService:
                 if not fut.done():
                     reply = fast_reply(raw_results, index, kind)
                     if reply is not None:  # OK: the reply straight from the packed result
+                        if req.on_cancel is not None:
+                            fut.remove_done_callback(req.on_cancel)  # it can no longer be cancelled
+                        req.ready(fut)  # type: ignore[misc]
                         fut.set_result(reply)
-                        req.ready()  # type: ignore[misc]
                         continue
             self._resolve(req, decode_results(raw_results[index * 24:index * 24 + 24])[0])
         # Without watches only session ends and the grants/cancels of parked requests

@@ -283,7 +283,7 @@ def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
         # the reply future with the encoded token when the grant commits.
         # The command is encoded natively here and an OK reply (the token) is built
         # natively from the packed result.
-        return _svc(conn).submit_wire(_encode_acquire(sid, key), 1, conn.mark_dirty, _token_encoder(conn),
+        return _svc(conn).submit_wire(_encode_acquire(sid, key), 1, conn.wire_ready, _token_encoder(conn),
                                       parks=True, key=key, session_id=sid)
     o = _options(req[3:], _ACQ)
     if o.timeout is None:
@@ -331,7 +331,7 @@ def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     else:
         o = _options(req[3:], _REL)
         token, rid = o.token, o.request_id
-    return _svc(conn).submit_wire(_encode_release(sid, key, token, rid), 2, conn.mark_dirty, _ok_encoder(conn))
+    return _svc(conn).submit_wire(_encode_release(sid, key, token, rid), 2, conn.wire_ready, _ok_encoder(conn))
 
 
 def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:

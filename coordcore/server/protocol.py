@@ -293,6 +293,17 @@ class Connection(asyncio.Protocol):
             self.dirty = True
             self.server.dirty.append(self)
 
+    def wire_ready(self, fut: asyncio.Future[bytes]) -> None:
+        """A lock command's reply future is about to get its (OK) reply, inside the batch
+        that commits it: the connection is flushed at the end of that batch (marked
+        dirty), so the future's done callbacks would be no-ops: drop them (two loop
+        callbacks fewer per request on the hot path)."""
+        fut.remove_done_callback(self._slot_done)  # type: ignore[arg-type]
+        self.server.untrack(fut)
+        if not self.dirty:
+            self.dirty = True
+            self.server.dirty.append(self)
+
     def _slot_done(self, task: asyncio.Task[bytes]) -> None:
         if self._closing or self.transport is None:
             if not task.cancelled():

@@ -214,7 +214,7 @@ class _Request:
     """
 
     __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "fast", "ready",
-                 "on_cancel")
+                 "service", "key", "sid")
 
     def __init__(self, add: Callable[[BatchBuilder], int] | bytes, parks: bool,
                  future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None,
@@ -232,8 +232,16 @@ class _Request:
         #: is called just before the future is resolved with it.
         self.fast = fast
         self.ready = ready
-        #: The future's done callback that withdraws a cancelled wait (parks only).
-        self.on_cancel: Callable[[asyncio.Future[Any]], None] | None = None
+        #: Set when a done callback withdraws a cancelled wait (submit_wire with parks).
+        self.service: LockService | None = None
+        self.key: Key = b""
+        self.sid = 0
+
+    def on_done(self, fut: asyncio.Future[Any]) -> None:
+        """The future's done callback of a parking submit_wire request (a bound method,
+        so it can be removed by equality without a reference cycle through the request)."""
+        if self.service is not None:
+            self.service._reply_done(fut, self, self.key, self.sid)
 
 
 class _Appender:
@@ -739,8 +747,8 @@ class LockService:
         fut: asyncio.Future[bytes] = self._loop.create_future()
         req = _Request(command, parks, fut, encode, reply, ready)
         if parks:
-            req.on_cancel = on_cancel = lambda f: self._reply_done(f, req, key, session_id)
-            fut.add_done_callback(on_cancel)
+            req.service, req.key, req.sid = self, key, session_id
+            fut.add_done_callback(req.on_done)
         self._queue.append(req)
         self._wakeup.set()
         return fut
@@ -849,8 +857,8 @@ class LockService:
                 if not fut.done():
                     reply = fast_reply(raw_results, index, kind)
                     if reply is not None:  # OK: the reply straight from the packed result
-                        if req.on_cancel is not None:
-                            fut.remove_done_callback(req.on_cancel)  # it can no longer be cancelled
+                        if req.service is not None:
+                            fut.remove_done_callback(req.on_done)  # it can no longer be cancelled
                         req.ready(fut)  # type: ignore[misc]
                         fut.set_result(reply)
                         continue

@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 
 #: Every compiled module the package ships; the tests and the wheel recipe check each.
-COMPILED = ("snowflake", "ring", "lockmachine")
+COMPILED = ("snowflake", "ring", "lockmachine", "lockwire")
 
 
 def require(name: str) -> ModuleType:

@@ -43,6 +43,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+from coordcore._native import require
 from coordcore.errors import BadArgument, CoordcoreError, WatchLagged
 from coordcore.locks.machine import (
     MAX_KEY_SIZE,
@@ -66,6 +67,9 @@ if TYPE_CHECKING:
 __all__ = ["close_backend", "info_lines", "lock_commands", "open_backend"]
 
 _U63 = 2**63 - 1
+_lw = require("lockwire")
+_encode_acquire = _lw.encode_acquire
+_encode_release = _lw.encode_release
 _MAX_TIMEOUT_MS = 30 * 86_400_000
 
 
@@ -250,6 +254,20 @@ def _encoder(conn: Connection, reply: Callable[[Result], bytes]) -> Callable[[Re
     return encode
 
 
+def _token_encoder(conn: Connection) -> Callable[[Result], bytes]:
+    enc = conn.token_encoder
+    if enc is None:
+        enc = conn.token_encoder = _encoder(conn, _token_reply)
+    return enc
+
+
+def _ok_encoder(conn: Connection) -> Callable[[Result], bytes]:
+    enc = conn.ok_encoder
+    if enc is None:
+        enc = conn.ok_encoder = _encoder(conn, _ok_reply)
+    return enc
+
+
 def _error_reply(result: Result) -> bytes:
     exc = result.exception()
     if exc is None:  # pragma: no cover - WAITING never reaches a reply (it parks)
@@ -263,9 +281,10 @@ def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     if len(req) == 3:
         # The hot path: no options. No task, no coroutine: the lock service resolves
         # the reply future with the encoded token when the grant commits.
-        return _svc(conn).submit_encoded(
-            lambda b: b.acquire(sid, key, shared=False, wait=True), _encoder(conn, _token_reply),
-            parks=True, key=key, session_id=sid)
+        # The command is encoded natively here and an OK reply (the token) is built
+        # natively from the packed result.
+        return _svc(conn).submit_wire(_encode_acquire(sid, key), 1, conn.wire_ready, _token_encoder(conn),
+                                      parks=True, key=key, session_id=sid)
     o = _options(req[3:], _ACQ)
     if o.timeout is None:
         shared, label, rid = o.shared, o.label, o.request_id
@@ -312,7 +331,7 @@ def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     else:
         o = _options(req[3:], _REL)
         token, rid = o.token, o.request_id
-    return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _encoder(conn, _ok_reply))
+    return _svc(conn).submit_wire(_encode_release(sid, key, token, rid), 2, conn.wire_ready, _ok_encoder(conn))
 
 
 def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:

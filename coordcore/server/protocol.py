@@ -96,6 +96,9 @@ class Connection(asyncio.Protocol):
         self.on_close: list[Callable[[], object]] = []
         #: Set while this connection has watches (RESP2 restricts it to watch commands).
         self.watching = 0
+        #: The lock commands' reply encoders of this connection (made on first use).
+        self.token_encoder: Callable[[Any], bytes] | None = None
+        self.ok_encoder: Callable[[Any], bytes] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------
 
@@ -286,6 +289,17 @@ class Connection(asyncio.Protocol):
     def mark_dirty(self) -> None:
         """A reply of this connection is ready: flush it after the current batch (the
         lock service's batch listener calls :meth:`Server.flush_dirty`)."""
+        if not self.dirty:
+            self.dirty = True
+            self.server.dirty.append(self)
+
+    def wire_ready(self, fut: asyncio.Future[bytes]) -> None:
+        """A lock command's reply future is about to get its (OK) reply, inside the batch
+        that commits it: the connection is flushed at the end of that batch (marked
+        dirty), so the future's done callbacks would be no-ops: drop them (two loop
+        callbacks fewer per request on the hot path)."""
+        fut.remove_done_callback(self._slot_done)  # type: ignore[arg-type]
+        self.server.untrack(fut)
         if not self.dirty:
             self.dirty = True
             self.server.dirty.append(self)

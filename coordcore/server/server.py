@@ -294,6 +294,12 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def untrack(self, fut: asyncio.Future[Any]) -> None:
+        """Stop tracking ``fut`` (about to be resolved on the hot path: see
+        :meth:`Connection.wire_ready`) without its done callback."""
+        fut.remove_done_callback(self._tasks.discard)
+        self._tasks.discard(fut)
+
     def info_sections(self) -> list[str]:
         lines = ["# IDs", f"worker_id:{self.worker_id}", f"datacenter_id:{self.datacenter_id}",
                  f"id_endpoints:{','.join(self.id_endpoints())}", ""]

@@ -39,6 +39,7 @@ extensions = [
     Extension(
         f"coordcore._native.{pyx.stem}",
         [str(pyx)],
+        depends=[str(h) for h in sorted(Path("coordcore/_native").glob("*.h"))],
         include_dirs=[numpy.get_include(), "coordcore/_native"],
         define_macros=macros,
         extra_compile_args=cflags,

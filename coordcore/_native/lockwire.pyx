@@ -25,46 +25,15 @@ cdef extern from *:
     #endif
     #include <stdint.h>
     #include <string.h>
-    static inline uint64_t lw_ld64(const unsigned char *p) {
-        uint64_t v; memcpy(&v, p, 8);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        v = __builtin_bswap64(v);
-    #endif
-        return v;
-    }
-    static inline uint32_t lw_ld32(const unsigned char *p) {
-        uint32_t v; memcpy(&v, p, 4);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        v = __builtin_bswap32(v);
-    #endif
-        return v;
-    }
-    static inline uint16_t lw_ld16(const unsigned char *p) {
-        return (uint16_t)(p[0] | ((uint16_t)p[1] << 8));
-    }
-    static inline void lw_st64(unsigned char *p, uint64_t v) {
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        v = __builtin_bswap64(v);
-    #endif
-        memcpy(p, &v, 8);
-    }
-    static inline void lw_st32(unsigned char *p, uint32_t v) {
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        v = __builtin_bswap32(v);
-    #endif
-        memcpy(p, &v, 4);
-    }
-    static inline void lw_st16(unsigned char *p, uint16_t v) {
-        p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
-    }
+    #include "cc_endian.h"
     """
     const bint CC_DEBUG
-    uint64_t lw_ld64(const unsigned char *p) nogil
-    uint32_t lw_ld32(const unsigned char *p) nogil
-    uint16_t lw_ld16(const unsigned char *p) nogil
-    void lw_st64(unsigned char *p, uint64_t v) nogil
-    void lw_st32(unsigned char *p, uint32_t v) nogil
-    void lw_st16(unsigned char *p, uint16_t v) nogil
+    uint64_t cc_ld64(const unsigned char *p) nogil
+    uint32_t cc_ld32(const unsigned char *p) nogil
+    uint16_t cc_ld16(const unsigned char *p) nogil
+    void cc_st64(unsigned char *p, uint64_t v) nogil
+    void cc_st32(unsigned char *p, uint32_t v) nogil
+    void cc_st16(unsigned char *p, uint16_t v) nogil
 
 cdef enum:
     HEADER_SIZE = 20
@@ -97,11 +66,11 @@ cdef bytes _command(uint8_t op, uint8_t flags, uint64_t session, uint64_t reques
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     p[0] = op
     p[1] = flags
-    lw_st16(p + 2, <uint16_t>klen)
-    lw_st32(p + 4, <uint32_t>vlen)
-    lw_st64(p + 8, session)
-    lw_st64(p + 16, request_id)
-    lw_st64(p + 24, arg)
+    cc_st16(p + 2, <uint16_t>klen)
+    cc_st32(p + 4, <uint32_t>vlen)
+    cc_st64(p + 8, session)
+    cc_st64(p + 16, request_id)
+    cc_st64(p + 24, arg)
     if klen:
         memcpy(p + CMD_SIZE, PyBytes_AS_STRING(key), <size_t>klen)
     if vlen:
@@ -159,9 +128,9 @@ def assemble(time_ms, list parts, Py_ssize_t count):
     memcpy(p, b"CCLB", 4)
     p[4] = 1
     p[5] = 0
-    lw_st16(p + 6, 0)
-    lw_st64(p + 8, t)
-    lw_st32(p + 16, <uint32_t>count)
+    cc_st16(p + 6, 0)
+    cc_st64(p + 8, t)
+    cc_st32(p + 16, <uint32_t>count)
     p += HEADER_SIZE
     for part in parts:
         n = PyBytes_GET_SIZE(part)
@@ -192,7 +161,7 @@ def fast_reply(bytes raw, Py_ssize_t index, int kind):
         return _OK
     if kind != 1:
         raise BadArgument(f"unknown reply kind {kind}")
-    v = lw_ld64(p + 8)
+    v = cc_ld64(p + 8)
     q = buf + 32
     q -= 1; q[0] = b'\n'
     q -= 1; q[0] = b'\r'
@@ -222,8 +191,8 @@ def filter_events(bytes raw, cls, dict parked):
         if n - pos < EV_SIZE:
             raise BadArgument("packed events are truncated")
         p = base + pos
-        klen = lw_ld16(p + 2)
-        vlen = lw_ld32(p + 4)
+        klen = cc_ld16(p + 2)
+        vlen = cc_ld32(p + 4)
         if <size_t>(n - pos - EV_SIZE) < <size_t>klen + vlen:
             raise BadArgument("packed events are truncated")
         pos += EV_SIZE + <Py_ssize_t>klen + vlen
@@ -231,15 +200,15 @@ def filter_events(bytes raw, cls, dict parked):
         if kind == 5 or kind == 7:  # GRANT, CANCEL
             if not parked:
                 continue
-            ticket = PyLong_FromUnsignedLongLong(lw_ld64(p + 24))
+            ticket = PyLong_FromUnsignedLongLong(cc_ld64(p + 24))
             if ticket not in parked:
                 continue
         elif kind != 2 and kind != 3:  # CLOSE, EXPIRE
             continue
-        out.append(cls(PyLong_FromUnsignedLongLong(lw_ld64(p + 8)), kind, p[1],
-                       PyLong_FromUnsignedLongLong(lw_ld64(p + 16)),
-                       PyLong_FromUnsignedLongLong(lw_ld64(p + 24)),
-                       PyLong_FromUnsignedLongLong(lw_ld64(p + 32)),
+        out.append(cls(PyLong_FromUnsignedLongLong(cc_ld64(p + 8)), kind, p[1],
+                       PyLong_FromUnsignedLongLong(cc_ld64(p + 16)),
+                       PyLong_FromUnsignedLongLong(cc_ld64(p + 24)),
+                       PyLong_FromUnsignedLongLong(cc_ld64(p + 32)),
                        PyBytes_FromStringAndSize(<const char *>p + EV_SIZE, klen),
                        PyBytes_FromStringAndSize(<const char *>p + EV_SIZE + klen, vlen)))
     return out

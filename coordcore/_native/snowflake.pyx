@@ -194,11 +194,6 @@ cdef class Generator:
         self._node_bits = node_bits
         self._fork_generation = cc_fork_generation
 
-    def _last_tick(self):
-        """Tick of the last issued ID (-1 if none)."""
-        cdef int64_t s = cc_load(&self._state)
-        return -1 if s < 0 or s == SEALED else s >> self._seq_bits
-
     def _resume_after_tick(self, int64_t tick):
         """Never issue an ID at or before ``tick`` (restored from a state file)."""
         cdef int64_t floor, cur

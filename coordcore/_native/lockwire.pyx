@@ -1,22 +1,38 @@
 # cython: language_level=3, autotestdict=False, auto_pickle=False
-"""The server's hot lock path in C: batch commands in, RESP replies out.
+"""The server's hot lock path in C: request bytes in, batch commands, RESP replies out.
 
+* :class:`WireConn` is one connection's native wire state. It buffers the request
+  bytes and parses the request grammar (``*N`` arrays of ``$len`` bulk strings) itself.
+  :meth:`WireConn.run_hot` takes the hot commands at the head of the buffer,
+  ``LOCK.ACQUIRE key session`` and ``LOCK.RELEASE key session [TOKEN t]``, straight into
+  the :class:`WireLane` (no Python object per request); :meth:`WireConn.next_request`
+  gives any other request as a list of bytes for the server's command table, and
+  ``None`` when the bytes leave the request grammar (the server then hands the rest of
+  the stream to ``hiredis``, which knows all of RESP). Size bounds are checked on the
+  headers, before anything is allocated.
+* :class:`WireLane` collects the encoded hot commands of every connection for the lock
+  service's next batch; :meth:`WireLane.cut` takes them out as a :class:`WireBatch`,
+  whose :meth:`WireBatch.resolve` turns each packed result into its connection's reply
+  (``:token`` / ``+OK``) in that connection's output buffer, in request order, and calls
+  back into Python only for the others (errors, waits, vanished connections).
 * :func:`encode_acquire` / :func:`encode_release` encode one ``ACQUIRE`` / ``RELEASE``
   command of a batch record (format version 1, documented in coordcore/locks/machine.py),
-  byte for byte what :class:`~coordcore.locks.machine.BatchBuilder` appends, and
-  :func:`assemble` joins encoded commands under a batch header, as ``BatchBuilder.build``.
-* :func:`fast_reply` reads one packed result of ``LockMachine.apply_raw`` and, when it
-  is ``OK``, returns its RESP reply (``:token`` or ``+OK``) without building a Python
-  result object.
+  byte for byte what :class:`~coordcore.locks.machine.BatchBuilder` appends (the lane
+  writes the same bytes), and :func:`assemble` joins encoded commands under a batch
+  header, as ``BatchBuilder.build``.
 * :func:`filter_events` decodes only the packed events a lock service acts on when
   nobody watches: session ends, and grants/cancels of the tickets it has parked.
+
+Single-threaded by design: every object here belongs to the event loop's thread.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_FromUnsignedLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 
-from coordcore.errors import BadArgument
+from coordcore.errors import BadArgument, RequestTooLarge
 
 cdef extern from *:
     """
@@ -42,6 +58,19 @@ cdef enum:
     EV_SIZE = 40
     MAX_KEY = 1024
     MAX_VALUE = 4096
+    OP_ACQUIRE = 4
+    OP_RELEASE = 5
+    FLAG_WAIT = 2
+    # what a hot command answers
+    KIND_ACQUIRE = 1
+    KIND_RELEASE = 2
+    # the spans of a request's first arguments that the hot path looks at
+    HOT_SPANS = 5
+
+#: The reply kinds of hot commands (``WireBatch.entry``): an acquire answers with its
+#: token, a release with ``+OK``.
+ACQUIRE = KIND_ACQUIRE
+RELEASE = KIND_RELEASE
 
 from coordcore._native import lockmachine as _lm
 
@@ -49,6 +78,28 @@ cdef uint64_t MAX_TIME = _lm.MAX_TIME_MS
 cdef Py_ssize_t _max_commands = _lm.MAX_BATCH_COMMANDS
 if _lm.MAX_KEY_SIZE != MAX_KEY or _lm.MAX_VALUE_SIZE != MAX_VALUE or _lm.BATCH_FORMAT_VERSION != 1:
     raise ImportError("lockwire was built for another batch format than lockmachine's")
+
+cdef uint64_t _U63 = 0x7FFFFFFFFFFFFFFF
+
+
+# --- batch commands ---------------------------------------------------------------------
+
+cdef inline void _put_command(unsigned char *p, uint8_t op, uint8_t flags, uint64_t session,
+                              uint64_t request_id, uint64_t arg, const char *key, Py_ssize_t klen,
+                              const char *value, Py_ssize_t vlen) noexcept:
+    """Write one batch command at ``p`` (``CMD_SIZE + klen + vlen`` bytes)."""
+    p[0] = op
+    p[1] = flags
+    cc_st16(p + 2, <uint16_t>klen)
+    cc_st32(p + 4, <uint32_t>vlen)
+    cc_st64(p + 8, session)
+    cc_st64(p + 16, request_id)
+    cc_st64(p + 24, arg)
+    if klen:
+        memcpy(p + CMD_SIZE, key, <size_t>klen)
+    if vlen:
+        memcpy(p + CMD_SIZE + klen, value, <size_t>vlen)
+
 
 cdef uint64_t _u64(str name, object value, uint64_t lo) except? 0:
     if type(value) is not int:
@@ -63,18 +114,8 @@ cdef bytes _command(uint8_t op, uint8_t flags, uint64_t session, uint64_t reques
     cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
     cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, CMD_SIZE + klen + vlen)
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
-    p[0] = op
-    p[1] = flags
-    cc_st16(p + 2, <uint16_t>klen)
-    cc_st32(p + 4, <uint32_t>vlen)
-    cc_st64(p + 8, session)
-    cc_st64(p + 16, request_id)
-    cc_st64(p + 24, arg)
-    if klen:
-        memcpy(p + CMD_SIZE, PyBytes_AS_STRING(key), <size_t>klen)
-    if vlen:
-        memcpy(p + CMD_SIZE + klen, PyBytes_AS_STRING(value), <size_t>vlen)
+    _put_command(<unsigned char *>PyBytes_AS_STRING(out), op, flags, session, request_id, arg,
+                 PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(value), vlen)
     return out
 
 
@@ -95,7 +136,7 @@ def encode_acquire(session, key, *, bint shared=False, bint wait=True, request_i
         raise BadArgument(f"value must be bytes, got {type(value).__name__}")
     if PyBytes_GET_SIZE(value) > MAX_VALUE:
         raise BadArgument(f"value must be at most {MAX_VALUE} bytes, got {PyBytes_GET_SIZE(value)}")
-    return _command(4, (1 if shared else 0) | (2 if wait else 0), s, r, 0, k, <bytes>value)
+    return _command(OP_ACQUIRE, (1 if shared else 0) | (FLAG_WAIT if wait else 0), s, r, 0, k, <bytes>value)
 
 
 def encode_release(session, key, token=0, request_id=0):
@@ -103,7 +144,7 @@ def encode_release(session, key, token=0, request_id=0):
     cdef uint64_t s = _u64("session", session, 1)
     cdef uint64_t t = _u64("token", token, 0)
     cdef uint64_t r = _u64("request_id", request_id, 0)
-    return _command(5, 0, s, r, t, _key(key), b"")
+    return _command(OP_RELEASE, 0, s, r, t, _key(key), b"")
 
 
 def assemble(time_ms, list parts, Py_ssize_t count):
@@ -139,30 +180,52 @@ def assemble(time_ms, list parts, Py_ssize_t count):
     return out
 
 
-cdef bytes _OK = b"+OK\r\n"
+# --- growable byte buffers ------------------------------------------------------------------
+
+cdef struct Buf:
+    unsigned char *data
+    Py_ssize_t start   # consumed up to here (input buffers)
+    Py_ssize_t end     # filled up to here
+    Py_ssize_t cap
 
 
-def fast_reply(bytes raw, Py_ssize_t index, int kind):
-    """The RESP reply of packed result ``index`` if its status is OK, else None.
-    ``kind`` 1: the result's value as an integer reply (an acquire's fencing token);
-    2: ``+OK``."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
-    cdef const unsigned char *p
-    cdef char buf[32]
-    cdef char *q
-    cdef uint64_t v
-    cdef Py_ssize_t i
-    if index < 0 or (index + 1) * RES_SIZE > n:
-        raise BadArgument(f"result {index} is out of range")
-    p = <const unsigned char *>PyBytes_AS_STRING(raw) + index * RES_SIZE
-    if p[1] != 0:
-        return None
-    if kind == 2:
-        return _OK
-    if kind != 1:
-        raise BadArgument(f"unknown reply kind {kind}")
-    v = cc_ld64(p + 8)
-    q = buf + 32
+cdef int _reserve(Buf *b, Py_ssize_t extra) except -1:
+    """Make room for ``extra`` more bytes after ``b.end`` (dropping consumed bytes first)."""
+    cdef Py_ssize_t live, want
+    cdef unsigned char *grown
+    if b.start and (b.start == b.end or b.end + extra > b.cap):
+        live = b.end - b.start
+        if live:
+            memmove(b.data, b.data + b.start, <size_t>live)
+        b.start = 0
+        b.end = live
+    if b.end + extra <= b.cap:
+        return 0
+    if extra > (<Py_ssize_t>1 << 40) - b.end:
+        raise MemoryError("wire buffer over 1 TiB")
+    want = b.cap * 2 if b.cap else 256
+    while want < b.end + extra:
+        want *= 2
+    grown = <unsigned char *>PyMem_Realloc(b.data, <size_t>want)
+    if grown == NULL:
+        raise MemoryError()
+    b.data = grown
+    b.cap = want
+    return 0
+
+
+cdef inline int _append(Buf *b, const void *src, Py_ssize_t n) except -1:
+    if b.end + n > b.cap:
+        _reserve(b, n)
+    memcpy(b.data + b.end, src, <size_t>n)
+    b.end += n
+    return 0
+
+
+cdef int _append_token_reply(Buf *b, uint64_t v) except -1:
+    """``:v\\r\\n``."""
+    cdef char tmp[24]
+    cdef char *q = tmp + 24
     q -= 1; q[0] = b'\n'
     q -= 1; q[0] = b'\r'
     while True:
@@ -172,8 +235,470 @@ def fast_reply(bytes raw, Py_ssize_t index, int kind):
         if v == 0:
             break
     q -= 1; q[0] = b':'
-    return PyBytes_FromStringAndSize(q, (buf + 32) - q)
+    return _append(b, q, (tmp + 24) - q)
 
+
+cdef bytes _take(Buf *b):
+    """The buffered bytes (None if there are none), and empty the buffer."""
+    cdef Py_ssize_t n = b.end - b.start
+    if n == 0:
+        return None
+    out = PyBytes_FromStringAndSize(<char *>b.data + b.start, n)
+    b.start = 0
+    b.end = 0
+    if b.cap > 65536:  # a burst is over: give the memory back
+        PyMem_Free(b.data)
+        b.data = NULL
+        b.cap = 0
+    return out
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+cdef enum:
+    SCAN_INCOMPLETE = 0
+    SCAN_FOREIGN = -1   # not the request grammar: hiredis takes over
+    SCAN_TOO_MANY = -2  # more arguments than allowed
+    SCAN_TOO_BIG = -3   # a bulk string or the whole request over the byte bound
+
+cdef struct Span:
+    Py_ssize_t off
+    Py_ssize_t len
+
+
+cdef inline Py_ssize_t _number(const unsigned char *p, Py_ssize_t avail, Py_ssize_t *value) noexcept:
+    """Parse ``digits\\r\\n`` at ``p``: the bytes used, 0 if incomplete, SCAN_FOREIGN if it is
+    not that, SCAN_TOO_BIG past 18 digits (larger than any bound)."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t v = 0
+    cdef unsigned char c
+    while True:
+        if i >= avail:
+            return SCAN_INCOMPLETE
+        c = p[i]
+        if c == b'\r':
+            break
+        if c < b'0' or c > b'9':
+            return SCAN_FOREIGN
+        if i >= 18:
+            return SCAN_TOO_BIG
+        v = v * 10 + (c - 48)
+        i += 1
+    if i == 0:
+        return SCAN_FOREIGN
+    if i + 1 >= avail:
+        return SCAN_INCOMPLETE
+    if p[i + 1] != b'\n':
+        return SCAN_FOREIGN
+    value[0] = v
+    return i + 2
+
+
+cdef inline bint _is_word(const unsigned char *p, Py_ssize_t n, const char *lower, Py_ssize_t wn) noexcept:
+    """``p[:n]`` equals the lower-case ASCII word ``lower``, ignoring ASCII case."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n != wn:
+        return False
+    for i in range(n):
+        c = p[i]
+        if b'A' <= c <= b'Z':
+            c += 32
+        if c != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+cdef inline bint _decimal(const unsigned char *p, Py_ssize_t n, uint64_t lo, uint64_t *out) noexcept:
+    """Plain decimal digits in [lo, 2**63 - 1] (what ``parse_int`` accepts, minus the
+    spellings ``int()`` also takes: those go the general way)."""
+    cdef uint64_t v = 0
+    cdef Py_ssize_t i
+    if n < 1 or n > 19:
+        return False
+    for i in range(n):
+        if p[i] < b'0' or p[i] > b'9':
+            return False
+        v = v * 10 + (p[i] - 48)
+    if v < lo or v > _U63:
+        return False
+    out[0] = v
+    return True
+
+
+cdef class WireConn:
+    """One connection's native wire state: its unparsed request bytes, its hot commands
+    in flight (:attr:`outstanding`; :attr:`parked` while a hot acquire is among them:
+    nothing after it may be parsed until it is answered) and the replies to them, ready
+    to write (:meth:`take_output`). ``conn`` is what :meth:`WireBatch.resolve` lists
+    for a flush (the server's connection object).
+
+    ``max_args`` and ``max_request_bytes`` bound a request; past either,
+    :meth:`next_request` raises :class:`~coordcore.errors.RequestTooLarge` as soon as
+    the header says so."""
+
+    cdef Buf inp
+    cdef Buf out
+    cdef Py_ssize_t max_args
+    cdef Py_ssize_t max_request
+    cdef public object conn
+    cdef public Py_ssize_t outstanding
+    cdef public bint parked
+    cdef public bint dirty
+    cdef public bint closed
+
+    def __init__(self, conn, Py_ssize_t max_args, Py_ssize_t max_request_bytes):
+        if max_args < 1 or max_request_bytes < 1:
+            raise BadArgument("max_args and max_request_bytes must be >= 1")
+        self.conn = conn
+        self.max_args = max_args
+        self.max_request = max_request_bytes
+
+    def __dealloc__(self):
+        PyMem_Free(self.inp.data)
+        PyMem_Free(self.out.data)
+
+    @property
+    def buffered(self):
+        """Request bytes received and not parsed yet."""
+        return self.inp.end - self.inp.start
+
+    def feed(self, data):
+        """Append received bytes (``bytes``, ``bytearray`` or ``memoryview``)."""
+        cdef const unsigned char[::1] view
+        if type(data) is bytes:
+            _append(&self.inp, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            return
+        view = data
+        if view.shape[0]:
+            _append(&self.inp, &view[0], view.shape[0])
+
+    def take_input(self):
+        """Every unparsed byte (None if none), leaving the buffer empty: for the parser
+        that takes over when the stream leaves the request grammar."""
+        return _take(&self.inp)
+
+    def take_output(self):
+        """The replies ready to write, in request order (None if none)."""
+        return _take(&self.out)
+
+    def append_output(self, bytes reply):
+        """Queue ``reply`` behind the ready replies."""
+        _append(&self.out, PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply))
+
+    cdef Py_ssize_t _scan(self, Span *spans, Py_ssize_t *argc) noexcept:
+        """Frame the request at the head of the buffer: its length, or a SCAN_ status.
+        Records the spans of up to HOT_SPANS first arguments."""
+        cdef const unsigned char *base = self.inp.data + self.inp.start
+        cdef Py_ssize_t avail = self.inp.end - self.inp.start
+        cdef Py_ssize_t pos, used, n, i, count
+        if avail == 0:
+            return SCAN_INCOMPLETE
+        if base[0] != b'*':
+            return SCAN_FOREIGN
+        used = _number(base + 1, avail - 1, &count)
+        if used <= 0:
+            return self._short(used, avail)
+        if count == 0:
+            return SCAN_FOREIGN  # an empty array: hiredis answers it
+        if count > self.max_args:
+            return SCAN_TOO_MANY
+        pos = 1 + used
+        for i in range(count):
+            if pos >= avail:
+                return self._short(SCAN_INCOMPLETE, avail)
+            if base[pos] != b'$':
+                return SCAN_FOREIGN
+            used = _number(base + pos + 1, avail - pos - 1, &n)
+            if used <= 0:
+                return self._short(used, avail)
+            pos += 1 + used
+            if n > self.max_request - pos - 2:  # the request would pass the bound
+                return SCAN_TOO_BIG
+            if avail - pos < n + 2:
+                return self._short(SCAN_INCOMPLETE, avail)
+            if base[pos + n] != b'\r' or base[pos + n + 1] != b'\n':
+                return SCAN_FOREIGN
+            if i < HOT_SPANS:
+                spans[i].off = pos
+                spans[i].len = n
+            pos += n + 2
+        argc[0] = count
+        return pos
+
+    cdef inline Py_ssize_t _short(self, Py_ssize_t status, Py_ssize_t avail) noexcept:
+        # An incomplete request may not grow past the bound (counted over the bytes
+        # received for it, so it is exceeded by at most one read).
+        if status == SCAN_INCOMPLETE and avail > self.max_request:
+            return SCAN_TOO_BIG
+        return status
+
+    def next_request(self):
+        """The next request as a list of its arguments (bytes); ``False`` if none is
+        complete; ``None`` if the bytes at the head are not a request of the grammar
+        (``*N`` then N ``$len`` bulk strings) and a general RESP parser must take over.
+        Raises :class:`~coordcore.errors.RequestTooLarge` when a request is over a bound."""
+        cdef Span spans[HOT_SPANS]
+        cdef Py_ssize_t argc = 0
+        cdef Py_ssize_t r = self._scan(spans, &argc)
+        cdef Py_ssize_t pos, i, used
+        cdef Py_ssize_t n = 0
+        cdef const unsigned char *base
+        cdef list out
+        if r == SCAN_INCOMPLETE:
+            return False
+        if r == SCAN_FOREIGN:
+            return None
+        if r == SCAN_TOO_MANY:
+            raise RequestTooLarge(f"more than {self.max_args} arguments")
+        if r == SCAN_TOO_BIG:
+            raise RequestTooLarge(f"request over {self.max_request} bytes")
+        base = self.inp.data + self.inp.start
+        out = []
+        pos = 1 + _number(base + 1, r, &n)
+        for i in range(argc):
+            used = _number(base + pos + 1, r - pos - 1, &n)
+            pos += 1 + used
+            PyList_Append(out, PyBytes_FromStringAndSize(<char *>base + pos, n))
+            pos += n + 2
+        self.inp.start += r
+        return out
+
+    def run_hot(self, WireLane lane not None, Py_ssize_t limit):
+        """Move the hot commands at the head of the buffer into ``lane`` (at most
+        ``limit``; none once :attr:`parked`): ``LOCK.ACQUIRE key session`` (then parked)
+        and ``LOCK.RELEASE key session [TOKEN t]`` with a valid key and plain decimal
+        numbers in range. Stops at the first other request, which stays buffered.
+        Returns how many it moved."""
+        cdef Span spans[HOT_SPANS]
+        cdef Py_ssize_t argc, r, handled = 0
+        cdef const unsigned char *base
+        cdef const unsigned char *name
+        cdef uint64_t session, token
+        cdef uint8_t kind
+        if lane.closed or self.closed:
+            return 0
+        while handled < limit and not self.parked:
+            argc = 0
+            r = self._scan(spans, &argc)
+            if r <= 0 or (argc != 3 and argc != 5):
+                break
+            base = self.inp.data + self.inp.start
+            name = base + spans[0].off
+            token = 0
+            if argc == 3 and _is_word(name, spans[0].len, b"lock.acquire", 12):
+                kind = KIND_ACQUIRE
+            elif _is_word(name, spans[0].len, b"lock.release", 12):
+                kind = KIND_RELEASE
+                if argc == 5 and not (_is_word(base + spans[3].off, spans[3].len, b"token", 5)
+                                      and _decimal(base + spans[4].off, spans[4].len, 0, &token)):
+                    break
+            else:
+                break
+            if spans[1].len < 1 or spans[1].len > MAX_KEY:
+                break
+            if not _decimal(base + spans[2].off, spans[2].len, 1, &session):
+                break
+            lane._push(self, kind, session, token, <const char *>base + spans[1].off, spans[1].len)
+            self.inp.start += r
+            self.outstanding += 1
+            handled += 1
+            if kind == KIND_ACQUIRE:
+                self.parked = True
+        return handled
+
+
+cdef class WireLane:
+    """The hot commands of every connection waiting for the lock service's next batch.
+
+    ``wake()`` is called when the lane gets its first command (to wake the batch
+    writer); ``other(batch, i, owner, error)`` is called by :meth:`WireBatch.resolve`
+    for each command whose reply is not a plain success (and by :meth:`WireBatch.fail`
+    for every command) and returns the reply to queue, or None; ``dirty`` lists the
+    ``conn`` of each connection a batch gave replies to (each once: its ``dirty`` flag)."""
+
+    cdef Buf cmds
+    cdef list owners
+    cdef Py_ssize_t *offsets
+    cdef unsigned char *kinds
+    cdef Py_ssize_t count
+    cdef Py_ssize_t slots
+    cdef public object wake
+    cdef public object other
+    cdef readonly list dirty
+    cdef public bint closed
+
+    def __cinit__(self, *args, **kwargs):
+        self.owners = []
+        self.dirty = []
+
+    def __init__(self, wake, other, list dirty not None):
+        self.wake = wake
+        self.other = other
+        self.dirty = dirty
+
+    def __dealloc__(self):
+        PyMem_Free(self.cmds.data)
+        PyMem_Free(self.offsets)
+        PyMem_Free(self.kinds)
+
+    def __len__(self):
+        return self.count
+
+    cdef int _push(self, WireConn owner, uint8_t kind, uint64_t session, uint64_t token,
+                   const char *key, Py_ssize_t klen) except -1:
+        cdef Py_ssize_t n
+        cdef Py_ssize_t *offsets
+        cdef unsigned char *kinds
+        if self.count == self.slots:
+            n = self.slots * 2 if self.slots else 64
+            offsets = <Py_ssize_t *>PyMem_Realloc(self.offsets, <size_t>n * sizeof(Py_ssize_t))
+            if offsets == NULL:
+                raise MemoryError()
+            self.offsets = offsets
+            kinds = <unsigned char *>PyMem_Realloc(self.kinds, <size_t>n)
+            if kinds == NULL:
+                raise MemoryError()
+            self.kinds = kinds
+            self.slots = n
+        _reserve(&self.cmds, CMD_SIZE + klen)
+        if kind == KIND_ACQUIRE:
+            _put_command(self.cmds.data + self.cmds.end, OP_ACQUIRE, FLAG_WAIT, session, 0, 0, key, klen, NULL, 0)
+        else:
+            _put_command(self.cmds.data + self.cmds.end, OP_RELEASE, 0, session, 0, token, key, klen, NULL, 0)
+        self.offsets[self.count] = self.cmds.end
+        self.kinds[self.count] = kind
+        self.cmds.end += CMD_SIZE + klen
+        PyList_Append(self.owners, owner)
+        self.count += 1
+        if self.count == 1 and self.wake is not None:
+            self.wake()
+        return 0
+
+    def cut(self, Py_ssize_t limit):
+        """Take out the first ``limit`` commands (all if fewer) as a :class:`WireBatch`,
+        or None if there are none."""
+        cdef Py_ssize_t n = min(self.count, limit)
+        cdef Py_ssize_t nbytes, i
+        cdef WireBatch batch
+        if n <= 0:
+            return None
+        nbytes = self.offsets[n] if n < self.count else self.cmds.end
+        batch = WireBatch.__new__(WireBatch)
+        batch.lane = self
+        batch.commands = PyBytes_FromStringAndSize(<char *>self.cmds.data, nbytes)
+        batch.count = n
+        batch.kinds = PyBytes_FromStringAndSize(<char *>self.kinds, n)
+        batch.offsets = <Py_ssize_t *>PyMem_Malloc(<size_t>n * sizeof(Py_ssize_t))
+        if batch.offsets == NULL:
+            raise MemoryError()
+        memcpy(batch.offsets, self.offsets, <size_t>n * sizeof(Py_ssize_t))
+        if n == self.count:
+            batch.owners = self.owners
+            self.owners = []
+            self.cmds.end = 0
+        else:  # a flood: the rest waits for the next batch
+            batch.owners = self.owners[:n]
+            del self.owners[:n]
+            memmove(self.cmds.data, self.cmds.data + nbytes, <size_t>(self.cmds.end - nbytes))
+            self.cmds.end -= nbytes
+            for i in range(self.count - n):
+                self.offsets[i] = self.offsets[i + n] - nbytes
+                self.kinds[i] = self.kinds[i + n]
+        self.count -= n
+        return batch
+
+
+cdef class WireBatch:
+    """Hot commands cut from a :class:`WireLane` into one batch: ``commands`` (their
+    encoded bytes, to put in the batch record) and ``count``."""
+
+    cdef WireLane lane
+    cdef readonly bytes commands
+    cdef readonly Py_ssize_t count
+    cdef list owners
+    cdef bytes kinds
+    cdef Py_ssize_t *offsets
+    cdef bytes raw
+    cdef Py_ssize_t base
+
+    def __dealloc__(self):
+        PyMem_Free(self.offsets)
+
+    def __len__(self):
+        return self.count
+
+    def entry(self, Py_ssize_t i):
+        """``(kind, session, key)`` of command ``i`` (kind: ACQUIRE or RELEASE)."""
+        cdef const unsigned char *p
+        if i < 0 or i >= self.count:
+            raise BadArgument(f"entry {i} is out of range")
+        p = <const unsigned char *>PyBytes_AS_STRING(self.commands) + self.offsets[i]
+        return (<unsigned char *>PyBytes_AS_STRING(self.kinds))[i], cc_ld64(p + 8), \
+            PyBytes_FromStringAndSize(<const char *>p + CMD_SIZE, cc_ld16(p + 2))
+
+    def result(self, Py_ssize_t i):
+        """The packed result (RES_SIZE bytes) of command ``i`` (during :meth:`resolve`)."""
+        if i < 0 or i >= self.count or self.raw is None:
+            raise BadArgument(f"result {i} is not available")
+        return self.raw[(self.base + i) * RES_SIZE:(self.base + i + 1) * RES_SIZE]
+
+    cdef int _deliver(self, WireConn owner, bytes reply) except -1:
+        if reply is not None and not owner.closed:
+            _append(&owner.out, PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply))
+        if not owner.dirty and not owner.closed:
+            owner.dirty = True
+            PyList_Append(self.lane.dirty, owner.conn)
+        return 0
+
+    def resolve(self, bytes raw_results not None, Py_ssize_t base):
+        """Answer every command from the packed results of the applied batch, where the
+        first of them is result ``base``: a successful acquire gets ``:token``, a
+        successful release ``+OK``, in each connection's output in request order; any
+        other outcome (and an acquire of a connection that has gone) is the lane's
+        ``other`` callback's to answer."""
+        cdef const unsigned char *p
+        cdef Py_ssize_t i
+        cdef WireConn owner
+        cdef unsigned char kind
+        cdef const unsigned char *kinds = <const unsigned char *>PyBytes_AS_STRING(self.kinds)
+        if base < 0 or (base + self.count) * RES_SIZE > PyBytes_GET_SIZE(raw_results):
+            raise BadArgument("the packed results do not cover this batch")
+        self.raw = raw_results
+        self.base = base
+        other = self.lane.other
+        for i in range(self.count):
+            owner = <WireConn>PyList_GET_ITEM(self.owners, i)
+            kind = kinds[i]
+            p = <const unsigned char *>PyBytes_AS_STRING(raw_results) + (base + i) * RES_SIZE
+            owner.outstanding -= 1
+            if kind == KIND_ACQUIRE:
+                owner.parked = False
+            if p[1] == 0 and not owner.closed:  # OK
+                if kind == KIND_ACQUIRE:
+                    _append_token_reply(&owner.out, cc_ld64(p + 8))
+                else:
+                    _append(&owner.out, b"+OK\r\n", 5)
+                self._deliver(owner, None)
+            elif p[1] != 0 or kind == KIND_ACQUIRE:
+                self._deliver(owner, other(self, i, owner, None))
+        self.raw = None
+
+    def fail(self, error):
+        """The batch did not commit: every command gets ``other(batch, i, owner, error)``."""
+        cdef Py_ssize_t i
+        cdef WireConn owner
+        cdef const unsigned char *kinds = <const unsigned char *>PyBytes_AS_STRING(self.kinds)
+        other = self.lane.other
+        for i in range(self.count):
+            owner = <WireConn>PyList_GET_ITEM(self.owners, i)
+            owner.outstanding -= 1
+            if kinds[i] == KIND_ACQUIRE:
+                owner.parked = False
+            self._deliver(owner, other(self, i, owner, error))
+
+
+# --- events ----------------------------------------------------------------------------------
 
 def filter_events(bytes raw, cls, dict parked):
     """Decode (into ``cls(revision, kind, mode, session, ticket, token, key, value)``)

@@ -213,13 +213,11 @@ class _Request:
     request came through :meth:`LockService.submit_encoded` (a server's reply bytes).
     """
 
-    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "fast", "ready",
-                 "service", "key", "sid")
+    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "service", "key", "sid")
 
-    def __init__(self, add: Callable[[BatchBuilder], int] | bytes, parks: bool,
-                 future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None,
-                 fast: int = 0, ready: Callable[[asyncio.Future[Any]], object] | None = None) -> None:
-        #: How to add it to the batch: a BatchBuilder call, or one encoded command.
+    def __init__(self, add: Callable[[BatchBuilder], int] | None, parks: bool,
+                 future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None) -> None:
+        #: How to add it to the batch (None: it was in a batch already, see park_wire).
         self.add = add
         self.future = future
         self.parks = parks  # an acquire/campaign: a WAITING result parks it by ticket
@@ -227,19 +225,14 @@ class _Request:
         self.result: Result | None = None
         self.applied: asyncio.Future[Result] | None = None
         self.encode = encode
-        #: With an encoded command: the reply kind of an OK result (1: the value as an
-        #: integer reply, 2: +OK), built natively from the packed result; ready(future)
-        #: is called just before the future is resolved with it.
-        self.fast = fast
-        self.ready = ready
-        #: Set when a done callback withdraws a cancelled wait (submit_wire with parks).
+        #: Set when a done callback withdraws a cancelled wait (submit_encoded, park_wire).
         self.service: LockService | None = None
         self.key: Key = b""
         self.sid = 0
 
     def on_done(self, fut: asyncio.Future[Any]) -> None:
-        """The future's done callback of a parking submit_wire request (a bound method,
-        so it can be removed by equality without a reference cycle through the request)."""
+        """The future's done callback of a parking request of a server (a bound method:
+        no reference cycle through the request)."""
         if self.service is not None:
             self.service._reply_done(fut, self, self.key, self.sid)
 
@@ -593,6 +586,8 @@ class LockService:
         self._since_snapshot_bytes = 0
         self.stats = BatchStats()
         self._batch_listeners: list[Callable[[], None]] = []
+        #: A server's native command lane (attach_wire), taken into every batch.
+        self._lane: Any = None
         self._writer = asyncio.ensure_future(self._write_loop())
         self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
 
@@ -728,30 +723,48 @@ class LockService:
         fut: asyncio.Future[T] = self._loop.create_future()
         req = _Request(add, parks, fut, encode)
         if parks:
-            fut.add_done_callback(lambda f: self._reply_done(f, req, key, session_id))
-        self._queue.append(req)
-        self._wakeup.set()
-        return fut
-
-    def submit_wire(self, command: bytes, reply: int, ready: Callable[[asyncio.Future[bytes]], object],
-                    encode: Callable[[Result], bytes], *, parks: bool = False, key: Key = b"",
-                    session_id: int = 0) -> asyncio.Future[bytes]:
-        """Like :meth:`submit_encoded`, for a command already encoded for the batch record
-        (``coordcore._native.lockwire.encode_acquire``/``encode_release``). An OK result
-        becomes its RESP reply natively (``reply`` 1: ``:value``, 2: ``+OK``); ``ready(future)`` is called
-        just before the future gets it (the caller may drop done callbacks it no longer
-        needs there); any other result goes through ``encode``."""
-        if self._closing:
-            raise ServiceClosed("the lock service is closed" if self._failure is None else
-                                f"the lock service failed: {self._failure!r}") from self._failure
-        fut: asyncio.Future[bytes] = self._loop.create_future()
-        req = _Request(command, parks, fut, encode, reply, ready)
-        if parks:
             req.service, req.key, req.sid = self, key, session_id
             fut.add_done_callback(req.on_done)
         self._queue.append(req)
         self._wakeup.set()
         return fut
+
+    def attach_wire(self, lane: Any) -> None:
+        """Low level, for servers: every batch also takes (up to its bound) the commands
+        queued in ``lane``, a :class:`coordcore._native.lockwire.WireLane` that the
+        server's connections fill natively, and resolves them natively after the
+        commit (see :meth:`park_wire` and :meth:`withdraw_wire` for the outcomes it
+        hands back). One lane per service."""
+        if self._lane is not None:
+            raise BadArgument("a wire lane is attached already")
+        lane.wake = self._wakeup.set
+        lane.closed = self._closing
+        self._lane = lane
+
+    def park_wire(self, result: Result, key: Key, session_id: int,
+                  encode: Callable[[Result], T]) -> asyncio.Future[T]:
+        """Low level, for servers: a lane acquire came back ``WAITING`` (``result``):
+        return a future of ``encode(result)`` with ``status=OK, value=token`` once the
+        batch that grants it commits (or failing with SessionExpired / Cancelled), like
+        a parked :meth:`submit_encoded` request; cancelling it withdraws the wait."""
+        fut: asyncio.Future[T] = self._loop.create_future()
+        req = _Request(None, True, fut, encode)
+        req.result = result
+        req.service, req.key, req.sid = self, key, session_id
+        fut.add_done_callback(req.on_done)
+        self._parked[result.aux] = req  # aux: the ticket of a waiting contender
+        return fut
+
+    def withdraw_wire(self, result: Result, key: Key, session_id: int) -> None:
+        """Low level, for servers: a lane acquire (``result``: granted or waiting)
+        whose requester has gone: CANCEL it through the log in the background (which
+        also releases a grant)."""
+        if result.status not in (Status.OK, Status.WAITING):
+            return
+        req = _Request(None, True, self._loop.create_future())
+        req.result = result
+        req.future.add_done_callback(_retrieve)
+        self._track(asyncio.ensure_future(self._withdraw(req, key, session_id)))
 
     def _reply_done(self, fut: asyncio.Future[Any], req: _Request, key: Key, sid: int) -> None:
         if fut.cancelled() and not req.abandoned:
@@ -770,11 +783,11 @@ class LockService:
     async def _write_loop(self) -> None:
         try:
             while True:
-                if self._queue or self._tick_wanted:
+                if self._queue or self._tick_wanted or self._lane:
                     await self._write_batch()
                 if self._snapshot_waiters or self._snapshot_due():
                     await self._take_snapshot()
-                if self._queue or self._tick_wanted or self._snapshot_waiters:
+                if self._queue or self._tick_wanted or self._snapshot_waiters or self._lane:
                     # Let the tasks just answered run (and queue their next requests)
                     # before the next batch is cut, so batches fill up under load.
                     await asyncio.sleep(0)
@@ -798,6 +811,9 @@ class LockService:
             batch, self._queue = self._queue, []
         else:  # a flood: cut a bounded batch, the rest goes into the next one
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        # The lane's commands (hot commands of a server's connections) go last; they
+        # share no connection with the queued ones (the server keeps them apart).
+        wire = self._lane.cut(MAX_BATCH - len(batch)) if self._lane else None
         tick_waiters, self._tick_waiters = self._tick_waiters, []
         tick = self._tick_wanted
         self._tick_wanted = False
@@ -807,14 +823,10 @@ class LockService:
         accepted: list[tuple[_Request, int]] = []
         for req in batch:
             add = req.add
-            if type(add) is bytes:  # encoded natively by the server (submit_wire)
-                parts.append(add)
-                accepted.append((req, count))
-                count += 1
-                continue
+            assert add is not None  # only park_wire/withdraw_wire requests have none: never queued
             builder.clear()
             try:
-                index = add(builder)  # type: ignore[operator]
+                index = add(builder)
             except CoordcoreError as exc:
                 _set_exception(req, exc)
                 continue
@@ -822,7 +834,11 @@ class LockService:
                 parts.append(builder.build(0)[BATCH_HEADER_SIZE:])  # its commands, byte for byte
             accepted.append((req, count + index))
             count += len(builder)
-        if not accepted and not tick:
+        wire_base = count
+        if wire is not None:
+            parts.append(wire.commands)
+            count += wire.count
+        if not accepted and not tick and wire is None:
             return  # every request was refused up front: nothing to write
         record = _lw.assemble(self._now_ms(), parts, count)
         try:
@@ -835,6 +851,8 @@ class LockService:
             # (not acknowledged), everyone else ServiceClosed (see _fail).
             for req, _ in accepted:
                 _set_exception(req, exc)
+            if wire is not None:
+                wire.fail(exc)
             for w in tick_waiters:
                 if not w.done():
                     w.set_exception(exc)
@@ -842,27 +860,18 @@ class LockService:
         self._last_ms = self._machine.time_ms
         st = self.stats
         st.batches += 1
-        st.commands += len(accepted)
+        n = len(accepted) + (wire.count if wire is not None else 0)
+        st.commands += n
         st.bytes += len(record)
-        if not accepted:
+        if not n:
             st.ticks += 1
-        st.sizes[1 << (len(accepted).bit_length() - 1) if accepted else 0] += 1
+        st.sizes[1 << (n.bit_length() - 1) if n else 0] += 1
         self._since_snapshot_records += 1
         self._since_snapshot_bytes += len(record)
-        fast_reply = _lw.fast_reply
         for req, index in accepted:
-            kind = req.fast
-            if kind and req.applied is None:
-                fut = req.future
-                if not fut.done():
-                    reply = fast_reply(raw_results, index, kind)
-                    if reply is not None:  # OK: the reply straight from the packed result
-                        if req.service is not None:
-                            fut.remove_done_callback(req.on_done)  # it can no longer be cancelled
-                        req.ready(fut)  # type: ignore[misc]
-                        fut.set_result(reply)
-                        continue
             self._resolve(req, decode_results(raw_results[index * 24:index * 24 + 24])[0])
+        if wire is not None:
+            wire.resolve(raw_results, wire_base)
         # Without watches only session ends and the grants/cancels of parked requests
         # matter: decode just those.
         self._dispatch(decode_events(raw_events) if self._watches
@@ -955,7 +964,7 @@ class LockService:
         while not self._closing:
             await asyncio.sleep(self._tick_interval)
             deadline = self._machine.next_deadline()
-            if deadline is not None and deadline <= self._now_ms() and not self._queue:
+            if deadline is not None and deadline <= self._now_ms() and not self._queue and not self._lane:
                 # Any batch expires due sessions; only an idle service needs a tick.
                 self._tick_wanted = True
                 self._wakeup.set()
@@ -975,6 +984,11 @@ class LockService:
         for req in (*self._queue, *self._parked.values()):
             _set_exception(req, closed)
         self._queue.clear()
+        if self._lane is not None:
+            self._lane.closed = True
+            leftover = self._lane.cut(len(self._lane))
+            if leftover is not None:
+                leftover.fail(closed)
         self._parked.clear()
         for fut in (*self._tick_waiters, *self._snapshot_waiters):
             if not fut.done():

@@ -55,6 +55,7 @@ from coordcore.locks.machine import (
     Mode,
     Result,
     Status,
+    decode_results,
 )
 from coordcore.locks.service import Grant, LockService
 from coordcore.server import resp
@@ -68,8 +69,6 @@ __all__ = ["close_backend", "info_lines", "lock_commands", "open_backend"]
 
 _U63 = 2**63 - 1
 _lw = require("lockwire")
-_encode_acquire = _lw.encode_acquire
-_encode_release = _lw.encode_release
 _MAX_TIMEOUT_MS = 30 * 86_400_000
 
 
@@ -83,6 +82,38 @@ async def open_backend(server: Server) -> LockService:
     svc.add_batch_listener(server.flush_dirty)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
+
+
+def open_lane(server: Server) -> Any:
+    """The native lane that takes the hot lock commands of every connection into the
+    lock service's batches (see :mod:`coordcore.server.protocol`)."""
+    svc: LockService = server.locks
+    log = server.log
+
+    def other(batch: Any, i: int, owner: Any, error: BaseException | None) -> bytes | None:
+        """The reply to lane command ``i`` when it is not a plain success."""
+        try:
+            kind, sid, key = batch.entry(i)
+            if error is not None:  # the batch did not commit
+                if isinstance(error, CoordcoreError):
+                    return resp.encode_exception(error)
+                return resp.encode_error("UNAVAILABLE", f"the lock service failed: {type(error).__name__}")
+            result = decode_results(batch.result(i))[0]
+            if owner.closed:  # an acquire whose connection has gone: hold nothing for it
+                svc.withdraw_wire(result, key, sid)
+                return None
+            if kind == _lw.ACQUIRE and result.status == Status.WAITING:
+                conn: Connection = owner.conn
+                conn.park(svc.park_wire(result, key, sid, _token_encoder(conn)))
+                return None
+            return _error_reply(result)
+        except Exception as exc:  # a bug must not stall the batch's other replies
+            log.exception("lane reply failed")
+            return resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
+
+    lane = _lw.WireLane(None, other, server.dirty)
+    svc.attach_wire(lane)
+    return lane
 
 
 async def close_backend(server: Server) -> None:
@@ -278,19 +309,16 @@ def _error_reply(result: Result) -> bytes:
 def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
     key, sid = _key(req[1]), _session(req[2])
-    if len(req) == 3:
-        # The hot path: no options. No task, no coroutine: the lock service resolves
-        # the reply future with the encoded token when the grant commits.
-        # The command is encoded natively here and an OK reply (the token) is built
-        # natively from the packed result.
-        return _svc(conn).submit_wire(_encode_acquire(sid, key), 1, conn.wire_ready, _token_encoder(conn),
-                                      parks=True, key=key, session_id=sid)
+    # (Without options and with plain numbers it usually never gets here: the native
+    # lane takes it, see coordcore.server.protocol.)
     o = _options(req[3:], _ACQ)
     if o.timeout is None:
+        # No task, no coroutine: the lock service resolves the reply future with the
+        # encoded token when the grant commits.
         shared, label, rid = o.shared, o.label, o.request_id
         return _svc(conn).submit_encoded(
             lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=rid),
-            _encoder(conn, _token_reply), parks=True, key=key, session_id=sid)
+            _token_encoder(conn), parks=True, key=key, session_id=sid)
 
     async def run() -> bytes:
         grant = await _svc(conn).acquire(key, sid, shared=o.shared, timeout=o.timeout, label=o.label,
@@ -331,7 +359,7 @@ def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     else:
         o = _options(req[3:], _REL)
         token, rid = o.token, o.request_id
-    return _svc(conn).submit_wire(_encode_release(sid, key, token, rid), 2, conn.wire_ready, _ok_encoder(conn))
+    return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
 
 
 def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:

@@ -1,8 +1,21 @@
 """One client connection: an ``asyncio.Protocol`` speaking RESP.
 
-The read path follows asyncpg's shape: ``data_received`` feeds a ``hiredis.Reader``
-and drains *every* complete request in the buffer before writing all their replies
-with one ``transport.write`` (pipelining costs one syscall per read, not per request).
+The read path follows asyncpg's shape: ``data_received`` feeds the connection's
+native wire state (:class:`coordcore._native.lockwire.WireConn`) and drains *every*
+complete request in the buffer before writing all their replies with one
+``transport.write`` (pipelining costs one syscall per read, not per request).
+
+The hot lock commands (``LOCK.ACQUIRE key session``, ``LOCK.RELEASE key session
+[TOKEN t]``) never become Python objects: the native parser encodes them straight into
+the lock service's :class:`~coordcore._native.lockwire.WireLane`, and the batch that
+commits them writes their replies into the connection's native output buffer, which
+the batch's end flushes (one write per connection per batch). Every other request
+reaches the command table as a list of bytes. Bytes that leave the request grammar
+(``*N`` arrays of ``$len`` bulk strings) are handed, with the rest of the stream, to a
+``hiredis.Reader``, which knows all of RESP. To keep replies in request order a
+connection never has both kinds in flight: a hot command waits (stays in the
+buffer) while a table command's reply is pending, and a table command waits while
+hot commands are in flight.
 
 Ordering: replies always come back in request order. A command that must commit
 through the lock log (``LOCK.TRY``, ``LOCK.RELEASE``, ``SESSION.*``...) runs as a task
@@ -41,6 +54,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 
+from coordcore._native import require
 from coordcore.errors import CoordcoreError, ProtocolError, RequestTooLarge
 from coordcore.server import resp
 
@@ -48,6 +62,8 @@ if TYPE_CHECKING:
     from coordcore.server.server import Server
 
 __all__ = ["Connection", "Handler", "Reply"]
+
+_WireConn = require("lockwire").WireConn
 
 #: What a command handler returns: the encoded reply, or an awaitable of it (parks).
 Reply = bytes | Awaitable[bytes]
@@ -66,7 +82,11 @@ class Connection(asyncio.Protocol):
         #: The command table in force: the full one, or the pre-AUTH one.
         self.table, self.fallback = server.tables_for_new_connection()
         self.transport: asyncio.Transport | None = None
-        self.reader = hiredis.Reader()
+        #: The native wire state: request buffer and parser, hot commands in flight and
+        #: their ready replies (see the module docstring).
+        self.wire = _WireConn(self, server.config.max_args, server.config.max_request_bytes)
+        #: The general RESP parser, once the stream has left the request grammar.
+        self.reader: hiredis.Reader | None = None
         self.resp3 = False
         self.authenticated = server.config.requirepass is None
         self.name = b""
@@ -79,16 +99,14 @@ class Connection(asyncio.Protocol):
         self._pause = 0
         self._closing = False
         #: Replies in request order: ready bytes, or tasks of commands in flight.
-        self._slots: deque[bytes | asyncio.Task[bytes]] = deque()
+        self._slots: deque[bytes | asyncio.Future[bytes]] = deque()
         #: The blocking command this connection waits for (nothing more is parsed).
-        self._parked: asyncio.Task[bytes] | None = None
+        self._parked: asyncio.Future[bytes] | None = None
         #: A lock-state read waiting for this connection's writes in flight to commit.
         self._deferred: list[bytes] | None = None
         self._barrier = False
         self._inflight_full = False
         self._flush_scheduled = False
-        #: Set while this connection is in the server's list of connections to flush.
-        self.dirty = False
         self._eof = False
         #: WATCH subscriptions of this connection: prefix -> (watch, forwarding task).
         self.watches: dict[bytes, Any] = {}
@@ -99,6 +117,8 @@ class Connection(asyncio.Protocol):
         #: The lock commands' reply encoders of this connection (made on first use).
         self.token_encoder: Callable[[Any], bytes] | None = None
         self.ok_encoder: Callable[[Any], bytes] | None = None
+        #: The lock service's native command lane (None: no lock service here).
+        self.lane = server.lane
 
     # --- asyncio.Protocol -------------------------------------------------------
 
@@ -122,6 +142,10 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        # Hot commands in flight still commit; an acquire among them is withdrawn when
+        # its batch finds the connection closed (the lane's ``other`` callback).
+        self.wire.closed = True
+        self.wire.conn = None
         parked = self._parked
         if parked is not None and not parked.done():
             # The client is gone: stop waiting on its behalf (the lock layer withdraws
@@ -151,8 +175,11 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        self.reader.feed(data)
-        if self._parked is not None or self._barrier or self._inflight_full:
+        if self.reader is None:
+            self.wire.feed(data)
+        else:
+            self.reader.feed(data)
+        if self._holding():
             # Holding: keep the bytes in the reader, unparsed. Reading goes on (so a
             # client that vanishes while it waits is noticed at once) until the held
             # bytes pass the request bound; then reading pauses until we catch up.
@@ -169,47 +196,75 @@ class Connection(asyncio.Protocol):
         # hangs up while parked on a blocking command is gone as far as that wait is
         # concerned (a full close looks the same from here): close now, which
         # withdraws the wait.
-        if self._parked is not None:
+        if self._parked is not None or self.wire.parked:
             return None
-        if not self._slots and self._deferred is None:
+        if not self._slots and self._deferred is None and not self.wire.outstanding:
             return None
         self._eof = True
         return True
 
     # --- the read loop ----------------------------------------------------------
 
+    def _holding(self) -> bool:
+        """Nothing more may be parsed now: a blocking command is parked (a table one, or
+        a hot acquire in flight), a read waits for writes in flight, or too many
+        commands are in flight."""
+        return self._parked is not None or self.wire.parked or self._barrier or self._inflight_full
+
     def _drain(self) -> None:
-        """Handle every complete request in the reader; write the ready replies at once."""
+        """Handle every complete request in the buffer; write the ready replies at once."""
         out: list[bytes] = []
-        reader = self.reader
+        wire = self.wire
+        lane = self.lane
         slots = self._slots
+        max_inflight = self.config.max_inflight
         handled = 0
         while not self._closing:
             if self._deferred is not None:
                 req: Any = self._deferred
                 self._deferred = None
             else:
-                try:
-                    req = reader.gets()
-                except hiredis.ProtocolError as exc:
-                    out.append(resp.encode_error(ProtocolError.code, f"protocol error: {exc}"))
-                    self._close_after(out)
-                    return
-                except MemoryError:
-                    out.append(resp.encode_error(RequestTooLarge.code, "request too large"))
-                    self._close_after(out)
-                    return
+                if self.reader is None:
+                    if lane is not None and not slots and self.table is self.server.commands:
+                        # The hot commands at the head of the buffer go natively to the
+                        # lock service (a hot acquire parks: nothing after it is parsed).
+                        handled += wire.run_hot(lane, max_inflight - wire.outstanding)
+                        if wire.parked:
+                            break
+                        if wire.outstanding >= max_inflight:
+                            self._inflight_full = True
+                            break
+                    try:
+                        req = wire.next_request()
+                    except RequestTooLarge as exc:
+                        self.server.log.warning("request over size limit, closing", conn=self.id, peer=self.peer)
+                        out.append(resp.encode_exception(exc))
+                        self._close_after(out)
+                        return
+                    if req is None:
+                        # Not the request grammar: the general RESP parser takes the rest
+                        # of the stream (it answers frames that are not requests).
+                        self.reader = hiredis.Reader()
+                        pending = wire.take_input()
+                        if pending is not None:
+                            self.reader.feed(pending)
+                            self._partial = len(pending)
+                        continue
+                else:
+                    if wire.outstanding:
+                        self._barrier = True  # parse once the hot replies are out
+                        break
+                    req = self._next_from_reader(out)
+                    if req is None:
+                        return  # the connection is closing
                 if req is False:
                     break
-                self._partial = 0
-                if type(req) is not list or not req:
-                    error = resp.encode_error(ProtocolError.code, "expected an array of bulk strings")
-                    (slots.append if slots else out.append)(error)
-                    continue
-                if len(req) > self.config.max_args:
-                    out.append(resp.encode_error(RequestTooLarge.code, f"more than {self.config.max_args} arguments"))
-                    self._close_after(out)
-                    return
+            if wire.outstanding:
+                # Hot commands are in flight on this connection: their replies come
+                # first, so this request waits until they are answered.
+                self._deferred = req
+                self._barrier = True
+                break
             handled += 1
             handler: Handler | None = None
             for arg in req:
@@ -242,7 +297,7 @@ class Connection(asyncio.Protocol):
                     out.append(reply)
                 continue
             assert not isinstance(reply, bytes)
-            task: asyncio.Task[bytes] = asyncio.ensure_future(reply)
+            task: asyncio.Future[bytes] = asyncio.ensure_future(reply)
             slots.append(task)
             self.server.track(task)
             task.add_done_callback(self._slot_done)
@@ -251,14 +306,43 @@ class Connection(asyncio.Protocol):
                 # answered (Redis blocking-command semantics).
                 self._parked = task
                 break
-            if len(slots) >= self.config.max_inflight:
+            if len(slots) >= max_inflight:
                 self._inflight_full = True
                 break
         self.server.commands_total += handled
         if out and self.transport is not None:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-        if not self._closing:
+        if not self._closing and self.reader is not None:
             self._check_partial()
+
+    def _next_from_reader(self, out: list[bytes]) -> Any:
+        """The next request from the general RESP parser: a list, False (none complete),
+        an error reply's placeholder, or None once the connection is closing."""
+        reader = self.reader
+        assert reader is not None
+        while True:
+            try:
+                req = reader.gets()
+            except hiredis.ProtocolError as exc:
+                out.append(resp.encode_error(ProtocolError.code, f"protocol error: {exc}"))
+                self._close_after(out)
+                return None
+            except MemoryError:
+                out.append(resp.encode_error(RequestTooLarge.code, "request too large"))
+                self._close_after(out)
+                return None
+            if req is False:
+                return False
+            self._partial = 0
+            if type(req) is not list or not req:
+                error = resp.encode_error(ProtocolError.code, "expected an array of bulk strings")
+                (self._slots.append if self._slots else out.append)(error)
+                continue
+            if len(req) > self.config.max_args:
+                out.append(resp.encode_error(RequestTooLarge.code, f"more than {self.config.max_args} arguments"))
+                self._close_after(out)
+                return None
+            return req
 
     def _lookup(self, name: bytes) -> Handler:
         upper = name.upper()
@@ -275,7 +359,7 @@ class Connection(asyncio.Protocol):
             self._close_after([resp.encode_error(RequestTooLarge.code,
                                                  f"request over {self.config.max_request_bytes} bytes")])
 
-    def _task_reply(self, task: asyncio.Task[bytes]) -> bytes:
+    def _task_reply(self, task: asyncio.Future[bytes]) -> bytes:
         if task.cancelled():
             return resp.encode_error("UNAVAILABLE", "request cancelled: the server is shutting down")
         exc = task.exception()
@@ -289,22 +373,20 @@ class Connection(asyncio.Protocol):
     def mark_dirty(self) -> None:
         """A reply of this connection is ready: flush it after the current batch (the
         lock service's batch listener calls :meth:`Server.flush_dirty`)."""
-        if not self.dirty:
-            self.dirty = True
+        wire = self.wire
+        if not wire.dirty:
+            wire.dirty = True
             self.server.dirty.append(self)
 
-    def wire_ready(self, fut: asyncio.Future[bytes]) -> None:
-        """A lock command's reply future is about to get its (OK) reply, inside the batch
-        that commits it: the connection is flushed at the end of that batch (marked
-        dirty), so the future's done callbacks would be no-ops: drop them (two loop
-        callbacks fewer per request on the hot path)."""
-        fut.remove_done_callback(self._slot_done)  # type: ignore[arg-type]
-        self.server.untrack(fut)
-        if not self.dirty:
-            self.dirty = True
-            self.server.dirty.append(self)
+    def park(self, fut: asyncio.Future[bytes]) -> None:
+        """A hot acquire came back waiting: from now on it is a parked command like any
+        other (its reply is ``fut``'s, in the slot after the replies ready now)."""
+        self._parked = fut
+        self._slots.append(fut)
+        self.server.track(fut)
+        fut.add_done_callback(self._slot_done)
 
-    def _slot_done(self, task: asyncio.Task[bytes]) -> None:
+    def _slot_done(self, task: asyncio.Future[bytes]) -> None:
         if self._closing or self.transport is None:
             if not task.cancelled():
                 task.exception()  # retrieved: the client is gone, nobody reads this
@@ -320,11 +402,15 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self.dirty = False
+        wire = self.wire
+        wire.dirty = False
         if self._closing or self.transport is None:
             return
+        # Hot replies first: a connection's table commands only start once its hot
+        # commands are answered, and a parked hot acquire joins the slots behind them.
+        ready = wire.take_output()
+        out: list[bytes] = [ready] if ready is not None else []
         slots = self._slots
-        out: list[bytes] = []
         while slots:
             head = slots[0]
             if type(head) is bytes:
@@ -336,22 +422,19 @@ class Connection(asyncio.Protocol):
             slots.popleft()
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-        resume = False
         if self._parked is not None and self._parked.done():
             self._parked = None
-            resume = True
-        if self._barrier and not slots:
+        if self._barrier and not slots and not wire.outstanding:
             self._barrier = False
-            resume = True
-        if self._inflight_full and len(slots) <= self.config.max_inflight // 2:
+        if self._inflight_full and len(slots) + wire.outstanding <= self.config.max_inflight // 2:
             self._inflight_full = False
-            resume = True
-        if resume and self._parked is None and not self._barrier and not self._inflight_full:
+        if not self._holding() and (self._held or self._pause & _PAUSE_HELD or self._deferred is not None
+                                    or wire.buffered or self.reader is not None):
             self._held = 0
             self._resume_reading(_PAUSE_HELD)
-            # Requests that arrived meanwhile are still in the reader.
+            # Requests that arrived meanwhile are still buffered.
             self._drain()
-        if self._eof and not slots and self._parked is None and not self._closing:
+        if self._eof and not slots and self._parked is None and not wire.outstanding and not self._closing:
             self._closing = True
             self.transport.close()
 
@@ -378,6 +461,7 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._closing = True
+        self.wire.closed = True
         if self.transport is not None:
             self.transport.abort()
 

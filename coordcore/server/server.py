@@ -134,8 +134,10 @@ class Server:
         self.watch_table: dict[bytes, Handler] = {}
         #: Connections with replies ready in the batch being resolved (see flush_dirty).
         self.dirty: list[Connection] = []
+        #: The lock service's native lane for hot lock commands (None: no lock service).
+        self.lane: Any = None
         self._next_conn_id = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._listener: asyncio.AbstractServer | None = None
         self._children: list[tuple[subprocess.Popen[bytes], str]] = []
         self._info_providers: list[Callable[[], list[str]]] = []
@@ -159,6 +161,7 @@ class Server:
             from coordcore.server import lockcmds
 
             self.locks = await lockcmds.open_backend(self)
+            self.lane = lockcmds.open_lane(self)
             table.update(lockcmds.lock_commands())
             self.blocking_handlers = lockcmds.blocking_handlers()
             self.barrier_handlers = lockcmds.barrier_handlers()
@@ -284,21 +287,20 @@ class Server:
         self.connections.discard(conn)
 
     def flush_dirty(self) -> None:
-        """Write the replies a committed batch made ready: one write per connection."""
-        dirty, self.dirty = self.dirty, []
-        for conn in dirty:
-            if conn.dirty:
+        """Write the replies a committed batch made ready: one write per connection.
+        (The list is the lane's too, so it is emptied in place, never replaced.)"""
+        dirty = self.dirty
+        if not dirty:
+            return
+        conns = dirty[:]
+        dirty.clear()
+        for conn in conns:
+            if conn.wire.dirty:
                 conn._flush()
 
-    def track(self, task: asyncio.Task[Any]) -> None:
+    def track(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def untrack(self, fut: asyncio.Future[Any]) -> None:
-        """Stop tracking ``fut`` (about to be resolved on the hot path: see
-        :meth:`Connection.wire_ready`) without its done callback."""
-        fut.remove_done_callback(self._tasks.discard)
-        self._tasks.discard(fut)
 
     def info_sections(self) -> list[str]:
         lines = ["# IDs", f"worker_id:{self.worker_id}", f"datacenter_id:{self.datacenter_id}",

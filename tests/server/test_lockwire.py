@@ -1,14 +1,17 @@
-"""coordcore._native.lockwire: the server's native lock wire helpers, checked against the
-reference (BatchBuilder, decode_results, decode_events) byte for byte."""
+"""coordcore._native.lockwire: the server's native lock wire path, checked against the
+references: BatchBuilder, decode_results and decode_events byte for byte, hiredis for
+request parsing."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import hiredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordcore.errors import BadArgument
+from coordcore.errors import BadArgument, RequestTooLarge
 from coordcore.locks.machine import (
     BatchBuilder,
     Event,
@@ -64,9 +67,8 @@ def test_assembled_batch_is_byte_identical_to_batch_builder(cmds: list[tuple], t
     lambda: lw.assemble(-1, [], 0),
     lambda: lw.assemble(2**62 + 1, [], 0),
     lambda: lw.assemble(0, [b"x", 1], 0),
-    lambda: lw.fast_reply(b"\0" * 24, 1, 1),
-    lambda: lw.fast_reply(b"\0" * 24, -1, 1),
-    lambda: lw.fast_reply(b"\0" * 24, 0, 3),
+    lambda: lw.WireConn(None, 0, 100),
+    lambda: lw.WireConn(None, 10, 0),
     lambda: lw.filter_events(b"\0" * 39, Event, {}),
 ])
 def test_bad_input_is_a_clear_error(call) -> None:  # type: ignore[no-untyped-def]
@@ -104,21 +106,6 @@ def _workload(rng: random.Random, m: LockMachine) -> list[tuple[bytes, bytes, li
     return out
 
 
-def test_fast_reply_matches_decoded_results(rng: random.Random) -> None:
-    for raw_results, _, acquires in _workload(rng, LockMachine()):
-        results = decode_results(raw_results)
-        for i, r in enumerate(results):
-            for kind in (1, 2):
-                reply = lw.fast_reply(raw_results, i, kind)
-                if r.status != Status.OK:
-                    assert reply is None
-                elif kind == 1:
-                    assert reply == b":%d\r\n" % r.value
-                else:
-                    assert reply == b"+OK\r\n"
-    assert lw.fast_reply(b"\0" * 8 + (_U64).to_bytes(8, "little") + b"\0" * 8, 0, 1) == b":%d\r\n" % _U64
-
-
 def test_filter_events_keeps_what_the_service_acts_on(rng: random.Random) -> None:
     seen_kinds = set()
     for _, raw_events, _ in _workload(rng, LockMachine()):
@@ -132,3 +119,203 @@ def test_filter_events_keeps_what_the_service_acts_on(rng: random.Random) -> Non
         assert lw.filter_events(raw_events, Event, parked) == want
         assert all(type(e) is Event for e in lw.filter_events(raw_events, Event, parked))
     assert {EventKind.GRANT, EventKind.RELEASE, EventKind.CLOSE} <= seen_kinds
+
+
+# --- WireConn: request parsing -------------------------------------------------------------
+
+args = st.lists(st.binary(max_size=12), min_size=1, max_size=6)
+
+
+def _pack(*parts: bytes) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def _requests(wire: lw.WireConn) -> list[list[bytes]]:
+    out = []
+    while (req := wire.next_request()) not in (False, None):
+        assert isinstance(req, list)
+        out.append(req)
+    return out
+
+
+@given(st.lists(args, max_size=8), st.lists(st.integers(1, 40), max_size=20))
+def test_requests_parse_as_hiredis_parses_them_in_any_split(reqs: list[list[bytes]], cuts: list[int]) -> None:
+    stream = b"".join(_pack(*r) for r in reqs)
+    wire = lw.WireConn(None, 16, 1 << 16)
+    got: list[list[bytes]] = []
+    pos = 0
+    for n in cuts + [len(stream)]:
+        wire.feed(stream[pos:pos + n])
+        pos += n
+        got += _requests(wire)
+    reader = hiredis.Reader()
+    reader.feed(stream)
+    want = []
+    while (r := reader.gets()) is not False:
+        want.append(r)
+    assert got == want == reqs
+    assert wire.buffered == 0
+
+
+@pytest.mark.parametrize("data", [
+    b":5\r\n", b"*0\r\n", b"*-1\r\n", b"*1\r\n:1\r\n", b"*1\r\n$-1\r\n", b"GET / HTTP/1.1\r\n",
+    b"*1\r\n$3\r\nabcX\r\n", b"*x\r\n", b"*1\n", b"*2\r\n$1\r\na\r\n*1\r\n",
+])
+def test_other_frames_are_left_to_hiredis_whole(data: bytes) -> None:
+    wire = lw.WireConn(None, 16, 4096)
+    wire.feed(_pack(b"PING") + data)
+    assert wire.next_request() == [b"PING"]
+    assert wire.next_request() is None
+    assert wire.take_input() == data  # nothing of the foreign frame was consumed
+
+
+def test_bounds_are_checked_on_the_headers() -> None:
+    for data in (b"*9\r\n", b"*4000000000\r\n", b"*1\r\n$5000\r\n", b"*1\r\n$99999999999999999999999\r\n",
+                 b"*2\r\n$4000\r\n" + b"x" * 4000 + b"\r\n$200\r\n"):
+        wire = lw.WireConn(None, 8, 4096)
+        wire.feed(data)
+        with pytest.raises(RequestTooLarge):
+            wire.next_request()
+    wire = lw.WireConn(None, 8, 4096)
+    wire.feed(b"*1\r\n$4000\r\n" + b"x" * 3000)  # under the bound: wait for the rest
+    assert wire.next_request() is False
+    wire.feed(memoryview(b"x" * 1000 + b"\r\n"))
+    assert wire.next_request() == [b"x" * 4000]
+
+
+# --- WireConn + WireLane + WireBatch: the hot path -------------------------------------------
+
+class _Owner:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _lane(replies: dict[int, bytes | None] | None = None) -> tuple[lw.WireLane, list[Any], list[tuple]]:
+    calls: list[tuple] = []
+    wakes: list[int] = []
+
+    def other(batch: Any, i: int, owner: Any, error: BaseException | None) -> bytes | None:
+        calls.append((batch.entry(i), owner.conn.name if owner.conn else None,
+                      error if error is not None else decode_results(batch.result(i))[0]))
+        return b"-OTHER %d\r\n" % i
+
+    dirty: list[Any] = []
+    lane = lw.WireLane(lambda: wakes.append(1), other, dirty)
+    return lane, dirty, calls
+
+
+hot = st.one_of(
+    st.tuples(st.just("acq"), st.integers(1, 2**63 - 1), st.binary(min_size=1, max_size=30)),
+    st.tuples(st.just("rel"), st.integers(1, 2**63 - 1), st.binary(min_size=1, max_size=30),
+              st.one_of(st.none(), st.integers(0, 2**63 - 1))),
+)
+
+
+@given(st.lists(hot, min_size=1, max_size=20), st.sampled_from([b"LOCK.", b"lock.", b"Lock."]))
+def test_hot_commands_encode_as_batch_builder_does(cmds: list[tuple], prefix: bytes) -> None:
+    lane, _, _ = _lane()
+    want = []
+    for c in cmds:
+        wire = lw.WireConn(_Owner("c"), 16, 4096)
+        if c[0] == "acq":
+            wire.feed(_pack(prefix + b"ACQUIRE", c[2], b"%d" % c[1]))
+            want.append(lw.encode_acquire(c[1], c[2]))
+        else:
+            extra = () if c[3] is None else (b"token", b"%d" % c[3])
+            wire.feed(_pack(prefix + b"RELEASE", c[2], b"%d" % c[1], *extra))
+            want.append(lw.encode_release(c[1], c[2], c[3] or 0))
+        assert wire.run_hot(lane, 100) == 1
+        assert wire.outstanding == 1 and wire.parked == (c[0] == "acq") and wire.buffered == 0
+    batch = lane.cut(1000)
+    assert batch is not None and len(lane) == 0
+    assert batch.count == len(cmds) and batch.commands == b"".join(want)
+
+
+@pytest.mark.parametrize("req", [
+    [b"LOCK.ACQUIRE", b"k", b"0"], [b"LOCK.ACQUIRE", b"k", b"+5"], [b"LOCK.ACQUIRE", b"k", b" 5"],
+    [b"LOCK.ACQUIRE", b"k", b"9223372036854775808"], [b"LOCK.ACQUIRE", b"", b"5"],
+    [b"LOCK.ACQUIRE", b"k" * 1025, b"5"], [b"LOCK.ACQUIRE", b"k", b"5", b"SHARED"],
+    [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"10"], [b"LOCK.RELEASE", b"k", b"5", b"REQID", b"1"],
+    [b"LOCK.RELEASE", b"k", b"5", b"TOKEN", b"-1"], [b"LOCK.RELEASE", b"k", b"5", b"TOKEN"],
+    [b"LOCK.RELEASEX", b"k", b"5"], [b"LOCK\x0eACQUIRE", b"k", b"5"], [b"PING"],
+])
+def test_anything_else_is_left_for_the_command_table(req: list[bytes]) -> None:
+    lane, _, _ = _lane()
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    wire.feed(_pack(*req))
+    assert wire.run_hot(lane, 100) == 0
+    assert len(lane) == 0 and wire.outstanding == 0
+    assert wire.next_request() == req
+
+
+def test_run_hot_stops_after_an_acquire_and_at_its_limit() -> None:
+    lane, _, _ = _lane()
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    rel = _pack(b"LOCK.RELEASE", b"a", b"1")
+    wire.feed(rel * 3 + _pack(b"LOCK.ACQUIRE", b"b", b"1") + rel + _pack(b"PING"))
+    assert wire.run_hot(lane, 2) == 2
+    assert wire.run_hot(lane, 100) == 2 and wire.parked and wire.outstanding == 4
+    assert wire.run_hot(lane, 100) == 0  # parked: nothing more until it is answered
+    assert lane.cut(3).count == 3 and len(lane) == 1
+    assert lane.cut(0) is None
+    assert lane.cut(5).count == 1 and lane.cut(5) is None
+
+
+def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
+    m = LockMachine()
+    b = BatchBuilder()
+    b.open_session(60_000)
+    b.open_session(60_000)
+    m.apply_raw(b.build(1))
+    lane, dirty, calls = _lane()
+    o1, o2 = _Owner("one"), _Owner("two")
+    w1, w2 = lw.WireConn(o1, 16, 4096), lw.WireConn(o2, 16, 4096)
+    w1.feed(_pack(b"LOCK.RELEASE", b"x", b"1") + _pack(b"LOCK.ACQUIRE", b"k", b"1"))  # not held: error
+    w2.feed(_pack(b"LOCK.ACQUIRE", b"k", b"2"))  # waits behind session 1
+    w1.run_hot(lane, 10)
+    w2.run_hot(lane, 10)
+    batch = lane.cut(100)
+    assert batch is not None
+    raw_results, _ = m.apply_raw(lw.assemble(2, [batch.commands], batch.count))
+    batch.resolve(raw_results, 0)
+    assert dirty == [o1, o2]
+    assert w1.take_output() == b"-OTHER 0\r\n:%d\r\n" % decode_results(raw_results)[1].value
+    assert w2.take_output() == b"-OTHER 2\r\n"
+    assert [c[0] for c in calls] == [(lw.RELEASE, 1, b"x"), (lw.ACQUIRE, 2, b"k")]
+    assert calls[0][2].status == Status.NOTHOLDER and calls[1][2].status == Status.WAITING
+    assert (w1.outstanding, w1.parked, w2.outstanding, w2.parked) == (0, False, 0, False)
+    # A connection that has gone: its acquire goes to other() even when granted; no
+    # reply is queued and it is not listed for a flush.
+    dirty.clear()
+    calls.clear()
+    w1.dirty = False
+    w1.feed(_pack(b"LOCK.ACQUIRE", b"free", b"1"))
+    w1.run_hot(lane, 10)
+    w1.closed = True
+    w1.conn = None
+    batch = lane.cut(100)
+    assert batch is not None
+    raw_results, _ = m.apply_raw(lw.assemble(3, [batch.commands], batch.count))
+    batch.resolve(raw_results, 0)
+    assert dirty == [] and w1.take_output() is None
+    assert len(calls) == 1 and calls[0][2].status == Status.OK
+    with pytest.raises(BadArgument):
+        batch.resolve(raw_results, 1)  # results that do not cover the batch
+
+
+def test_fail_answers_every_command() -> None:
+    lane, dirty, calls = _lane()
+    owner = _Owner("c")
+    wire = lw.WireConn(owner, 16, 4096)
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", b"1") + _pack(b"LOCK.ACQUIRE", b"b", b"1"))
+    assert wire.run_hot(lane, 10) == 2
+    batch = lane.cut(10)
+    assert batch is not None
+    error = RuntimeError("disk")
+    batch.fail(error)
+    assert [c[2] for c in calls] == [error, error] and dirty == [owner]
+    assert wire.take_output() == b"-OTHER 0\r\n-OTHER 1\r\n"
+    assert (wire.outstanding, wire.parked) == (0, False)
+    lane.closed = True
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", b"1"))
+    assert wire.run_hot(lane, 10) == 0  # a closed lane takes nothing

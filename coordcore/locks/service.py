@@ -290,6 +290,37 @@ def _fail_pending(fut: asyncio.Future[int], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
+class _Batch:
+    """A batch record on its way to disk, and who waits for it."""
+
+    __slots__ = ("record", "accepted", "wire", "wire_base", "tick_waiters", "appended")
+
+    def __init__(self, record: bytes, accepted: list[tuple[_Request, int]], wire: Any, wire_base: int,
+                 tick_waiters: list[asyncio.Future[None]], appended: asyncio.Future[int] | None) -> None:
+        self.record = record
+        #: Requests in the batch and the index of their (first) command.
+        self.accepted = accepted
+        #: The lane's commands in the batch (a WireBatch), from command ``wire_base`` on.
+        self.wire = wire
+        self.wire_base = wire_base
+        self.tick_waiters = tick_waiters
+        #: The log thread's append (None: no log).
+        self.appended = appended
+
+    def abort(self, exc: BaseException) -> None:
+        """The batch's fate on disk is unknown: its requesters get the error itself (not
+        acknowledged)."""
+        for req, _ in self.accepted:
+            _set_exception(req, exc)
+        if self.wire is not None:
+            self.wire.fail(exc)
+        for w in self.tick_waiters:
+            if not w.done():
+                w.set_exception(exc)
+        if self.appended is not None and not self.appended.done():
+            self.appended.cancel()
+
+
 class Session:
     """A lease: alive while kept alive (in the background unless ``keepalive=False``).
 
@@ -781,10 +812,22 @@ class LockService:
         return result
 
     async def _write_loop(self) -> None:
+        pending: _Batch | None = None
         try:
             while True:
-                if self._queue or self._tick_wanted or self._lane:
-                    await self._write_batch()
+                if pending is None and (self._queue or self._tick_wanted or self._lane):
+                    pending = self._cut_batch()
+                if pending is not None:
+                    batch, pending = pending, None
+                    raw_results, raw_events = await self._commit(batch)
+                    if self._appender is not None and (self._queue or self._tick_wanted or self._lane) \
+                            and not (self._snapshot_waiters or self._snapshot_due()):
+                        # Start the next batch's write + fsync now: it runs in the log
+                        # thread while this batch's requesters are answered.
+                        pending = self._cut_batch()
+                    self._answer(batch, raw_results, raw_events)
+                    if pending is not None:
+                        continue
                 if self._snapshot_waiters or self._snapshot_due():
                     await self._take_snapshot()
                 if self._queue or self._tick_wanted or self._snapshot_waiters or self._lane:
@@ -802,11 +845,16 @@ class LockService:
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 logger.exception("the lock service's writer failed; closing the service")
+            if pending is not None:
+                pending.abort(exc)
             self._fail(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    async def _write_batch(self) -> None:
+    def _cut_batch(self) -> _Batch | None:
+        """Take the queued requests (and the lane's commands) into a batch record and
+        start appending it (write + fsync, in the log thread); None if there is nothing
+        to write."""
         if len(self._queue) <= MAX_BATCH:
             batch, self._queue = self._queue, []
         else:  # a flood: cut a bounded batch, the rest goes into the next one
@@ -839,44 +887,49 @@ class LockService:
             parts.append(wire.commands)
             count += wire.count
         if not accepted and not tick and wire is None:
-            return  # every request was refused up front: nothing to write
-        record = _lw.assemble(self._now_ms(), parts, count)
-        try:
-            if self._appender is not None and self._log is not None:
-                await self._appender.append(record)
-                self.stats.fsyncs += self._log.durability == "fsync"
-            raw_results, raw_events = self._machine.apply_raw(record)
-        except BaseException as exc:
-            # The batch's fate on disk is unknown: its requesters get the error itself
-            # (not acknowledged), everyone else ServiceClosed (see _fail).
-            for req, _ in accepted:
-                _set_exception(req, exc)
-            if wire is not None:
-                wire.fail(exc)
             for w in tick_waiters:
                 if not w.done():
-                    w.set_exception(exc)
+                    w.set_result(None)
+            return None  # every request was refused up front: nothing to write
+        record = _lw.assemble(self._now_ms(), parts, count)
+        appended = self._appender.append(record) if self._appender is not None else None
+        return _Batch(record, accepted, wire, wire_base, tick_waiters, appended)
+
+    async def _commit(self, batch: _Batch) -> tuple[bytes, bytes]:
+        """Wait for ``batch`` to be on disk, then apply it: its packed results and events."""
+        try:
+            if batch.appended is not None:
+                await batch.appended
+                assert self._log is not None
+                self.stats.fsyncs += self._log.durability == "fsync"
+            raw_results, raw_events = self._machine.apply_raw(batch.record)
+        except BaseException as exc:
+            batch.abort(exc)
             raise
         self._last_ms = self._machine.time_ms
         st = self.stats
         st.batches += 1
-        n = len(accepted) + (wire.count if wire is not None else 0)
+        n = len(batch.accepted) + (batch.wire.count if batch.wire is not None else 0)
         st.commands += n
-        st.bytes += len(record)
+        st.bytes += len(batch.record)
         if not n:
             st.ticks += 1
         st.sizes[1 << (n.bit_length() - 1) if n else 0] += 1
         self._since_snapshot_records += 1
-        self._since_snapshot_bytes += len(record)
-        for req, index in accepted:
+        self._since_snapshot_bytes += len(batch.record)
+        return raw_results, raw_events
+
+    def _answer(self, batch: _Batch, raw_results: bytes, raw_events: bytes) -> None:
+        """Resolve a committed batch's requests and dispatch its events."""
+        for req, index in batch.accepted:
             self._resolve(req, decode_results(raw_results[index * 24:index * 24 + 24])[0])
-        if wire is not None:
-            wire.resolve(raw_results, wire_base)
+        if batch.wire is not None:
+            batch.wire.resolve(raw_results, batch.wire_base)
         # Without watches only session ends and the grants/cancels of parked requests
         # matter: decode just those.
         self._dispatch(decode_events(raw_events) if self._watches
                        else _lw.filter_events(raw_events, Event, self._parked))
-        for w in tick_waiters:
+        for w in batch.tick_waiters:
             if not w.done():
                 w.set_result(None)
         for listener in self._batch_listeners:

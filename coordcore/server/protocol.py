@@ -175,19 +175,21 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if self.reader is None:
+        reader = self.reader
+        if reader is None:
             self.wire.feed(data)
         else:
-            self.reader.feed(data)
+            reader.feed(data)
         if self._holding():
-            # Holding: keep the bytes in the reader, unparsed. Reading goes on (so a
-            # client that vanishes while it waits is noticed at once) until the held
-            # bytes pass the request bound; then reading pauses until we catch up.
+            # Holding: keep the bytes buffered, unparsed. Reading goes on (so a client
+            # that vanishes while it waits is noticed at once) until the held bytes
+            # pass the request bound; then reading pauses until we catch up.
             self._held += len(data)
             if self._held > self.config.max_request_bytes:
                 self._pause_reading(_PAUSE_HELD)
             return
-        self._partial += len(data)
+        if reader is not None:
+            self._partial += len(data)  # (the native parser bounds requests itself)
         self._drain()
 
     def eof_received(self) -> bool | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def build(*, sanitize: bool = False) -> Path:
         return binary
     _peers.ensure_packages({"gcc": "gcc"})
     OUT.mkdir(exist_ok=True)
-    tmp = binary.with_name(binary.name + ".tmp")
+    tmp = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")  # two builds at once cannot collide
     flags = SANITIZE_CFLAGS if sanitize else CFLAGS
     res = subprocess.run(["gcc", *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
     if res.returncode != 0:

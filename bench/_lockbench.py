@@ -1,91 +1,62 @@
 """Lock acquire+release cycles: coordcore (fsync on) vs Redis (redis-py's Lock protocol,
 no persistence and AOF fsync always), etcd's lock API and kazoo's Lock on ZooKeeper.
 
-coordcore and Redis are driven by the same light load generator (asyncio + hiredis,
-one connection per client, the next command pipelined with the release), so the
-server is what is measured, not a heavy Python client:
+coordcore and Redis are driven by the same C load generator, bench/loadgen/lockload.c
+(through _loadgen.py): one epoll thread, one connection per client, so the server is
+what is measured. The asyncio + hiredis driver it replaced spent most of a core of its
+own at 32 clients and capped what any server could show. What it sends, per client:
 
-* coordcore: ``LOCK.ACQUIRE key session`` (blocking, parked server side, woken on
-  commit) then ``LOCK.RELEASE key session TOKEN t`` pipelined with the next acquire.
-* Redis, twice: redis-py's own asyncio ``Lock`` (what its users get), and, driven by
-  the light generator, exactly what redis-py's ``Lock`` sends: ``SET key token NX PX ttl``, polling
-  every 0.1 s (redis-py's default ``sleep``) while held, and the compare-and-delete
-  Lua script (``EVALSHA``) to release.
+* coordcore: ``SESSION.OPEN``, then ``LOCK.ACQUIRE key session`` (blocking, parked
+  server side, woken on commit) and, when the token comes, ``LOCK.RELEASE key session
+  TOKEN t`` in the same write as the next acquire; ``SESSION.CLOSE`` at the end.
+* Redis, exactly what redis-py's ``Lock`` sends: ``SET key token NX PX ttl``, polling
+  every 0.1 s (redis-py's default ``sleep``) while the key is held, and the
+  compare-and-delete Lua script (``EVALSHA``, loaded once) to release.
+
+The others run in this process, as their users run them:
+
+* Redis once more with redis-py's own asyncio ``Lock`` (what its users get).
 * etcd: its lock API (v3lock ``Lock``/``Unlock`` with a lease) over the gRPC JSON
-  gateway, one keep-alive HTTP/1.1 connection per client (light, like the others).
+  gateway, one keep-alive HTTP/1.1 connection per client (asyncio, light).
 * ZooKeeper: kazoo's ``Lock`` recipe (threads: kazoo has no light mode).
 
-Each case reports cycles/s, acquire latency p50/p99 and the server's CPU per cycle.
+Each case reports cycles/s, acquire latency p50/p99 and the server's CPU per cycle,
+and prints the load generator's own CPU per cycle beside it, to show that the
+generator is not the bottleneck.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import math
 import random
+import resource
 import statistics
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import hiredis
 import uvloop
 
+import _loadgen
 import _peers
 from _report import Report
 
 CASES = [(1, 1), (8, 1), (32, 1), (1, 1000), (8, 1000), (32, 1000)]
 
 
-class Resp(asyncio.Protocol):
-    """A minimal pipelined RESP connection: send(*commands) -> futures, in order."""
-
-    def __init__(self) -> None:
-        self.reader = hiredis.Reader()
-        self.waiters: list[asyncio.Future[Any]] = []
-        self.head = 0
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while (reply := self.reader.gets()) is not False:
-            fut = self.waiters[self.head]
-            self.head += 1
-            if not fut.done():
-                fut.set_result(reply)
-        if self.head > 1024:
-            del self.waiters[:self.head]
-            self.head = 0
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for fut in self.waiters[self.head:]:
-            if not fut.done():
-                fut.set_exception(ConnectionError("lost"))
-
-    def send(self, *commands: tuple[Any, ...]) -> list[asyncio.Future[Any]]:
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in commands]
-        self.waiters.extend(futs)
-        assert self.transport is not None
-        self.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
-        return futs
-
-
-async def resp_connect(port: int) -> Resp:
-    _, proto = await asyncio.get_running_loop().create_connection(Resp, "127.0.0.1", port)
-    return proto
-
-
 class Stats:
+    """Cycles counted by an in-process driver (see _loadgen.LoadStats for the C one)."""
+
     def __init__(self) -> None:
         self.cycles = 0
         self.all_cycles = 0  # warm-up and wind-down included: for CPU per cycle
         self.latencies: list[float] = []
         self.measuring = False
+        self.elapsed = math.nan
+        self.client_cpu: float | None = None  # None: the driver is this process
 
     def done(self, acquire_latency: float) -> None:
         self.all_cycles += 1
@@ -93,64 +64,21 @@ class Stats:
             self.cycles += 1
             self.latencies.append(acquire_latency)
 
+    @property
+    def cycles_per_s(self) -> float:
+        return self.cycles / self.elapsed
+
+    def percentiles_ms(self) -> tuple[float, float]:
+        lat = sorted(self.latencies) or [math.nan]
+        return statistics.median(lat) * 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
+
+
+def warmup_of(seconds: float) -> float:
+    return min(1.0, seconds / 3)
+
 
 def pick(n_keys: int, rnd: random.Random) -> bytes:
     return b"bench/%d" % (rnd.randrange(n_keys) if n_keys > 1 else 0)
-
-
-async def coordcore_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event, seed: int) -> None:
-    rnd = random.Random(seed)
-    conn = await resp_connect(port)
-    (sid,) = await asyncio.gather(*conn.send(("SESSION.OPEN", 30)))
-    key = pick(n_keys, rnd)
-    t0 = time.perf_counter()
-    (acq,) = conn.send(("LOCK.ACQUIRE", key, sid))
-    while True:
-        token = await acq
-        now = time.perf_counter()
-        stats.done(now - t0)
-        if stop.is_set():
-            await conn.send(("LOCK.RELEASE", key, sid, "TOKEN", token))[0]
-            break
-        nxt = pick(n_keys, rnd)
-        t0 = now
-        _, acq = conn.send(("LOCK.RELEASE", key, sid, "TOKEN", token), ("LOCK.ACQUIRE", nxt, sid))
-        key = nxt
-    await conn.send(("SESSION.CLOSE", sid))[0]
-    assert conn.transport is not None
-    conn.transport.close()
-
-
-# redis-py's Lock release script (redis/lock.py LUA_RELEASE_SCRIPT), verbatim in effect.
-LUA_RELEASE = """
-local token = redis.call('get', KEYS[1])
-if not token or token ~= ARGV[1] then
-    return 0
-end
-redis.call('del', KEYS[1])
-return 1
-"""
-
-
-async def redis_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event, seed: int) -> None:
-    rnd = random.Random(seed)
-    conn = await resp_connect(port)
-    (sha,) = await asyncio.gather(*conn.send(("SCRIPT", "LOAD", LUA_RELEASE)))
-    n = 0
-    while not stop.is_set():
-        key = pick(n_keys, rnd)
-        token = b"%d-%d" % (seed, n)
-        n += 1
-        t0 = time.perf_counter()
-        while True:
-            ok = await conn.send(("SET", key, token, "NX", "PX", 10_000))[0]
-            if ok is not None:
-                break
-            await asyncio.sleep(0.1)  # redis-py Lock's default poll interval
-        stats.done(time.perf_counter() - t0)
-        await conn.send(("EVALSHA", sha, 1, key, token))[0]
-    assert conn.transport is not None
-    conn.transport.close()
 
 
 async def redispy_client(port: int, n_keys: int, stats: Stats, stop: asyncio.Event, seed: int) -> None:
@@ -230,15 +158,14 @@ async def drive(client: Client, port: int, n_clients: int, n_keys: int, seconds:
     stats = Stats()
     stop = asyncio.Event()
     tasks = [asyncio.ensure_future(client(port, n_keys, stats, stop, i)) for i in range(n_clients)]
-    await asyncio.sleep(min(1.0, seconds / 3))  # warm up
+    await asyncio.sleep(warmup_of(seconds))
     stats.measuring = True
     t0 = time.perf_counter()
     await asyncio.sleep(seconds)
     stats.measuring = False
-    elapsed = time.perf_counter() - t0
+    stats.elapsed = time.perf_counter() - t0
     stop.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    stats.cycles_per_s = stats.cycles / elapsed  # type: ignore[attr-defined]
     return stats
 
 
@@ -267,35 +194,41 @@ def kazoo_run(port: int, n_clients: int, n_keys: int, seconds: float) -> Stats:
     threads = [threading.Thread(target=work, args=(i, c), daemon=True) for i, c in enumerate(clients)]
     for t in threads:
         t.start()
-    time.sleep(min(1.0, seconds / 3))
+    time.sleep(warmup_of(seconds))
     stats.measuring = True
     t0 = time.perf_counter()
     time.sleep(seconds)
     stats.measuring = False
-    elapsed = time.perf_counter() - t0
+    stats.elapsed = time.perf_counter() - t0
     stop.set()
     for t in threads:
         t.join(30)
     for c in clients:
         c.stop()
         c.close()
-    stats.cycles_per_s = stats.cycles / elapsed  # type: ignore[attr-defined]
     return stats
 
 
-def measure(name: str, pid: int, fn: Callable[[], Stats]) -> dict[str, float]:
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(name: str, pid: int, fn: Callable[[], Stats | _loadgen.LoadStats]) -> dict[str, float]:
     """Run one case; the server's CPU is read from /proc around the whole run and
-    divided by every cycle of the run (warm-up included)."""
-    cpu0 = _peers.cpu_seconds_of(pid)
+    divided by every cycle of the run (warm-up included). The load generator's CPU
+    per cycle is printed beside it: the C generator's own, else this process's."""
+    cpu0, own0 = _peers.cpu_seconds_of(pid), _own_cpu()
     stats = fn()
-    cpu = _peers.cpu_seconds_of(pid) - cpu0
-    lat = sorted(stats.latencies) or [float("nan")]
-    out = {"cycles_per_s": stats.cycles_per_s,  # type: ignore[attr-defined]
-           "p50_ms": statistics.median(lat) * 1e3,
-           "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
-           "cpu_us_per_cycle": cpu / max(stats.all_cycles, 1) * 1e6}
+    cpu, own = _peers.cpu_seconds_of(pid) - cpu0, _own_cpu() - own0
+    gen_cpu = own if stats.client_cpu is None else stats.client_cpu
+    p50_ms, p99_ms = stats.percentiles_ms()
+    cycles = max(stats.all_cycles, 1)
+    out = {"cycles_per_s": stats.cycles_per_s, "p50_ms": p50_ms, "p99_ms": p99_ms,
+           "cpu_us_per_cycle": cpu / cycles * 1e6}
     print(f"    {name:<28} {out['cycles_per_s']:>10,.0f} cycles/s  p50 {out['p50_ms']:7.2f} ms  "
-          f"p99 {out['p99_ms']:8.2f} ms  server CPU {out['cpu_us_per_cycle']:7.1f} us/cycle", flush=True)
+          f"p99 {out['p99_ms']:8.2f} ms  server CPU {out['cpu_us_per_cycle']:7.1f} us/cycle  "
+          f"gen. CPU {gen_cpu / cycles * 1e6:6.1f} us/cycle", flush=True)
     return out
 
 
@@ -306,14 +239,22 @@ def run(report: Report, *, quick: bool = False,
     the disk and CPU noise of this shared machine hits them alike."""
     seconds = 1.5 if quick else 3.0
     rounds = 1 if quick else 2
+    _loadgen.build()  # before any server starts: a build failure ends the run at once
+
+    def light(protocol: str, port: int) -> Callable[[int, int], _loadgen.LoadStats]:
+        return lambda c, k: _loadgen.run(port, protocol, clients=c, keys=k, seconds=seconds,
+                                         warmup=warmup_of(seconds))
+
     cc_proc, cc_port, _ = _peers.start_coordcore()
-    servers: dict[str, tuple[Any, Callable[[int, int], Stats]]] = {
-        "coordcore": (cc_proc, lambda c, k: uvloop.run(drive(coordcore_client, cc_port, c, k, seconds)))}
+    servers: dict[str, tuple[Any, Callable[[int, int], Stats | _loadgen.LoadStats]]] = {
+        "coordcore": (cc_proc, light("coordcore", cc_port))}
     for peer in peers:
-        if peer in ("redis-py", "redis", "redis-aof"):
+        if peer == "redis-py":
+            proc, port = _peers.start_redis()
+            servers[peer] = (proc, lambda c, k, p=port: uvloop.run(drive(redispy_client, p, c, k, seconds)))
+        elif peer in ("redis", "redis-aof"):
             proc, port = _peers.start_redis(aof=peer == "redis-aof")
-            driver = redispy_client if peer == "redis-py" else redis_client
-            servers[peer] = (proc, lambda c, k, d=driver, p=port: uvloop.run(drive(d, p, c, k, seconds)))
+            servers[peer] = (proc, light("redis-lock", port))
         elif peer == "etcd":
             proc, port = _peers.start_etcd()
             servers[peer] = (proc, lambda c, k, p=port: uvloop.run(drive(etcd_client, p, c, k, seconds)))

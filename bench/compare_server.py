@@ -6,6 +6,8 @@
 3. Locks (see _lockbench.py): acquire+release cycles/s and latency percentiles with 1,
    8, 32 clients on 1 key and 1000 keys; coordcore (fsync on) vs redis-py Lock on Redis
    (no persistence, and AOF always), etcd's lock API, kazoo's Lock on ZooKeeper.
+   coordcore and the Redis Lock protocol are driven by a C load generator
+   (bench/loadgen/lockload.c, built with gcc into bench/out/ on first use).
 
 The machine is shared and has 2 cores: the load generators run on the same cores as
 the servers, so compare within one run, as ratios.

@@ -41,10 +41,23 @@ def ensure_packages(binaries: dict[str, str]) -> None:
             raise SystemExit(f"benchmark peer {binary!r} still missing after installing {pkg}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(span: int = 1) -> int:
+    """A free loopback port P (with ``span`` > 1: P .. P+span-1 all free, for a server
+    that also listens on the next ports)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + span - 1 > 65535:
+            continue
+        try:
+            for extra in range(1, span):
+                with socket.socket() as t:
+                    t.bind(("127.0.0.1", port + extra))
+        except OSError:
+            continue
+        return port
+    raise SystemExit(f"no {span} consecutive free ports on 127.0.0.1")
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0, what: str = "") -> None:
@@ -107,11 +120,14 @@ def cpu_seconds_of(pid: int) -> float:
 
 
 def start_coordcore(*args: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], int, Path]:
-    port = port or free_port()
+    workers = int(args[args.index("--id-workers") + 1]) if "--id-workers" in args else 1
+    port = port or free_port(workers)
     data = tmpdir("coordcore")
     argv = [sys.executable, "-m", "coordcore.server", "--port", str(port), "--data-dir", str(data),
             "--worker-id", "1", "--log-level", "warning", *args]
     proc = start(argv, port=port, what="coordcore serve", log=data / "server.log")
+    for extra in range(1, workers):  # the ID worker processes start after the main port
+        wait_port(port + extra, proc, what="coordcore ID worker")
     return proc, port, data
 
 

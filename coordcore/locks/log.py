@@ -517,6 +517,23 @@ class BatchLog:
     def append(self, payload: bytes) -> int:
         """Append one record with one write and (unless unsafe-no-fsync) one fdatasync;
         return its index. Blocking: call it from a worker thread under asyncio."""
+        fd, data, index = self.begin_append(payload)
+        try:
+            self._write_all(data)
+            if self._fsync:
+                os.fdatasync(fd)
+        except BaseException as exc:
+            self.fail_append(exc)
+            raise
+        self.end_append(index, len(data))
+        return index
+
+    def begin_append(self, payload: bytes) -> tuple[int, bytes, int]:
+        """The first half of :meth:`append`, for a writer that does the I/O itself:
+        ``(fd, data, index)``: write all of ``data`` to ``fd`` (it is opened for
+        appending), fdatasync it if :attr:`durability` is ``"fsync"``, then call
+        :meth:`end_append` (or :meth:`fail_append`). One append at a time. May start a
+        new segment (a file create and directory fsync)."""
         if not isinstance(payload, bytes):
             raise WrongType(f"a log record is bytes, not {type(payload).__name__}")
         if len(payload) > MAX_RECORD_BYTES:
@@ -528,27 +545,29 @@ class BatchLog:
             index = self._next_index
             body = _INDEX.pack(index) + payload
             len_bytes = _LEN.pack(len(body))
-            head = len_bytes + _LEN.pack(_crc(len_bytes, body))
-            try:
-                self._write_all(head, body)
-                if self._fsync:
-                    os.fdatasync(self._fd)
-            except BaseException as exc:
-                # After a failed write or fsync the file's state is unknown (the kernel may
-                # have dropped the dirty pages): stop here, recovery sorts it out.
-                self._broken = exc
-                raise
-            self._active_size += len(head) + len(body)
-            self._next_index = index + 1
-            return index
+            return self._fd, len_bytes + _LEN.pack(_crc(len_bytes, body)) + body, index
 
-    def _write_all(self, head: bytes, body: bytes) -> None:
-        # One writev: a regular file takes it whole unless the disk is full, in which
+    def end_append(self, index: int, size: int) -> None:
+        """Record ``index`` (``size`` bytes from :meth:`begin_append`) is written (and synced)."""
+        with self._mutex:
+            if index != self._next_index:
+                raise BadArgument(f"end_append({index}) but the next record is {self._next_index}")
+            self._active_size += size
+            self._next_index = index + 1
+
+    def fail_append(self, exc: BaseException) -> None:
+        """The write or fdatasync of :meth:`begin_append`'s data failed: the file's state
+        is unknown (the kernel may have dropped the dirty pages), so the log refuses
+        further writes; recovery (reopening) sorts it out."""
+        with self._mutex:
+            self._broken = exc
+
+    def _write_all(self, data: bytes) -> None:
+        # One write: a regular file takes it whole unless the disk is full, in which
         # case the loop finishes it or raises (and the log is marked broken).
-        total = len(head) + len(body)
-        done = os.writev(self._fd, (head, body))
-        if done < total:
-            rest = memoryview(head + body)[done:]
+        done = os.write(self._fd, data)
+        if done < len(data):
+            rest = memoryview(data)[done:]
             while rest:
                 rest = rest[os.write(self._fd, rest):]
 

@@ -70,9 +70,7 @@ import concurrent.futures
 import logging
 import math
 import os
-import queue
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
@@ -109,6 +107,7 @@ from coordcore.locks.machine import (
 )
 
 _lw = require("lockwire")
+_SyncWriter = require("syncwrite").SyncWriter
 
 __all__ = [
     "BatchStats",
@@ -238,56 +237,58 @@ class _Request:
 
 
 class _Appender:
-    """A dedicated thread that appends (write + fdatasync) the batch records for the loop.
+    """Appends (write + fdatasync) the batch records for the loop, in a native thread
+    that never takes the GIL (:class:`coordcore._native.syncwrite.SyncWriter`); the loop
+    learns of each commit from the writer's eventfd.
 
-    Cheaper per batch than ``run_in_executor`` (no executor future, work item or chained
-    future; measured 21 vs 28 us of CPU per hand-off). One record at a time, in order:
-    the writer awaits each append before cutting the next batch.
+    A Python thread had to take the GIL to start each write and again to report it;
+    with the event loop busy that hand-off cost as much as the fdatasync itself. One
+    record at a time, in order: the writer awaits each append before the next one.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log: BatchLog) -> None:
         self._loop = loop
         self._log = log
-        self._jobs: queue.SimpleQueue[tuple[bytes, asyncio.Future[int]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="coordcore-log-append", daemon=True)
-        self._thread.start()
+        self._writer = _SyncWriter()
+        self._pending: tuple[asyncio.Future[int], int, int] | None = None
+        loop.add_reader(self._writer.fileno, self._on_done)
 
     def append(self, record: bytes) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = self._loop.create_future()
-        self._jobs.put((record, fut))
+        if self._pending is not None:  # pragma: no cover - the writer never overlaps appends
+            raise RuntimeError("an append is in flight already")
+        try:
+            fd, data, index = self._log.begin_append(record)
+            self._writer.submit(fd, data, self._log.durability == "fsync")
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return fut
+        self._pending = (fut, index, len(data))
         return fut
 
+    def _on_done(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            if self._writer.result() is None:
+                return  # not done yet (a spurious wake-up)
+        except OSError as exc:
+            self._pending = None
+            self._log.fail_append(exc)
+            if not pending[0].done():
+                pending[0].set_exception(exc)
+            return
+        self._pending = None
+        fut, index, size = pending
+        self._log.end_append(index, size)
+        if not fut.done():
+            fut.set_result(index)
+
     def stop(self) -> None:
-        """Let the thread end once the appends queued before this call are done."""
-        self._jobs.put(None)
-
-    def _run(self) -> None:
-        call = self._loop.call_soon_threadsafe
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            record, fut = job
-            try:
-                index = self._log.append(record)
-            except BaseException as exc:  # the writer fails the batch and the service
-                done: tuple[Callable[..., object], BaseException | int] = (_fail_pending, exc)
-            else:
-                done = (_resolve_pending, index)
-            try:
-                call(done[0], fut, done[1])
-            except RuntimeError:  # pragma: no cover - the loop is closed: nobody waits
-                return
-
-
-def _resolve_pending(fut: asyncio.Future[int], index: int) -> None:
-    if not fut.done():
-        fut.set_result(index)
-
-
-def _fail_pending(fut: asyncio.Future[int], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+        """Stop the thread once the append in flight (if any) is done."""
+        self._loop.remove_reader(self._writer.fileno)
+        self._writer.close()
 
 
 class _Batch:

@@ -318,8 +318,8 @@ class Connection(asyncio.Protocol):
             self._check_partial()
 
     def _next_from_reader(self, out: list[bytes]) -> Any:
-        """The next request from the general RESP parser: a list, False (none complete),
-        an error reply's placeholder, or None once the connection is closing."""
+        """The next request from the general RESP parser: a list, False if none is
+        complete, None if the connection is closing (its error reply written)."""
         reader = self.reader
         assert reader is not None
         while True:

@@ -3,6 +3,7 @@ group commit, durability and replay. Every async test runs on asyncio and uvloop
 from __future__ import annotations
 
 import asyncio
+import os
 import math
 import random
 from collections.abc import Callable
@@ -544,13 +545,21 @@ def test_a_failing_disk_fails_the_batch_and_closes(run: Run, tmp_path: Path,
             s = await svc.open_session()
             assert svc._log is not None
 
-            def eio(payload: bytes) -> int:
-                raise OSError(5, "Input/output error")
-            monkeypatch.setattr(svc._log, "append", eio)
-            with pytest.raises(OSError, match="Input/output"):
-                await svc.acquire("k", s)
-            with pytest.raises(ServiceClosed, match="failed"):
-                await svc.acquire("k", s)
+            # The log thread's write fails for real: it is handed a read-only descriptor.
+            readonly = os.open(tmp_path / "readonly", os.O_RDONLY | os.O_CREAT, 0o644)
+            real_begin = svc._log.begin_append
+
+            def begin_on_readonly(payload: bytes) -> tuple[int, bytes, int]:
+                _, data, index = real_begin(payload)
+                return readonly, data, index
+            monkeypatch.setattr(svc._log, "begin_append", begin_on_readonly)
+            try:
+                with pytest.raises(OSError, match="Bad file descriptor"):
+                    await svc.acquire("k", s)
+                with pytest.raises(ServiceClosed, match="failed"):
+                    await svc.acquire("k", s)
+            finally:
+                os.close(readonly)
     run(main())
 
 
@@ -573,17 +582,34 @@ def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: P
     the loop keeps serving and the next batch fills up."""
     import threading
 
+    from coordcore.locks import service as service_module
+
+    gate = threading.Event()
+    gate.set()
+    real_writer = service_module._SyncWriter
+
+    class GatedWriter:
+        """The native log writer, whose jobs start only once ``gate`` is set."""
+
+        def __init__(self) -> None:
+            self._real = real_writer()
+            self.fileno = self._real.fileno
+
+        def submit(self, fd: int, data: bytes, sync: bool) -> None:
+            threading.Thread(target=lambda: (gate.wait(10), self._real.submit(fd, data, sync))).start()
+
+        def result(self) -> int | None:
+            return self._real.result()
+
+        def close(self) -> None:
+            self._real.close()
+
+    monkeypatch.setattr(service_module, "_SyncWriter", GatedWriter)
+
     async def main() -> None:
         async with LockService.open(tmp_path) as svc:
             s = await svc.open_session()
-            assert svc._log is not None
-            gate = threading.Event()
-            real_append = svc._log.append
-
-            def slow_append(payload: bytes) -> int:
-                gate.wait(10)
-                return real_append(payload)
-            monkeypatch.setattr(svc._log, "append", slow_append)
+            gate.clear()
             first = asyncio.ensure_future(svc.acquire("a", s))
             await asyncio.sleep(0.05)
             more = [asyncio.ensure_future(svc.acquire(f"b{i}", s)) for i in range(10)]

@@ -1,7 +1,8 @@
 """RESP reply encoding (RESP2 and RESP3), the server side of the Redis wire protocol.
 
-Requests are parsed by ``hiredis.Reader`` (see :mod:`coordcore.server.protocol`);
-replies are built here as ``bytes``. Every encoder takes ``resp3`` where the two
+Requests are parsed natively (``coordcore._native.lockwire.WireConn``), or by
+``hiredis.Reader`` once a stream leaves the request grammar (see
+:mod:`coordcore.server.protocol`); replies are built here as ``bytes``. Every encoder takes ``resp3`` where the two
 protocol versions differ (null, maps, booleans, doubles, pushes).
 
 >>> encode_int(42)

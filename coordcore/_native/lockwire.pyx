@@ -4,7 +4,8 @@
 * :class:`WireConn` is one connection's native wire state. It buffers the request
   bytes and parses the request grammar (``*N`` arrays of ``$len`` bulk strings) itself.
   :meth:`WireConn.run_hot` takes the hot commands at the head of the buffer,
-  ``LOCK.ACQUIRE key session`` and ``LOCK.RELEASE key session [TOKEN t]``, straight into
+  ``LOCK.ACQUIRE key session [SHARED] [REQID n]`` and ``LOCK.RELEASE key session [TOKEN t]
+  [REQID n]`` (what coordcore's clients send when no timeout is asked), straight into
   the :class:`WireLane` (no Python object per request); :meth:`WireConn.next_request`
   gives any other request as a list of bytes for the server's command table, and
   ``None`` when the bytes leave the request grammar (the server then hands the rest of
@@ -60,12 +61,13 @@ cdef enum:
     MAX_VALUE = 4096
     OP_ACQUIRE = 4
     OP_RELEASE = 5
+    FLAG_SHARED = 1
     FLAG_WAIT = 2
     # what a hot command answers
     KIND_ACQUIRE = 1
     KIND_RELEASE = 2
     # the spans of a request's first arguments that the hot path looks at
-    HOT_SPANS = 5
+    HOT_SPANS = 8
 
 #: The reply kinds of hot commands (``WireBatch.entry``): an acquire answers with its
 #: token, a release with ``+OK``.
@@ -136,7 +138,8 @@ def encode_acquire(session, key, *, bint shared=False, bint wait=True, request_i
         raise BadArgument(f"value must be bytes, got {type(value).__name__}")
     if PyBytes_GET_SIZE(value) > MAX_VALUE:
         raise BadArgument(f"value must be at most {MAX_VALUE} bytes, got {PyBytes_GET_SIZE(value)}")
-    return _command(OP_ACQUIRE, (1 if shared else 0) | (FLAG_WAIT if wait else 0), s, r, 0, k, <bytes>value)
+    return _command(OP_ACQUIRE, (FLAG_SHARED if shared else 0) | (FLAG_WAIT if wait else 0), s, r, 0, k,
+                    <bytes>value)
 
 
 def encode_release(session, key, token=0, request_id=0):
@@ -326,6 +329,40 @@ cdef inline bint _decimal(const unsigned char *p, Py_ssize_t n, uint64_t lo, uin
     return True
 
 
+cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t argc, uint8_t kind,
+                       uint8_t *flags, uint64_t *token, uint64_t *request_id) noexcept:
+    """The options after ``key session`` of a hot command (``spans[3:argc]``): an
+    acquire's ``SHARED`` and ``REQID n``, a release's ``TOKEN t`` and ``REQID n``, each at
+    most once. False for anything else (the command table answers it)."""
+    cdef Py_ssize_t i = 3
+    cdef const unsigned char *word
+    cdef bint seen_shared = False, seen_token = False, seen_reqid = False
+    flags[0] = FLAG_WAIT if kind == KIND_ACQUIRE else 0
+    token[0] = 0
+    request_id[0] = 0
+    while i < argc:
+        word = base + spans[i].off
+        if kind == KIND_ACQUIRE and not seen_shared and _is_word(word, spans[i].len, b"shared", 6):
+            seen_shared = True
+            flags[0] |= FLAG_SHARED
+            i += 1
+            continue
+        if i + 1 >= argc:
+            return False
+        if not seen_reqid and _is_word(word, spans[i].len, b"reqid", 5):
+            seen_reqid = True
+            if not _decimal(base + spans[i + 1].off, spans[i + 1].len, 1, request_id):
+                return False
+        elif kind == KIND_RELEASE and not seen_token and _is_word(word, spans[i].len, b"token", 5):
+            seen_token = True
+            if not _decimal(base + spans[i + 1].off, spans[i + 1].len, 0, token):
+                return False
+        else:
+            return False
+        i += 2
+    return True
+
+
 cdef class WireConn:
     """One connection's native wire state: its unparsed request bytes, its hot commands
     in flight (:attr:`outstanding`; :attr:`parked` while a hot acquire is among them:
@@ -466,40 +503,38 @@ cdef class WireConn:
 
     def run_hot(self, WireLane lane not None, Py_ssize_t limit):
         """Move the hot commands at the head of the buffer into ``lane`` (at most
-        ``limit``; none once :attr:`parked`): ``LOCK.ACQUIRE key session`` (then parked)
-        and ``LOCK.RELEASE key session [TOKEN t]`` with a valid key and plain decimal
+        ``limit``; none once :attr:`parked`): ``LOCK.ACQUIRE key session [SHARED]
+        [REQID n]`` (then parked) and ``LOCK.RELEASE key session [TOKEN t] [REQID n]``
+        (options in any order, each at most once) with a valid key and plain decimal
         numbers in range. Stops at the first other request, which stays buffered.
         Returns how many it moved."""
         cdef Span spans[HOT_SPANS]
         cdef Py_ssize_t argc, r, handled = 0
         cdef const unsigned char *base
-        cdef const unsigned char *name
-        cdef uint64_t session, token
-        cdef uint8_t kind
+        cdef uint64_t session, token, request_id
+        cdef uint8_t kind, flags
         if lane.closed or self.closed:
             return 0
         while handled < limit and not self.parked:
             argc = 0
             r = self._scan(spans, &argc)
-            if r <= 0 or (argc != 3 and argc != 5):
+            if r <= 0 or argc < 3 or argc > HOT_SPANS:
                 break
             base = self.inp.data + self.inp.start
-            name = base + spans[0].off
-            token = 0
-            if argc == 3 and _is_word(name, spans[0].len, b"lock.acquire", 12):
+            if _is_word(base + spans[0].off, spans[0].len, b"lock.acquire", 12):
                 kind = KIND_ACQUIRE
-            elif _is_word(name, spans[0].len, b"lock.release", 12):
+            elif _is_word(base + spans[0].off, spans[0].len, b"lock.release", 12):
                 kind = KIND_RELEASE
-                if argc == 5 and not (_is_word(base + spans[3].off, spans[3].len, b"token", 5)
-                                      and _decimal(base + spans[4].off, spans[4].len, 0, &token)):
-                    break
             else:
                 break
             if spans[1].len < 1 or spans[1].len > MAX_KEY:
                 break
             if not _decimal(base + spans[2].off, spans[2].len, 1, &session):
                 break
-            lane._push(self, kind, session, token, <const char *>base + spans[1].off, spans[1].len)
+            if not _hot_options(base, spans, argc, kind, &flags, &token, &request_id):
+                break
+            lane._push(self, kind, flags, session, token, request_id,
+                       <const char *>base + spans[1].off, spans[1].len)
             self.inp.start += r
             self.outstanding += 1
             handled += 1
@@ -545,8 +580,8 @@ cdef class WireLane:
     def __len__(self):
         return self.count
 
-    cdef int _push(self, WireConn owner, uint8_t kind, uint64_t session, uint64_t token,
-                   const char *key, Py_ssize_t klen) except -1:
+    cdef int _push(self, WireConn owner, uint8_t kind, uint8_t flags, uint64_t session, uint64_t token,
+                   uint64_t request_id, const char *key, Py_ssize_t klen) except -1:
         cdef Py_ssize_t n
         cdef Py_ssize_t *offsets
         cdef unsigned char *kinds
@@ -563,9 +598,11 @@ cdef class WireLane:
             self.slots = n
         _reserve(&self.cmds, CMD_SIZE + klen)
         if kind == KIND_ACQUIRE:
-            _put_command(self.cmds.data + self.cmds.end, OP_ACQUIRE, FLAG_WAIT, session, 0, 0, key, klen, NULL, 0)
+            _put_command(self.cmds.data + self.cmds.end, OP_ACQUIRE, flags, session, request_id, 0,
+                         key, klen, NULL, 0)
         else:
-            _put_command(self.cmds.data + self.cmds.end, OP_RELEASE, 0, session, 0, token, key, klen, NULL, 0)
+            _put_command(self.cmds.data + self.cmds.end, OP_RELEASE, flags, session, request_id, token,
+                         key, klen, NULL, 0)
         self.offsets[self.count] = self.cmds.end
         self.kinds[self.count] = kind
         self.cmds.end += CMD_SIZE + klen

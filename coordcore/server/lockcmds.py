@@ -309,8 +309,8 @@ def _error_reply(result: Result) -> bytes:
 def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
     key, sid = _key(req[1]), _session(req[2])
-    # (Without options and with plain numbers it usually never gets here: the native
-    # lane takes it, see coordcore.server.protocol.)
+    # (Without TIMEOUT or LABEL, with plain numbers and a connection with nothing else in
+    # flight, it never gets here: the native lane takes it, see coordcore.server.protocol.)
     o = _options(req[3:], _ACQ)
     if o.timeout is None:
         # No task, no coroutine: the lock service resolves the reply future with the

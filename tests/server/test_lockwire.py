@@ -204,10 +204,12 @@ def _lane(replies: dict[int, bytes | None] | None = None) -> tuple[lw.WireLane, 
     return lane, dirty, calls
 
 
+u63 = st.integers(1, 2**63 - 1)
+maybe = st.one_of(st.none(), u63)
 hot = st.one_of(
-    st.tuples(st.just("acq"), st.integers(1, 2**63 - 1), st.binary(min_size=1, max_size=30)),
-    st.tuples(st.just("rel"), st.integers(1, 2**63 - 1), st.binary(min_size=1, max_size=30),
-              st.one_of(st.none(), st.integers(0, 2**63 - 1))),
+    st.tuples(st.just("acq"), u63, st.binary(min_size=1, max_size=30), st.booleans(), maybe, st.booleans()),
+    st.tuples(st.just("rel"), u63, st.binary(min_size=1, max_size=30), st.one_of(st.none(), st.integers(0, 2**63 - 1)),
+              maybe, st.booleans()),
 )
 
 
@@ -217,15 +219,24 @@ def test_hot_commands_encode_as_batch_builder_does(cmds: list[tuple], prefix: by
     want = []
     for c in cmds:
         wire = lw.WireConn(_Owner("c"), 16, 4096)
-        if c[0] == "acq":
-            wire.feed(_pack(prefix + b"ACQUIRE", c[2], b"%d" % c[1]))
-            want.append(lw.encode_acquire(c[1], c[2]))
+        kind, session, key, first, request_id, swap = c
+        options: list[tuple[bytes, ...]] = []
+        if request_id is not None:
+            options.append((b"reqid" if swap else b"REQID", b"%d" % request_id))
+        if kind == "acq":
+            if first:
+                options.append((b"shared" if swap else b"SHARED",))
+            want.append(lw.encode_acquire(session, key, shared=first, request_id=request_id or 0))
         else:
-            extra = () if c[3] is None else (b"token", b"%d" % c[3])
-            wire.feed(_pack(prefix + b"RELEASE", c[2], b"%d" % c[1], *extra))
-            want.append(lw.encode_release(c[1], c[2], c[3] or 0))
+            if first is not None:
+                options.append((b"Token" if swap else b"TOKEN", b"%d" % first))
+            want.append(lw.encode_release(session, key, first or 0, request_id or 0))
+        if swap:
+            options.reverse()
+        name = prefix + (b"ACQUIRE" if kind == "acq" else b"RELEASE")
+        wire.feed(_pack(name, key, b"%d" % session, *(w for o in options for w in o)))
         assert wire.run_hot(lane, 100) == 1
-        assert wire.outstanding == 1 and wire.parked == (c[0] == "acq") and wire.buffered == 0
+        assert wire.outstanding == 1 and wire.parked == (kind == "acq") and wire.buffered == 0
     batch = lane.cut(1000)
     assert batch is not None and len(lane) == 0
     assert batch.count == len(cmds) and batch.commands == b"".join(want)
@@ -234,9 +245,14 @@ def test_hot_commands_encode_as_batch_builder_does(cmds: list[tuple], prefix: by
 @pytest.mark.parametrize("req", [
     [b"LOCK.ACQUIRE", b"k", b"0"], [b"LOCK.ACQUIRE", b"k", b"+5"], [b"LOCK.ACQUIRE", b"k", b" 5"],
     [b"LOCK.ACQUIRE", b"k", b"9223372036854775808"], [b"LOCK.ACQUIRE", b"", b"5"],
-    [b"LOCK.ACQUIRE", b"k" * 1025, b"5"], [b"LOCK.ACQUIRE", b"k", b"5", b"SHARED"],
-    [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"10"], [b"LOCK.RELEASE", b"k", b"5", b"REQID", b"1"],
+    [b"LOCK.ACQUIRE", b"k" * 1025, b"5"], [b"LOCK.ACQUIRE", b"k", b"5", b"SHARE"],
+    [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"10"], [b"LOCK.ACQUIRE", b"k", b"5", b"LABEL", b"x"],
+    [b"LOCK.ACQUIRE", b"k", b"5", b"SHARED", b"SHARED"], [b"LOCK.ACQUIRE", b"k", b"5", b"REQID", b"0"],
+    [b"LOCK.ACQUIRE", b"k", b"5", b"REQID", b"1", b"REQID", b"2"], [b"LOCK.ACQUIRE", b"k", b"5", b"TOKEN", b"1"],
+    [b"LOCK.ACQUIRE", b"k", b"5", b"REQID"], [b"LOCK.RELEASE", b"k", b"5", b"SHARED"],
     [b"LOCK.RELEASE", b"k", b"5", b"TOKEN", b"-1"], [b"LOCK.RELEASE", b"k", b"5", b"TOKEN"],
+    [b"LOCK.RELEASE", b"k", b"5", b"TOKEN", b"1", b"TOKEN", b"1"],
+    [b"LOCK.RELEASE", b"k", b"5", b"TOKEN", b"1", b"REQID", b"2", b"X"],
     [b"LOCK.RELEASEX", b"k", b"5"], [b"LOCK\x0eACQUIRE", b"k", b"5"], [b"PING"],
 ])
 def test_anything_else_is_left_for_the_command_table(req: list[bytes]) -> None:

@@ -272,3 +272,86 @@ def test_sessions_keep_their_ttl_across_a_restart(serve: Serve, tmp_path: Path) 
         # Not kept alive from here on, it expires after its TTL.
         time.sleep(1.6)
         assert str(raw.command("SESSION.KEEPALIVE", sid)).startswith("NOSESSION")
+
+
+def _pack(*args: Any) -> bytes:
+    import hiredis
+
+    return hiredis.pack_command(args)  # type: ignore[no-any-return]
+
+
+def test_hot_and_table_commands_in_one_pipeline_answer_in_order(serve: Serve) -> None:
+    """The native lane (LOCK.ACQUIRE/RELEASE) and the command table on one connection, in
+    one write, then the stream leaving the request grammar (hiredis takes over): every
+    reply in request order, each the right one."""
+    srv = serve()
+    with Raw(srv.port) as raw:
+        sid = raw.command("SESSION.OPEN", 30)
+        other = raw.command("SESSION.OPEN", 30)
+        raw.send(b"".join([
+            _pack("PING"),
+            _pack("LOCK.RELEASE", "nothing", sid),           # lane: an error reply
+            _pack("LOCK.ACQUIRE", "a", sid),                 # lane: parks the connection
+            _pack("ID.NEXT"),                                # table, behind the hot replies
+            _pack("lock.release", "a", sid),                 # lane again
+            _pack("LOCK.INFO", "a"),                         # a read: sees the release
+            _pack("LOCK.ACQUIRE", "b", sid, "REQID", 7),     # lane with REQID...
+            _pack("LOCK.ACQUIRE", "b", sid, "REQID", 7),     # ...retried: the same token
+            _pack("LOCK.ACQUIRE", "b", other, "TIMEOUT", 30),  # table: times out
+            _pack("LOCK.RELEASE", "b", sid, "REQID", 8, "TOKEN", 0),
+            b":5\r\n",                                       # not a request: -PROTO, hiredis from here
+            _pack("LOCK.ACQUIRE", "c", sid),                 # the table's acquire now
+            _pack("LOCK.RELEASE", "c", sid),
+            _pack("ECHO", "end"),
+        ]))
+        r = raw.read_n(14)
+    assert r[0] == b"PONG"
+    assert str(r[1]).startswith("NOTHOLDER"), r[1]
+    assert isinstance(r[2], int) and isinstance(r[3], int) and r[3] > 2**40  # token, then an ID
+    assert r[4] == b"OK"
+    assert r[5][r[5].index(b"holders") + 1] == []
+    assert isinstance(r[6], int) and r[7] == r[6] and r[6] > r[2]
+    assert str(r[8]).startswith("TIMEOUT"), r[8]
+    assert r[9] == b"OK"
+    assert str(r[10]).startswith("PROTO"), r[10]
+    assert isinstance(r[11], int) and r[11] > r[6] and r[12] == b"OK" and r[13] == b"end"
+
+
+def test_a_client_that_vanishes_while_its_acquire_waits_is_withdrawn(serve: Serve) -> None:
+    """However a waiting hot acquire and its connection's end interleave (the acquire
+    still in the lane, in the batch being written, or parked), once the connection is
+    gone the wait is withdrawn, so the lock is never granted to a client that cannot
+    know it holds it. (A grant answered before the connection went is the session's:
+    sessions outlive connections.)"""
+    import socket
+    import struct
+
+    srv = serve()
+    with Raw(srv.port) as raw:
+        sid = raw.command("SESSION.OPEN", 60)
+        holder = raw.command("SESSION.OPEN", 60)
+
+        def state(key: str) -> tuple[list[Any], list[Any]]:
+            info = raw.command("LOCK.INFO", key)
+            return info[info.index(b"holders") + 1], info[info.index(b"waiters") + 1]
+
+        for i in range(30):
+            key = f"vanish/{i}"
+            raw.command("LOCK.ACQUIRE", key, holder)
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            sock.sendall(_pack("LOCK.ACQUIRE", key, sid))
+            time.sleep(0.001 * (i % 4))
+            if i % 2:  # a reset instead of a clean close
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            deadline = time.monotonic() + 10
+            while b"connected_clients:1\r\n" not in raw.command("INFO") and time.monotonic() < deadline:
+                time.sleep(0.002)  # until the server has seen the connection go
+            # A write of ours commits after the vanished acquire (which was read before
+            # the connection's end was seen); then its withdrawal commits.
+            raw.command("SESSION.KEEPALIVE", holder)
+            while state(key)[1] and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert state(key)[1] == [], f"{key}: the vanished client's wait was not withdrawn"
+            raw.command("LOCK.RELEASE", key, holder)
+            assert state(key) == ([], []), f"{key}: granted to the vanished client"

@@ -4,8 +4,8 @@
 * :class:`WireConn` is one connection's native wire state. It buffers the request
   bytes and parses the request grammar (``*N`` arrays of ``$len`` bulk strings) itself.
   :meth:`WireConn.run_hot` takes the hot commands at the head of the buffer,
-  ``LOCK.ACQUIRE key session [SHARED] [REQID n]`` and ``LOCK.RELEASE key session [TOKEN t]
-  [REQID n]`` (what coordcore's clients send when no timeout is asked), straight into
+  ``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]`` and ``LOCK.RELEASE key
+  session [TOKEN t] [REQID n]`` (what coordcore's clients send for locks), straight into
   the :class:`WireLane` (no Python object per request); :meth:`WireConn.next_request`
   gives any other request as a list of bytes for the server's command table, and
   ``None`` when the bytes leave the request grammar (the server then hands the rest of
@@ -67,7 +67,7 @@ cdef enum:
     KIND_ACQUIRE = 1
     KIND_RELEASE = 2
     # the spans of a request's first arguments that the hot path looks at
-    HOT_SPANS = 8
+    HOT_SPANS = 10
 
 #: The reply kinds of hot commands (``WireBatch.entry``): an acquire answers with its
 #: token, a release with ``+OK``.
@@ -82,6 +82,8 @@ if _lm.MAX_KEY_SIZE != MAX_KEY or _lm.MAX_VALUE_SIZE != MAX_VALUE or _lm.BATCH_F
     raise ImportError("lockwire was built for another batch format than lockmachine's")
 
 cdef uint64_t _U63 = 0x7FFFFFFFFFFFFFFF
+#: The longest TIMEOUT the server takes (30 days, as the command table).
+cdef uint64_t MAX_TIMEOUT_MS = 30 * 86400000ULL
 
 
 # --- batch commands ---------------------------------------------------------------------
@@ -330,16 +332,19 @@ cdef inline bint _decimal(const unsigned char *p, Py_ssize_t n, uint64_t lo, uin
 
 
 cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t argc, uint8_t kind,
-                       uint8_t *flags, uint64_t *token, uint64_t *request_id) noexcept:
+                       uint8_t *flags, uint64_t *token, uint64_t *request_id, uint32_t *timeout_ms) noexcept:
     """The options after ``key session`` of a hot command (``spans[3:argc]``): an
-    acquire's ``SHARED`` and ``REQID n``, a release's ``TOKEN t`` and ``REQID n``, each at
-    most once. False for anything else (the command table answers it)."""
+    acquire's ``SHARED``, ``TIMEOUT ms`` (1 ms to 30 days; 0 is a try, the table's) and
+    ``REQID n``, a release's ``TOKEN t`` and ``REQID n``, each at most once. False for
+    anything else (the command table answers it)."""
     cdef Py_ssize_t i = 3
     cdef const unsigned char *word
-    cdef bint seen_shared = False, seen_token = False, seen_reqid = False
+    cdef uint64_t ms
+    cdef bint seen_shared = False, seen_token = False, seen_reqid = False, seen_timeout = False
     flags[0] = FLAG_WAIT if kind == KIND_ACQUIRE else 0
     token[0] = 0
     request_id[0] = 0
+    timeout_ms[0] = 0
     while i < argc:
         word = base + spans[i].off
         if kind == KIND_ACQUIRE and not seen_shared and _is_word(word, spans[i].len, b"shared", 6):
@@ -357,6 +362,11 @@ cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t 
             seen_token = True
             if not _decimal(base + spans[i + 1].off, spans[i + 1].len, 0, token):
                 return False
+        elif kind == KIND_ACQUIRE and not seen_timeout and _is_word(word, spans[i].len, b"timeout", 7):
+            seen_timeout = True
+            if not _decimal(base + spans[i + 1].off, spans[i + 1].len, 1, &ms) or ms > MAX_TIMEOUT_MS:
+                return False
+            timeout_ms[0] = <uint32_t>ms
         else:
             return False
         i += 2
@@ -504,7 +514,7 @@ cdef class WireConn:
     def run_hot(self, WireLane lane not None, Py_ssize_t limit):
         """Move the hot commands at the head of the buffer into ``lane`` (at most
         ``limit``; none once :attr:`parked`): ``LOCK.ACQUIRE key session [SHARED]
-        [REQID n]`` (then parked) and ``LOCK.RELEASE key session [TOKEN t] [REQID n]``
+        [TIMEOUT ms] [REQID n]`` (then parked) and ``LOCK.RELEASE key session [TOKEN t] [REQID n]``
         (options in any order, each at most once) with a valid key and plain decimal
         numbers in range. Stops at the first other request, which stays buffered.
         Returns how many it moved."""
@@ -512,6 +522,7 @@ cdef class WireConn:
         cdef Py_ssize_t argc, r, handled = 0
         cdef const unsigned char *base
         cdef uint64_t session, token, request_id
+        cdef uint32_t timeout_ms
         cdef uint8_t kind, flags
         if lane.closed or self.closed:
             return 0
@@ -531,9 +542,9 @@ cdef class WireConn:
                 break
             if not _decimal(base + spans[2].off, spans[2].len, 1, &session):
                 break
-            if not _hot_options(base, spans, argc, kind, &flags, &token, &request_id):
+            if not _hot_options(base, spans, argc, kind, &flags, &token, &request_id, &timeout_ms):
                 break
-            lane._push(self, kind, flags, session, token, request_id,
+            lane._push(self, kind, flags, session, token, request_id, timeout_ms,
                        <const char *>base + spans[1].off, spans[1].len)
             self.inp.start += r
             self.outstanding += 1
@@ -541,6 +552,29 @@ cdef class WireConn:
             if kind == KIND_ACQUIRE:
                 self.parked = True
         return handled
+
+
+cdef struct Entry:
+    Py_ssize_t offset    # of the command in the lane's (or batch's) bytes
+    uint8_t kind         # KIND_ACQUIRE / KIND_RELEASE
+    uint32_t timeout_ms  # an acquire's TIMEOUT (0: none)
+    double submitted     # CLOCK_MONOTONIC seconds when it entered the lane (with a timeout)
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock, timespec *ts)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double _monotonic() noexcept nogil:
+    """What Python's ``time.monotonic()`` reads (CLOCK_MONOTONIC, seconds)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class WireLane:
@@ -554,8 +588,7 @@ cdef class WireLane:
 
     cdef Buf cmds
     cdef list owners
-    cdef Py_ssize_t *offsets
-    cdef unsigned char *kinds
+    cdef Entry *entries
     cdef Py_ssize_t count
     cdef Py_ssize_t slots
     cdef public object wake
@@ -574,27 +607,22 @@ cdef class WireLane:
 
     def __dealloc__(self):
         PyMem_Free(self.cmds.data)
-        PyMem_Free(self.offsets)
-        PyMem_Free(self.kinds)
+        PyMem_Free(self.entries)
 
     def __len__(self):
         return self.count
 
     cdef int _push(self, WireConn owner, uint8_t kind, uint8_t flags, uint64_t session, uint64_t token,
-                   uint64_t request_id, const char *key, Py_ssize_t klen) except -1:
+                   uint64_t request_id, uint32_t timeout_ms, const char *key, Py_ssize_t klen) except -1:
         cdef Py_ssize_t n
-        cdef Py_ssize_t *offsets
-        cdef unsigned char *kinds
+        cdef Entry *entries
+        cdef Entry *e
         if self.count == self.slots:
             n = self.slots * 2 if self.slots else 64
-            offsets = <Py_ssize_t *>PyMem_Realloc(self.offsets, <size_t>n * sizeof(Py_ssize_t))
-            if offsets == NULL:
+            entries = <Entry *>PyMem_Realloc(self.entries, <size_t>n * sizeof(Entry))
+            if entries == NULL:
                 raise MemoryError()
-            self.offsets = offsets
-            kinds = <unsigned char *>PyMem_Realloc(self.kinds, <size_t>n)
-            if kinds == NULL:
-                raise MemoryError()
-            self.kinds = kinds
+            self.entries = entries
             self.slots = n
         _reserve(&self.cmds, CMD_SIZE + klen)
         if kind == KIND_ACQUIRE:
@@ -603,8 +631,11 @@ cdef class WireLane:
         else:
             _put_command(self.cmds.data + self.cmds.end, OP_RELEASE, flags, session, request_id, token,
                          key, klen, NULL, 0)
-        self.offsets[self.count] = self.cmds.end
-        self.kinds[self.count] = kind
+        e = &self.entries[self.count]
+        e.offset = self.cmds.end
+        e.kind = kind
+        e.timeout_ms = timeout_ms
+        e.submitted = _monotonic() if timeout_ms else 0.0
         self.cmds.end += CMD_SIZE + klen
         PyList_Append(self.owners, owner)
         self.count += 1
@@ -620,16 +651,15 @@ cdef class WireLane:
         cdef WireBatch batch
         if n <= 0:
             return None
-        nbytes = self.offsets[n] if n < self.count else self.cmds.end
+        nbytes = self.entries[n].offset if n < self.count else self.cmds.end
         batch = WireBatch.__new__(WireBatch)
         batch.lane = self
         batch.commands = PyBytes_FromStringAndSize(<char *>self.cmds.data, nbytes)
-        batch.count = n
-        batch.kinds = PyBytes_FromStringAndSize(<char *>self.kinds, n)
-        batch.offsets = <Py_ssize_t *>PyMem_Malloc(<size_t>n * sizeof(Py_ssize_t))
-        if batch.offsets == NULL:
+        batch.entries = <Entry *>PyMem_Malloc(<size_t>n * sizeof(Entry))
+        if batch.entries == NULL:
             raise MemoryError()
-        memcpy(batch.offsets, self.offsets, <size_t>n * sizeof(Py_ssize_t))
+        memcpy(batch.entries, self.entries, <size_t>n * sizeof(Entry))
+        batch.count = n
         if n == self.count:
             batch.owners = self.owners
             self.owners = []
@@ -640,8 +670,8 @@ cdef class WireLane:
             memmove(self.cmds.data, self.cmds.data + nbytes, <size_t>(self.cmds.end - nbytes))
             self.cmds.end -= nbytes
             for i in range(self.count - n):
-                self.offsets[i] = self.offsets[i + n] - nbytes
-                self.kinds[i] = self.kinds[i + n]
+                self.entries[i] = self.entries[i + n]
+                self.entries[i].offset -= nbytes
         self.count -= n
         return batch
 
@@ -654,25 +684,32 @@ cdef class WireBatch:
     cdef readonly bytes commands
     cdef readonly Py_ssize_t count
     cdef list owners
-    cdef bytes kinds
-    cdef Py_ssize_t *offsets
+    cdef Entry *entries
     cdef bytes raw
     cdef Py_ssize_t base
 
     def __dealloc__(self):
-        PyMem_Free(self.offsets)
+        PyMem_Free(self.entries)
 
     def __len__(self):
         return self.count
 
     def entry(self, Py_ssize_t i):
-        """``(kind, session, key)`` of command ``i`` (kind: ACQUIRE or RELEASE)."""
+        """``(kind, session, key, shared, timeout_ms, left)`` of command ``i``: kind
+        ACQUIRE or RELEASE; an acquire's ``TIMEOUT`` as sent (0: none) and the seconds
+        left of it now (None: no timeout; counted from when the command was read, as the
+        command table counts it)."""
         cdef const unsigned char *p
+        cdef Entry *e
         if i < 0 or i >= self.count:
             raise BadArgument(f"entry {i} is out of range")
-        p = <const unsigned char *>PyBytes_AS_STRING(self.commands) + self.offsets[i]
-        return (<unsigned char *>PyBytes_AS_STRING(self.kinds))[i], cc_ld64(p + 8), \
-            PyBytes_FromStringAndSize(<const char *>p + CMD_SIZE, cc_ld16(p + 2))
+        e = &self.entries[i]
+        p = <const unsigned char *>PyBytes_AS_STRING(self.commands) + e.offset
+        left = None
+        if e.timeout_ms:
+            left = e.timeout_ms / 1000.0 - (_monotonic() - e.submitted)
+        return (e.kind, cc_ld64(p + 8), PyBytes_FromStringAndSize(<const char *>p + CMD_SIZE, cc_ld16(p + 2)),
+                bool(e.kind == KIND_ACQUIRE and p[1] & FLAG_SHARED), e.timeout_ms, left)
 
     def result(self, Py_ssize_t i):
         """The packed result (RES_SIZE bytes) of command ``i`` (during :meth:`resolve`)."""
@@ -698,7 +735,6 @@ cdef class WireBatch:
         cdef Py_ssize_t i
         cdef WireConn owner
         cdef unsigned char kind
-        cdef const unsigned char *kinds = <const unsigned char *>PyBytes_AS_STRING(self.kinds)
         if base < 0 or (base + self.count) * RES_SIZE > PyBytes_GET_SIZE(raw_results):
             raise BadArgument("the packed results do not cover this batch")
         self.raw = raw_results
@@ -706,7 +742,7 @@ cdef class WireBatch:
         other = self.lane.other
         for i in range(self.count):
             owner = <WireConn>PyList_GET_ITEM(self.owners, i)
-            kind = kinds[i]
+            kind = self.entries[i].kind
             p = <const unsigned char *>PyBytes_AS_STRING(raw_results) + (base + i) * RES_SIZE
             owner.outstanding -= 1
             if kind == KIND_ACQUIRE:
@@ -725,12 +761,11 @@ cdef class WireBatch:
         """The batch did not commit: every command gets ``other(batch, i, owner, error)``."""
         cdef Py_ssize_t i
         cdef WireConn owner
-        cdef const unsigned char *kinds = <const unsigned char *>PyBytes_AS_STRING(self.kinds)
         other = self.lane.other
         for i in range(self.count):
             owner = <WireConn>PyList_GET_ITEM(self.owners, i)
             owner.outstanding -= 1
-            if kinds[i] == KIND_ACQUIRE:
+            if self.entries[i].kind == KIND_ACQUIRE:
                 owner.parked = False
             self._deliver(owner, other(self, i, owner, error))
 

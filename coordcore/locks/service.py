@@ -212,7 +212,8 @@ class _Request:
     request came through :meth:`LockService.submit_encoded` (a server's reply bytes).
     """
 
-    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "service", "key", "sid")
+    __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "service", "key", "sid",
+                 "timer")
 
     def __init__(self, add: Callable[[BatchBuilder], int] | None, parks: bool,
                  future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None) -> None:
@@ -226,12 +227,17 @@ class _Request:
         self.encode = encode
         #: Set when a done callback withdraws a cancelled wait (submit_encoded, park_wire).
         self.service: LockService | None = None
+        #: park_wire's timeout.
+        self.timer: asyncio.TimerHandle | None = None
         self.key: Key = b""
         self.sid = 0
 
     def on_done(self, fut: asyncio.Future[Any]) -> None:
         """The future's done callback of a parking request of a server (a bound method:
         no reference cycle through the request)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.service is not None:
             self.service._reply_done(fut, self, self.key, self.sid)
 
@@ -773,30 +779,57 @@ class LockService:
         lane.closed = self._closing
         self._lane = lane
 
-    def park_wire(self, result: Result, key: Key, session_id: int,
-                  encode: Callable[[Result], T]) -> asyncio.Future[T]:
+    def park_wire(self, result: Result, key: Key, session_id: int, encode: Callable[[Result], T], *,
+                  timeout: float | None = None, timeout_error: BaseException | None = None) -> asyncio.Future[T]:
         """Low level, for servers: a lane acquire came back ``WAITING`` (``result``):
         return a future of ``encode(result)`` with ``status=OK, value=token`` once the
         batch that grants it commits (or failing with SessionExpired / Cancelled), like
-        a parked :meth:`submit_encoded` request; cancelling it withdraws the wait."""
+        a parked :meth:`submit_encoded` request; cancelling it withdraws the wait. With
+        ``timeout`` (seconds from now) it fails with ``timeout_error`` when the grant
+        has not come by then, and the wait is withdrawn (as :meth:`acquire` does)."""
         fut: asyncio.Future[T] = self._loop.create_future()
         req = _Request(None, True, fut, encode)
         req.result = result
         req.service, req.key, req.sid = self, key, session_id
         fut.add_done_callback(req.on_done)
         self._parked[result.aux] = req  # aux: the ticket of a waiting contender
+        if timeout is not None:
+            error = timeout_error if timeout_error is not None else LockTimeout(f"{key!r} not granted in time")
+            req.timer = self._loop.call_later(max(0.0, timeout), self._wire_timed_out, req, error)
         return fut
+
+    def _wire_timed_out(self, req: _Request, error: BaseException) -> None:
+        """A park_wire wait timed out: withdraw it, then fail its future with ``error``
+        (as :meth:`acquire` answers a timeout only once the wait is gone)."""
+        req.timer = None
+        if req.future.done():
+            return
+        assert req.result is not None
+        self._parked.pop(req.result.aux, None)  # no grant reaches the future from now on
+        withdraw = self._withdraw_result(req.result, req.key, req.sid)
+
+        async def expire() -> None:
+            try:
+                await withdraw
+            finally:
+                if not req.future.done():
+                    req.future.set_exception(error)
+
+        self._track(asyncio.ensure_future(expire()))
 
     def withdraw_wire(self, result: Result, key: Key, session_id: int) -> None:
         """Low level, for servers: a lane acquire (``result``: granted or waiting)
         whose requester has gone: CANCEL it through the log in the background (which
         also releases a grant)."""
-        if result.status not in (Status.OK, Status.WAITING):
-            return
+        if result.status in (Status.OK, Status.WAITING):
+            self._track(asyncio.ensure_future(self._withdraw_result(result, key, session_id)))
+
+    def _withdraw_result(self, result: Result, key: Key, sid: int) -> Coroutine[Any, Any, None]:
+        """:meth:`_withdraw` for a committed acquire known only by its result."""
         req = _Request(None, True, self._loop.create_future())
         req.result = result
         req.future.add_done_callback(_retrieve)
-        self._track(asyncio.ensure_future(self._withdraw(req, key, session_id)))
+        return self._withdraw(req, key, sid)
 
     def _reply_done(self, fut: asyncio.Future[Any], req: _Request, key: Key, sid: int) -> None:
         if fut.cancelled() and not req.abandoned:

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from coordcore._native import require
-from coordcore.errors import BadArgument, CoordcoreError, WatchLagged
+from coordcore.errors import BadArgument, CoordcoreError, LockTimeout, WatchLagged
 from coordcore.locks.machine import (
     MAX_KEY_SIZE,
     MAX_VALUE_SIZE,
@@ -93,7 +93,7 @@ def open_lane(server: Server) -> Any:
     def other(batch: Any, i: int, owner: Any, error: BaseException | None) -> bytes | None:
         """The reply to lane command ``i`` when it is not a plain success."""
         try:
-            kind, sid, key = batch.entry(i)
+            kind, sid, key, shared, timeout_ms, left = batch.entry(i)
             if error is not None:  # the batch did not commit
                 if isinstance(error, CoordcoreError):
                     return resp.encode_exception(error)
@@ -104,7 +104,10 @@ def open_lane(server: Server) -> Any:
                 return None
             if kind == _lw.ACQUIRE and result.status == Status.WAITING:
                 conn: Connection = owner.conn
-                conn.park(svc.park_wire(result, key, sid, _token_encoder(conn)))
+                # The same words as the command table's LOCK.ACQUIRE ... TIMEOUT.
+                error = LockTimeout(f"{'shared' if shared else 'lock'} {key!r} not granted within "
+                                    f"{timeout_ms / 1000.0} s") if timeout_ms else None
+                conn.park(svc.park_wire(result, key, sid, _token_encoder(conn), timeout=left, timeout_error=error))
                 return None
             return _error_reply(result)
         except Exception as exc:  # a bug must not stall the batch's other replies
@@ -309,8 +312,8 @@ def _error_reply(result: Result) -> bytes:
 def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
     key, sid = _key(req[1]), _session(req[2])
-    # (Without TIMEOUT or LABEL, with plain numbers and a connection with nothing else in
-    # flight, it never gets here: the native lane takes it, see coordcore.server.protocol.)
+    # (Without LABEL or TIMEOUT 0, with plain numbers and a connection with nothing else
+    # in flight, it never gets here: the native lane takes it, see coordcore.server.protocol.)
     o = _options(req[3:], _ACQ)
     if o.timeout is None:
         # No task, no coroutine: the lock service resolves the reply future with the

@@ -5,7 +5,7 @@ native wire state (:class:`coordcore._native.lockwire.WireConn`) and drains *eve
 complete request in the buffer before writing all their replies with one
 ``transport.write`` (pipelining costs one syscall per read, not per request).
 
-The hot lock commands (``LOCK.ACQUIRE key session [SHARED] [REQID n]``,
+The hot lock commands (``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]``,
 ``LOCK.RELEASE key session [TOKEN t] [REQID n]``) never become Python objects: the native parser encodes them straight into
 the lock service's :class:`~coordcore._native.lockwire.WireLane`, and the batch that
 commits them writes their replies into the connection's native output buffer, which

@@ -246,7 +246,9 @@ def test_hot_commands_encode_as_batch_builder_does(cmds: list[tuple], prefix: by
     [b"LOCK.ACQUIRE", b"k", b"0"], [b"LOCK.ACQUIRE", b"k", b"+5"], [b"LOCK.ACQUIRE", b"k", b" 5"],
     [b"LOCK.ACQUIRE", b"k", b"9223372036854775808"], [b"LOCK.ACQUIRE", b"", b"5"],
     [b"LOCK.ACQUIRE", b"k" * 1025, b"5"], [b"LOCK.ACQUIRE", b"k", b"5", b"SHARE"],
-    [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"10"], [b"LOCK.ACQUIRE", b"k", b"5", b"LABEL", b"x"],
+    [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"0"], [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"2592000001"],
+    [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"-1"], [b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"1", b"TIMEOUT", b"1"],
+    [b"LOCK.RELEASE", b"k", b"5", b"TIMEOUT", b"10"], [b"LOCK.ACQUIRE", b"k", b"5", b"LABEL", b"x"],
     [b"LOCK.ACQUIRE", b"k", b"5", b"SHARED", b"SHARED"], [b"LOCK.ACQUIRE", b"k", b"5", b"REQID", b"0"],
     [b"LOCK.ACQUIRE", b"k", b"5", b"REQID", b"1", b"REQID", b"2"], [b"LOCK.ACQUIRE", b"k", b"5", b"TOKEN", b"1"],
     [b"LOCK.ACQUIRE", b"k", b"5", b"REQID"], [b"LOCK.RELEASE", b"k", b"5", b"SHARED"],
@@ -297,7 +299,7 @@ def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
     assert dirty == [o1, o2]
     assert w1.take_output() == b"-OTHER 0\r\n:%d\r\n" % decode_results(raw_results)[1].value
     assert w2.take_output() == b"-OTHER 2\r\n"
-    assert [c[0] for c in calls] == [(lw.RELEASE, 1, b"x"), (lw.ACQUIRE, 2, b"k")]
+    assert [c[0] for c in calls] == [(lw.RELEASE, 1, b"x", False, 0, None), (lw.ACQUIRE, 2, b"k", False, 0, None)]
     assert calls[0][2].status == Status.NOTHOLDER and calls[1][2].status == Status.WAITING
     assert (w1.outstanding, w1.parked, w2.outstanding, w2.parked) == (0, False, 0, False)
     # A connection that has gone: its acquire goes to other() even when granted; no
@@ -335,3 +337,24 @@ def test_fail_answers_every_command() -> None:
     lane.closed = True
     wire.feed(_pack(b"LOCK.RELEASE", b"a", b"1"))
     assert wire.run_hot(lane, 10) == 0  # a closed lane takes nothing
+
+
+def test_acquire_timeouts_ride_the_lane_with_their_clock() -> None:
+    import time
+
+    lane, _, calls = _lane()
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    wire.feed(_pack(b"LOCK.ACQUIRE", b"k", b"5", b"timeout", b"2592000000", b"SHARED", b"REQID", b"9"))
+    assert wire.run_hot(lane, 10) == 1
+    batch = lane.cut(10)
+    assert batch is not None
+    assert batch.commands == lw.encode_acquire(5, b"k", shared=True, request_id=9)
+    wire2 = lw.WireConn(_Owner("d"), 16, 4096)
+    wire2.feed(_pack(b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"250"))
+    assert wire2.run_hot(lane, 10) == 1
+    time.sleep(0.05)
+    batch = lane.cut(10)
+    assert batch is not None
+    kind, session, key, shared, timeout_ms, left = batch.entry(0)
+    assert (kind, session, key, shared, timeout_ms) == (lw.ACQUIRE, 5, b"k", False, 250)
+    assert left is not None and 0.1 < left <= 0.2  # the time since it was read is counted

@@ -191,3 +191,93 @@ def test_live_server_fuzz(serve: Callable[..., ServerProc]) -> None:
     assert b"role:main" in before and b"role:main" in after
     assert srv.proc is not None and srv.proc.poll() is None
     assert "Traceback" not in srv.log()
+
+
+# --- the native lane under pipelines: every request answered, in order ----------------------
+
+LANE_KEYS = [b"k1", b"k2"]
+
+
+def lane_request(draw: Any) -> tuple[str, list[bytes]]:
+    """A request on session 1 (opened by the test), or a frame that is not a request."""
+    key = draw(st.sampled_from(LANE_KEYS))
+    kind = draw(st.sampled_from(["acquire", "release", "try", "info", "ping", "echo", "id", "frame"]))
+    if kind == "acquire":
+        extra = draw(st.sampled_from([[], [b"REQID", b"%d" % draw(st.integers(1, 5))], [b"SHARED"]]))
+        return kind, [b"LOCK.ACQUIRE", key, b"1", b"TIMEOUT", b"20", *extra]  # bounded: may self-wait
+    if kind == "release":
+        extra = draw(st.sampled_from([[], [b"TOKEN", b"0"], [b"REQID", b"%d" % draw(st.integers(6, 9))]]))
+        return kind, [b"LOCK.RELEASE", key, b"1", *extra]
+    if kind == "try":
+        return kind, [b"LOCK.TRY", key, b"1"]
+    if kind == "info":
+        return kind, [b"LOCK.INFO", key]
+    if kind == "ping":
+        return kind, [b"PING"]
+    if kind == "echo":
+        return kind, [b"ECHO", draw(st.binary(min_size=1, max_size=8))]
+    if kind == "id":
+        return kind, [b"ID.NEXT"]
+    return kind, [draw(st.sampled_from([b":5\r\n", b"*0\r\n", b"*1\r\n:1\r\n"]))]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), cuts=st.lists(st.integers(0, 10_000), max_size=6))
+def test_lane_and_table_answer_every_request_in_order(tmp_path: Path, data: st.DataObject, cuts: list[int]) -> None:
+    from coordcore.locks.service import LockService
+    from coordcore.server import lockcmds
+
+    requests = [data.draw(st.composite(lambda draw: lane_request(draw))()) for _ in
+                range(data.draw(st.integers(1, 16)))]
+    loop = asyncio.new_event_loop()
+    try:
+        async def main() -> None:
+            server = make_server(tmp_path)
+            svc = await LockService.in_memory()
+            server.locks = svc
+            svc.add_batch_listener(server.flush_dirty)
+            server.commands.update(lockcmds.lock_commands())
+            server.blocking_handlers = lockcmds.blocking_handlers()
+            server.barrier_handlers = lockcmds.barrier_handlers()
+            server.lane = lockcmds.open_lane(server)
+            try:
+                session = await svc.open_session(60, keepalive=False)
+                assert session.id == 1
+                transport = FakeTransport()
+                conn = Connection(server)
+                conn.connection_made(transport)  # type: ignore[arg-type]
+                stream = b"".join(encode_request(args) if kind != "frame" else args[0] for kind, args in requests)
+                for chunk in split_points(stream, cuts):
+                    conn.data_received(chunk)
+                frames: list[Any] = []
+                for _ in range(400):  # replies come as batches commit (acquires may wait 20 ms)
+                    frames = parse_all(bytes(transport.out))
+                    if len(frames) >= len(requests):
+                        break
+                    await asyncio.sleep(0.005)
+                assert len(frames) == len(requests), (len(frames), requests)
+                for (kind, args), frame in zip(requests, frames):
+                    if kind == "acquire":
+                        assert isinstance(frame, int) or str(frame).startswith("TIMEOUT"), (args, frame)
+                    elif kind == "release":
+                        assert frame == b"OK" or str(frame).startswith("NOTHOLDER"), (args, frame)
+                    elif kind == "try":
+                        assert frame is None or isinstance(frame, int), (args, frame)
+                    elif kind == "info":
+                        assert isinstance(frame, list) and frame[1] == args[1], (args, frame)
+                    elif kind == "ping":
+                        assert frame == b"PONG"
+                    elif kind == "echo":
+                        assert frame == args[1]
+                    elif kind == "id":
+                        assert isinstance(frame, int) and frame > 0
+                    else:
+                        assert str(frame).startswith("PROTO"), frame
+                assert not transport.closed
+                conn.connection_lost(None)
+            finally:
+                await svc.close()
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

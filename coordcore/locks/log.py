@@ -528,6 +528,11 @@ class BatchLog:
         self.end_append(index, len(data))
         return index
 
+    @property
+    def segment_full(self) -> bool:
+        """The next append starts a new segment (a file create and directory fsync)."""
+        return self._active_size >= self._segment_bytes
+
     def begin_append(self, payload: bytes) -> tuple[int, bytes, int]:
         """The first half of :meth:`append`, for a writer that does the I/O itself:
         ``(fd, data, index)``: write all of ``data`` to ``fd`` (it is opened for
@@ -540,7 +545,7 @@ class BatchLog:
             raise BadArgument(f"a log record is at most {MAX_RECORD_BYTES} bytes, not {len(payload)}")
         with self._mutex:
             self._check_writable()
-            if self._active_size >= self._segment_bytes:
+            if self.segment_full:
                 self._start_segment(self._next_index)
             index = self._next_index
             body = _INDEX.pack(index) + payload

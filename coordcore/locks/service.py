@@ -252,9 +252,11 @@ class _Appender:
     record at a time, in order: the writer awaits each append before the next one.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, log: BatchLog) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: BatchLog,
+                 io: concurrent.futures.ThreadPoolExecutor) -> None:
         self._loop = loop
         self._log = log
+        self._io = io
         self._writer = _SyncWriter()
         self._pending: tuple[asyncio.Future[int], int, int] | None = None
         loop.add_reader(self._writer.fileno, self._on_done)
@@ -263,6 +265,10 @@ class _Appender:
         fut: asyncio.Future[int] = self._loop.create_future()
         if self._pending is not None:  # pragma: no cover - the writer never overlaps appends
             raise RuntimeError("an append is in flight already")
+        if self._log.segment_full:
+            # Starting a segment creates a file and fsyncs the directory: in the
+            # executor, not on the event loop (once per segment).
+            return self._loop.run_in_executor(self._io, self._log.append, record)
         try:
             fd, data, index = self._log.begin_append(record)
             self._writer.submit(fd, data, self._log.durability == "fsync")
@@ -291,10 +297,12 @@ class _Appender:
         if not fut.done():
             fut.set_result(index)
 
-    def stop(self) -> None:
-        """Stop the thread once the append in flight (if any) is done."""
+    def stop(self) -> Callable[[], None]:
+        """Stop listening; returns the call that stops the thread once the append in
+        flight (if any) is done (it blocks: run it off the event loop)."""
         self._loop.remove_reader(self._writer.fileno)
-        self._writer.close()
+        close: Callable[[], None] = self._writer.close
+        return close
 
 
 class _Batch:
@@ -604,7 +612,7 @@ class LockService:
         self._snap_records = snapshot_every_records
         self._snap_bytes = snapshot_every_bytes
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coordcore-log")
-        self._appender = _Appender(self._loop, log) if log is not None else None
+        self._appender = _Appender(self._loop, log, self._io) if log is not None else None
         self._builder = BatchBuilder()
         self._queue: list[_Request] = []
         self._wakeup = asyncio.Event()
@@ -1469,7 +1477,8 @@ class LockService:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._fail(asyncio.CancelledError())
             if self._appender is not None:
-                self._appender.stop()
+                # Off the loop: after a failed batch a write may still be in flight.
+                await self._loop.run_in_executor(self._io, self._appender.stop())
             if self._log is not None:
                 await self._loop.run_in_executor(self._io, self._log.close)
         finally:

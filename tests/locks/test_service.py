@@ -510,6 +510,27 @@ def test_snapshots_compact_and_recover(run: Run, tmp_path: Path, rng: random.Ran
     assert run(reopen()) == live
 
 
+def test_segments_roll_over_under_load_and_recover(run: Run, tmp_path: Path) -> None:
+    """Appends that start a new segment (a file create and a directory fsync, done off
+    the event loop) interleave with the native writer's appends; all of it recovers."""
+    async def main() -> bytes:
+        async with LockService.open(tmp_path, segment_bytes=4096, snapshot_every_records=10**6) as svc:
+            s = await svc.open_session(ttl=600, keepalive=False)
+            for i in range(60):
+                grants = await asyncio.gather(*(svc.acquire(f"seg/{i}/{j}", s) for j in range(8)))
+                await asyncio.gather(*(svc.release(g) for g in grants[::2]))
+            return svc.state_snapshot()
+
+    live = run(main())
+    assert len(list(tmp_path.glob("segment-*.log"))) >= 3
+
+    async def reopen() -> bytes:
+        async with LockService.open(tmp_path, clock=ManualClock(0)) as svc:
+            return svc.state_snapshot()
+
+    assert run(reopen()) == live
+
+
 def test_close_fails_parked_waiters_and_ends_everything(run: Run, tmp_path: Path) -> None:
     async def main() -> None:
         svc = await LockService.open(tmp_path)

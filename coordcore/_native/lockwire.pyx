@@ -389,6 +389,8 @@ cdef class WireConn:
     cdef Py_ssize_t max_args
     cdef Py_ssize_t max_request
     cdef public object conn
+    #: Called (no arguments) for the integer reply to ``ID.NEXT`` (None: not hot).
+    cdef public object id_next
     cdef public Py_ssize_t outstanding
     cdef public bint parked
     cdef public bint dirty
@@ -428,6 +430,11 @@ cdef class WireConn:
     def take_output(self):
         """The replies ready to write, in request order (None if none)."""
         return _take(&self.out)
+
+    @property
+    def has_output(self):
+        """Replies are ready to write."""
+        return self.out.end > self.out.start
 
     def append_output(self, bytes reply):
         """Queue ``reply`` behind the ready replies."""
@@ -511,27 +518,48 @@ cdef class WireConn:
         self.inp.start += r
         return out
 
-    def run_hot(self, WireLane lane not None, Py_ssize_t limit):
-        """Move the hot commands at the head of the buffer into ``lane`` (at most
-        ``limit``; none once :attr:`parked`): ``LOCK.ACQUIRE key session [SHARED]
-        [TIMEOUT ms] [REQID n]`` (then parked) and ``LOCK.RELEASE key session [TOKEN t] [REQID n]``
-        (options in any order, each at most once) with a valid key and plain decimal
-        numbers in range. Stops at the first other request, which stays buffered.
-        Returns how many it moved."""
+    def run_hot(self, WireLane lane, Py_ssize_t limit):
+        """Handle the hot commands at the head of the buffer (at most ``limit``; none
+        once :attr:`parked`); stop at the first other request, which stays buffered.
+        Returns how many it handled.
+
+        * With a ``lane``: ``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]``
+          (then parked) and ``LOCK.RELEASE key session [TOKEN t] [REQID n]`` (options in
+          any order, each at most once, plain decimal numbers in range, a valid key) go
+          into the lane.
+        * With :attr:`id_next` set and nothing in flight: ``ID.NEXT`` is answered at once
+          (``id_next()``'s integer into the output buffer; an error leaves the request
+          for the command table, which reports it)."""
         cdef Span spans[HOT_SPANS]
         cdef Py_ssize_t argc, r, handled = 0
         cdef const unsigned char *base
         cdef uint64_t session, token, request_id
         cdef uint32_t timeout_ms
+        cdef uint64_t value
         cdef uint8_t kind, flags
-        if lane.closed or self.closed:
+        cdef bint locks = lane is not None and not lane.closed
+        if self.closed:
             return 0
         while handled < limit and not self.parked:
             argc = 0
             r = self._scan(spans, &argc)
-            if r <= 0 or argc < 3 or argc > HOT_SPANS:
+            if r <= 0 or argc > HOT_SPANS:
                 break
             base = self.inp.data + self.inp.start
+            if argc == 1:
+                if self.outstanding or self.id_next is None \
+                        or not _is_word(base + spans[0].off, spans[0].len, b"id.next", 7):
+                    break
+                try:
+                    value = self.id_next()
+                except Exception:
+                    break
+                _append_token_reply(&self.out, value)
+                self.inp.start += r
+                handled += 1
+                continue
+            if not locks or argc < 3:
+                break
             if _is_word(base + spans[0].off, spans[0].len, b"lock.acquire", 12):
                 kind = KIND_ACQUIRE
             elif _is_word(base + spans[0].off, spans[0].len, b"lock.release", 12):

@@ -6,10 +6,12 @@ complete request in the buffer before writing all their replies with one
 ``transport.write`` (pipelining costs one syscall per read, not per request).
 
 The hot lock commands (``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]``,
-``LOCK.RELEASE key session [TOKEN t] [REQID n]``) never become Python objects: the native parser encodes them straight into
-the lock service's :class:`~coordcore._native.lockwire.WireLane`, and the batch that
-commits them writes their replies into the connection's native output buffer, which
-the batch's end flushes (one write per connection per batch). Every other request
+``LOCK.RELEASE key session [TOKEN t] [REQID n]``) never become Python objects: the
+native parser encodes them straight into the lock service's
+:class:`~coordcore._native.lockwire.WireLane`, and the batch that commits them writes
+their replies into the connection's native output buffer, which the batch's end flushes
+(one write per connection per batch). ``ID.NEXT`` is answered the same way, at once,
+from the ID generator. Every other request
 reaches the command table as a list of bytes. Bytes that leave the request grammar
 (``*N`` arrays of ``$len`` bulk strings) are handed, with the rest of the stream, to a
 ``hiredis.Reader``, which knows all of RESP. To keep replies in request order a
@@ -85,6 +87,8 @@ class Connection(asyncio.Protocol):
         #: The native wire state: request buffer and parser, hot commands in flight and
         #: their ready replies (see the module docstring).
         self.wire = _WireConn(self, server.config.max_args, server.config.max_request_bytes)
+        if server.ids is not None:
+            self.wire.id_next = server.ids.next_id
         #: The general RESP parser, once the stream has left the request grammar.
         self.reader: hiredis.Reader | None = None
         self.resp3 = False
@@ -227,15 +231,18 @@ class Connection(asyncio.Protocol):
                 self._deferred = None
             else:
                 if self.reader is None:
-                    if lane is not None and not slots and self.table is self.server.commands:
-                        # The hot commands at the head of the buffer go natively to the
-                        # lock service (a hot acquire parks: nothing after it is parsed).
+                    if not slots and self.table is self.server.commands:
+                        # The hot commands at the head of the buffer are handled natively:
+                        # lock commands go to the lock service (a hot acquire parks:
+                        # nothing after it is parsed), ID.NEXT is answered at once.
                         handled += wire.run_hot(lane, max_inflight - wire.outstanding)
                         if wire.parked:
                             break
                         if wire.outstanding >= max_inflight:
                             self._inflight_full = True
                             break
+                        if not wire.outstanding and wire.has_output:
+                            out.append(wire.take_output())  # in order with the table's replies
                     try:
                         req = wire.next_request()
                     except RequestTooLarge as exc:

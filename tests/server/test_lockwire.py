@@ -358,3 +358,39 @@ def test_acquire_timeouts_ride_the_lane_with_their_clock() -> None:
     kind, session, key, shared, timeout_ms, left = batch.entry(0)
     assert (kind, session, key, shared, timeout_ms) == (lw.ACQUIRE, 5, b"k", False, 250)
     assert left is not None and 0.1 < left <= 0.2  # the time since it was read is counted
+
+
+def test_id_next_is_answered_natively_in_order() -> None:
+    ids = iter(range(100, 200))
+    lane, _, _ = _lane()
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    wire.id_next = lambda: next(ids)
+    wire.feed(_pack(b"ID.NEXT") + _pack(b"id.next") + _pack(b"LOCK.RELEASE", b"a", b"1") + _pack(b"ID.NEXT")
+              + _pack(b"PING"))
+    assert wire.run_hot(lane, 10) == 3  # the second ID.NEXT waits: a release is in flight
+    assert wire.take_output() == b":100\r\n:101\r\n"
+    assert wire.next_request() == [b"ID.NEXT"]
+    # Without a lane (an ID-only worker) IDs are still hot, lock commands are not.
+    wire = lw.WireConn(_Owner("d"), 16, 4096)
+    wire.id_next = lambda: next(ids)
+    wire.feed(_pack(b"ID.NEXT") + _pack(b"ID.NEXT", b"x") + _pack(b"ID.NEXT"))
+    assert wire.run_hot(None, 10) == 1 and wire.has_output
+    assert wire.next_request() == [b"ID.NEXT", b"x"]  # arguments: the table's error to give
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", b"1"))
+    assert wire.run_hot(None, 10) == 1 and wire.outstanding == 0
+    assert wire.take_output() == b":102\r\n:103\r\n"
+    assert wire.next_request() == [b"LOCK.RELEASE", b"a", b"1"]
+
+
+def test_a_failing_id_generator_leaves_the_request_to_the_table() -> None:
+    def broken() -> int:
+        raise RuntimeError("clock moved backwards")
+
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    wire.id_next = broken
+    wire.feed(_pack(b"ID.NEXT"))
+    assert wire.run_hot(None, 10) == 0 and not wire.has_output
+    assert wire.next_request() == [b"ID.NEXT"]
+    wire.id_next = lambda: -1  # not an ID: refused the same way
+    wire.feed(_pack(b"ID.NEXT"))
+    assert wire.run_hot(None, 10) == 0

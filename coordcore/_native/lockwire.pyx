@@ -436,10 +436,6 @@ cdef class WireConn:
         """Replies are ready to write."""
         return self.out.end > self.out.start
 
-    def append_output(self, bytes reply):
-        """Queue ``reply`` behind the ready replies."""
-        _append(&self.out, PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply))
-
     cdef Py_ssize_t _scan(self, Span *spans, Py_ssize_t *argc) noexcept:
         """Frame the request at the head of the buffer: its length, or a SCAN_ status.
         Records the spans of up to HOT_SPANS first arguments."""

@@ -99,15 +99,17 @@ def open_lane(server: Server) -> Any:
                     return resp.encode_exception(error)
                 return resp.encode_error("UNAVAILABLE", f"the lock service failed: {type(error).__name__}")
             result = decode_results(batch.result(i))[0]
-            if owner.closed:  # an acquire whose connection has gone: hold nothing for it
-                svc.withdraw_wire(result, key, sid)
+            if owner.closed:  # the connection has gone: nobody reads this
+                if kind == _lw.ACQUIRE:
+                    svc.withdraw_wire(result, key, sid)  # hold nothing for it
                 return None
             if kind == _lw.ACQUIRE and result.status == Status.WAITING:
                 conn: Connection = owner.conn
                 # The same words as the command table's LOCK.ACQUIRE ... TIMEOUT.
-                error = LockTimeout(f"{'shared' if shared else 'lock'} {key!r} not granted within "
-                                    f"{timeout_ms / 1000.0} s") if timeout_ms else None
-                conn.park(svc.park_wire(result, key, sid, _token_encoder(conn), timeout=left, timeout_error=error))
+                timeout_error = LockTimeout(f"{'shared' if shared else 'lock'} {key!r} not granted within "
+                                            f"{timeout_ms / 1000.0} s") if timeout_ms else None
+                conn.park(svc.park_wire(result, key, sid, _token_encoder(conn), timeout=left,
+                                        timeout_error=timeout_error))
                 return None
             return _error_reply(result)
         except Exception as exc:  # a bug must not stall the batch's other replies

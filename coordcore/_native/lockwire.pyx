@@ -4,8 +4,9 @@
 * :class:`WireConn` is one connection's native wire state. It buffers the request
   bytes and parses the request grammar (``*N`` arrays of ``$len`` bulk strings) itself.
   :meth:`WireConn.run_hot` takes the hot commands at the head of the buffer,
-  ``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]`` and ``LOCK.RELEASE key
-  session [TOKEN t] [REQID n]`` (what coordcore's clients send for locks), straight into
+  ``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]``, ``SEM.ACQUIRE key session
+  permits [TIMEOUT ms] [REQID n]`` and their ``*.RELEASE key session [TOKEN t] [REQID n]``
+  (what coordcore's clients send for locks and semaphores), straight into
   the :class:`WireLane` (no Python object per request); :meth:`WireConn.next_request`
   gives any other request as a list of bytes for the server's command table, and
   ``None`` when the bytes leave the request grammar (the server then hands the rest of
@@ -61,6 +62,9 @@ cdef enum:
     MAX_VALUE = 4096
     OP_ACQUIRE = 4
     OP_RELEASE = 5
+    OP_SEM_ACQUIRE = 6
+    OP_SEM_RELEASE = 7
+    MAX_PERMITS = 1000000
     FLAG_SHARED = 1
     FLAG_WAIT = 2
     # what a hot command answers
@@ -331,13 +335,13 @@ cdef inline bint _decimal(const unsigned char *p, Py_ssize_t n, uint64_t lo, uin
     return True
 
 
-cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t argc, uint8_t kind,
-                       uint8_t *flags, uint64_t *token, uint64_t *request_id, uint32_t *timeout_ms) noexcept:
-    """The options after ``key session`` of a hot command (``spans[3:argc]``): an
-    acquire's ``SHARED``, ``TIMEOUT ms`` (1 ms to 30 days; 0 is a try, the table's) and
-    ``REQID n``, a release's ``TOKEN t`` and ``REQID n``, each at most once. False for
-    anything else (the command table answers it)."""
-    cdef Py_ssize_t i = 3
+cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t i, Py_ssize_t argc,
+                       uint8_t kind, bint allow_shared, uint8_t *flags, uint64_t *token, uint64_t *request_id,
+                       uint32_t *timeout_ms) noexcept:
+    """The options of a hot command (``spans[i:argc]``): an acquire's ``SHARED`` (a
+    lock's only), ``TIMEOUT ms`` (1 ms to 30 days; 0 is a try, the table's) and ``REQID
+    n``, a release's ``TOKEN t`` and ``REQID n``, each at most once. False for anything
+    else (the command table answers it)."""
     cdef const unsigned char *word
     cdef uint64_t ms
     cdef bint seen_shared = False, seen_token = False, seen_reqid = False, seen_timeout = False
@@ -347,7 +351,7 @@ cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t 
     timeout_ms[0] = 0
     while i < argc:
         word = base + spans[i].off
-        if kind == KIND_ACQUIRE and not seen_shared and _is_word(word, spans[i].len, b"shared", 6):
+        if allow_shared and not seen_shared and _is_word(word, spans[i].len, b"shared", 6):
             seen_shared = True
             flags[0] |= FLAG_SHARED
             i += 1
@@ -520,19 +524,21 @@ cdef class WireConn:
         Returns how many it handled.
 
         * With a ``lane``: ``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]``
-          (then parked) and ``LOCK.RELEASE key session [TOKEN t] [REQID n]`` (options in
+          and ``SEM.ACQUIRE key session permits [TIMEOUT ms] [REQID n]`` (then parked),
+          ``LOCK.RELEASE`` / ``SEM.RELEASE key session [TOKEN t] [REQID n]`` (options in
           any order, each at most once, plain decimal numbers in range, a valid key) go
           into the lane.
         * With :attr:`id_next` set and nothing in flight: ``ID.NEXT`` is answered at once
           (``id_next()``'s integer into the output buffer; an error leaves the request
           for the command table, which reports it)."""
         cdef Span spans[HOT_SPANS]
-        cdef Py_ssize_t argc, r, handled = 0
+        cdef Py_ssize_t argc, r, first_option, handled = 0
         cdef const unsigned char *base
-        cdef uint64_t session, token, request_id
+        cdef const unsigned char *name
+        cdef uint64_t session, token, request_id, permits
         cdef uint32_t timeout_ms
         cdef uint64_t value
-        cdef uint8_t kind, flags
+        cdef uint8_t kind, op, flags
         cdef bint locks = lane is not None and not lane.closed
         if self.closed:
             return 0
@@ -542,9 +548,9 @@ cdef class WireConn:
             if r <= 0 or argc > HOT_SPANS:
                 break
             base = self.inp.data + self.inp.start
+            name = base + spans[0].off
             if argc == 1:
-                if self.outstanding or self.id_next is None \
-                        or not _is_word(base + spans[0].off, spans[0].len, b"id.next", 7):
+                if self.outstanding or self.id_next is None or not _is_word(name, spans[0].len, b"id.next", 7):
                     break
                 try:
                     value = self.id_next()
@@ -556,20 +562,31 @@ cdef class WireConn:
                 continue
             if not locks or argc < 3:
                 break
-            if _is_word(base + spans[0].off, spans[0].len, b"lock.acquire", 12):
-                kind = KIND_ACQUIRE
-            elif _is_word(base + spans[0].off, spans[0].len, b"lock.release", 12):
-                kind = KIND_RELEASE
+            first_option = 3
+            permits = 0
+            if _is_word(name, spans[0].len, b"lock.acquire", 12):
+                kind, op = KIND_ACQUIRE, OP_ACQUIRE
+            elif _is_word(name, spans[0].len, b"lock.release", 12):
+                kind, op = KIND_RELEASE, OP_RELEASE
+            elif _is_word(name, spans[0].len, b"sem.acquire", 11):
+                kind, op = KIND_ACQUIRE, OP_SEM_ACQUIRE
+                if argc < 4 or not _decimal(base + spans[3].off, spans[3].len, 1, &permits) \
+                        or permits > MAX_PERMITS:
+                    break
+                first_option = 4
+            elif _is_word(name, spans[0].len, b"sem.release", 11):
+                kind, op = KIND_RELEASE, OP_SEM_RELEASE
             else:
                 break
             if spans[1].len < 1 or spans[1].len > MAX_KEY:
                 break
             if not _decimal(base + spans[2].off, spans[2].len, 1, &session):
                 break
-            if not _hot_options(base, spans, argc, kind, &flags, &token, &request_id, &timeout_ms):
+            if not _hot_options(base, spans, first_option, argc, kind, op == OP_ACQUIRE, &flags, &token,
+                                &request_id, &timeout_ms):
                 break
-            lane._push(self, kind, flags, session, token, request_id, timeout_ms,
-                       <const char *>base + spans[1].off, spans[1].len)
+            lane._push(self, kind, op, flags, session, permits if op == OP_SEM_ACQUIRE else token,
+                       request_id, timeout_ms, <const char *>base + spans[1].off, spans[1].len)
             self.inp.start += r
             self.outstanding += 1
             handled += 1
@@ -636,8 +653,9 @@ cdef class WireLane:
     def __len__(self):
         return self.count
 
-    cdef int _push(self, WireConn owner, uint8_t kind, uint8_t flags, uint64_t session, uint64_t token,
-                   uint64_t request_id, uint32_t timeout_ms, const char *key, Py_ssize_t klen) except -1:
+    cdef int _push(self, WireConn owner, uint8_t kind, uint8_t op, uint8_t flags, uint64_t session,
+                   uint64_t arg, uint64_t request_id, uint32_t timeout_ms, const char *key,
+                   Py_ssize_t klen) except -1:
         cdef Py_ssize_t n
         cdef Entry *entries
         cdef Entry *e
@@ -649,12 +667,7 @@ cdef class WireLane:
             self.entries = entries
             self.slots = n
         _reserve(&self.cmds, CMD_SIZE + klen)
-        if kind == KIND_ACQUIRE:
-            _put_command(self.cmds.data + self.cmds.end, OP_ACQUIRE, flags, session, request_id, 0,
-                         key, klen, NULL, 0)
-        else:
-            _put_command(self.cmds.data + self.cmds.end, OP_RELEASE, flags, session, request_id, token,
-                         key, klen, NULL, 0)
+        _put_command(self.cmds.data + self.cmds.end, op, flags, session, request_id, arg, key, klen, NULL, 0)
         e = &self.entries[self.count]
         e.offset = self.cmds.end
         e.kind = kind
@@ -719,9 +732,10 @@ cdef class WireBatch:
         return self.count
 
     def entry(self, Py_ssize_t i):
-        """``(kind, session, key, shared, timeout_ms, left)`` of command ``i``: kind
-        ACQUIRE or RELEASE; an acquire's ``TIMEOUT`` as sent (0: none) and the seconds
-        left of it now (None: no timeout; counted from when the command was read, as the
+        """``(kind, session, key, what, timeout_ms, left)`` of command ``i``: kind
+        ACQUIRE or RELEASE; what it contends for (``"lock"``, ``"shared"`` or
+        ``"semaphore"``); an acquire's ``TIMEOUT`` as sent (0: none) and the seconds left
+        of it now (None: no timeout; counted from when the command was read, as the
         command table counts it)."""
         cdef const unsigned char *p
         cdef Entry *e
@@ -732,8 +746,14 @@ cdef class WireBatch:
         left = None
         if e.timeout_ms:
             left = e.timeout_ms / 1000.0 - (_monotonic() - e.submitted)
+        if p[0] == OP_SEM_ACQUIRE or p[0] == OP_SEM_RELEASE:
+            what = "semaphore"
+        elif p[0] == OP_ACQUIRE and p[1] & FLAG_SHARED:
+            what = "shared"
+        else:
+            what = "lock"
         return (e.kind, cc_ld64(p + 8), PyBytes_FromStringAndSize(<const char *>p + CMD_SIZE, cc_ld16(p + 2)),
-                bool(e.kind == KIND_ACQUIRE and p[1] & FLAG_SHARED), e.timeout_ms, left)
+                what, e.timeout_ms, left)
 
     def result(self, Py_ssize_t i):
         """The packed result (RES_SIZE bytes) of command ``i`` (during :meth:`resolve`)."""

@@ -93,7 +93,7 @@ def open_lane(server: Server) -> Any:
     def other(batch: Any, i: int, owner: Any, error: BaseException | None) -> bytes | None:
         """The reply to lane command ``i`` when it is not a plain success."""
         try:
-            kind, sid, key, shared, timeout_ms, left = batch.entry(i)
+            kind, sid, key, what, timeout_ms, left = batch.entry(i)
             if error is not None:  # the batch did not commit
                 if isinstance(error, CoordcoreError):
                     return resp.encode_exception(error)
@@ -105,9 +105,9 @@ def open_lane(server: Server) -> Any:
                 return None
             if kind == _lw.ACQUIRE and result.status == Status.WAITING:
                 conn: Connection = owner.conn
-                # The same words as the command table's LOCK.ACQUIRE ... TIMEOUT.
-                timeout_error = LockTimeout(f"{'shared' if shared else 'lock'} {key!r} not granted within "
-                                            f"{timeout_ms / 1000.0} s") if timeout_ms else None
+                # The same words as the command table's LOCK.ACQUIRE / SEM.ACQUIRE ... TIMEOUT.
+                timeout_error = LockTimeout(f"{what} {key!r} not granted within {timeout_ms / 1000.0} s") \
+                    if timeout_ms else None
                 conn.park(svc.park_wire(result, key, sid, _token_encoder(conn), timeout=left,
                                         timeout_error=timeout_error))
                 return None
@@ -315,7 +315,8 @@ def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
     key, sid = _key(req[1]), _session(req[2])
     # (Without LABEL or TIMEOUT 0, with plain numbers and a connection with nothing else
-    # in flight, it never gets here: the native lane takes it, see coordcore.server.protocol.)
+    # in flight, it never gets here: the native lane takes it, see coordcore.server.protocol.
+    # The same goes for SEM.ACQUIRE and the releases.)
     o = _options(req[3:], _ACQ)
     if o.timeout is None:
         # No task, no coroutine: the lock service resolves the reply future with the

@@ -6,7 +6,8 @@ complete request in the buffer before writing all their replies with one
 ``transport.write`` (pipelining costs one syscall per read, not per request).
 
 The hot lock commands (``LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n]``,
-``LOCK.RELEASE key session [TOKEN t] [REQID n]``) never become Python objects: the
+``SEM.ACQUIRE key session permits [TIMEOUT ms] [REQID n]``, ``LOCK.RELEASE`` and
+``SEM.RELEASE key session [TOKEN t] [REQID n]``) never become Python objects: the
 native parser encodes them straight into the lock service's
 :class:`~coordcore._native.lockwire.WireLane`, and the batch that commits them writes
 their replies into the connection's native output buffer, which the batch's end flushes

@@ -254,6 +254,9 @@ def test_hot_commands_encode_as_batch_builder_does(cmds: list[tuple], prefix: by
     [b"LOCK.ACQUIRE", b"k", b"5", b"REQID"], [b"LOCK.RELEASE", b"k", b"5", b"SHARED"],
     [b"LOCK.RELEASE", b"k", b"5", b"TOKEN", b"-1"], [b"LOCK.RELEASE", b"k", b"5", b"TOKEN"],
     [b"LOCK.RELEASE", b"k", b"5", b"TOKEN", b"1", b"TOKEN", b"1"],
+    [b"SEM.ACQUIRE", b"k", b"5"], [b"SEM.ACQUIRE", b"k", b"5", b"0"], [b"SEM.ACQUIRE", b"k", b"5", b"1000001"],
+    [b"SEM.ACQUIRE", b"k", b"5", b"2", b"SHARED"], [b"SEM.ACQUIRE", b"k", b"5", b"2", b"LABEL", b"x"],
+    [b"SEM.ACQUIRE", b"k", b"5", b"2", b"TIMEOUT", b"0"], [b"SEM.RELEASE", b"k", b"5", b"SHARED"],
     [b"LOCK.RELEASE", b"k", b"5", b"TOKEN", b"1", b"REQID", b"2", b"X"],
     [b"LOCK.RELEASEX", b"k", b"5"], [b"LOCK\x0eACQUIRE", b"k", b"5"], [b"PING"],
 ])
@@ -299,7 +302,7 @@ def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
     assert dirty == [o1, o2]
     assert w1.take_output() == b"-OTHER 0\r\n:%d\r\n" % decode_results(raw_results)[1].value
     assert w2.take_output() == b"-OTHER 2\r\n"
-    assert [c[0] for c in calls] == [(lw.RELEASE, 1, b"x", False, 0, None), (lw.ACQUIRE, 2, b"k", False, 0, None)]
+    assert [c[0] for c in calls] == [(lw.RELEASE, 1, b"x", "lock", 0, None), (lw.ACQUIRE, 2, b"k", "lock", 0, None)]
     assert calls[0][2].status == Status.NOTHOLDER and calls[1][2].status == Status.WAITING
     assert (w1.outstanding, w1.parked, w2.outstanding, w2.parked) == (0, False, 0, False)
     # A connection that has gone: its acquire goes to other() even when granted; no
@@ -355,8 +358,8 @@ def test_acquire_timeouts_ride_the_lane_with_their_clock() -> None:
     time.sleep(0.05)
     batch = lane.cut(10)
     assert batch is not None
-    kind, session, key, shared, timeout_ms, left = batch.entry(0)
-    assert (kind, session, key, shared, timeout_ms) == (lw.ACQUIRE, 5, b"k", False, 250)
+    kind, session, key, what, timeout_ms, left = batch.entry(0)
+    assert (kind, session, key, what, timeout_ms) == (lw.ACQUIRE, 5, b"k", "lock", 250)
     assert left is not None and 0.1 < left <= 0.2  # the time since it was read is counted
 
 
@@ -394,3 +397,30 @@ def test_a_failing_id_generator_leaves_the_request_to_the_table() -> None:
     wire.id_next = lambda: -1  # not an ID: refused the same way
     wire.feed(_pack(b"ID.NEXT"))
     assert wire.run_hot(None, 10) == 0
+
+
+@given(st.lists(st.tuples(st.booleans(), u63, st.binary(min_size=1, max_size=20), st.integers(1, 1_000_000),
+                          maybe, st.one_of(st.none(), st.integers(0, 2**63 - 1)), st.booleans()),
+                min_size=1, max_size=12))
+def test_semaphore_commands_encode_as_batch_builder_does(cmds: list[tuple]) -> None:
+    lane, _, _ = _lane()
+    b = BatchBuilder()
+    for acquire, session, key, permits, request_id, token, timeout in cmds:
+        wire = lw.WireConn(_Owner("c"), 16, 4096)
+        options = [] if request_id is None else [b"REQID", b"%d" % request_id]
+        if acquire:
+            if timeout:
+                options += [b"TIMEOUT", b"100"]
+            wire.feed(_pack(b"SEM.ACQUIRE", key, b"%d" % session, b"%d" % permits, *options))
+            b.sem_acquire(session, key, permits, request_id=request_id or 0)
+        else:
+            if token is not None:
+                options += [b"TOKEN", b"%d" % token]
+            wire.feed(_pack(b"sem.release", key, b"%d" % session, *options))
+            b.sem_release(session, key, token or 0, request_id=request_id or 0)
+        assert wire.run_hot(lane, 10) == 1 and wire.parked == acquire
+    batch = lane.cut(100)
+    assert batch is not None
+    assert lw.assemble(7, [batch.commands], batch.count) == b.build(7)
+    whats = {batch.entry(i)[3] for i in range(batch.count)}
+    assert whats == {"semaphore"}

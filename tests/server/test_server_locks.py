@@ -355,3 +355,26 @@ def test_a_client_that_vanishes_while_its_acquire_waits_is_withdrawn(serve: Serv
             assert state(key)[1] == [], f"{key}: the vanished client's wait was not withdrawn"
             raw.command("LOCK.RELEASE", key, holder)
             assert state(key) == ([], []), f"{key}: granted to the vanished client"
+
+
+def test_semaphore_acquire_waits_times_out_and_is_granted_on_release(serve: Serve) -> None:
+    """SEM.ACQUIRE/SEM.RELEASE (the native lane's): permits, FIFO waits, a timeout that
+    withdraws the wait before it answers, and a grant when a permit comes back."""
+    srv = serve()
+    with Raw(srv.port) as a, Raw(srv.port) as b, Raw(srv.port) as c:
+        s1, s2, s3 = (a.command("SESSION.OPEN", 30) for _ in range(3))
+        t1 = a.command("SEM.ACQUIRE", "pool", s1, 2, "REQID", 1)
+        t2 = b.command("SEM.ACQUIRE", "pool", s2, 2)
+        assert isinstance(t1, int) and t2 > t1
+        assert a.command("SEM.ACQUIRE", "pool", s1, 2, "REQID", 1) == t1  # a retry: the same grant
+        err = c.command("SEM.ACQUIRE", "pool", s3, 2, "TIMEOUT", 30)
+        assert str(err) == "TIMEOUT semaphore b'pool' not granted within 0.03 s", err
+        info = c.command("SEM.INFO", "pool")
+        assert info[info.index(b"waiters") + 1] == []  # withdrawn before the reply
+        c.send(_pack("SEM.ACQUIRE", "pool", s3, 2))   # waits...
+        time.sleep(0.05)
+        assert b.command("SEM.RELEASE", "pool", s2, "TOKEN", t2) == b"OK"
+        t3 = c.read()                                  # ...granted by the release
+        assert isinstance(t3, int) and t3 > t2
+        assert str(b.command("SEM.ACQUIRE", "pool", s2, 3)).startswith("BADARG")  # a different size
+        assert str(b.command("SEM.RELEASE", "pool", s2)).startswith("NOTHOLDER")

@@ -17,11 +17,10 @@
   whose :meth:`WireBatch.resolve` turns each packed result into its connection's reply
   (``:token`` / ``+OK``) in that connection's output buffer, in request order, and calls
   back into Python only for the others (errors, waits, vanished connections).
-* :func:`encode_acquire` / :func:`encode_release` encode one ``ACQUIRE`` / ``RELEASE``
-  command of a batch record (format version 1, documented in coordcore/locks/machine.py),
-  byte for byte what :class:`~coordcore.locks.machine.BatchBuilder` appends (the lane
-  writes the same bytes), and :func:`assemble` joins encoded commands under a batch
-  header, as ``BatchBuilder.build``.
+* :func:`assemble` joins encoded commands (batch record format version 1, documented in
+  coordcore/locks/machine.py; the lane writes each command byte for byte as
+  :class:`~coordcore.locks.machine.BatchBuilder` appends it) under a batch header, as
+  ``BatchBuilder.build``.
 * :func:`filter_events` decodes only the packed events a lock service acts on when
   nobody watches: session ends, and grants/cancels of the tickets it has parked.
 
@@ -93,20 +92,16 @@ cdef uint64_t MAX_TIMEOUT_MS = 30 * 86400000ULL
 # --- batch commands ---------------------------------------------------------------------
 
 cdef inline void _put_command(unsigned char *p, uint8_t op, uint8_t flags, uint64_t session,
-                              uint64_t request_id, uint64_t arg, const char *key, Py_ssize_t klen,
-                              const char *value, Py_ssize_t vlen) noexcept:
-    """Write one batch command at ``p`` (``CMD_SIZE + klen + vlen`` bytes)."""
+                              uint64_t request_id, uint64_t arg, const char *key, Py_ssize_t klen) noexcept:
+    """Write one batch command with no value at ``p`` (``CMD_SIZE + klen`` bytes)."""
     p[0] = op
     p[1] = flags
     cc_st16(p + 2, <uint16_t>klen)
-    cc_st32(p + 4, <uint32_t>vlen)
+    cc_st32(p + 4, 0)
     cc_st64(p + 8, session)
     cc_st64(p + 16, request_id)
     cc_st64(p + 24, arg)
-    if klen:
-        memcpy(p + CMD_SIZE, key, <size_t>klen)
-    if vlen:
-        memcpy(p + CMD_SIZE + klen, value, <size_t>vlen)
+    memcpy(p + CMD_SIZE, key, <size_t>klen)
 
 
 cdef uint64_t _u64(str name, object value, uint64_t lo) except? 0:
@@ -115,45 +110,6 @@ cdef uint64_t _u64(str name, object value, uint64_t lo) except? 0:
     if value < lo or value > 0xFFFFFFFFFFFFFFFF:
         raise BadArgument(f"{name} must be in [{lo}, {0xFFFFFFFFFFFFFFFF}], got {value}")
     return <uint64_t>value
-
-
-cdef bytes _command(uint8_t op, uint8_t flags, uint64_t session, uint64_t request_id, uint64_t arg,
-                    bytes key, bytes value):
-    cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
-    cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, CMD_SIZE + klen + vlen)
-    _put_command(<unsigned char *>PyBytes_AS_STRING(out), op, flags, session, request_id, arg,
-                 PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(value), vlen)
-    return out
-
-
-cdef bytes _key(object key):
-    if type(key) is not bytes:
-        raise BadArgument(f"key must be bytes, got {type(key).__name__}")
-    if not 0 < PyBytes_GET_SIZE(key) <= MAX_KEY:
-        raise BadArgument(f"key must be 1..{MAX_KEY} bytes, got {PyBytes_GET_SIZE(key)}")
-    return <bytes>key
-
-
-def encode_acquire(session, key, *, bint shared=False, bint wait=True, request_id=0, value=b""):
-    """One ``ACQUIRE`` command, as ``BatchBuilder.acquire`` appends it."""
-    cdef uint64_t s = _u64("session", session, 1)
-    cdef uint64_t r = _u64("request_id", request_id, 0)
-    cdef bytes k = _key(key)
-    if type(value) is not bytes:
-        raise BadArgument(f"value must be bytes, got {type(value).__name__}")
-    if PyBytes_GET_SIZE(value) > MAX_VALUE:
-        raise BadArgument(f"value must be at most {MAX_VALUE} bytes, got {PyBytes_GET_SIZE(value)}")
-    return _command(OP_ACQUIRE, (FLAG_SHARED if shared else 0) | (FLAG_WAIT if wait else 0), s, r, 0, k,
-                    <bytes>value)
-
-
-def encode_release(session, key, token=0, request_id=0):
-    """One ``RELEASE`` command, as ``BatchBuilder.release`` appends it."""
-    cdef uint64_t s = _u64("session", session, 1)
-    cdef uint64_t t = _u64("token", token, 0)
-    cdef uint64_t r = _u64("request_id", request_id, 0)
-    return _command(OP_RELEASE, 0, s, r, t, _key(key), b"")
 
 
 def assemble(time_ms, list parts, Py_ssize_t count):
@@ -667,7 +623,7 @@ cdef class WireLane:
             self.entries = entries
             self.slots = n
         _reserve(&self.cmds, CMD_SIZE + klen)
-        _put_command(self.cmds.data + self.cmds.end, op, flags, session, request_id, arg, key, klen, NULL, 0)
+        _put_command(self.cmds.data + self.cmds.end, op, flags, session, request_id, arg, key, klen)
         e = &self.entries[self.count]
         e.offset = self.cmds.end
         e.kind = kind

@@ -191,7 +191,6 @@ def _options(args: list[bytes], allowed: frozenset[bytes]) -> _Options:
     return opts
 
 
-_TOKEN_WORDS = frozenset({b"TOKEN", b"token", b"Token"})
 _OK = int(Status.OK)
 _ACQ = frozenset({b"SHARED", b"TIMEOUT", b"REQID", b"LABEL"})
 _TRY = frozenset({b"SHARED", b"REQID", b"LABEL"})
@@ -358,13 +357,8 @@ def _release(conn: Connection, req: list[bytes], kind: Any) -> Awaitable[bytes]:
 def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
     key, sid = _key(req[1]), _session(req[2])
-    if len(req) == 3:
-        token, rid = 0, 0
-    elif len(req) == 5 and req[3] in _TOKEN_WORDS:
-        token, rid = parse_int(req[4], "TOKEN", 0, _U63), 0
-    else:
-        o = _options(req[3:], _REL)
-        token, rid = o.token, o.request_id
+    o = _options(req[3:], _REL)
+    token, rid = o.token, o.request_id
     return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
 
 

@@ -96,8 +96,9 @@ cc_crc32c_init()
 
 # --- the contract's constants (mirrored in coordcore/locks/machine.py) --------------
 
-BATCH_FORMAT_VERSION = 1
-SNAPSHOT_VERSION = 1
+BATCH_FORMAT_VERSION = 2
+SNAPSHOT_VERSION = 2
+CREDENTIAL_DIGEST_SIZE = 32
 MAX_KEY_SIZE = 1024
 MAX_VALUE_SIZE = 4096
 MIN_TTL_MS = 1
@@ -120,6 +121,8 @@ cdef enum:
     EV_SIZE = 40
     REQ_REC = 32
     SNAP_CON = 32
+    SNAP_CON2 = 40  # version 2 adds the wait deadline
+    CRED = 32       # a session credential's digest (SHA-256)
 
 cdef uint64_t C_MIN_TTL = 1
 cdef uint64_t C_MAX_TTL = 30 * 86_400_000ULL
@@ -141,6 +144,7 @@ cdef enum:  # ops
     OP_PROCLAIM = 9
     OP_RESIGN = 10
     OP_CANCEL = 11
+    OP_DETACH = 12  # format version 2
 
 cdef enum:  # command flags
     F_SHARED = 1
@@ -174,6 +178,8 @@ cdef enum:  # details
     D_NO_SUCH_CONTENDER = 12
     D_ALREADY_CANDIDATE = 13
     D_KIND = 14
+    D_TIMEOUT = 15
+    D_WAIT_ENDED = 16
 
 cdef enum:  # key kinds
     K_LOCK = 1
@@ -210,6 +216,8 @@ ctypedef struct Contender:
     uint32_t vlen
     uint8_t mode
     uint8_t used
+    uint8_t detached      # a waiter at a restart: withdrawn at wait_deadline unless its client re-attaches
+    uint64_t wait_deadline  # withdrawn at the first batch at or after it (0: never)
     unsigned char *value
 
 ctypedef struct KeySlot:
@@ -243,6 +251,7 @@ ctypedef struct Session:
     uint32_t next_free
     uint8_t used
     uint8_t dying         # collected by the current expiry pass
+    unsigned char cred[CRED]  # digest of the opener's credential (all zero: none, a version 1 session)
 
 ctypedef struct U64Map:   # u64 (non-zero) -> u32
     uint64_t *keys
@@ -278,8 +287,10 @@ ctypedef struct State:
     U64Map ses_map
     U64Map rev_map
     KeyTab ktab
-    HeapEntry *heap
+    HeapEntry *heap       # (deadline, session id)
     uint32_t heap_len, heap_cap
+    HeapEntry *wheap      # (wait deadline, ticket)
+    uint32_t wheap_len, wheap_cap
 
 cdef uint64_t HASH_SEED = <uint64_t>int.from_bytes(os.urandom(8), "little")
 
@@ -400,6 +411,71 @@ cdef void map_del(U64Map *m, uint64_t k) noexcept nogil:
 
 cdef int heap_cmp_lt(const HeapEntry *a, const HeapEntry *b) noexcept nogil:
     return a.deadline < b.deadline or (a.deadline == b.deadline and a.id < b.id)
+
+
+# Min-heaps of (deadline, id) with lazy deletion: one of sessions (id: session id) and
+# one of timed waiters (id: ticket). (deadline, id) is a total order, so the order of
+# pops never depends on the order of pushes.
+
+cdef int heap_insert(HeapEntry **hp, uint32_t *lenp, uint32_t *capp, uint64_t deadline,
+                     uint64_t id) except -1:
+    cdef uint32_t i, parent, cap
+    cdef HeapEntry e
+    cdef HeapEntry *h
+    if lenp[0] == capp[0]:
+        cap = capp[0] * 2 if capp[0] else 64
+        if cap <= capp[0]:
+            raise MemoryError("deadline heap too large")
+        h = <HeapEntry *>realloc(hp[0], cap * sizeof(HeapEntry))
+        if h == NULL:
+            raise MemoryError()
+        hp[0] = h
+        capp[0] = cap
+    h = hp[0]
+    e.deadline = deadline
+    e.id = id
+    i = lenp[0]
+    lenp[0] += 1
+    while i > 0:
+        parent = (i - 1) >> 1
+        if not heap_cmp_lt(&e, &h[parent]):
+            break
+        h[i] = h[parent]
+        i = parent
+    h[i] = e
+    return 0
+
+
+cdef void heap_sift_down(HeapEntry *h, uint32_t n, uint32_t i) noexcept:
+    cdef uint32_t l, r, m
+    cdef HeapEntry e = h[i]
+    while True:
+        l = 2 * i + 1
+        if l >= n:
+            break
+        r = l + 1
+        m = r if r < n and heap_cmp_lt(&h[r], &h[l]) else l
+        if not heap_cmp_lt(&h[m], &e):
+            break
+        h[i] = h[m]
+        i = m
+    h[i] = e
+
+
+cdef void heap_remove_top(HeapEntry *h, uint32_t *lenp) noexcept:
+    lenp[0] -= 1
+    if lenp[0]:
+        h[0] = h[lenp[0]]
+        heap_sift_down(h, lenp[0], 0)
+
+
+cdef void heapify(HeapEntry *h, uint32_t n) noexcept:
+    cdef uint32_t i
+    if n > 1:
+        i = (n - 2) // 2 + 1
+        while i > 0:
+            i -= 1
+            heap_sift_down(h, n, i)
 
 
 cdef int cmp_u64(const void *a, const void *b) noexcept nogil:
@@ -587,6 +663,7 @@ cdef class LockMachine:
         free(st.keys)
         free(st.ses)
         free(st.heap)
+        free(st.wheap)
         free(st.ktab.slots)
         map_free(&st.ses_map)
         map_free(&st.rev_map)
@@ -907,6 +984,8 @@ cdef class LockMachine:
             map_put(&self.st.rev_map, rev, c)
             self.st.revision = rev
             self.st.con[c].token = rev
+            if not self.st.con[c].detached:
+                self.st.con[c].wait_deadline = 0  # granted: its TIMEOUT is over
             self._link_key(c, True)
             self._emit_contender(E_GRANT, c, rev)
         return 0
@@ -973,54 +1052,12 @@ cdef class LockMachine:
     # --- expiry heap ---------------------------------------------------------------
 
     cdef int _heap_push(self, uint64_t deadline, uint64_t sid) except -1:
-        cdef uint32_t i, parent, cap
-        cdef HeapEntry e
-        cdef HeapEntry *p
-        if self.st.heap_len == self.st.heap_cap:
-            if self.st.heap_len > 2 * self.st.ses_used + 64:
-                self._heap_rebuild()
-            if self.st.heap_len == self.st.heap_cap:
-                cap = self.st.heap_cap * 2 if self.st.heap_cap else 64
-                p = <HeapEntry *>realloc(self.st.heap, cap * sizeof(HeapEntry))
-                if p == NULL:
-                    raise MemoryError()
-                self.st.heap = p
-                self.st.heap_cap = cap
-        e.deadline = deadline
-        e.id = sid
-        i = self.st.heap_len
-        self.st.heap_len += 1
-        while i > 0:
-            parent = (i - 1) >> 1
-            if not heap_cmp_lt(&e, &self.st.heap[parent]):
-                break
-            self.st.heap[i] = self.st.heap[parent]
-            i = parent
-        self.st.heap[i] = e
-        return 0
-
-    cdef void _heap_sift_down(self, uint32_t i) noexcept:
-        cdef uint32_t n = self.st.heap_len
-        cdef uint32_t l, r, m
-        cdef HeapEntry e = self.st.heap[i]
-        cdef HeapEntry *h = self.st.heap
-        while True:
-            l = 2 * i + 1
-            if l >= n:
-                break
-            r = l + 1
-            m = r if r < n and heap_cmp_lt(&h[r], &h[l]) else l
-            if not heap_cmp_lt(&h[m], &e):
-                break
-            h[i] = h[m]
-            i = m
-        h[i] = e
+        if self.st.heap_len == self.st.heap_cap and self.st.heap_len > 2 * self.st.ses_used + 64:
+            self._heap_rebuild()
+        return heap_insert(&self.st.heap, &self.st.heap_len, &self.st.heap_cap, deadline, sid)
 
     cdef void _heap_pop(self) noexcept:
-        self.st.heap_len -= 1
-        if self.st.heap_len:
-            self.st.heap[0] = self.st.heap[self.st.heap_len]
-            self._heap_sift_down(0)
+        heap_remove_top(self.st.heap, &self.st.heap_len)
 
     cdef void _heap_rebuild(self) noexcept:
         """Drop stale entries: one entry per live session (fits, as len > sessions)."""
@@ -1031,11 +1068,7 @@ cdef class LockMachine:
                 self.st.heap[n].id = self.st.ses[i].id
                 n += 1
         self.st.heap_len = n
-        if n > 1:
-            i = (n - 2) // 2 + 1
-            while i > 0:
-                i -= 1
-                self._heap_sift_down(i)
+        heapify(self.st.heap, n)
 
     cdef inline bint _heap_top_stale(self) noexcept:
         cdef HeapEntry *e = &self.st.heap[0]
@@ -1066,6 +1099,78 @@ cdef class LockMachine:
         if self.dead_len:
             self._end_sessions(self.dead, self.dead_len, E_EXPIRE)
         return 0
+
+    # --- waiter deadlines ------------------------------------------------------------
+
+    cdef int _wheap_push(self, uint64_t deadline, uint64_t ticket) except -1:
+        cdef uint32_t i, n = 0
+        if self.st.wheap_len == self.st.wheap_cap and self.st.wheap_len > 2 * self.st.con_used + 64:
+            # Mostly stale entries: rebuild from the contenders (fits, as len > contenders).
+            for i in range(self.st.con_cap):
+                if self.st.con[i].used and self.st.con[i].wait_deadline:
+                    self.st.wheap[n].deadline = self.st.con[i].wait_deadline
+                    self.st.wheap[n].id = self.st.con[i].ticket
+                    n += 1
+            self.st.wheap_len = n
+            heapify(self.st.wheap, n)
+        return heap_insert(&self.st.wheap, &self.st.wheap_len, &self.st.wheap_cap, deadline, ticket)
+
+    cdef int _set_wait_deadline(self, uint32_t c, uint64_t deadline) except -1:
+        self.st.con[c].wait_deadline = deadline
+        if deadline:
+            self._wheap_push(deadline, self.st.con[c].ticket)
+        return 0
+
+    cdef uint32_t _wheap_live_top(self) noexcept:
+        """The contender of the earliest live wait deadline (stale entries dropped), or NIL."""
+        cdef HeapEntry *e
+        cdef uint32_t c
+        while self.st.wheap_len:
+            e = &self.st.wheap[0]
+            c = map_get(&self.st.rev_map, e.id)
+            if c != NIL and self.st.con[c].ticket == e.id and self.st.con[c].wait_deadline == e.deadline:
+                return c
+            heap_remove_top(self.st.wheap, &self.st.wheap_len)
+        return NIL
+
+    cdef int _expire_waits(self, uint64_t now) except -1:
+        """Withdraw every contender whose wait deadline has come (a waiter's TIMEOUT, or a
+        detached contender's grace), in (deadline, ticket) order; then grant the waiters
+        this unblocked, so no grant goes to a contender withdrawn in the same pass."""
+        cdef uint32_t c, k, i
+        self.aff_len = 0
+        while True:
+            c = self._wheap_live_top()
+            if c == NIL or self.st.wheap[0].deadline > now:
+                break
+            heap_remove_top(self.st.wheap, &self.st.wheap_len)
+            k = self.st.con[c].key
+            self._remove_contender(c)
+            self._mark_affected(k)
+        for i in range(self.aff_len):
+            k = self.aff[i]
+            self.st.keys[k].pending = 0
+            self._promote(k)
+            self._maybe_drop_key(k)
+        self.aff_len = 0
+        return 0
+
+    cdef uint64_t _detach(self, uint64_t grace) except? 0xFFFFFFFFFFFFFFFF:
+        """Every waiter gets at most ``grace`` ms more, then is withdrawn (released, if it
+        was granted meanwhile) unless its client re-attaches: the service says this when
+        it starts, as no waiter has a connection any more. Returns how many."""
+        cdef uint32_t i
+        cdef uint64_t n = 0
+        cdef uint64_t deadline = self.st.time + grace
+        cdef Contender *cp
+        for i in range(self.st.con_cap):
+            cp = &self.st.con[i]
+            if cp.used and cp.token == 0:
+                cp.detached = 1
+                if cp.wait_deadline == 0 or cp.wait_deadline > deadline:
+                    self._set_wait_deadline(i, deadline)
+                n += 1
+        return n
 
     # --- request table -------------------------------------------------------------
 
@@ -1121,7 +1226,8 @@ cdef class LockMachine:
 
     cdef int _acquire(self, uint32_t si, uint64_t sid, uint8_t kind, uint8_t mode,
                       const unsigned char *k, uint32_t klen, const unsigned char *v,
-                      uint32_t vlen, uint32_t permits, bint wait, unsigned char *res) except -1:
+                      uint32_t vlen, uint32_t permits, bint wait, uint64_t timeout,
+                      unsigned char *res) except -1:
         cdef uint64_t h = cc_hash(k, klen, HASH_SEED)
         cdef uint32_t ki = self._key_find(k, klen, h)
         cdef KeySlot *ks
@@ -1184,6 +1290,8 @@ cdef class LockMachine:
             self._emit_contender(E_GRANT, c, rev)
             cc_st64(res + 8, rev)
         else:
+            if timeout:
+                self._set_wait_deadline(c, self.st.time + timeout)
             self._emit_contender(E_WAIT, c, rev)
             res[1] = ST_WAITING
         cc_st64(res + 16, rev)
@@ -1290,7 +1398,29 @@ cdef class LockMachine:
         cc_st64(res + 16, cp.token)
         return 0
 
-    cdef int _apply_one(self, const unsigned char *p, unsigned char *res) except -1:
+    cdef int _reattach(self, uint64_t sid, uint64_t ticket, uint64_t timeout, unsigned char *res) except -1:
+        """A retried acquire whose first answer was WAITING: its client is back. The
+        contender is re-attached (no longer withdrawn at a detach grace) and the retry
+        learns where it stands now: granted (OK, token), still waiting (WAITING, with the
+        retry's TIMEOUT from now) or gone (NOTFOUND: timed out, withdrawn or released)."""
+        cdef uint32_t c = map_get(&self.st.rev_map, ticket)
+        cdef Contender *cp
+        if c == NIL or self.st.con[c].ticket != ticket or self.st.con[c].session != sid:
+            res[1] = ST_NOTFOUND
+            res[2] = D_WAIT_ENDED
+            cc_st64(res + 8, 0)
+            return 0
+        cp = &self.st.con[c]
+        cp.detached = 0
+        if cp.token != 0:
+            cp.wait_deadline = 0
+            res[1] = ST_OK
+            cc_st64(res + 8, cp.token)
+        else:
+            self._set_wait_deadline(c, self.st.time + timeout if timeout else 0)
+        return 0
+
+    cdef int _apply_one(self, const unsigned char *p, unsigned char *res, bint v2) except -1:
         cdef uint8_t op = p[0]
         cdef uint8_t flags = p[1]
         cdef uint32_t klen = cc_ld16(p + 2)
@@ -1306,8 +1436,15 @@ cdef class LockMachine:
         cdef Session *s
         cdef ReqEntry *e
         cdef uint64_t rev
+        cdef uint64_t timeout = 0
+        cdef uint64_t low = arg
         memset(res, 0, RES_SIZE)
         res[0] = op
+        if v2 and (op == OP_ACQUIRE or op == OP_SEM_ACQUIRE or op == OP_CAMPAIGN):
+            # Format version 2: an acquire's arg carries its wait TIMEOUT (ms) in the
+            # high 32 bits, the semaphore size (or 0) in the low 32.
+            timeout = arg >> 32
+            low = arg & 0xFFFFFFFFULL
         # Argument checks, in the documented order (the reference model mirrors it).
         if op == OP_ACQUIRE:
             allowed = F_SHARED | F_WAIT
@@ -1315,23 +1452,31 @@ cdef class LockMachine:
             allowed = F_WAIT
         else:
             allowed = 0
-        takes_key = op > OP_CLOSE
+        takes_key = op > OP_CLOSE and op != OP_DETACH
         takes_value = op == OP_ACQUIRE or op == OP_SEM_ACQUIRE or op == OP_CAMPAIGN or op == OP_PROCLAIM
         if flags & ~allowed:
             detail = D_FLAGS
         elif (takes_key and (klen == 0 or klen > C_MAX_KEY)) or (not takes_key and klen != 0):
             detail = D_KEY
-        elif (takes_value and vlen > C_MAX_VALUE) or (not takes_value and vlen != 0):
+        elif (takes_value and vlen > C_MAX_VALUE) or (v2 and op == OP_OPEN and vlen != 0 and vlen != CRED) \
+                or (not takes_value and vlen != 0 and not (v2 and op == OP_OPEN)):
             detail = D_VALUE
         elif op == OP_OPEN:
             if arg < C_MIN_TTL or arg > C_MAX_TTL:
                 detail = D_TTL
             elif sid != 0:
                 detail = D_SESSION
-        elif op == OP_SEM_ACQUIRE and (arg < 1 or arg > C_MAX_PERMITS):
+        elif op == OP_DETACH:
+            if arg > C_MAX_TTL:
+                detail = D_ARG
+            elif sid != 0:
+                detail = D_SESSION
+        elif op == OP_SEM_ACQUIRE and (low < 1 or low > C_MAX_PERMITS):
             detail = D_PERMITS
-        elif (op == OP_CANCEL and arg == 0) or ((op == OP_KEEPALIVE or op == OP_CLOSE or op == OP_ACQUIRE
-                                                 or op == OP_CAMPAIGN) and arg != 0):
+        elif timeout > C_MAX_TTL or (timeout != 0 and not (flags & F_WAIT)):
+            detail = D_TIMEOUT
+        elif (op == OP_CANCEL and arg == 0) or ((op == OP_KEEPALIVE or op == OP_CLOSE) and arg != 0) \
+                or ((op == OP_ACQUIRE or op == OP_CAMPAIGN) and low != 0):
             detail = D_ARG
         elif sid == 0:
             detail = D_SESSION
@@ -1345,6 +1490,8 @@ cdef class LockMachine:
             s.id = self.st.next_session
             s.ttl = arg
             s.deadline = self.st.time + arg
+            if vlen == CRED:
+                memcpy(s.cred, v, CRED)
             try:
                 map_put(&self.st.ses_map, s.id, si)
                 self._heap_push(s.deadline, s.id)
@@ -1359,6 +1506,9 @@ cdef class LockMachine:
             self._emit(E_OPEN, M_NONE, rev, s.id, 0, 0, NULL, 0, NULL, 0)
             cc_st64(res + 8, s.id)
             cc_st64(res + 16, s.deadline)
+            return 0
+        if op == OP_DETACH:
+            cc_st64(res + 8, self._detach(arg))
             return 0
         si = map_get(&self.st.ses_map, sid)
         if si == NIL:
@@ -1385,14 +1535,16 @@ cdef class LockMachine:
                 res[3] = 1
                 cc_st64(res + 8, e.value)
                 cc_st64(res + 16, e.aux)
+                if e.status == ST_WAITING and v2:
+                    self._reattach(sid, e.aux, timeout, res)
                 return 0
         if op == OP_ACQUIRE:
             self._acquire(si, sid, K_LOCK, M_SHARED if flags & F_SHARED else M_EXCLUSIVE,
-                          k, klen, v, vlen, 0, flags & F_WAIT, res)
+                          k, klen, v, vlen, 0, flags & F_WAIT, timeout, res)
         elif op == OP_SEM_ACQUIRE:
-            self._acquire(si, sid, K_SEM, M_SEM, k, klen, v, vlen, <uint32_t>arg, flags & F_WAIT, res)
+            self._acquire(si, sid, K_SEM, M_SEM, k, klen, v, vlen, <uint32_t>low, flags & F_WAIT, timeout, res)
         elif op == OP_CAMPAIGN:
-            self._acquire(si, sid, K_ELECTION, M_ELECTION, k, klen, v, vlen, 0, flags & F_WAIT, res)
+            self._acquire(si, sid, K_ELECTION, M_ELECTION, k, klen, v, vlen, 0, flags & F_WAIT, timeout, res)
         elif op == OP_RELEASE:
             self._release(si, sid, K_LOCK, k, klen, arg, res)
         elif op == OP_SEM_RELEASE:
@@ -1425,7 +1577,8 @@ cdef class LockMachine:
         cdef size_t n, pos
         cdef uint32_t count, i, klen, vlen
         cdef uint64_t t
-        cdef uint8_t op
+        cdef uint8_t op, last_op
+        cdef bint v2
         cdef bytes results
         cdef unsigned char *rp
         if self.broken:
@@ -1447,8 +1600,10 @@ cdef class LockMachine:
         p = &view[0]
         if memcmp(p, b"CCLB", 4) != 0:
             raise BadArgument(f"malformed batch: bad magic {bytes(view[:4])!r}")
-        if p[4] != 1:
+        if p[4] != 1 and p[4] != 2:
             raise BadArgument(f"malformed batch: unsupported format version {p[4]}")
+        v2 = p[4] == 2
+        last_op = OP_DETACH if v2 else OP_CANCEL
         if p[5] != 0 or cc_ld16(p + 6) != 0:
             raise BadArgument("malformed batch: reserved header bits set")
         t = cc_ld64(p + 8)
@@ -1463,7 +1618,7 @@ cdef class LockMachine:
             if n - pos < CMD_SIZE:
                 raise BadArgument(f"malformed batch: command {i} is truncated")
             op = p[pos]
-            if op < OP_OPEN or op > OP_CANCEL:
+            if op < OP_OPEN or op > last_op:
                 raise UnknownCommand(f"malformed batch: command {i} has unknown op {op}")
             if p[pos + 1] & ~(F_SHARED | F_WAIT):
                 raise BadArgument(f"malformed batch: command {i} has unknown flags {p[pos + 1]:#x}")
@@ -1483,9 +1638,10 @@ cdef class LockMachine:
             if t > self.st.time:
                 self.st.time = t
             self._expire(self.st.time)
+            self._expire_waits(self.st.time)
             pos = HDR_SIZE
             for i in range(count):
-                self._apply_one(p + pos, rp + <size_t>i * RES_SIZE)
+                self._apply_one(p + pos, rp + <size_t>i * RES_SIZE, v2)
                 pos += CMD_SIZE + <size_t>cc_ld16(p + pos + 2) + cc_ld32(p + pos + 4)
         except MemoryError:
             self.broken = True
@@ -1515,18 +1671,19 @@ cdef class LockMachine:
             c = ks.h_head if pass_ == 0 else ks.w_head
             while c != NIL:
                 cp = &self.st.con[c]
-                buf_reserve(b, SNAP_CON + cp.vlen)
+                buf_reserve(b, SNAP_CON2 + cp.vlen)
                 q = b.data + b.len
                 cc_st64(q, cp.session)
                 cc_st64(q + 8, cp.ticket)
                 cc_st64(q + 16, cp.token)
                 q[24] = cp.mode
-                q[25] = 0
+                q[25] = cp.detached
                 cc_st16(q + 26, 0)
                 cc_st32(q + 28, cp.vlen)
+                cc_st64(q + 32, cp.wait_deadline)
                 if cp.vlen:
-                    memcpy(q + SNAP_CON, cp.value, cp.vlen)
-                b.len += SNAP_CON + cp.vlen
+                    memcpy(q + SNAP_CON2, cp.value, cp.vlen)
+                b.len += SNAP_CON2 + cp.vlen
                 c = cp.knext
         return 0
 
@@ -1550,7 +1707,7 @@ cdef class LockMachine:
             buf_reserve(&b, 40)
             q = b.data
             memcpy(q, b"CCLS", 4)
-            q[4] = 1
+            q[4] = 2
             q[5] = 0
             cc_st16(q + 6, 0)
             cc_st64(q + 8, self.st.time)
@@ -1571,13 +1728,14 @@ cdef class LockMachine:
             for j in range(n):
                 si = map_get(&self.st.ses_map, ids[j])
                 s = &self.st.ses[si]
-                buf_reserve(&b, 28 + <size_t>s.req_len * REQ_REC)
+                buf_reserve(&b, 28 + CRED + <size_t>s.req_len * REQ_REC)
                 q = b.data + b.len
                 cc_st64(q, s.id)
                 cc_st64(q + 8, s.ttl)
                 cc_st64(q + 16, s.deadline)
                 cc_st32(q + 24, s.req_len)
-                q += 28
+                memcpy(q + 28, s.cred, CRED)
+                q += 28 + CRED
                 for i in range(s.req_len):
                     e = &s.reqs[(s.req_start + i) % s.req_cap]
                     cc_st64(q, e.req)
@@ -1589,7 +1747,7 @@ cdef class LockMachine:
                     cc_st64(q + 16, e.value)
                     cc_st64(q + 24, e.aux)
                     q += REQ_REC
-                b.len += 28 + <size_t>s.req_len * REQ_REC
+                b.len += 28 + CRED + <size_t>s.req_len * REQ_REC
             # Keys in bytes order (snapshots are not a hot path: let Python sort).
             names = []
             for i in range(self.st.key_cap):
@@ -1654,10 +1812,12 @@ cdef class LockMachine:
         cdef uint64_t last
         cdef TicketRef *refs = NULL
         cdef int cmpv
+        cdef bint v2
         if n < 40 or memcmp(p, b"CCLS", 4) != 0:
             raise LogCorrupted("not a lock machine snapshot (bad magic or too short)")
-        if p[4] != 1:
+        if p[4] != 1 and p[4] != 2:
             raise LogCorrupted(f"unsupported snapshot version {p[4]}")
+        v2 = p[4] == 2
         if cc_ld32(p + n - 4) != cc_crc32c(0, p, n - 4):
             raise LogCorrupted("snapshot checksum mismatch")
         r.p = p
@@ -1688,6 +1848,10 @@ cdef class LockMachine:
             s.deadline = deadline
             map_put(&self.st.ses_map, sid, si)
             self._heap_push(deadline, sid)
+            if v2:
+                r.need(CRED)
+                memcpy(self.st.ses[si].cred, p + r.pos, CRED)
+                r.pos += CRED
             if nreq:
                 s = &self.st.ses[si]
                 s.reqs = <ReqEntry *>malloc(C_WINDOW * sizeof(ReqEntry))
@@ -1742,10 +1906,14 @@ cdef class LockMachine:
                 cp.ticket = r.u64()
                 cp.token = r.u64()
                 cp.mode = r.u8()
-                r.u8()
+                cp.detached = r.u8() if v2 else 0
                 r.u16()
                 vlen = r.u32()
+                if v2:
+                    cp.wait_deadline = r.u64()
                 cp.key = ki
+                if cp.detached > 1 or (cp.wait_deadline != 0 and j < nh and not cp.detached):
+                    raise LogCorrupted("snapshot contender wait state out of range")
                 if vlen > C_MAX_VALUE:
                     raise LogCorrupted("snapshot value too long")
                 r.need(vlen)
@@ -1776,6 +1944,8 @@ cdef class LockMachine:
                 if cp.token != 0 and cp.token != cp.ticket and map_put(&self.st.rev_map, cp.token, c):
                     raise LogCorrupted("snapshot reuses a revision")
                 self._link_key(c, j < nh)
+                if cp.wait_deadline:
+                    self._wheap_push(cp.wait_deadline, cp.ticket)
                 total += 1
             if self._key_invalid(ki):
                 raise LogCorrupted("snapshot key state violates the lock rules")
@@ -1860,17 +2030,49 @@ cdef class LockMachine:
         return self.st.key_used
 
     def next_deadline(self):
-        """The earliest live session deadline, or None."""
+        """The earliest live session or wait deadline, or None."""
         with cython.critical_section(self):
             return self._next_deadline()
 
     cdef object _next_deadline(self):
         # Not read-only: stale heap entries are dropped on the way.
+        cdef object best = None
         while self.st.heap_len and self._heap_top_stale():
             self._heap_pop()
-        if self.st.heap_len == 0:
-            return None
-        return self.st.heap[0].deadline
+        if self.st.heap_len:
+            best = self.st.heap[0].deadline
+        if self._wheap_live_top() != NIL and (best is None or self.st.wheap[0].deadline < best):
+            best = self.st.wheap[0].deadline
+        return best
+
+    @property
+    def waiter_count(self):
+        """How many contenders wait (not granted)."""
+        cdef uint32_t i
+        cdef uint64_t n = 0
+        for i in range(self.st.con_cap):
+            if self.st.con[i].used and self.st.con[i].token == 0:
+                n += 1
+        return n
+
+    def credential_matches(self, uint64_t session_id, digest):
+        """True if ``session_id`` is live and opened with the credential whose digest is
+        ``digest`` (CREDENTIAL_DIGEST_SIZE bytes). The comparison takes the same time
+        wherever the bytes differ."""
+        cdef const unsigned char[::1] view = digest
+        cdef uint32_t si
+        cdef unsigned char diff = 0, seen = 0
+        cdef int i
+        if view.shape[0] != CRED:
+            return False
+        with cython.critical_section(self):
+            si = map_get(&self.st.ses_map, session_id) if session_id else NIL
+            if si == NIL:
+                return False
+            for i in range(CRED):
+                diff |= self.st.ses[si].cred[i] ^ view[i]
+                seen |= self.st.ses[si].cred[i]
+        return diff == 0 and seen != 0  # an all-zero digest: a session without credential
 
     cdef tuple _contender_tuple(self, uint32_t c):
         cdef Contender *cp = &self.st.con[c]

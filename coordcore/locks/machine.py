@@ -12,9 +12,14 @@ Contract
 
 State
 -----
-* **Sessions**: id (from a counter starting at 1, never reused), TTL, deadline. A
-  session opened or kept alive at batch time ``t`` has deadline ``t + ttl``. It
-  *expires* at the start of the first batch whose time is ``>= deadline``.
+* **Sessions**: id (from a counter starting at 1, never reused), TTL, deadline, and the
+  digest of its opener's credential (:data:`CREDENTIAL_DIGEST_SIZE` bytes, carried by
+  OPEN; the machine never sees the credential itself, and checks nothing with it: the
+  service that accepts commands compares a caller's credential with
+  :meth:`LockMachine.credential_matches` before it queues the command, which is sound
+  because session ids are never reused). A session opened or kept alive at batch
+  time ``t`` has deadline ``t + ttl``. It *expires* at the start of the first batch
+  whose time is ``>= deadline``.
 * **Keys**: at most :data:`MAX_KEY_SIZE` bytes, non-empty, any bytes (``str`` is
   encoded as UTF-8). One key namespace: a key is a *lock*, a *semaphore* or an
   *election* (its :class:`Kind`) from its first contender until its last one leaves
@@ -42,13 +47,24 @@ Granting (in FIFO order, writers are never starved)
 * An acquire or campaign with ``wait=False`` that cannot be granted at once returns
   ``BUSY`` and changes nothing; with ``wait=True`` it returns ``WAITING`` with its
   ticket, and the grant arrives later as a ``GRANT`` event carrying that ticket.
+* **Wait deadlines**: an acquire or campaign that waits with ``timeout_ms`` (format
+  version 2) has the wait deadline ``t + timeout_ms``; at the start of the first batch
+  whose time is ``>= deadline`` it is withdrawn (a ``CANCEL`` event), so a TIMEOUT
+  survives restarts and replays. A grant ends the wait (and its deadline).
+* **Detached waiters**: ``DETACH grace_ms`` (a service says it when it starts, since
+  no waiter has a connection any more) gives every waiting contender at most
+  ``grace_ms`` more: then it is withdrawn, and if it was granted meanwhile, released
+  (nobody would know it holds). Its client *re-attaches* it by retrying the acquire
+  with the same request id, which answers where it stands now: granted (``OK`` with
+  its token), still waiting (``WAITING``; the retry's ``timeout_ms`` counts from now)
+  or gone (``NOTFOUND``, detail ``WAIT_ENDED``).
 
 Commands (:class:`Op`; build them with :class:`BatchBuilder`)
 -------------------------------------------------------------
 ============== ===================================== =========================================
 op             arguments                             success result (``value``, ``aux``)
 ============== ===================================== =========================================
-OPEN           ttl_ms                                session id, deadline
+OPEN           ttl_ms, credential digest (value)     session id, deadline
 KEEPALIVE      session                               deadline, deadline
 CLOSE          session                               0, 0 (releases everything the session has)
 ACQUIRE        session, key, shared, wait, value     token, ticket (or WAITING: 0, ticket)
@@ -59,7 +75,11 @@ CAMPAIGN       session, key, value, wait             token, ticket (or WAITING: 
 PROCLAIM       session, key, token (0: mine), value  revision of the proclaim, token
 RESIGN         session, key, token (0: mine)         token, ticket
 CANCEL         session, key, ticket                  token if it held (now released) else 0, ticket
+DETACH         grace_ms (no session)                 how many waiters it detached, 0
 ============== ===================================== =========================================
+
+ACQUIRE, SEM_ACQUIRE and CAMPAIGN carry their wait timeout (ms, 0: none) in the high
+32 bits of ``arg``; the low 32 bits hold the semaphore's permits (SEM_ACQUIRE) or 0.
 
 ``CANCEL`` withdraws a contender whatever its state: a waiter is removed (``CANCEL``
 event), a holder is released (``RELEASE`` event). A service cancels a timed-out
@@ -72,7 +92,8 @@ Idempotence: a command with a non-zero ``request_id`` (ACQUIRE, RELEASE, SEM_*,
 CAMPAIGN, PROCLAIM, RESIGN, CANCEL) is remembered in a per-session table of the
 :data:`REQUEST_WINDOW` most recent request ids. A retry with the same
 ``(session, request_id)`` returns the original result with ``duplicate`` set and
-changes nothing (no event). Clients must not reuse a request id on a session, and must
+changes nothing (no event), except that a retried acquire that first answered
+``WAITING`` re-attaches (see "Detached waiters"). Clients must not reuse a request id on a session, and must
 not retry a request after issuing :data:`REQUEST_WINDOW` newer ones on that session.
 OPEN, KEEPALIVE and CLOSE are not remembered: a repeated KEEPALIVE is harmless, a
 repeated CLOSE answers ``NOSESSION``, a repeated OPEN opens another session (an
@@ -110,16 +131,22 @@ every session with ``deadline <= time``, in (deadline, session id) order; the
 sessions' contenders are removed first, then waiters are granted, so no grant goes
 to a session expiring in the same batch. An empty batch is a *tick*.
 
-Batch record (format version 1, little-endian)
+Batch record (format version 2, little-endian)
 ----------------------------------------------
 ::
 
-    header  20 bytes: magic b"CCLB", u8 version (1), u8 flags (0), u16 reserved (0),
+    header  20 bytes: magic b"CCLB", u8 version (2), u8 flags (0), u16 reserved (0),
                       u64 time_ms, u32 command count
     command 32 bytes + key + value:
             u8 op, u8 flags (bit 0 SHARED, bit 1 WAIT), u16 key length,
             u32 value length, u64 session, u64 request id,
-            u64 arg (ttl_ms | token | permits | ticket), key bytes, value bytes
+            u64 arg (ttl_ms | token | timeout_ms << 32 | permits | ticket | grace_ms),
+            key bytes, value bytes
+
+Version 1 records (written before session credentials and wait deadlines) are still
+applied, with version 1's rules: OPEN takes no value (such a session has no
+credential, so no caller can use it: it expires), an acquire's ``arg`` must be 0 (a
+semaphore's is its permits), there is no DETACH and a retry never re-attaches.
 
 The record must be consumed exactly. A record that is structurally malformed (bad
 magic or version, reserved bits set, a time beyond :data:`MAX_TIME_MS`, truncated,
@@ -130,8 +157,8 @@ out of range inside a well-formed record (bad TTL, key too long, ...) give a
 up front with :class:`~coordcore.errors.BadArgument` or
 :class:`~coordcore.errors.WrongType`.
 
-Snapshot (version 1)
---------------------
+Snapshot (version 2; version 1 is still read)
+---------------------------------------------
 ``snapshot()`` is deterministic: sessions sorted by id, keys sorted by bytes,
 holders in token order and waiters in ticket order, each session's request table
 oldest first, then a CRC-32C of everything before it. ``restore()`` (or
@@ -171,6 +198,8 @@ __all__ = [
     "BATCH_FORMAT_VERSION",
     "BATCH_HEADER_SIZE",
     "COMMAND_HEADER_SIZE",
+    "CREDENTIAL_DIGEST_SIZE",
+    "MAX_TIMEOUT_MS",
     "MAX_BATCH_COMMANDS",
     "MAX_KEY_SIZE",
     "MAX_PERMITS",
@@ -201,8 +230,10 @@ __all__ = [
     "tick",
 ]
 
-#: Version of the batch record format written by :class:`BatchBuilder`.
-BATCH_FORMAT_VERSION = 1
+#: Version of the batch record format written by :class:`BatchBuilder` (1 is still read).
+BATCH_FORMAT_VERSION = 2
+#: Size of a session credential's digest (SHA-256) carried by OPEN.
+CREDENTIAL_DIGEST_SIZE = 32
 BATCH_MAGIC = b"CCLB"
 #: Size of a batch record's header, and of each command's fixed part.
 BATCH_HEADER_SIZE = 20
@@ -216,6 +247,8 @@ MIN_TTL_MS = 1
 MAX_TTL_MS = 30 * 86_400_000
 #: Largest semaphore size.
 MAX_PERMITS = 1_000_000
+#: Longest wait timeout and detach grace, in ms (as a TTL: 30 days).
+MAX_TIMEOUT_MS = MAX_TTL_MS
 #: Largest batch timestamp (ms); deadlines stay far from 64-bit overflow.
 MAX_TIME_MS = 2**62
 #: Most commands in one batch record.
@@ -240,6 +273,7 @@ class Op(IntEnum):
     PROCLAIM = 9
     RESIGN = 10
     CANCEL = 11
+    DETACH = 12
 
 
 #: Command flag bits.
@@ -280,6 +314,8 @@ class Detail(IntEnum):
     NO_SUCH_CONTENDER = 12  #: no contender of this session with that ticket on this key
     ALREADY_CANDIDATE = 13  #: the session already campaigns in (or leads) this election
     KIND = 14  #: the key is of another kind (``value`` is its :class:`Kind`)
+    TIMEOUT = 15  #: a wait timeout out of [0, MAX_TIMEOUT_MS], or one without wait
+    WAIT_ENDED = 16  #: a retried acquire whose wait ended (timed out, withdrawn, released)
 
 
 class Kind(IntEnum):
@@ -340,6 +376,8 @@ _DETAIL_TEXT: dict[int, str] = {
     Detail.NO_SUCH_CONTENDER: "the session has no contender with that ticket on this key",
     Detail.ALREADY_CANDIDATE: "the session already campaigns in or leads this election",
     Detail.KIND: "the key is in use as another kind",
+    Detail.TIMEOUT: f"a wait timeout must be in [0, {MAX_TIMEOUT_MS}] ms, and only with wait",
+    Detail.WAIT_ENDED: "the wait of this request ended before the retry (timed out, withdrawn or released)",
 }
 
 
@@ -380,7 +418,7 @@ class Result(NamedTuple):
     @property
     def token(self) -> int:
         """Fencing token of a grant (ACQUIRE, SEM_ACQUIRE, CAMPAIGN, RELEASE...); 0 if none."""
-        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE):
+        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.DETACH):
             return 0
         if self.op == Op.PROCLAIM:
             return self.aux if self.status == Status.OK else 0
@@ -389,7 +427,7 @@ class Result(NamedTuple):
     @property
     def ticket(self) -> int:
         """The contender's ticket (identity while waiting, argument of CANCEL)."""
-        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.PROCLAIM):
+        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.PROCLAIM, Op.DETACH):
             return 0
         return self.aux if self.status in (Status.OK, Status.WAITING) else 0
 
@@ -646,34 +684,46 @@ class BatchBuilder:
         if command.flags & ~(FLAG_SHARED | FLAG_WAIT):
             raise BadArgument(f"unknown command flags {command.flags:#x}")
         s, r, a, k, v = command.session, command.request_id, command.arg, command.key, command.value
+        timeout = a >> 32 if op in (Op.ACQUIRE, Op.SEM_ACQUIRE, Op.CAMPAIGN) else 0
+        low = a & 0xFFFFFFFF
         if op == Op.OPEN:
-            return self.open_session(a)
+            return self.open_session(a, digest=v)
         if op == Op.KEEPALIVE:
             return self.keepalive(s)
         if op == Op.CLOSE:
             return self.close_session(s)
         if op == Op.ACQUIRE:
-            return self.acquire(s, k, shared=shared, wait=wait, request_id=r, value=v)
+            if low:
+                raise BadArgument("an ACQUIRE's arg holds only its timeout")
+            return self.acquire(s, k, shared=shared, wait=wait, request_id=r, value=v, timeout_ms=timeout)
         if op == Op.RELEASE:
             return self.release(s, k, a, request_id=r)
         if op == Op.SEM_ACQUIRE:
-            return self.sem_acquire(s, k, a, wait=wait, request_id=r, value=v)
+            return self.sem_acquire(s, k, low, wait=wait, request_id=r, value=v, timeout_ms=timeout)
         if op == Op.SEM_RELEASE:
             return self.sem_release(s, k, a, request_id=r)
         if op == Op.CAMPAIGN:
-            return self.campaign(s, k, v, wait=wait, request_id=r)
+            if low:
+                raise BadArgument("a CAMPAIGN's arg holds only its timeout")
+            return self.campaign(s, k, v, wait=wait, request_id=r, timeout_ms=timeout)
         if op == Op.PROCLAIM:
             return self.proclaim(s, k, v, a, request_id=r)
         if op == Op.RESIGN:
             return self.resign(s, k, a, request_id=r)
         if op == Op.CANCEL:
             return self.cancel(s, k, a, request_id=r)
+        if op == Op.DETACH:
+            return self.detach(a)
         raise UnknownCommand(f"unknown lock machine command {op!r}")
 
-    def open_session(self, ttl_ms: int) -> int:
-        """Open a session with a TTL in ms; its id comes back in ``Result.session_id``."""
+    def open_session(self, ttl_ms: int, *, digest: bytes = b"") -> int:
+        """Open a session with a TTL in ms; its id comes back in ``Result.session_id``.
+        ``digest`` is the SHA-256 of its opener's credential (empty: a session no caller
+        of a server can use)."""
         ttl = _int("ttl_ms", ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
-        return self._add(1, 0, 0, 0, ttl, b"", b"")
+        if type(digest) is not bytes or len(digest) not in (0, CREDENTIAL_DIGEST_SIZE):
+            raise BadArgument(f"digest must be {CREDENTIAL_DIGEST_SIZE} bytes (or empty)")
+        return self._add(1, 0, 0, 0, ttl, b"", digest)
 
     def keepalive(self, session: int) -> int:
         """Extend the session's deadline to batch time + its TTL."""
@@ -684,11 +734,12 @@ class BatchBuilder:
         return self._add(3, 0, _sid(session), 0, 0, b"", b"")
 
     def acquire(self, session: int, key: str | bytes, *, shared: bool = False, wait: bool = True,
-                request_id: int = 0, value: str | bytes = b"") -> int:
+                request_id: int = 0, value: str | bytes = b"", timeout_ms: int = 0) -> int:
         """Acquire the lock ``key`` exclusively (or ``shared``); ``wait=False`` is a try.
 
         ``value`` is an optional label shown to :meth:`LockMachine.info` (kazoo's
-        contender identifier).
+        contender identifier); ``timeout_ms`` (with ``wait``) withdraws the wait at
+        batch time + timeout_ms if it has not been granted by then.
         """
         if shared is False or shared is True:
             flags = FLAG_SHARED if shared else 0
@@ -698,7 +749,8 @@ class BatchBuilder:
             flags |= FLAG_WAIT
         elif wait is not False and _bool("wait", wait):
             flags |= FLAG_WAIT
-        return self._add(4, flags, _sid(session), _u64("request_id", request_id), 0, _k(key), _v(value))
+        return self._add(4, flags, _sid(session), _u64("request_id", request_id),
+                         _timeout(timeout_ms, flags & FLAG_WAIT), _k(key), _v(value))
 
     def release(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
         """Release the session's hold on lock ``key`` with ``token`` (0: its oldest hold)."""
@@ -706,10 +758,11 @@ class BatchBuilder:
                          _k(key), b"")
 
     def sem_acquire(self, session: int, key: str | bytes, permits: int, *, wait: bool = True,
-                    request_id: int = 0, value: str | bytes = b"") -> int:
+                    request_id: int = 0, value: str | bytes = b"", timeout_ms: int = 0) -> int:
         """Take one permit of the semaphore ``key`` of size ``permits``."""
-        return self._add(6, FLAG_WAIT if _bool("wait", wait) else 0, _sid(session),
-                         _u64("request_id", request_id), _int("permits", permits, 1, MAX_PERMITS),
+        flags = FLAG_WAIT if _bool("wait", wait) else 0
+        return self._add(6, flags, _sid(session), _u64("request_id", request_id),
+                         _int("permits", permits, 1, MAX_PERMITS) | _timeout(timeout_ms, flags),
                          _k(key), _v(value))
 
     def sem_release(self, session: int, key: str | bytes, token: int = 0, *, request_id: int = 0) -> int:
@@ -718,10 +771,11 @@ class BatchBuilder:
                          _k(key), b"")
 
     def campaign(self, session: int, key: str | bytes, value: str | bytes, *, wait: bool = True,
-                 request_id: int = 0) -> int:
+                 request_id: int = 0, timeout_ms: int = 0) -> int:
         """Run for leader of election ``key`` with ``value``; FIFO succession."""
-        return self._add(8, FLAG_WAIT if _bool("wait", wait) else 0, _sid(session),
-                         _u64("request_id", request_id), 0, _k(key), _v(value))
+        flags = FLAG_WAIT if _bool("wait", wait) else 0
+        return self._add(8, flags, _sid(session), _u64("request_id", request_id),
+                         _timeout(timeout_ms, flags), _k(key), _v(value))
 
     def proclaim(self, session: int, key: str | bytes, value: str | bytes, token: int = 0, *,
                  request_id: int = 0) -> int:
@@ -738,6 +792,19 @@ class BatchBuilder:
         """Withdraw the contender with ``ticket``: dequeue a waiter, release a holder."""
         return self._add(11, 0, _sid(session), _u64("request_id", request_id),
                          _int("ticket", ticket, 1, _U64), _k(key), b"")
+
+    def detach(self, grace_ms: int) -> int:
+        """Give every waiter at most ``grace_ms`` more unless its client re-attaches (see
+        "Detached waiters" in the module docs)."""
+        return self._add(12, 0, 0, 0, _int("grace_ms", grace_ms, 0, MAX_TIMEOUT_MS), b"", b"")
+
+
+def _timeout(timeout_ms: object, wait: int) -> int:
+    """An acquire's wait timeout, placed in the high 32 bits of its arg."""
+    t = _int("timeout_ms", timeout_ms, 0, MAX_TIMEOUT_MS)
+    if t and not wait:
+        raise BadArgument("timeout_ms needs wait=True")
+    return t << 32
 
 
 def _bool(name: str, value: object) -> bool:
@@ -769,7 +836,7 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
     magic, version, flags, reserved, time_ms, count = _HEADER.unpack_from(data, 0)
     if magic != BATCH_MAGIC:
         raise BadArgument(f"malformed batch: bad magic {magic!r}")
-    if version != BATCH_FORMAT_VERSION:
+    if version not in (1, BATCH_FORMAT_VERSION):
         raise BadArgument(f"malformed batch: unsupported format version {version}")
     if flags or reserved:
         raise BadArgument("malformed batch: reserved header bits set")
@@ -781,7 +848,7 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
         if pos + COMMAND_HEADER_SIZE > len(data):
             raise BadArgument(f"malformed batch: command {i} is truncated")
         op, cflags, klen, vlen, session, req, arg = _CMD.unpack_from(data, pos)
-        if not Op.OPEN <= op <= Op.CANCEL:
+        if not Op.OPEN <= op <= (Op.DETACH if version == 2 else Op.CANCEL):
             raise UnknownCommand(f"malformed batch: command {i} has unknown op {op}")
         if cflags & ~(FLAG_SHARED | FLAG_WAIT):
             raise BadArgument(f"malformed batch: command {i} has unknown flags {cflags:#x}")
@@ -898,6 +965,15 @@ class LockMachine:
     @property
     def session_count(self) -> int:
         return self._m.session_count
+
+    @property
+    def waiter_count(self) -> int:
+        """How many contenders wait (are not granted)."""
+        return self._m.waiter_count
+
+    def credential_matches(self, session_id: int, digest: bytes) -> bool:
+        """True if ``session_id`` is live and was opened with this credential digest."""
+        return bool(self._m.credential_matches(_int("session_id", session_id, 0, _U64), digest))
 
     @property
     def key_count(self) -> int:

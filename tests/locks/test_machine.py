@@ -446,3 +446,88 @@ def test_many_keepalives_keep_expiry_exact(h: Harness, rng: object) -> None:
         assert h.m.next_deadline() == min((h.m.session(s).deadline_ms for s in live),  # type: ignore[union-attr]
                                           default=None)
     assert h.m.session_count == len(live) and 0 < len(live) < 40
+
+
+# --- credentials, wait deadlines, detached waiters (format version 2) ------------------
+
+
+def test_a_session_keeps_its_credential_digest_and_a_version_1_session_has_none() -> None:
+    import hashlib
+
+    m = LockMachine()
+    digest = hashlib.sha256(b"s" * 16).digest()
+    b = BatchBuilder()
+    b.open_session(5_000, digest=digest)
+    b.open_session(5_000)
+    m.apply(b.build(1_000))
+    assert m.credential_matches(1, digest)
+    assert not m.credential_matches(1, hashlib.sha256(b"t" * 16).digest())
+    assert not m.credential_matches(2, bytes(32))  # no credential: nobody's
+    assert not m.credential_matches(3, digest)  # no such session
+    assert LockMachine.from_snapshot(m.snapshot()).credential_matches(1, digest)
+    # A record of format version 1 (before credentials) still applies, with its rules.
+    v1 = bytearray(b.build(2_000))
+    v1[4] = 1
+    with pytest.raises(errors.BadArgument):
+        BatchBuilder().open_session(5_000, digest=b"short")
+    results = m.apply(bytes(v1)).results
+    assert results[0].status == Status.BADARG and results[0].detail == Detail.VALUE  # v1 OPEN takes no value
+    assert results[1].ok and not m.credential_matches(results[1].session_id, bytes(32))
+
+
+def test_a_wait_timeout_in_the_record_withdraws_the_waiter_at_batch_time() -> None:
+    m = LockMachine()
+    b = BatchBuilder()
+    b.open_session(60_000)
+    b.open_session(60_000)
+    m.apply(b.build(1_000))
+    b.clear()
+    b.acquire(1, "k")
+    b.acquire(2, "k", timeout_ms=500, request_id=9)
+    held, waiting = m.apply(b.build(1_000)).results
+    assert waiting.waiting and m.next_deadline() == 1_500
+    assert m.apply(tick(1_499)).events == []
+    events = m.apply(tick(1_500)).events
+    assert [(e.kind, e.ticket) for e in events] == [(EventKind.CANCEL, waiting.ticket)]
+    # A replay from the records (or a restore) does the same: the deadline is state.
+    b.clear()
+    b.release(1, "k", held.token)
+    assert [e.kind for e in m.apply(b.build(1_600)).events] == [EventKind.RELEASE]  # nobody to grant
+    with pytest.raises(errors.BadArgument):
+        BatchBuilder().acquire(1, "k", wait=False, timeout_ms=5)
+
+
+def test_detached_waiters_are_withdrawn_after_the_grace_unless_their_client_retries() -> None:
+    m = LockMachine()
+    b = BatchBuilder()
+    for _ in range(3):
+        b.open_session(60_000)
+    m.apply(b.build(1_000))
+    b.clear()
+    b.acquire(1, "k")
+    b.acquire(2, "k", request_id=1)            # will re-attach
+    b.acquire(3, "k", request_id=1)            # its client never comes back
+    holder, w2, w3 = m.apply(b.build(1_000)).results
+    b.clear()
+    b.detach(2_000)
+    assert m.apply(b.build(1_100)).results[0].value == 2
+    b.clear()
+    b.acquire(2, "k", request_id=1, timeout_ms=10_000)  # the retry: still waiting
+    again = m.apply(b.build(1_200)).results[0]
+    assert again.waiting and again.duplicate and again.ticket == w2.ticket
+    b.clear()
+    b.release(1, "k", holder.token)
+    granted = m.apply(b.build(1_300)).events
+    assert [(e.kind, e.session) for e in granted] == [(EventKind.RELEASE, 1), (EventKind.GRANT, 2)]
+    b.clear()
+    b.release(2, "k")
+    events = m.apply(b.build(1_400)).events
+    assert [(e.kind, e.session) for e in events] == [(EventKind.RELEASE, 2), (EventKind.GRANT, 3)]
+    # Session 3 was granted while detached: released at the grace, nobody knew it held.
+    events = m.apply(tick(3_100)).events
+    assert [(e.kind, e.session) for e in events] == [(EventKind.RELEASE, 3)]
+    b.clear()
+    b.acquire(3, "k", request_id=1)
+    late = m.apply(b.build(3_200)).results[0]
+    assert late.status == Status.NOTFOUND and late.detail == Detail.WAIT_ENDED and late.duplicate
+    assert m.info("k") is None

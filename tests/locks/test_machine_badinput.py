@@ -138,7 +138,7 @@ MALFORMED: list[tuple[str, bytes, type[Exception]]] = [
     ("empty", b"", errors.BadArgument),
     ("short header", GOOD[:19], errors.BadArgument),
     ("bad magic", b"XXXX" + GOOD[4:], errors.BadArgument),
-    ("future version", GOOD[:4] + b"\x02" + GOOD[5:], errors.BadArgument),
+    ("future version", GOOD[:4] + b"\x03" + GOOD[5:], errors.BadArgument),
     ("header flags", GOOD[:5] + b"\x01" + GOOD[6:], errors.BadArgument),
     ("reserved", GOOD[:6] + b"\x01\x00" + GOOD[8:], errors.BadArgument),
     ("time too large", GOOD[:8] + struct.pack("<Q", MAX_TIME_MS + 1) + GOOD[16:], errors.BadArgument),
@@ -279,7 +279,7 @@ def test_damaged_snapshots_refuse_to_load(busy: LockMachine) -> None:
     b.open_session(5)
     other.apply(b.build(1))
     kept = other.snapshot()
-    bad = [b"", b"CCLS", snap[:-1], snap + b"\x00", b"XXXX" + snap[4:], snap[:4] + b"\x02" + snap[5:]]
+    bad = [b"", b"CCLS", snap[:-1], snap + b"\x00", b"XXXX" + snap[4:], snap[:4] + b"\x03" + snap[5:]]
     bad += [snap[:i] + bytes([snap[i] ^ 0x40]) + snap[i + 1:] for i in range(0, len(snap), 7)]
     for blob in bad:
         with pytest.raises(errors.LogCorrupted):
@@ -305,7 +305,7 @@ def test_snapshots_with_a_valid_checksum_but_impossible_state(busy: LockMachine)
     snap = busy.snapshot()
     body = bytearray(snap[:-4])
     # the header: time, revision, next session id, session count
-    assert body[:8] == b"CCLS\x01\x00\x00\x00"
+    assert body[:8] == b"CCLS\x02\x00\x00\x00"
     cases = []
     low_revision = bytearray(body)
     low_revision[16:24] = struct.pack("<Q", 1)  # tokens above the revision

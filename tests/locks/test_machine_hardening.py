@@ -20,10 +20,10 @@ from coordcore._native.lockmachine import crc32c
 from coordcore.locks.machine import MAX_TIME_MS, BatchBuilder, LockMachine, decode_events, decode_results
 
 HEADER = 36  # magic, version, time, revision, next session id, session count
-SESSION = 28  # id, ttl, deadline, request count
+SESSION = 60  # id, ttl, deadline, request count, credential digest (32 bytes)
 REQUEST = 32
 KEY = 16  # klen, kind, 0, permits, holders, waiters (then the key bytes)
-CONTENDER = 32  # session, ticket, token, mode, 0, 0, value length (then the value)
+CONTENDER = 40  # session, ticket, token, mode, detached, 0, value length, wait deadline (then the value)
 
 
 def _reseal(body: bytes | bytearray) -> bytes:
@@ -171,7 +171,7 @@ def test_failed_restores_free_what_they_built() -> None:
         b.acquire(1, f"k{i:04d}", value=b"v" * 4096)
     m.apply(b.build(1))
     body = bytearray(m.snapshot()[:-4])
-    body[-4096 - 8] = 99  # the last contender's mode: refused after everything is built
+    body[-4096 - 16] = 99  # the last contender's mode: refused after everything is built
     bad = _reseal(body)
     with pytest.raises(errors.LogCorrupted, match="mode"):
         LockMachine.from_snapshot(bad)
@@ -232,7 +232,8 @@ def _fields(snap: bytes) -> list[tuple[int, int]]:
         pos += KEY + klen
         for _ in range(nh + nw):
             vlen = struct.unpack_from("<I", snap, pos + 28)[0]
-            out += [(pos, 8), (pos + 8, 8), (pos + 16, 8), (pos + 24, 1), (pos + 28, 4)]
+            out += [(pos, 8), (pos + 8, 8), (pos + 16, 8), (pos + 24, 1), (pos + 25, 1), (pos + 28, 4),
+                    (pos + 32, 8)]
             pos += CONTENDER + vlen
     assert pos == len(snap) - 4
     return out

@@ -2,7 +2,8 @@
 
 Both get the same batch records (random mixes of sessions, exclusive/shared locks,
 semaphores, elections, cancels, retries with a used request id, ticks that expire
-sessions, timestamps that go backwards) and must return identical results and events
+sessions, timestamps that go backwards, credential digests, wait timeouts, DETACH of
+every waiter and the retries that re-attach them) and must return identical results and events
 and have byte-identical snapshots after every step. On top of that, the lock rules are
 checked on the native state after every step, tokens must rise strictly, revisions
 must have no gaps, and replaying every record from an empty machine (and from a
@@ -70,11 +71,14 @@ class MachineVsModel(RuleBasedStateMachine):
         op = data.draw(st.sampled_from(
             [Op.OPEN] * 2 + [Op.KEEPALIVE, Op.CLOSE] + [Op.ACQUIRE] * 5 + [Op.RELEASE] * 3
             + [Op.SEM_ACQUIRE, Op.SEM_RELEASE, Op.CAMPAIGN, Op.PROCLAIM, Op.RESIGN, Op.CANCEL] * 2
-            + ["retry"]))
+            + ["retry", "retry", Op.DETACH]))
         if op == "retry" and self.issued:
             return data.draw(st.sampled_from(sorted(self.issued.values())))
+        if op == Op.DETACH:
+            return Command(Op.DETACH, 0, 0, 0, data.draw(st.sampled_from([0, 5, 100, 5000])), b"", b"")
         if op in (Op.OPEN, "retry"):
-            return Command(Op.OPEN, 0, 0, 0, data.draw(st.sampled_from(TTLS)), b"", b"")
+            digest = data.draw(st.sampled_from([b"", bytes(range(32)), b"\xff" * 32]))
+            return Command(Op.OPEN, 0, 0, 0, data.draw(st.sampled_from(TTLS)), b"", digest)
         session = self._session(data)
         if op in (Op.KEEPALIVE, Op.CLOSE):
             return Command(op, 0, session, 0, 0, b"", b"")
@@ -92,6 +96,8 @@ class MachineVsModel(RuleBasedStateMachine):
         mine = self._mine(session, key)
         if op == Op.SEM_ACQUIRE:
             arg = data.draw(st.sampled_from([2, 2, 2, 1, 3]))
+        if op in (Op.ACQUIRE, Op.SEM_ACQUIRE, Op.CAMPAIGN) and flags & 2 and data.draw(st.booleans()):
+            arg |= data.draw(st.sampled_from([1, 5, 50, 500])) << 32  # a wait timeout (ms)
         elif op in (Op.RELEASE, Op.SEM_RELEASE, Op.PROCLAIM, Op.RESIGN):
             held = [tok for _, tok in mine if tok]
             arg = data.draw(st.sampled_from(held * 3 + [0, 0] + self.revisions[-3:]))

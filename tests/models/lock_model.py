@@ -23,12 +23,14 @@ MIN_TTL, MAX_TTL = 1, 30 * 86_400_000
 MAX_PERMITS, MAX_TIME, MAX_BATCH, WINDOW = 1_000_000, 2**62, 1 << 20, 128
 
 OPEN, KEEPALIVE, CLOSE, ACQUIRE, RELEASE, SEM_ACQUIRE, SEM_RELEASE = 1, 2, 3, 4, 5, 6, 7
-CAMPAIGN, PROCLAIM, RESIGN, CANCEL = 8, 9, 10, 11
+CAMPAIGN, PROCLAIM, RESIGN, CANCEL, DETACH = 8, 9, 10, 11, 12
+DIGEST = 32
 SHARED, WAIT = 1, 2
 OK, WAITING, BUSY = 0, 1, 2
 NOSESSION, NOTHOLDER, CONFLICT, NOTLEADER, BADARG, WRONGTYPE, NOTFOUND = 10, 11, 12, 13, 14, 15, 16
 (D_FLAGS, D_KEY, D_VALUE, D_TTL, D_PERMITS, D_PERMITS_MISMATCH, D_SESSION, D_ARG, D_NO_SUCH_SESSION,
- D_NO_SUCH_HOLD, D_NOT_LEADER, D_NO_SUCH_CONTENDER, D_ALREADY_CANDIDATE, D_KIND) = range(1, 15)
+ D_NO_SUCH_HOLD, D_NOT_LEADER, D_NO_SUCH_CONTENDER, D_ALREADY_CANDIDATE, D_KIND, D_TIMEOUT,
+ D_WAIT_ENDED) = range(1, 17)
 LOCK, SEM, ELECTION = 1, 2, 3
 M_NONE, M_EXCLUSIVE, M_SHARED, M_SEM, M_ELECTION = 0, 1, 2, 3, 4
 E_OPEN, E_CLOSE, E_EXPIRE, E_WAIT, E_GRANT, E_RELEASE, E_CANCEL, E_PROCLAIM = range(1, 9)
@@ -65,6 +67,8 @@ class Contender:
     mode: int
     value: bytes
     key: bytes
+    wait_deadline: int = 0  # withdrawn at the first batch at or after it (0: never)
+    detached: bool = False
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Session:
     deadline: int
     contenders: list[Contender] = field(default_factory=list)
     requests: list[tuple[int, Result]] = field(default_factory=list)  # oldest first
+    digest: bytes = bytes(DIGEST)
 
 
 class LockModel:
@@ -92,18 +97,19 @@ class LockModel:
         self.sessions: dict[int, Session] = {}
         self.keys: dict[bytes, Key] = {}
         self.events: list[EventT] = []
+        self.version = 2
 
     # --- parsing -------------------------------------------------------------------
 
     @staticmethod
-    def parse(batch: object) -> tuple[int, list[tuple[int, int, int, int, int, bytes, bytes]]]:
+    def parse(batch: object) -> tuple[int, list[tuple[int, int, int, int, int, bytes, bytes]], int]:
         if not isinstance(batch, (bytes, bytearray, memoryview)):
             raise WrongType("batch must be bytes")
         data = bytes(batch)
         if len(data) < 20:
             raise BadArgument("malformed batch: short")
         magic, version, flags, reserved, t, count = struct.unpack_from("<4sBBHQI", data)
-        if magic != b"CCLB" or version != 1 or flags or reserved:
+        if magic != b"CCLB" or version not in (1, 2) or flags or reserved:
             raise BadArgument("malformed batch: header")
         if t > MAX_TIME or count > MAX_BATCH:
             raise BadArgument("malformed batch: header values")
@@ -112,7 +118,7 @@ class LockModel:
             if len(data) - pos < 32:
                 raise BadArgument("malformed batch: truncated")
             op, cf, klen, vlen, sid, req, arg = struct.unpack_from("<BBHIQQQ", data, pos)
-            if not OPEN <= op <= CANCEL:
+            if not OPEN <= op <= (DETACH if version == 2 else CANCEL):
                 raise UnknownCommand("malformed batch: op")
             if cf & ~(SHARED | WAIT):
                 raise BadArgument("malformed batch: flags")
@@ -123,20 +129,36 @@ class LockModel:
             pos += klen + vlen
         if pos != len(data):
             raise BadArgument("malformed batch: trailing bytes")
-        return t, cmds
+        return t, cmds, version
 
     # --- applying ------------------------------------------------------------------
 
     def apply(self, batch: object) -> tuple[list[Result], list[EventT]]:
-        t, cmds = self.parse(batch)
+        t, cmds, self.version = self.parse(batch)
         self.events = []
         self.time = max(self.time, t)
         dead = sorted((s for s in self.sessions.values() if s.deadline <= self.time),
                       key=lambda s: (s.deadline, s.id))
         if dead:
             self._end(dead, E_EXPIRE)
+        self._expire_waits()
         results = [self._one(*c) for c in cmds]
         return results, self.events
+
+    def _contenders(self) -> list[Contender]:
+        return [c for k in self.keys.values() for c in k.holders + k.waiters]
+
+    def _expire_waits(self) -> None:
+        due = sorted((c for c in self._contenders() if c.wait_deadline and c.wait_deadline <= self.time),
+                     key=lambda c: (c.wait_deadline, c.ticket))
+        affected: list[bytes] = []
+        for c in due:
+            self._remove(c)
+            if c.key not in affected:
+                affected.append(c.key)
+        for name in affected:
+            self._promote(name)
+            self._drop_if_empty(name)
 
     def _emit(self, kind: int, mode: int, session: int, ticket: int = 0, token: int = 0,
               key: bytes = b"", value: bytes = b"") -> int:
@@ -160,6 +182,8 @@ class LockModel:
         while k.waiters and self._can_hold(k, k.waiters[0].mode):
             c = k.waiters.pop(0)
             c.token = self.revision + 1  # the GRANT event's revision
+            if not c.detached:
+                c.wait_deadline = 0
             k.holders.append(c)
             self._emit_c(E_GRANT, c)
 
@@ -188,35 +212,59 @@ class LockModel:
             self._drop_if_empty(name)
 
     def _one(self, op: int, flags: int, sid: int, req: int, arg: int, key: bytes, value: bytes) -> Result:
+        v2 = self.version == 2
         allowed = {ACQUIRE: SHARED | WAIT, SEM_ACQUIRE: WAIT, CAMPAIGN: WAIT}.get(op, 0)
-        takes_key = op > CLOSE
+        takes_key = op > CLOSE and op != DETACH
         takes_value = op in (ACQUIRE, SEM_ACQUIRE, CAMPAIGN, PROCLAIM)
+        timeout, low = 0, arg
+        if v2 and op in (ACQUIRE, SEM_ACQUIRE, CAMPAIGN):
+            timeout, low = arg >> 32, arg & 0xFFFFFFFF
         detail = 0
         if flags & ~allowed:
             detail = D_FLAGS
         elif (takes_key and not 0 < len(key) <= MAX_KEY) or (not takes_key and key):
             detail = D_KEY
+        elif v2 and op == OPEN:
+            if len(value) not in (0, DIGEST):
+                detail = D_VALUE
         elif (takes_value and len(value) > MAX_VALUE) or (not takes_value and value):
             detail = D_VALUE
+        if detail:
+            pass
         elif op == OPEN:
             if not MIN_TTL <= arg <= MAX_TTL:
                 detail = D_TTL
             elif sid != 0:
                 detail = D_SESSION
-        elif op == SEM_ACQUIRE and not 1 <= arg <= MAX_PERMITS:
+        elif op == DETACH:
+            if arg > MAX_TTL:
+                detail = D_ARG
+            elif sid != 0:
+                detail = D_SESSION
+        elif op == SEM_ACQUIRE and not 1 <= low <= MAX_PERMITS:
             detail = D_PERMITS
-        elif (op == CANCEL and arg == 0) or (op in (KEEPALIVE, CLOSE, ACQUIRE, CAMPAIGN) and arg):
+        elif timeout > MAX_TTL or (timeout and not flags & WAIT):
+            detail = D_TIMEOUT
+        elif (op == CANCEL and arg == 0) or (op in (KEEPALIVE, CLOSE) and arg) \
+                or (op in (ACQUIRE, CAMPAIGN) and low):
             detail = D_ARG
         elif sid == 0:
             detail = D_SESSION
         if detail:
             return (op, BADARG, detail, 0, 0, 0)
         if op == OPEN:
-            s = Session(self.next_session, arg, self.time + arg)
+            s = Session(self.next_session, arg, self.time + arg, digest=value or bytes(DIGEST))
             self.sessions[s.id] = s
             self.next_session += 1
             self._emit(E_OPEN, M_NONE, s.id)
             return (op, OK, 0, 0, s.id, s.deadline)
+        if op == DETACH:
+            waiting = [c for k in self.keys.values() for c in k.waiters]
+            for c in waiting:
+                c.detached = True
+                if not c.wait_deadline or c.wait_deadline > self.time + arg:
+                    c.wait_deadline = self.time + arg
+            return (op, OK, 0, 0, len(waiting), 0)
         found = self.sessions.get(sid)
         if found is None:
             return (op, NOSESSION, D_NO_SUCH_SESSION, 0, 0, 0)
@@ -230,13 +278,15 @@ class LockModel:
         if req:
             for r, res in reversed(s.requests):
                 if r == req:
+                    if res[1] == WAITING and v2:
+                        return self._reattach(s, res, timeout)
                     return res[:3] + (1,) + res[4:]
         if op in (ACQUIRE, SEM_ACQUIRE, CAMPAIGN):
             kind = {ACQUIRE: LOCK, SEM_ACQUIRE: SEM, CAMPAIGN: ELECTION}[op]
             mode = {ACQUIRE: M_SHARED if flags & SHARED else M_EXCLUSIVE, SEM_ACQUIRE: M_SEM,
                     CAMPAIGN: M_ELECTION}[op]
-            result = self._acquire(s, op, kind, mode, key, value, arg if op == SEM_ACQUIRE else 0,
-                                   bool(flags & WAIT))
+            result = self._acquire(s, op, kind, mode, key, value, low if op == SEM_ACQUIRE else 0,
+                                   bool(flags & WAIT), timeout)
         elif op in (RELEASE, SEM_RELEASE, RESIGN):
             result = self._release(s, op, {RELEASE: LOCK, SEM_RELEASE: SEM, RESIGN: ELECTION}[op], key, arg)
         elif op == PROCLAIM:
@@ -249,8 +299,21 @@ class LockModel:
                 s.requests.pop(0)
         return result
 
+    def _reattach(self, s: Session, recorded: Result, timeout: int) -> Result:
+        op, ticket = recorded[0], recorded[5]
+        found = [c for c in s.contenders if c.ticket == ticket]
+        if not found:
+            return (op, NOTFOUND, D_WAIT_ENDED, 1, 0, ticket)
+        c = found[0]
+        c.detached = False
+        if c.token:
+            c.wait_deadline = 0
+            return (op, OK, 0, 1, c.token, ticket)
+        c.wait_deadline = self.time + timeout if timeout else 0
+        return (op, WAITING, 0, 1, 0, ticket)
+
     def _acquire(self, s: Session, op: int, kind: int, mode: int, name: bytes, value: bytes,
-                 permits: int, wait: bool) -> Result:
+                 permits: int, wait: bool, timeout: int) -> Result:
         k = self.keys.get(name)
         grant = True
         if k is not None:
@@ -266,7 +329,8 @@ class LockModel:
         if k is None:
             k = self.keys[name] = Key(kind, permits)
         rev = self.revision + 1
-        c = Contender(s.id, rev, rev if grant else 0, mode, value, name)
+        c = Contender(s.id, rev, rev if grant else 0, mode, value, name,
+                      wait_deadline=self.time + timeout if timeout and not grant else 0)
         (k.holders if grant else k.waiters).append(c)
         s.contenders.append(c)
         self._emit_c(E_GRANT if grant else E_WAIT, c)
@@ -317,11 +381,11 @@ class LockModel:
     # --- snapshot ------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        out = bytearray(b"CCLS\x01\x00\x00\x00")
+        out = bytearray(b"CCLS\x02\x00\x00\x00")
         out += struct.pack("<QQQI", self.time, self.revision, self.next_session, len(self.sessions))
         for sid in sorted(self.sessions):
             s = self.sessions[sid]
-            out += struct.pack("<QQQI", s.id, s.ttl, s.deadline, len(s.requests))
+            out += struct.pack("<QQQI", s.id, s.ttl, s.deadline, len(s.requests)) + s.digest
             for req, (op, status, detail, _flags, value, aux) in s.requests:
                 out += struct.pack("<QBBBBIQQ", req, op, status, detail, 0, 0, value, aux)
         out += struct.pack("<I", len(self.keys))
@@ -330,7 +394,8 @@ class LockModel:
             out += struct.pack("<HBBIII", len(name), k.kind, 0, k.permits, len(k.holders), len(k.waiters))
             out += name
             for c in k.holders + k.waiters:
-                out += struct.pack("<QQQBBHI", c.session, c.ticket, c.token, c.mode, 0, 0, len(c.value))
+                out += struct.pack("<QQQBBHIQ", c.session, c.ticket, c.token, c.mode, int(c.detached), 0,
+                                   len(c.value), c.wait_deadline)
                 out += c.value
         out += struct.pack("<I", crc32c(bytes(out)))
         return bytes(out)

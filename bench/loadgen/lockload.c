@@ -5,7 +5,7 @@
  * One thread, one epoll set, N non-blocking TCP connections to 127.0.0.1:PORT
  * (TCP_NODELAY). Each connection runs the command sequence of one client:
  *
- *   --protocol coordcore    SESSION.OPEN 30 -> session id; LOCK.ACQUIRE key session
+ *   --protocol coordcore    SESSION.OPEN 30 -> session credential; LOCK.ACQUIRE key session
  *                           (blocking, the reply is the fencing token); when the token
  *                           comes, LOCK.RELEASE key session TOKEN t and the next
  *                           LOCK.ACQUIRE go out in one write. At the end: LOCK.RELEASE,
@@ -72,7 +72,7 @@ enum protocol { P_COORDCORE, P_REDIS };
 
 /* What a connection awaits, in order. */
 enum expect {
-    X_SESSION,      /* :session id */
+    X_SESSION,      /* $session credential ("<id>.<secret>") */
     X_TOKEN,        /* :fencing token */
     X_RELEASED,     /* +OK of a release pipelined with the next acquire */
     X_LAST_RELEASE, /* +OK of the last release: then SESSION.CLOSE */
@@ -107,7 +107,7 @@ struct conn {
     uint32_t key;       /* current key index */
     int64_t token;      /* coordcore: fencing token held */
     uint64_t cycle;     /* redis-lock: cycles started, for unique tokens */
-    char sid[24];       /* coordcore session id, decimal */
+    char sid[64];       /* coordcore session credential, "<id>.<secret hex>" */
     size_t sid_len;
     char rtok[64];      /* redis-lock: token of the current cycle */
     size_t rtok_len;
@@ -519,9 +519,10 @@ static void on_reply(struct conn *c, const struct reply *r, int64_t now)
     int stopping = now >= g.t_meas1;
     switch (x) {
     case X_SESSION:
-        if (r->type != ':' || r->num <= 0)
+        if (r->type != '$' || r->len == 0 || r->len >= sizeof c->sid)
             break;
-        c->sid_len = fmt_u64(c->sid, (uint64_t)r->num);
+        memcpy(c->sid, r->str, r->len);
+        c->sid_len = r->len;
         c->sid[c->sid_len] = '\0';
         c->key = rng_below(&c->rng, g.keys);
         send_acquire(c, now);

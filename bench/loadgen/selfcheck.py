@@ -82,7 +82,8 @@ class Fake:
         if self.fault == "error" and self.commands > self.after:
             out.put_nowait(b"-BUSY injected failure\r\n")
         elif cmd == b"SESSION.OPEN":
-            out.put_nowait(b":%d\r\n" % (1000 + self.commands))
+            handle = b"%d.%s" % (1000 + self.commands, b"ab" * 16)
+            out.put_nowait(b"$%d\r\n%b\r\n" % (len(handle), handle))
         elif cmd == b"SESSION.CLOSE":
             out.put_nowait(b"+OK\r\n")
         elif cmd == b"LOCK.ACQUIRE":

@@ -38,6 +38,7 @@ _Other = Callable[[WireBatch, int, WireConn, BaseException | None], bytes | None
 class WireLane:
     wake: Callable[[], object] | None
     other: _Other
+    verify: Callable[[bytes], int] | None
     closed: bool
     @property
     def dirty(self) -> list[Any]: ...

@@ -71,6 +71,9 @@ cdef enum:
     KIND_RELEASE = 2
     # the spans of a request's first arguments that the hot path looks at
     HOT_SPANS = 10
+    # a session handle: decimal id (at most 19 digits), '.', 32 lowercase hex digits
+    SECRET_HEX = 32
+    MAX_HANDLE = 52
 
 #: The reply kinds of hot commands (``WireBatch.entry``): an acquire answers with its
 #: token, a release with ``+OK``.
@@ -81,7 +84,7 @@ from coordcore._native import lockmachine as _lm
 
 cdef uint64_t MAX_TIME = _lm.MAX_TIME_MS
 cdef Py_ssize_t _max_commands = _lm.MAX_BATCH_COMMANDS
-if _lm.MAX_KEY_SIZE != MAX_KEY or _lm.MAX_VALUE_SIZE != MAX_VALUE or _lm.BATCH_FORMAT_VERSION != 1:
+if _lm.MAX_KEY_SIZE != MAX_KEY or _lm.MAX_VALUE_SIZE != MAX_VALUE or _lm.BATCH_FORMAT_VERSION != 2:
     raise ImportError("lockwire was built for another batch format than lockmachine's")
 
 cdef uint64_t _U63 = 0x7FFFFFFFFFFFFFFF
@@ -132,7 +135,7 @@ def assemble(time_ms, list parts, Py_ssize_t count):
     out = PyBytes_FromStringAndSize(NULL, total)
     p = <unsigned char *>PyBytes_AS_STRING(out)
     memcpy(p, b"CCLB", 4)
-    p[4] = 1
+    p[4] = 2
     p[5] = 0
     cc_st16(p + 6, 0)
     cc_st64(p + 8, t)
@@ -291,6 +294,19 @@ cdef inline bint _decimal(const unsigned char *p, Py_ssize_t n, uint64_t lo, uin
     return True
 
 
+cdef inline bint _handle(const unsigned char *p, Py_ssize_t n, uint64_t *sid) noexcept:
+    """``p[:n]`` has the shape of a session handle (``<id>.<32 lowercase hex digits>``):
+    its id in ``sid``. Only the shape: the lock service checks the secret."""
+    cdef Py_ssize_t dot = n - SECRET_HEX - 1
+    cdef Py_ssize_t i
+    if dot < 1 or n > MAX_HANDLE or p[dot] != b'.':
+        return False
+    for i in range(dot + 1, n):
+        if not (b'0' <= p[i] <= b'9' or b'a' <= p[i] <= b'f'):
+            return False
+    return _decimal(p, dot, 1, sid)
+
+
 cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t i, Py_ssize_t argc,
                        uint8_t kind, bint allow_shared, uint8_t *flags, uint64_t *token, uint64_t *request_id,
                        uint32_t *timeout_ms) noexcept:
@@ -355,6 +371,11 @@ cdef class WireConn:
     cdef public bint parked
     cdef public bint dirty
     cdef public bint closed
+    # The last session handle the lock service accepted on this connection: a client
+    # names one session on every hot command, so this spares a digest per command.
+    cdef unsigned char handle[MAX_HANDLE]
+    cdef Py_ssize_t handle_len
+    cdef uint64_t handle_sid
 
     def __init__(self, conn, Py_ssize_t max_args, Py_ssize_t max_request_bytes):
         if max_args < 1 or max_request_bytes < 1:
@@ -474,6 +495,29 @@ cdef class WireConn:
         self.inp.start += r
         return out
 
+    cdef bint _session(self, WireLane lane, const unsigned char *p, Py_ssize_t n, uint64_t *sid) except -1:
+        """The session a hot command names by its handle, if the lock service accepts the
+        handle (``lane.verify(handle) -> session id or 0``); False leaves the command
+        to the command table, which answers why."""
+        cdef uint64_t parsed
+        cdef unsigned char diff = 0
+        cdef Py_ssize_t i
+        if not _handle(p, n, &parsed):
+            return False
+        if n == self.handle_len and parsed == self.handle_sid:
+            for i in range(n):  # the same time wherever the bytes differ
+                diff |= p[i] ^ self.handle[i]
+            if diff == 0:
+                sid[0] = parsed
+                return True
+        if lane.verify is None or lane.verify(PyBytes_FromStringAndSize(<const char *>p, n)) != parsed:
+            return False
+        memcpy(self.handle, p, <size_t>n)
+        self.handle_len = n
+        self.handle_sid = parsed
+        sid[0] = parsed
+        return True
+
     def run_hot(self, WireLane lane, Py_ssize_t limit):
         """Handle the hot commands at the head of the buffer (at most ``limit``; none
         once :attr:`parked`); stop at the first other request, which stays buffered.
@@ -536,7 +580,7 @@ cdef class WireConn:
                 break
             if spans[1].len < 1 or spans[1].len > MAX_KEY:
                 break
-            if not _decimal(base + spans[2].off, spans[2].len, 1, &session):
+            if not self._session(lane, base + spans[2].off, spans[2].len, &session):
                 break
             if not _hot_options(base, spans, first_option, argc, kind, op == OP_ACQUIRE, &flags, &token,
                                 &request_id, &timeout_ms):
@@ -590,6 +634,8 @@ cdef class WireLane:
     cdef Py_ssize_t slots
     cdef public object wake
     cdef public object other
+    #: ``verify(handle bytes) -> session id`` (0: not a live session's handle).
+    cdef public object verify
     cdef readonly list dirty
     cdef public bint closed
 
@@ -622,6 +668,8 @@ cdef class WireLane:
                 raise MemoryError()
             self.entries = entries
             self.slots = n
+        if kind == KIND_ACQUIRE:
+            arg |= <uint64_t>timeout_ms << 32  # format version 2: the wait TIMEOUT rides in the log
         _reserve(&self.cmds, CMD_SIZE + klen)
         _put_command(self.cmds.data + self.cmds.end, op, flags, session, request_id, arg, key, klen)
         e = &self.entries[self.count]

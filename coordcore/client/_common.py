@@ -18,6 +18,25 @@ def key_bytes(key: str | bytes) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
+def session_id_of(credential: bytes) -> int:
+    """The public id in a session credential ``b"<id>.<secret>"`` (what SESSION.OPEN
+    answers).
+
+    >>> session_id_of(b"42.00112233445566778899aabbccddeeff")
+    42
+    """
+    sid, dot, _ = credential.partition(b".")
+    if not dot or not sid.isdigit():
+        raise BadArgument(f"not a session credential: {credential[:24]!r}")
+    return int(sid)
+
+
+#: After a connection breaks under a waiting acquire, how long (seconds, at least) the
+#: client keeps reconnecting to re-attach to the wait (a server restart takes about a
+#: second; the server keeps a detached wait for a few).
+REATTACH_WINDOW = 5.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Grant:
     """A held lock, semaphore permit or leadership. ``token`` is the fencing token:
@@ -111,8 +130,8 @@ RELEASE_COMMAND: dict[str, str] = {"lock": "LOCK.RELEASE", "semaphore": "SEM.REL
 INFO_COMMAND: dict[str, str] = {"lock": "LOCK.INFO", "semaphore": "SEM.INFO", "election": "LOCK.INFO"}
 
 
-def release_args(grant: Grant, request_id: int) -> list[Arg]:
-    return [RELEASE_COMMAND[grant.kind], grant.key, grant.session, "TOKEN", grant.token, "REQID", request_id]
+def release_args(grant: Grant, credential: bytes, request_id: int) -> list[Arg]:
+    return [RELEASE_COMMAND[grant.kind], grant.key, credential, "TOKEN", grant.token, "REQID", request_id]
 
 
 def ttl_arg(ttl: float) -> str:
@@ -126,11 +145,12 @@ def _timeout_ms(timeout: float | None) -> list[Arg]:
         return []
     if timeout < 0:
         raise BadArgument(f"timeout must be >= 0 seconds, got {timeout}")
-    return ["TIMEOUT", int(round(timeout * 1000))]
+    # A retry after a reconnect sends what is left; never round a wait down to a try.
+    return ["TIMEOUT", max(1, int(round(timeout * 1000))) if timeout > 0 else 0]
 
 
-def acquire_args(cmd: str, key: str | bytes, sid: int, shared: bool, timeout: float | None) -> list[Arg]:
-    args: list[Arg] = [cmd, key, sid]
+def acquire_args(cmd: str, key: str | bytes, credential: bytes, shared: bool, timeout: float | None) -> list[Arg]:
+    args: list[Arg] = [cmd, key, credential]
     if shared:
         args.append("SHARED")
     return args + _timeout_ms(timeout)
@@ -142,12 +162,18 @@ def stray_holds(info: LockInfo, sid: int, known: set[int]) -> list[int]:
     return [c.token for c in info.holders if c.session == sid and c.token not in known]
 
 
-def sem_args(name: str | bytes, sid: int, permits: int, timeout: float | None) -> list[Arg]:
-    return ["SEM.ACQUIRE", name, sid, permits, *_timeout_ms(timeout)]
+def sem_args(name: str | bytes, credential: bytes, permits: int, timeout: float | None) -> list[Arg]:
+    return ["SEM.ACQUIRE", name, credential, permits, *_timeout_ms(timeout)]
 
 
-def campaign_args(name: str | bytes, sid: int, value: str | bytes, timeout: float | None) -> list[Arg]:
-    return ["ELECT.CAMPAIGN", name, sid, value, *_timeout_ms(timeout)]
+def campaign_args(name: str | bytes, credential: bytes, value: str | bytes, timeout: float | None) -> list[Arg]:
+    return ["ELECT.CAMPAIGN", name, credential, value, *_timeout_ms(timeout)]
+
+
+def stray_waiters(info: LockInfo, sid: int) -> list[int]:
+    """Tickets of waits of session ``sid`` on a key (for a client with no acquire of
+    its own in flight on it, each is a wait it gave up: its connection went)."""
+    return [c.ticket for c in info.waiters if c.session == sid]
 
 
 def _contender(reply: Any) -> Contender:

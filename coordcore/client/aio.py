@@ -38,13 +38,15 @@ import contextlib
 import itertools
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import hiredis
 
 from coordcore.client._common import (
     INFO_COMMAND,
+    REATTACH_WINDOW,
     RELEASE_COMMAND,
     Election,
     Grant,
@@ -61,6 +63,8 @@ from coordcore.client._common import (
     parse_watch_event,
     release_args,
     sem_args,
+    session_id_of,
+    stray_waiters,
     stray_holds,
     ttl_arg,
 )
@@ -179,6 +183,8 @@ class AsyncClient:
         self._reqids = itertools.count(1)
         #: Tokens this client holds, per (session, key): to tell a lost grant from ours.
         self._held: dict[tuple[int, bytes], set[int]] = {}
+        #: Keys whose acquire broke off with its connection, per (session, key): see _settle.
+        self._unsettled: dict[tuple[int, bytes], tuple[str | bytes, GrantKind]] = {}
         self._inflight: dict[tuple[int, bytes], int] = {}
 
     async def __aenter__(self) -> AsyncClient:
@@ -331,8 +337,9 @@ class AsyncClient:
     async def session(self, ttl: float | None = None, *, keepalive: bool = True) -> AsyncSession:
         """Open a session (a lease) with ``ttl`` seconds, kept alive in the background."""
         ttl = self.default_ttl if ttl is None else ttl
-        sid = int(await self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
-        session = AsyncSession(self, sid, ttl)
+        credential = bytes(await self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
+        sid = session_id_of(credential)
+        session = AsyncSession(self, sid, credential, ttl)
         self._sessions[sid] = session
         if keepalive:
             session._keeper = self._spawn(session._keep_alive())
@@ -351,33 +358,86 @@ class AsyncClient:
     def _reqid(self) -> int:
         return next(self._reqids)
 
-    async def _contend(self, args: list[Arg], key: str | bytes, sid: int, kind: GrantKind,
-                       shared: bool = False) -> Grant:
-        """A blocking acquire on a connection of its own. If it is cancelled or its
-        connection breaks, the server withdraws the wait; a grant whose reply was lost
-        is found with LOCK.INFO and released, so the caller never holds a lock it was
-        not told about."""
-        k = (sid, _kb(key))
+    async def _contend(self, make_args: Callable[[float | None, int], list[Arg]], key: str | bytes,
+                       s: AsyncSession, kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:
+        """A blocking acquire on a connection of its own. If its connection breaks while
+        it waits (a network fault, a server restart), it reconnects and retries with the
+        same request id, which re-attaches to the wait on the server. If it is cancelled,
+        or cannot get back, the server withdraws the wait, and what may still be held or
+        queued for it is settled once the server can be reached (see :meth:`_settle`), so
+        the caller never holds a lock it was not told about."""
+        k = (s.id, _kb(key))
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        reqid = self._reqid()
+        give_up: float | None = None
+        delay = self.retry_delay
+        retried = False
         self._inflight[k] = self._inflight.get(k, 0) + 1
         try:
-            token = int(await self.execute_blocking(*args))
-        except (asyncio.CancelledError, ConnectionLost):
-            self._spawn(self._reconcile(key, sid, kind))
-            raise
-        finally:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    token = int(await self.execute_blocking(*make_args(left, reqid)))
+                    break
+                except (ConnectionLost, OSError):
+                    now = loop.time()
+                    give_up = now + max(s.ttl, REATTACH_WINDOW) if give_up is None else give_up
+                    if self._closed or s.closed or now + delay > give_up \
+                            or (deadline is not None and now + delay >= deadline):
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    retried = True
+                except CoordcoreError as exc:
+                    if not (retried and exc.code == "NOTFOUND"):
+                        raise
+                    # The wait ended while we were away: queue again.
+                    reqid, retried = self._reqid(), False
+        except (asyncio.CancelledError, ConnectionLost, OSError):
             self._inflight[k] -= 1
+            self._unsettled[k] = (key, kind)
+            self._spawn(self._settle(s))
+            raise
+        except BaseException:
+            self._inflight[k] -= 1
+            raise
+        self._inflight[k] -= 1
         self._held.setdefault(k, set()).add(token)
-        return Grant(key, token, sid, shared=shared, kind=kind)
+        return Grant(key, token, s.id, shared=shared, kind=kind)
 
-    async def _reconcile(self, key: str | bytes, sid: int, kind: GrantKind) -> None:
-        k = (sid, _kb(key))
-        with contextlib.suppress(CoordcoreError, OSError):
-            await asyncio.sleep(0)
-            if self._inflight.get(k):
-                return  # another acquire of ours on this key is in flight: do not guess
+    async def _settle(self, session: AsyncSession) -> None:
+        """Release the holds and withdraw the waits of ``session`` on keys whose acquire
+        broke off (a grant or wait the caller was never told of). Run at once and after
+        each keep-alive, until the server could be asked."""
+        await asyncio.sleep(0)
+        for k, (key, kind) in [(k, v) for k, v in self._unsettled.items() if k[0] == session.id]:
+            if await self._reconcile(key, session, kind):
+                self._unsettled.pop(k, None)
+
+    async def _reconcile(self, key: str | bytes, session: AsyncSession, kind: GrantKind) -> bool:
+        """One settling pass on ``key``; False if it must be tried again later."""
+        k = (session.id, _kb(key))
+        if self._inflight.get(k):
+            return False  # another acquire of ours on this key is in flight: do not guess
+        try:
             info = parse_lock_info(await self.execute(INFO_COMMAND[kind], key))
-            for token in stray_holds(info, sid, self._held.get(k, set())):
-                await self.execute(RELEASE_COMMAND[kind], key, sid, "TOKEN", token, "REQID", self._reqid())
+            for token in stray_holds(info, session.id, self._held.get(k, set())):
+                await self.execute(RELEASE_COMMAND[kind], key, session.credential, "TOKEN", token,
+                                   "REQID", self._reqid())
+            for ticket in stray_waiters(info, session.id):
+                await self.execute("LOCK.CANCEL", key, session.credential, "TICKET", ticket, "REQID", self._reqid())
+            return True
+        except SessionExpired:
+            return True  # the session took everything with it
+        except (CoordcoreError, OSError):
+            return False
+
+    def _credential(self, sid: int) -> bytes:
+        session = self._sessions.get(sid)
+        if session is None:
+            raise SessionExpired(f"session {sid} is not open in this client (closed or expired)")
+        return session.credential
 
     async def _session_for(self, session: AsyncSession | None, ttl: float | None) -> AsyncSession:
         return session if session is not None else await self._default_session(ttl)
@@ -399,14 +459,15 @@ class AsyncClient:
         """Wait for lock ``key`` (``timeout`` seconds, None: forever) and return the grant.
         Raises LockTimeout, SessionExpired..."""
         s = await self._session_for(session, ttl)
-        args = acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout) + ["REQID", self._reqid()]
-        return await self._contend(args, key, s.id, "lock", shared)
+        return await self._contend(
+            lambda left, reqid: acquire_args("LOCK.ACQUIRE", key, s.credential, shared, left) + ["REQID", reqid],
+            key, s, "lock", timeout, shared)
 
     async def try_acquire(self, key: str | bytes, *, ttl: float | None = None,
                           session: AsyncSession | None = None, shared: bool = False) -> Grant | None:
         """The lock if it can be granted now, else None (never waits)."""
         s = await self._session_for(session, ttl)
-        args: list[Arg] = ["LOCK.TRY", key, s.id]
+        args: list[Arg] = ["LOCK.TRY", key, s.credential]
         if shared:
             args.append("SHARED")
         token = await self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
@@ -418,7 +479,8 @@ class AsyncClient:
     async def release(self, grant: Grant) -> None:
         """Release a lock, semaphore permit or leadership (by its token)."""
         try:
-            await self.execute(*release_args(grant, self._reqid()))  # retried with the same REQID
+            # retried with the same REQID
+            await self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
         finally:
             self._held.get((grant.session, _kb(grant.key)), set()).discard(grant.token)
 
@@ -429,8 +491,9 @@ class AsyncClient:
     async def acquire_semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
                                 session: AsyncSession | None = None, timeout: float | None = None) -> Grant:
         s = await self._session_for(session, ttl)
-        args = sem_args(name, s.id, permits, timeout) + ["REQID", self._reqid()]
-        return await self._contend(args, name, s.id, "semaphore")
+        return await self._contend(
+            lambda left, reqid: sem_args(name, s.credential, permits, left) + ["REQID", reqid],
+            name, s, "semaphore", timeout)
 
     @contextlib.asynccontextmanager
     async def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
@@ -506,9 +569,11 @@ class AsyncWatch:
 class AsyncSession:
     """A server-side session (lease); see :meth:`AsyncClient.session`."""
 
-    def __init__(self, client: AsyncClient, sid: int, ttl: float) -> None:
+    def __init__(self, client: AsyncClient, sid: int, credential: bytes, ttl: float) -> None:
         self.client = client
         self.id = sid
+        #: ``b"<id>.<secret>"``: what acts for this session (the id alone is public).
+        self.credential = credential
         self.ttl = ttl
         self.expired = False
         self.closed = False
@@ -517,7 +582,7 @@ class AsyncSession:
 
     async def keepalive(self) -> None:
         try:
-            await self.client.execute("SESSION.KEEPALIVE", self.id)
+            await self.client.execute("SESSION.KEEPALIVE", self.credential)
         except SessionExpired:
             self._mark_expired()
             raise
@@ -536,6 +601,7 @@ class AsyncSession:
                 return
             except (ConnectionLost, OSError):
                 continue  # the next round reconnects; the server's TTL is the judge
+            await self.client._settle(self)
 
     async def close(self) -> None:
         if self.closed:
@@ -545,7 +611,7 @@ class AsyncSession:
             self._keeper.cancel()
         self.client._sessions.pop(self.id, None)
         try:
-            await self.client.execute("SESSION.CLOSE", self.id)
+            await self.client.execute("SESSION.CLOSE", self.credential)
         except SessionExpired:
             pass
         if not self.done.done():
@@ -573,8 +639,9 @@ class AsyncElection(Election):
     async def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
         s = await self.client._session_for(self.session, self.ttl)
         self.session = s
-        args = campaign_args(self.name, s.id, value, timeout) + ["REQID", self.client._reqid()]
-        self.grant = await self.client._contend(args, self.name, s.id, "election")
+        self.grant = await self.client._contend(
+            lambda left, reqid: campaign_args(self.name, s.credential, value, left) + ["REQID", reqid],
+            self.name, s, "election", timeout)
         return self.grant
 
     def _leadership(self) -> Grant:
@@ -585,7 +652,8 @@ class AsyncElection(Election):
     async def proclaim(self, value: str | bytes) -> int:
         """Publish a new value as leader; returns the revision of the proclamation."""
         g = self._leadership()
-        return int(await self.client.execute("ELECT.PROCLAIM", self.name, g.session, value, "TOKEN", g.token,
+        return int(await self.client.execute("ELECT.PROCLAIM", self.name, self.client._credential(g.session), value,
+                                             "TOKEN", g.token,
                                              "REQID", self.client._reqid()))
 
     async def resign(self) -> None:

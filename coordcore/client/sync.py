@@ -38,13 +38,14 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import hiredis
 
 from coordcore.client._common import (
     INFO_COMMAND,
+    REATTACH_WINDOW,
     RELEASE_COMMAND,
     Election,
     Grant,
@@ -61,7 +62,9 @@ from coordcore.client._common import (
     parse_watch_event,
     release_args,
     sem_args,
+    session_id_of,
     stray_holds,
+    stray_waiters,
     ttl_arg,
 )
 from coordcore.client._wire import Arg, Endpoint, error_from_reply, new_reader, pack, parse_endpoint
@@ -166,6 +169,9 @@ class Client:
         #: Tokens this client holds, per (session, key): to tell a lost grant from ours.
         self._held: dict[tuple[int, bytes], set[int]] = {}
         self._inflight: dict[tuple[int, bytes], int] = {}
+        #: Keys whose acquire broke off with its connection, per (session, key): what the
+        #: server may still hold or queue for us is settled once it can be reached.
+        self._unsettled: dict[tuple[int, bytes], tuple[str | bytes, GrantKind]] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -282,8 +288,9 @@ class Client:
     def session(self, ttl: float | None = None, *, keepalive: bool = True) -> Session:
         ttl = self.default_ttl if ttl is None else ttl
         sent = time.monotonic()
-        sid = int(self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
-        session = Session(self, sid, ttl, keepalive=keepalive, opened_at=sent)
+        credential = bytes(self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
+        sid = session_id_of(credential)
+        session = Session(self, sid, credential, ttl, keepalive=keepalive, opened_at=sent)
         with self._lock:
             self._sessions[sid] = session
             if keepalive and self._keeper is None:
@@ -320,6 +327,8 @@ class Client:
                         pass
                     except (ConnectionLost, OSError, ServiceClosed):
                         pass  # retried next round; the server's TTL is the judge
+                    else:
+                        self._settle(s)
                     due = s.last_keepalive + s.ttl / 3
                 wait = min(wait, max(0.01, due - time.monotonic()))
             self._wake.wait(wait)
@@ -350,34 +359,86 @@ class Client:
         self._checkin(conn)
         return reply
 
-    def _contend(self, args: list[Arg], key: str | bytes, sid: int, kind: GrantKind, timeout: float | None,
-                 shared: bool = False) -> Grant:
-        """A blocking acquire on a connection of its own; see AsyncClient._contend."""
-        k = (sid, key_bytes(key))
+    def _contend(self, make_args: Callable[[float | None, int], list[Arg]], key: str | bytes, s: Session,
+                 kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:
+        """A blocking acquire on a connection of its own. If the connection breaks while
+        it waits (a network fault, a server restart), it reconnects and retries with the
+        same request id, which re-attaches to the wait on the server; if it cannot, the
+        key is settled later (see :meth:`_settle`), so the caller never holds a lock it
+        was not told about."""
+        k = (s.id, key_bytes(key))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reqid = self._reqid()
+        give_up: float | None = None
+        delay = self.retry_delay
+        retried = False
         with self._lock:
             self._inflight[k] = self._inflight.get(k, 0) + 1
         try:
-            token = int(self._blocking(args, timeout))
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    token = int(self._blocking(make_args(left, reqid), left))
+                    break
+                except (ConnectionLost, OSError):
+                    now = time.monotonic()
+                    give_up = now + max(s.ttl, REATTACH_WINDOW) if give_up is None else give_up
+                    if self._closed or s.closed or now + delay > give_up \
+                            or (deadline is not None and now + delay >= deadline):
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    retried = True
+                except CoordcoreError as exc:
+                    if not (retried and exc.code == "NOTFOUND"):
+                        raise
+                    # The wait ended while we were away (withdrawn when the server saw
+                    # the connection go, or at its restart grace): queue again.
+                    reqid, retried = self._reqid(), False
         except (KeyboardInterrupt, ConnectionLost, OSError):
             with self._lock:
                 self._inflight[k] -= 1
-            self._reconcile(key, sid, kind)
+                self._unsettled[k] = (key, kind)
+            self._settle(s)
+            raise
+        except BaseException:
+            with self._lock:
+                self._inflight[k] -= 1
             raise
         with self._lock:
             self._inflight[k] -= 1
             self._held.setdefault(k, set()).add(token)
-        return Grant(key, token, sid, shared=shared, kind=kind)
+        return Grant(key, token, s.id, shared=shared, kind=kind)
 
-    def _reconcile(self, key: str | bytes, sid: int, kind: GrantKind) -> None:
-        k = (sid, key_bytes(key))
-        with contextlib.suppress(CoordcoreError, OSError):
+    def _settle(self, session: Session) -> None:
+        """Release the holds and withdraw the waits of ``session`` on keys whose acquire
+        broke off with its connection (a grant or wait the caller was never told of).
+        Called at once and after each keep-alive, until the server could be asked."""
+        with self._lock:
+            todo = [(k, v) for k, v in self._unsettled.items() if k[0] == session.id]
+        for k, (key, kind) in todo:
+            if self._reconcile(key, session, kind):
+                with self._lock:
+                    self._unsettled.pop(k, None)
+
+    def _reconcile(self, key: str | bytes, session: Session, kind: GrantKind) -> bool:
+        """One settling pass on ``key``; False if it must be tried again later."""
+        k = (session.id, key_bytes(key))
+        try:
             with self._lock:
                 if self._inflight.get(k):
-                    return
+                    return False  # an acquire of ours on this key is in flight: do not guess
                 known = set(self._held.get(k, set()))
             info = parse_lock_info(self.execute(INFO_COMMAND[kind], key))
-            for token in stray_holds(info, sid, known):
-                self.execute(RELEASE_COMMAND[kind], key, sid, "TOKEN", token, "REQID", self._reqid())
+            for token in stray_holds(info, session.id, known):
+                self.execute(RELEASE_COMMAND[kind], key, session.credential, "TOKEN", token, "REQID", self._reqid())
+            for ticket in stray_waiters(info, session.id):
+                self.execute("LOCK.CANCEL", key, session.credential, "TICKET", ticket, "REQID", self._reqid())
+            return True
+        except SessionExpired:
+            return True  # the session took everything with it
+        except (CoordcoreError, OSError):
+            return False
 
     def _session_for(self, session: Session | None, ttl: float | None) -> Session:
         return session if session is not None else self._default_session(ttl)
@@ -396,13 +457,13 @@ class Client:
     def acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
                 shared: bool = False, timeout: float | None = None) -> Grant:
         s = self._session_for(session, ttl)
-        args = acquire_args("LOCK.ACQUIRE", key, s.id, shared, timeout) + ["REQID", self._reqid()]
-        return self._contend(args, key, s.id, "lock", timeout, shared)
+        return self._contend(lambda left, reqid: acquire_args("LOCK.ACQUIRE", key, s.credential, shared, left)
+                             + ["REQID", reqid], key, s, "lock", timeout, shared)
 
     def try_acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
                     shared: bool = False) -> Grant | None:
         s = self._session_for(session, ttl)
-        args: list[Arg] = ["LOCK.TRY", key, s.id]
+        args: list[Arg] = ["LOCK.TRY", key, s.credential]
         if shared:
             args.append("SHARED")
         token = self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
@@ -415,10 +476,18 @@ class Client:
     def release(self, grant: Grant) -> None:
         """Release a lock, semaphore permit or leadership (by its token)."""
         try:
-            self.execute(*release_args(grant, self._reqid()))  # retried with the same REQID
+            # retried with the same REQID
+            self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
         finally:
             with self._lock:
                 self._held.get((grant.session, key_bytes(grant.key)), set()).discard(grant.token)
+
+    def _credential(self, sid: int) -> bytes:
+        with self._lock:
+            session = self._sessions.get(sid)
+        if session is None:
+            raise SessionExpired(f"session {sid} is not open in this client (closed or expired)")
+        return session.credential
 
     def lock_info(self, key: str | bytes) -> LockInfo:
         return parse_lock_info(self.execute("LOCK.INFO", key))
@@ -426,8 +495,8 @@ class Client:
     def acquire_semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
                           session: Session | None = None, timeout: float | None = None) -> Grant:
         s = self._session_for(session, ttl)
-        args = sem_args(name, s.id, permits, timeout) + ["REQID", self._reqid()]
-        return self._contend(args, name, s.id, "semaphore", timeout)
+        return self._contend(lambda left, reqid: sem_args(name, s.credential, permits, left) + ["REQID", reqid],
+                             name, s, "semaphore", timeout)
 
     @contextlib.contextmanager
     def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
@@ -488,10 +557,12 @@ class Watch:
 class Session:
     """A server-side session (lease) kept alive by the client's background thread."""
 
-    def __init__(self, client: Client, sid: int, ttl: float, *, keepalive: bool,
+    def __init__(self, client: Client, sid: int, credential: bytes, ttl: float, *, keepalive: bool,
                  opened_at: float | None = None) -> None:
         self.client = client
         self.id = sid
+        #: ``b"<id>.<secret>"``: what acts for this session (the id alone is public).
+        self.credential = credential
         self.ttl = ttl
         self.keepalive_enabled = keepalive
         self.expired = False
@@ -503,7 +574,7 @@ class Session:
     def keepalive(self) -> None:
         sent = time.monotonic()
         try:
-            self.client.execute("SESSION.KEEPALIVE", self.id)
+            self.client.execute("SESSION.KEEPALIVE", self.credential)
         except SessionExpired:
             self.expired = True
             raise
@@ -516,7 +587,7 @@ class Session:
         with self.client._lock:
             self.client._sessions.pop(self.id, None)
         with contextlib.suppress(SessionExpired):
-            self.client.execute("SESSION.CLOSE", self.id)
+            self.client.execute("SESSION.CLOSE", self.credential)
 
     def __enter__(self) -> Session:
         return self
@@ -538,8 +609,9 @@ class SyncElection(Election):
     def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
         s = self.client._session_for(self.session, self.ttl)
         self.session = s
-        args = campaign_args(self.name, s.id, value, timeout) + ["REQID", self.client._reqid()]
-        self.grant = self.client._contend(args, self.name, s.id, "election", timeout)
+        self.grant = self.client._contend(
+            lambda left, reqid: campaign_args(self.name, s.credential, value, left) + ["REQID", reqid],
+            self.name, s, "election", timeout)
         return self.grant
 
     def _leadership(self) -> Grant:
@@ -549,7 +621,8 @@ class SyncElection(Election):
 
     def proclaim(self, value: str | bytes) -> int:
         g = self._leadership()
-        return int(self.client.execute("ELECT.PROCLAIM", self.name, g.session, value, "TOKEN", g.token,
+        return int(self.client.execute("ELECT.PROCLAIM", self.name, self.client._credential(g.session), value,
+                                       "TOKEN", g.token,
                                        "REQID", self.client._reqid()))
 
     def resign(self) -> None:

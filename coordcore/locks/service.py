@@ -67,9 +67,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import hashlib
 import logging
 import math
 import os
+import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
@@ -92,6 +94,7 @@ from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability, Tor
 from coordcore._native import require
 from coordcore.locks.machine import (
     BATCH_HEADER_SIZE,
+    MAX_TIMEOUT_MS,
     MAX_TTL_MS,
     BatchBuilder,
     Contender,
@@ -129,6 +132,11 @@ GrantKind = Literal["lock", "shared", "semaphore", "leader"]
 MAX_BATCH: Final = 16_384
 #: How many events a watch buffers for a slow reader before it is stopped (WatchLagged).
 DEFAULT_WATCH_BUFFER: Final = 10_000
+#: Seconds a waiter recovered from the log waits for its client to re-attach.
+DEFAULT_WAITER_GRACE: Final = 5.0
+#: Bytes of a session credential's secret (from ``secrets``).
+SECRET_BYTES: Final = 16
+_HEX: Final = frozenset(b"0123456789abcdef")
 
 _WAITING: Final = int(Status.WAITING)
 
@@ -213,7 +221,7 @@ class _Request:
     """
 
     __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "service", "key", "sid",
-                 "timer")
+                 "timer", "timeout_error")
 
     def __init__(self, add: Callable[[BatchBuilder], int] | None, parks: bool,
                  future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None) -> None:
@@ -231,6 +239,9 @@ class _Request:
         self.timer: asyncio.TimerHandle | None = None
         self.key: Key = b""
         self.sid = 0
+        #: What the caller gets if the machine withdraws the wait at its deadline (the
+        #: TIMEOUT that rides in the log) before the service's own timer does it.
+        self.timeout_error: BaseException | None = None
 
     def on_done(self, fut: asyncio.Future[Any]) -> None:
         """The future's done callback of a parking request of a server (a bound method:
@@ -343,9 +354,13 @@ class Session:
     resolves (with ``"closed"``, ``"expired"`` or ``"service closed"``) when it ends.
     """
 
-    def __init__(self, service: LockService, session_id: int, ttl: float, keepalive: bool) -> None:
+    def __init__(self, service: LockService, session_id: int, ttl: float, keepalive: bool,
+                 credential: bytes = b"") -> None:
         self.id = session_id
         self.ttl = ttl
+        #: ``b"<id>.<secret>"``: what a server's client presents to act for this session
+        #: (the id alone is public; empty for a handle made by :meth:`LockService.session`).
+        self.credential = credential
         self._service = service
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._keepalive: asyncio.Task[None] | None = None
@@ -556,6 +571,22 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
+def _seconds_ms(name: str, seconds: float) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise WrongType(f"{name} must be a number of seconds, not {type(seconds).__name__}")
+    if not (0 <= seconds <= MAX_TIMEOUT_MS / 1000):
+        raise BadArgument(f"{name} must be in [0, {MAX_TIMEOUT_MS // 1000}] seconds, not {seconds!r}")
+    return math.ceil(seconds * 1000)
+
+
+def _wait_ms(timeout: float | None) -> int:
+    """The wait deadline an acquire carries into the log (0: none). Waits past the
+    longest the log takes (30 days) are not cut: only the service's timer ends them."""
+    if timeout is None:
+        return 0
+    return min(math.ceil(timeout * 1000), MAX_TIMEOUT_MS)
+
+
 def _ttl_ms(ttl: float) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise WrongType(f"ttl must be a number of seconds, not {type(ttl).__name__}")
@@ -651,6 +682,7 @@ class LockService:
         snapshot_every_records: int = 100_000,
         snapshot_every_bytes: int = 64 * 1024 * 1024,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        waiter_grace: float = DEFAULT_WAITER_GRACE,
     ) -> _Starter[LockService]:
         """Open (recovering) the durable service whose log lives in directory ``path``.
 
@@ -658,6 +690,10 @@ class LockService:
         ``durability="unsafe-no-fsync"`` skips fsync (tests and caches only).
         ``count_downtime=False`` resumes the clock where the last batch left it (see
         "Time" in the module docs); ``clock`` replaces the clock altogether (seconds).
+        Waiters recovered from the log have lost their callers: they are detached
+        (``DETACH``), so each is withdrawn ``waiter_grace`` seconds after the start
+        (released, if it was granted meanwhile) unless its client retries the acquire
+        with the same request id (a server's clients do when they reconnect).
         Raises :class:`~coordcore.errors.LogCorrupted` for a damaged log (other than a
         torn tail, which is cut off) and a clear ``OSError`` for an unusable path.
         """
@@ -677,10 +713,20 @@ class LockService:
             if chosen is None:
                 resume = not count_downtime and machine.time_ms > 0
                 chosen = _default_clock(machine.time_ms / 1000 if resume else None)
-            return cls(log=log, machine=machine, clock=chosen,
-                       tick_interval=tick_interval, snapshot_every_records=snapshot_every_records,
-                       snapshot_every_bytes=snapshot_every_bytes)
+            svc = cls(log=log, machine=machine, clock=chosen,
+                      tick_interval=tick_interval, snapshot_every_records=snapshot_every_records,
+                      snapshot_every_bytes=snapshot_every_bytes)
+            if machine.waiter_count:
+                try:
+                    detached = await svc._call(lambda b: b.detach(grace_ms))
+                except BaseException:
+                    await svc.close()
+                    raise
+                logger.info("%d waiters recovered without their callers: withdrawn in %.1f s unless "
+                            "their clients retry", detached.value, grace_ms / 1000)
+            return svc
 
+        grace_ms = _seconds_ms("waiter_grace", waiter_grace)
         return _Starter(start)
 
     @classmethod
@@ -800,9 +846,10 @@ class LockService:
         req.result = result
         req.service, req.key, req.sid = self, key, session_id
         fut.add_done_callback(req.on_done)
-        self._parked[result.aux] = req  # aux: the ticket of a waiting contender
+        self._park(result.aux, req)  # aux: the ticket of a waiting contender
         if timeout is not None:
             error = timeout_error if timeout_error is not None else LockTimeout(f"{key!r} not granted in time")
+            req.timeout_error = error
             req.timer = self._loop.call_later(max(0.0, timeout), self._wire_timed_out, req, error)
         return fut
 
@@ -813,7 +860,8 @@ class LockService:
         if req.future.done():
             return
         assert req.result is not None
-        self._parked.pop(req.result.aux, None)  # no grant reaches the future from now on
+        if self._parked.get(req.result.aux) is req:
+            del self._parked[req.result.aux]  # no grant reaches the future from now on
         withdraw = self._withdraw_result(req.result, req.key, req.sid)
 
         async def expire() -> None:
@@ -988,12 +1036,23 @@ class LockService:
         if req.applied is not None and not req.applied.done():
             req.applied.set_result(result)
         if req.parks and result.status == _WAITING:
-            self._parked[result.aux] = req  # aux: the ticket of a waiting contender
+            self._park(result.aux, req)  # aux: the ticket of a waiting contender
             return
         fut = req.future
         if not fut.done():
             encode = req.encode
             fut.set_result(result if encode is None else encode(result))
+
+    def _park(self, ticket: int, req: _Request) -> None:
+        """``req`` waits for the grant of ``ticket``. A request parked on it already was
+        the same acquire on a connection that has gone (this one is its client's retry,
+        which re-attached): it is superseded, not withdrawn."""
+        old = self._parked.get(ticket)
+        if old is not None and old is not req:
+            old.abandoned = True
+            if not old.future.done():
+                old.future.cancel()
+        self._parked[ticket] = req
 
     def _dispatch(self, events: list[Event]) -> None:
         ended: dict[int, str] = {}
@@ -1014,6 +1073,8 @@ class LockService:
                     if why == "expired":
                         _set_exception(req, SessionExpired(
                             f"session {ev.session} expired while waiting for {ev.key!r}"))
+                    elif why is None and req.timeout_error is not None:
+                        _set_exception(req, req.timeout_error)  # its TIMEOUT, withdrawn by the machine
                     else:
                         _set_exception(req, Cancelled(
                             f"the wait for {ev.key!r} was cancelled"
@@ -1104,10 +1165,44 @@ class LockService:
         background task extends it every ttl/3 until it is closed; its ``done`` future
         tells when it ends."""
         ttl_ms = _ttl_ms(ttl)
-        result = await self._call(lambda b: b.open_session(ttl_ms))
-        session = Session(self, result.session_id, ttl_ms / 1000.0, keepalive)
+        # The secret is chosen here, where the command is accepted; only its digest
+        # goes into the log (and so into every replica), never the secret.
+        secret = secrets.token_bytes(SECRET_BYTES)
+        digest = hashlib.sha256(secret).digest()
+        result = await self._call(lambda b: b.open_session(ttl_ms, digest=digest))
+        credential = b"%d.%s" % (result.session_id, secret.hex().encode())
+        session = Session(self, result.session_id, ttl_ms / 1000.0, keepalive, credential)
         self._sessions[session.id] = session
         return session
+
+    def verify_credential(self, credential: bytes) -> int:
+        """The id of the live session ``credential`` (``b"<id>.<secret hex>"``, what
+        :attr:`Session.credential` holds) belongs to, or 0: a wrong secret, a bare id, a
+        closed or expired session, or a session opened before credentials existed.
+
+        Checking before a command is queued is enough: session ids are never reused,
+        so a command checked against session ``n`` can only ever act on session ``n``."""
+        sid_text, dot, secret_hex = credential.partition(b".")
+        if not dot or len(secret_hex) != 2 * SECRET_BYTES or not sid_text.isdigit() or len(sid_text) > 19 \
+                or not _HEX.issuperset(secret_hex):
+            return 0  # one spelling only (lowercase hex), as the server's native lane reads it
+        secret = bytes.fromhex(secret_hex.decode("ascii"))
+        sid = int(sid_text)
+        return sid if self._machine.credential_matches(sid, hashlib.sha256(secret).digest()) else 0
+
+    def session_for_credential(self, credential: bytes) -> int:
+        """:meth:`verify_credential`, raising :class:`~coordcore.errors.SessionExpired`
+        with the reason when it is not a live session's credential."""
+        sid = self.verify_credential(credential)
+        if sid:
+            return sid
+        # Name the session by its public id only: never echo a secret.
+        text = credential.partition(b".")[0][:20].decode("ascii", "replace")
+        if credential.isdigit():
+            raise SessionExpired(f"session {text} needs its credential: pass the handle SESSION.OPEN "
+                                 "returned (<id>.<secret>), not the bare id")
+        raise SessionExpired(f"no live session {text} with that credential (never opened, closed, "
+                             "expired, or a wrong secret)")
 
     def session(self, session_id: int, *, keepalive: bool = False) -> Session:
         """A handle on an existing session by id (one opened before a restart, or by
@@ -1160,6 +1255,8 @@ class LockService:
         """Submit an acquire-like command (wait=True) and wait up to ``timeout`` for its
         grant; on timeout or cancellation withdraw it through the log."""
         req = self._submit(add, parks=True)
+        if timeout is not None:
+            req.timeout_error = LockTimeout(f"{kind} {key!r} not granted within {timeout} s")
         # The caller awaits the request's own future (one loop hop from commit to the
         # caller, which matters for batching); a timeout fails that future with
         # _TimedOut, a cancellation cancels it. Either way the request's committed
@@ -1175,7 +1272,9 @@ class LockService:
         except asyncio.CancelledError:
             # Cancelled while waiting, or granted in the same step as the cancellation:
             # withdraw in the background (a CANCEL also releases a grant that won).
-            self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
+            # Not when a retry of the same acquire took the wait over (_park).
+            if not req.abandoned:
+                self._track(asyncio.ensure_future(self._withdraw(req, key, sid)))
             raise
         finally:
             if timer is not None:
@@ -1209,7 +1308,8 @@ class LockService:
         if result.status not in (Status.OK, Status.WAITING):
             return
         ticket = result.ticket
-        self._parked.pop(ticket, None)
+        if self._parked.get(ticket) is req:
+            del self._parked[ticket]
         if not req.future.done():
             req.future.cancel()
         try:
@@ -1219,6 +1319,13 @@ class LockService:
         except CoordcoreError as exc:
             if exc.code != "NOTFOUND":
                 raise
+
+    async def cancel(self, key: Key, session: Session | int, ticket: int, *, request_id: int = 0) -> None:
+        """Withdraw the session's contender with ``ticket`` on ``key`` (a waiter leaves the
+        queue, a holder releases). Raises :class:`~coordcore.errors.CoordcoreError` with
+        code ``NOTFOUND`` if the session has no such contender."""
+        sid = self._sid(session)
+        await self._call(lambda b: b.cancel(sid, key, ticket, request_id=request_id))
 
     async def acquire(self, key: Key, session: Session | int, *, shared: bool = False,
                       timeout: float | None = None, label: str | bytes = b"",
@@ -1238,8 +1345,10 @@ class LockService:
             if grant is None:
                 raise LockTimeout(f"lock {key!r} is held or contended (timeout=0)")
             return grant
+        wait_ms = _wait_ms(t)
         return await self._contend(
-            lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=request_id),
+            lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=request_id,
+                                timeout_ms=wait_ms),
             key, sid, kind, t)
 
     async def _try(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
@@ -1299,8 +1408,10 @@ class LockService:
             if grant is None:
                 raise LockTimeout(f"semaphore {key!r} has no free permit (timeout=0)")
             return grant
+        wait_ms = _wait_ms(t)
         return await self._contend(
-            lambda b: b.sem_acquire(sid, key, permits, wait=True, value=label, request_id=request_id),
+            lambda b: b.sem_acquire(sid, key, permits, wait=True, value=label, request_id=request_id,
+                                    timeout_ms=wait_ms),
             key, sid, "semaphore", t)
 
     async def try_acquire_semaphore(self, key: Key, session: Session | int, permits: int, *,
@@ -1330,7 +1441,9 @@ class LockService:
             if grant is None:
                 raise LockTimeout(f"election {name!r} has a leader (timeout=0)")
             return grant
-        return await self._contend(lambda b: b.campaign(sid, name, value, wait=True, request_id=request_id),
+        wait_ms = _wait_ms(t)
+        return await self._contend(lambda b: b.campaign(sid, name, value, wait=True, request_id=request_id,
+                                                        timeout_ms=wait_ms),
                                    name, sid, "leader", t)
 
     async def proclaim(self, leadership: Grant, value: str | bytes, *, request_id: int = 0) -> int:

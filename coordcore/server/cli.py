@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--id-only", action="store_true", help="serve connection and ID.* commands only (no lock state)")
     a("--unsafe-no-fsync", action="store_true",
       help="do not fsync the lock log: acknowledged grants can be lost on a crash (tests, caches)")
+    a("--waiter-grace", type=float, default=d.waiter_grace,
+      help="seconds a waiter recovered at start waits for its client to re-attach (default %(default)s)")
     a("--log-format", choices=("kv", "json"), default=d.log_format)
     a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
     a("--announce-port", action="store_true", help=argparse.SUPPRESS)
@@ -46,7 +48,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         requirepass=args.requirepass if args.requirepass is not None else os.environ.get("COORDCORE_REQUIREPASS"),
         max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
         max_args=args.max_args, max_id_range=args.max_id_range, max_inflight=args.max_inflight, id_workers=args.id_workers,
-        id_only=args.id_only, fsync=not args.unsafe_no_fsync, log_format=args.log_format,
+        id_only=args.id_only, fsync=not args.unsafe_no_fsync, waiter_grace=args.waiter_grace,
+        log_format=args.log_format,
         log_level=args.log_level)
 
 

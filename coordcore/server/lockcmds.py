@@ -9,16 +9,28 @@ when the batch that grants it commits. If the connection goes while it waits, th
 wait is withdrawn through the log (a CANCEL, which also releases a grant that won the
 race), so a vanished client never ends up holding a lock it cannot know about.
 
+Sessions belong to their opener: ``SESSION.OPEN`` answers a *credential*, the handle
+``<id>.<secret>`` (128 random bits), and every command that acts for a session takes
+that handle where it says ``session`` below. The id alone (what ``LOCK.INFO``,
+``ELECT.LEADER`` and watches show) is public and acts for nobody: a bare id or a wrong
+secret gets ``-NOSESSION``. The log keeps only the secret's digest.
+
+A retried acquire (same ``REQID``) whose first attempt was left waiting re-attaches to
+that wait, e.g. after a reconnect or a server restart: it answers the token if the wait
+was granted meanwhile, or waits on. Waiters recovered at a restart are withdrawn (and
+released, if granted) after a grace of a few seconds unless their client retries so.
+
 Wire commands (``ms`` are milliseconds, ``ttl`` seconds; ``REQID n`` makes a retried
 request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the oldest)::
 
-    SESSION.OPEN ttl                       -> session id
+    SESSION.OPEN ttl                       -> session credential "<id>.<secret>"
     SESSION.KEEPALIVE session              -> deadline (ms, service clock)
     SESSION.CLOSE session                  -> OK
-    SESSION.INFO session                   -> map (ttl_ms, deadline_ms, contenders) | null
+    SESSION.INFO id                        -> map (ttl_ms, deadline_ms, contenders) | null (a read: the public id)
     LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n] [LABEL v]   -> token
     LOCK.TRY key session [SHARED] [REQID n] [LABEL v]                    -> token | null
     LOCK.RELEASE key session [TOKEN t] [REQID n]                         -> OK
+    LOCK.CANCEL key session TICKET t [REQID n]                           -> OK
     LOCK.INFO key                          -> map (key, kind, permits, mode, holders, waiters)
     SEM.ACQUIRE key session permits [TIMEOUT ms] [REQID n] [LABEL v]     -> token
     SEM.TRY key session permits [REQID n] [LABEL v]                      -> token | null
@@ -78,7 +90,8 @@ async def open_backend(server: Server) -> LockService:
     # count_downtime=False: a restart resumes the service clock where the last batch left
     # it, so sessions keep the TTL they had left and clients that reconnect within it
     # keep their locks (etcd renews leases on a new leader the same way).
-    svc = await LockService.open(path, durability=durability, count_downtime=False)
+    svc = await LockService.open(path, durability=durability, count_downtime=False,
+                                 waiter_grace=server.config.waiter_grace)
     svc.add_batch_listener(server.flush_dirty)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
@@ -117,6 +130,7 @@ def open_lane(server: Server) -> Any:
             return resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
 
     lane = _lw.WireLane(None, other, server.dirty)
+    lane.verify = svc.verify_credential
     svc.attach_wire(lane)
     return lane
 
@@ -147,8 +161,10 @@ def _key(value: bytes, what: str = "key") -> bytes:
     return value
 
 
-def _session(value: bytes) -> int:
-    return parse_int(value, "session", 1, _U63)
+def _session(conn: Connection, value: bytes) -> int:
+    """The session a command acts for, named by its credential (the handle SESSION.OPEN
+    answered); the bare public id is refused."""
+    return _svc(conn).session_for_credential(value)
 
 
 class _Options:
@@ -181,8 +197,8 @@ def _options(args: list[bytes], allowed: frozenset[bytes]) -> _Options:
             opts.timeout = parse_int(value, "TIMEOUT ms", 0, _MAX_TIMEOUT_MS) / 1000.0
         elif word == b"REQID":
             opts.request_id = parse_int(value, "REQID", 1, _U63)
-        elif word == b"TOKEN":
-            opts.token = parse_int(value, "TOKEN", 0, _U63)
+        elif word == b"TOKEN" or word == b"TICKET":
+            opts.token = parse_int(value, word.decode(), 0, _U63)
         elif word == b"LABEL":
             if len(value) > MAX_VALUE_SIZE:
                 raise BadArgument(f"LABEL must be at most {MAX_VALUE_SIZE} bytes")
@@ -218,19 +234,19 @@ def cmd_session_open(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
 
     async def run() -> bytes:
         session = await _svc(conn).open_session(ttl, keepalive=False)
-        return resp.encode_int(session.id)
+        return resp.encode_bulk(session.credential)
 
     return run()
 
 
 def cmd_session_keepalive(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 1, 1)
-    return _reply_int(_svc(conn).keepalive(_session(req[1])))
+    return _reply_int(_svc(conn).keepalive(_session(conn, req[1])))
 
 
 def cmd_session_close(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 1, 1)
-    return _ok(_svc(conn).close_session(_session(req[1])))
+    return _ok(_svc(conn).close_session(_session(conn, req[1])))
 
 
 def _contender(c: Contender, resp3: bool, key: bytes | None = None) -> bytes:
@@ -244,7 +260,7 @@ def _contender(c: Contender, resp3: bool, key: bytes | None = None) -> bytes:
 
 def cmd_session_info(conn: Connection, req: list[bytes]) -> bytes:
     require_args(req, 1, 1)
-    info = _svc(conn).session_info(_session(req[1]))
+    info = _svc(conn).session_info(parse_int(req[1].partition(b".")[0], "session id", 1, _U63))
     if info is None:
         return resp.encode_null(conn.resp3)
     return resp.encode_map([
@@ -312,7 +328,7 @@ def _error_reply(result: Result) -> bytes:
 
 def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
-    key, sid = _key(req[1]), _session(req[2])
+    key, sid = _key(req[1]), _session(conn, req[2])
     # (Without LABEL or TIMEOUT 0, with plain numbers and a connection with nothing else
     # in flight, it never gets here: the native lane takes it, see coordcore.server.protocol.
     # The same goes for SEM.ACQUIRE and the releases.)
@@ -340,7 +356,7 @@ async def _token_or_null(conn: Connection, awaitable: Awaitable[Grant | None]) -
 
 def cmd_lock_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
-    key, sid = _key(req[1]), _session(req[2])
+    key, sid = _key(req[1]), _session(conn, req[2])
     o = _options(req[3:], _TRY)
     return _token_or_null(conn, _svc(conn).try_acquire(key, sid, shared=o.shared, label=o.label,
                                                        request_id=o.request_id))
@@ -348,7 +364,7 @@ def cmd_lock_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
 
 def _release(conn: Connection, req: list[bytes], kind: Any) -> Awaitable[bytes]:
     require_args(req, 2)
-    key, sid = _key(req[1]), _session(req[2])
+    key, sid = _key(req[1]), _session(conn, req[2])
     o = _options(req[3:], _REL)
     grant = Grant(key, o.token, 0, sid, kind)
     return _ok(_svc(conn).release(grant, request_id=o.request_id))
@@ -356,10 +372,25 @@ def _release(conn: Connection, req: list[bytes], kind: Any) -> Awaitable[bytes]:
 
 def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 2)
-    key, sid = _key(req[1]), _session(req[2])
+    key, sid = _key(req[1]), _session(conn, req[2])
     o = _options(req[3:], _REL)
     token, rid = o.token, o.request_id
     return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
+
+
+_CANCEL = frozenset({b"TICKET", b"REQID"})
+
+
+def cmd_lock_cancel(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
+    """Withdraw one contender (by the ticket ``LOCK.INFO`` shows): a waiter leaves the
+    queue, a holder releases. Any kind of key. What a client that lost a connection
+    sends for a wait it gave up."""
+    require_args(req, 4)
+    key, sid = _key(req[1]), _session(conn, req[2])
+    o = _options(req[3:], _CANCEL)
+    if not o.token:
+        raise BadArgument("LOCK.CANCEL needs TICKET t")
+    return _ok(_svc(conn).cancel(key, sid, o.token, request_id=o.request_id))
 
 
 def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
@@ -392,7 +423,7 @@ def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
 
 def cmd_sem_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 3)
-    key, sid = _key(req[1]), _session(req[2])
+    key, sid = _key(req[1]), _session(conn, req[2])
     permits = parse_int(req[3], "permits", 1, 1_000_000)
     o = _options(req[4:], _SEM_ACQ)
 
@@ -406,7 +437,7 @@ def cmd_sem_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
 
 def cmd_sem_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 3)
-    key, sid = _key(req[1]), _session(req[2])
+    key, sid = _key(req[1]), _session(conn, req[2])
     permits = parse_int(req[3], "permits", 1, 1_000_000)
     o = _options(req[4:], _SEM_TRY)
     return _token_or_null(conn, _svc(conn).try_acquire_semaphore(key, sid, permits, label=o.label,
@@ -422,7 +453,7 @@ def cmd_sem_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
 
 def cmd_elect_campaign(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 3)
-    key, sid, value = _key(req[1], "election name"), _session(req[2]), req[3]
+    key, sid, value = _key(req[1], "election name"), _session(conn, req[2]), req[3]
     if len(value) > MAX_VALUE_SIZE:
         raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
     o = _options(req[4:], _CAMPAIGN)
@@ -436,7 +467,7 @@ def cmd_elect_campaign(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
 
 def cmd_elect_proclaim(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     require_args(req, 3)
-    key, sid, value = _key(req[1], "election name"), _session(req[2]), req[3]
+    key, sid, value = _key(req[1], "election name"), _session(conn, req[2]), req[3]
     if len(value) > MAX_VALUE_SIZE:
         raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
     o = _options(req[4:], _REL)
@@ -560,6 +591,7 @@ def lock_commands() -> dict[bytes, Handler]:
         b"LOCK.ACQUIRE": cmd_lock_acquire,
         b"LOCK.TRY": cmd_lock_try,
         b"LOCK.RELEASE": cmd_lock_release,
+        b"LOCK.CANCEL": cmd_lock_cancel,
         b"LOCK.INFO": cmd_key_info,
         b"SEM.ACQUIRE": cmd_sem_acquire,
         b"SEM.TRY": cmd_sem_try,

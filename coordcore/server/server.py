@@ -65,6 +65,9 @@ class ServerConfig:
     backlog: int = 1024
     #: Seconds a shutdown waits for parked requests before cancelling them.
     shutdown_grace: float = 2.0
+    #: Seconds a waiter recovered from the lock log (its client's connection died with
+    #: the previous process) waits for its client to retry and re-attach.
+    waiter_grace: float = 5.0
     log_format: str = "kv"
     log_level: str = "info"
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 from ccserver import ServerProc, inprocess_server, serve  # noqa: E402,F401 (serve is a fixture)
 
 from coordcore import AsyncClient, Client
-from coordcore.errors import LockTimeout, NotLockHolder, SessionExpired
+from coordcore.errors import Cancelled, LockTimeout, NotLockHolder, SessionExpired
 
 Serve = Callable[..., ServerProc]
 
@@ -82,9 +82,19 @@ def test_async_cancelled_acquire_leaves_nothing_held(run: Callable[..., Any], tm
             assert info.holders == [] and info.waiters == []
             # A grant whose reply was lost (simulated): reconciliation releases it.
             session = await b._default_session(None)
-            await b.execute("LOCK.ACQUIRE", "lost", session.id)
-            await b._reconcile("lost", session.id, "lock")
+            await b.execute("LOCK.ACQUIRE", "lost", session.credential)
+            assert await b._reconcile("lost", session, "lock")
             assert (await a.lock_info("lost")).holders == []
+            # A wait given up with its connection (simulated): reconciliation withdraws it.
+            g = await a.acquire("busy")
+            stray = asyncio.ensure_future(b.execute_blocking("LOCK.ACQUIRE", "busy", session.credential))
+            await asyncio.sleep(0.05)
+            assert [w.session for w in (await a.lock_info("busy")).waiters] == [session.id]
+            assert await b._reconcile("busy", session, "lock")
+            with pytest.raises(Cancelled):
+                await stray
+            assert (await a.lock_info("busy")).waiters == []
+            await a.release(g)
 
     run(main(), timeout=60)
 

@@ -201,7 +201,21 @@ def _lane(replies: dict[int, bytes | None] | None = None) -> tuple[lw.WireLane, 
 
     dirty: list[Any] = []
     lane = lw.WireLane(lambda: wakes.append(1), other, dirty)
+    lane.verify = _verify
     return lane, dirty, calls
+
+
+_SECRET = b"0123456789abcdef" * 2
+
+
+def _h(session: int) -> bytes:
+    """A session handle the test lane accepts."""
+    return b"%d.%s" % (session, _SECRET)
+
+
+def _verify(handle: bytes) -> int:
+    sid, _, secret = handle.partition(b".")
+    return int(sid) if secret == _SECRET else 0
 
 
 u63 = st.integers(1, 2**63 - 1)
@@ -234,7 +248,7 @@ def test_hot_commands_encode_as_batch_builder_does(cmds: list[tuple], prefix: by
         if swap:
             options.reverse()
         name = prefix + (b"ACQUIRE" if kind == "acq" else b"RELEASE")
-        wire.feed(_pack(name, key, b"%d" % session, *(w for o in options for w in o)))
+        wire.feed(_pack(name, key, _h(session), *(w for o in options for w in o)))
         assert wire.run_hot(lane, 100) == 1
         assert wire.outstanding == 1 and wire.parked == (kind == "acq") and wire.buffered == 0
     batch = lane.cut(1000)
@@ -272,8 +286,8 @@ def test_anything_else_is_left_for_the_command_table(req: list[bytes]) -> None:
 def test_run_hot_stops_after_an_acquire_and_at_its_limit() -> None:
     lane, _, _ = _lane()
     wire = lw.WireConn(_Owner("c"), 16, 4096)
-    rel = _pack(b"LOCK.RELEASE", b"a", b"1")
-    wire.feed(rel * 3 + _pack(b"LOCK.ACQUIRE", b"b", b"1") + rel + _pack(b"PING"))
+    rel = _pack(b"LOCK.RELEASE", b"a", _h(1))
+    wire.feed(rel * 3 + _pack(b"LOCK.ACQUIRE", b"b", _h(1)) + rel + _pack(b"PING"))
     assert wire.run_hot(lane, 2) == 2
     assert wire.run_hot(lane, 100) == 2 and wire.parked and wire.outstanding == 4
     assert wire.run_hot(lane, 100) == 0  # parked: nothing more until it is answered
@@ -291,8 +305,8 @@ def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
     lane, dirty, calls = _lane()
     o1, o2 = _Owner("one"), _Owner("two")
     w1, w2 = lw.WireConn(o1, 16, 4096), lw.WireConn(o2, 16, 4096)
-    w1.feed(_pack(b"LOCK.RELEASE", b"x", b"1") + _pack(b"LOCK.ACQUIRE", b"k", b"1"))  # not held: error
-    w2.feed(_pack(b"LOCK.ACQUIRE", b"k", b"2"))  # waits behind session 1
+    w1.feed(_pack(b"LOCK.RELEASE", b"x", _h(1)) + _pack(b"LOCK.ACQUIRE", b"k", _h(1)))  # not held: error
+    w2.feed(_pack(b"LOCK.ACQUIRE", b"k", _h(2)))  # waits behind session 1
     w1.run_hot(lane, 10)
     w2.run_hot(lane, 10)
     batch = lane.cut(100)
@@ -310,7 +324,7 @@ def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
     dirty.clear()
     calls.clear()
     w1.dirty = False
-    w1.feed(_pack(b"LOCK.ACQUIRE", b"free", b"1"))
+    w1.feed(_pack(b"LOCK.ACQUIRE", b"free", _h(1)))
     w1.run_hot(lane, 10)
     w1.closed = True
     w1.conn = None
@@ -328,7 +342,7 @@ def test_fail_answers_every_command() -> None:
     lane, dirty, calls = _lane()
     owner = _Owner("c")
     wire = lw.WireConn(owner, 16, 4096)
-    wire.feed(_pack(b"LOCK.RELEASE", b"a", b"1") + _pack(b"LOCK.ACQUIRE", b"b", b"1"))
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", _h(1)) + _pack(b"LOCK.ACQUIRE", b"b", _h(1)))
     assert wire.run_hot(lane, 10) == 2
     batch = lane.cut(10)
     assert batch is not None
@@ -338,7 +352,7 @@ def test_fail_answers_every_command() -> None:
     assert wire.take_output() == b"-OTHER 0\r\n-OTHER 1\r\n"
     assert (wire.outstanding, wire.parked) == (0, False)
     lane.closed = True
-    wire.feed(_pack(b"LOCK.RELEASE", b"a", b"1"))
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", _h(1)))
     assert wire.run_hot(lane, 10) == 0  # a closed lane takes nothing
 
 
@@ -347,13 +361,13 @@ def test_acquire_timeouts_ride_the_lane_with_their_clock() -> None:
 
     lane, _, calls = _lane()
     wire = lw.WireConn(_Owner("c"), 16, 4096)
-    wire.feed(_pack(b"LOCK.ACQUIRE", b"k", b"5", b"timeout", b"2592000000", b"SHARED", b"REQID", b"9"))
+    wire.feed(_pack(b"LOCK.ACQUIRE", b"k", _h(5), b"timeout", b"2592000000", b"SHARED", b"REQID", b"9"))
     assert wire.run_hot(lane, 10) == 1
     batch = lane.cut(10)
     assert batch is not None
-    assert batch.commands == _one(lambda b: b.acquire(5, b"k", shared=True, request_id=9))
+    assert batch.commands == _one(lambda b: b.acquire(5, b"k", shared=True, request_id=9, timeout_ms=2592000000))
     wire2 = lw.WireConn(_Owner("d"), 16, 4096)
-    wire2.feed(_pack(b"LOCK.ACQUIRE", b"k", b"5", b"TIMEOUT", b"250"))
+    wire2.feed(_pack(b"LOCK.ACQUIRE", b"k", _h(5), b"TIMEOUT", b"250"))
     assert wire2.run_hot(lane, 10) == 1
     time.sleep(0.05)
     batch = lane.cut(10)
@@ -368,7 +382,7 @@ def test_id_next_is_answered_natively_in_order() -> None:
     lane, _, _ = _lane()
     wire = lw.WireConn(_Owner("c"), 16, 4096)
     wire.id_next = lambda: next(ids)
-    wire.feed(_pack(b"ID.NEXT") + _pack(b"id.next") + _pack(b"LOCK.RELEASE", b"a", b"1") + _pack(b"ID.NEXT")
+    wire.feed(_pack(b"ID.NEXT") + _pack(b"id.next") + _pack(b"LOCK.RELEASE", b"a", _h(1)) + _pack(b"ID.NEXT")
               + _pack(b"PING"))
     assert wire.run_hot(lane, 10) == 3  # the second ID.NEXT waits: a release is in flight
     assert wire.take_output() == b":100\r\n:101\r\n"
@@ -379,10 +393,10 @@ def test_id_next_is_answered_natively_in_order() -> None:
     wire.feed(_pack(b"ID.NEXT") + _pack(b"ID.NEXT", b"x") + _pack(b"ID.NEXT"))
     assert wire.run_hot(None, 10) == 1 and wire.has_output
     assert wire.next_request() == [b"ID.NEXT", b"x"]  # arguments: the table's error to give
-    wire.feed(_pack(b"LOCK.RELEASE", b"a", b"1"))
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", _h(1)))
     assert wire.run_hot(None, 10) == 1 and wire.outstanding == 0
     assert wire.take_output() == b":102\r\n:103\r\n"
-    assert wire.next_request() == [b"LOCK.RELEASE", b"a", b"1"]
+    assert wire.next_request() == [b"LOCK.RELEASE", b"a", _h(1)]
 
 
 def test_a_failing_id_generator_leaves_the_request_to_the_table() -> None:
@@ -411,12 +425,12 @@ def test_semaphore_commands_encode_as_batch_builder_does(cmds: list[tuple]) -> N
         if acquire:
             if timeout:
                 options += [b"TIMEOUT", b"100"]
-            wire.feed(_pack(b"SEM.ACQUIRE", key, b"%d" % session, b"%d" % permits, *options))
-            b.sem_acquire(session, key, permits, request_id=request_id or 0)
+            wire.feed(_pack(b"SEM.ACQUIRE", key, _h(session), b"%d" % permits, *options))
+            b.sem_acquire(session, key, permits, request_id=request_id or 0, timeout_ms=100 if timeout else 0)
         else:
             if token is not None:
                 options += [b"TOKEN", b"%d" % token]
-            wire.feed(_pack(b"sem.release", key, b"%d" % session, *options))
+            wire.feed(_pack(b"sem.release", key, _h(session), *options))
             b.sem_release(session, key, token or 0, request_id=request_id or 0)
         assert wire.run_hot(lane, 10) == 1 and wire.parked == acquire
     batch = lane.cut(100)
@@ -424,3 +438,34 @@ def test_semaphore_commands_encode_as_batch_builder_does(cmds: list[tuple]) -> N
     assert lw.assemble(7, [batch.commands], batch.count) == b.build(7)
     whats = {batch.entry(i)[3] for i in range(batch.count)}
     assert whats == {"semaphore"}
+
+
+def test_hot_commands_need_a_handle_the_lock_service_accepts() -> None:
+    """A bare session id, a wrong secret or a malformed handle never enters the lane: the
+    command table answers it (-NOSESSION). An accepted handle is remembered per
+    connection, so the service checks it once, not per command."""
+    lane, _, _ = _lane()
+    checked: list[bytes] = []
+
+    def verify(handle: bytes) -> int:
+        checked.append(handle)
+        return _verify(handle)
+
+    lane.verify = verify
+    for bad in (b"1", b"1.", b"1." + b"0" * 31, b"1." + b"0" * 33, b"1." + b"A" * 32, b"0." + _SECRET,
+                b"x." + _SECRET, b"1.fedcba9876543210fedcba9876543210", b"1_0." + _SECRET):
+        wire = lw.WireConn(_Owner("c"), 16, 4096)
+        wire.feed(_pack(b"LOCK.RELEASE", b"a", bad))
+        assert wire.run_hot(lane, 10) == 0, bad
+        assert wire.next_request() == [b"LOCK.RELEASE", b"a", bad]
+    assert len(lane) == 0
+    checked.clear()
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", _h(7)) * 3 + _pack(b"LOCK.RELEASE", b"a", _h(8)))
+    assert wire.run_hot(lane, 10) == 4
+    assert checked == [_h(7), _h(8)]
+    # After another session's handle, a look-alike of the first with one byte changed
+    # is checked again (and refused), not taken from the memory.
+    forged = _h(7)[:-1] + b"0"
+    wire.feed(_pack(b"LOCK.RELEASE", b"a", forged))
+    assert wire.run_hot(lane, 10) == 0 and checked[-1] == forged

@@ -24,12 +24,17 @@ from coordcore.locks.fencing import FencedResource
 Serve = Callable[..., ServerProc]
 
 
+def _id(credential: bytes) -> int:
+    """The public id of a session credential (``<id>.<secret>``)."""
+    return int(credential.split(b".")[0])
+
+
 def test_redis_py_lock_commands(serve: Serve) -> None:
     srv = serve()
     r = redis.Redis(port=srv.port, protocol=3)
     s1 = r.execute_command("SESSION.OPEN", 10)
     s2 = r.execute_command("SESSION.OPEN", "2.5")
-    assert isinstance(s1, int) and s2 > s1
+    assert isinstance(s1, bytes) and _id(s2) > _id(s1)
     t1 = r.execute_command("LOCK.ACQUIRE", "jobs/1", s1)
     assert isinstance(t1, int) and t1 > 0
     assert r.execute_command("LOCK.TRY", "jobs/1", s2) is None
@@ -37,7 +42,7 @@ def test_redis_py_lock_commands(serve: Serve) -> None:
         r.execute_command("LOCK.ACQUIRE", "jobs/1", s2, "TIMEOUT", 50)
     info = r.execute_command("LOCK.INFO", "jobs/1")
     assert info[b"kind"] == b"lock" and info[b"mode"] == b"exclusive"
-    assert [h[b"session"] for h in info[b"holders"]] == [s1] and info[b"waiters"] == []
+    assert [h[b"session"] for h in info[b"holders"]] == [_id(s1)] and info[b"waiters"] == []
     with pytest.raises(redis.ResponseError, match="^NOTHOLDER"):
         r.execute_command("LOCK.RELEASE", "jobs/1", s2)
     assert r.execute_command("LOCK.RELEASE", "jobs/1", s1, "TOKEN", t1) == b"OK"
@@ -53,7 +58,7 @@ def test_redis_py_lock_commands(serve: Serve) -> None:
     with pytest.raises(redis.ResponseError, match="^BADARG"):
         r.execute_command("SEM.TRY", "pool", s2, 3)
     lead = r.execute_command("ELECT.CAMPAIGN", "leader", s1, "node-a")
-    assert r.execute_command("ELECT.LEADER", "leader") == {b"session": s1, b"value": b"node-a", b"token": lead}
+    assert r.execute_command("ELECT.LEADER", "leader") == {b"session": _id(s1), b"value": b"node-a", b"token": lead}
     assert r.execute_command("ELECT.PROCLAIM", "leader", s1, "node-a2") > lead
     assert r.execute_command("ELECT.LEADER", "leader")[b"value"] == b"node-a2"
     with pytest.raises(redis.ResponseError, match="^WRONGTYPE"):
@@ -104,10 +109,10 @@ def test_blocked_acquire_is_granted_on_release_and_on_expiry(serve: Serve) -> No
     a, b = Raw(srv.port), Raw(srv.port)
     s1, s2 = a.command("SESSION.OPEN", 10), a.command("SESSION.OPEN", 10)
     t1 = a.command("LOCK.ACQUIRE", "k", s1)
-    b.send(b"*3\r\n$12\r\nLOCK.ACQUIRE\r\n$1\r\nk\r\n$%d\r\n%d\r\n" % (len(str(s2)), s2))
+    b.send(b"*3\r\n$12\r\nLOCK.ACQUIRE\r\n$1\r\nk\r\n$%d\r\n%b\r\n" % (len(s2), s2))
     time.sleep(0.2)
     info = a.command("LOCK.INFO", "k")
-    assert [w[1 + w.index(b"session")] for w in info[info.index(b"waiters") + 1]] == [s2]
+    assert [w[1 + w.index(b"session")] for w in info[info.index(b"waiters") + 1]] == [_id(s2)]
     assert a.command("LOCK.RELEASE", "k", s1) == b"OK"
     t2 = b.read()
     assert t2 > t1
@@ -184,8 +189,8 @@ def test_server_kill9_restart_keeps_acknowledged_grants(serve: Serve, tmp_path: 
                     all_tokens.append(token)
             revision = raw.command("LOCKS.REVISION")
             # Unacknowledged requests in flight at the kill.
-            raw.send(b"".join(b"*3\r\n$8\r\nLOCK.TRY\r\n$2\r\nz%d\r\n$%d\r\n%d\r\n"
-                              % (j, len(str(sessions[0])), sessions[0]) for j in range(10)))
+            raw.send(b"".join(b"*3\r\n$8\r\nLOCK.TRY\r\n$2\r\nz%d\r\n$%d\r\n%b\r\n"
+                              % (j, len(sessions[0]), sessions[0]) for j in range(10)))
         srv.stop(signal.SIGKILL)
         srv = serve(data=data, port=port)
         with Raw(port) as raw:
@@ -195,7 +200,7 @@ def test_server_kill9_restart_keeps_acknowledged_grants(serve: Serve, tmp_path: 
                 holders = info[info.index(b"holders") + 1]
                 assert len(holders) == 1, (rnd, key, info)
                 h = holders[0]
-                assert h[h.index(b"session") + 1] == sid and h[h.index(b"token") + 1] == token
+                assert h[h.index(b"session") + 1] == _id(sid) and h[h.index(b"token") + 1] == token
             fresh = raw.command("SESSION.OPEN", 600)
             newer = raw.command("LOCK.TRY", b"fresh%d" % rnd, fresh)
             assert newer > max(all_tokens)
@@ -238,7 +243,8 @@ def test_bad_input_changes_no_state(serve: Serve) -> None:
             ("LOCK.ACQUIRE",), ("LOCK.ACQUIRE", "k"), ("LOCK.ACQUIRE", "k", "notanumber"),
             ("LOCK.ACQUIRE", "k", sid, "TIMEOUT"), ("LOCK.ACQUIRE", "k", sid, "TIMEOUT", -1),
             ("LOCK.ACQUIRE", "k", sid, "BOGUS"), ("LOCK.ACQUIRE", "", sid), ("LOCK.ACQUIRE", "k", 0),
-            ("LOCK.RELEASE", "held", sid + 1000), ("LOCK.RELEASE", "nothing", sid),
+            ("LOCK.RELEASE", "held", b"%d.%s" % (_id(sid) + 1000, sid.split(b".")[1])),
+            ("LOCK.RELEASE", "held", _id(sid)), ("LOCK.RELEASE", "nothing", sid),
             ("SESSION.OPEN", -1), ("SESSION.OPEN", "nan"), ("SESSION.OPEN", "1e99"), ("SESSION.KEEPALIVE", 999999),
             ("SEM.ACQUIRE", "s", sid, 0), ("SEM.ACQUIRE", "s", sid, "x"), ("ELECT.CAMPAIGN", "e", sid),
             ("ELECT.PROCLAIM", "e", sid, "v"), ("ELECT.RESIGN", "e", sid), ("LOCK.TRY", "held", sid, "SHARED", "x"),

@@ -35,6 +35,7 @@ __all__ = [
     "SessionExpired",
     "LockTimeout",
     "NotLockHolder",
+    "LimitExceeded",
     "LockConflict",
     "NotLeader",
     "Cancelled",
@@ -182,6 +183,13 @@ class LockConflict(CoordcoreError, RuntimeError):
     """The request conflicts with what the session already holds or waits for."""
 
     code = "CONFLICT"
+
+
+class LimitExceeded(CoordcoreError, RuntimeError):
+    """A configured bound was reached: sessions on the server, holds and waits of one
+    session, or items one reply may carry (page with the command's cursor instead)."""
+
+    code = "LIMIT"
 
 
 class NotLeader(CoordcoreError, RuntimeError):

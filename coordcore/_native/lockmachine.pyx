@@ -2079,12 +2079,14 @@ cdef class LockMachine:
         return (cp.session, cp.ticket, cp.token, cp.mode,
                 PyBytes_FromStringAndSize(<char *>cp.value, cp.vlen) if cp.vlen else b"")
 
-    def session(self, uint64_t session_id):
-        """(id, ttl, deadline, [(key, contender)...]) of a live session, or None."""
+    def session(self, uint64_t session_id, uint64_t after=0, uint32_t limit=0xFFFFFFFF):
+        """(id, ttl, deadline, [(key, contender)...], contender count) of a live session, or
+        None: at most ``limit`` contenders, in ticket order, from the first ticket above
+        ``after`` (a page: replies stay bounded whatever a session holds)."""
         with cython.critical_section(self):
-            return self._session(session_id)
+            return self._session(session_id, after, limit)
 
-    cdef object _session(self, uint64_t session_id):
+    cdef object _session(self, uint64_t session_id, uint64_t after, uint32_t limit):
         cdef uint32_t si = map_get(&self.st.ses_map, session_id) if session_id else NIL
         cdef uint32_t c
         cdef list items = []
@@ -2092,18 +2094,22 @@ cdef class LockMachine:
         if si == NIL:
             return None
         c = self.st.ses[si].c_head
-        while c != NIL:
+        while c != NIL and self.st.con[c].ticket <= after:
+            c = self.st.con[c].snext
+        while c != NIL and <uint32_t>len(items) < limit:
             ks = &self.st.keys[self.st.con[c].key]
             items.append((PyBytes_FromStringAndSize(<char *>ks.key, ks.klen), self._contender_tuple(c)))
             c = self.st.con[c].snext
-        return (self.st.ses[si].id, self.st.ses[si].ttl, self.st.ses[si].deadline, items)
+        return (self.st.ses[si].id, self.st.ses[si].ttl, self.st.ses[si].deadline, items,
+                self.st.ses[si].c_count)
 
-    def key_info(self, bytes key not None):
-        """(kind, permits, holders, waiters) of a key in use, or None."""
+    def key_info(self, bytes key not None, uint32_t limit=0xFFFFFFFF):
+        """(kind, permits, holders, waiters, holder count, waiter count) of a key in use,
+        or None; at most ``limit`` holders and ``limit`` waiters."""
         with cython.critical_section(self):
-            return self._key_info(key)
+            return self._key_info(key, limit)
 
-    cdef object _key_info(self, bytes key):
+    cdef object _key_info(self, bytes key, uint32_t limit):
         cdef uint32_t klen = <uint32_t>len(key)
         cdef const unsigned char *k = <const unsigned char *>PyBytes_AS_STRING(key)
         cdef uint32_t ki, c
@@ -2114,14 +2120,42 @@ cdef class LockMachine:
         if ki == NIL:
             return None
         c = self.st.keys[ki].h_head
-        while c != NIL:
+        while c != NIL and <uint32_t>len(holders) < limit:
             holders.append(self._contender_tuple(c))
             c = self.st.con[c].knext
         c = self.st.keys[ki].w_head
-        while c != NIL:
+        while c != NIL and <uint32_t>len(waiters) < limit:
             waiters.append(self._contender_tuple(c))
             c = self.st.con[c].knext
-        return (self.st.keys[ki].kind, self.st.keys[ki].permits, holders, waiters)
+        return (self.st.keys[ki].kind, self.st.keys[ki].permits, holders, waiters,
+                self.st.keys[ki].h_count, self.st.keys[ki].w_count)
+
+    def scan_keys(self, bytes prefix not None, uint64_t cursor, uint32_t count):
+        """One page of the keys in use that start with ``prefix``: ``(next cursor, keys)``,
+        unordered; cursor 0 starts, a next cursor of 0 says the scan is over. As Redis's
+        SCAN: a key in use for the whole scan comes back exactly once (a key keeps its
+        slot while it exists), one added or removed meanwhile may or may not. A page
+        looks at no more than ``8 * count`` slots, so its cost is bounded too."""
+        cdef list out = []
+        cdef uint64_t i = cursor
+        cdef uint64_t budget = <uint64_t>count * 8 if count else 8
+        cdef uint32_t plen = <uint32_t>len(prefix)
+        cdef const unsigned char *pp = <const unsigned char *>PyBytes_AS_STRING(prefix)
+        with cython.critical_section(self):
+            while i < self.st.key_cap and budget and <uint32_t>len(out) < count:
+                if self.st.keys[i].used and self.st.keys[i].klen >= plen \
+                        and memcmp(self.st.keys[i].key, pp, plen) == 0:
+                    out.append(PyBytes_FromStringAndSize(<char *>self.st.keys[i].key, self.st.keys[i].klen))
+                i += 1
+                budget -= 1
+            return (i if i < self.st.key_cap else 0, out)
+
+    def contender_count(self, uint64_t session_id):
+        """How many holds and waits a live session has (0 if none or no such session)."""
+        cdef uint32_t si
+        with cython.critical_section(self):
+            si = map_get(&self.st.ses_map, session_id) if session_id else NIL
+            return 0 if si == NIL else self.st.ses[si].c_count
 
     def keys(self, bytes prefix not None):
         """The keys in use that start with ``prefix``, sorted."""

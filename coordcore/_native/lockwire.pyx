@@ -74,6 +74,10 @@ cdef enum:
     # a session handle: decimal id (at most 19 digits), '.', 32 lowercase hex digits
     SECRET_HEX = 32
     MAX_HANDLE = 52
+    # hot commands on a remembered handle before the lock service is asked again (it
+    # also bounds a session's holds and waits: so the bound is passed by at most this
+    # many per connection)
+    HANDLE_USES = 64
 
 #: The reply kinds of hot commands (``WireBatch.entry``): an acquire answers with its
 #: token, a release with ``+OK``.
@@ -376,6 +380,7 @@ cdef class WireConn:
     cdef unsigned char handle[MAX_HANDLE]
     cdef Py_ssize_t handle_len
     cdef uint64_t handle_sid
+    cdef Py_ssize_t handle_uses
 
     def __init__(self, conn, Py_ssize_t max_args, Py_ssize_t max_request_bytes):
         if max_args < 1 or max_request_bytes < 1:
@@ -504,10 +509,11 @@ cdef class WireConn:
         cdef Py_ssize_t i
         if not _handle(p, n, &parsed):
             return False
-        if n == self.handle_len and parsed == self.handle_sid:
+        if n == self.handle_len and parsed == self.handle_sid and self.handle_uses < HANDLE_USES:
             for i in range(n):  # the same time wherever the bytes differ
                 diff |= p[i] ^ self.handle[i]
             if diff == 0:
+                self.handle_uses += 1
                 sid[0] = parsed
                 return True
         if lane.verify is None or lane.verify(PyBytes_FromStringAndSize(<const char *>p, n)) != parsed:
@@ -515,6 +521,7 @@ cdef class WireConn:
         memcpy(self.handle, p, <size_t>n)
         self.handle_len = n
         self.handle_sid = parsed
+        self.handle_uses = 0
         sid[0] = parsed
         return True
 

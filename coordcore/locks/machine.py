@@ -257,6 +257,16 @@ MAX_BATCH_COMMANDS = 1 << 20
 REQUEST_WINDOW = 128
 
 _U64 = 2**64 - 1
+_U32 = 2**32 - 1
+
+
+def _prefix(prefix: object) -> bytes:
+    if isinstance(prefix, str):
+        return prefix.encode()
+    if isinstance(prefix, (bytes, bytearray, memoryview)):
+        return bytes(prefix)
+    # bytes(n) of an int would be n zero bytes (a MemoryError for a large n)
+    raise WrongType(f"prefix must be str or bytes, not {type(prefix).__name__}")
 
 
 class Op(IntEnum):
@@ -519,6 +529,9 @@ class KeyInfo(NamedTuple):
     permits: int
     holders: tuple[Contender, ...]
     waiters: tuple[Contender, ...]
+    #: All of them (``holders``/``waiters`` may be the first page).
+    holder_count: int = 0
+    waiter_count: int = 0
 
 
 class SessionInfo(NamedTuple):
@@ -528,6 +541,8 @@ class SessionInfo(NamedTuple):
     ttl_ms: int
     deadline_ms: int
     contenders: tuple[tuple[bytes, Contender], ...]
+    #: All its contenders (``contenders`` may be one page of them).
+    contender_count: int = 0
 
 
 class Command(NamedTuple):
@@ -983,23 +998,36 @@ class LockMachine:
         """The earliest session deadline (when the next tick has work), or None."""
         return self._m.next_deadline()
 
-    def session(self, session_id: int) -> SessionInfo | None:
-        """A live session's TTL, deadline and contenders, or None."""
-        t = self._m.session(_int("session_id", session_id, 0, _U64))
+    def session(self, session_id: int, *, after: int = 0, limit: int = _U32) -> SessionInfo | None:
+        """A live session's TTL, deadline and contenders, or None: at most ``limit``
+        contenders, in ticket order, from the first ticket above ``after`` (pages)."""
+        t = self._m.session(_int("session_id", session_id, 0, _U64), _int("after", after, 0, _U64),
+                            _int("limit", limit, 0, _U32))
         if t is None:
             return None
-        sid, ttl, deadline, items = t
-        return SessionInfo(sid, ttl, deadline, tuple((k, _contender(c)) for k, c in items))
+        sid, ttl, deadline, items, total = t
+        return SessionInfo(sid, ttl, deadline, tuple((k, _contender(c)) for k, c in items), total)
 
-    def info(self, key: str | bytes) -> KeyInfo | None:
-        """A key's kind, permits, holders and waiters (LOCK.INFO), or None if unused."""
+    def info(self, key: str | bytes, *, limit: int = _U32) -> KeyInfo | None:
+        """A key's kind, permits, holders and waiters (LOCK.INFO), or None if unused; at
+        most ``limit`` holders and ``limit`` waiters (the counts are whole)."""
         k = _key(key)
-        t = self._m.key_info(k)
+        t = self._m.key_info(k, _int("limit", limit, 0, _U32))
         if t is None:
             return None
-        kind, permits, holders, waiters = t
+        kind, permits, holders, waiters, nh, nw = t
         return KeyInfo(k, kind, permits, tuple(map(_contender, holders)),
-                       tuple(map(_contender, waiters)))
+                       tuple(map(_contender, waiters)), nh, nw)
+
+    def scan_keys(self, prefix: str | bytes = b"", cursor: int = 0, count: int = 1000) -> tuple[int, list[bytes]]:
+        """One page of the keys in use under ``prefix`` (unordered): ``(next cursor,
+        keys)``; start with cursor 0, stop when the next cursor is 0 (Redis's SCAN
+        guarantees: a key in use throughout comes back exactly once)."""
+        return self._m.scan_keys(_prefix(prefix), _int("cursor", cursor, 0, _U64), _int("count", count, 1, _U32))
+
+    def contender_count(self, session_id: int) -> int:
+        """How many holds and waits a live session has (0 if none)."""
+        return self._m.contender_count(_int("session_id", session_id, 0, _U64))
 
     def contenders(self, key: str | bytes) -> list[Contender]:
         """Holders (token order) then waiters (FIFO) of ``key`` (kazoo's ``contenders()``)."""
@@ -1014,14 +1042,9 @@ class LockMachine:
         return info.holders[0]
 
     def keys(self, prefix: str | bytes = b"") -> list[bytes]:
-        """The keys in use that start with ``prefix``, sorted."""
-        if isinstance(prefix, str):
-            p = prefix.encode()
-        elif isinstance(prefix, (bytes, bytearray, memoryview)):
-            p = bytes(prefix)
-        else:  # bytes(n) of an int would be n zero bytes (a MemoryError for a large n)
-            raise WrongType(f"prefix must be str or bytes, not {type(prefix).__name__}")
-        return self._m.keys(p)
+        """The keys in use that start with ``prefix``, sorted (all of them: for large
+        states page with :meth:`scan_keys`)."""
+        return self._m.keys(_prefix(prefix))
 
     def check_invariants(self) -> None:
         """Verify the internal structures and the lock rules (AssertionError if broken).

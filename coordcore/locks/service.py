@@ -82,6 +82,7 @@ from coordcore.errors import (
     BadArgument,
     Cancelled,
     CoordcoreError,
+    LimitExceeded,
     LockTimeout,
     LogCorrupted,
     NotLockHolder,
@@ -132,6 +133,9 @@ GrantKind = Literal["lock", "shared", "semaphore", "leader"]
 MAX_BATCH: Final = 16_384
 #: How many events a watch buffers for a slow reader before it is stopped (WatchLagged).
 DEFAULT_WATCH_BUFFER: Final = 10_000
+#: Default bounds: live sessions per service, and holds + waits per session.
+DEFAULT_MAX_SESSIONS: Final = 1_000_000
+DEFAULT_MAX_CONTENDERS_PER_SESSION: Final = 100_000
 #: Seconds a waiter recovered from the log waits for its client to re-attach.
 DEFAULT_WAITER_GRACE: Final = 5.0
 #: Bytes of a session credential's secret (from ``secrets``).
@@ -221,7 +225,7 @@ class _Request:
     """
 
     __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "service", "key", "sid",
-                 "timer", "timeout_error")
+                 "timer", "timeout_error", "counted")
 
     def __init__(self, add: Callable[[BatchBuilder], int] | None, parks: bool,
                  future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None) -> None:
@@ -242,6 +246,8 @@ class _Request:
         #: What the caller gets if the machine withdraws the wait at its deadline (the
         #: TIMEOUT that rides in the log) before the service's own timer does it.
         self.timeout_error: BaseException | None = None
+        #: The session whose bound of holds and waits counts this request until applied.
+        self.counted = 0
 
     def on_done(self, fut: asyncio.Future[Any]) -> None:
         """The future's done callback of a parking request of a server (a bound method:
@@ -665,6 +671,11 @@ class LockService:
         self._batch_listeners: list[Callable[[], None]] = []
         #: A server's native command lane (attach_wire), taken into every batch.
         self._lane: Any = None
+        #: Bounds checked where commands are accepted (not in the log, so replay never
+        #: depends on them): see :meth:`set_limits`.
+        self.max_sessions = DEFAULT_MAX_SESSIONS
+        self.max_contenders_per_session = DEFAULT_MAX_CONTENDERS_PER_SESSION
+        self._pending_contenders: dict[int, int] = {}
         self._writer = asyncio.ensure_future(self._write_loop())
         self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
 
@@ -797,7 +808,8 @@ class LockService:
         return req
 
     def submit_encoded(self, add: Callable[[BatchBuilder], int], encode: Callable[[Result], T], *,
-                       parks: bool = False, key: Key = b"", session_id: int = 0) -> asyncio.Future[T]:
+                       parks: bool = False, key: Key = b"", session_id: int = 0,
+                       contends: bool = False) -> asyncio.Future[T]:
         """Low level, for servers: queue one command (``add`` appends it to the batch's
         :class:`~coordcore.locks.machine.BatchBuilder`) and return a future of
         ``encode(result)``, set when its batch has committed (is on disk) and been
@@ -808,17 +820,23 @@ class LockService:
         Cancelling the future of a parked request withdraws it through the log, like a
         cancelled :meth:`acquire` (``key`` and ``session_id`` name it for the CANCEL).
         No task and no coroutine per request: the cheap path a server's hot commands use.
+        ``contends`` (an acquire-like command) holds it to the session's bound of holds
+        and waits (:meth:`set_limits`).
         """
         if self._closing:
             raise ServiceClosed("the lock service is closed" if self._failure is None else
                                 f"the lock service failed: {self._failure!r}") from self._failure
         fut: asyncio.Future[T] = self._loop.create_future()
+        if contends:
+            self._check_room(session_id)
         req = _Request(add, parks, fut, encode)
         if parks:
             req.service, req.key, req.sid = self, key, session_id
             fut.add_done_callback(req.on_done)
         self._queue.append(req)
         self._wakeup.set()
+        if contends:
+            self._count(req, session_id)
         return fut
 
     def attach_wire(self, lane: Any) -> None:
@@ -966,6 +984,8 @@ class LockService:
             try:
                 index = add(builder)
             except CoordcoreError as exc:
+                if req.counted:
+                    self._uncount(req)
                 _set_exception(req, exc)
                 continue
             if len(builder):
@@ -1033,6 +1053,8 @@ class LockService:
 
     def _resolve(self, req: _Request, result: Result) -> None:
         req.result = result
+        if req.counted:
+            self._uncount(req)
         if req.applied is not None and not req.applied.done():
             req.applied.set_result(result)
         if req.parks and result.status == _WAITING:
@@ -1158,6 +1180,44 @@ class LockService:
         self._sessions.clear()
         self._wakeup.set()
 
+    def set_limits(self, *, max_sessions: int | None = None, max_contenders_per_session: int | None = None) -> None:
+        """Bound the live sessions (an OPEN past it gets
+        :class:`~coordcore.errors.LimitExceeded`) and the holds + waits of one session
+        (an acquire, try or campaign past it likewise). They are checked when a command
+        is accepted, so commands already queued may pass a bound by their number."""
+        for name, value in (("max_sessions", max_sessions),
+                            ("max_contenders_per_session", max_contenders_per_session)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise BadArgument(f"{name} must be an int >= 1, not {value!r}")
+                setattr(self, name, value)
+
+    def _submit_counted(self, add: Callable[[BatchBuilder], int], sid: int, *, parks: bool) -> _Request:
+        """Submit an acquire-like command within the session's bound of holds and waits,
+        counting the ones accepted and not applied yet (a pipeline cannot slip past)."""
+        self._check_room(sid)
+        req = self._submit(add, parks=parks)
+        self._count(req, sid)
+        return req
+
+    def _check_room(self, sid: int) -> None:
+        if self._machine.contender_count(sid) + self._pending_contenders.get(sid, 0) \
+                >= self.max_contenders_per_session:
+            raise LimitExceeded(f"session {sid} holds or waits for {self.max_contenders_per_session} locks, "
+                                "the most one session may (release some first)")
+
+    def _count(self, req: _Request, sid: int) -> None:
+        req.counted = sid
+        self._pending_contenders[sid] = self._pending_contenders.get(sid, 0) + 1
+
+    def _uncount(self, req: _Request) -> None:
+        sid, req.counted = req.counted, 0
+        left = self._pending_contenders.get(sid, 0) - 1
+        if left > 0:
+            self._pending_contenders[sid] = left
+        else:
+            self._pending_contenders.pop(sid, None)
+
     # --- sessions --------------------------------------------------------------------
 
     async def open_session(self, ttl: float = 10.0, *, keepalive: bool = True) -> Session:
@@ -1165,6 +1225,8 @@ class LockService:
         background task extends it every ttl/3 until it is closed; its ``done`` future
         tells when it ends."""
         ttl_ms = _ttl_ms(ttl)
+        if self._machine.session_count >= self.max_sessions:
+            raise LimitExceeded(f"{self.max_sessions} sessions are open, the most this server takes")
         # The secret is chosen here, where the command is accepted; only its digest
         # goes into the log (and so into every replica), never the secret.
         secret = secrets.token_bytes(SECRET_BYTES)
@@ -1189,6 +1251,15 @@ class LockService:
         secret = bytes.fromhex(secret_hex.decode("ascii"))
         sid = int(sid_text)
         return sid if self._machine.credential_matches(sid, hashlib.sha256(secret).digest()) else 0
+
+    def admit_hot(self, credential: bytes) -> int:
+        """:meth:`verify_credential` for a server's native lane, which asks again every
+        few commands: 0 also when the session is at its bound of holds and waits (the
+        command then takes the general path, which answers why)."""
+        sid = self.verify_credential(credential)
+        if sid and self._machine.contender_count(sid) >= self.max_contenders_per_session:
+            return 0
+        return sid
 
     def session_for_credential(self, credential: bytes) -> int:
         """:meth:`verify_credential`, raising :class:`~coordcore.errors.SessionExpired`
@@ -1243,10 +1314,11 @@ class LockService:
         sid = self._sid(session)
         await self._call(lambda b: b.close_session(sid))
 
-    def session_info(self, session: Session | int) -> SessionInfo | None:
-        """The machine's view of a session (TTL, deadline, contenders), or None."""
+    def session_info(self, session: Session | int, *, after: int = 0, limit: int = 2**32 - 1) -> SessionInfo | None:
+        """The machine's view of a session (TTL, deadline, contenders), or None; at most
+        ``limit`` contenders from the first ticket above ``after`` (pages)."""
         sid = session.id if isinstance(session, Session) else session
-        return self._machine.session(sid)
+        return self._machine.session(sid, after=after, limit=limit)
 
     # --- acquiring ---------------------------------------------------------------------
 
@@ -1254,7 +1326,7 @@ class LockService:
                        kind: GrantKind, timeout: float | None) -> Grant:
         """Submit an acquire-like command (wait=True) and wait up to ``timeout`` for its
         grant; on timeout or cancellation withdraw it through the log."""
-        req = self._submit(add, parks=True)
+        req = self._submit_counted(add, sid, parks=True)
         if timeout is not None:
             req.timeout_error = LockTimeout(f"{kind} {key!r} not granted within {timeout} s")
         # The caller awaits the request's own future (one loop hop from commit to the
@@ -1294,6 +1366,8 @@ class LockService:
             except ValueError:
                 pass  # already in the batch being written: wait for its result
             else:
+                if req.counted:
+                    self._uncount(req)
                 req.future.cancel()  # never reached a batch: it never existed
                 return
             if req.applied is None:
@@ -1353,7 +1427,7 @@ class LockService:
 
     async def _try(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
                    kind: GrantKind) -> Grant | None:
-        result: Result = await self._submit(add).future
+        result: Result = await self._submit_counted(add, sid, parks=False).future
         if result.status == Status.BUSY:
             return None
         exc = result.exception()
@@ -1499,9 +1573,14 @@ class LockService:
         """Holders (token order) then waiters (FIFO) of ``key``: committed state."""
         return self._machine.contenders(key)
 
-    def info(self, key: Key) -> KeyInfo | None:
-        """A key's kind, permits, holders and waiters, or None if unused."""
-        return self._machine.info(key)
+    def info(self, key: Key, *, limit: int = 2**32 - 1) -> KeyInfo | None:
+        """A key's kind, permits, holders and waiters (at most ``limit`` of each; the
+        counts are whole), or None if unused."""
+        return self._machine.info(key, limit=limit)
+
+    def scan_keys(self, prefix: Key = b"", cursor: int = 0, count: int = 1000) -> tuple[int, list[bytes]]:
+        """One page of the keys in use under ``prefix``: see :meth:`LockMachine.scan_keys`."""
+        return self._machine.scan_keys(prefix, cursor, count)
 
     def keys(self, prefix: Key = b"") -> list[bytes]:
         """Keys in use that start with ``prefix``, sorted."""

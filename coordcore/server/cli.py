@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--id-only", action="store_true", help="serve connection and ID.* commands only (no lock state)")
     a("--unsafe-no-fsync", action="store_true",
       help="do not fsync the lock log: acknowledged grants can be lost on a crash (tests, caches)")
+    a("--max-sessions", type=int, default=d.max_sessions, help="live sessions (default %(default)s)")
+    a("--max-locks-per-session", type=int, default=d.max_locks_per_session,
+      help="holds and waits of one session (default %(default)s)")
+    a("--max-reply-items", type=int, default=d.max_reply_items,
+      help="keys or contenders one reply lists; more are paged (default %(default)s)")
     a("--waiter-grace", type=float, default=d.waiter_grace,
       help="seconds a waiter recovered at start waits for its client to re-attach (default %(default)s)")
     a("--log-format", choices=("kv", "json"), default=d.log_format)
@@ -49,6 +54,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
         max_args=args.max_args, max_id_range=args.max_id_range, max_inflight=args.max_inflight, id_workers=args.id_workers,
         id_only=args.id_only, fsync=not args.unsafe_no_fsync, waiter_grace=args.waiter_grace,
+        max_sessions=args.max_sessions, max_locks_per_session=args.max_locks_per_session,
+        max_reply_items=args.max_reply_items,
         log_format=args.log_format,
         log_level=args.log_level)
 

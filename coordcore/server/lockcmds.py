@@ -26,12 +26,14 @@ request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the old
     SESSION.OPEN ttl                       -> session credential "<id>.<secret>"
     SESSION.KEEPALIVE session              -> deadline (ms, service clock)
     SESSION.CLOSE session                  -> OK
-    SESSION.INFO id                        -> map (ttl_ms, deadline_ms, contenders) | null (a read: the public id)
+    SESSION.INFO id [AFTER t] [COUNT n]    -> map (ttl_ms, deadline_ms, contender_count, contenders,
+                                              next) | null (a read: by the public id; paged)
     LOCK.ACQUIRE key session [SHARED] [TIMEOUT ms] [REQID n] [LABEL v]   -> token
     LOCK.TRY key session [SHARED] [REQID n] [LABEL v]                    -> token | null
     LOCK.RELEASE key session [TOKEN t] [REQID n]                         -> OK
     LOCK.CANCEL key session TICKET t [REQID n]                           -> OK
-    LOCK.INFO key                          -> map (key, kind, permits, mode, holders, waiters)
+    LOCK.INFO key [COUNT n]                -> map (key, kind, permits, mode, holders, waiters,
+                                              holder_count, waiter_count; the first n of each)
     SEM.ACQUIRE key session permits [TIMEOUT ms] [REQID n] [LABEL v]     -> token
     SEM.TRY key session permits [REQID n] [LABEL v]                      -> token | null
     SEM.RELEASE key session [TOKEN t] [REQID n]                          -> OK
@@ -40,7 +42,8 @@ request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the old
     ELECT.PROCLAIM name session value [TOKEN t] [REQID n]                -> revision
     ELECT.RESIGN name session [TOKEN t] [REQID n]                        -> OK
     ELECT.LEADER name                      -> map (session, value, token) | null
-    LOCKS.KEYS [prefix]                    -> keys in use
+    LOCKS.KEYS [prefix]                    -> keys in use (LIMIT past max_reply_items)
+    LOCKS.SCAN cursor [MATCH prefix] [COUNT n] -> [next cursor, keys] (as Redis's SCAN)
     LOCKS.REVISION                         -> the last committed revision
     WATCH prefix / UNWATCH [prefix]        -> OK, then pushes
         >5 "watch" revision kind key {mode, session, ticket, token, value}
@@ -56,7 +59,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from coordcore._native import require
-from coordcore.errors import BadArgument, CoordcoreError, LockTimeout, WatchLagged
+from coordcore.errors import BadArgument, CoordcoreError, LimitExceeded, LockTimeout, WatchLagged
 from coordcore.locks.machine import (
     MAX_KEY_SIZE,
     MAX_VALUE_SIZE,
@@ -93,6 +96,8 @@ async def open_backend(server: Server) -> LockService:
     svc = await LockService.open(path, durability=durability, count_downtime=False,
                                  waiter_grace=server.config.waiter_grace)
     svc.add_batch_listener(server.flush_dirty)
+    svc.set_limits(max_sessions=server.config.max_sessions,
+                   max_contenders_per_session=server.config.max_locks_per_session)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
 
@@ -130,7 +135,7 @@ def open_lane(server: Server) -> Any:
             return resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
 
     lane = _lw.WireLane(None, other, server.dirty)
-    lane.verify = svc.verify_credential
+    lane.verify = svc.admit_hot
     svc.attach_wire(lane)
     return lane
 
@@ -258,16 +263,47 @@ def _contender(c: Contender, resp3: bool, key: bytes | None = None) -> bytes:
     return resp.encode_map(pairs, resp3)
 
 
+_PAGE = frozenset({b"AFTER", b"COUNT"})
+_COUNT = frozenset({b"COUNT"})
+#: Items a paged reply lists when the request does not say (COUNT).
+DEFAULT_PAGE = 1000
+
+
+def _page_options(conn: Connection, args: list[bytes], allowed: frozenset[bytes]) -> tuple[int, int]:
+    """``AFTER n`` and ``COUNT n`` (at most the server's max_reply_items)."""
+    after, count = 0, min(DEFAULT_PAGE, conn.config.max_reply_items)
+    if len(args) % 2:
+        raise BadArgument("options come in pairs: " + ", ".join(sorted(a.decode() for a in allowed)))
+    for word, value in zip(args[::2], args[1::2]):
+        w = word.upper()
+        if w not in allowed:
+            raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: "
+                              f"{', '.join(sorted(a.decode() for a in allowed))})")
+        if w == b"AFTER":
+            after = parse_int(value, "AFTER", 0, _U63)
+        else:
+            count = parse_int(value, "COUNT", 1, conn.config.max_reply_items)
+    return after, count
+
+
 def cmd_session_info(conn: Connection, req: list[bytes]) -> bytes:
-    require_args(req, 1, 1)
-    info = _svc(conn).session_info(parse_int(req[1].partition(b".")[0], "session id", 1, _U63))
+    """``SESSION.INFO id [AFTER ticket] [COUNT n]``: a page of the session's contenders
+    in ticket order (``next``: the AFTER of the next page, 0 at the end)."""
+    require_args(req, 1)
+    after, count = _page_options(conn, req[2:], _PAGE)
+    info = _svc(conn).session_info(parse_int(req[1].partition(b".")[0], "session id", 1, _U63),
+                                   after=after, limit=count)
     if info is None:
         return resp.encode_null(conn.resp3)
+    # A full page may have more behind it (the last page may then come back empty).
+    more = len(info.contenders) == count
     return resp.encode_map([
         (b"session", resp.encode_int(info.session_id)),
         (b"ttl_ms", resp.encode_int(info.ttl_ms)),
         (b"deadline_ms", resp.encode_int(info.deadline_ms)),
+        (b"contender_count", resp.encode_int(info.contender_count)),
         (b"contenders", resp.encode_array([_contender(c, conn.resp3, key) for key, c in info.contenders])),
+        (b"next", resp.encode_int(info.contenders[-1][1].ticket if more else 0)),
     ], conn.resp3)
 
 
@@ -339,7 +375,7 @@ def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
         shared, label, rid = o.shared, o.label, o.request_id
         return _svc(conn).submit_encoded(
             lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=rid),
-            _token_encoder(conn), parks=True, key=key, session_id=sid)
+            _token_encoder(conn), parks=True, key=key, session_id=sid, contends=True)
 
     async def run() -> bytes:
         grant = await _svc(conn).acquire(key, sid, shared=o.shared, timeout=o.timeout, label=o.label,
@@ -394,9 +430,12 @@ def cmd_lock_cancel(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
 
 
 def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
-    require_args(req, 1, 1)
+    """``LOCK.INFO key [COUNT n]``: holders and waiters, the first n of each, and how
+    many there are in all."""
+    require_args(req, 1)
     key = _key(req[1])
-    info = _svc(conn).info(key)
+    _, count = _page_options(conn, req[2:], _COUNT)
+    info = _svc(conn).info(key, limit=count)
     holders: tuple[Contender, ...] = ()
     waiters: tuple[Contender, ...] = ()
     if info is None:
@@ -415,6 +454,8 @@ def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
         (b"mode", resp.encode_bulk(mode)),
         (b"holders", resp.encode_array([_contender(c, conn.resp3) for c in holders])),
         (b"waiters", resp.encode_array([_contender(c, conn.resp3) for c in waiters])),
+        (b"holder_count", resp.encode_int(info.holder_count if info is not None else 0)),
+        (b"waiter_count", resp.encode_int(info.waiter_count if info is not None else 0)),
     ], conn.resp3)
 
 
@@ -493,9 +534,47 @@ def cmd_elect_leader(conn: Connection, req: list[bytes]) -> bytes:
 
 
 def cmd_keys(conn: Connection, req: list[bytes]) -> bytes:
+    """``LOCKS.KEYS [prefix]``: every key in use under prefix, sorted, while they are at
+    most max_reply_items; past that ``-LIMIT`` (page with LOCKS.SCAN)."""
     require_args(req, 0, 1)
     prefix = req[1] if len(req) > 1 else b""
-    return resp.encode_array([resp.encode_bulk(k) for k in _svc(conn).keys(prefix)])
+    limit = conn.config.max_reply_items
+    svc = _svc(conn)
+    keys: list[bytes] = []
+    cursor = 0
+    while True:  # pages, so a huge state never becomes one huge list
+        cursor, page = svc.scan_keys(prefix, cursor, 1000)
+        keys += page
+        if len(keys) > limit:
+            raise LimitExceeded(f"more than {limit} keys under {prefix[:64]!r}: page with LOCKS.SCAN")
+        if cursor == 0:
+            break
+    keys.sort()
+    return resp.encode_array([resp.encode_bulk(k) for k in keys])
+
+
+def cmd_scan(conn: Connection, req: list[bytes]) -> bytes:
+    """``LOCKS.SCAN cursor [MATCH prefix] [COUNT n]`` -> ``[next cursor, [keys]]``, as
+    Redis's SCAN: start at 0, stop when the next cursor is 0; a key in use throughout
+    the scan comes back exactly once. MATCH is a key prefix (no glob)."""
+    require_args(req, 1)
+    cursor = parse_int(req[1], "cursor", 0, _U63)
+    prefix, count = b"", min(DEFAULT_PAGE, conn.config.max_reply_items)
+    rest = req[2:]
+    if len(rest) % 2:
+        raise BadArgument("options come in pairs: MATCH prefix, COUNT n")
+    for word, value in zip(rest[::2], rest[1::2]):
+        w = word.upper()
+        if w == b"MATCH":
+            if len(value) > MAX_KEY_SIZE:
+                raise BadArgument(f"MATCH prefix must be at most {MAX_KEY_SIZE} bytes")
+            prefix = value
+        elif w == b"COUNT":
+            count = parse_int(value, "COUNT", 1, conn.config.max_reply_items)
+        else:
+            raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: COUNT, MATCH)")
+    nxt, keys = _svc(conn).scan_keys(prefix, cursor, count)
+    return resp.encode_array([resp.encode_bulk(b"%d" % nxt), resp.encode_array([resp.encode_bulk(k) for k in keys])])
 
 
 def cmd_revision(conn: Connection, req: list[bytes]) -> bytes:
@@ -602,6 +681,7 @@ def lock_commands() -> dict[bytes, Handler]:
         b"ELECT.RESIGN": cmd_elect_resign,
         b"ELECT.LEADER": cmd_elect_leader,
         b"LOCKS.KEYS": cmd_keys,
+        b"LOCKS.SCAN": cmd_scan,
         b"LOCKS.REVISION": cmd_revision,
         b"WATCH": cmd_watch,
         b"UNWATCH": cmd_unwatch,
@@ -614,4 +694,4 @@ def blocking_handlers() -> set[Handler]:
 
 
 def barrier_handlers() -> set[Handler]:
-    return {cmd_key_info, cmd_session_info, cmd_elect_leader, cmd_keys, cmd_revision}
+    return {cmd_key_info, cmd_session_info, cmd_elect_leader, cmd_keys, cmd_scan, cmd_revision}

@@ -68,6 +68,11 @@ class ServerConfig:
     #: Seconds a waiter recovered from the lock log (its client's connection died with
     #: the previous process) waits for its client to retry and re-attach.
     waiter_grace: float = 5.0
+    #: Live sessions, and holds + waits of one session (LIMIT past either).
+    max_sessions: int = 1_000_000
+    max_locks_per_session: int = 100_000
+    #: Most items (keys, contenders) one reply lists; more are paged (LOCKS.SCAN, COUNT).
+    max_reply_items: int = 10_000
     log_format: str = "kv"
     log_level: str = "info"
 
@@ -78,7 +83,8 @@ class ServerConfig:
             raise BadArgument(f"id_workers must be >= 1, got {self.id_workers}")
         if self.id_workers > 1 and self.port and self.port + self.id_workers - 1 > 65535:
             raise BadArgument("id_workers ports would run past 65535")
-        for name in ("max_connections", "max_request_bytes", "max_args", "max_output_bytes",
+        for name in ("max_connections", "max_request_bytes", "max_args", "max_output_bytes", "max_sessions",
+                     "max_locks_per_session", "max_reply_items",
                      "write_high_water", "max_id_range", "max_inflight", "backlog"):
             if getattr(self, name) < 1:
                 raise BadArgument(f"{name} must be >= 1")

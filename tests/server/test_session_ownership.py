@@ -180,6 +180,34 @@ def test_an_async_client_rides_out_a_server_kill_while_it_waits(serve: Serve, tm
     asyncio.run(main())
 
 
+def test_a_sync_client_rides_out_a_server_kill_while_it_waits(serve: Serve, tmp_path: Any) -> None:
+    import threading
+
+    from coordcore import Client
+
+    data = tmp_path / "d"
+    srv = serve(data=data)
+    port = srv.port
+    with Client(port=port) as holder, Client(port=port) as waiter:
+        g = holder.acquire("k", ttl=30)
+        got: list[Any] = []
+        t = threading.Thread(target=lambda: got.append(waiter.acquire("k", ttl=30, timeout=20)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while not holder.lock_info("k").waiters:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        srv.stop(signal.SIGKILL)
+        serve(data=data, port=port)
+        time.sleep(0.3)
+        assert t.is_alive()  # still waiting: the crash is invisible to the caller
+        holder.release(g)
+        t.join(15)
+        assert got and got[0].token > g.token
+        assert [h.token for h in holder.lock_info("k").holders] == [got[0].token]
+        waiter.release(got[0])
+
+
 def test_a_log_from_before_credentials_opens_and_its_sessions_are_nobodys(tmp_path: Any) -> None:
     """A lock log of format version 1 (sessions without credentials) still opens; its
     sessions can be used by no caller and simply expire."""

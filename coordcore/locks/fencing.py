@@ -55,13 +55,23 @@ V = TypeVar("V")
 Key = str | bytes
 
 
-def _check_args(key: object, token: object) -> None:
-    if not isinstance(key, (str, bytes)):
-        raise WrongType(f"a fenced key is str or bytes, not {type(key).__name__}")
+def _key(key: object) -> bytes:
+    """One key, however it is spelled: a ``str`` is its UTF-8 bytes, as for the lock
+    service (``"jobs/42"`` and ``b"jobs/42"`` are one lock, so they are one fence)."""
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    raise WrongType(f"a fenced key is str or bytes, not {type(key).__name__}")
+
+
+def _check_args(key: object, token: object) -> bytes:
+    k = _key(key)
     if isinstance(token, bool) or not isinstance(token, int):
         raise WrongType(f"a fencing token is an int, not {type(token).__name__}")
     if token < 0:
         raise BadArgument(f"a fencing token is >= 0, not {token}")
+    return k
 
 
 class FencedResource(Generic[V]):
@@ -69,7 +79,8 @@ class FencedResource(Generic[V]):
 
     A write with a token at least the newest seen for its key is admitted (the same
     holder may write many times with one token); an older token raises
-    :class:`~coordcore.errors.NotLockHolder` and changes nothing. Thread-safe.
+    :class:`~coordcore.errors.NotLockHolder` and changes nothing. A key given as ``str``
+    and as its UTF-8 ``bytes`` is the same key. Thread-safe.
 
     >>> r = FencedResource[int]()
     >>> r.check("k", 7); r.check("k", 7); r.newest("k")
@@ -78,49 +89,51 @@ class FencedResource(Generic[V]):
     Traceback (most recent call last):
     ...
     coordcore.errors.NotLockHolder: token 3 for 'k' is older than the newest seen (7): the writer lost its lock
-    >>> r.write("k", 9, 100); r.read("k"), r.newest("k"), r.newest("other")
+    >>> r.write("k", 9, 100); r.read("k"), r.newest(b"k"), r.newest("other")
     (100, 9, None)
     """
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._newest: dict[Key, int] = {}
-        self._values: dict[Key, V] = {}
+        self._newest: dict[bytes, int] = {}
+        self._values: dict[bytes, V] = {}
 
     def check(self, key: Key, token: int) -> None:
         """Admit ``token`` for ``key`` (and remember it if it is the newest) or raise
         :class:`~coordcore.errors.NotLockHolder` if a newer token was seen."""
-        _check_args(key, token)
+        k = _check_args(key, token)
         with self._mutex:
-            self._admit(key, token)
+            self._admit(k, token, key)
 
-    def _admit(self, key: Key, token: int) -> None:
+    def _admit(self, key: bytes, token: int, spelled: Key) -> None:
         newest = self._newest.get(key)
         if newest is not None and token < newest:
             raise NotLockHolder(
-                f"token {token} for {key!r} is older than the newest seen ({newest}): "
+                f"token {token} for {spelled!r} is older than the newest seen ({newest}): "
                 "the writer lost its lock")
         self._newest[key] = token
 
     def write(self, key: Key, token: int, value: V) -> None:
         """Check ``token`` and store ``value`` under ``key``, atomically."""
-        _check_args(key, token)
+        k = _check_args(key, token)
         with self._mutex:
-            self._admit(key, token)
-            self._values[key] = value
+            self._admit(k, token, key)
+            self._values[k] = value
 
     def read(self, key: Key) -> V:
         """The value last written under ``key`` (:class:`~coordcore.errors.NotFound` if none)."""
+        k = _key(key)
         with self._mutex:
             try:
-                return self._values[key]
+                return self._values[k]
             except KeyError:
                 raise NotFound(f"nothing was written under {key!r}") from None
 
     def newest(self, key: Key) -> int | None:
         """The newest token seen for ``key``, or None."""
+        k = _key(key)
         with self._mutex:
-            return self._newest.get(key)
+            return self._newest.get(k)
 
     def __len__(self) -> int:
         with self._mutex:

@@ -102,3 +102,19 @@ def test_paused_client_with_a_real_service(run: Run) -> None:
                 store.write("file", g1.token, "late v1")
             assert store.read("file") == "v2"
     run(main())
+
+
+def test_a_key_as_str_and_as_its_utf8_bytes_is_one_fence() -> None:
+    # Before: check("jobs/42", 9) then check(b"jobs/42", 3) was admitted, a fencing hole
+    # (the lock service treats both spellings as one lock).
+    from coordcore.errors import NotLockHolder
+    from coordcore.locks.fencing import FencedResource
+
+    r: FencedResource[str] = FencedResource()
+    r.check("jobs/42", 9)
+    with pytest.raises(NotLockHolder):
+        r.check(b"jobs/42", 3)
+    r.write("ключ", 5, "a")
+    with pytest.raises(NotLockHolder):
+        r.write("ключ".encode(), 4, "b")
+    assert r.read("ключ".encode()) == "a" and r.newest(b"jobs/42") == 9 and len(r) == 2

@@ -31,12 +31,6 @@ def session_id_of(credential: bytes) -> int:
     return int(sid)
 
 
-#: After a connection breaks under a waiting acquire, how long (seconds, at least) the
-#: client keeps reconnecting to re-attach to the wait (a server restart takes about a
-#: second; the server keeps a detached wait for a few).
-REATTACH_WINDOW = 5.0
-
-
 @dataclasses.dataclass(frozen=True)
 class Grant:
     """A held lock, semaphore permit or leadership. ``token`` is the fencing token:

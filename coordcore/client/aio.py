@@ -46,8 +46,6 @@ import hiredis
 
 from coordcore.client._common import (
     INFO_COMMAND,
-    REATTACH_WINDOW,
-    RELEASE_COMMAND,
     Election,
     Grant,
     GrantKind,
@@ -64,10 +62,9 @@ from coordcore.client._common import (
     release_args,
     sem_args,
     session_id_of,
-    stray_waiters,
-    stray_holds,
     ttl_arg,
 )
+from coordcore.client._core import Ledger, Reattach
 from coordcore.client._wire import Arg, Endpoint, error_from_reply, new_reader, pack, parse_endpoint
 from coordcore.errors import (
     BadArgument,
@@ -181,11 +178,8 @@ class AsyncClient:
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reqids = itertools.count(1)
-        #: Tokens this client holds, per (session, key): to tell a lost grant from ours.
-        self._held: dict[tuple[int, bytes], set[int]] = {}
-        #: Keys whose acquire broke off with its connection, per (session, key): see _settle.
-        self._unsettled: dict[tuple[int, bytes], tuple[str | bytes, GrantKind]] = {}
-        self._inflight: dict[tuple[int, bytes], int] = {}
+        #: What this client holds, acquires and must settle, per (session, key).
+        self._ledger = Ledger()
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -362,48 +356,36 @@ class AsyncClient:
                        s: AsyncSession, kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:
         """A blocking acquire on a connection of its own. If its connection breaks while
         it waits (a network fault, a server restart), it reconnects and retries with the
-        same request id, which re-attaches to the wait on the server. If it is cancelled,
-        or cannot get back, the server withdraws the wait, and what may still be held or
-        queued for it is settled once the server can be reached (see :meth:`_settle`), so
-        the caller never holds a lock it was not told about."""
-        k = (s.id, _kb(key))
+        same request id, which re-attaches to the wait on the server (see
+        :class:`~coordcore.client._core.Reattach`). If it is cancelled, or cannot get
+        back, the server withdraws the wait, and what may still be held or queued for
+        it is settled once the server can be reached (:meth:`_settle`), so the caller
+        never holds a lock it was not told about."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        reqid = self._reqid()
-        give_up: float | None = None
-        delay = self.retry_delay
-        retried = False
-        self._inflight[k] = self._inflight.get(k, 0) + 1
+        k = self._ledger.begin(s.id, key)
+        attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self._reqid(),
+                           now=loop.time())
         try:
             while True:
-                left = None if deadline is None else max(0.0, deadline - loop.time())
                 try:
-                    token = int(await self.execute_blocking(*make_args(left, reqid)))
+                    token = int(await self.execute_blocking(*make_args(attempt.left(loop.time()), attempt.reqid)))
                     break
                 except (ConnectionLost, OSError):
-                    now = loop.time()
-                    give_up = now + max(s.ttl, REATTACH_WINDOW) if give_up is None else give_up
-                    if self._closed or s.closed or now + delay > give_up \
-                            or (deadline is not None and now + delay >= deadline):
+                    delay = attempt.after_break(loop.time(), self._closed or s.closed)
+                    if delay is None:
                         raise
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-                    retried = True
                 except CoordcoreError as exc:
-                    if not (retried and exc.code == "NOTFOUND"):
+                    if not attempt.after_error(exc, self._reqid):
                         raise
-                    # The wait ended while we were away: queue again.
-                    reqid, retried = self._reqid(), False
         except (asyncio.CancelledError, ConnectionLost, OSError):
-            self._inflight[k] -= 1
-            self._unsettled[k] = (key, kind)
+            self._ledger.broke_off(k, key, kind)
             self._spawn(self._settle(s))
             raise
         except BaseException:
-            self._inflight[k] -= 1
+            self._ledger.failed(k)
             raise
-        self._inflight[k] -= 1
-        self._held.setdefault(k, set()).add(token)
+        self._ledger.granted(k, token)
         return Grant(key, token, s.id, shared=shared, kind=kind)
 
     async def _settle(self, session: AsyncSession) -> None:
@@ -411,27 +393,18 @@ class AsyncClient:
         broke off (a grant or wait the caller was never told of). Run at once and after
         each keep-alive, until the server could be asked."""
         await asyncio.sleep(0)
-        for k, (key, kind) in [(k, v) for k, v in self._unsettled.items() if k[0] == session.id]:
-            if await self._reconcile(key, session, kind):
-                self._unsettled.pop(k, None)
-
-    async def _reconcile(self, key: str | bytes, session: AsyncSession, kind: GrantKind) -> bool:
-        """One settling pass on ``key``; False if it must be tried again later."""
-        k = (session.id, _kb(key))
-        if self._inflight.get(k):
-            return False  # another acquire of ours on this key is in flight: do not guess
-        try:
-            info = parse_lock_info(await self.execute(INFO_COMMAND[kind], key))
-            for token in stray_holds(info, session.id, self._held.get(k, set())):
-                await self.execute(RELEASE_COMMAND[kind], key, session.credential, "TOKEN", token,
-                                   "REQID", self._reqid())
-            for ticket in stray_waiters(info, session.id):
-                await self.execute("LOCK.CANCEL", key, session.credential, "TICKET", ticket, "REQID", self._reqid())
-            return True
-        except SessionExpired:
-            return True  # the session took everything with it
-        except (CoordcoreError, OSError):
-            return False
+        for k, key, kind in self._ledger.unsettled(session.id):
+            if self._ledger.busy(k):
+                continue  # an acquire of ours on this key is in flight: do not guess
+            try:
+                info = parse_lock_info(await self.execute(INFO_COMMAND[kind], key))
+                for args in self._ledger.settle_commands(k, info, session.credential, kind, self._reqid):
+                    await self.execute(*args)
+            except SessionExpired:
+                pass  # the session took everything with it
+            except (CoordcoreError, OSError):
+                continue  # the next keep-alive tries again
+            self._ledger.settled(k)
 
     def _credential(self, sid: int) -> bytes:
         session = self._sessions.get(sid)
@@ -473,7 +446,7 @@ class AsyncClient:
         token = await self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
         if token is None:
             return None
-        self._held.setdefault((s.id, _kb(key)), set()).add(int(token))
+        self._ledger.hold(s.id, key, int(token))
         return Grant(key, int(token), s.id, shared=shared)
 
     async def release(self, grant: Grant) -> None:
@@ -482,7 +455,7 @@ class AsyncClient:
             # retried with the same REQID
             await self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
         finally:
-            self._held.get((grant.session, _kb(grant.key)), set()).discard(grant.token)
+            self._ledger.released(grant.session, grant.key, grant.token)
 
     async def lock_info(self, key: str | bytes) -> LockInfo:
         """Holders and waiters of a lock, semaphore or election key."""

@@ -45,8 +45,6 @@ import hiredis
 
 from coordcore.client._common import (
     INFO_COMMAND,
-    REATTACH_WINDOW,
-    RELEASE_COMMAND,
     Election,
     Grant,
     GrantKind,
@@ -56,17 +54,15 @@ from coordcore.client._common import (
     WatchEvent,
     acquire_args,
     campaign_args,
-    key_bytes,
     parse_leader,
     parse_lock_info,
     parse_watch_event,
     release_args,
     sem_args,
     session_id_of,
-    stray_holds,
-    stray_waiters,
     ttl_arg,
 )
+from coordcore.client._core import Ledger, Reattach
 from coordcore.client._wire import Arg, Endpoint, error_from_reply, new_reader, pack, parse_endpoint
 from coordcore.errors import (
     BadArgument,
@@ -166,12 +162,8 @@ class Client:
         self._keeper: threading.Thread | None = None
         self._wake = threading.Event()
         self._reqids = itertools.count(1)
-        #: Tokens this client holds, per (session, key): to tell a lost grant from ours.
-        self._held: dict[tuple[int, bytes], set[int]] = {}
-        self._inflight: dict[tuple[int, bytes], int] = {}
-        #: Keys whose acquire broke off with its connection, per (session, key): what the
-        #: server may still hold or queue for us is settled once it can be reached.
-        self._unsettled: dict[tuple[int, bytes], tuple[str | bytes, GrantKind]] = {}
+        #: What this client holds, acquires and must settle, per (session, key).
+        self._ledger = Ledger()
 
     def __enter__(self) -> Client:
         return self
@@ -363,82 +355,52 @@ class Client:
                  kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:
         """A blocking acquire on a connection of its own. If the connection breaks while
         it waits (a network fault, a server restart), it reconnects and retries with the
-        same request id, which re-attaches to the wait on the server; if it cannot, the
-        key is settled later (see :meth:`_settle`), so the caller never holds a lock it
-        was not told about."""
-        k = (s.id, key_bytes(key))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        reqid = self._reqid()
-        give_up: float | None = None
-        delay = self.retry_delay
-        retried = False
-        with self._lock:
-            self._inflight[k] = self._inflight.get(k, 0) + 1
+        same request id, which re-attaches to the wait on the server (see
+        :class:`~coordcore.client._core.Reattach`); if it cannot, the key is settled
+        later (:meth:`_settle`), so the caller never holds a lock it was not told about."""
+        k = self._ledger.begin(s.id, key)
+        attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self._reqid(),
+                           now=time.monotonic())
         try:
             while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                left = attempt.left(time.monotonic())
                 try:
-                    token = int(self._blocking(make_args(left, reqid), left))
+                    token = int(self._blocking(make_args(left, attempt.reqid), left))
                     break
                 except (ConnectionLost, OSError):
-                    now = time.monotonic()
-                    give_up = now + max(s.ttl, REATTACH_WINDOW) if give_up is None else give_up
-                    if self._closed or s.closed or now + delay > give_up \
-                            or (deadline is not None and now + delay >= deadline):
+                    delay = attempt.after_break(time.monotonic(), self._closed or s.closed)
+                    if delay is None:
                         raise
                     time.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-                    retried = True
                 except CoordcoreError as exc:
-                    if not (retried and exc.code == "NOTFOUND"):
+                    if not attempt.after_error(exc, self._reqid):
                         raise
-                    # The wait ended while we were away (withdrawn when the server saw
-                    # the connection go, or at its restart grace): queue again.
-                    reqid, retried = self._reqid(), False
         except (KeyboardInterrupt, ConnectionLost, OSError):
-            with self._lock:
-                self._inflight[k] -= 1
-                self._unsettled[k] = (key, kind)
+            self._ledger.broke_off(k, key, kind)
             self._settle(s)
             raise
         except BaseException:
-            with self._lock:
-                self._inflight[k] -= 1
+            self._ledger.failed(k)
             raise
-        with self._lock:
-            self._inflight[k] -= 1
-            self._held.setdefault(k, set()).add(token)
+        self._ledger.granted(k, token)
         return Grant(key, token, s.id, shared=shared, kind=kind)
 
     def _settle(self, session: Session) -> None:
         """Release the holds and withdraw the waits of ``session`` on keys whose acquire
         broke off with its connection (a grant or wait the caller was never told of).
         Called at once and after each keep-alive, until the server could be asked."""
-        with self._lock:
-            todo = [(k, v) for k, v in self._unsettled.items() if k[0] == session.id]
-        for k, (key, kind) in todo:
-            if self._reconcile(key, session, kind):
-                with self._lock:
-                    self._unsettled.pop(k, None)
-
-    def _reconcile(self, key: str | bytes, session: Session, kind: GrantKind) -> bool:
-        """One settling pass on ``key``; False if it must be tried again later."""
-        k = (session.id, key_bytes(key))
-        try:
-            with self._lock:
-                if self._inflight.get(k):
-                    return False  # an acquire of ours on this key is in flight: do not guess
-                known = set(self._held.get(k, set()))
-            info = parse_lock_info(self.execute(INFO_COMMAND[kind], key))
-            for token in stray_holds(info, session.id, known):
-                self.execute(RELEASE_COMMAND[kind], key, session.credential, "TOKEN", token, "REQID", self._reqid())
-            for ticket in stray_waiters(info, session.id):
-                self.execute("LOCK.CANCEL", key, session.credential, "TICKET", ticket, "REQID", self._reqid())
-            return True
-        except SessionExpired:
-            return True  # the session took everything with it
-        except (CoordcoreError, OSError):
-            return False
+        for k, key, kind in self._ledger.unsettled(session.id):
+            if self._ledger.busy(k):
+                continue  # an acquire of ours on this key is in flight: do not guess
+            try:
+                info = parse_lock_info(self.execute(INFO_COMMAND[kind], key))
+                for args in self._ledger.settle_commands(k, info, session.credential, kind, self._reqid):
+                    self.execute(*args)
+            except SessionExpired:
+                pass  # the session took everything with it
+            except (CoordcoreError, OSError):
+                continue  # the next keep-alive tries again
+            self._ledger.settled(k)
 
     def _session_for(self, session: Session | None, ttl: float | None) -> Session:
         return session if session is not None else self._default_session(ttl)
@@ -469,8 +431,7 @@ class Client:
         token = self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
         if token is None:
             return None
-        with self._lock:
-            self._held.setdefault((s.id, key_bytes(key)), set()).add(int(token))
+        self._ledger.hold(s.id, key, int(token))
         return Grant(key, int(token), s.id, shared=shared)
 
     def release(self, grant: Grant) -> None:
@@ -479,8 +440,7 @@ class Client:
             # retried with the same REQID
             self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
         finally:
-            with self._lock:
-                self._held.get((grant.session, key_bytes(grant.key)), set()).discard(grant.token)
+            self._ledger.released(grant.session, grant.key, grant.token)
 
     def _credential(self, sid: int) -> bytes:
         with self._lock:

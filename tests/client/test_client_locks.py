@@ -83,14 +83,17 @@ def test_async_cancelled_acquire_leaves_nothing_held(run: Callable[..., Any], tm
             # A grant whose reply was lost (simulated): reconciliation releases it.
             session = await b._default_session(None)
             await b.execute("LOCK.ACQUIRE", "lost", session.credential)
-            assert await b._reconcile("lost", session, "lock")
+            b._ledger.broke_off(b._ledger.begin(session.id, "lost"), "lost", "lock")
+            await b._settle(session)
+            assert b._ledger.unsettled(session.id) == []
             assert (await a.lock_info("lost")).holders == []
             # A wait given up with its connection (simulated): reconciliation withdraws it.
             g = await a.acquire("busy")
             stray = asyncio.ensure_future(b.execute_blocking("LOCK.ACQUIRE", "busy", session.credential))
             await asyncio.sleep(0.05)
             assert [w.session for w in (await a.lock_info("busy")).waiters] == [session.id]
-            assert await b._reconcile("busy", session, "lock")
+            b._ledger.broke_off(b._ledger.begin(session.id, "busy"), "busy", "lock")
+            await b._settle(session)
             with pytest.raises(Cancelled):
                 await stray
             assert (await a.lock_info("busy")).waiters == []

@@ -2,23 +2,55 @@
 
 The facade only re-exports; see the submodules for the details.
 """
-from coordcore.client import AsyncClient, Client
-from coordcore.errors import CoordcoreError
-from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
-from coordcore.locks import FencedResource, Grant, LockService, Session
-from coordcore.ring import (
-    BoundedLoadRing,
-    HashRing,
-    Rendezvous,
-    RingSnapshot,
-    hash64,
-    hash64_many,
-    jump_hash,
-    jump_hash_many,
-    moved_fraction,
-)
+import importlib as _importlib
+import typing as _typing
 
-__version__ = "0.1.0"
+from coordcore._version import __version__
+
+if _typing.TYPE_CHECKING:  # the names, for type checkers; at run time they load on first use
+    from coordcore.client import AsyncClient, Client
+    from coordcore.errors import CoordcoreError
+    from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
+    from coordcore.locks import FencedResource, Grant, LockService, Session
+    from coordcore.ring import (
+        BoundedLoadRing,
+        HashRing,
+        Rendezvous,
+        RingSnapshot,
+        hash64,
+        hash64_many,
+        jump_hash,
+        jump_hash_many,
+        moved_fraction,
+    )
+
+# Where each public name lives. Importing coordcore (or coordcore.errors, coordcore.ids)
+# loads only what is used: a process that makes IDs never imports the client or the
+# lock service.
+_HOME = {
+    "AsyncClient": "coordcore.client", "Client": "coordcore.client",
+    "CoordcoreError": "coordcore.errors",
+    "Layout": "coordcore.ids", "Snowflake": "coordcore.ids", "WorkerIdSource": "coordcore.ids",
+    "decode": "coordcore.ids",
+    "FencedResource": "coordcore.locks", "Grant": "coordcore.locks", "LockService": "coordcore.locks",
+    "Session": "coordcore.locks",
+    **{name: "coordcore.ring" for name in ("BoundedLoadRing", "HashRing", "Rendezvous", "RingSnapshot", "hash64",
+                                            "hash64_many", "jump_hash", "jump_hash_many", "moved_fraction")},
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'coordcore' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(home), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "CoordcoreError",

@@ -29,8 +29,8 @@ def test_facade_exports_exactly_all() -> None:
 
 
 def test_importing_without_the_extension_fails_plainly() -> None:
-    """With the compiled module hidden, importing the facade raises a clear ImportError
-    (no fallback to something slower)."""
+    """With the compiled module hidden, using the facade raises a clear ImportError (no
+    fallback to something slower; the facade loads a name's module on first use)."""
     import subprocess
     import sys
 
@@ -42,10 +42,29 @@ def test_importing_without_the_extension_fails_plainly() -> None:
         "            raise ImportError('hidden for the test')\n"
         "sys.meta_path.insert(0, Hide())\n"
         "try:\n"
-        "    import coordcore\n"
+        "    from coordcore import Snowflake\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "compiled module coordcore._native.snowflake is missing or broken" in out.stdout
     assert "no pure-Python fallback" in out.stdout
+
+
+def test_importing_errors_or_ids_loads_neither_the_client_nor_the_locks() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, coordcore.errors, coordcore.ids; "
+            "print(sorted(m for m in sys.modules if m.startswith('coordcore')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "coordcore.client" not in out and "coordcore.locks" not in out and "coordcore.ids" in out, out
+
+
+def test_every_public_name_resolves_and_the_facade_lists_them_all() -> None:
+    import coordcore
+
+    for name in coordcore.__all__:
+        assert getattr(coordcore, name) is not None, name
+    assert set(coordcore.__all__) == set(coordcore._HOME) | {"__version__"}
+    assert dir(coordcore) == sorted(coordcore.__all__)

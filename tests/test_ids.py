@@ -576,3 +576,41 @@ def test_forked_child_with_state_file_refuses(tmp_path: Path) -> None:
         print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     """)
     assert result.stdout.strip() == "42", result.stderr
+
+
+# A step back of exactly one tick is a step back: a generator that let it through
+# (comparing with ``<= last - 1``) survived mutation testing, since a 1 ms tick is gone
+# before the next call looks. Ticks of one second make the window wide.
+SLOW_TICKS = Layout(timestamp_bits=31, datacenter_bits=0, worker_bits=10, sequence_bits=22,
+                    epoch_ms=1_600_000_000_000, unit_ms=1000)
+
+
+def _early_in_a_second() -> None:
+    while time.time() % 1.0 > 0.2:
+        time.sleep(0.01)
+
+
+def test_a_step_back_of_exactly_one_tick_raises_under_raise() -> None:
+    clock = SkewClock()
+    gen = Snowflake(1, layout=SLOW_TICKS, clock="raise", clock_source=clock)
+    _early_in_a_second()
+    last = gen.next_id()
+    clock.jump(-1000)
+    with pytest.raises(ClockMovedBackwards):
+        gen.next_id()
+    clock.jump(1000)
+    assert gen.next_id() > last
+
+
+def test_a_step_back_of_exactly_one_tick_waits_under_wait() -> None:
+    clock = SkewClock()
+    gen = Snowflake(1, layout=SLOW_TICKS, clock="wait", max_backward_ms=5000, clock_source=clock)
+    _early_in_a_second()
+    last = gen.next_id()
+    clock.jump(-1000)
+    started = time.monotonic()
+    nxt = gen.next_id()
+    assert nxt > last
+    # It waited for the clock to reach the last tick again (the rest of the second).
+    assert time.monotonic() - started >= 0.5
+    assert gen.decode(nxt).timestamp_ms >= gen.decode(last).timestamp_ms

@@ -469,3 +469,37 @@ def test_hot_commands_need_a_handle_the_lock_service_accepts() -> None:
     forged = _h(7)[:-1] + b"0"
     wire.feed(_pack(b"LOCK.RELEASE", b"a", forged))
     assert wire.run_hot(lane, 10) == 0 and checked[-1] == forged
+
+
+@pytest.mark.parametrize("lane_first", [True, False])
+def test_a_frame_missing_its_last_byte_is_incomplete_even_over_stale_buffer_bytes(lane_first: bool) -> None:
+    """The buffer keeps the bytes of consumed requests behind the live ones: a frame
+    check one byte short would read that stale '\\n' and take an incomplete frame (a
+    mutant that survived the split tests, which took "incomplete" and "not mine" alike)."""
+    lane, _, _ = _lane()
+    # Over half the buffer's first allocation (256 bytes), so the second feed compacts it
+    # and lands on the first frame's bytes.
+    payload = b"k" * 180
+    frame = _pack(b"LOCK.RELEASE", payload, _h(1)) if lane_first else _pack(b"ECHO", payload)
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    wire.feed(frame)
+    if lane_first:
+        assert wire.run_hot(lane, 10) == 1
+        lane.cut(10)
+        wire = _resolved(wire)
+    else:
+        assert wire.next_request() == [b"ECHO", payload]
+    wire.feed(frame[:-1])  # the same request again, all but its final '\n'
+    assert wire.run_hot(lane, 10) == 0
+    assert wire.next_request() is False  # incomplete: not a request, not foreign
+    wire.feed(frame[-1:])
+    if lane_first:
+        assert wire.run_hot(lane, 10) == 1
+    else:
+        assert wire.next_request() == [b"ECHO", payload]
+
+
+def _resolved(wire: lw.WireConn) -> lw.WireConn:
+    """The connection with its one hot command answered (as a committed batch does)."""
+    wire.outstanding = 0
+    return wire

@@ -33,7 +33,7 @@ from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 
-from coordcore.errors import BadArgument, RequestTooLarge
+from coordcore.errors import BadArgument, ProtocolError, RequestTooLarge
 
 cdef extern from *:
     """
@@ -74,6 +74,8 @@ cdef enum:
     # a session handle: decimal id (at most 19 digits), '.', 32 lowercase hex digits
     SECRET_HEX = 32
     MAX_HANDLE = 52
+    # how deep take_frame follows nested RESP aggregates
+    FRAME_DEPTH = 32
     # hot commands on a remembered handle before the lock service is asked again (it
     # also bounds a session's holds and waits: so the bound is passed by at most this
     # many per connection)
@@ -524,6 +526,101 @@ cdef class WireConn:
         self.handle_uses = 0
         sid[0] = parsed
         return True
+
+    def take_frame(self):
+        """The next whole RESP frame (RESP2 or RESP3, any type, nested) at the head of
+        the buffer, as bytes, for a general parser to read: what a stream that left the
+        request grammar sends. False if it is not complete yet. Every header is checked
+        against the bounds before anything else sees it, so a header that claims 2**31
+        elements never reaches a parser that would reserve room for them: an aggregate of
+        more than ``max_args`` elements, a length or a frame over ``max_request_bytes``
+        or nesting deeper than 32 raise :class:`~coordcore.errors.RequestTooLarge`; bytes
+        that are not RESP raise :class:`~coordcore.errors.ProtocolError`."""
+        cdef const unsigned char *base = self.inp.data + self.inp.start
+        cdef Py_ssize_t avail = self.inp.end - self.inp.start
+        cdef Py_ssize_t pos = 0, used, n, line
+        cdef Py_ssize_t pending[FRAME_DEPTH]  # elements still to read, per open aggregate
+        cdef int depth = 0
+        cdef unsigned char t
+        cdef bint negative
+        while True:
+            if pos >= avail:
+                return self._frame_short(avail)
+            t = base[pos]
+            if t == b'+' or t == b'-' or t == b':' or t == b'_' or t == b',' or t == b'#' or t == b'(':
+                line = pos + 1
+                while line < avail and base[line] != b'\n':
+                    line += 1
+                if line >= avail:
+                    if avail - pos > self.max_request:
+                        raise RequestTooLarge(f"a RESP line over {self.max_request} bytes")
+                    return self._frame_short(avail)
+                if base[line - 1] != b'\r':
+                    raise ProtocolError("a RESP line must end with CRLF")
+                pos = line + 1
+            elif t == b'$' or t == b'!' or t == b'=' or t == b'*' or t == b'~' or t == b'>' or t == b'%' \
+                    or t == b'|':
+                negative = pos + 1 < avail and base[pos + 1] == b'-'
+                if negative:  # "$-1" and "*-1": RESP2's null bulk string and array
+                    if t != b'$' and t != b'*':
+                        raise ProtocolError("only $ and * take a negative length")
+                    if avail - pos < 5:
+                        return self._frame_short(avail)
+                    if base[pos + 2] != b'1' or base[pos + 3] != b'\r' or base[pos + 4] != b'\n':
+                        raise ProtocolError("a negative length must be -1")
+                    pos += 5
+                    n = -1
+                else:
+                    used = _number(base + pos + 1, avail - pos - 1, &n)
+                    if used == SCAN_INCOMPLETE:
+                        return self._frame_short(avail)
+                    if used == SCAN_TOO_BIG:
+                        raise RequestTooLarge("a RESP length of over 18 digits")
+                    if used < 0:
+                        raise ProtocolError(f"bad RESP length after {chr(t)!r}")
+                    pos += 1 + used
+                if t == b'$' or t == b'!' or t == b'=':
+                    if n >= 0:
+                        if n > self.max_request:
+                            raise RequestTooLarge(f"a RESP string of {n} bytes (at most {self.max_request})")
+                        if avail - pos < n + 2:
+                            return self._frame_short(avail)
+                        if base[pos + n] != b'\r' or base[pos + n + 1] != b'\n':
+                            raise ProtocolError("a RESP string must end with CRLF")
+                        pos += n + 2
+                elif n > 0:
+                    if t == b'%' or t == b'|':
+                        n *= 2  # maps and attributes: key and value per entry
+                    if n > self.max_args:
+                        raise RequestTooLarge(f"a RESP aggregate of {n} elements (at most {self.max_args})")
+                    if t == b'|':
+                        n += 1  # an attribute comes before the value it describes
+                    if depth == FRAME_DEPTH:
+                        raise RequestTooLarge(f"RESP nested deeper than {FRAME_DEPTH}")
+                    pending[depth] = n
+                    depth += 1
+                    continue  # its first element is next
+            else:
+                raise ProtocolError(f"not RESP: a frame cannot start with {bytes([t])!r}")
+            # One element done: close every aggregate it completes.
+            while depth and pending[depth - 1] == 1:
+                depth -= 1
+            if depth == 0:
+                break
+            pending[depth - 1] -= 1
+            if pos > self.max_request:
+                raise RequestTooLarge(f"a RESP frame over {self.max_request} bytes")
+        if pos > self.max_request:
+            raise RequestTooLarge(f"a RESP frame over {self.max_request} bytes")
+        out = PyBytes_FromStringAndSize(<const char *>base, pos)
+        self.inp.start += pos
+        return out
+
+    cdef inline object _frame_short(self, Py_ssize_t avail):
+        # An incomplete frame may not grow past the bound either.
+        if avail > self.max_request:
+            raise RequestTooLarge(f"a RESP frame over {self.max_request} bytes")
+        return False
 
     def run_hot(self, WireLane lane, Py_ssize_t limit):
         """Handle the hot commands at the head of the buffer (at most ``limit``; none

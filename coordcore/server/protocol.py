@@ -13,9 +13,12 @@ native parser encodes them straight into the lock service's
 their replies into the connection's native output buffer, which the batch's end flushes
 (one write per connection per batch). ``ID.NEXT`` is answered the same way, at once,
 from the ID generator. Every other request
-reaches the command table as a list of bytes. Bytes that leave the request grammar
-(``*N`` arrays of ``$len`` bulk strings) are handed, with the rest of the stream, to a
-``hiredis.Reader``, which knows all of RESP. To keep replies in request order a
+reaches the command table as a list of bytes. A frame outside the request grammar
+(``*N`` arrays of ``$len`` bulk strings) is framed natively
+(:meth:`~coordcore._native.lockwire.WireConn.take_frame`, which checks every header
+against the bounds first, so a header claiming 2**31 elements reaches no parser) and
+that one whole frame is read by ``hiredis``, which knows all of RESP; the stream then
+goes on in the grammar. To keep replies in request order a
 connection never has both kinds in flight: a hot command waits (stays in the
 buffer) while a table command's reply is pending, and a table command waits while
 hot commands are in flight.
@@ -28,7 +31,7 @@ reach the lock service in request order, so they are applied in that order). A
 *blocking* command (``LOCK.ACQUIRE``, ``SEM.ACQUIRE``, ``ELECT.CAMPAIGN``, which may
 wait for other clients) *parks* the connection, as Redis does for its blocking
 commands: the wait happens server side, other connections are served meanwhile, and
-the requests pipelined behind it stay unparsed in the reader (reading pauses) until
+the requests pipelined behind it stay unparsed in the buffer (reading pauses) until
 it is answered, so a pipelined ``LOCK.RELEASE`` can never overtake its
 ``LOCK.ACQUIRE``. A read of lock state (``LOCK.INFO``...) behind writes still in
 flight on its connection waits for them to commit, so it sees them. At most
@@ -39,13 +42,14 @@ pauses *reading*, so a client that does not read its replies stops being served
 instead of growing the server's memory. Pushes (watch events) cannot be paused, so a
 connection whose output backlog passes ``max_output_bytes`` is closed.
 
-Bounds: a request may be at most ``max_request_bytes`` (counted over the bytes fed
-since the last complete request, so the bound is exceeded by at most one read) and
-``max_args`` arguments; past either the client gets ``-TOOBIG`` and the connection is
-closed, because the rest of an oversized frame cannot be skipped safely. A frame that
-is valid RESP but not a request (an integer, a nested array) gets ``-PROTO`` and the
-stream goes on: the reader is still in sync. Bytes that are not RESP at all get
-``-PROTO`` and a close.
+Bounds: a request (or any frame) may be at most ``max_request_bytes`` and ``max_args``
+elements per aggregate (and 32 levels deep), checked on the headers before anything is
+allocated; past either the client gets ``-TOOBIG`` and the connection is closed,
+because the rest of an oversized frame cannot be skipped safely. A frame that is valid
+RESP but not a request (an integer, a nested array) gets ``-PROTO`` and the stream goes
+on: it was framed whole, so the stream is still in sync. Bytes that are not RESP at all
+(or that hiredis refuses, such as a map keyed by an array) get ``-PROTO`` and a close;
+no client bytes can raise inside the server.
 """
 from __future__ import annotations
 
@@ -90,15 +94,11 @@ class Connection(asyncio.Protocol):
         self.wire = _WireConn(self, server.config.max_args, server.config.max_request_bytes)
         if server.ids is not None:
             self.wire.id_next = server.ids.next_id
-        #: The general RESP parser, once the stream has left the request grammar.
-        self.reader: hiredis.Reader | None = None
         self.resp3 = False
         self.authenticated = server.config.requirepass is None
         self.name = b""
         self.peer = "?"
         self.id = server.next_connection_id()
-        #: Bytes fed since the last complete request: bounds a partial request.
-        self._partial = 0
         #: Bytes received while holding (parked, barrier or in-flight bound).
         self._held = 0
         self._pause = 0
@@ -180,11 +180,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        reader = self.reader
-        if reader is None:
-            self.wire.feed(data)
-        else:
-            reader.feed(data)
+        self.wire.feed(data)
         if self._holding():
             # Holding: keep the bytes buffered, unparsed. Reading goes on (so a client
             # that vanishes while it waits is noticed at once) until the held bytes
@@ -193,8 +189,6 @@ class Connection(asyncio.Protocol):
             if self._held > self.config.max_request_bytes:
                 self._pause_reading(_PAUSE_HELD)
             return
-        if reader is not None:
-            self._partial += len(data)  # (the native parser bounds requests itself)
         self._drain()
 
     def eof_received(self) -> bool | None:
@@ -231,42 +225,38 @@ class Connection(asyncio.Protocol):
                 req: Any = self._deferred
                 self._deferred = None
             else:
-                if self.reader is None:
-                    if not slots and self.table is self.server.commands:
-                        # The hot commands at the head of the buffer are handled natively:
-                        # lock commands go to the lock service (a hot acquire parks:
-                        # nothing after it is parsed), ID.NEXT is answered at once.
-                        handled += wire.run_hot(lane, max_inflight - wire.outstanding)
-                        if wire.parked:
-                            break
-                        if wire.outstanding >= max_inflight:
-                            self._inflight_full = True
-                            break
-                        if not wire.outstanding and wire.has_output:
-                            out.append(wire.take_output())  # in order with the table's replies
-                    try:
-                        req = wire.next_request()
-                    except RequestTooLarge as exc:
-                        self.server.log.warning("request over size limit, closing", conn=self.id, peer=self.peer)
-                        out.append(resp.encode_exception(exc))
-                        self._close_after(out)
-                        return
-                    if req is None:
-                        # Not the request grammar: the general RESP parser takes the rest
-                        # of the stream (it answers frames that are not requests).
-                        self.reader = hiredis.Reader()
-                        pending = wire.take_input()
-                        if pending is not None:
-                            self.reader.feed(pending)
-                            self._partial = len(pending)
-                        continue
-                else:
-                    if wire.outstanding:
-                        self._barrier = True  # parse once the hot replies are out
+                if not slots and self.table is self.server.commands:
+                    # The hot commands at the head of the buffer are handled natively:
+                    # lock commands go to the lock service (a hot acquire parks:
+                    # nothing after it is parsed), ID.NEXT is answered at once.
+                    handled += wire.run_hot(lane, max_inflight - wire.outstanding)
+                    if wire.parked:
                         break
-                    req = self._next_from_reader(out)
+                    if wire.outstanding >= max_inflight:
+                        self._inflight_full = True
+                        break
+                    if not wire.outstanding and wire.has_output:
+                        out.append(wire.take_output())  # in order with the table's replies
+                try:
+                    req = wire.next_request()
                     if req is None:
-                        return  # the connection is closing
+                        # Not the request grammar: one whole RESP frame, its headers
+                        # bounded natively first, for hiredis to read.
+                        if wire.outstanding:
+                            self._barrier = True  # answer it once the hot replies are out
+                            break
+                        req = self._foreign_frame(out)
+                        if req is None:
+                            continue  # answered (-PROTO); the stream goes on
+                except RequestTooLarge as exc:
+                    self.server.log.warning("request over size limit, closing", conn=self.id, peer=self.peer)
+                    out.append(resp.encode_exception(exc))
+                    self._close_after(out)
+                    return
+                except ProtocolError as exc:
+                    out.append(resp.encode_exception(exc))
+                    self._close_after(out)
+                    return
                 if req is False:
                     break
             if wire.outstanding:
@@ -322,37 +312,27 @@ class Connection(asyncio.Protocol):
         self.server.commands_total += handled
         if out and self.transport is not None:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-        if not self._closing and self.reader is not None:
-            self._check_partial()
 
-    def _next_from_reader(self, out: list[bytes]) -> Any:
-        """The next request from the general RESP parser: a list, False if none is
-        complete, None if the connection is closing (its error reply written)."""
-        reader = self.reader
-        assert reader is not None
-        while True:
-            try:
-                req = reader.gets()
-            except hiredis.ProtocolError as exc:
-                out.append(resp.encode_error(ProtocolError.code, f"protocol error: {exc}"))
-                self._close_after(out)
-                return None
-            except MemoryError:
-                out.append(resp.encode_error(RequestTooLarge.code, "request too large"))
-                self._close_after(out)
-                return None
-            if req is False:
-                return False
-            self._partial = 0
-            if type(req) is not list or not req:
-                error = resp.encode_error(ProtocolError.code, "expected an array of bulk strings")
-                (self._slots.append if self._slots else out.append)(error)
-                continue
-            if len(req) > self.config.max_args:
-                out.append(resp.encode_error(RequestTooLarge.code, f"more than {self.config.max_args} arguments"))
-                self._close_after(out)
-                return None
-            return req
+    def _foreign_frame(self, out: list[bytes]) -> Any:
+        """The frame at the head of the buffer when it is not a request of the grammar:
+        a request (a list of bulk strings in another RESP spelling), False if it is not
+        complete yet, or None once it got its ``-PROTO`` (valid RESP that is not a
+        request: the stream is still in sync and goes on). Raises RequestTooLarge or
+        ProtocolError (answered with a close) for what cannot be skipped safely."""
+        frame = self.wire.take_frame()
+        if frame is False:
+            return False
+        reader = hiredis.Reader()
+        reader.feed(frame)
+        try:
+            req = reader.gets()
+        except Exception as exc:  # hiredis refuses it (a map keyed by a list, too deep...)
+            raise ProtocolError(f"protocol error: {exc}") from None
+        if type(req) is not list or not req or any(type(a) is not bytes for a in req):
+            error = resp.encode_error(ProtocolError.code, "expected an array of bulk strings")
+            (self._slots.append if self._slots else out.append)(error)
+            return None
+        return req
 
     def _lookup(self, name: bytes) -> Handler:
         upper = name.upper()
@@ -362,12 +342,6 @@ class Connection(asyncio.Protocol):
         if name == name.lower():
             self.table[name] = handler  # memoise the lower-case spelling too
         return handler
-
-    def _check_partial(self) -> None:
-        if self._partial > self.config.max_request_bytes:
-            self.server.log.warning("request over size limit, closing", conn=self.id, peer=self.peer)
-            self._close_after([resp.encode_error(RequestTooLarge.code,
-                                                 f"request over {self.config.max_request_bytes} bytes")])
 
     def _task_reply(self, task: asyncio.Future[bytes]) -> bytes:
         if task.cancelled():
@@ -439,7 +413,7 @@ class Connection(asyncio.Protocol):
         if self._inflight_full and len(slots) + wire.outstanding <= self.config.max_inflight // 2:
             self._inflight_full = False
         if not self._holding() and (self._held or self._pause & _PAUSE_HELD or self._deferred is not None
-                                    or wire.buffered or self.reader is not None):
+                                    or wire.buffered):
             self._held = 0
             self._resume_reading(_PAUSE_HELD)
             # Requests that arrived meanwhile are still buffered.

@@ -79,6 +79,12 @@ class Ledger:
             self._inflight[k] -= 1
             self._unsettled[k] = (key, kind)
 
+    def unsettle(self, sid: int, key: str | bytes, kind: GrantKind) -> None:
+        """A release went unanswered: settle the key too (its hold, no longer known,
+        is released then if the release never arrived)."""
+        with self._mutex:
+            self._unsettled[(sid, key_bytes(key))] = (key, kind)
+
     def hold(self, sid: int, key: str | bytes, token: int) -> None:
         """A grant that did not wait (a try)."""
         with self._mutex:

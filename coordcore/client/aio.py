@@ -450,10 +450,14 @@ class AsyncClient:
         return Grant(key, int(token), s.id, shared=shared)
 
     async def release(self, grant: Grant) -> None:
-        """Release a lock, semaphore permit or leadership (by its token)."""
+        """Release a lock, semaphore permit or leadership (by its token). If no answer
+        comes, the key is settled once the server answers again (see Client.release)."""
         try:
             # retried with the same REQID
             await self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
+        except (ConnectionLost, OSError):
+            self._ledger.unsettle(grant.session, grant.key, grant.kind)
+            raise
         finally:
             self._ledger.released(grant.session, grant.key, grant.token)
 

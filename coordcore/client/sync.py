@@ -435,10 +435,16 @@ class Client:
         return Grant(key, int(token), s.id, shared=shared)
 
     def release(self, grant: Grant) -> None:
-        """Release a lock, semaphore permit or leadership (by its token)."""
+        """Release a lock, semaphore permit or leadership (by its token). If no answer
+        comes (the connection broke past its retries: a server restart, say), the client
+        settles the key once the server answers again (:meth:`_settle`), so the hold does
+        not outlive the caller's intent while the session is kept alive."""
         try:
             # retried with the same REQID
             self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
+        except (ConnectionLost, OSError):
+            self._ledger.unsettle(grant.session, grant.key, grant.kind)
+            raise
         finally:
             self._ledger.released(grant.session, grant.key, grant.token)
 

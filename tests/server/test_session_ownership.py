@@ -208,6 +208,30 @@ def test_a_sync_client_rides_out_a_server_kill_while_it_waits(serve: Serve, tmp_
         waiter.release(got[0])
 
 
+def test_a_release_cut_off_by_a_server_kill_is_settled_once_the_server_is_back(serve: Serve, tmp_path: Any) -> None:
+    """Found by the fault suite: the release's retries ran out during the restart, the
+    client kept its session alive, and the lock stayed held by nobody's intent."""
+    from coordcore import Client
+    from coordcore.errors import ConnectionLost
+
+    data = tmp_path / "d"
+    srv = serve(data=data)
+    port = srv.port
+    with Client(port=port, retries=1, retry_delay=0.01) as c:
+        s = c.session(3.0)
+        g = c.acquire("k", session=s)
+        srv.stop(signal.SIGKILL)
+        with pytest.raises(ConnectionLost):
+            c.release(g)
+        serve(data=data, port=port)
+        deadline = time.monotonic() + 10
+        while c.lock_info("k").holders:  # the next keep-alive (every ttl/3) settles it
+            assert time.monotonic() < deadline, "the unanswered release was never settled"
+            time.sleep(0.05)
+        assert not s.expired
+        assert c.try_acquire("k", session=s) is not None  # the session lives on, the lock is free
+
+
 def test_a_log_from_before_credentials_opens_and_its_sessions_are_nobodys(tmp_path: Any) -> None:
     """A lock log of format version 1 (sessions without credentials) still opens; its
     sessions can be used by no caller and simply expire."""

@@ -298,10 +298,11 @@ def _check_lost(holds: Sequence[_Hold], sessions: Mapping[int, _Session], kills:
                     (g.brief(), rel.brief())))
             else:
                 counts["ended-with-session"] += 1
+        elif _held_in(quiesced, g.key, g.session, g.token):
+            # Still held with every client idle: an orphan too (reported by check 6).
+            counts["held-at-end" if rel is None else "held-at-end after release " + rel.outcome] += 1
         elif rel is not None and rel.outcome == "info":
             counts["indeterminate"] += 1
-        elif _held_in(quiesced, g.key, g.session, g.token):
-            counts["held-at-end"] += 1
         elif rel is None and s is not None and s.lost_seen is not None:
             counts["ended-with-session"] += 1
         else:

@@ -50,7 +50,7 @@ class RunConfig:
     keys: int = 3
     ttl: float = 1.5
     acquire_timeout: float = 3.0
-    hold: tuple[float, float] = (0.02, 0.12)
+    hold: tuple[float, float] = (0.03, 0.2)
     waiter_grace: float = 1.0
     seed: int = 0
     nemesis: NemesisConfig = dataclasses.field(default_factory=NemesisConfig)

@@ -28,7 +28,8 @@ __all__ = ["Nemesis", "NemesisConfig", "Pausable", "Restartable"]
 
 
 class Restartable(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def crash(self) -> None:
         """SIGKILL the process and reap it (returns once it can do nothing more)."""
@@ -38,8 +39,11 @@ class Restartable(Protocol):
 
 
 class Pausable(Protocol):
-    name: str
-    pid: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
 
 
 @dataclasses.dataclass

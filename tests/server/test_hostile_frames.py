@@ -176,3 +176,11 @@ def test_random_resp_ish_streams_get_replies_or_a_clean_close(chunks: list[bytes
     if transport.closed:
         assert replies and str(replies[-1]).split()[0] in ("PROTO", "TOOBIG")
     conn.connection_lost(None)
+
+
+def test_a_bulk_string_longer_than_its_header_runs_nothing(serve: Serve) -> None:
+    """``*1 $4 PINGXX``: hiredis read the 4 bytes, skipped two without looking, and ran
+    PING before answering -PROTO for the rest; the frame is refused whole now."""
+    srv = serve()
+    got, closed = _send_and_read(srv.port, b"*1\r\n$4\r\nPINGXX\r\n")
+    assert got.startswith(b"-PROTO") and b"PONG" not in got and closed, got

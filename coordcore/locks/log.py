@@ -35,8 +35,8 @@ cutting it would drop: a complete record with a bad checksum or index (also the 
 one, also a length field that grew), zeros where a record header should be, a bad
 record with valid ones after it, anything wrong in an earlier segment, a bad segment
 header, a gap in the indices, a damaged snapshot the log cannot stand in for. Damage is
-never guessed to be a tear: the issue's "last 4 KiB zeroed" case dropped 58 acknowledged
-revisions that way. A power cut on a file system that can expose a zero-filled tail
+never guessed to be a tear: cutting off the issue's "last 4 KiB zeroed" took the revision
+back from 62 to 4, and token 62 was issued twice. A power cut on a file system that can expose a zero-filled tail
 (XFS, ext4 ``data=writeback``) therefore refuses too, though the zeroed record was never
 acknowledged: that costs an explicit :func:`repair` (``coordcore locks repair``),
 never a silently lost grant. :func:`repair` is a dry run unless told to apply; applying
@@ -92,6 +92,8 @@ __all__ = [
     "TornTail",
     "Damage",
     "LogDamaged",
+    "RepairReport",
+    "repair",
     "DEFAULT_SEGMENT_BYTES",
     "MAX_RECORD_BYTES",
 ]
@@ -253,7 +255,7 @@ def _complete_with_other_length(buf: bytes, offset: int) -> bool:
     if real < _INDEX.size:
         return False
     (crc,) = _LEN.unpack_from(buf, offset + 4)
-    return _crc(_LEN.pack(real), buf[body_at:]) == crc
+    return _crc(_LEN.pack(real), buf[body_at:]) == int(crc)
 
 
 def _recognisable(buf: bytes, start: int, expected_index: int) -> tuple[int, int]:
@@ -829,3 +831,159 @@ class BatchLog:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"next_index={self._next_index}"
         return f"<BatchLog {str(self._dir)!r} {self.durability} {state}>"
+
+
+@dataclass(slots=True)
+class RepairReport:
+    """What :func:`repair` found and did (or, in a dry run, would do)."""
+
+    path: Path
+    applied: bool
+    #: Each piece of damage, in the order it was cut off (cutting one can reveal the next).
+    damage: list[Damage] = field(default_factory=list)
+    #: ``(action, file, detail)``: ``("truncate", name, offset)`` or ``("set-aside", name, 0)``.
+    actions: list[tuple[str, str, int]] = field(default_factory=list)
+    #: The backups kept (``*.damaged``), when applied.
+    backups: list[str] = field(default_factory=list)
+    #: A torn tail the next open cuts off by itself (repair leaves it alone).
+    torn_tail: TornTail | None = None
+    #: The index of the last record the log holds after the repair (or the snapshot's).
+    last_index: int = 0
+
+    @property
+    def records_dropped(self) -> int:
+        """Records recognisably dropped (a lower bound: a zeroed span hides its count)."""
+        return sum(d.records for d in self.damage)
+
+    @property
+    def bytes_dropped(self) -> int:
+        return sum(d.bytes for d in self.damage)
+
+    def lines(self) -> list[str]:
+        """The report for a human, one line each."""
+        verb = "" if self.applied else "would "
+        out = []
+        if not self.damage:
+            out.append(f"lock log {self.path}: no damage; nothing to repair (log ends at record "
+                       f"{self.last_index})")
+        for d in self.damage:
+            where = f"{d.file}" if d.kind == "snapshot" else f"{d.file} byte {d.offset} (record {d.index})"
+            out.append(f"damage: {where}: {d.reason}")
+            out.append(f"  {verb}drop {d.dropped()}")
+        for action, name, offset in self.actions:
+            if action == "truncate":
+                out.append(f"{verb}truncate {name} at byte {offset}, keeping the whole file as "
+                           f"{name}.damaged")
+            else:
+                out.append(f"{verb}set aside {name} as {name}.damaged")
+        if self.damage:
+            out.append(f"{verb}drop {self.records_dropped} recognisable record(s), "
+                       f"{self.bytes_dropped} bytes in all; the log then ends at record {self.last_index}")
+        if self.torn_tail is not None:
+            t = self.torn_tail
+            out.append(f"torn tail (cut off at the next open, never acknowledged): {t.bytes_cut} bytes "
+                       f"at byte {t.offset} of {t.segment} ({t.reason})")
+        return out
+
+
+def _backup_name(path: Path) -> Path:
+    candidate = path.with_name(path.name + ".damaged")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.damaged.{n}")
+        n += 1
+    return candidate
+
+
+def repair(path: str | os.PathLike[str], *, apply: bool = False,
+           durability: Durability = "fsync") -> RepairReport:
+    """Find the damage that keeps the log in ``path`` from opening and cut it off: the
+    damaged record and everything after it (a later record cannot be applied without
+    the ones before it), a segment with a bad header or after a gap and everything
+    after it, a damaged snapshot that the log cannot stand in for.
+
+    A dry run (the default) changes nothing and reports what applying would drop. With
+    ``apply=True`` a truncated segment is first copied whole to ``<name>.damaged`` and
+    segments or snapshots dropped whole are renamed to ``<name>.damaged``; afterwards
+    the log opens. Takes the log's ``LOCK``: refuses (``Unavailable``) while the log is
+    open. A lock service must also raise its revision past the tokens the dropped
+    records issued: :func:`coordcore.locks.recovery.repair` does both.
+    """
+    d = Path(os.fspath(path))
+    if not d.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no lock log directory here", str(d))
+    sync = durability == "fsync"
+    lock_fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Unavailable(f"the lock log {str(d)!r} is open in another process: stop it "
+                              "before repairing the log") from None
+        segments, snapshots = _list_dir(d, remove_tmp=False)
+        report = RepairReport(d, apply)
+        limits: dict[Path, int] = {}
+        truncate: dict[Path, int] = {}
+        aside: list[Path] = []
+        while True:
+            scan = _scan(d, segments, snapshots, limits, keep_payloads=False)
+            damage = scan.damage
+            if damage is None:
+                break
+            report.damage.append(damage)
+            target = d / damage.file
+            if damage.kind == "snapshot":
+                snapshots = [(i, p) for i, p in snapshots if p != target]
+                aside.append(target)
+                continue
+            later = {d / name for name in damage.later_files}
+            if damage.kind == "record":
+                limits[target] = truncate[target] = damage.offset
+            else:
+                later.add(target)
+            segments = [s for s in segments if s.path not in later]
+            aside.extend(sorted(later))
+        base = scan.snapshot.index if scan.snapshot else 0
+        report.last_index = max(scan.scan_end - 1, base)
+        report.torn_tail = scan.torn
+        for p in aside:
+            truncate.pop(p, None)
+        report.actions = [("truncate", p.name, off) for p, off in sorted(truncate.items())]
+        report.actions += [("set-aside", p.name, 0) for p in aside]
+        if apply:
+            for p, off in sorted(truncate.items()):
+                backup = _backup_name(p)
+                tmp = backup.with_name(backup.name + ".tmp")
+                data = p.read_bytes()
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if sync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, backup)
+                report.backups.append(backup.name)
+            if sync and truncate:
+                _fsync_dir(d)  # the backups are durable before anything is cut
+            for p in aside:
+                backup = _backup_name(p)
+                os.replace(p, backup)
+                report.backups.append(backup.name)
+            for p, off in sorted(truncate.items()):
+                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, off)
+                    if sync:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            if sync:
+                _fsync_dir(d)
+            for line in report.lines():
+                logger.warning("repair: %s", line)
+        return report
+    finally:
+        os.close(lock_fd)  # drops the flock

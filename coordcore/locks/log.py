@@ -21,26 +21,29 @@ segments it covers are deleted.
 Recovery (:meth:`BatchLog.open`) takes the newest valid snapshot and the records after it.
 Only a **torn tail** is cut off (with ``ftruncate``, logged, reported in
 :attr:`Recovered.torn_tail`, never returned): the *active segment ends inside its last
-record*, i.e. fewer than 8 bytes of a record header are left, or the header's length
-says more bytes than the file has, the bytes that are there do not pass the checksum
-with their real length, and no valid record follows. That is what a crash mid-append
-leaves: an append is one ``write`` + ``fdatasync`` of one record, the next append starts
-only after it is synced, so at most the last record is unsynced, and a killed process or
-a filled disk leaves a prefix of it (its length field intact).
+record*. Exactly: fewer than 8 bytes of a record header are left; or the header's length
+is one a record can have (8 bytes to 256 MiB + 8) and says more bytes than the file has,
+while the bytes that are there do not pass the header's checksum with their real length
+(which would make it a complete record with a damaged length field), and no valid record
+follows. That is what a crash mid-append leaves: an append is one ``write`` +
+``fdatasync`` of one record, the next append starts only after it is synced, so only the
+last record can be unsynced, and a killed process or a full disk leaves a prefix of it
+(its length field intact; the body may be part zeros after a power cut).
 
 Everything else that would drop a complete record refuses to open with
 :class:`LogDamaged` (a :class:`~coordcore.errors.LogCorrupted`) whose :class:`Damage`
 names the file, byte offset, record index, what is wrong and how many records and bytes
-cutting it would drop: a complete record with a bad checksum or index (also the last
-one, also a length field that grew), zeros where a record header should be, a bad
-record with valid ones after it, anything wrong in an earlier segment, a bad segment
-header, a gap in the indices, a damaged snapshot the log cannot stand in for. Damage is
-never guessed to be a tear: cutting off the issue's "last 4 KiB zeroed" took the revision
-back from 62 to 4, and token 62 was issued twice. A power cut on a file system that can expose a zero-filled tail
-(XFS, ext4 ``data=writeback``) therefore refuses too, though the zeroed record was never
-acknowledged: that costs an explicit :func:`repair` (``coordcore locks repair``),
-never a silently lost grant. :func:`repair` is a dry run unless told to apply; applying
-keeps every file it changes or sets aside as ``*.damaged``.
+cutting it would drop: a complete record with a bad checksum or index (the last one
+too), a length no record can have (zeros where a header should be, too), a bad record
+with valid ones after it, anything wrong in an earlier segment, a bad segment header, a
+gap in the indices, a damaged snapshot the log cannot stand in for. Damage is never
+guessed to be a tear: cutting off the issue's "last 4 KiB zeroed" took the revision back
+from 62 to 4, and token 62 was issued twice. So a power cut on a file system that can
+put zeros or stale bytes where an unsynced record's header was (XFS, ext4
+``data=writeback``) refuses too, though that record was never acknowledged: it costs an
+explicit :func:`repair` (``coordcore locks repair``), never a silently lost grant.
+:func:`repair` is a dry run unless told to apply; applying keeps every file it changes
+or sets aside as ``*.damaged``.
 
 ``durability="unsafe-no-fsync"`` skips every fsync: a killed process loses nothing (the
 kernel still has the pages) but a power cut or kernel crash can lose acknowledged

@@ -251,6 +251,41 @@ def test_length_field_grown_past_the_end_of_a_complete_last_record_refuses(tmp_p
         BatchLog.open(tmp_path)
 
 
+def test_which_tails_are_torn(tmp_path: Path) -> None:
+    """Exactly the shapes the module docs call torn: the file ends inside the last record
+    (a cut header, or a body shorter than a plausible length says). A header whose length
+    no record can have, or zeros, is damage, even when short."""
+    items = [b"a" * 20, b"b" * 20]
+    src = tmp_path / "src"
+    fill(src, items)
+    seg_name = only_segment(src).name
+    original = (src / seg_name).read_bytes()
+    end = len(original)
+    prefix = struct.pack("<II", 500, 0x12345678) + b"\x07" * 40  # a record cut short
+    cases = [
+        ("cut-header", original + prefix[:5], True),
+        ("cut-body", original + prefix, True),
+        ("cut-body-zeros", original + prefix[:8] + bytes(40), True),
+        ("huge-length", original + struct.pack("<II", 0xFFFFFFF0, 0) + b"\x07" * 40, False),
+        ("zero-header", original + bytes(48), False),
+        ("tiny-length", original + struct.pack("<II", 3, 0) + b"\x07" * 2, False),
+    ]
+    for name, data, torn in cases:
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        (d / seg_name).write_bytes(data)
+        if torn:
+            with BatchLog.open(d) as log:
+                assert log.recovered.torn_tail is not None and log.recovered.torn_tail.offset == end, name
+                assert len(payloads(log)) == 2
+        else:
+            with pytest.raises(logmod.LogDamaged) as info:
+                BatchLog.open(d)
+            assert info.value.damage.offset == end and info.value.damage.index == 3, name
+            assert (d / seg_name).read_bytes() == data
+        shutil.rmtree(d)
+
+
 def test_corruption_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
     items = [b"%d" % i * 10 for i in range(5)]
     src = tmp_path / "src"

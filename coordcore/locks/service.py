@@ -42,7 +42,10 @@ Durability
 ----------
 ``LockService.open(path)`` keeps a :class:`~coordcore.locks.log.BatchLog` in ``path``;
 restart recovers the newest snapshot and replays the log (a torn last batch, never
-acknowledged, is cut off). Snapshots are taken automatically after
+acknowledged, is cut off; any other damage refuses to open until ``coordcore locks
+repair`` cuts it off explicitly). A revision high-water mark beside the log keeps
+fencing tokens unique even when records are lost (:mod:`coordcore.locks.recovery`).
+Snapshots are taken automatically after
 ``snapshot_every_records`` batches or ``snapshot_every_bytes`` bytes, or on demand
 with :meth:`LockService.snapshot`. ``LockService.in_memory()`` has no log.
 

@@ -111,15 +111,16 @@ def lost_log_evidence(log_dir: Path, data_dir: Path | None = None) -> list[str]:
         states = sorted(p for p in (data_dir / "ids").glob("*.state") if p.stat().st_size > 0)
         if states:
             found.append(f"ID state ({', '.join(str(p) for p in states[:3])}"
-                         f"{', ...' if len(states) > 3 else ''}): this data directory has served before")
+                         f"{', ...' if len(states) > 3 else ''})")
     return found
 
 
 def missing_log_error(log_dir: Path, evidence: list[str], flag: str) -> LockLogMissing:
     """The error for a lost log (``flag``: how to start empty anyway)."""
     return LockLogMissing(
-        f"lock log {log_dir}: no log segments or snapshots, but {' and '.join(evidence)} "
-        "was found: the lock log was deleted or moved (or this is the wrong data directory). "
+        f"lock log {log_dir}: no log segments or snapshots, but found {' and '.join(evidence)}: "
+        "this directory has served before, and its lock log was deleted or moved (or this is the "
+        "wrong data directory). "
         "Starting empty would forget every session and lock and, without a mark, could issue "
         f"fencing tokens again. To start empty anyway, pass {flag}: the revision then starts "
         "above the revision mark, if there is one, so new tokens stay above every old one")

@@ -1,7 +1,8 @@
 """The ``coordcore`` command.
 
-``coordcore id`` issues IDs and decodes them; other subcommands (``serve``) register
-themselves in :func:`build_parser`.
+``coordcore id`` issues IDs and decodes them; ``coordcore locks repair`` cuts damage off
+a lock log explicitly; other subcommands (``serve``) register themselves in
+:func:`build_parser`.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from coordcore.errors import CoordcoreError
 from coordcore.ids import LAYOUTS, Snowflake, decode
@@ -40,6 +42,22 @@ def _id_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _locks_repair_command(args: argparse.Namespace) -> int:
+    from coordcore.locks.recovery import repair
+
+    result = repair(args.log_dir, apply=args.apply)
+    for line in result.lines():
+        print(line)
+    if not result.needed:
+        return 0
+    if args.apply:
+        print(f"repaired: the log opens again; damaged files kept as: "
+              f"{', '.join(result.log.backups) or 'none'}")
+        return 0
+    print("dry run: nothing changed; run again with --apply to do this")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coordcore", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_id_command)
 
+    p = sub.add_parser("locks", help="maintain a lock log (repair)")
+    locks_sub = p.add_subparsers(dest="locks_command", required=True)
+    p = locks_sub.add_parser(
+        "repair", help="cut damage off a lock log that refuses to open (a dry run unless --apply)",
+        description="Find the damage that keeps a lock log from opening and say exactly what cutting "
+                    "it off drops (records, index range, bytes). A dry run unless --apply; applying "
+                    "keeps every changed file as *.damaged and makes the next open raise the revision "
+                    "above every fencing token issued before. Stop the server first. Exit status: 0 "
+                    "nothing to repair or repaired, 1 a dry run found something, 2 an error.")
+    p.add_argument("log_dir", type=Path, metavar="LOG_DIR", help="the lock log directory (DATA_DIR/locks)")
+    p.add_argument("--apply", action="store_true", help="make the repair (default: only report it)")
+    p.set_defaults(func=_locks_repair_command)
+
     from coordcore.server import cli as serve_cli
 
     p = sub.add_parser("serve", help="run the coordcore server (RESP on 127.0.0.1:7379)",
@@ -71,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except CoordcoreError as exc:
+    except (CoordcoreError, OSError) as exc:  # LogCorrupted is both; a missing directory
         print(f"coordcore: error: {exc}", file=sys.stderr)
         return 2
 

@@ -2013,6 +2013,16 @@ cdef class LockMachine:
     def revision(self):
         return self.st.revision
 
+    def raise_revision(self, uint64_t floor):
+        # Only for recovery after records were dropped (repair, lost log): the tokens
+        # they issued must never be issued again. Not a log command: the caller writes a
+        # snapshot at once, so replay stays deterministic.
+        if floor > C_MAX_COUNTER:
+            raise ValueError(f"revision floor {floor} is above {C_MAX_COUNTER}")
+        if floor > self.st.revision:
+            self.st.revision = floor
+        return self.st.revision
+
     @property
     def time_ms(self):
         return self.st.time

@@ -19,11 +19,31 @@ under a real name. A snapshot records the index it covers; once it is durable, t
 segments it covers are deleted.
 
 Recovery (:meth:`BatchLog.open`) takes the newest valid snapshot and the records after it.
-A torn or corrupt **last** record (the process or the machine died mid-write) is cut off
-with ``ftruncate``, logged and reported in :attr:`Recovered.torn_tail`; it is never
-returned. A bad record with valid records after it, a bad segment header or a gap in the
-indices is not a torn tail: :meth:`BatchLog.open` raises :class:`~coordcore.errors.LogCorrupted`
-and touches nothing.
+Only a **torn tail** is cut off (with ``ftruncate``, logged, reported in
+:attr:`Recovered.torn_tail`, never returned): the *active segment ends inside its last
+record*. Exactly: fewer than 8 bytes of a record header are left; or the header's length
+is one a record can have (8 bytes to 256 MiB + 8) and says more bytes than the file has,
+while the bytes that are there do not pass the header's checksum with their real length
+(which would make it a complete record with a damaged length field), and no valid record
+follows. That is what a crash mid-append leaves: an append is one ``write`` +
+``fdatasync`` of one record, the next append starts only after it is synced, so only the
+last record can be unsynced, and a killed process or a full disk leaves a prefix of it
+(its length field intact; the body may be part zeros after a power cut).
+
+Everything else that would drop a complete record refuses to open with
+:class:`LogDamaged` (a :class:`~coordcore.errors.LogCorrupted`) whose :class:`Damage`
+names the file, byte offset, record index, what is wrong and how many records and bytes
+cutting it would drop: a complete record with a bad checksum or index (the last one
+too), a length no record can have (zeros where a header should be, too), a bad record
+with valid ones after it, anything wrong in an earlier segment, a bad segment header, a
+gap in the indices, a damaged snapshot the log cannot stand in for. Damage is never
+guessed to be a tear: cutting off the issue's "last 4 KiB zeroed" took the revision back
+from 62 to 4, and token 62 was issued twice. So a power cut on a file system that can
+put zeros or stale bytes where an unsynced record's header was (XFS, ext4
+``data=writeback``) refuses too, though that record was never acknowledged: it costs an
+explicit :func:`repair` (``coordcore locks repair``), never a silently lost grant.
+:func:`repair` is a dry run unless told to apply; applying keeps every file it changes
+or sets aside as ``*.damaged``.
 
 ``durability="unsafe-no-fsync"`` skips every fsync: a killed process loses nothing (the
 kernel still has the pages) but a power cut or kernel crash can lose acknowledged
@@ -73,6 +93,10 @@ __all__ = [
     "Recovered",
     "Snapshot",
     "TornTail",
+    "Damage",
+    "LogDamaged",
+    "RepairReport",
+    "repair",
     "DEFAULT_SEGMENT_BYTES",
     "MAX_RECORD_BYTES",
 ]
@@ -171,25 +195,28 @@ class _Segment:
 
 
 class _BadRecord(Exception):
-    def __init__(self, offset: int, reason: str) -> None:
+    def __init__(self, offset: int, reason: str, short: bool = False) -> None:
         super().__init__(reason)
         self.offset = offset
         self.reason = reason
+        #: The file ends inside this record (its header, or the body its length announces).
+        self.short = short
 
 
 def _parse_record(buf: bytes, offset: int, expected_index: int, max_body: int) -> tuple[int, bytes]:
     """Parse the record at ``offset``; return (end offset, payload) or raise _BadRecord."""
     end = len(buf)
     if end - offset < _REC_HEADER.size:
-        raise _BadRecord(offset, f"record header cut short ({end - offset} of {_REC_HEADER.size} bytes)")
+        raise _BadRecord(offset, f"record header cut short ({end - offset} of {_REC_HEADER.size} bytes)",
+                         short=True)
     length, crc = _REC_HEADER.unpack_from(buf, offset)
     body_at = offset + _REC_HEADER.size
     if length < _INDEX.size or length > max_body:
         raise _BadRecord(offset, f"record length {length} is out of range")
     if end - body_at < length:
-        raise _BadRecord(offset, f"record body cut short ({end - body_at} of {length} bytes)")
+        raise _BadRecord(offset, f"record body cut short ({end - body_at} of {length} bytes)", short=True)
     if _crc(buf[offset:offset + 4], buf[body_at:body_at + length]) != crc:
-        raise _BadRecord(offset, "record checksum mismatch")
+        raise _BadRecord(offset, f"record checksum mismatch in a complete record ({length} bytes)")
     (index,) = _INDEX.unpack_from(buf, body_at)
     if index != expected_index:
         raise _BadRecord(offset, f"record index {index} where {expected_index} was expected")
@@ -197,7 +224,7 @@ def _parse_record(buf: bytes, offset: int, expected_index: int, max_body: int) -
 
 
 def _valid_record_after(buf: bytes, start: int, expected_index: int, max_body: int) -> int | None:
-    """The offset of a well-formed record at or after ``start`` whose index is at least
+    """The offset of a well-formed record after ``start`` whose index is at least
     ``expected_index`` (a sign that the bad record before it is not a torn tail), or None."""
     limit = len(buf) - _REC_HEADER.size - _INDEX.size
     candidates: Iterable[int] = range(start + 1, limit + 1)
@@ -219,6 +246,267 @@ def _valid_record_after(buf: bytes, start: int, expected_index: int, max_body: i
         if _crc(buf[off:off + 4], buf[body_at:body_at + length]) == crc:
             return off
     return None
+
+
+def _complete_with_other_length(buf: bytes, offset: int) -> bool:
+    """Whether the bytes from ``offset`` to the end of ``buf`` pass the checksum of the
+    record header at ``offset`` once its length field is replaced by what is really there:
+    then the record is complete and only its length field is damaged (a torn write
+    leaves a prefix of the record, so its length field is always right)."""
+    body_at = offset + _REC_HEADER.size
+    real = len(buf) - body_at
+    if real < _INDEX.size:
+        return False
+    (crc,) = _LEN.unpack_from(buf, offset + 4)
+    return _crc(_LEN.pack(real), buf[body_at:]) == int(crc)
+
+
+def _recognisable(buf: bytes, start: int, expected_index: int) -> tuple[int, int]:
+    """Well-formed records at or after byte ``start`` with indices from ``expected_index``
+    on (resynchronising past damage): ``(count, highest index)``, ``(0, 0)`` if none."""
+    count = high = 0
+    offset = start
+    max_body = MAX_RECORD_BYTES + _INDEX.size
+    while offset < len(buf):
+        try:
+            offset, _ = _parse_record(buf, offset, expected_index, max_body)
+        except _BadRecord:
+            later = _valid_record_after(buf, offset, expected_index, max_body)
+            if later is None:
+                break
+            offset = later
+            (expected_index,) = _INDEX.unpack_from(buf, later + _REC_HEADER.size)
+            continue
+        count += 1
+        high = expected_index
+        expected_index += 1
+    return count, high
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Damage to a log that recovery does not cut off by itself (anything but a torn tail:
+    see the module docs): where it is, and what cutting it off would drop.
+
+    ``coordcore locks repair`` prints these; :class:`LogDamaged` carries one."""
+
+    #: ``"record"``, ``"segment-header"``, ``"gap"`` or ``"snapshot"``.
+    kind: str
+    #: The damaged file's name in the log directory.
+    file: str
+    #: Byte offset of the damage in :attr:`file` (0 for the file as a whole).
+    offset: int
+    #: The first record index that would be lost (the one expected at the damage).
+    index: int
+    reason: str
+    #: Records recognisable in what would be dropped (the damaged one included for
+    #: ``"record"``); a zeroed span hides how many it held, so it is a lower bound.
+    records: int
+    #: The highest record index recognisable in what would be dropped (0: none).
+    last_index: int
+    #: Bytes that would be dropped: from :attr:`offset` to the end of :attr:`file`,
+    #: plus every file in :attr:`later_files`.
+    bytes: int
+    #: Later files that would be set aside whole.
+    later_files: tuple[str, ...] = ()
+
+    def dropped(self) -> str:
+        """What cutting the damage off drops, in words."""
+        if self.kind == "snapshot":
+            return (f"the snapshot {self.file} ({self.bytes} bytes) and with it records up to "
+                    f"{self.last_index} that only it held")
+        span = f"records {self.index}..{self.last_index}" if self.last_index > self.index \
+            else f"record {self.index}" + (" and any after it" if self.kind == "record" else "")
+        later = f" and {len(self.later_files)} later file(s)" if self.later_files else ""
+        return (f"{span} ({self.records} recognisable record(s), {self.bytes} bytes from byte "
+                f"{self.offset} of {self.file}{later})")
+
+    def describe(self, directory: Path | str) -> str:
+        where = "" if self.kind == "snapshot" else f" (record {self.index}, byte {self.offset})"
+        return (f"lock log {directory}: {self.file}{where}: {self.reason}. This is damage, not a "
+                f"torn tail: opening would drop {self.dropped()}. Refusing to open it; "
+                f"`coordcore locks repair {directory}` shows the repair (a dry run) and "
+                "`--apply` makes it")
+
+
+class LogDamaged(LogCorrupted):
+    """:class:`~coordcore.errors.LogCorrupted` with the :class:`Damage` found."""
+
+    def __init__(self, directory: Path, damage: Damage) -> None:
+        super().__init__(damage.describe(directory))
+        self.damage = damage
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What a log directory holds, read without changing anything."""
+
+    snapshot: Snapshot | None
+    records: list[Record]
+    torn: TornTail | None
+    skipped: list[str]
+    damage: Damage | None
+    live: list[_Segment]
+    covered: list[_Segment]
+    older_snapshots: list[Path]
+    next_index: int
+    #: The index after the last record in the segments (may be <= the snapshot's).
+    scan_end: int
+
+
+def _scan(d: Path, segments: list[_Segment], snapshots: list[tuple[int, Path]],
+          limits: dict[Path, int] | None = None, keep_payloads: bool = True) -> _Scan:
+    """Read a log (``limits``: pretend these files end at these offsets, for a repair's
+    dry run); damage is returned in :attr:`_Scan.damage`, never cut."""
+    limits = limits or {}
+    max_body = MAX_RECORD_BYTES + _INDEX.size
+
+    def read(path: Path) -> bytes:
+        data = path.read_bytes()
+        return data[:limits[path]] if path in limits else data
+
+    snapshot: Snapshot | None = None
+    skipped: list[str] = []
+    for index, path in snapshots:
+        try:
+            snapshot = _read_snapshot(index, path)
+            break
+        except LogCorrupted as exc:
+            # Written with temp file + fsync + rename, a snapshot is never torn: this
+            # is damage. An older snapshot can still do if the log covers the gap
+            # (checked below); otherwise we refuse.
+            skipped.append(str(exc))
+    base = snapshot.index if snapshot else 0
+    # Segments wholly covered by the snapshot may be left over if a crash came
+    # between the snapshot's rename and their deletion; skip them.
+    live = [s for i, s in enumerate(segments)
+            if i + 1 >= len(segments) or segments[i + 1].first_index > base + 1]
+    covered = [s for s in segments if s not in live]
+    older = [p for i, p in snapshots if snapshot is not None and i < snapshot.index]
+    records: list[Record] = []
+    torn: TornTail | None = None
+    expected = live[0].first_index if live else base + 1
+
+    def lost_from(n: int, seg_offset: int, data: bytes | None, kind: str, reason: str) -> _Scan:
+        """Damage in ``live[n]`` at ``seg_offset``: it and everything after it go."""
+        seg = live[n]
+        count, high = (0, 0)
+        size = 0
+        if data is not None:
+            size = len(data) - seg_offset
+            count, high = _recognisable(data, seg_offset, expected)
+            if kind == "record":  # the damaged record itself, which does not parse
+                count, high = count + 1, max(high, expected)
+        later = live[n + 1:] if data is not None else live[n:]
+        for other in later:
+            other_data = read(other.path)
+            size += len(other_data)
+            c, h = _recognisable(other_data, _SEG_HEADER.size, other.first_index)
+            count += c
+            high = max(high, h)
+        damage = Damage(kind, seg.path.name, seg_offset, expected, reason, count, high, size,
+                        tuple(o.path.name for o in later))
+        return _Scan(snapshot, records, None, skipped, damage, live, covered, older, expected, expected)
+
+    if live and live[0].first_index > base + 1:
+        return lost_from(0, 0, None, "gap",
+                         f"records {base + 1}..{live[0].first_index - 1} are missing (the first segment "
+                         f"starts at {live[0].first_index}, the snapshot covers up to {base})")
+    for n, seg in enumerate(live):
+        last = n == len(live) - 1
+        if seg.first_index != expected:
+            return lost_from(n, 0, None, "gap",
+                             f"segment starts at index {seg.first_index} but the previous one ends at "
+                             f"{expected - 1}")
+        data = read(seg.path)
+        problem = _segment_header_problem(seg, data)
+        if problem is not None:
+            return lost_from(n, 0, None, "segment-header", problem)
+        offset = _SEG_HEADER.size
+        while offset < len(data):
+            try:
+                offset, payload = _parse_record(data, offset, expected, max_body)
+            except _BadRecord as bad:
+                # Only a short last record is a torn tail (see the module docs).
+                reason = bad.reason
+                if not last:
+                    reason += f", and {seg.path.name} is not the last segment"
+                elif bad.short and _complete_with_other_length(data, bad.offset):
+                    reason = (f"{bad.reason}, but the {len(data) - bad.offset - _REC_HEADER.size} "
+                              "bytes there pass the record's checksum: a complete record with a "
+                              "damaged length field")
+                elif bad.short:
+                    later_at = _valid_record_after(data, bad.offset, expected, max_body)
+                    if later_at is None:
+                        torn = TornTail(seg.path.name, bad.offset, len(data) - bad.offset, bad.reason)
+                        break
+                    reason += f", followed by a valid record at byte {later_at}"
+                return lost_from(n, bad.offset, data, "record", reason)
+            if expected > base and keep_payloads:
+                records.append(Record(expected, payload))
+            expected += 1
+    if skipped:
+        newest_skipped = max(i for i, _ in snapshots if snapshot is None or i > snapshot.index)
+        if expected - 1 < newest_skipped:
+            name = _snap_name(newest_skipped)
+            damage = Damage("snapshot", name, 0, expected, f"the newest snapshot is damaged ({skipped[0]}) "
+                            f"and the log holds records only up to {expected - 1}, not up to "
+                            f"{newest_skipped}", 0, newest_skipped,
+                            (d / name).stat().st_size, ())
+            return _Scan(snapshot, records, torn, skipped, damage, live, covered, older, expected, expected)
+    scan_end = expected
+    if expected <= base:
+        # Every record is covered by the snapshot (segments deleted after it): the
+        # next record continues after the snapshot.
+        expected = base + 1
+    return _Scan(snapshot, records, torn, skipped, None, live, covered, older, expected, scan_end)
+
+
+def _read_snapshot(index: int, path: Path) -> Snapshot:
+    data = path.read_bytes()
+    if len(data) < _SNAP_HEADER.size:
+        raise LogCorrupted(f"snapshot {path} is cut short ({len(data)} bytes)")
+    magic, version, _, covered, length, crc = _SNAP_HEADER.unpack_from(data)
+    if magic != _SNAP_MAGIC or version != _VERSION:
+        raise LogCorrupted(f"snapshot {path} has a bad header (magic {magic!r}, version {version})")
+    payload = data[_SNAP_HEADER.size:]
+    if covered != index or len(payload) != length:
+        raise LogCorrupted(f"snapshot {path} says it covers index {covered} with {length} bytes; "
+                           f"its name says {index} and it has {len(payload)} bytes")
+    if _crc(data[:_SNAP_HEADER.size - 4], payload) != crc:
+        raise LogCorrupted(f"snapshot {path} fails its checksum")
+    return Snapshot(index, payload)
+
+
+def _segment_header_problem(seg: _Segment, data: bytes) -> str | None:
+    if len(data) < _SEG_HEADER.size:
+        return f"segment is shorter than its header ({len(data)} of {_SEG_HEADER.size} bytes)"
+    magic, version, _, first, crc, _ = _SEG_HEADER.unpack_from(data)
+    if magic != _SEG_MAGIC or version != _VERSION or _crc(data[:24]) != crc:
+        return "segment has a bad header"
+    if first != seg.first_index:
+        return f"segment says it starts at index {first}, its name says {seg.first_index}"
+    return None
+
+
+def _list_dir(d: Path, remove_tmp: bool) -> tuple[list[_Segment], list[tuple[int, Path]]]:
+    segments: list[_Segment] = []
+    snapshots: list[tuple[int, Path]] = []
+    for entry in os.scandir(d):
+        name = entry.name
+        if name.endswith(".tmp"):
+            # A segment or snapshot that never got renamed into place: a crash
+            # interrupted its creation, and nothing refers to it.
+            if remove_tmp:
+                os.unlink(entry.path)
+            continue
+        if m := _SEG_RE.match(name):
+            segments.append(_Segment(int(m.group(1)), Path(entry.path)))
+        elif m := _SNAP_RE.match(name):
+            snapshots.append((int(m.group(1)), Path(entry.path)))
+    segments.sort(key=lambda s: s.first_index)
+    snapshots.sort(reverse=True)
+    return segments, snapshots
 
 
 def _fsync_dir(path: Path) -> None:
@@ -333,106 +621,16 @@ class BatchLog:
             self._lock_fd = -1
 
     def _list(self) -> tuple[list[_Segment], list[tuple[int, Path]]]:
-        segments: list[_Segment] = []
-        snapshots: list[tuple[int, Path]] = []
-        for entry in os.scandir(self._dir):
-            name = entry.name
-            if name.endswith(".tmp"):
-                # A segment or snapshot that never got renamed into place: a crash
-                # interrupted its creation, and nothing refers to it.
-                os.unlink(entry.path)
-                continue
-            if m := _SEG_RE.match(name):
-                segments.append(_Segment(int(m.group(1)), Path(entry.path)))
-            elif m := _SNAP_RE.match(name):
-                snapshots.append((int(m.group(1)), Path(entry.path)))
-        segments.sort(key=lambda s: s.first_index)
-        snapshots.sort(reverse=True)
-        return segments, snapshots
-
-    def _read_snapshot(self, index: int, path: Path) -> Snapshot:
-        data = path.read_bytes()
-        if len(data) < _SNAP_HEADER.size:
-            raise LogCorrupted(f"snapshot {path} is cut short ({len(data)} bytes)")
-        magic, version, _, covered, length, crc = _SNAP_HEADER.unpack_from(data)
-        if magic != _SNAP_MAGIC or version != _VERSION:
-            raise LogCorrupted(f"snapshot {path} has a bad header (magic {magic!r}, version {version})")
-        payload = data[_SNAP_HEADER.size:]
-        if covered != index or len(payload) != length:
-            raise LogCorrupted(f"snapshot {path} says it covers index {covered} with {length} bytes; "
-                               f"its name says {index} and it has {len(payload)} bytes")
-        if _crc(data[:_SNAP_HEADER.size - 4], payload) != crc:
-            raise LogCorrupted(f"snapshot {path} fails its checksum")
-        return Snapshot(index, payload)
+        return _list_dir(self._dir, remove_tmp=True)
 
     def _recover(self) -> None:
         segments, snapshots = self._list()
-        snapshot: Snapshot | None = None
-        skipped: list[str] = []
-        for index, path in snapshots:
-            try:
-                snapshot = self._read_snapshot(index, path)
-                break
-            except LogCorrupted as exc:
-                # Written with temp file + fsync + rename, a snapshot is never torn: this
-                # is damage. An older snapshot can still do if the log covers the gap
-                # (checked below); otherwise we refuse.
-                logger.error("skipping damaged snapshot: %s", exc)
-                skipped.append(str(exc))
-        base = snapshot.index if snapshot else 0
-        # Segments wholly covered by the snapshot may be left over if a crash came
-        # between the snapshot's rename and their deletion; skip them.
-        live = [s for i, s in enumerate(segments)
-                if i + 1 >= len(segments) or segments[i + 1].first_index > base + 1]
-        records: list[Record] = []
-        torn: TornTail | None = None
-        expected = live[0].first_index if live else base + 1
-        if live and live[0].first_index > base + 1:
-            raise LogCorrupted(
-                f"lock log {self._dir}: records {base + 1}..{live[0].first_index - 1} are missing "
-                f"(first segment {live[0].path.name}, snapshot covers {base})")
-        for n, seg in enumerate(live):
-            last = n == len(live) - 1
-            if seg.first_index != expected:
-                raise LogCorrupted(
-                    f"lock log {self._dir}: segment {seg.path.name} starts at index "
-                    f"{seg.first_index} but the previous one ends at {expected - 1}")
-            data = seg.path.read_bytes()
-            self._check_segment_header(seg, data)
-            offset = _SEG_HEADER.size
-            while offset < len(data):
-                try:
-                    offset, payload = _parse_record(data, offset, expected, MAX_RECORD_BYTES + _INDEX.size)
-                except _BadRecord as bad:
-                    if not last:
-                        raise LogCorrupted(
-                            f"lock log {self._dir}: {bad.reason} at byte {bad.offset} of "
-                            f"{seg.path.name}, which is not the last segment") from None
-                    later = _valid_record_after(data, bad.offset, expected,
-                                                MAX_RECORD_BYTES + _INDEX.size)
-                    if later is not None:
-                        raise LogCorrupted(
-                            f"lock log {self._dir}: {bad.reason} at byte {bad.offset} of "
-                            f"{seg.path.name} (record {expected}), followed by a valid record at "
-                            f"byte {later}: this is corruption inside the log, not a torn tail; "
-                            "refusing to open it") from None
-                    torn = TornTail(seg.path.name, bad.offset, len(data) - bad.offset, bad.reason)
-                    break
-                if expected > base:
-                    records.append(Record(expected, payload))
-                expected += 1
-        if skipped:
-            newest_skipped = max(i for i, _ in snapshots if snapshot is None or i > snapshot.index)
-            if expected - 1 < newest_skipped:
-                raise LogCorrupted(
-                    f"lock log {self._dir}: the newest snapshot is damaged ({skipped[0]}) and the "
-                    f"log holds records only up to {expected - 1}, not up to {newest_skipped}: "
-                    "refusing to open it")
-        scan_end = expected
-        if expected <= base:
-            # Every record is covered by the snapshot (segments deleted after it): the
-            # next record continues after the snapshot.
-            expected = base + 1
+        scan = _scan(self._dir, segments, snapshots)
+        for why in scan.skipped:
+            logger.error("skipping damaged snapshot: %s", why)
+        if scan.damage is not None:
+            raise LogDamaged(self._dir, scan.damage)
+        torn = scan.torn
         if torn is not None:
             path = self._dir / torn.segment
             logger.warning("lock log %s: cut off a torn tail of %d bytes at byte %d of %s (%s); "
@@ -445,31 +643,21 @@ class BatchLog:
                     os.fdatasync(fd)
             finally:
                 os.close(fd)
-        self.recovered = Recovered(snapshot, records, torn, skipped)
-        self._next_index = expected
+        self.recovered = Recovered(scan.snapshot, scan.records, torn, scan.skipped)
+        self._next_index = scan.next_index
         # Delete what the snapshot covers (left over by a crash mid-truncation) and older
         # snapshots; then open the last segment for appending, or start one.
-        for seg in segments:
-            if seg not in live:
-                os.unlink(seg.path)
-        for index, path in snapshots:
-            if snapshot is not None and index < snapshot.index:
-                os.unlink(path)
-        if live and scan_end > base:
-            self._active = live[-1]
+        for seg in scan.covered:
+            os.unlink(seg.path)
+        for path in scan.older_snapshots:
+            os.unlink(path)
+        base = scan.snapshot.index if scan.snapshot else 0
+        if scan.live and scan.scan_end > base:
+            self._active = scan.live[-1]
             self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._active_size = os.fstat(self._fd).st_size
         else:
-            self._start_segment(expected)
-
-    def _check_segment_header(self, seg: _Segment, data: bytes) -> None:
-        if len(data) < _SEG_HEADER.size:
-            raise LogCorrupted(f"lock log segment {seg.path} is shorter than its header")
-        magic, version, _, first, crc, _ = _SEG_HEADER.unpack_from(data)
-        if magic != _SEG_MAGIC or version != _VERSION or _crc(data[:24]) != crc:
-            raise LogCorrupted(f"lock log segment {seg.path} has a bad header")
-        if first != seg.first_index:
-            raise LogCorrupted(f"lock log segment {seg.path} says it starts at index {first}")
+            self._start_segment(scan.next_index)
 
     # --- writing -------------------------------------------------------------------
 
@@ -646,3 +834,159 @@ class BatchLog:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"next_index={self._next_index}"
         return f"<BatchLog {str(self._dir)!r} {self.durability} {state}>"
+
+
+@dataclass(slots=True)
+class RepairReport:
+    """What :func:`repair` found and did (or, in a dry run, would do)."""
+
+    path: Path
+    applied: bool
+    #: Each piece of damage, in the order it was cut off (cutting one can reveal the next).
+    damage: list[Damage] = field(default_factory=list)
+    #: ``(action, file, detail)``: ``("truncate", name, offset)`` or ``("set-aside", name, 0)``.
+    actions: list[tuple[str, str, int]] = field(default_factory=list)
+    #: The backups kept (``*.damaged``), when applied.
+    backups: list[str] = field(default_factory=list)
+    #: A torn tail the next open cuts off by itself (repair leaves it alone).
+    torn_tail: TornTail | None = None
+    #: The index of the last record the log holds after the repair (or the snapshot's).
+    last_index: int = 0
+
+    @property
+    def records_dropped(self) -> int:
+        """Records recognisably dropped (a lower bound: a zeroed span hides its count)."""
+        return sum(d.records for d in self.damage)
+
+    @property
+    def bytes_dropped(self) -> int:
+        return sum(d.bytes for d in self.damage)
+
+    def lines(self) -> list[str]:
+        """The report for a human, one line each."""
+        verb = "" if self.applied else "would "
+        out = []
+        if not self.damage:
+            out.append(f"lock log {self.path}: no damage; nothing to repair (log ends at record "
+                       f"{self.last_index})")
+        for d in self.damage:
+            where = f"{d.file}" if d.kind == "snapshot" else f"{d.file} byte {d.offset} (record {d.index})"
+            out.append(f"damage: {where}: {d.reason}")
+            out.append(f"  {verb}drop {d.dropped()}")
+        for action, name, offset in self.actions:
+            if action == "truncate":
+                out.append(f"{verb}truncate {name} at byte {offset}, keeping the whole file as "
+                           f"{name}.damaged")
+            else:
+                out.append(f"{verb}set aside {name} as {name}.damaged")
+        if self.damage:
+            out.append(f"{verb}drop {self.records_dropped} recognisable record(s), "
+                       f"{self.bytes_dropped} bytes in all; the log then ends at record {self.last_index}")
+        if self.torn_tail is not None:
+            t = self.torn_tail
+            out.append(f"torn tail (cut off at the next open, never acknowledged): {t.bytes_cut} bytes "
+                       f"at byte {t.offset} of {t.segment} ({t.reason})")
+        return out
+
+
+def _backup_name(path: Path) -> Path:
+    candidate = path.with_name(path.name + ".damaged")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.damaged.{n}")
+        n += 1
+    return candidate
+
+
+def repair(path: str | os.PathLike[str], *, apply: bool = False,
+           durability: Durability = "fsync") -> RepairReport:
+    """Find the damage that keeps the log in ``path`` from opening and cut it off: the
+    damaged record and everything after it (a later record cannot be applied without
+    the ones before it), a segment with a bad header or after a gap and everything
+    after it, a damaged snapshot that the log cannot stand in for.
+
+    A dry run (the default) changes nothing and reports what applying would drop. With
+    ``apply=True`` a truncated segment is first copied whole to ``<name>.damaged`` and
+    segments or snapshots dropped whole are renamed to ``<name>.damaged``; afterwards
+    the log opens. Takes the log's ``LOCK``: refuses (``Unavailable``) while the log is
+    open. A lock service must also raise its revision past the tokens the dropped
+    records issued: :func:`coordcore.locks.recovery.repair` does both.
+    """
+    d = Path(os.fspath(path))
+    if not d.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no lock log directory here", str(d))
+    sync = durability == "fsync"
+    lock_fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Unavailable(f"the lock log {str(d)!r} is open in another process: stop it "
+                              "before repairing the log") from None
+        segments, snapshots = _list_dir(d, remove_tmp=False)
+        report = RepairReport(d, apply)
+        limits: dict[Path, int] = {}
+        truncate: dict[Path, int] = {}
+        aside: list[Path] = []
+        while True:
+            scan = _scan(d, segments, snapshots, limits, keep_payloads=False)
+            damage = scan.damage
+            if damage is None:
+                break
+            report.damage.append(damage)
+            target = d / damage.file
+            if damage.kind == "snapshot":
+                snapshots = [(i, p) for i, p in snapshots if p != target]
+                aside.append(target)
+                continue
+            later = {d / name for name in damage.later_files}
+            if damage.kind == "record":
+                limits[target] = truncate[target] = damage.offset
+            else:
+                later.add(target)
+            segments = [s for s in segments if s.path not in later]
+            aside.extend(sorted(later))
+        base = scan.snapshot.index if scan.snapshot else 0
+        report.last_index = max(scan.scan_end - 1, base)
+        report.torn_tail = scan.torn
+        for p in aside:
+            truncate.pop(p, None)
+        report.actions = [("truncate", p.name, off) for p, off in sorted(truncate.items())]
+        report.actions += [("set-aside", p.name, 0) for p in aside]
+        if apply:
+            for p, off in sorted(truncate.items()):
+                backup = _backup_name(p)
+                tmp = backup.with_name(backup.name + ".tmp")
+                data = p.read_bytes()
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if sync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, backup)
+                report.backups.append(backup.name)
+            if sync and truncate:
+                _fsync_dir(d)  # the backups are durable before anything is cut
+            for p in aside:
+                backup = _backup_name(p)
+                os.replace(p, backup)
+                report.backups.append(backup.name)
+            for p, off in sorted(truncate.items()):
+                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, off)
+                    if sync:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            if sync:
+                _fsync_dir(d)
+            for line in report.lines():
+                logger.warning("repair: %s", line)
+        return report
+    finally:
+        os.close(lock_fd)  # drops the flock

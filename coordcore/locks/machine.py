@@ -967,6 +967,20 @@ class LockMachine:
         """The revision of the last event (0 for an empty machine)."""
         return self._m.revision
 
+    def raise_revision(self, floor: int) -> int:
+        """Raise the revision to at least ``floor`` (it never goes down); return it.
+
+        Only for recovery after records were dropped (a repaired or lost log): the next
+        event's revision, and so every later token, is above every token those records
+        may have issued. It is not a log command, so write a snapshot straight after,
+        or replaying the log would not reach the same state."""
+        if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
+            raise BadArgument(f"a revision floor is an int >= 0, not {floor!r}")
+        try:
+            return int(self._m.raise_revision(floor))
+        except (ValueError, OverflowError) as exc:
+            raise BadArgument(str(exc)) from None
+
     @property
     def time_ms(self) -> int:
         """The time of the last applied batch (never goes back)."""

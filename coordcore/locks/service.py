@@ -42,7 +42,10 @@ Durability
 ----------
 ``LockService.open(path)`` keeps a :class:`~coordcore.locks.log.BatchLog` in ``path``;
 restart recovers the newest snapshot and replays the log (a torn last batch, never
-acknowledged, is cut off). Snapshots are taken automatically after
+acknowledged, is cut off; any other damage refuses to open until ``coordcore locks
+repair`` cuts it off explicitly). A revision high-water mark beside the log keeps
+fencing tokens unique even when records are lost (:mod:`coordcore.locks.recovery`).
+Snapshots are taken automatically after
 ``snapshot_every_records`` batches or ``snapshot_every_bytes`` bytes, or on demand
 with :meth:`LockService.snapshot`. ``LockService.in_memory()`` has no log.
 
@@ -76,6 +79,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from coordcore.errors import (
@@ -91,7 +95,9 @@ from coordcore.errors import (
     WatchLagged,
     WrongType,
 )
+from coordcore.locks import recovery
 from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability, TornTail
+from coordcore.locks.recovery import RevisionMark
 from coordcore._native import require
 from coordcore.locks.machine import (
     BATCH_HEADER_SIZE,
@@ -639,6 +645,9 @@ class LockService:
     All methods must be called from the event loop the service was started on.
     """
 
+    #: The revision high-water mark of a durable service (see :mod:`coordcore.locks.recovery`).
+    _mark: RevisionMark | None = None
+
     def __init__(self, *, log: BatchLog | None, machine: LockMachine, clock: Callable[[], float],
                  tick_interval: float, snapshot_every_records: int, snapshot_every_bytes: int) -> None:
         self._loop = asyncio.get_running_loop()
@@ -694,6 +703,7 @@ class LockService:
         snapshot_every_bytes: int = 64 * 1024 * 1024,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         waiter_grace: float = DEFAULT_WAITER_GRACE,
+        allow_empty_log: bool = False,
     ) -> _Starter[LockService]:
         """Open (recovering) the durable service whose log lives in directory ``path``.
 
@@ -706,7 +716,12 @@ class LockService:
         (released, if it was granted meanwhile) unless its client retries the acquire
         with the same request id (a server's clients do when they reconnect).
         Raises :class:`~coordcore.errors.LogCorrupted` for a damaged log (other than a
-        torn tail, which is cut off) and a clear ``OSError`` for an unusable path.
+        torn tail, which is cut off; ``coordcore locks repair`` cuts damage off explicitly)
+        and a clear ``OSError`` for an unusable path. A log whose segments and snapshots are
+        gone but whose revision mark is there refuses
+        (:class:`~coordcore.locks.recovery.LockLogMissing`) unless ``allow_empty_log``:
+        then it starts empty, its revision raised above every token issued before (see
+        :mod:`coordcore.locks.recovery`).
         """
         cls._check_options(tick_interval, snapshot_every_records, snapshot_every_bytes)
         if durability not in ("fsync", "unsafe-no-fsync"):
@@ -716,8 +731,8 @@ class LockService:
             loop = asyncio.get_running_loop()
             opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coordcore-open")
             try:
-                log, machine = await loop.run_in_executor(
-                    opener, cls._recover, path, durability, segment_bytes)
+                log, machine, mark = await loop.run_in_executor(
+                    opener, cls._recover, path, durability, segment_bytes, allow_empty_log)
             finally:
                 opener.shutdown(wait=False)
             chosen = clock
@@ -727,6 +742,7 @@ class LockService:
             svc = cls(log=log, machine=machine, clock=chosen,
                       tick_interval=tick_interval, snapshot_every_records=snapshot_every_records,
                       snapshot_every_bytes=snapshot_every_bytes)
+            svc._mark = mark
             if machine.waiter_count:
                 try:
                     detached = await svc._call(lambda b: b.detach(grace_ms))
@@ -763,8 +779,14 @@ class LockService:
                 raise BadArgument(f"{name} must be an int >= 1, not {value!r}")
 
     @staticmethod
-    def _recover(path: str | os.PathLike[str], durability: Durability,
-                 segment_bytes: int) -> tuple[BatchLog, LockMachine]:
+    def _recover(path: str | os.PathLike[str], durability: Durability, segment_bytes: int,
+                 allow_empty_log: bool = False) -> tuple[BatchLog, LockMachine, RevisionMark]:
+        directory = Path(os.fspath(path))
+        fsync = durability == "fsync"
+        # Before BatchLog.open, which starts a segment in an empty directory.
+        lost = recovery.lost_log_evidence(directory)
+        if lost and not allow_empty_log:
+            raise recovery.missing_log_error(directory, lost, "allow_empty_log=True")
         log = BatchLog.open(path, durability=durability, segment_bytes=segment_bytes)
         try:
             machine = LockMachine()
@@ -779,7 +801,35 @@ class LockService:
                         f"lock log {log.path}: record {record.index} passed its checksum but the "
                         f"lock machine refuses it ({exc}); written by an incompatible version?") from exc
             rec.records.clear()  # replayed: free the memory
-            return log, machine
+            mark = RevisionMark(directory, fsync=fsync)
+            state = mark.state
+            last = log.next_index - 1
+            floor = 0
+            if state is not None and state.raise_to:
+                floor, why = state.raise_to, "records were dropped by a repair"
+            elif state is not None and lost:
+                floor, why = state.reserved, "the log was lost (allow_empty_log)"
+            elif state is not None and last < state.index:
+                raise recovery.LogBehindMark(
+                    f"lock log {log.path}: it ends at record {last}, but {recovery.MARK_NAME} says "
+                    f"record {state.index} (revision {state.revision}) was on disk: records are "
+                    "missing (segments deleted, or an older copy of the directory restored), and "
+                    f"tokens up to {state.reserved} may have been issued. `coordcore locks repair "
+                    f"{log.path} --apply` accepts the loss (new tokens start above {state.reserved})")
+            elif lost:
+                logger.warning("lock log %s: starting empty (allow_empty_log) without a revision "
+                               "mark: fencing tokens issued before may be issued again", log.path)
+            if floor > machine.revision:
+                # Not a log record: snapshot at once so replay reaches the same state.
+                machine.raise_revision(floor)
+                index = log.next_index - 1
+                log.write_snapshot(index, _snapshot_payload(index, machine))
+                logger.warning("lock log %s: revision raised to %d (%s), so no fencing token is "
+                               "issued twice; snapshot written", log.path, floor, why)
+            if state is None or state.raise_to or machine.revision >= state.reserved:
+                mark.write(recovery.MarkState(machine.revision + recovery.RESERVE, machine.revision,
+                                              log.next_index - 1))
+            return log, machine, mark
         except BaseException:
             log.close()
             raise
@@ -1013,6 +1063,13 @@ class LockService:
                 assert self._log is not None
                 self.stats.fsyncs += self._log.durability == "fsync"
             raw_results, raw_events = self._machine.apply_raw(batch.record)
+            mark = self._mark
+            if mark is not None and mark.state is not None and self._machine.revision > mark.state.reserved:
+                # Past the reserved revisions: reserve more before anyone sees a token
+                # above the mark (on the loop, so no read sees it either; once per
+                # RESERVE revisions).
+                assert self._log is not None
+                mark.reserve(self._machine.revision, self._log.next_index - 1)
         except BaseException as exc:
             batch.abort(exc)
             raise
@@ -1124,7 +1181,7 @@ class LockService:
             if self._log is not None:
                 index = self._log.next_index - 1
                 m = self._machine
-                payload = _SNAP_HEAD.pack(_SNAP_MAGIC, 1, 0, index, m.revision, m.time_ms) + m.snapshot()
+                payload = _snapshot_payload(index, m)
                 await self._loop.run_in_executor(self._io, self._log.write_snapshot, index, payload)
                 self.stats.snapshots += 1
                 self._since_snapshot_records = 0
@@ -1707,6 +1764,10 @@ def _set_exception(req: _Request, exc: BaseException) -> None:
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _snapshot_payload(index: int, m: LockMachine) -> bytes:
+    return _SNAP_HEAD.pack(_SNAP_MAGIC, 1, 0, index, m.revision, m.time_ms) + m.snapshot()
 
 
 def _unwrap_snapshot(payload: bytes, index: int, log: BatchLog) -> bytes:

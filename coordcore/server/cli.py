@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="keys or contenders one reply lists; more are paged (default %(default)s)")
     a("--waiter-grace", type=float, default=d.waiter_grace,
       help="seconds a waiter recovered at start waits for its client to re-attach (default %(default)s)")
+    a("--allow-empty-lock-log", action="store_true",
+      help="start even if the lock log is missing from a data dir that has served before (ID state "
+           "or a revision mark found); new fencing tokens start above the revision mark")
     a("--log-format", choices=("kv", "json"), default=d.log_format)
     a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
     a("--announce-port", action="store_true", help=argparse.SUPPRESS)
@@ -56,6 +59,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         id_only=args.id_only, fsync=not args.unsafe_no_fsync, waiter_grace=args.waiter_grace,
         max_sessions=args.max_sessions, max_locks_per_session=args.max_locks_per_session,
         max_reply_items=args.max_reply_items,
+        allow_empty_lock_log=args.allow_empty_lock_log,
         log_format=args.log_format,
         log_level=args.log_level)
 

@@ -90,11 +90,22 @@ _MAX_TIMEOUT_MS = 30 * 86_400_000
 async def open_backend(server: Server) -> LockService:
     path = server.config.data_dir / "locks"
     durability: Literal["fsync", "unsafe-no-fsync"] = "fsync" if server.config.fsync else "unsafe-no-fsync"
+    from coordcore.locks import recovery
+
+    # A data dir that has served (ID state, a revision mark) but has no lock log lost it:
+    # starting empty would forget every lock and could reissue tokens (issue 9, item 6).
+    allow_empty = server.config.allow_empty_lock_log
+    lost = recovery.lost_log_evidence(path, server.config.data_dir)
+    if lost and not allow_empty:
+        raise recovery.missing_log_error(path, lost, "--allow-empty-lock-log")
+    if lost:
+        server.log.warning("starting with an empty lock log (--allow-empty-lock-log)", path=str(path),
+                           found="; ".join(lost))
     # count_downtime=False: a restart resumes the service clock where the last batch left
     # it, so sessions keep the TTL they had left and clients that reconnect within it
     # keep their locks (etcd renews leases on a new leader the same way).
     svc = await LockService.open(path, durability=durability, count_downtime=False,
-                                 waiter_grace=server.config.waiter_grace)
+                                 waiter_grace=server.config.waiter_grace, allow_empty_log=allow_empty)
     svc.add_batch_listener(server.flush_dirty)
     svc.set_limits(max_sessions=server.config.max_sessions,
                    max_contenders_per_session=server.config.max_locks_per_session)

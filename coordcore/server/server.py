@@ -73,6 +73,9 @@ class ServerConfig:
     max_locks_per_session: int = 100_000
     #: Most items (keys, contenders) one reply lists; more are paged (LOCKS.SCAN, COUNT).
     max_reply_items: int = 10_000
+    #: Start even though the lock log is gone from a data dir that has served before
+    #: (the revision starts above the revision mark, if one is left).
+    allow_empty_lock_log: bool = False
     log_format: str = "kv"
     log_level: str = "info"
 

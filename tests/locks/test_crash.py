@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -154,12 +155,16 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_operation(tmp_path: Pat
         assert machine.revision >= high_water, (run_no, machine.revision, high_water)
         check_exclusion(events)
         if rng.random() < 0.3:
-            # As if the machine lost power mid-write: part of a batch that was never
-            # acknowledged sits at the end of the active segment. The next child must
-            # cut it off and lose nothing acknowledged.
+            # As if the machine died mid-write: a prefix of a batch record that was never
+            # acknowledged (its length says more than reached the file) sits at the end of
+            # the active segment. The next child must cut it off and lose nothing
+            # acknowledged. (Random bytes would not do: a record header with a length no
+            # record has is damage, which refuses to open; see coordcore.locks.log.)
             active = sorted(log_dir.glob("segment-*.log"))[-1]
+            length = rng.randrange(64, 4096)
+            frame = struct.pack("<II", length, rng.randrange(2**32)) + rng.randbytes(length)
             with open(active, "ab") as f:
-                f.write(rng.randbytes(rng.randrange(1, 64)))
+                f.write(frame[:rng.randrange(1, 64)])
             planted += 1
     # Finally the log still opens and recovers (cutting a tail planted after the last run).
     with BatchLog.open(log_dir) as log:

@@ -186,7 +186,10 @@ def test_torn_tail_at_every_byte_offset_of_the_last_record(tmp_path: Path) -> No
         shutil.rmtree(d)
 
 
-def test_corrupt_or_zeroed_last_record_is_cut_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_or_zeroed_last_record_refuses_to_open(tmp_path: Path) -> None:
+    """Issue 9, item 6: a complete last record that fails its checksum, or a zero-filled
+    tail, is damage (it may hold acknowledged grants), not a torn tail: refuse, name it,
+    touch nothing. (Before: every one of these was cut off as a torn tail.)"""
     items = [b"a" * 20, b"b" * 20, b"c" * 20]
     src = tmp_path / "src"
     fill(src, items)
@@ -194,23 +197,92 @@ def test_corrupt_or_zeroed_last_record_is_cut_off(tmp_path: Path, caplog: pytest
     seg_name = only_segment(src).name
     variants: list[tuple[str, bytes]] = []
     original = (src / seg_name).read_bytes()
-    for pos in range(start, end):  # every byte of the last record, flipped
+    for pos in range(start, end):  # every byte of the last record, flipped (length field too)
         flipped = bytearray(original)
         flipped[pos] ^= 0x5A
         variants.append((f"flip{pos}", bytes(flipped)))
-    # The file grew but the data never arrived (zeros), with and without a partial record.
-    variants.append(("zeros", original[:start] + bytes(end - start + 100)))
+    # Zeros where records were (a zeroed span), with and without the header left.
+    variants.append(("zeros", original[:start] + bytes(end - start)))
+    variants.append(("zeros-longer", original[:start] + bytes(end - start + 100)))
     variants.append(("zeros-after-partial", original[:start + 5] + bytes(4096)))
     for name, data in variants:
         d = tmp_path / name
         shutil.copytree(src, d)
         (d / seg_name).write_bytes(data)
-        caplog.clear()
-        with BatchLog.open(d) as log:
-            assert payloads(log) == [(1, items[0]), (2, items[1])], name
-            assert log.recovered.torn_tail is not None and log.recovered.torn_tail.offset == start
-        assert (d / seg_name).stat().st_size == start
-        assert any("torn tail" in r.getMessage() for r in caplog.records), name
+        with pytest.raises(LogCorrupted, match="not a torn tail") as info:
+            BatchLog.open(d)
+        assert isinstance(info.value, logmod.LogDamaged), name
+        damage = info.value.damage
+        assert (damage.file, damage.offset, damage.index, damage.kind) == (seg_name, start, 3, "record"), name
+        assert damage.bytes == len(data) - start and damage.records >= 1, name
+        assert f"record 3, byte {start}" in str(info.value) and seg_name in str(info.value)
+        assert (d / seg_name).read_bytes() == data, name  # refusing touched nothing
+        shutil.rmtree(d)
+
+
+def test_zeroed_last_4k_refuses_and_counts_what_it_would_drop(tmp_path: Path) -> None:
+    """The issue's case: the last 4 KiB of the active segment zeroed. Before: cut off as
+    a torn tail (the revision went back from 62 to 4)."""
+    items = [b"%03d" % i * 30 for i in range(100)]  # 98-byte records
+    fill(tmp_path, items)
+    seg = only_segment(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[-4096:] = bytes(4096)
+    seg.write_bytes(data)
+    offsets = record_offsets(items)
+    first_hit = next(i for i, (s, e) in enumerate(offsets) if e > len(data) - 4096)
+    with pytest.raises(logmod.LogDamaged, match="not a torn tail") as info:
+        BatchLog.open(tmp_path)
+    damage = info.value.damage
+    assert damage.index == first_hit + 1 and damage.offset == offsets[first_hit][0]
+    assert damage.bytes == len(data) - offsets[first_hit][0]
+    assert seg.read_bytes() == bytes(data)
+
+
+def test_length_field_grown_past_the_end_of_a_complete_last_record_refuses(tmp_path: Path) -> None:
+    items = [b"x" * 50, b"y" * 50]
+    fill(tmp_path, items)
+    seg = only_segment(tmp_path)
+    start, _ = record_offsets(items)[-1]
+    data = bytearray(seg.read_bytes())
+    struct.pack_into("<I", data, start, 58 + 1000)  # says more than the file has
+    seg.write_bytes(data)
+    with pytest.raises(logmod.LogDamaged, match="damaged length field"):
+        BatchLog.open(tmp_path)
+
+
+def test_which_tails_are_torn(tmp_path: Path) -> None:
+    """Exactly the shapes the module docs call torn: the file ends inside the last record
+    (a cut header, or a body shorter than a plausible length says). A header whose length
+    no record can have, or zeros, is damage, even when short."""
+    items = [b"a" * 20, b"b" * 20]
+    src = tmp_path / "src"
+    fill(src, items)
+    seg_name = only_segment(src).name
+    original = (src / seg_name).read_bytes()
+    end = len(original)
+    prefix = struct.pack("<II", 500, 0x12345678) + b"\x07" * 40  # a record cut short
+    cases = [
+        ("cut-header", original + prefix[:5], True),
+        ("cut-body", original + prefix, True),
+        ("cut-body-zeros", original + prefix[:8] + bytes(40), True),
+        ("huge-length", original + struct.pack("<II", 0xFFFFFFF0, 0) + b"\x07" * 40, False),
+        ("zero-header", original + bytes(48), False),
+        ("tiny-length", original + struct.pack("<II", 3, 0) + b"\x07" * 2, False),
+    ]
+    for name, data, torn in cases:
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        (d / seg_name).write_bytes(data)
+        if torn:
+            with BatchLog.open(d) as log:
+                assert log.recovered.torn_tail is not None and log.recovered.torn_tail.offset == end, name
+                assert len(payloads(log)) == 2
+        else:
+            with pytest.raises(logmod.LogDamaged) as info:
+                BatchLog.open(d)
+            assert info.value.damage.offset == end and info.value.damage.index == 3, name
+            assert (d / seg_name).read_bytes() == data
         shutil.rmtree(d)
 
 

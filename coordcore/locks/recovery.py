@@ -230,7 +230,10 @@ def repair(path: str | os.PathLike[str], *, apply: bool = False,
     if not d.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no lock log directory here", str(d))
     mark = RevisionMark.read(d / MARK_NAME)
-    report = _log.repair(d, apply=apply, durability=durability)
+    # Look first, cut last: the raise must be on disk before any record is dropped, or a
+    # crash in between would leave a shorter, clean log and a mark with no raise, and the
+    # dropped records' tokens could be issued again.
+    report = _log.repair(d, apply=False, durability=durability)
     result = RepairResult(report, mark)
     verb = "" if apply else "would "
     behind = mark is not None and report.last_index < mark.index and not mark.raise_to
@@ -255,6 +258,8 @@ def repair(path: str | os.PathLike[str], *, apply: bool = False,
         result.notes.append(
             f"no {MARK_NAME} here (a log written before revision marks existed): tokens that the "
             "dropped records issued may be issued again; fence against them by other means")
+    if apply:
+        result.log = _log.repair(d, apply=True, durability=durability)  # the mark's raise is durable now
     if apply and result.needed:
         for line in result.notes:
             logger.warning("repair: %s", line)

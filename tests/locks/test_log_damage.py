@@ -324,3 +324,36 @@ async def plain_start(data_dir: Path) -> None:
 def test_brand_new_data_dir_starts(run: Run, tmp_path: Path) -> None:
     run(plain_start(tmp_path / "new"))
     run(plain_start(tmp_path / "new"))
+
+
+def test_a_crash_during_repair_never_leaves_a_cut_log_without_its_raise(run: Run, tmp_path: Path,
+                                                                         monkeypatch: Any) -> None:
+    """The raise goes to the mark before any record is cut: a repair that dies between the
+    two leaves the damage (refused again) and the raise, never a clean short log without
+    it (whose dropped records' tokens would be issued again)."""
+    from coordcore.locks import log as _log
+    from coordcore.locks import recovery
+
+    tokens, _ = run(busy_history(tmp_path, 40))
+    damage_last_4k(tmp_path)
+    real = _log.repair
+
+    def dies_when_cutting(path: Any, *, apply: bool = False, durability: Any = "fsync") -> Any:
+        if apply:
+            raise KeyboardInterrupt("the process died before cutting")
+        return real(path, apply=apply, durability=durability)
+
+    monkeypatch.setattr(_log, "repair", dies_when_cutting)
+    with pytest.raises(KeyboardInterrupt):
+        recovery.repair(tmp_path, apply=True)
+    monkeypatch.setattr(_log, "repair", real)
+    pending = RevisionMark.read(tmp_path / MARK_NAME)
+    assert pending is not None and pending.raise_to >= max(tokens)
+    recovery.repair(tmp_path, apply=True)  # the operator runs it again
+
+    async def main() -> int:
+        async with open_svc(tmp_path) as svc:
+            s = await svc.open_session(ttl=60, keepalive=False)
+            return (await svc.acquire("fresh", s)).token
+
+    assert run(main()) > max(tokens)

@@ -117,6 +117,8 @@ class Connection(asyncio.Protocol):
         self.authenticated = server.config.requirepass is None
         self.name = b""
         self.peer = "?"
+        #: The client's address without its port (what AUTH failures are counted by).
+        self.peer_host = "?"
         self.id = server.next_connection_id()
         self._pause = 0
         #: This connection's input + output bytes as last counted in Server.buffered.
@@ -157,6 +159,7 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.peer_host = str(peer[0])
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:

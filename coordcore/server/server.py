@@ -215,7 +215,9 @@ class Server:
         self.noauth: dict[bytes, Handler] = commands.noauth_commands()
         self.command_names: list[bytes] = []
         #: Handlers that may wait for other clients: they park their connection.
-        self.blocking_handlers: set[Handler] = set()
+        self.blocking_handlers: set[Handler] = commands.blocking_handlers()
+        #: Slows AUTH failures down per client address, and rate-limits their log lines.
+        self.auth_guard = commands.AuthGuard(self.log)
         #: Handlers that read lock state: they wait for their connection's writes.
         self.barrier_handlers: set[Handler] = set()
         #: The table of a RESP2 connection while it watches.
@@ -265,7 +267,7 @@ class Server:
             self.locks = await lockcmds.open_backend(self)
             self.lane = lockcmds.open_lane(self)
             table.update(lockcmds.lock_commands())
-            self.blocking_handlers = lockcmds.blocking_handlers()
+            self.blocking_handlers = lockcmds.blocking_handlers() | commands.blocking_handlers()
             self.barrier_handlers = lockcmds.barrier_handlers()
             self.watch_table = lockcmds.watch_mode_commands()
             self._info_providers.append(lambda: lockcmds.info_lines(self))
@@ -431,6 +433,7 @@ class Server:
         recount the buffer budget (output buffers shrink unseen as clients read) and let
         paused connections read again once under 3/4 of it; hand freed memory back."""
         now = self.loop_time()
+        self.auth_guard.flush_logs()
         timeout = self.config.idle_timeout
         if timeout and self.partial:
             for conn, since in list(self.partial.items()):

@@ -283,3 +283,137 @@ def test_non_loopback_bind_without_password_warns() -> None:
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         assert startup_warnings(ServerConfig(host=host)) == [], host
     assert startup_warnings(ServerConfig(host="0.0.0.0", requirepass="s3cret")) == []
+
+
+# --- item 8: AUTH brute force ---------------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_auth_failures_are_slowed_down_and_logged_once(run: Callable[..., Any], tmp_path: Path) -> None:
+    # Before: pipelined wrong passwords were answered at ~19k/s, one log line each.
+    async def main() -> None:
+        async with inprocess_server(tmp_path, requirepass="s3cret") as server:
+            records = _Records()
+            logging.getLogger("coordcore.server.test").addHandler(records)
+            reader, writer = await aio_raw(server.port)
+            parser = hiredis.Reader()
+            guesses = 8  # delays 10, 20 ... 640 ms, then 1 s: 2.27 s in all
+            start = time.monotonic()
+            writer.write(b"".join(pack("AUTH", f"guess{i}") for i in range(guesses)) + pack("AUTH", "s3cret")
+                         + pack("PING"))
+            replies = [await read_reply(reader, parser) for _ in range(guesses + 2)]
+            elapsed = time.monotonic() - start
+            assert all(str(r).startswith("WRONGPASS") for r in replies[:guesses]), replies
+            assert replies[guesses:] == [b"OK", b"PONG"]
+            print(f"{guesses} wrong guesses took {elapsed:.2f} s")
+            assert elapsed >= 2.0  # (a lower bound: the delays are sleeps)
+            lines = [r for r in records.records if "auth" in r.getMessage()]
+            assert len(lines) <= 2, [r.getMessage() for r in lines]
+            # Another connection from the same address that knows the password is not delayed
+            # into failing: it authenticates at once.
+            r2, w2 = await aio_raw(server.port)
+            w2.write(pack("AUTH", "s3cret") + pack("PING"))
+            assert [await read_reply(r2, hiredis.Reader()) for _ in range(1)] == [b"OK"]
+            writer.close()
+            w2.close()
+            logging.getLogger("coordcore.server.test").removeHandler(records)
+
+    run(main(), timeout=60)
+
+
+def test_auth_guard_is_per_address_bounded_and_summarises() -> None:
+    records = _Records()
+    logger = logging.getLogger("coordcore.test.authguard")
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    from coordcore.server.log import StructLog
+
+    guard = commands.AuthGuard(StructLog(logger))
+    for i in range(20):
+        guard.delay("10.0.0.1", now=1000.0)
+    assert guard.delay("10.0.0.1", now=1000.0) > 10  # answered one after another
+    assert guard.delay("10.0.0.9", now=1000.0) == pytest.approx(guard.BASE)  # others unaffected
+    assert guard.delay("10.0.0.1", now=1000.0 + guard.FORGET + 40) == pytest.approx(guard.BASE)  # forgotten
+    for i in range(guard.MAX_ADDRESSES + 100):
+        guard.delay(f"10.1.{i // 256}.{i % 256}", now=2000.0)
+    assert len(guard._table) == guard.MAX_ADDRESSES
+    # Unlogged failures come out as one summary line per address per interval.
+    address = next(reversed(guard._table))
+    entry = guard._table[address]
+    entry.unlogged, entry.logged_at = 7, 2000.0
+    guard._pending.add(address)
+    guard.flush_logs(now=2001.0)
+    assert not records.records
+    guard.flush_logs(now=2000.0 + guard.LOG_EVERY)
+    assert [r.getMessage() for r in records.records] == ["auth failures"]
+    assert records.records[0].cc_fields["failures"] == 7  # type: ignore[attr-defined]
+    logger.removeHandler(records)
+
+
+# --- item 8: plain decimal numbers ------------------------------------------------------------
+
+
+def test_numbers_must_be_plain_decimal(run: Callable[..., Any], tmp_path: Path) -> None:
+    # Before: int()/float() spellings were accepted: SESSION.OPEN 1_0 opened a 10 s session.
+    async def main() -> None:
+        async with inprocess_server(tmp_path, locks=True) as server:
+            reader, writer = await aio_raw(server.port)
+            parser = hiredis.Reader()
+
+            async def ask(*args: Any) -> Any:
+                writer.write(pack(*args))
+                return await read_reply(reader, parser)
+
+            for ttl in ("1_0", " 5", "5 ", "+5", "5e0", "0x5", "5.", ".5", "1.2.3", "inf", "nan", "-5", "٣", ""):
+                reply = await ask("SESSION.OPEN", ttl)
+                assert str(reply).startswith("BADARG"), (ttl, reply)
+            credential = await ask("SESSION.OPEN", "10")
+            assert isinstance(credential, bytes)
+            assert isinstance(await ask("SESSION.OPEN", "2.5"), bytes)
+            for bad in ("1_0", "+3", " 3", "-3"):
+                assert str(await ask("ID.RANGE", bad)).startswith("BADARG"), bad
+                assert str(await ask("LOCK.ACQUIRE", "k", credential, "TIMEOUT", bad)).startswith("BADARG"), bad
+            assert len(await ask("ID.RANGE", "3")) >= 1
+            writer.close()
+
+    run(main(), timeout=30)
+
+
+def test_parse_helpers_take_negatives_only_where_allowed() -> None:
+    assert commands.parse_int(b"-3", "n", -10, 10) == -3
+    assert commands.parse_float(b"-2.5", "x", -10.0, 10.0) == -2.5
+    for bad in (b"-3", b"--3", b"3-", b"1_0", b" 3"):
+        with pytest.raises(BadArgument):
+            commands.parse_int(bad, "n", 0, 10)
+    with pytest.raises(BadArgument):
+        commands.parse_float(b"-2.5", "x", 0.0, 10.0)
+
+
+# --- item 8: an unknown command runs nothing ------------------------------------------------
+
+
+def test_a_malformed_or_unknown_command_runs_nothing(serve: Serve) -> None:
+    # Before 30efa22 the frame '*1 $4 PINGXX' went to hiredis, which does not check the
+    # CRLF after a bulk string: it read 'PING' (answered +PONG) and then failed on the
+    # rest (-PROTO). Now the frame is refused whole; an unknown name gets -UNKNOWN.
+    srv = serve("--unsafe-no-fsync")
+    for data, first in ((b"*1\r\n$4\r\nPINGXX\r\n", "PROTO"), (b"*1\r\n$6\r\nPINGXX\r\n", "UNKNOWN"),
+                        (b"*2\r\n$4\r\nECHOXX\r\n$1\r\nx\r\n", "PROTO"), (b"*1\r\n$8\r\nID.NEXTX\r\n", "UNKNOWN")):
+        with Raw(srv.port) as raw:
+            raw.send(data + pack("PING"))
+            reply = raw.read()
+            assert str(reply).startswith(first), (data, reply)
+            if first == "PROTO":
+                assert raw.closed_by_server()
+            else:
+                assert raw.read() == b"PONG"
+    with Raw(srv.port) as raw:
+        assert raw.command("INFO").count(b"total_commands_processed:") == 1

@@ -241,6 +241,7 @@ class Server:
         self.partial: dict[Connection, float] = {}
         #: Buffered bytes released since memory was last handed back to the system.
         self._released = 0
+        self._budget_logged = float("-inf")
         self._trim = _malloc_trim()
         self._sweeper: asyncio.Task[None] | None = None
         self.loop_time: Callable[[], float] = time.monotonic
@@ -408,8 +409,12 @@ class Server:
 
     def budget_pause(self, conn: Connection) -> None:
         if not self.budget_paused:
-            self.log.warning("buffer budget exceeded, pausing the largest readers", buffered=self.buffered,
-                             budget=self.config.max_buffered_bytes)
+            # At most one line per 10 s: under a sustained flood this flaps each sweep.
+            now = self.loop_time()
+            if now - self._budget_logged >= 10.0:
+                self._budget_logged = now
+                self.log.warning("buffer budget exceeded, pausing the largest readers", buffered=self.buffered,
+                                 budget=self.config.max_buffered_bytes)
         self.budget_paused.add(conn)
 
     def over_budget(self) -> bool:
@@ -448,7 +453,7 @@ class Server:
             if self.budget_paused and self.buffered <= self.config.max_buffered_bytes * 3 // 4:
                 paused = list(self.budget_paused)
                 self.budget_paused.clear()
-                self.log.info("buffer budget: reading again", connections=len(paused), buffered=self.buffered)
+                self.log.debug("buffer budget: reading again", connections=len(paused), buffered=self.buffered)
                 for conn in paused:
                     conn.resume_budget()
         # glibc keeps freed memory in its arenas; big buffers freed (a burst, clients

@@ -152,6 +152,29 @@ def test_clients_that_never_read_are_bounded_and_memory_returns(serve: Serve) ->
     assert "Traceback" not in srv.log()
 
 
+def test_server_wide_buffer_budget_pauses_the_largest_readers(serve: Serve) -> None:
+    """Over --max-buffered-bytes, connections holding more than 64 kB stop reading
+    (logged); a prober with a few bytes buffered is still answered."""
+    srv = serve("--unsafe-no-fsync", "--max-buffered-bytes", str(2 << 20))
+    stop = threading.Event()
+    threads = [threading.Thread(target=_flood_releases, args=(srv.port, stop), daemon=True) for _ in range(6)]
+    with Prober(srv.port) as prober:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while "buffer budget exceeded" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        prober.report("6 clients never reading, 2 MB budget")
+    assert srv.log().count("buffer budget exceeded") <= 2  # rate-limited
+    with Raw(srv.port) as raw:
+        assert raw.command("PING") == b"PONG"
+    assert "Traceback" not in srv.log()
+
+
 def test_unparsed_input_stays_within_the_request_bound(run: Callable[..., Any], tmp_path: Path) -> None:
     """A connection pipelining faster than its commands commit keeps at most about one
     request bound (plus one read) unparsed. Before, the bound counted only the bytes

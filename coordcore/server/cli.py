@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--allow-empty-lock-log", action="store_true",
       help="start even if the lock log is missing from a data dir that has served before (ID state "
            "or a revision mark found); new fencing tokens start above the revision mark")
+    a("--idle-timeout", type=float, default=d.idle_timeout,
+      help="seconds an incomplete request may sit unfinished before the connection is closed; "
+           "0: never (default %(default)s)")
+    a("--max-buffered-bytes", type=int, default=d.max_buffered_bytes,
+      help="bytes buffered for all connections before the largest stop reading (default %(default)s)")
+    a("--max-output-bytes", type=int, default=d.max_output_bytes,
+      help="unsent reply bytes one connection may hold before it is closed (default %(default)s)")
     a("--log-format", choices=("kv", "json"), default=d.log_format)
     a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
     a("--announce-port", action="store_true", help=argparse.SUPPRESS)
@@ -58,8 +65,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_args=args.max_args, max_id_range=args.max_id_range, max_inflight=args.max_inflight, id_workers=args.id_workers,
         id_only=args.id_only, fsync=not args.unsafe_no_fsync, waiter_grace=args.waiter_grace,
         max_sessions=args.max_sessions, max_locks_per_session=args.max_locks_per_session,
-        max_reply_items=args.max_reply_items,
         allow_empty_lock_log=args.allow_empty_lock_log,
+        max_reply_items=args.max_reply_items, idle_timeout=args.idle_timeout,
+        max_buffered_bytes=args.max_buffered_bytes, max_output_bytes=args.max_output_bytes,
         log_format=args.log_format,
         log_level=args.log_level)
 

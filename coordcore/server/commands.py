@@ -7,18 +7,22 @@ the read loop turns into ``-CODE message`` replies.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
+import re
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from coordcore.errors import AuthFailed, AuthRequired, BadArgument, UnknownCommand
 from coordcore.server import resp
 
 if TYPE_CHECKING:
-    from coordcore.server.protocol import Connection, Handler
+    from coordcore.server.log import StructLog
+    from coordcore.server.protocol import Connection, Handler, Reply
 
-__all__ = ["auth_required", "core_commands", "id_commands", "noauth_commands", "parse_float", "parse_int",
+__all__ = ["AuthGuard", "auth_required", "blocking_handlers", "core_commands", "id_commands", "noauth_commands", "parse_float", "parse_int",
            "require_args", "unknown_command"]
 
 def require_args(req: list[bytes], low: int, high: int | None = None) -> None:
@@ -29,27 +33,38 @@ def require_args(req: list[bytes], low: int, high: int | None = None) -> None:
         raise BadArgument(f"wrong number of arguments for '{name}'")
 
 
+#: Plain decimal only: what ``int()``/``float()`` also take (``1_0``, `` 5``, ``+5``,
+#: ``5e0``, ``0x10``...) is refused, as the native hot path refuses it, so one spelling
+#: means one thing on both paths.
+_INT = re.compile(rb"-?[0-9]+")
+_FLOAT = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
+
+
 def parse_int(value: bytes, what: str, low: int, high: int) -> int:
-    """An integer argument in [low, high], or BadArgument saying which one is wrong."""
-    try:
-        if len(value) > 20:
-            raise ValueError
-        number = int(value)
-    except ValueError:
-        raise BadArgument(f"{what} is not an integer: {value[:24]!r}") from None
+    """An integer argument in [low, high], or BadArgument saying which one is wrong.
+
+    >>> parse_int(b"42", "n", 0, 100)
+    42
+    >>> parse_int(b"1_0", "n", 0, 100)
+    Traceback (most recent call last):
+    ...
+    coordcore.errors.BadArgument: n is not a plain decimal integer: b'1_0'
+    """
+    if len(value) > 20 or _INT.fullmatch(value) is None or (value[:1] == b"-" and low >= 0):
+        raise BadArgument(f"{what} is not a plain decimal integer: {value[:24]!r}")
+    number = int(value)
     if not low <= number <= high:
         raise BadArgument(f"{what} must be in [{low}, {high}], got {number}")
     return number
 
 
 def parse_float(value: bytes, what: str, low: float, high: float) -> float:
-    try:
-        if len(value) > 32:
-            raise ValueError
-        number = float(value)
-    except ValueError:
-        raise BadArgument(f"{what} is not a number: {value[:24]!r}") from None
-    if not low <= number <= high:  # also rejects nan
+    """A number in [low, high] written as plain decimal digits with an optional
+    fraction (``2``, ``2.5``), or BadArgument."""
+    if len(value) > 32 or _FLOAT.fullmatch(value) is None or (value[:1] == b"-" and low >= 0):
+        raise BadArgument(f"{what} is not a plain decimal number: {value[:24]!r}")
+    number = float(value)
+    if not low <= number <= high:
         raise BadArgument(f"{what} must be in [{low}, {high}], got {number}")
     return number
 
@@ -74,7 +89,115 @@ def cmd_quit(conn: Connection, req: list[bytes]) -> bytes:
     return resp.OK
 
 
-def _check_password(conn: Connection, user: bytes, password: bytes) -> None:
+class _Failures:
+    __slots__ = ("count", "last", "next_free", "logged_at", "unlogged")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = 0.0
+        self.next_free = 0.0
+        self.logged_at = float("-inf")
+        self.unlogged = 0
+
+
+class AuthGuard:
+    """Slows password guessing down per client address.
+
+    Each failed AUTH (or HELLO AUTH) of an address is answered only after a delay that
+    doubles with its recent failures, from ``BASE`` up to ``MAX_DELAY``, and the
+    failures of one address are answered one after another (``next_free``), so more
+    connections from it do not guess faster. A failing AUTH parks its connection (it is
+    a blocking handler), so pipelined guesses wait their turn too. Successes are never
+    delayed, and other addresses are not affected: the table is per address, bounded
+    (``MAX_ADDRESSES``, least recently failing dropped first), and an address is
+    forgotten ``FORGET`` seconds after its last failure. Log lines are one per address
+    per ``LOG_EVERY`` seconds: the first failure, then a count of the others.
+
+    >>> guard = AuthGuard(None)
+    >>> [round(guard.delay("10.0.0.1", now=100.0), 2) for _ in range(4)]
+    [0.01, 0.03, 0.07, 0.15]
+    >>> round(guard.delay("10.0.0.2", now=100.0), 2)  # another address: its own count
+    0.01
+    """
+
+    BASE = 0.01
+    MAX_DELAY = 1.0
+    FORGET = 60.0
+    LOG_EVERY = 10.0
+    MAX_ADDRESSES = 4096
+
+    def __init__(self, log: StructLog | None) -> None:
+        self.log = log
+        self._table: OrderedDict[str, _Failures] = OrderedDict()
+        #: Addresses with failures not logged yet (see flush_logs).
+        self._pending: set[str] = set()
+
+    def delay(self, address: str, now: float | None = None) -> float:
+        """Count a failure of ``address``: the seconds until it may be answered."""
+        if now is None:
+            now = time.monotonic()
+        table = self._table
+        entry = table.get(address)
+        if entry is None or now - entry.last > self.FORGET:
+            entry = _Failures()
+            table[address] = entry
+            if len(table) > self.MAX_ADDRESSES:
+                dropped, _ = table.popitem(last=False)
+                self._pending.discard(dropped)
+        table.move_to_end(address)
+        entry.count += 1
+        entry.last = now
+        step = min(self.MAX_DELAY, self.BASE * 2.0 ** min(entry.count - 1, 30))
+        entry.next_free = max(now, entry.next_free) + step
+        return entry.next_free - now
+
+    def succeeded(self, address: str) -> None:
+        entry = self._table.pop(address, None)
+        if entry is not None and entry.unlogged:
+            self._pending.discard(address)
+            self._summary(address, entry)
+
+    async def failed(self, conn: Connection) -> bytes:
+        """The reply to a failed AUTH of ``conn``: AuthFailed, after the delay."""
+        address = conn.peer_host
+        wait = self.delay(address)
+        entry = self._table[address]
+        if entry.last - entry.logged_at >= self.LOG_EVERY:
+            if self.log is not None:
+                self.log.warning("auth failed", conn=conn.id, peer=conn.peer, failures=entry.count,
+                                 delay=round(wait, 3))
+            entry.logged_at = entry.last
+        else:
+            entry.unlogged += 1
+            self._pending.add(address)
+        await asyncio.sleep(wait)
+        raise AuthFailed("invalid username-password pair or user is disabled")
+
+    def flush_logs(self, now: float | None = None) -> None:
+        """Log one summary line per address whose failures went unlogged for
+        ``LOG_EVERY`` seconds (the server's sweep calls this)."""
+        if not self._pending:
+            return
+        if now is None:
+            now = time.monotonic()
+        for address in list(self._pending):
+            entry = self._table.get(address)
+            if entry is None:
+                self._pending.discard(address)
+            elif now - entry.logged_at >= self.LOG_EVERY:
+                self._pending.discard(address)
+                self._summary(address, entry)
+                entry.logged_at = now
+
+    def _summary(self, address: str, entry: _Failures) -> None:
+        if self.log is not None:
+            self.log.warning("auth failures", peer=address, failures=entry.unlogged, total=entry.count,
+                             seconds=self.LOG_EVERY)
+        entry.unlogged = 0
+
+
+def _check_password(conn: Connection, user: bytes, password: bytes) -> bool:
+    """Whether ``user``/``password`` are right (then the connection is authenticated)."""
     expected = conn.config.requirepass
     if expected is None:
         raise AuthFailed("AUTH called without any password configured for this server")
@@ -82,23 +205,24 @@ def _check_password(conn: Connection, user: bytes, password: bytes) -> None:
     ok_pass = hmac.compare_digest(password, expected.encode())
     ok_user = hmac.compare_digest(user, b"default")
     if not (ok_pass and ok_user):
-        conn.server.log.warning("auth failed", conn=conn.id, peer=conn.peer)
-        raise AuthFailed("invalid username-password pair or user is disabled")
+        return False
+    conn.server.auth_guard.succeeded(conn.peer_host)
     conn.authenticated = True
     conn.table = conn.server.commands
     conn.fallback = unknown_command
+    return True
 
 
-def cmd_auth(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_auth(conn: Connection, req: list[bytes]) -> Reply:
     require_args(req, 1, 2)
     if len(req) == 2:
-        _check_password(conn, b"default", req[1])
+        ok = _check_password(conn, b"default", req[1])
     else:
-        _check_password(conn, req[1], req[2])
-    return resp.OK
+        ok = _check_password(conn, req[1], req[2])
+    return resp.OK if ok else conn.server.auth_guard.failed(conn)
 
 
-def cmd_hello(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_hello(conn: Connection, req: list[bytes]) -> Reply:
     args = req[1:]
     proto = 3 if conn.resp3 else 2
     if args:
@@ -111,7 +235,8 @@ def cmd_hello(conn: Connection, req: list[bytes]) -> bytes:
             if opt == b"AUTH":
                 if i + 2 >= len(args):
                     raise BadArgument("HELLO AUTH needs a user name and a password")
-                _check_password(conn, args[i + 1], args[i + 2])
+                if not _check_password(conn, args[i + 1], args[i + 2]):
+                    return conn.server.auth_guard.failed(conn)
                 i += 3
             elif opt == b"SETNAME" and i + 1 < len(args):
                 conn.name = args[i + 1][:128]
@@ -262,6 +387,12 @@ def unknown_command(conn: Connection, req: list[bytes]) -> bytes:
 
 def auth_required(conn: Connection, req: list[bytes]) -> bytes:
     return resp.encode_exception(AuthRequired("authentication required"))
+
+
+def blocking_handlers() -> set[Handler]:
+    """Handlers whose awaitable replies park their connection: a failed AUTH waits out
+    its delay before anything pipelined behind it is read."""
+    return {cmd_auth, cmd_hello}
 
 
 def noauth_commands() -> dict[bytes, Handler]:

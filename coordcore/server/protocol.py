@@ -38,9 +38,23 @@ flight on its connection waits for them to commit, so it sees them. At most
 ``max_inflight`` commands are in flight per connection (then reading pauses).
 
 Back-pressure: ``pause_writing`` (the transport's write buffer is over its high mark)
-pauses *reading*, so a client that does not read its replies stops being served
-instead of growing the server's memory. Pushes (watch events) cannot be paused, so a
-connection whose output backlog passes ``max_output_bytes`` is closed.
+pauses *reading* and *parsing*: nothing already buffered is started either, so a
+client that does not read its replies stops being served and its output grows by at
+most the replies of work already in flight (a pipeline of large replies is written as
+it passes the high mark, so the pause comes in time). The unparsed input of a
+connection is bounded as a whole: past ``max_request_bytes`` buffered (whatever holds
+it: a parked command, a barrier, ``max_inflight``, paused writes) reading pauses until
+the buffer drains. A connection whose output backlog passes ``max_output_bytes`` is
+closed, checked on every write while writes are paused (pushes, watch events, cannot
+be paused). Across connections, the server keeps a budget of buffered bytes
+(``max_buffered_bytes``, input plus output): over it, every connection holding more
+than ``BUDGET_FLOOR`` stops reading until the server's sweep counts the total back
+under 3/4 of the budget, while small ones (a prober's PING) go on; freed memory is
+handed back to the system (``malloc_trim``) once enough was released.
+
+Idle requests: an incomplete request that sits at the head of the input, unfinished,
+for more than ``idle_timeout`` seconds (the client's fault: nothing holds it) gets
+``-PROTO`` and a close, with a log line; idle connections between requests are fine.
 
 Bounds: a request (or any frame) may be at most ``max_request_bytes`` and ``max_args``
 elements per aggregate (and 32 levels deep), checked on the headers before anything is
@@ -54,6 +68,7 @@ no client bytes can raise inside the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -78,6 +93,10 @@ Handler = Callable[["Connection", list[bytes]], Reply]
 
 _PAUSE_WRITE = 1
 _PAUSE_HELD = 2
+_PAUSE_BUDGET = 4
+#: While the server is over its buffer budget, a connection holding more than this
+#: (input + output) stops reading; smaller ones (a prober's PING) are still served.
+BUDGET_FLOOR = 64 << 10
 
 
 class Connection(asyncio.Protocol):
@@ -98,10 +117,17 @@ class Connection(asyncio.Protocol):
         self.authenticated = server.config.requirepass is None
         self.name = b""
         self.peer = "?"
+        #: The client's address without its port (what AUTH failures are counted by).
+        self.peer_host = "?"
         self.id = server.next_connection_id()
-        #: Bytes received while holding (parked, barrier or in-flight bound).
-        self._held = 0
         self._pause = 0
+        #: This connection's input + output bytes as last counted in Server.buffered.
+        self.accounted = 0
+        #: Loop time since which an incomplete request has sat at the head of the input
+        #: (None: none does); see Server's idle sweep.
+        self.partial_since: float | None = None
+        #: Frames taken that are not requests (with commands_total: progress made).
+        self._frames = 0
         self._closing = False
         #: Replies in request order: ready bytes, or tasks of commands in flight.
         self._slots: deque[bytes | asyncio.Future[bytes]] = deque()
@@ -133,6 +159,7 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.peer_host = str(peer[0])
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -168,14 +195,15 @@ class Connection(asyncio.Protocol):
         self.server.forget(self)
 
     def pause_writing(self) -> None:
+        # Stop reading *and* stop parsing what is buffered (see _holding): a client
+        # that does not read its replies gets no more work done for it, so its output
+        # grows by at most the replies of what is already in flight.
         self._pause_reading(_PAUSE_WRITE)
-        assert self.transport is not None
-        if self.transport.get_write_buffer_size() > self.config.max_output_bytes:
-            self.server.log.warning("output backlog over limit, closing", conn=self.id, peer=self.peer)
-            self.abort()
+        self._check_output()
 
     def resume_writing(self) -> None:
         self._resume_reading(_PAUSE_WRITE)
+        self._continue()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -183,13 +211,12 @@ class Connection(asyncio.Protocol):
         self.wire.feed(data)
         if self._holding():
             # Holding: keep the bytes buffered, unparsed. Reading goes on (so a client
-            # that vanishes while it waits is noticed at once) until the held bytes
-            # pass the request bound; then reading pauses until we catch up.
-            self._held += len(data)
-            if self._held > self.config.max_request_bytes:
-                self._pause_reading(_PAUSE_HELD)
+            # that vanishes while it waits is noticed at once) until the buffer passes
+            # the request bound; then reading pauses until we catch up.
+            self._bound_input()
+            self._account()
             return
-        self._drain()
+        self._safe_drain()
 
     def eof_received(self) -> bool | None:
         # The client finished sending. Commands in flight are answered, then the
@@ -208,9 +235,98 @@ class Connection(asyncio.Protocol):
 
     def _holding(self) -> bool:
         """Nothing more may be parsed now: a blocking command is parked (a table one, or
-        a hot acquire in flight), a read waits for writes in flight, or too many
-        commands are in flight."""
-        return self._parked is not None or self.wire.parked or self._barrier or self._inflight_full
+        a hot acquire in flight), a read waits for writes in flight, too many commands
+        are in flight, or the client is not reading its replies (writes paused)."""
+        return (self._parked is not None or self.wire.parked or self._barrier or self._inflight_full
+                or self._pause & _PAUSE_WRITE != 0)
+
+    def _bound_input(self) -> None:
+        """Pause reading while more than a request's worth of bytes waits unparsed (the
+        whole buffer counts, so the bound holds across any number of holds)."""
+        if self.wire.buffered > self.config.max_request_bytes:
+            self._pause_reading(_PAUSE_HELD)
+        elif self._pause & _PAUSE_HELD:
+            self._resume_reading(_PAUSE_HELD)
+
+    def _continue(self) -> None:
+        """Parse what was buffered while holding, if nothing holds any more."""
+        if not self._closing and not self._holding() and (self._pause & _PAUSE_HELD or self._deferred is not None
+                                                          or self.wire.buffered):
+            self._safe_drain()
+
+    def _safe_drain(self) -> None:
+        """:meth:`_drain`, then the bookkeeping after it: the input bound, the server's
+        buffer budget and the idle clock of an incomplete request. A bug closes this
+        connection with ``-ERR`` and a log line instead of escaping into the transport
+        ("Fatal error on transport") or into the batch listener that flushes every
+        connection."""
+        progress = self.server.commands_total + self._frames
+        try:
+            self._drain()
+        except Exception as exc:
+            self.server.log.exception("read loop failed, closing", conn=self.id, peer=self.peer)
+            self._closing = True
+            self.wire.closed = True
+            if self.transport is not None:
+                with contextlib.suppress(Exception):
+                    self.transport.write(resp.encode_error("ERR", f"internal error: {type(exc).__name__}"))
+                self.transport.close()
+            return
+        if self._closing:
+            return
+        self._bound_input()
+        self._account()
+        if self.server.config.idle_timeout:
+            # What is left unparsed when nothing holds is an incomplete request.
+            if self.wire.buffered and not self._holding() and not self._pause:
+                if self.partial_since is None or progress != self.server.commands_total + self._frames:
+                    self.partial_since = self.server.loop_time()
+                    self.server.partial[self] = self.partial_since
+            elif self.partial_since is not None:
+                self.partial_since = None
+                self.server.partial.pop(self, None)
+
+    def _account(self) -> None:
+        """Count this connection's buffered bytes (unparsed input, unsent output) in the
+        server's budget; over it, a connection holding more than BUDGET_FLOOR stops
+        reading until the server's sweep finds the total back under the low mark."""
+        transport = self.transport
+        now = self.wire.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
+        self.server.account(self, now)
+        if now > BUDGET_FLOOR and not self._pause & _PAUSE_BUDGET and self.server.over_budget():
+            self._pause_reading(_PAUSE_BUDGET)
+            self.server.budget_pause(self)
+
+    def resume_budget(self) -> None:
+        """The server is back under its buffer budget (its sweep calls this)."""
+        if self._pause & _PAUSE_BUDGET:
+            self._resume_reading(_PAUSE_BUDGET)
+            self._continue()
+
+    def idle_close(self, seconds: float) -> None:
+        """An incomplete request sat unfinished for ``seconds`` (the server's sweep)."""
+        self.partial_since = None
+        if self._closing or self.transport is None:
+            return
+        self.server.log.warning("incomplete request idle, closing", conn=self.id, peer=self.peer,
+                                seconds=round(seconds, 1), buffered=self.wire.buffered)
+        self._close_after([resp.encode_error(ProtocolError.code,
+                                             f"incomplete request idle for over {self.config.idle_timeout:g} s")])
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if self._pause & _PAUSE_WRITE:
+            self._check_output()
+
+    def _check_output(self) -> None:
+        # Checked on every write while paused, not only when the pause began: the
+        # replies of work already in flight keep arriving after it.
+        transport = self.transport
+        if transport is not None and not self._closing \
+                and transport.get_write_buffer_size() > self.config.max_output_bytes:
+            self.server.log.warning("output backlog over limit, closing", conn=self.id, peer=self.peer)
+            self.abort()
 
     def _drain(self) -> None:
         """Handle every complete request in the buffer; write the ready replies at once."""
@@ -219,6 +335,8 @@ class Connection(asyncio.Protocol):
         lane = self.lane
         slots = self._slots
         max_inflight = self.config.max_inflight
+        high_water = self.config.write_high_water
+        out_bytes = 0
         handled = 0
         while not self._closing:
             if self._deferred is not None:
@@ -247,6 +365,7 @@ class Connection(asyncio.Protocol):
                             break
                         req = self._foreign_frame(out)
                         if req is None:
+                            self._frames += 1
                             continue  # answered (-PROTO); the stream goes on
                 except RequestTooLarge as exc:
                     self.server.log.warning("request over size limit, closing", conn=self.id, peer=self.peer)
@@ -295,6 +414,15 @@ class Connection(asyncio.Protocol):
                     slots.append(reply)
                 else:
                     out.append(reply)
+                    out_bytes += len(reply)
+                    if out_bytes > high_water:
+                        # A pipeline of large replies: write them now, so a client that
+                        # does not read pauses writes (and this loop) before more are made.
+                        self._write(b"".join(out))
+                        out.clear()
+                        out_bytes = 0
+                        if self._holding():
+                            break
                 continue
             assert not isinstance(reply, bytes)
             task: asyncio.Future[bytes] = asyncio.ensure_future(reply)
@@ -310,8 +438,8 @@ class Connection(asyncio.Protocol):
                 self._inflight_full = True
                 break
         self.server.commands_total += handled
-        if out and self.transport is not None:
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if out and self.transport is not None:  # (closing too: QUIT's +OK)
+            self._write(b"".join(out) if len(out) > 1 else out[0])
 
     def _foreign_frame(self, out: list[bytes]) -> Any:
         """The frame at the head of the buffer when it is not a request of the grammar:
@@ -405,19 +533,20 @@ class Connection(asyncio.Protocol):
                 break
             slots.popleft()
         if out:
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            self._write(b"".join(out) if len(out) > 1 else out[0])
+            if self._closing:
+                return
         if self._parked is not None and self._parked.done():
             self._parked = None
         if self._barrier and not slots and not wire.outstanding:
             self._barrier = False
         if self._inflight_full and len(slots) + wire.outstanding <= self.config.max_inflight // 2:
             self._inflight_full = False
-        if not self._holding() and (self._held or self._pause & _PAUSE_HELD or self._deferred is not None
-                                    or wire.buffered):
-            self._held = 0
-            self._resume_reading(_PAUSE_HELD)
+        if not self._holding() and (self._pause & _PAUSE_HELD or self._deferred is not None or wire.buffered):
             # Requests that arrived meanwhile are still buffered.
-            self._drain()
+            self._safe_drain()
+        else:
+            self._account()
         if self._eof and not slots and self._parked is None and not wire.outstanding and not self._closing:
             self._closing = True
             self.transport.close()
@@ -439,9 +568,7 @@ class Connection(asyncio.Protocol):
         if self._closing or self.transport is None:
             return
         self.transport.write(frame)
-        if self.transport.get_write_buffer_size() > self.config.max_output_bytes:
-            self.server.log.warning("output backlog over limit, closing", conn=self.id, peer=self.peer)
-            self.abort()
+        self._check_output()
 
     def abort(self) -> None:
         self._closing = True

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import ipaddress
 import os
 import signal
 import subprocess
@@ -76,6 +78,12 @@ class ServerConfig:
     #: Start even though the lock log is gone from a data dir that has served before
     #: (the revision starts above the revision mark, if one is left).
     allow_empty_lock_log: bool = False
+    #: Seconds an incomplete request may sit unfinished before its connection is
+    #: closed (0: never). Idle connections between requests are not affected.
+    idle_timeout: float = 30.0
+    #: Budget of bytes buffered for all connections (unparsed input, unsent output):
+    #: over it, connections holding more than protocol.BUDGET_FLOOR stop reading.
+    max_buffered_bytes: int = 256 << 20
     log_format: str = "kv"
     log_level: str = "info"
 
@@ -88,11 +96,82 @@ class ServerConfig:
             raise BadArgument("id_workers ports would run past 65535")
         for name in ("max_connections", "max_request_bytes", "max_args", "max_output_bytes", "max_sessions",
                      "max_locks_per_session", "max_reply_items",
-                     "write_high_water", "max_id_range", "max_inflight", "backlog"):
+                     "write_high_water", "max_id_range", "max_inflight", "backlog", "max_buffered_bytes"):
             if getattr(self, name) < 1:
                 raise BadArgument(f"{name} must be >= 1")
         if self.max_args < 2:
             raise BadArgument("max_args must be >= 2")
+        if not self.idle_timeout >= 0:
+            raise BadArgument(f"idle_timeout must be >= 0 seconds (0: off), got {self.idle_timeout}")
+
+
+#: File descriptors kept back from connections: listeners, the lock log and its
+#: snapshots, ID state files, log files, the loop's own (epoll, signal pipe), ID worker
+#: pipes, and room to accept a connection only to answer -MAXCONN and close it.
+FD_RESERVE = 64
+
+
+def fit_connections_to_fd_limit(config: ServerConfig, log: StructLog) -> None:
+    """Lower ``config.max_connections`` below the open-files limit (raising the soft
+    limit toward the hard one first, as Redis does), so a connection over the limit is
+    refused with ``-MAXCONN`` instead of failing in accept() unseen."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = config.max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    fit = soft - FD_RESERVE
+    if fit < 1:
+        raise BadArgument(f"the open-files limit ({soft}) leaves no room for connections: "
+                          f"raise it (ulimit -n) above {FD_RESERVE}")
+    log.warning("max connections lowered to fit the open-files limit", requested=config.max_connections,
+                max_connections=fit, nofile=soft, reserve=FD_RESERVE)
+    config.max_connections = fit
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "", a host name, "0.0.0.0"-like wildcards: assume reachable
+
+
+def startup_warnings(config: ServerConfig) -> list[str]:
+    """What a server started with ``config`` warns about at start.
+
+    >>> startup_warnings(ServerConfig(host="127.0.0.1"))
+    []
+    >>> startup_warnings(ServerConfig(host="0.0.0.0"))[0].startswith("INSECURE")
+    True
+    """
+    if config.requirepass is None and not is_loopback(config.host):
+        return [f"INSECURE: listening on {config.host or 'every address'} with no password: anyone who "
+                f"can reach this port can take, release and watch every lock and read every key; "
+                f"set --requirepass (or $COORDCORE_REQUIREPASS), or listen on 127.0.0.1"]
+    return []
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
 
 
 def _resolve_worker_id(config: ServerConfig, log: StructLog) -> tuple[int, int]:
@@ -139,7 +218,9 @@ class Server:
         self.noauth: dict[bytes, Handler] = commands.noauth_commands()
         self.command_names: list[bytes] = []
         #: Handlers that may wait for other clients: they park their connection.
-        self.blocking_handlers: set[Handler] = set()
+        self.blocking_handlers: set[Handler] = commands.blocking_handlers()
+        #: Slows AUTH failures down per client address, and rate-limits their log lines.
+        self.auth_guard = commands.AuthGuard(self.log)
         #: Handlers that read lock state: they wait for their connection's writes.
         self.barrier_handlers: set[Handler] = set()
         #: The table of a RESP2 connection while it watches.
@@ -155,6 +236,18 @@ class Server:
         self._info_providers: list[Callable[[], list[str]]] = []
         self._closed = asyncio.Event()
         self._closing = False
+        #: Bytes buffered for all connections as last counted (see Connection._account).
+        self.buffered = 0
+        #: Connections that stopped reading because the server was over its budget.
+        self.budget_paused: set[Connection] = set()
+        #: Connections with an incomplete request at the head of their input, and since.
+        self.partial: dict[Connection, float] = {}
+        #: Buffered bytes released since memory was last handed back to the system.
+        self._released = 0
+        self._budget_logged = float("-inf")
+        self._trim = _malloc_trim()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.loop_time: Callable[[], float] = time.monotonic
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -162,6 +255,9 @@ class Server:
         from coordcore.ids import Snowflake  # the lead's module (see coordcore.ids)
 
         cfg = self.config
+        for warning in startup_warnings(cfg):
+            self.log.warning(warning, host=cfg.host)
+        fit_connections_to_fd_limit(cfg, self.log)
         worker, dc = _resolve_worker_id(cfg, self.log)
         ids_dir = cfg.data_dir / "ids"
         ids_dir.mkdir(parents=True, exist_ok=True)
@@ -175,13 +271,15 @@ class Server:
             self.locks = await lockcmds.open_backend(self)
             self.lane = lockcmds.open_lane(self)
             table.update(lockcmds.lock_commands())
-            self.blocking_handlers = lockcmds.blocking_handlers()
+            self.blocking_handlers = lockcmds.blocking_handlers() | commands.blocking_handlers()
             self.barrier_handlers = lockcmds.barrier_handlers()
             self.watch_table = lockcmds.watch_mode_commands()
             self._info_providers.append(lambda: lockcmds.info_lines(self))
         self.commands = table
         self.command_names = sorted(table)
         loop = asyncio.get_running_loop()
+        self.loop_time = loop.time
+        self._sweeper = loop.create_task(self._sweep())
         self._listener = await loop.create_server(
             lambda: Connection(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
         sock = self._listener.sockets[0]
@@ -229,6 +327,8 @@ class Server:
         self.log.info("shutting down", connections=len(self.connections), parked=len(self._tasks))
         if self._listener is not None:
             self._listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             if conn.transport is not None and not conn.transport.is_closing():
                 with contextlib.suppress(Exception):
@@ -297,6 +397,74 @@ class Server:
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self.partial.pop(conn, None)
+        self.budget_paused.discard(conn)
+        self.account(conn, 0)
+
+    def account(self, conn: Connection, now: int) -> None:
+        """``conn`` buffers ``now`` bytes (input and output) from now on."""
+        before = conn.accounted
+        if now != before:
+            conn.accounted = now
+            self.buffered += now - before
+            if now < before:
+                self._released += before - now
+
+    def budget_pause(self, conn: Connection) -> None:
+        if not self.budget_paused:
+            # At most one line per 10 s: under a sustained flood this flaps each sweep.
+            now = self.loop_time()
+            if now - self._budget_logged >= 10.0:
+                self._budget_logged = now
+                self.log.warning("buffer budget exceeded, pausing the largest readers", buffered=self.buffered,
+                                 budget=self.config.max_buffered_bytes)
+        self.budget_paused.add(conn)
+
+    def over_budget(self) -> bool:
+        return self.buffered > self.config.max_buffered_bytes
+
+    # --- the sweep: timers of every connection, a few times a second ------------------
+
+    #: Seconds between sweeps.
+    SWEEP = 0.25
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.SWEEP)
+            try:
+                self.sweep()
+            except Exception:  # pragma: no cover - defensive: the sweep must go on
+                self.log.exception("sweep failed")
+
+    def sweep(self) -> None:
+        """Close connections whose incomplete request sat past ``idle_timeout``;
+        recount the buffer budget (output buffers shrink unseen as clients read) and let
+        paused connections read again once under 3/4 of it; hand freed memory back."""
+        now = self.loop_time()
+        self.auth_guard.flush_logs()
+        timeout = self.config.idle_timeout
+        if timeout and self.partial:
+            for conn, since in list(self.partial.items()):
+                if now - since > timeout:
+                    del self.partial[conn]
+                    conn.idle_close(now - since)
+        if self.budget_paused or self.buffered > self.config.max_buffered_bytes // 2:
+            for conn in list(self.connections):
+                transport = conn.transport
+                self.account(conn, conn.wire.buffered
+                             + (transport.get_write_buffer_size() if transport is not None else 0))
+            if self.budget_paused and self.buffered <= self.config.max_buffered_bytes * 3 // 4:
+                paused = list(self.budget_paused)
+                self.budget_paused.clear()
+                self.log.debug("buffer budget: reading again", connections=len(paused), buffered=self.buffered)
+                for conn in paused:
+                    conn.resume_budget()
+        # glibc keeps freed memory in its arenas; big buffers freed (a burst, clients
+        # gone) are given back so the server's footprint returns to its working size.
+        if self._released > 8 << 20:
+            self._released = 0
+            if self._trim is not None:
+                self._trim(0)
 
     def flush_dirty(self) -> None:
         """Write the replies a committed batch made ready: one write per connection.

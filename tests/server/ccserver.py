@@ -30,8 +30,9 @@ class ServerProc:
     """A `python -m coordcore.server` child on 127.0.0.1 with its log in a file."""
 
     def __init__(self, data_dir: Path, *extra: str, port: int = 0, worker_id: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, preexec_fn: Callable[[], object] | None = None) -> None:
         self.data_dir = data_dir
+        self.preexec_fn = preexec_fn
         self.extra = list(extra)
         self.port = port
         self.worker_id = worker_id
@@ -46,7 +47,7 @@ class ServerProc:
         env.pop("COORDCORE_REQUIREPASS", None)
         env.update(self.env or {})
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env, preexec_fn=self.preexec_fn)
         log.close()
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

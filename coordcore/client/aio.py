@@ -219,13 +219,17 @@ class AsyncClient:
         if conn is not None and conn.lost is None:
             return conn
         if self._connecting is None:
+            # One connect for every caller waiting on it: each awaits it shielded, so a
+            # caller that is cancelled (a keep-alive stopped by Session.close, say) does
+            # not cancel the connect under the others.
             self._connecting = asyncio.ensure_future(self._open())
-            try:
-                self._main = await self._connecting
-            finally:
-                self._connecting = None
-            return self._main
+            self._connecting.add_done_callback(self._connected)
         return await asyncio.shield(self._connecting)
+
+    def _connected(self, fut: asyncio.Future[_Conn]) -> None:
+        self._connecting = None
+        if not fut.cancelled() and fut.exception() is None:
+            self._main = fut.result()
 
     async def _borrow(self) -> _Conn:
         while self._idle:

@@ -151,3 +151,20 @@ def test_ids_spread_over_id_workers(serve: Serve) -> None:
         buf.close()
     assert len(set(ids)) == len(ids)
     assert {decode(i).worker for i in ids} == {1, 2}
+
+
+def test_a_cancelled_first_caller_does_not_cancel_the_connect_under_the_others(
+        run: Callable[..., Any], tmp_path: Path) -> None:
+    """Found by the fault suite: the first command to connect awaited the connect
+    unshielded, so cancelling it (a keep-alive stopped by Session.close) made every other
+    command waiting on that connect raise CancelledError."""
+    async def main() -> None:
+        async with inprocess_server(tmp_path) as server, AsyncClient(port=server.port) as client:
+            first = asyncio.ensure_future(client.ping())
+            second = asyncio.ensure_future(client.ping())
+            await asyncio.sleep(0)
+            first.cancel()
+            assert await second is True
+            assert await client.ping() is True
+
+    run(main(), timeout=30)

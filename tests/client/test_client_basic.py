@@ -160,9 +160,13 @@ def test_a_cancelled_first_caller_does_not_cancel_the_connect_under_the_others(
     command waiting on that connect raise CancelledError."""
     async def main() -> None:
         async with inprocess_server(tmp_path) as server, AsyncClient(port=server.port) as client:
+            client._main = None  # as after a lost connection: the next command reconnects
             first = asyncio.ensure_future(client.ping())
+            while client._connecting is None:  # the first caller has started the connect
+                await asyncio.sleep(0)
             second = asyncio.ensure_future(client.ping())
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the second waits on the same connect
+            assert client._connecting is not None
             first.cancel()
             assert await second is True
             assert await client.ping() is True

@@ -1022,6 +1022,17 @@ cdef class LockMachine:
         self.aff_len += 1
         return 0
 
+    cdef int _promote_affected(self) except -1:
+        """Grant the waiters of every key a removal pass marked, in first-touch order."""
+        cdef uint32_t i, k
+        for i in range(self.aff_len):
+            k = self.aff[i]
+            self.st.keys[k].pending = 0
+            self._promote(k)
+            self._maybe_drop_key(k)
+        self.aff_len = 0
+        return 0
+
     cdef int _end_sessions(self, uint32_t *slots, uint32_t n, uint8_t kind) except -1:
         """Close or expire sessions: for each, its event then one RELEASE/CANCEL per
         contender in ticket order; only then grant the waiters this unblocked, so no
@@ -1041,13 +1052,7 @@ cdef class LockMachine:
                 self._mark_affected(k)
             map_del(&self.st.ses_map, self.st.ses[s].id)
             self._free_session_slot(s)
-        for i in range(self.aff_len):
-            k = self.aff[i]
-            self.st.keys[k].pending = 0
-            self._promote(k)
-            self._maybe_drop_key(k)
-        self.aff_len = 0
-        return 0
+        return self._promote_affected()
 
     # --- expiry heap ---------------------------------------------------------------
 
@@ -1147,13 +1152,7 @@ cdef class LockMachine:
             k = self.st.con[c].key
             self._remove_contender(c)
             self._mark_affected(k)
-        for i in range(self.aff_len):
-            k = self.aff[i]
-            self.st.keys[k].pending = 0
-            self._promote(k)
-            self._maybe_drop_key(k)
-        self.aff_len = 0
-        return 0
+        return self._promote_affected()
 
     cdef uint64_t _detach(self, uint64_t grace) except? 0xFFFFFFFFFFFFFFFF:
         """Every waiter gets at most ``grace`` ms more, then is withdrawn (released, if it

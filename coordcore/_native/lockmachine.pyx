@@ -1142,7 +1142,7 @@ cdef class LockMachine:
         """Withdraw every contender whose wait deadline has come (a waiter's TIMEOUT, or a
         detached contender's grace), in (deadline, ticket) order; then grant the waiters
         this unblocked, so no grant goes to a contender withdrawn in the same pass."""
-        cdef uint32_t c, k, i
+        cdef uint32_t c, k
         self.aff_len = 0
         while True:
             c = self._wheap_live_top()

@@ -186,11 +186,7 @@ class RevisionMark:
             os.close(fd)
         os.replace(tmp, self.path)
         if self._fsync:
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _log._fsync_dir(self.path.parent)
         self.state = state
 
     def reserve(self, revision: int, index: int) -> None:

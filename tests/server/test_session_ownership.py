@@ -105,6 +105,23 @@ def test_a_waiter_orphaned_by_a_server_kill_is_withdrawn_after_the_grace(serve: 
         assert _holders(a, "k") == []
 
 
+def _wait_then_kill(serve: Serve, srv: ServerProc, data: Any, session: bytes, reqid: bytes) -> ServerProc:
+    """Session ``session`` waits for "k" (with REQID ``reqid``); then the server is
+    killed with SIGKILL and restarted on the same port and data (grace 1.5 s)."""
+    port = srv.port
+    b = Raw(port)
+    b.send(b"*5\r\n$12\r\nLOCK.ACQUIRE\r\n$1\r\nk\r\n$%d\r\n%b\r\n$5\r\nREQID\r\n$%d\r\n%b\r\n"
+           % (len(session), session, len(reqid), reqid))
+    with Raw(port) as probe:
+        deadline = time.monotonic() + 10
+        while _waiters(probe, "k") != [_id(session)]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    srv.stop(signal.SIGKILL)
+    b.close()
+    return serve("--waiter-grace", "1.5", data=data, port=port)
+
+
 def test_a_waiter_granted_during_the_grace_is_released_unless_re_attached(serve: Serve, tmp_path: Any) -> None:
     data = tmp_path / "d"
     srv = serve("--waiter-grace", "1.5", data=data)
@@ -113,16 +130,7 @@ def test_a_waiter_granted_during_the_grace_is_released_unless_re_attached(serve:
         s1 = a.command("SESSION.OPEN", 30)
         s2 = a.command("SESSION.OPEN", 30)
         a.command("LOCK.ACQUIRE", "k", s1)
-    b = Raw(port)
-    b.send(b"*5\r\n$12\r\nLOCK.ACQUIRE\r\n$1\r\nk\r\n$%d\r\n%b\r\n$5\r\nREQID\r\n$2\r\n77\r\n" % (len(s2), s2))
-    with Raw(port) as probe:
-        deadline = time.monotonic() + 10
-        while _waiters(probe, "k") != [_id(s2)]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    srv.stop(signal.SIGKILL)
-    b.close()
-    srv = serve("--waiter-grace", "1.5", data=data, port=port)
+    srv = _wait_then_kill(serve, srv, data, s2, b"77")
     with Raw(port) as a:
         assert a.command("LOCK.RELEASE", "k", s1) == b"OK"
         assert _holders(a, "k") == [_id(s2)]  # granted while detached: nobody knows yet
@@ -134,16 +142,7 @@ def test_a_waiter_granted_during_the_grace_is_released_unless_re_attached(serve:
     # REQID: it learns its token and keeps the lock.
     with Raw(port) as a:
         a.command("LOCK.ACQUIRE", "k", s1)
-    b = Raw(port)
-    b.send(b"*5\r\n$12\r\nLOCK.ACQUIRE\r\n$1\r\nk\r\n$%d\r\n%b\r\n$5\r\nREQID\r\n$2\r\n78\r\n" % (len(s2), s2))
-    with Raw(port) as probe:
-        deadline = time.monotonic() + 10
-        while _waiters(probe, "k") != [_id(s2)]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    srv.stop(signal.SIGKILL)
-    b.close()
-    srv = serve("--waiter-grace", "1.5", data=data, port=port)
+    srv = _wait_then_kill(serve, srv, data, s2, b"78")
     with Raw(port) as a, Raw(port) as b2:
         assert a.command("LOCK.RELEASE", "k", s1) == b"OK"
         token = b2.command("LOCK.ACQUIRE", "k", s2, "REQID", 78)  # the retry re-attaches

@@ -106,7 +106,7 @@ async def open_backend(server: Server) -> LockService:
     # keep their locks (etcd renews leases on a new leader the same way).
     svc = await LockService.open(path, durability=durability, count_downtime=False,
                                  waiter_grace=server.config.waiter_grace, allow_empty_log=allow_empty)
-    svc.add_batch_listener(server.flush_dirty)
+    svc.pipeline.on_batch(server.flush_dirty)
     svc.set_limits(max_sessions=server.config.max_sessions,
                    max_contenders_per_session=server.config.max_locks_per_session)
     server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
@@ -130,14 +130,14 @@ def open_lane(server: Server) -> Any:
             result = decode_results(batch.result(i))[0]
             if owner.closed:  # the connection has gone: nobody reads this
                 if kind == _lw.ACQUIRE:
-                    svc.withdraw_wire(result, key, sid)  # hold nothing for it
+                    svc.pipeline.withdraw(result, key, sid)  # hold nothing for it
                 return None
             if kind == _lw.ACQUIRE and result.status == Status.WAITING:
                 conn: Connection = owner.conn
                 # The same words as the command table's LOCK.ACQUIRE / SEM.ACQUIRE ... TIMEOUT.
                 timeout_error = LockTimeout(f"{what} {key!r} not granted within {timeout_ms / 1000.0} s") \
                     if timeout_ms else None
-                conn.park(svc.park_wire(result, key, sid, _token_encoder(conn), timeout=left,
+                conn.park(svc.pipeline.park(result, key, sid, _token_encoder(conn), timeout=left,
                                         timeout_error=timeout_error))
                 return None
             return _error_reply(result)
@@ -147,7 +147,7 @@ def open_lane(server: Server) -> Any:
 
     lane = _lw.WireLane(None, other, server.dirty)
     lane.verify = svc.admit_hot
-    svc.attach_wire(lane)
+    svc.pipeline.attach(lane)
     return lane
 
 
@@ -384,7 +384,7 @@ def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
         # No task, no coroutine: the lock service resolves the reply future with the
         # encoded token when the grant commits.
         shared, label, rid = o.shared, o.label, o.request_id
-        return _svc(conn).submit_encoded(
+        return _svc(conn).pipeline.submit_command(
             lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=rid),
             _token_encoder(conn), parks=True, key=key, session_id=sid, contends=True)
 
@@ -422,7 +422,7 @@ def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     key, sid = _key(req[1]), _session(conn, req[2])
     o = _options(req[3:], _REL)
     token, rid = o.token, o.request_id
-    return _svc(conn).submit_encoded(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
+    return _svc(conn).pipeline.submit_command(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
 
 
 _CANCEL = frozenset({b"TICKET", b"REQID"})

@@ -32,7 +32,7 @@ import pytest
 
 from coordcore.locks.log import BatchLog
 from coordcore.locks.machine import Event, EventKind, LockMachine, Mode
-from coordcore.locks.service import _unwrap_snapshot
+from coordcore.locks.store import unwrap_snapshot
 
 CHILD = Path(__file__).with_name("crash_child.py")
 KILLS = 24
@@ -76,7 +76,7 @@ def replay(log_dir: Path) -> tuple[LockMachine, list[Event], bool]:
         machine = LockMachine()
         rec = log.recovered
         if rec.snapshot is not None:
-            machine.restore(_unwrap_snapshot(rec.snapshot.payload, rec.snapshot.index, log))
+            machine.restore(unwrap_snapshot(rec.snapshot.payload, rec.snapshot.index, log.path))
         events: list[Event] = []
         for record in rec.records:
             events.extend(machine.apply(record.payload).events)

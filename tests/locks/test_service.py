@@ -27,6 +27,7 @@ from coordcore.errors import (
 from coordcore.locks.log import BatchLog
 from coordcore.locks.machine import EventKind, LockMachine
 from coordcore.locks.service import Grant, Leader, LockService, ManualClock
+from coordcore.locks.store import FileStore
 
 Run = Callable[..., Any]
 
@@ -564,16 +565,17 @@ def test_a_failing_disk_fails_the_batch_and_closes(run: Run, tmp_path: Path,
     async def main() -> None:
         async with LockService.open(tmp_path) as svc:
             s = await svc.open_session()
-            assert svc._log is not None
+            assert isinstance(svc._store, FileStore)
+            log = svc._store._log
 
             # The log thread's write fails for real: it is handed a read-only descriptor.
             readonly = os.open(tmp_path / "readonly", os.O_RDONLY | os.O_CREAT, 0o644)
-            real_begin = svc._log.begin_append
+            real_begin = log.begin_append
 
             def begin_on_readonly(payload: bytes) -> tuple[int, bytes, int]:
                 _, data, index = real_begin(payload)
                 return readonly, data, index
-            monkeypatch.setattr(svc._log, "begin_append", begin_on_readonly)
+            monkeypatch.setattr(log, "begin_append", begin_on_readonly)
             try:
                 with pytest.raises(OSError, match="Bad file descriptor"):
                     await svc.acquire("k", s)
@@ -603,11 +605,11 @@ def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: P
     the loop keeps serving and the next batch fills up."""
     import threading
 
-    from coordcore.locks import service as service_module
+    from coordcore.locks import store as store_module
 
     gate = threading.Event()
     gate.set()
-    real_writer = service_module._SyncWriter
+    real_writer = store_module._SyncWriter
 
     class GatedWriter:
         """The native log writer, whose jobs start only once ``gate`` is set."""
@@ -625,7 +627,7 @@ def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: P
         def close(self) -> None:
             self._real.close()
 
-    monkeypatch.setattr(service_module, "_SyncWriter", GatedWriter)
+    monkeypatch.setattr(store_module, "_SyncWriter", GatedWriter)
 
     async def main() -> None:
         async with LockService.open(tmp_path) as svc:
@@ -636,7 +638,7 @@ def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: P
             more = [asyncio.ensure_future(svc.acquire(f"b{i}", s)) for i in range(10)]
             await asyncio.sleep(0.05)
             assert not first.done() and not any(m.done() for m in more)
-            assert len(svc._queue) == 10  # the next batch accumulates during the fsync
+            assert len(svc.pipeline._queue) == 10  # the next batch accumulates during the fsync
             batches = svc.stats.batches
             gate.set()
             await asyncio.gather(first, *more)
@@ -645,9 +647,9 @@ def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: P
 
 
 def test_a_flood_is_cut_into_bounded_batches(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    from coordcore.locks import service as service_module
+    from coordcore.locks import pipeline
 
-    monkeypatch.setattr(service_module, "MAX_BATCH", 4)
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 4)
 
     async def main() -> None:
         async with LockService.in_memory() as svc:

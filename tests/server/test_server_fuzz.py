@@ -237,7 +237,7 @@ def test_lane_and_table_answer_every_request_in_order(tmp_path: Path, data: st.D
             server = make_server(tmp_path)
             svc = await LockService.in_memory()
             server.locks = svc
-            svc.add_batch_listener(server.flush_dirty)
+            svc.pipeline.on_batch(server.flush_dirty)
             server.commands.update(lockcmds.lock_commands())
             server.blocking_handlers = lockcmds.blocking_handlers()
             server.barrier_handlers = lockcmds.barrier_handlers()

@@ -1,0 +1,137 @@
+"""Sessions: leases that hold locks, and the credentials that act for them.
+
+A session is named in public by its id and used only with its credential,
+``b"<id>.<secret hex>"``: the secret is chosen where ``OPEN`` is accepted and only its
+SHA-256 goes into the log (so into every replica), never the secret itself.
+
+>>> secret, digest = new_secret()
+>>> cred = credential(7, secret)
+>>> parse_credential(cred) == (7, digest), parse_credential(b"7"), parse_credential(cred.upper())
+(True, None, None)
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any, Final
+
+from coordcore.errors import ServiceClosed, SessionExpired
+
+if TYPE_CHECKING:
+    from coordcore.locks.service import Key, LockService, _GrantContext
+
+__all__ = ["SECRET_BYTES", "Session", "credential", "new_secret", "parse_credential"]
+
+logger = logging.getLogger("coordcore.locks.service")
+
+#: Bytes of a session credential's secret (from ``secrets``).
+SECRET_BYTES: Final = 16
+_HEX: Final = frozenset(b"0123456789abcdef")
+
+
+def new_secret() -> tuple[bytes, bytes]:
+    """A fresh secret and its digest (what the OPEN command carries into the log)."""
+    secret = secrets.token_bytes(SECRET_BYTES)
+    return secret, hashlib.sha256(secret).digest()
+
+
+def credential(session_id: int, secret: bytes) -> bytes:
+    """The credential of session ``session_id`` opened with ``secret``."""
+    return b"%d.%s" % (session_id, secret.hex().encode())
+
+
+def parse_credential(cred: bytes) -> tuple[int, bytes] | None:
+    """``(session id, digest of the secret)`` of a well-formed credential, else None.
+    One spelling only (decimal id, lowercase hex), as a server's native lane reads it."""
+    sid_text, dot, secret_hex = cred.partition(b".")
+    if not dot or len(secret_hex) != 2 * SECRET_BYTES or not sid_text.isdigit() or len(sid_text) > 19 \
+            or not _HEX.issuperset(secret_hex):
+        return None
+    return int(sid_text), hashlib.sha256(bytes.fromhex(secret_hex.decode("ascii"))).digest()
+
+
+class Session:
+    """A lease: alive while kept alive (in the background unless ``keepalive=False``).
+
+    Everything acquired with a session is released when it closes or expires. ``done``
+    resolves (with ``"closed"``, ``"expired"`` or ``"service closed"``) when it ends.
+    """
+
+    def __init__(self, service: LockService, session_id: int, ttl: float, keepalive: bool,
+                 credential: bytes = b"") -> None:
+        self.id = session_id
+        self.ttl = ttl
+        #: ``b"<id>.<secret>"``: what a server's client presents to act for this session
+        #: (the id alone is public; empty for a handle made by :meth:`LockService.session`).
+        self.credential = credential
+        self._service = service
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._keepalive: asyncio.Task[None] | None = None
+        if keepalive:
+            self._keepalive = asyncio.ensure_future(self._keepalive_loop())
+
+    @property
+    def expired(self) -> bool:
+        """True once the session ended by expiry."""
+        return self.done.done() and self.done.result() == "expired"
+
+    @property
+    def alive(self) -> bool:
+        """Not yet closed or expired (as far as this process has seen)."""
+        return not self.done.done()
+
+    async def _keepalive_loop(self) -> None:
+        interval = max(self.ttl / 3.0, 0.001)
+        while not self.done.done():
+            await asyncio.sleep(interval)
+            try:
+                await self._service.keepalive(self)
+            except (SessionExpired, ServiceClosed):
+                return
+            except Exception:  # an I/O error: the service is failing; say so once
+                logger.exception("keep-alive of session %d failed", self.id)
+                return
+
+    def _end(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_result(reason)
+        task, self._keepalive = self._keepalive, None
+        if task is not None and task is not _current_task():
+            task.cancel()
+
+    async def keepalive(self) -> None:
+        """Extend the lease now (the background task does this every ttl/3)."""
+        await self._service.keepalive(self)
+
+    async def close(self) -> None:
+        """Close the session, releasing everything it holds and waits for. Idempotent."""
+        if self.done.done():
+            return
+        try:
+            await self._service.close_session(self)
+        except SessionExpired:
+            pass
+
+    def lock(self, key: Key, *, shared: bool = False, timeout: float | None = None) -> _GrantContext:
+        """``self.service.lock(key, self, ...)``."""
+        return self._service.lock(key, self, shared=shared, timeout=timeout)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = self.done.result() if self.done.done() else "alive"
+        return f"<Session {self.id} ttl={self.ttl}s {state}>"
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+

@@ -16,8 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fault"))
-from harness import RunConfig, run  # noqa: E402
+# After PYTHONPATH (the coordcore under test), for the suite's tests.fault package.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from tests.fault.harness import RunConfig, run  # noqa: E402
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from coordcore.errors import BadArgument, CoordcoreError, EmptyRing, NotFound, WrongType
 from coordcore.ring import HashRing, RingSnapshot, hash64, hash64_many, moved_fraction, moved_mask
 
-from models import ring_model as model
+from tests.models import ring_model as model
 
 NAMES = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12

@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coordcore.errors import BadArgument, EmptyRing, NotFound, WrongType
 from coordcore.ring import BoundedLoadRing, HashRing, Move, RingSnapshot
 
-from models import ring_model as model
+from tests.models import ring_model as model
 
 
 class BoundedMachine(RuleBasedStateMachine):

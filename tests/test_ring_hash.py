@@ -15,7 +15,7 @@ from coordcore.errors import BadArgument, WrongType
 from coordcore.ring import hash64, hash64_many, ketama_hash
 from coordcore._native import ring as native
 
-from models import ring_model as model
+from tests.models import ring_model as model
 
 
 def test_published_vectors() -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from coordcore.errors import BadArgument, WrongType
 from coordcore.ring import hash64, jump_hash, jump_hash_many
 
-from models import ring_model as model
+from tests.models import ring_model as model
 
 # Guava's HashingTest golden values, also used by the Go, C and Rust ports.
 GOLDEN100 = [0, 55, 62, 8, 45, 59, 86, 97, 82, 59, 73, 37, 17, 56, 86, 21, 90, 37, 38, 83]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from coordcore.errors import BadArgument, EmptyRing, NotFound, WrongType
 from coordcore.ring import Rendezvous, hash64_many, rendezvous
 
-from models import ring_model as model
+from tests.models import ring_model as model
 
 NODES = st.dictionaries(
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8),

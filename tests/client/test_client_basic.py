@@ -3,7 +3,6 @@ reconnects, auth, ID worker spreading."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +10,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
-from ccserver import ServerProc, inprocess_server, serve  # noqa: E402,F401 (serve is a fixture)
+from tests.server.ccserver import ServerProc, inprocess_server, serve  # noqa: F401 (serve is a fixture)
 
 from coordcore import AsyncClient, Client
 from coordcore.errors import AuthFailed, AuthRequired, BadArgument, ConnectionLost, UnknownCommand

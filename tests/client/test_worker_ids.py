@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
-from ccserver import ServerProc, serve  # noqa: E402,F401 (serve is a fixture)
+from tests.server.ccserver import ServerProc, serve  # noqa: F401 (serve is a fixture)
 
 from coordcore.client import Client, ServerWorkerIds
 from coordcore.errors import BadArgument, WorkerIdUnavailable, WorkerLeaseLost

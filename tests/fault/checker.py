@@ -73,7 +73,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from history import FenceAttempt, Fault, Op
+from tests.fault.history import FenceAttempt, Fault, Op
 
 __all__ = ["CLOCK_SLACK", "Report", "Snapshot", "Violation", "check", "lease_floor"]
 

@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fence import FenceClient  # noqa: E402
-from history import Outcome, Recorder  # noqa: E402
+from tests.fault.fence import FenceClient
+from tests.fault.history import Outcome, Recorder
 
-from coordcore import Client  # noqa: E402
-from coordcore.client.sync import Session  # noqa: E402
-from coordcore.errors import ConnectionLost, CoordcoreError  # noqa: E402
+from coordcore import Client
+from coordcore.client.sync import Session
+from coordcore.errors import ConnectionLost, CoordcoreError
 
 
 class FenceDown(RuntimeError):

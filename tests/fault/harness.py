@@ -27,18 +27,16 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "server"))
-from ccserver import ServerProc  # noqa: E402
-from checker import Report, Snapshot, check  # noqa: E402
-from fence import FenceServer  # noqa: E402
-from history import load_faults, load_fence_log, load_ops  # noqa: E402
-from nemesis import Nemesis, NemesisConfig  # noqa: E402
+from tests.server.ccserver import ServerProc
+from tests.fault.checker import Report, Snapshot, check
+from tests.fault.fence import FenceServer
+from tests.fault.history import load_faults, load_fence_log, load_ops
+from tests.fault.nemesis import Nemesis, NemesisConfig
 
-import hiredis  # noqa: E402
+import hiredis
 
-from coordcore import Client  # noqa: E402
-from coordcore.server import ServerConfig  # noqa: E402
+from coordcore import Client
+from coordcore.server import ServerConfig
 
 __all__ = ["RunConfig", "RunResult", "run"]
 
@@ -214,7 +212,10 @@ def run(cfg: RunConfig, workdir: Path) -> RunResult:
         say(f"server on 127.0.0.1:{port}, fence on 127.0.0.1:{fence.port}")
         prober = _Prober(port)
         prober.start()
-        env = dict(os.environ)
+        # The worker imports its siblings as tests.fault.*: this checkout goes after
+        # whatever PYTHONPATH names, so the coordcore under test still comes first.
+        paths = [p for p in (os.environ.get("PYTHONPATH"), str(HERE.parent.parent)) if p]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
         for i in range(cfg.clients):
             name = f"c{i}"
             wcfg: dict[str, Any] = {"process": name, "port": port, "fence_port": fence.port, "keys": keys,

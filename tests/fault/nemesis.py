@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
-from history import Fault
+from tests.fault.history import Fault
 
 __all__ = ["Nemesis", "NemesisConfig", "Pausable", "Restartable"]
 

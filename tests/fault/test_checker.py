@@ -4,14 +4,12 @@ So the fault test can fail: a checker that reports nothing would pass every run.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checker import CLOCK_SLACK, check, lease_floor  # noqa: E402
-from history import FenceAttempt, Fault, Op, Recorder, load_ops, ops_from_records  # noqa: E402
+from tests.fault.checker import CLOCK_SLACK, check, lease_floor
+from tests.fault.history import FenceAttempt, Fault, Op, Recorder, load_ops, ops_from_records
 
 
 class H:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RunConfig, run  # noqa: E402
+from tests.fault.harness import RunConfig, run
 
 #: A hang guard only (no performance assert): a server that stalls for seconds fails it.
 PING_P99_GUARD = 2.0

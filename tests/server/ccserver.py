@@ -1,8 +1,7 @@
 """Test helpers: real `coordcore serve` subprocesses and in-process servers on loopback.
 
-Test modules import what they use from here (the ``serve`` fixture too: pytest finds
-fixtures imported into a test module). tests/client adds this directory to sys.path:
-per-directory conftest.py files would clash by basename without __init__.py files.
+Test modules import what they use from here (``from tests.server.ccserver import ...``;
+the ``serve`` fixture too: pytest finds fixtures imported into a test module).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
+from tests.server.ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
 
 Serve = Callable[..., ServerProc]
 

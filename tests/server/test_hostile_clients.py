@@ -17,7 +17,7 @@ from typing import Any
 
 import hiredis
 import pytest
-from ccserver import Raw, ServerProc, aio_raw, inprocess_server, read_reply, serve  # noqa: F401 (fixture)
+from tests.server.ccserver import Raw, ServerProc, aio_raw, inprocess_server, read_reply, serve  # noqa: F401 (fixture)
 
 from coordcore.errors import BadArgument
 from coordcore.server import commands

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
-from test_server_fuzz import FakeTransport, make_server
+from tests.server.ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
+from tests.server.test_server_fuzz import FakeTransport, make_server
 from coordcore._native import lockwire as lw
 from coordcore.errors import ProtocolError, RequestTooLarge
 from coordcore.server.protocol import Connection

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hiredis
-from ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
+from tests.server.ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
+from tests.server.ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
 
 from coordcore import AsyncClient
 from coordcore.locks.fencing import FencedResource

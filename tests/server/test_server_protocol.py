@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import hiredis
-from ccserver import aio_raw, inprocess_server, read_reply
+from tests.server.ccserver import aio_raw, inprocess_server, read_reply
 
 from coordcore.errors import ProtocolError
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from coordcore import AsyncClient
-from ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
+from tests.server.ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
 
 Serve = Callable[..., ServerProc]
 

@@ -1,5 +1,5 @@
 """The lock machine's rules, one scenario at a time (the random comparison with the
-reference model is in test_machine_state.py, bad input in test_machine_badinput.py)."""
+reference model is in test_machine_state.py, bad input in test_machine_refuses_bad_input.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable

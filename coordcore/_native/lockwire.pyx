@@ -32,6 +32,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from coordcore.errors import BadArgument, ProtocolError, RequestTooLarge
 
@@ -788,12 +789,15 @@ cdef class WireLane:
             self.wake()
         return 0
 
-    def cut(self, Py_ssize_t limit):
-        """Take out the first ``limit`` commands (all if fewer) as a :class:`WireBatch`,
-        or None if there are none."""
+    def cut(self, Py_ssize_t limit, Py_ssize_t max_bytes=PY_SSIZE_T_MAX):
+        """Take out the first ``limit`` commands (all if fewer), together at most
+        ``max_bytes`` long, as a :class:`WireBatch`, or None if there are none (or the
+        first is longer)."""
         cdef Py_ssize_t n = min(self.count, limit)
         cdef Py_ssize_t nbytes, i
         cdef WireBatch batch
+        while n > 0 and (self.entries[n].offset if n < self.count else self.cmds.end) > max_bytes:
+            n -= 1  # a log with small records (etcd's): the rest waits for the next batch
         if n <= 0:
             return None
         nbytes = self.entries[n].offset if n < self.count else self.cmds.end

@@ -59,6 +59,8 @@ Add = Callable[[BatchBuilder], int]
 
 #: The most requests one batch record carries (a flood is cut into several batches).
 MAX_BATCH: Final = 16_384
+#: The longest batch record without a store (a flood is cut by MAX_BATCH long before).
+MAX_RECORD_BYTES: Final = 1 << 30
 #: Default bound of holds + waits per session.
 DEFAULT_MAX_CONTENDERS_PER_SESSION: Final = 100_000
 
@@ -90,8 +92,9 @@ class CommandSource(Protocol):
     def __len__(self) -> int:
         """Commands queued."""
 
-    def cut(self, limit: int) -> SourceBatch | None:
-        """Take up to ``limit`` queued commands (None: nothing queued)."""
+    def cut(self, limit: int, max_bytes: int = ...) -> SourceBatch | None:
+        """Take up to ``limit`` queued commands, together at most ``max_bytes`` long
+        (None: nothing queued, or the first is longer)."""
 
 
 @dataclass(slots=True)
@@ -229,6 +232,8 @@ class CommitPipeline:
         self._last_ms = machine.time_ms
         self._since_snapshot_records = 0
         self._since_snapshot_bytes = 0
+        #: The most command bytes one record carries (the store's bound less the header).
+        self._max_body = (store.max_record_bytes if store is not None else MAX_RECORD_BYTES) - BATCH_HEADER_SIZE
         self.stats = BatchStats()
         self._batch_listeners: list[Callable[[], None]] = []
         #: Commands from outside (a server's native lane), taken into every batch.
@@ -499,17 +504,15 @@ class CommitPipeline:
             batch, self._queue = self._queue, []
         else:  # a flood: cut a bounded batch, the rest goes into the next one
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        # The source's commands (hot commands of a server's connections) go last; they
-        # share no connection with the queued ones (the server keeps them apart).
-        source = self._source.cut(MAX_BATCH - len(batch)) if self._source else None
         tick_waiters, self._tick_waiters = self._tick_waiters, []
         tick = self._tick_wanted
         self._tick_wanted = False
         builder = self._builder
+        room = self._max_body
         parts: list[bytes] = []
         count = 0
         accepted: list[tuple[Request, int]] = []
-        for req in batch:
+        for i, req in enumerate(batch):
             add = req.add
             assert add is not None  # only park()/withdraw() requests have none: never queued
             builder.clear()
@@ -521,9 +524,19 @@ class CommitPipeline:
                 set_exception(req, exc)
                 continue
             if len(builder):
-                parts.append(builder.build(0)[BATCH_HEADER_SIZE:])  # its commands, byte for byte
+                part = builder.build(0)[BATCH_HEADER_SIZE:]  # its commands, byte for byte
+                if len(part) > room and accepted:
+                    # The record is as long as the store takes: the rest goes first into
+                    # the next one (adding a command again builds the same bytes).
+                    self._queue[:0] = batch[i:]
+                    break
+                room -= len(part)
+                parts.append(part)
             accepted.append((req, count + index))
             count += len(builder)
+        # The source's commands (hot commands of a server's connections) go last; they
+        # share no connection with the queued ones (the server keeps them apart).
+        source = self._source.cut(MAX_BATCH - len(accepted), room) if self._source else None
         source_base = count
         if source is not None:
             parts.append(source.commands)

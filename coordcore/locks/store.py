@@ -36,7 +36,7 @@ from typing import Any, Final, Protocol
 from coordcore._native import require
 from coordcore.errors import LogCorrupted
 from coordcore.locks import recovery
-from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, BatchLog, Durability, TornTail
+from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, MAX_RECORD_BYTES, BatchLog, Durability, TornTail
 from coordcore.locks.recovery import RevisionMark
 
 __all__ = ["FileStore", "LogStore", "snapshot_payload", "unwrap_snapshot"]
@@ -118,7 +118,7 @@ class FileStore:
     the writer's eventfd.
     """
 
-    max_record_bytes: int = 1 << 30
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     def __init__(self, log: BatchLog, mark: RevisionMark, lost: list[str]) -> None:
         self._log = log

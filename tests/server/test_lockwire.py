@@ -256,6 +256,25 @@ def test_hot_commands_encode_as_batch_builder_does(cmds: list[tuple], prefix: by
     assert batch.count == len(cmds) and batch.commands == b"".join(want)
 
 
+def test_a_cut_holds_at_most_max_bytes_of_whole_commands() -> None:
+    """A store with small records (etcd's) bounds a batch by bytes: the lane hands out
+    whole commands up to the bound, in order, and keeps the rest for the next cut."""
+    lane, _, _ = _lane()
+    want = []
+    for i in range(6):
+        key = b"k%d" % i + b"x" * (10 * i)
+        wire = lw.WireConn(_Owner(f"c{i}"), 16, 4096)
+        wire.feed(_pack(b"LOCK.RELEASE", key, _h(7)))
+        assert wire.run_hot(lane, 100) == 1
+        want.append(_one(lambda b: b.release(7, key, 0)))
+    sizes = [len(w) for w in want]
+    assert lane.cut(10, sizes[0] - 1) is None and len(lane) == 6  # the first does not fit
+    first = lane.cut(10, sizes[0] + sizes[1] + sizes[2] - 1)
+    assert first is not None and first.count == 2 and first.commands == want[0] + want[1]
+    rest = lane.cut(10, sum(sizes))
+    assert rest is not None and rest.count == 4 and rest.commands == b"".join(want[2:]) and len(lane) == 0
+
+
 @pytest.mark.parametrize("req", [
     [b"LOCK.ACQUIRE", b"k", b"0"], [b"LOCK.ACQUIRE", b"k", b"+5"], [b"LOCK.ACQUIRE", b"k", b" 5"],
     [b"LOCK.ACQUIRE", b"k", b"9223372036854775808"], [b"LOCK.ACQUIRE", b"", b"5"],

@@ -718,7 +718,7 @@ def test_retried_request_ids_and_session_handles(run: Run) -> None:
     run(main())
 
 
-def test_downtime_counts_unless_told_otherwise(run: Run, tmp_path: Path) -> None:
+def test_downtime_counts_unless_told_otherwise(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """By default a session outlives a restart only if the downtime was shorter than its
     TTL; with count_downtime=False the clock resumes where the last batch left it."""
     async def write() -> int:
@@ -733,7 +733,17 @@ def test_downtime_counts_unless_told_otherwise(run: Run, tmp_path: Path) -> None
             return svc.session_info(sid) is not None
 
     sid = run(write())
-    import time
-    time.sleep(1.2)  # down for longer than the TTL
+    import time as real
+
+    from coordcore.locks import service as service_module
+
+    class Later:
+        """The wall clock 1.2 s on (down for longer than the TTL), without the wait."""
+        monotonic = staticmethod(real.monotonic)
+
+        @staticmethod
+        def time() -> float:
+            return real.time() + 1.2
+    monkeypatch.setattr(service_module, "time", Later)
     assert run(reopen(False)) is True  # resumed: ~1 s of TTL left, not yet over
     assert run(reopen(True)) is False  # the downtime counted: expired on the first tick

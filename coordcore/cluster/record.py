@@ -70,11 +70,11 @@ def decode(value: bytes, *, where: int = 0) -> Record:
     magic, term, seq, batch_id, prev_hash = _HEADER.unpack_from(value)
     if magic != MAGIC:
         raise LogInvalid(f"record {where}: bad magic {magic!r}", where)
-    view = memoryview(value)
-    crc = google_crc32c.extend(google_crc32c.value(view[:_HEADER.size]), view[HEADER_BYTES:])
-    if crc != int.from_bytes(view[_HEADER.size:HEADER_BYTES], "little"):
+    payload = value[HEADER_BYTES:]
+    crc = google_crc32c.extend(google_crc32c.value(value[:_HEADER.size]), payload)
+    if crc != int.from_bytes(value[_HEADER.size:HEADER_BYTES], "little"):
         raise LogInvalid(f"record {where}: checksum mismatch (damaged)", where)
-    return Record(term, seq, batch_id, prev_hash, bytes(view[HEADER_BYTES:]), digest(value))
+    return Record(term, seq, batch_id, prev_hash, payload, digest(value))
 
 
 class Chain:

@@ -196,6 +196,9 @@ class Etcd:
             "grpc.initial_reconnect_backoff_ms": 200,
             "grpc.max_reconnect_backoff_ms": 2000,
             "grpc.min_reconnect_backoff_ms": 1000,
+            # gRPC shares connections between channels to one address by default: a new
+            # Etcd would inherit a dead member's reconnect backoff. Each keeps its own.
+            "grpc.use_local_subchannel_pool": 1,
         }
         self._clients: list[Any] = []
         for endpoint in self.endpoints:
@@ -244,14 +247,20 @@ class Etcd:
             raise err from None
 
     async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """A read: tried once on each member before giving up."""
-        for attempt in range(len(self._clients)):
+        """A read: tried on each member in turn, for up to ``timeout`` (at least once on
+        each), so a read rides out one member's death or an etcd election."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        attempt = 0
+        while True:
             try:
                 return await self._call(fn)
             except EtcdUnavailable:
-                if attempt == len(self._clients) - 1:
+                attempt += 1
+                if attempt >= len(self._clients) and loop.time() > deadline:
                     raise
-        raise AssertionError("unreachable")
+                if attempt % len(self._clients) == 0:
+                    await sleep_backoff(attempt // len(self._clients) - 1)
 
     # --- KV ------------------------------------------------------------------------
 

@@ -78,14 +78,20 @@ def test_deposed_writer_is_refused_and_never_applied(run: Run, cluster: EtcdClus
             # still believes it leads: only etcd's guard stands between A and the log.
             await a.etcd.lease_revoke(a.session.lease_id)
             a.leadership.alive = lambda: True  # type: ignore[method-assign]
+            with pytest.raises(LeadershipLost, match="leader key .* is gone"):
+                await a.log.append(b"a2")  # slot 2 is free: the leader compare alone refuses it
+            with pytest.raises(LeadershipLost, match="writes stopped"):
+                await a.log.append(b"a2")  # and A stays stopped
             b = await writer(cluster.endpoints, prefix)
             assert b.leadership.term > a.leadership.term
             assert await b.log.append(b"b2") == 2
-            with pytest.raises(LeadershipLost, match="leader key .* is gone"):
-                await a.log.append(b"a2")  # refused by etcd: A still thinks the next index is 2
-            with pytest.raises(LeadershipLost, match="writes stopped"):
-                await a.log.append(b"a3")  # and stays stopped
             assert await b.log.append(b"b3") == 3
+            # A writer that missed B's records (A, restarted as writer without catching
+            # up) loses the slot race: the record is B's, not A's.
+            a.log.lead(a.leadership)
+            a.log._caught_up = True
+            with pytest.raises(LeadershipLost, match="another writer"):
+                await a.log.append(b"a2 again")
         finally:
             await a.close()
             if b is not None:

@@ -110,7 +110,9 @@ class Status:
     leader: int
     raft_term: int
     revision: int
-    db_size: int
+    db_size: int  # the backend file (what the quota limits; shrinks only on defragment)
+    db_size_in_use: int  # what is live in it (falls after truncation and compaction)
+    version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +419,7 @@ class Etcd:
             r = await client.maintenancestub.Status(rpc.StatusRequest(), timeout=self.timeout,
                                                     metadata=_REQUIRE_LEADER)
             return Status(int(r.header.member_id), int(r.leader), int(r.raftTerm), int(r.header.revision),
-                          int(r.dbSize))
+                          int(r.dbSize), int(r.dbSizeInUse), str(r.version))
 
         return await self._read(call)
 

@@ -246,7 +246,8 @@ class EtcdLog:
     async def follow(self, start_index: int) -> AsyncIterator[tuple[int, bytes]]:
         """Every record from ``start_index`` on, checked, as they are appended: ``(index,
         payload)``. Runs until cancelled; raises :class:`LogInvalid` on a broken log and
-        :class:`FollowerBehind` if the records it needs were truncated (replay then)."""
+        :class:`FollowerBehind` if the records it needs were truncated (replay then).
+        The position advances as a record is yielded: apply it before awaiting anything."""
         if start_index != self._chain.index + 1:
             self._chain = await self._anchor(start_index - 1)
         async for rec in reader.follow(self.etcd, self.keys, self._chain, page_size=self._page_size):

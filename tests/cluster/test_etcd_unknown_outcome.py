@@ -153,25 +153,3 @@ def test_etcd_leader_paused_mid_append(run: Run, healthy: EtcdCluster, prefix: s
 
     run(main(), timeout=60)
     assert any("append of record 2: outcome unknown" in r.getMessage() for r in caplog.records)
-
-
-def test_writer_carries_on_after_an_etcd_member_is_killed(run: Run, healthy: EtcdCluster, prefix: str) -> None:
-    cluster = healthy
-
-    async def main() -> None:
-        w = await writer(cluster.endpoints, prefix, ttl=6.0, timeout=1.0, resolve_timeout=20.0)
-        try:
-            for i in range(1, 4):
-                assert await w.log.append(b"r%d" % i) == i
-            victim = cluster.endpoints.index(w.etcd.current_endpoint)
-            cluster.kill(victim)
-            for i in range(4, 7):
-                assert await w.log.append(b"r%d" % i) == i
-            cluster.restart(victim)
-        finally:
-            await w.close()
-        seen = await replayed([cluster.endpoints[victim]], prefix)  # the restarted member has it all
-        assert seen.records == [(i, b"r%d" % i) for i in range(1, 7)]
-
-    run(main(), timeout=60)
-

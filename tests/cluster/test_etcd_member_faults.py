@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from etcd_support import connect, replayed, writer
 
-from coordcore.cluster import EtcdLog, Keys
+from coordcore.cluster import EtcdLog, EtcdUnavailable, Keys
 from coordcore.cluster.testing import EtcdCluster
 
 Run = Callable[..., Any]
@@ -69,5 +70,37 @@ def test_follower_carries_on_when_its_member_is_killed(run: Run, healthy: EtcdCl
             await asyncio.gather(task, return_exceptions=True)
             await etcd.close()
             await w.close()
+
+    run(main(), timeout=60)
+
+
+def test_watch_on_a_member_without_leader_fails_instead_of_going_silent(run: Run, healthy: EtcdCluster,
+                                                                        prefix: str) -> None:
+    """The require-leader metadata: with two of three members paused, the third has no
+    Raft leader; a watch on it is cancelled ("no leader") rather than left open."""
+    cluster = healthy
+
+    async def main() -> None:
+        etcd = await connect([cluster.endpoints[2]])
+        try:
+            key = Keys(prefix).log_prefix
+            start = (await etcd.range(key)).revision + 1
+
+            async def watch() -> None:
+                async for _ in etcd.watch(key, b"", start):
+                    pass
+
+            task = asyncio.create_task(watch())
+            await asyncio.sleep(0.3)
+            cluster.pause(0)
+            cluster.pause(1)
+            try:
+                with pytest.raises(EtcdUnavailable, match="no leader"):
+                    await asyncio.wait_for(task, 20)
+            finally:
+                cluster.resume(0)
+                cluster.resume(1)
+        finally:
+            await etcd.close()
 
     run(main(), timeout=60)

@@ -1,4 +1,4 @@
-"""The lock log in etcd: :class:`EtcdLog`, a :class:`~coordcore.cluster.logstore.LogStore`.
+"""The lock log in etcd: :class:`EtcdLog`, a :class:`~coordcore.locks.store.LogStore`.
 
 Keys (see :mod:`~coordcore.cluster.keys`)::
 
@@ -100,8 +100,9 @@ class EtcdLog:
     def next_index(self) -> int:
         return self._chain.index + 1
 
-    async def replay(self, restore: Callable[[int, bytes], None], apply: Callable[[int, bytes], None]) -> None:
-        """Feed the newest snapshot, then every record after it, checked, in order."""
+    async def replay(self, restore: Callable[[int, bytes], None], apply: Callable[[int, bytes], None]) -> int:
+        """Feed the newest snapshot, then every record after it, checked, in order.
+        etcd loses no acknowledged record, so there is no revision floor (0)."""
         snap = await snapshot.read_newest(self.etcd, self.keys, page_bytes=self.page_bytes)
         chain = Chain()
         if snap is not None:
@@ -112,6 +113,7 @@ class EtcdLog:
             apply(rec.seq, rec.payload)
         self._chain = chain
         self._caught_up = True
+        return 0
 
     def append(self, record: bytes) -> asyncio.Future[int]:
         if self._task is not None and not self._task.done():
@@ -272,7 +274,7 @@ class EtcdLog:
 
 
 if TYPE_CHECKING:
-    from coordcore.cluster.logstore import LogStore
+    from coordcore.locks.store import LogStore
 
     def _implements(log: EtcdLog) -> LogStore:
         return log

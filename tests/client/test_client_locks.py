@@ -81,7 +81,7 @@ def test_async_cancelled_acquire_leaves_nothing_held(run: Callable[..., Any], tm
             info = await a.lock_info("k")
             assert info.holders == [] and info.waiters == []
             # A grant whose reply was lost (simulated): reconciliation releases it.
-            session = await b._default_session(None)
+            session = await b._run(b._core.session_for(None, None))
             await b.execute("LOCK.ACQUIRE", "lost", session.credential)
             b._ledger.broke_off(b._ledger.begin(session.id, "lost"), "lost", "lock")
             await b._settle(session)

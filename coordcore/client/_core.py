@@ -22,7 +22,7 @@ and gets the outcome back, so a rule is written once and both clients follow it.
 
 A procedure, driven by hand the way a transport drives it:
 
->>> core = ClientCore(retries=1, retry_delay=0.05, default_ttl=10.0, new_session=None)  # type: ignore[arg-type]
+>>> core = ClientCore(retries=1, retry_delay=0.05, default_ttl=10.0, new_session=None)  # no sessions here
 >>> step = Step(core.next_id())
 >>> step.next()
 Send(args=['ID.NEXT'], timeout=None)

@@ -25,6 +25,7 @@ cdef extern from "cc_md5.h":
 cdef extern from "cc_crc32c.h":
     void cc_crc32c_init() noexcept nogil
     uint32_t cc_crc32c(uint32_t crc, const unsigned char *p, size_t n) noexcept nogil
+    uint32_t cc_crc32c_sw(uint32_t crc, const unsigned char *p, size_t n) noexcept nogil  # raw: no inversions
 
 cdef extern from "cc_jump.h":
     int32_t cc_jump(uint64_t key, int32_t buckets) noexcept nogil

@@ -34,7 +34,18 @@ cdef class _Reader:
 
 
 def crc32c(data, uint32_t value=0):
-    """CRC-32C (Castagnoli) of ``data``, continuing from ``value``."""
+    """CRC-32C (Castagnoli) of ``data``, continuing from ``value``: the checksum of the
+    log's records and of snapshots."""
+    return _crc32c(data, value, False)
+
+
+def _crc32c_portable(data, uint32_t value=0):
+    """:func:`crc32c` by the table, which machines without the CRC instruction use (for
+    the tests: x86-64 machines take the instruction)."""
+    return _crc32c(data, value, True)
+
+
+cdef uint32_t _crc32c(object data, uint32_t value, bint portable) except? 0:
     cdef const unsigned char[::1] view
     try:
         if data is None:
@@ -44,6 +55,8 @@ def crc32c(data, uint32_t value=0):
         raise WrongType(f"crc32c needs a contiguous bytes-like object, not {type(data).__name__}") from None
     if view.shape[0] == 0:
         return value
+    if portable:
+        return ~cc_crc32c_sw(~value, &view[0], <size_t>view.shape[0])
     return cc_crc32c(value, &view[0], <size_t>view.shape[0])
 
 

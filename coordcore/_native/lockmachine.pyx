@@ -24,7 +24,7 @@ from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
 
-from coordcore._native.cc cimport (CC_DEBUG, cc_crc32c, cc_crc32c_init, cc_fmix64, cc_free, cc_ld16, cc_ld32,
+from coordcore._native.cc cimport (CC_DEBUG, cc_crc32c, cc_crc32c_init, cc_crc32c_sw, cc_fmix64, cc_free, cc_ld16, cc_ld32,
     cc_ld64, cc_live_blocks, cc_malloc, cc_realloc, cc_st16, cc_st32, cc_st64, cc_tuple_alloc, cc_xxh64)
 from coordcore._native.lockformat cimport *
 

@@ -3,6 +3,7 @@
    cc_crc32c(crc, p, n) continues from crc (0 to start), like google-crc32c's extend. */
 #ifndef COORDCORE_CC_CRC32C_H
 #define COORDCORE_CC_CRC32C_H
+#include "cc_common.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 static uint32_t cc_crc32c_table[256];
 
 /* Byte at a time through a 256-entry table: the portable path. */
-static uint32_t cc_crc32c_sw(uint32_t crc, const unsigned char *p, size_t n) {
+CC_UNUSED static uint32_t cc_crc32c_sw(uint32_t crc, const unsigned char *p, size_t n) {
     while (n--) crc = cc_crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
     return crc;
 }
@@ -20,7 +21,7 @@ static uint32_t cc_crc32c_sw(uint32_t crc, const unsigned char *p, size_t n) {
 /* SSE 4.2's crc32 instruction computes this very CRC, 8 bytes per instruction (log
    records reach megabytes; the table manages about one byte per cycle). */
 __attribute__((target("sse4.2")))
-static uint32_t cc_crc32c_hw(uint32_t crc, const unsigned char *p, size_t n) {
+CC_UNUSED static uint32_t cc_crc32c_hw(uint32_t crc, const unsigned char *p, size_t n) {
     uint64_t c = crc;
     for (; n >= 8; p += 8, n -= 8) {
         uint64_t w;
@@ -35,7 +36,7 @@ static int cc_crc32c_use_hw;
 #endif
 
 /* Call once before the first cc_crc32c (at module import). */
-static void cc_crc32c_init(void) {
+CC_UNUSED static void cc_crc32c_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
@@ -46,7 +47,7 @@ static void cc_crc32c_init(void) {
 #endif
 }
 
-static uint32_t cc_crc32c(uint32_t crc, const unsigned char *p, size_t n) {
+CC_UNUSED static uint32_t cc_crc32c(uint32_t crc, const unsigned char *p, size_t n) {
     crc = ~crc;
 #if defined(__x86_64__) && defined(__GNUC__)
     if (cc_crc32c_use_hw) return ~cc_crc32c_hw(crc, p, n);

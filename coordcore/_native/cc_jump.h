@@ -1,6 +1,7 @@
 /* Jump consistent hash (Lamping and Veach, 2014), one key and many. */
 #ifndef COORDCORE_CC_JUMP_H
 #define COORDCORE_CC_JUMP_H
+#include "cc_common.h"
 #include "Python.h"
 #include <stdint.h>
 
@@ -19,7 +20,7 @@ static inline int32_t cc_jump(uint64_t key, int32_t buckets) {
    that is done keeps its values through a select), so the divisions of different keys
    overlap instead of waiting on one key's chain and on a mispredicted loop exit. */
 #define CC_LANES 8
-static void cc_jump_many(const uint64_t *keys, Py_ssize_t n, int32_t buckets, int32_t *out) {
+CC_UNUSED static void cc_jump_many(const uint64_t *keys, Py_ssize_t n, int32_t buckets, int32_t *out) {
     Py_ssize_t i = 0;
     for (; i + CC_LANES <= n; i += CC_LANES) {
         uint64_t k[CC_LANES];

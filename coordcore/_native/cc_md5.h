@@ -1,6 +1,7 @@
 /* MD5, for ketama compatibility: a ketama ring's points are the words of md5 digests. */
 #ifndef COORDCORE_CC_MD5_H
 #define COORDCORE_CC_MD5_H
+#include "cc_common.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -14,7 +15,7 @@
 #define CC_MD5_I(x, y, z) ((y) ^ ((x) | ~(z)))
 #define CC_MD5_STEP(f, a, b, c, d, x, t, s) \
     do { (a) += f((b), (c), (d)) + (x) + (t); (a) = cc_rotl32((a), (s)) + (b); } while (0)
-static void cc_md5_block(uint32_t st[4], const uint8_t *blk) {
+CC_UNUSED static void cc_md5_block(uint32_t st[4], const uint8_t *blk) {
     uint32_t m[16];
     for (int i = 0; i < 16; i++) m[i] = cc_ld32(blk + 4 * i);
     uint32_t a = st[0], b = st[1], c = st[2], d = st[3];
@@ -85,7 +86,7 @@ static void cc_md5_block(uint32_t st[4], const uint8_t *blk) {
     st[0] += a; st[1] += b; st[2] += c; st[3] += d;
 }
 /* The four little-endian 32-bit words of md5(data): ketama's points are exactly these. */
-static void cc_md5_words(const void *data, size_t len, uint32_t out[4]) {
+CC_UNUSED static void cc_md5_words(const void *data, size_t len, uint32_t out[4]) {
     const uint8_t *p = (const uint8_t *)data;
     uint32_t st[4] = {0x67452301U, 0xefcdab89U, 0x98badcfeU, 0x10325476U};
     size_t left = len;

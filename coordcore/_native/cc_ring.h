@@ -1,6 +1,7 @@
 /* The ring snapshot's lookups and the builders of its bucket index and replica table. */
 #ifndef COORDCORE_CC_RING_H
 #define COORDCORE_CC_RING_H
+#include "cc_common.h"
 #include "Python.h"
 #include <stdint.h>
 
@@ -50,7 +51,7 @@ static inline Py_ssize_t cc_ring_find(const cc_ring *r, uint64_t h) {
 }
 static inline void cc_prefetch(const void *p) { CC_PREFETCH(p); CC_PREFETCH((const char *)p + 64); }
 
-static void cc_ring_build_index(const uint64_t *points, Py_ssize_t n, int shift, int bits,
+CC_UNUSED static void cc_ring_build_index(const uint64_t *points, Py_ssize_t n, int shift, int bits,
                                 uint32_t *index) {
     Py_ssize_t i = 0;
     uint64_t nb = (uint64_t)1 << bits;
@@ -62,7 +63,7 @@ static void cc_ring_build_index(const uint64_t *points, Py_ssize_t n, int shift,
 
 /* Row i: the first `width` distinct owners met walking the ring from point i.
    `stamp` has one slot per node, initialised to -1. width <= distinct owners. */
-static void cc_ring_build_succ(const int32_t *owners, Py_ssize_t n, int width,
+CC_UNUSED static void cc_ring_build_succ(const int32_t *owners, Py_ssize_t n, int width,
                                int64_t *stamp, int32_t *succ) {
     for (Py_ssize_t i = 0; i < n; i++) {
         int got = 0;
@@ -76,7 +77,7 @@ static void cc_ring_build_succ(const int32_t *owners, Py_ssize_t n, int width,
 }
 
 /* Walk from point i collecting `want` distinct owners into out (n > width case). */
-static void cc_ring_walk(const cc_ring *r, Py_ssize_t i, int want, uint8_t *seen, int32_t *out) {
+CC_UNUSED static void cc_ring_walk(const cc_ring *r, Py_ssize_t i, int want, uint8_t *seen, int32_t *out) {
     int got = 0;
     while (got < want) {
         int32_t o = r->owners[i];

@@ -129,18 +129,21 @@ cdef inline int _append(Buf *b, const void *src, Py_ssize_t n) except -1:
 
 cdef int _append_token_reply(Buf *b, uint64_t v) except -1:
     """``:v\\r\\n``."""
+    # Filled from the end, by index: under overflowcheck (debug builds) Cython 3.3 emits
+    # a pointer difference as integers, which does not compile.
     cdef char tmp[24]
-    cdef char *q = tmp + 24
-    q -= 1; q[0] = b'\n'
-    q -= 1; q[0] = b'\r'
+    cdef Py_ssize_t i = 22
+    tmp[22] = b'\r'
+    tmp[23] = b'\n'
     while True:
-        q -= 1
-        q[0] = <char>(48 + v % 10)
+        i -= 1
+        tmp[i] = <char>(48 + v % 10)
         v //= 10
         if v == 0:
             break
-    q -= 1; q[0] = b':'
-    return _append(b, q, (tmp + 24) - q)
+    i -= 1
+    tmp[i] = b':'
+    return _append(b, tmp + i, 24 - i)
 
 
 cdef bytes _take(Buf *b):

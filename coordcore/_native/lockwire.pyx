@@ -120,6 +120,8 @@ cdef int _reserve(Buf *b, Py_ssize_t extra) except -1:
 
 
 cdef inline int _append(Buf *b, const void *src, Py_ssize_t n) except -1:
+    if n == 0:  # an empty buffer has no memory yet, and memcpy to NULL is undefined even for 0 bytes (UBSan)
+        return 0
     if b.end + n > b.cap:
         _reserve(b, n)
     memcpy(b.data + b.end, src, <size_t>n)

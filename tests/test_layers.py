@@ -69,7 +69,13 @@ def test_the_import_reader_sees_every_form(tmp_path: Path) -> None:
 
 
 def test_the_lock_layer_imports_nothing_of_the_server_or_the_wire() -> None:
-    assert _violations("locks", ("coordcore.server", "coordcore.client", "coordcore._native.lockwire")) == []
+    assert _violations("locks", ("coordcore.server", "coordcore.client", "coordcore.cluster",
+                                 "coordcore._native.lockwire")) == []
+
+
+def test_the_cluster_layer_imports_nothing_of_the_server_or_the_clients() -> None:
+    """The etcd log is a store under the lock layer; the server drives it, not the reverse."""
+    assert _violations("cluster", ("coordcore.server", "coordcore.client")) == []
 
 
 def test_the_clients_import_nothing_of_the_server() -> None:

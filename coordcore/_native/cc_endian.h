@@ -1,5 +1,6 @@
 /* Little-endian loads and stores shared by the native modules that read and write
-   coordcore's binary formats (batch records, results, events, snapshots). */
+   coordcore's binary formats (batch records, results, events, snapshots) and hash
+   bytes (the hashes are defined on little-endian words), and the rotations. */
 #ifndef COORDCORE_CC_ENDIAN_H
 #define COORDCORE_CC_ENDIAN_H
 #include <stdint.h>
@@ -11,6 +12,9 @@ static inline uint64_t cc_ld64(const unsigned char *p) {
     uint64_t v; memcpy(&v, p, 8);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     v = __builtin_bswap64(v);
+static inline uint64_t cc_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint32_t cc_rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
 #endif
     return v;
 }
@@ -18,6 +22,9 @@ static inline uint32_t cc_ld32(const unsigned char *p) {
     uint32_t v; memcpy(&v, p, 4);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     v = __builtin_bswap32(v);
+static inline uint64_t cc_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint32_t cc_rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
 #endif
     return v;
 }
@@ -27,17 +34,26 @@ static inline uint16_t cc_ld16(const unsigned char *p) {
 static inline void cc_st64(unsigned char *p, uint64_t v) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     v = __builtin_bswap64(v);
+static inline uint64_t cc_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint32_t cc_rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
 #endif
     memcpy(p, &v, 8);
 }
 static inline void cc_st32(unsigned char *p, uint32_t v) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     v = __builtin_bswap32(v);
+static inline uint64_t cc_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint32_t cc_rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
 #endif
     memcpy(p, &v, 4);
 }
 static inline void cc_st16(unsigned char *p, uint16_t v) {
     p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
 }
+
+static inline uint64_t cc_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint32_t cc_rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
 
 #endif

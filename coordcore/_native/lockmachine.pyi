@@ -1,18 +1,94 @@
 """Type stub of the compiled lock state machine (see coordcore.locks.machine for the contract)."""
 
+from enum import IntEnum
+from typing import Any, TypeVar, final
+
 BATCH_FORMAT_VERSION: int
+BATCH_MAGIC: bytes
 SNAPSHOT_VERSION: int
 CREDENTIAL_DIGEST_SIZE: int
+BATCH_HEADER_SIZE: int
+COMMAND_HEADER_SIZE: int
+RESULT_SIZE: int
+EVENT_HEADER_SIZE: int
 MAX_KEY_SIZE: int
 MAX_VALUE_SIZE: int
 MIN_TTL_MS: int
 MAX_TTL_MS: int
+MAX_TIMEOUT_MS: int
 MAX_PERMITS: int
 MAX_TIME_MS: int
 MAX_BATCH_COMMANDS: int
 REQUEST_WINDOW: int
+FLAG_SHARED: int
+FLAG_WAIT: int
 
-from typing import Any, TypeVar, final
+class Op(IntEnum):
+    OPEN = 1
+    KEEPALIVE = 2
+    CLOSE = 3
+    ACQUIRE = 4
+    RELEASE = 5
+    SEM_ACQUIRE = 6
+    SEM_RELEASE = 7
+    CAMPAIGN = 8
+    PROCLAIM = 9
+    RESIGN = 10
+    CANCEL = 11
+    DETACH = 12
+
+class Status(IntEnum):
+    OK = 0
+    WAITING = 1
+    BUSY = 2
+    NOSESSION = 10
+    NOTHOLDER = 11
+    CONFLICT = 12
+    NOTLEADER = 13
+    BADARG = 14
+    WRONGTYPE = 15
+    NOTFOUND = 16
+
+class Detail(IntEnum):
+    NONE = 0
+    FLAGS = 1
+    KEY = 2
+    VALUE = 3
+    TTL = 4
+    PERMITS = 5
+    PERMITS_MISMATCH = 6
+    SESSION = 7
+    ARG = 8
+    NO_SUCH_SESSION = 9
+    NO_SUCH_HOLD = 10
+    NOT_LEADER = 11
+    NO_SUCH_CONTENDER = 12
+    ALREADY_CANDIDATE = 13
+    KIND = 14
+    TIMEOUT = 15
+    WAIT_ENDED = 16
+
+class Kind(IntEnum):
+    LOCK = 1
+    SEMAPHORE = 2
+    ELECTION = 3
+
+class Mode(IntEnum):
+    NONE = 0
+    EXCLUSIVE = 1
+    SHARED = 2
+    SEMAPHORE = 3
+    ELECTION = 4
+
+class EventKind(IntEnum):
+    OPEN = 1
+    CLOSE = 2
+    EXPIRE = 3
+    WAIT = 4
+    GRANT = 5
+    RELEASE = 6
+    CANCEL = 7
+    PROCLAIM = 8
 
 _T = TypeVar("_T", bound=tuple[Any, ...])
 
@@ -48,5 +124,9 @@ class LockMachine:
     def check_invariants(self) -> None: ...
 
 def crc32c(data: bytes, value: int = 0) -> int: ...
+def _crc32c_portable(data: bytes, value: int = 0) -> int: ...
 def decode_results(raw: bytes, cls: type[_T]) -> list[_T]: ...
 def decode_events(raw: bytes, cls: type[_T]) -> list[_T]: ...
+def assemble(time_ms: int, parts: list[bytes], count: int) -> bytes: ...
+def filter_events(raw: bytes, cls: type[_T], parked: dict[int, Any]) -> list[_T]: ...
+def live_blocks() -> int: ...

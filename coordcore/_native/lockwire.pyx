@@ -17,12 +17,11 @@
   whose :meth:`WireBatch.resolve` turns each packed result into its connection's reply
   (``:token`` / ``+OK``) in that connection's output buffer, in request order, and calls
   back into Python only for the others (errors, waits, vanished connections).
-* :func:`assemble` joins encoded commands (batch record format version 1, documented in
-  coordcore/locks/machine.py; the lane writes each command byte for byte as
-  :class:`~coordcore.locks.machine.BatchBuilder` appends it) under a batch header, as
-  ``BatchBuilder.build``.
-* :func:`filter_events` decodes only the packed events a lock service acts on when
-  nobody watches: session ends, and grants/cancels of the tickets it has parked.
+* The lane writes each command byte for byte as
+  :class:`~coordcore.locks.machine.BatchBuilder` appends it (the batch record format,
+  declared in lockformat.pxd); ``assemble`` and ``filter_events``, which build a batch
+  record around such commands and read its events, are the lock machine's
+  (:mod:`coordcore._native.lockmachine`).
 
 Single-threaded by design: every object here belongs to the event loop's thread.
 """
@@ -30,43 +29,16 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.long cimport PyLong_FromUnsignedLongLong
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.pyport cimport PY_SSIZE_T_MAX
+
+from coordcore._native.cc cimport (cc_ld16, cc_ld64, cc_live_blocks, cc_pymem_free, cc_pymem_malloc,
+    cc_pymem_realloc, cc_st16, cc_st32, cc_st64)
+from coordcore._native.lockformat cimport (CMD_SIZE, C_MAX_KEY, C_MAX_PERMITS, F_SHARED, F_WAIT, OP_ACQUIRE,
+    OP_RELEASE, OP_SEM_ACQUIRE, OP_SEM_RELEASE, RES_SIZE)
 
 from coordcore.errors import BadArgument, ProtocolError, RequestTooLarge
 
-cdef extern from *:
-    """
-    #ifndef CC_DEBUG
-    #define CC_DEBUG 0
-    #endif
-    #include <stdint.h>
-    #include <string.h>
-    #include "cc_endian.h"
-    """
-    const bint CC_DEBUG
-    uint64_t cc_ld64(const unsigned char *p) nogil
-    uint32_t cc_ld32(const unsigned char *p) nogil
-    uint16_t cc_ld16(const unsigned char *p) nogil
-    void cc_st64(unsigned char *p, uint64_t v) nogil
-    void cc_st32(unsigned char *p, uint32_t v) nogil
-    void cc_st16(unsigned char *p, uint16_t v) nogil
-
 cdef enum:
-    HEADER_SIZE = 20
-    CMD_SIZE = 32
-    RES_SIZE = 24
-    EV_SIZE = 40
-    MAX_KEY = 1024
-    MAX_VALUE = 4096
-    OP_ACQUIRE = 4
-    OP_RELEASE = 5
-    OP_SEM_ACQUIRE = 6
-    OP_SEM_RELEASE = 7
-    MAX_PERMITS = 1000000
-    FLAG_SHARED = 1
-    FLAG_WAIT = 2
     # what a hot command answers
     KIND_ACQUIRE = 1
     KIND_RELEASE = 2
@@ -89,14 +61,10 @@ RELEASE = KIND_RELEASE
 
 from coordcore._native import lockmachine as _lm
 
-cdef uint64_t MAX_TIME = _lm.MAX_TIME_MS
-cdef Py_ssize_t _max_commands = _lm.MAX_BATCH_COMMANDS
-if _lm.MAX_KEY_SIZE != MAX_KEY or _lm.MAX_VALUE_SIZE != MAX_VALUE or _lm.BATCH_FORMAT_VERSION != 2:
-    raise ImportError("lockwire was built for another batch format than lockmachine's")
 
 cdef uint64_t _U63 = 0x7FFFFFFFFFFFFFFF
-#: The longest TIMEOUT the server takes (30 days, as the command table).
-cdef uint64_t MAX_TIMEOUT_MS = 30 * 86400000ULL
+#: The longest TIMEOUT the server takes (the lock machine's, as the command table's).
+cdef uint64_t MAX_TIMEOUT_MS = _lm.MAX_TIMEOUT_MS
 
 
 # --- batch commands ---------------------------------------------------------------------
@@ -112,47 +80,6 @@ cdef inline void _put_command(unsigned char *p, uint8_t op, uint8_t flags, uint6
     cc_st64(p + 16, request_id)
     cc_st64(p + 24, arg)
     memcpy(p + CMD_SIZE, key, <size_t>klen)
-
-
-cdef uint64_t _u64(str name, object value, uint64_t lo) except? 0:
-    if type(value) is not int:
-        raise BadArgument(f"{name} must be an int, got {type(value).__name__}")
-    if value < lo or value > 0xFFFFFFFFFFFFFFFF:
-        raise BadArgument(f"{name} must be in [{lo}, {0xFFFFFFFFFFFFFFFF}], got {value}")
-    return <uint64_t>value
-
-
-def assemble(time_ms, list parts, Py_ssize_t count):
-    """A batch record: the header stamped with ``time_ms`` and ``count`` commands, then
-    the encoded commands ``parts`` (each one or more whole commands), joined."""
-    cdef uint64_t t = _u64("time_ms", time_ms, 0)
-    cdef Py_ssize_t total = HEADER_SIZE
-    cdef Py_ssize_t n
-    cdef object part
-    cdef bytes out
-    cdef unsigned char *p
-    if t > MAX_TIME:
-        raise BadArgument(f"time_ms must be in [0, {MAX_TIME}], got {time_ms}")
-    if count < 0 or count > _max_commands:
-        raise BadArgument(f"a batch holds at most {_max_commands} commands")
-    for part in parts:
-        if type(part) is not bytes:
-            raise BadArgument("parts must be bytes")
-        total += PyBytes_GET_SIZE(part)
-    out = PyBytes_FromStringAndSize(NULL, total)
-    p = <unsigned char *>PyBytes_AS_STRING(out)
-    memcpy(p, b"CCLB", 4)
-    p[4] = 2
-    p[5] = 0
-    cc_st16(p + 6, 0)
-    cc_st64(p + 8, t)
-    cc_st32(p + 16, <uint32_t>count)
-    p += HEADER_SIZE
-    for part in parts:
-        n = PyBytes_GET_SIZE(part)
-        memcpy(p, PyBytes_AS_STRING(part), <size_t>n)
-        p += n
-    return out
 
 
 # --- growable byte buffers ------------------------------------------------------------------
@@ -181,7 +108,7 @@ cdef int _reserve(Buf *b, Py_ssize_t extra) except -1:
     want = b.cap * 2 if b.cap else 256
     while want < b.end + extra:
         want *= 2
-    grown = <unsigned char *>PyMem_Realloc(b.data, <size_t>want)
+    grown = <unsigned char *>cc_pymem_realloc(b.data, <size_t>want)
     if grown == NULL:
         raise MemoryError()
     b.data = grown
@@ -190,6 +117,8 @@ cdef int _reserve(Buf *b, Py_ssize_t extra) except -1:
 
 
 cdef inline int _append(Buf *b, const void *src, Py_ssize_t n) except -1:
+    if n == 0:  # an empty buffer has no memory yet, and memcpy to NULL is undefined even for 0 bytes (UBSan)
+        return 0
     if b.end + n > b.cap:
         _reserve(b, n)
     memcpy(b.data + b.end, src, <size_t>n)
@@ -199,18 +128,21 @@ cdef inline int _append(Buf *b, const void *src, Py_ssize_t n) except -1:
 
 cdef int _append_token_reply(Buf *b, uint64_t v) except -1:
     """``:v\\r\\n``."""
+    # Filled from the end, by index: under overflowcheck (debug builds) Cython 3.3 emits
+    # a pointer difference as integers, which does not compile.
     cdef char tmp[24]
-    cdef char *q = tmp + 24
-    q -= 1; q[0] = b'\n'
-    q -= 1; q[0] = b'\r'
+    cdef Py_ssize_t i = 22
+    tmp[22] = b'\r'
+    tmp[23] = b'\n'
     while True:
-        q -= 1
-        q[0] = <char>(48 + v % 10)
+        i -= 1
+        tmp[i] = <char>(48 + v % 10)
         v //= 10
         if v == 0:
             break
-    q -= 1; q[0] = b':'
-    return _append(b, q, (tmp + 24) - q)
+    i -= 1
+    tmp[i] = b':'
+    return _append(b, tmp + i, 24 - i)
 
 
 cdef bytes _take(Buf *b):
@@ -222,7 +154,7 @@ cdef bytes _take(Buf *b):
     b.start = 0
     b.end = 0
     if b.cap > 65536:  # a burst is over: give the memory back
-        PyMem_Free(b.data)
+        cc_pymem_free(b.data)
         b.data = NULL
         b.cap = 0
     return out
@@ -324,7 +256,7 @@ cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t 
     cdef const unsigned char *word
     cdef uint64_t ms
     cdef bint seen_shared = False, seen_token = False, seen_reqid = False, seen_timeout = False
-    flags[0] = FLAG_WAIT if kind == KIND_ACQUIRE else 0
+    flags[0] = F_WAIT if kind == KIND_ACQUIRE else 0
     token[0] = 0
     request_id[0] = 0
     timeout_ms[0] = 0
@@ -332,7 +264,7 @@ cdef bint _hot_options(const unsigned char *base, const Span *spans, Py_ssize_t 
         word = base + spans[i].off
         if allow_shared and not seen_shared and _is_word(word, spans[i].len, b"shared", 6):
             seen_shared = True
-            flags[0] |= FLAG_SHARED
+            flags[0] |= F_SHARED
             i += 1
             continue
         if i + 1 >= argc:
@@ -393,8 +325,8 @@ cdef class WireConn:
         self.max_request = max_request_bytes
 
     def __dealloc__(self):
-        PyMem_Free(self.inp.data)
-        PyMem_Free(self.out.data)
+        cc_pymem_free(self.inp.data)
+        cc_pymem_free(self.out.data)
 
     @property
     def buffered(self):
@@ -676,14 +608,14 @@ cdef class WireConn:
             elif _is_word(name, spans[0].len, b"sem.acquire", 11):
                 kind, op = KIND_ACQUIRE, OP_SEM_ACQUIRE
                 if argc < 4 or not _decimal(base + spans[3].off, spans[3].len, 1, &permits) \
-                        or permits > MAX_PERMITS:
+                        or permits > C_MAX_PERMITS:
                     break
                 first_option = 4
             elif _is_word(name, spans[0].len, b"sem.release", 11):
                 kind, op = KIND_RELEASE, OP_SEM_RELEASE
             else:
                 break
-            if spans[1].len < 1 or spans[1].len > MAX_KEY:
+            if spans[1].len < 1 or spans[1].len > C_MAX_KEY:
                 break
             if not self._session(lane, base + spans[2].off, spans[2].len, &session):
                 break
@@ -754,8 +686,8 @@ cdef class WireLane:
         self.dirty = dirty
 
     def __dealloc__(self):
-        PyMem_Free(self.cmds.data)
-        PyMem_Free(self.entries)
+        cc_pymem_free(self.cmds.data)
+        cc_pymem_free(self.entries)
 
     def __len__(self):
         return self.count
@@ -768,7 +700,7 @@ cdef class WireLane:
         cdef Entry *e
         if self.count == self.slots:
             n = self.slots * 2 if self.slots else 64
-            entries = <Entry *>PyMem_Realloc(self.entries, <size_t>n * sizeof(Entry))
+            entries = <Entry *>cc_pymem_realloc(self.entries, <size_t>n * sizeof(Entry))
             if entries == NULL:
                 raise MemoryError()
             self.entries = entries
@@ -804,7 +736,7 @@ cdef class WireLane:
         batch = WireBatch.__new__(WireBatch)
         batch.lane = self
         batch.commands = PyBytes_FromStringAndSize(<char *>self.cmds.data, nbytes)
-        batch.entries = <Entry *>PyMem_Malloc(<size_t>n * sizeof(Entry))
+        batch.entries = <Entry *>cc_pymem_malloc(<size_t>n * sizeof(Entry))
         if batch.entries == NULL:
             raise MemoryError()
         memcpy(batch.entries, self.entries, <size_t>n * sizeof(Entry))
@@ -838,7 +770,7 @@ cdef class WireBatch:
     cdef Py_ssize_t base
 
     def __dealloc__(self):
-        PyMem_Free(self.entries)
+        cc_pymem_free(self.entries)
 
     def __len__(self):
         return self.count
@@ -860,7 +792,7 @@ cdef class WireBatch:
             left = e.timeout_ms / 1000.0 - (_monotonic() - e.submitted)
         if p[0] == OP_SEM_ACQUIRE or p[0] == OP_SEM_RELEASE:
             what = "semaphore"
-        elif p[0] == OP_ACQUIRE and p[1] & FLAG_SHARED:
+        elif p[0] == OP_ACQUIRE and p[1] & F_SHARED:
             what = "shared"
         else:
             what = "lock"
@@ -926,42 +858,6 @@ cdef class WireBatch:
             self._deliver(owner, other(self, i, owner, error))
 
 
-# --- events ----------------------------------------------------------------------------------
-
-def filter_events(bytes raw, cls, dict parked):
-    """Decode (into ``cls(revision, kind, mode, session, ticket, token, key, value)``)
-    only the packed events a service without watches acts on: ``CLOSE`` and ``EXPIRE``,
-    and ``GRANT``/``CANCEL`` of a ticket in ``parked``. In order."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
-    cdef Py_ssize_t pos = 0
-    cdef const unsigned char *base = <const unsigned char *>PyBytes_AS_STRING(raw)
-    cdef const unsigned char *p
-    cdef uint32_t klen, vlen
-    cdef uint8_t kind
-    cdef list out = []
-    cdef object ticket
-    while pos < n:
-        if n - pos < EV_SIZE:
-            raise BadArgument("packed events are truncated")
-        p = base + pos
-        klen = cc_ld16(p + 2)
-        vlen = cc_ld32(p + 4)
-        if <size_t>(n - pos - EV_SIZE) < <size_t>klen + vlen:
-            raise BadArgument("packed events are truncated")
-        pos += EV_SIZE + <Py_ssize_t>klen + vlen
-        kind = p[0]
-        if kind == 5 or kind == 7:  # GRANT, CANCEL
-            if not parked:
-                continue
-            ticket = PyLong_FromUnsignedLongLong(cc_ld64(p + 24))
-            if ticket not in parked:
-                continue
-        elif kind != 2 and kind != 3:  # CLOSE, EXPIRE
-            continue
-        out.append(cls(PyLong_FromUnsignedLongLong(cc_ld64(p + 8)), kind, p[1],
-                       PyLong_FromUnsignedLongLong(cc_ld64(p + 16)),
-                       PyLong_FromUnsignedLongLong(cc_ld64(p + 24)),
-                       PyLong_FromUnsignedLongLong(cc_ld64(p + 32)),
-                       PyBytes_FromStringAndSize(<const char *>p + EV_SIZE, klen),
-                       PyBytes_FromStringAndSize(<const char *>p + EV_SIZE + klen, vlen)))
-    return out
+def live_blocks():
+    """How many blocks this module's buffers hold now (a leak test reads it before and after)."""
+    return cc_live_blocks()

@@ -82,8 +82,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-import google_crc32c
-
+from coordcore._native.lockmachine import crc32c as _crc32c
 from coordcore.errors import BadArgument, LogCorrupted, ServiceClosed, Unavailable, WrongType
 
 __all__ = [
@@ -132,8 +131,8 @@ _MAX_INDEX_SKIP: Final = 1 << 20
 def _crc(*parts: bytes) -> int:
     value = 0
     for part in parts:
-        value = google_crc32c.extend(value, part)
-    return int(value)
+        value = _crc32c(part, value)
+    return value
 
 
 def _seg_name(first_index: int) -> str:

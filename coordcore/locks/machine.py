@@ -181,7 +181,6 @@ from __future__ import annotations
 
 import operator
 import struct
-from enum import IntEnum
 from typing import NamedTuple
 
 from coordcore.errors import BadArgument, CoordcoreError, UnknownCommand, WrongType, error_for_code
@@ -230,31 +229,34 @@ __all__ = [
     "tick",
 ]
 
+# The constants and enums of the contract come from the compiled machine, which declares
+# the formats once (coordcore/_native/lockformat.pxd); this module documents them.
+
 #: Version of the batch record format written by :class:`BatchBuilder` (1 is still read).
-BATCH_FORMAT_VERSION = 2
+BATCH_FORMAT_VERSION: int = _lm.BATCH_FORMAT_VERSION
 #: Size of a session credential's digest (SHA-256) carried by OPEN.
-CREDENTIAL_DIGEST_SIZE = 32
-BATCH_MAGIC = b"CCLB"
+CREDENTIAL_DIGEST_SIZE: int = _lm.CREDENTIAL_DIGEST_SIZE
+BATCH_MAGIC: bytes = _lm.BATCH_MAGIC
 #: Size of a batch record's header, and of each command's fixed part.
-BATCH_HEADER_SIZE = 20
-COMMAND_HEADER_SIZE = 32
+BATCH_HEADER_SIZE: int = _lm.BATCH_HEADER_SIZE
+COMMAND_HEADER_SIZE: int = _lm.COMMAND_HEADER_SIZE
 #: Largest key, in bytes (after UTF-8 encoding of a ``str``).
-MAX_KEY_SIZE = 1024
+MAX_KEY_SIZE: int = _lm.MAX_KEY_SIZE
 #: Largest value (election value, contender label), in bytes.
-MAX_VALUE_SIZE = 4096
+MAX_VALUE_SIZE: int = _lm.MAX_VALUE_SIZE
 #: Bounds of a session TTL, in ms (1 ms .. 30 days).
-MIN_TTL_MS = 1
-MAX_TTL_MS = 30 * 86_400_000
+MIN_TTL_MS: int = _lm.MIN_TTL_MS
+MAX_TTL_MS: int = _lm.MAX_TTL_MS
 #: Largest semaphore size.
-MAX_PERMITS = 1_000_000
+MAX_PERMITS: int = _lm.MAX_PERMITS
 #: Longest wait timeout and detach grace, in ms (as a TTL: 30 days).
-MAX_TIMEOUT_MS = MAX_TTL_MS
+MAX_TIMEOUT_MS: int = _lm.MAX_TIMEOUT_MS
 #: Largest batch timestamp (ms); deadlines stay far from 64-bit overflow.
-MAX_TIME_MS = 2**62
+MAX_TIME_MS: int = _lm.MAX_TIME_MS
 #: Most commands in one batch record.
-MAX_BATCH_COMMANDS = 1 << 20
+MAX_BATCH_COMMANDS: int = _lm.MAX_BATCH_COMMANDS
 #: How many recent request ids each session remembers for idempotent retries.
-REQUEST_WINDOW = 128
+REQUEST_WINDOW: int = _lm.REQUEST_WINDOW
 
 _U64 = 2**64 - 1
 _U32 = 2**32 - 1
@@ -269,94 +271,21 @@ def _prefix(prefix: object) -> bytes:
     raise WrongType(f"prefix must be str or bytes, not {type(prefix).__name__}")
 
 
-class Op(IntEnum):
-    """Command codes of the batch record (stable: they are stored in logs)."""
-
-    OPEN = 1
-    KEEPALIVE = 2
-    CLOSE = 3
-    ACQUIRE = 4
-    RELEASE = 5
-    SEM_ACQUIRE = 6
-    SEM_RELEASE = 7
-    CAMPAIGN = 8
-    PROCLAIM = 9
-    RESIGN = 10
-    CANCEL = 11
-    DETACH = 12
-
-
+#: Command codes of the batch record (stable: they are stored in logs).
+Op = _lm.Op
 #: Command flag bits.
-FLAG_SHARED = 1
-FLAG_WAIT = 2
-
-
-class Status(IntEnum):
-    """Result status of a command (stable numbers, stored in snapshots)."""
-
-    OK = 0
-    WAITING = 1
-    BUSY = 2
-    NOSESSION = 10
-    NOTHOLDER = 11
-    CONFLICT = 12
-    NOTLEADER = 13
-    BADARG = 14
-    WRONGTYPE = 15
-    NOTFOUND = 16
-
-
-class Detail(IntEnum):
-    """Why a command failed (``Result.detail``); 0 when it did not."""
-
-    NONE = 0
-    FLAGS = 1  #: a flag this command does not take
-    KEY = 2  #: key empty, too long, or given to a command that takes none
-    VALUE = 3  #: value too long, or given to a command that takes none
-    TTL = 4  #: TTL out of [MIN_TTL_MS, MAX_TTL_MS]
-    PERMITS = 5  #: permits out of [1, MAX_PERMITS]
-    PERMITS_MISMATCH = 6  #: the semaphore exists with another size (``value``)
-    SESSION = 7  #: session id 0 (or non-zero for OPEN)
-    ARG = 8  #: a non-zero argument to a command that takes none / ticket 0
-    NO_SUCH_SESSION = 9
-    NO_SUCH_HOLD = 10  #: no hold of this session with that token on this key
-    NOT_LEADER = 11
-    NO_SUCH_CONTENDER = 12  #: no contender of this session with that ticket on this key
-    ALREADY_CANDIDATE = 13  #: the session already campaigns in (or leads) this election
-    KIND = 14  #: the key is of another kind (``value`` is its :class:`Kind`)
-    TIMEOUT = 15  #: a wait timeout out of [0, MAX_TIMEOUT_MS], or one without wait
-    WAIT_ENDED = 16  #: a retried acquire whose wait ended (timed out, withdrawn, released)
-
-
-class Kind(IntEnum):
-    """What a key is, from its first contender to its last."""
-
-    LOCK = 1
-    SEMAPHORE = 2
-    ELECTION = 3
-
-
-class Mode(IntEnum):
-    """How a contender holds or waits (``NONE`` for session events)."""
-
-    NONE = 0
-    EXCLUSIVE = 1
-    SHARED = 2
-    SEMAPHORE = 3
-    ELECTION = 4
-
-
-class EventKind(IntEnum):
-    """What an :class:`Event` reports."""
-
-    OPEN = 1
-    CLOSE = 2
-    EXPIRE = 3
-    WAIT = 4
-    GRANT = 5
-    RELEASE = 6
-    CANCEL = 7
-    PROCLAIM = 8
+FLAG_SHARED: int = _lm.FLAG_SHARED
+FLAG_WAIT: int = _lm.FLAG_WAIT
+#: Result status of a command (stable numbers, stored in snapshots).
+Status = _lm.Status
+#: Why a command failed (``Result.detail``); 0 when it did not.
+Detail = _lm.Detail
+#: What a key is, from its first contender to its last.
+Kind = _lm.Kind
+#: How a contender holds or waits (``NONE`` for session events).
+Mode = _lm.Mode
+#: What an :class:`Event` reports.
+EventKind = _lm.EventKind
 
 
 _STATUS_CODES: dict[int, str] = {
@@ -559,13 +488,14 @@ class Command(NamedTuple):
 
 # --- encoding ----------------------------------------------------------------------
 
+# The Python encoder's view of the layouts (lockformat.pxd has the fields): checked
+# against the native sizes at import.
 _HEADER = struct.Struct("<4sBBHQI")
 _CMD = struct.Struct("<BBHIQQQ")
-_RESULT = struct.Struct("<BBBB4xQQ")
-_EVENT = struct.Struct("<BBHIQQQQ")
-RESULT_SIZE = _RESULT.size
-EVENT_HEADER_SIZE = _EVENT.size
-assert _HEADER.size == BATCH_HEADER_SIZE and _CMD.size == COMMAND_HEADER_SIZE
+RESULT_SIZE: int = _lm.RESULT_SIZE
+EVENT_HEADER_SIZE: int = _lm.EVENT_HEADER_SIZE
+if (_HEADER.size, _CMD.size) != (BATCH_HEADER_SIZE, COMMAND_HEADER_SIZE):  # pragma: no cover - a broken build
+    raise ImportError("coordcore.locks.machine's batch layout differs from the compiled machine's")
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:

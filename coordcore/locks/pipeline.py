@@ -51,7 +51,7 @@ __all__ = ["BatchStats", "CommandSource", "CommitPipeline", "Request", "SourceBa
 
 logger = logging.getLogger("coordcore.locks.service")
 
-_formats = require("lockwire")
+_formats = require("lockmachine")
 
 T = TypeVar("T")
 Key = str | bytes

@@ -40,8 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-import google_crc32c
-
+from coordcore._native.lockmachine import crc32c
 from coordcore.errors import LogCorrupted
 from coordcore.locks import log as _log
 
@@ -151,7 +150,7 @@ class RevisionMark:
             crc = re.fullmatch(rb"crc32c ([0-9a-f]{8})", crc_line)
             if end != b"" or crc is None or body[0].decode() != _MAGIC:
                 problem = "bad format"
-            elif int(crc.group(1), 16) != int(google_crc32c.value(b"\n".join(body) + b"\n")):
+            elif int(crc.group(1), 16) != crc32c(b"\n".join(body) + b"\n"):
                 problem = "checksum mismatch"
             else:
                 for raw in body[1:]:
@@ -175,7 +174,7 @@ class RevisionMark:
         """Replace the mark: temp file, fsync, rename, fsync the directory."""
         body = "\n".join([_MAGIC, f"reserved {state.reserved}", f"revision {state.revision}",
                           f"index {state.index}", f"raise {state.raise_to}"]).encode() + b"\n"
-        data = body + b"crc32c %08x\n" % int(google_crc32c.value(body))
+        data = body + b"crc32c %08x\n" % crc32c(body)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:

@@ -62,6 +62,7 @@ from coordcore._native import require
 from coordcore.errors import BadArgument, CoordcoreError, LimitExceeded, LockTimeout, WatchLagged
 from coordcore.locks.machine import (
     MAX_KEY_SIZE,
+    MAX_TIMEOUT_MS,
     MAX_VALUE_SIZE,
     Contender,
     Event,
@@ -85,7 +86,6 @@ __all__ = ["close_backend", "info_lines", "lock_commands", "open_backend"]
 
 _U63 = 2**63 - 1
 _lw = require("lockwire")
-_MAX_TIMEOUT_MS = 30 * 86_400_000
 
 
 async def open_backend(server: Server) -> LockService:
@@ -211,7 +211,7 @@ def _options(args: list[bytes], allowed: frozenset[bytes]) -> _Options:
             raise BadArgument(f"{word.decode()} needs a value")
         value = args[i + 1]
         if word == b"TIMEOUT":
-            opts.timeout = parse_int(value, "TIMEOUT ms", 0, _MAX_TIMEOUT_MS) / 1000.0
+            opts.timeout = parse_int(value, "TIMEOUT ms", 0, MAX_TIMEOUT_MS) / 1000.0
         elif word == b"REQID":
             opts.request_id = parse_int(value, "REQID", 1, _U63)
         elif word == b"TOKEN" or word == b"TICKET":

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coordcore._native import require
 from coordcore.errors import BadArgument, RequestTooLarge
 from coordcore.locks.machine import (
     BATCH_HEADER_SIZE,
@@ -25,6 +26,7 @@ from coordcore.locks.machine import (
 from coordcore.server import lockcmds
 
 lw = lockcmds._lw
+lm = require("lockmachine")
 
 _U64 = 2**64 - 1
 keys = st.binary(min_size=1, max_size=40)
@@ -57,19 +59,19 @@ def test_assembled_batch_is_byte_identical_to_batch_builder(cmds: list[tuple], t
             _, s, k, token, rid = c
             b.release(s, k, token, request_id=rid)
             parts.append(_one(lambda one: one.release(s, k, token, request_id=rid)))
-    assert lw.assemble(time_ms, parts, len(parts)) == b.build(time_ms)
+    assert lm.assemble(time_ms, parts, len(parts)) == b.build(time_ms)
     # parts may also carry several commands each (what the service does for
     # BatchBuilder-made commands)
-    assert lw.assemble(time_ms, [b"".join(parts)], len(parts)) == b.build(time_ms)
+    assert lm.assemble(time_ms, [b"".join(parts)], len(parts)) == b.build(time_ms)
 
 
 @pytest.mark.parametrize("call", [
-    lambda: lw.assemble(-1, [], 0),
-    lambda: lw.assemble(2**62 + 1, [], 0),
-    lambda: lw.assemble(0, [b"x", 1], 0),
+    lambda: lm.assemble(-1, [], 0),
+    lambda: lm.assemble(2**62 + 1, [], 0),
+    lambda: lm.assemble(0, [b"x", 1], 0),
     lambda: lw.WireConn(None, 0, 100),
     lambda: lw.WireConn(None, 10, 0),
-    lambda: lw.filter_events(b"\0" * 39, Event, {}),
+    lambda: lm.filter_events(b"\0" * 39, Event, {}),
 ])
 def test_bad_input_is_a_clear_error(call) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(BadArgument):
@@ -116,8 +118,8 @@ def test_filter_events_keeps_what_the_service_acts_on(rng: random.Random) -> Non
         want = [e for e in events
                 if e.kind in (EventKind.CLOSE, EventKind.EXPIRE)
                 or (e.kind in (EventKind.GRANT, EventKind.CANCEL) and e.ticket in parked)]
-        assert lw.filter_events(raw_events, Event, parked) == want
-        assert all(type(e) is Event for e in lw.filter_events(raw_events, Event, parked))
+        assert lm.filter_events(raw_events, Event, parked) == want
+        assert all(type(e) is Event for e in lm.filter_events(raw_events, Event, parked))
     assert {EventKind.GRANT, EventKind.RELEASE, EventKind.CLOSE} <= seen_kinds
 
 
@@ -330,7 +332,7 @@ def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
     w2.run_hot(lane, 10)
     batch = lane.cut(100)
     assert batch is not None
-    raw_results, _ = m.apply_raw(lw.assemble(2, [batch.commands], batch.count))
+    raw_results, _ = m.apply_raw(lm.assemble(2, [batch.commands], batch.count))
     batch.resolve(raw_results, 0)
     assert dirty == [o1, o2]
     assert w1.take_output() == b"-OTHER 0\r\n:%d\r\n" % decode_results(raw_results)[1].value
@@ -349,7 +351,7 @@ def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
     w1.conn = None
     batch = lane.cut(100)
     assert batch is not None
-    raw_results, _ = m.apply_raw(lw.assemble(3, [batch.commands], batch.count))
+    raw_results, _ = m.apply_raw(lm.assemble(3, [batch.commands], batch.count))
     batch.resolve(raw_results, 0)
     assert dirty == [] and w1.take_output() is None
     assert len(calls) == 1 and calls[0][2].status == Status.OK
@@ -454,7 +456,7 @@ def test_semaphore_commands_encode_as_batch_builder_does(cmds: list[tuple]) -> N
         assert wire.run_hot(lane, 10) == 1 and wire.parked == acquire
     batch = lane.cut(100)
     assert batch is not None
-    assert lw.assemble(7, [batch.commands], batch.count) == b.build(7)
+    assert lm.assemble(7, [batch.commands], batch.count) == b.build(7)
     whats = {batch.entry(i)[3] for i in range(batch.count)}
     assert whats == {"semaphore"}
 

@@ -29,10 +29,10 @@ from coordcore.client._common import (
     stray_holds,
     stray_waiters,
 )
-from coordcore.client._wire import Arg
-from coordcore.errors import CoordcoreError
+from coordcore.client._wire import Arg, Endpoint, parse_endpoint
+from coordcore.errors import ConnectionLost, CoordcoreError, Moved, Unavailable
 
-__all__ = ["REATTACH_WINDOW", "Ledger", "Reattach"]
+__all__ = ["FAILOVER_WINDOW", "REATTACH_WINDOW", "Endpoints", "Ledger", "Reattach"]
 
 #: After a connection breaks under a waiting acquire, how long (seconds, at least) the
 #: client keeps reconnecting to re-attach to the wait (a server restart takes about a
@@ -41,7 +41,74 @@ REATTACH_WINDOW = 5.0
 #: The longest pause between two reconnects.
 MAX_RETRY_DELAY = 0.5
 
+#: With several servers: how long (seconds) a command keeps trying them while the
+#: cluster is between leaders (a dead leader's etcd lease runs out first).
+FAILOVER_WINDOW = 15.0
+
 LedgerKey = tuple[int, bytes]
+
+
+class Endpoints:
+    """The servers a client was given and the one it talks to: the leader, as far as it
+    knows (``-MOVED`` says where it is; a server that cannot be reached hands over to
+    the next one). Plain state, no I/O; the driver's clock is passed in.
+
+    >>> eps = Endpoints([Endpoint("a", 1), Endpoint("b", 2)])
+    >>> eps.moved(Moved("b:2")); str(eps.current), [str(e) for e in eps.order()]
+    ('b:2', ['b:2', 'a:1'])
+    >>> eps.retry_delay(ConnectionLost("x"), idempotent=True, attempt=0, since=0.0, now=1.0, retries=3,
+    ...                 base=0.05)
+    0.05
+    >>> eps.retry_delay(ConnectionLost("x"), idempotent=False, attempt=0, since=0.0, now=1.0, retries=3,
+    ...                 base=0.05) is None
+    True
+    """
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.all = list(endpoints)
+        self.current = self.all[0]
+
+    @property
+    def several(self) -> bool:
+        return len(self.all) > 1
+
+    def order(self) -> list[Endpoint]:
+        """Whom to connect to: the current server first, then the others in turn."""
+        i = self.all.index(self.current) if self.current in self.all else 0
+        return self.all[i:] + self.all[:i]
+
+    def reached(self, endpoint: Endpoint) -> None:
+        self.current = endpoint
+
+    def moved(self, exc: Moved) -> None:
+        ep = parse_endpoint(exc.address)
+        if ep not in self.all:
+            self.all.append(ep)
+        self.current = ep
+
+    def retry_delay(self, exc: CoordcoreError, *, idempotent: bool, attempt: int, since: float, now: float,
+                    retries: int, base: float) -> float | None:
+        """Seconds to wait before sending a command again after ``exc`` (its ``attempt``-th
+        failure, the first at ``since``), or None to raise it. ``MOVED`` is always safe
+        to follow (the follower applied nothing), at once the first time; a lost
+        connection (outcome unknown) only for ``idempotent`` commands; ``UNAVAILABLE``
+        (no leader yet) only with several servers. One server: ``retries`` times;
+        several: for :data:`FAILOVER_WINDOW` seconds."""
+        if isinstance(exc, Moved):
+            if attempt == 0:
+                return 0.0
+        elif isinstance(exc, ConnectionLost):
+            if not idempotent:
+                return None
+        elif not (isinstance(exc, Unavailable) and self.several and idempotent):
+            return None
+        if self.several:
+            if now - since > FAILOVER_WINDOW:
+                return None
+        elif attempt >= retries:
+            return None
+        delay: float = base * 2.0 ** attempt
+        return min(delay, MAX_RETRY_DELAY) if self.several else delay
 
 
 class Ledger:

@@ -64,15 +64,17 @@ from coordcore.client._common import (
     session_id_of,
     ttl_arg,
 )
-from coordcore.client._core import Ledger, Reattach
-from coordcore.client._wire import Arg, Endpoint, error_from_reply, new_reader, pack, parse_endpoint
+from coordcore.client._core import Endpoints, Ledger, Reattach
+from coordcore.client._wire import Arg, Endpoint, endpoints_from, error_from_reply, new_reader, pack, parse_endpoint
 from coordcore.errors import (
     BadArgument,
     ConnectionLost,
     CoordcoreError,
+    Moved,
     NotLeader,
     ServiceClosed,
     SessionExpired,
+    Unavailable,
 )
 
 __all__ = ["AsyncClient", "AsyncElection", "AsyncIdBuffer", "AsyncPipeline", "AsyncSession", "AsyncWatch"]
@@ -88,6 +90,7 @@ class _Conn(asyncio.Protocol):
         self.lost: BaseException | None = None
         self.on_push = on_push
         self.closed = asyncio.get_running_loop().create_future()
+        self.endpoint: Endpoint | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -161,10 +164,12 @@ class AsyncClient:
     session that :meth:`lock` and friends open when not given one.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7379, *, password: str | None = None,
+    def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0) -> None:
-        self.endpoint = Endpoint(host, port)
+        # Several servers (a list or a comma-separated string of host:port): a cluster,
+        # as with the sync Client: -MOVED is followed, unreachable servers handed over.
+        self._endpoints = Endpoints(endpoints_from(host, port))
         self.password = password
         self.connect_timeout = connect_timeout
         self.retries = retries
@@ -190,8 +195,27 @@ class AsyncClient:
 
     # --- connections ---------------------------------------------------------------
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server this client talks to (in a cluster: the leader, as far as it knows)."""
+        return self._endpoints.current
+
     async def _open(self, endpoint: Endpoint | None = None, on_push: Any = None) -> _Conn:
-        ep = endpoint or self.endpoint
+        if endpoint is not None:
+            return await self._open_one(endpoint, on_push)
+        error: ConnectionLost | None = None
+        for ep in self._endpoints.order():
+            try:
+                conn = await self._open_one(ep, on_push)
+            except ConnectionLost as exc:
+                error = exc
+                continue
+            self._endpoints.reached(ep)
+            return conn
+        assert error is not None
+        raise error
+
+    async def _open_one(self, ep: Endpoint, on_push: Any) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
@@ -206,6 +230,7 @@ class AsyncClient:
         except BaseException:
             conn.abort()
             raise
+        conn.endpoint = ep
         return conn
 
     async def connect(self) -> None:
@@ -217,7 +242,10 @@ class AsyncClient:
             raise ServiceClosed("client is closed")
         conn = self._main
         if conn is not None and conn.lost is None:
-            return conn
+            if conn.endpoint == self._endpoints.current:
+                return conn
+            conn.close()  # to a server that no longer leads
+            self._main = None
         if self._connecting is None:
             # One connect for every caller waiting on it: each awaits it shielded, so a
             # caller that is cancelled (a keep-alive stopped by Session.close, say) does
@@ -234,8 +262,9 @@ class AsyncClient:
     async def _borrow(self) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
-            if conn.lost is None:
+            if conn.lost is None and conn.endpoint == self._endpoints.current:
                 return conn
+            conn.close()
         return await self._open()
 
     def _give_back(self, conn: _Conn) -> None:
@@ -274,32 +303,52 @@ class AsyncClient:
     # --- commands --------------------------------------------------------------------
 
     async def execute(self, *args: Arg, retry: bool = True) -> Any:
-        """Send one command and return its reply (errors raise their coordcore class)."""
+        """Send one command and return its reply (errors raise their coordcore class).
+        ``retry``: it may be sent again after a lost connection; ``-MOVED`` is followed
+        either way (see :class:`~coordcore.client._core.Endpoints`)."""
         data = pack(args)
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        attempt = 0
+        while True:
             try:
                 conn = await self._main_conn()
                 return await conn.request(data, 1)[0]
-            except ConnectionLost:
-                if attempt + 1 >= attempts or self._closed:
+            except (ConnectionLost, Moved, Unavailable) as exc:
+                if isinstance(exc, Moved):
+                    self._endpoints.moved(exc)
+                delay = self._endpoints.retry_delay(exc, idempotent=retry, attempt=attempt, since=since,
+                                                    now=loop.time(), retries=self.retries, base=self.retry_delay)
+                if delay is None or self._closed:
                     raise
-                await asyncio.sleep(self.retry_delay * (2 ** attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+                attempt += 1
+                await asyncio.sleep(delay)
 
     async def execute_blocking(self, *args: Arg) -> Any:
         """A command that may park server side, on a borrowed connection of its own."""
-        conn = await self._borrow()
-        try:
-            reply = await conn.request(pack(args), 1)[0]
-        except asyncio.CancelledError:
-            conn.abort()  # withdraws the server-side wait
-            raise
-        except BaseException:
-            conn.abort()
-            raise
-        self._give_back(conn)
-        return reply
+        for _ in range(len(self._endpoints.all) + 1):
+            conn = await self._borrow()
+            try:
+                reply = await conn.request(pack(args), 1)[0]
+            except Moved as exc:
+                self._give_back(conn)
+                self._endpoints.moved(exc)  # nothing applied: send it to the leader
+                continue
+            except Unavailable as exc:
+                self._give_back(conn)
+                if self._endpoints.several:
+                    # Between leaders: the caller's retry (same request id) waits for one.
+                    raise ConnectionLost(f"no leader serving: {exc}") from exc
+                raise
+            except asyncio.CancelledError:
+                conn.abort()  # withdraws the server-side wait
+                raise
+            except BaseException:
+                conn.abort()
+                raise
+            self._give_back(conn)
+            return reply
+        raise ConnectionLost(f"redirected in a circle; last to {self.endpoint}")
 
     def pipeline(self) -> AsyncPipeline:
         """Queue commands, send them in one write, get every reply: see AsyncPipeline."""

@@ -62,15 +62,17 @@ from coordcore.client._common import (
     session_id_of,
     ttl_arg,
 )
-from coordcore.client._core import Ledger, Reattach
-from coordcore.client._wire import Arg, Endpoint, error_from_reply, new_reader, pack, parse_endpoint
+from coordcore.client._core import Endpoints, Ledger, Reattach
+from coordcore.client._wire import Arg, Endpoint, endpoints_from, error_from_reply, new_reader, pack, parse_endpoint
 from coordcore.errors import (
     BadArgument,
     ConnectionLost,
     CoordcoreError,
+    Moved,
     NotLeader,
     ServiceClosed,
     SessionExpired,
+    Unavailable,
 )
 
 __all__ = ["Client", "IdBuffer", "Pipeline", "Session", "Watch"]
@@ -80,6 +82,7 @@ class _Conn:
     """One blocking socket connection with a hiredis reader."""
 
     def __init__(self, endpoint: Endpoint, *, timeout: float, password: str | None) -> None:
+        self.endpoint = endpoint
         try:
             self.sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
         except OSError as exc:
@@ -142,12 +145,18 @@ class _Conn:
 
 
 class Client:
-    """A thread-safe blocking client: ``with Client(host, port) as client: ...``."""
+    """A thread-safe blocking client: ``with Client(host, port) as client: ...``.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7379, *, password: str | None = None,
+    A cluster: ``Client(["127.0.0.1:7001", "127.0.0.1:7002"])`` (or one string,
+    comma-separated). The client follows ``-MOVED`` to the leader and, when a server
+    cannot be reached, tries the others, for up to ``FAILOVER_WINDOW`` seconds; a
+    blocking acquire carries its request id across, so it re-attaches to its wait on
+    the new leader."""
+
+    def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0, pool_size: int = 8) -> None:
-        self.endpoint = Endpoint(host, port)
+        self._endpoints = Endpoints(endpoints_from(host, port))
         self.password = password
         self.connect_timeout = connect_timeout
         self.retries = retries
@@ -173,8 +182,25 @@ class Client:
 
     # --- connections ---------------------------------------------------------------
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server this client talks to (in a cluster: the leader, as far as it knows)."""
+        return self._endpoints.current
+
     def _open(self, endpoint: Endpoint | None = None) -> _Conn:
-        return _Conn(endpoint or self.endpoint, timeout=self.connect_timeout, password=self.password)
+        if endpoint is not None:
+            return _Conn(endpoint, timeout=self.connect_timeout, password=self.password)
+        error: ConnectionLost | None = None
+        for ep in self._endpoints.order():
+            try:
+                conn = _Conn(ep, timeout=self.connect_timeout, password=self.password)
+            except ConnectionLost as exc:
+                error = exc
+                continue
+            self._endpoints.reached(ep)
+            return conn
+        assert error is not None
+        raise error
 
     def _checkout(self) -> _Conn:
         if self._closed:
@@ -182,8 +208,9 @@ class Client:
         with self._lock:
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.broken:
+                if not conn.broken and conn.endpoint == self._endpoints.current:
                     return conn
+                conn.close()  # broken, or to a server that no longer leads
         return self._open()
 
     def _checkin(self, conn: _Conn) -> None:
@@ -232,9 +259,12 @@ class Client:
     # --- commands --------------------------------------------------------------------
 
     def execute(self, *args: Arg, retry: bool = True, timeout: float | None = None) -> Any:
-        """Send one command, return its reply; error replies raise their coordcore class."""
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
+        """Send one command, return its reply; error replies raise their coordcore class.
+        ``retry``: the command may be sent again after a lost connection (it carries a
+        request id, or repeating it does no harm); ``-MOVED`` is followed either way."""
+        since = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 with self.connection() as conn:
                     if timeout is not None:
@@ -244,11 +274,16 @@ class Client:
                     finally:
                         if timeout is not None and not conn.broken:
                             conn.sock.settimeout(None)
-            except ConnectionLost:
-                if attempt + 1 >= attempts or self._closed:
+            except (ConnectionLost, Moved, Unavailable) as exc:
+                if isinstance(exc, Moved):
+                    self._endpoints.moved(exc)
+                delay = self._endpoints.retry_delay(exc, idempotent=retry, attempt=attempt, since=since,
+                                                    now=time.monotonic(), retries=self.retries,
+                                                    base=self.retry_delay)
+                if delay is None or self._closed:
                     raise
-                time.sleep(self.retry_delay * (2 ** attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+                attempt += 1
+                time.sleep(delay)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self)
@@ -333,23 +368,35 @@ class Client:
             return next(self._reqids)
 
     def _blocking(self, args: Sequence[Arg], timeout: float | None) -> Any:
-        conn = self._checkout()
-        try:
-            # The server's TIMEOUT decides; the socket timeout is only a safety net.
-            conn.sock.settimeout(None if timeout is None else timeout + 30.0)
-            reply = conn.call(args)
-            conn.sock.settimeout(None)
-        except ConnectionLost:
-            conn.close()
-            raise
-        except CoordcoreError:
+        for _ in range(len(self._endpoints.all) + 1):
+            conn = self._checkout()
+            try:
+                # The server's TIMEOUT decides; the socket timeout is only a safety net.
+                conn.sock.settimeout(None if timeout is None else timeout + 30.0)
+                reply = conn.call(args)
+                conn.sock.settimeout(None)
+            except Moved as exc:
+                self._checkin(conn)
+                self._endpoints.moved(exc)  # nothing applied: send it to the leader
+                continue
+            except Unavailable as exc:
+                self._checkin(conn)
+                if self._endpoints.several:
+                    # Between leaders: the caller's retry (same request id) waits for one.
+                    raise ConnectionLost(f"no leader serving: {exc}") from exc
+                raise
+            except ConnectionLost:
+                conn.close()
+                raise
+            except CoordcoreError:
+                self._checkin(conn)
+                raise
+            except BaseException:
+                conn.close()  # withdraws the server-side wait
+                raise
             self._checkin(conn)
-            raise
-        except BaseException:
-            conn.close()  # withdraws the server-side wait
-            raise
-        self._checkin(conn)
-        return reply
+            return reply
+        raise ConnectionLost(f"redirected in a circle; last to {self.endpoint}")
 
     def _contend(self, make_args: Callable[[float | None, int], list[Arg]], key: str | bytes, s: Session,
                  kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:

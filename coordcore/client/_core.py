@@ -77,6 +77,11 @@ class Endpoints:
         i = self.all.index(self.current) if self.current in self.all else 0
         return self.all[i:] + self.all[:i]
 
+    def skip(self) -> None:
+        """Talk to the next server from now on."""
+        order = self.order()
+        self.current = order[1 % len(order)]
+
     def reached(self, endpoint: Endpoint) -> None:
         self.current = endpoint
 
@@ -92,15 +97,19 @@ class Endpoints:
         failure, the first at ``since``), or None to raise it. ``MOVED`` is always safe
         to follow (the follower applied nothing), at once the first time; a lost
         connection (outcome unknown) only for ``idempotent`` commands; ``UNAVAILABLE``
-        (no leader yet) only with several servers. One server: ``retries`` times;
-        several: for :data:`FAILOVER_WINDOW` seconds."""
+        (between leaders) only with several servers, and then for every command: the
+        one that is not idempotent, ``SESSION.OPEN``, can at worst leave an unused
+        session behind, which expires. One server: ``retries`` times; several: for
+        :data:`FAILOVER_WINDOW` seconds."""
         if isinstance(exc, Moved):
             if attempt == 0:
                 return 0.0
         elif isinstance(exc, ConnectionLost):
             if not idempotent:
                 return None
-        elif not (isinstance(exc, Unavailable) and self.several and idempotent):
+        elif isinstance(exc, Unavailable) and self.several:
+            self.skip()  # this one may be cut off from etcd: ask the next
+        else:
             return None
         if self.several:
             if now - since > FAILOVER_WINDOW:

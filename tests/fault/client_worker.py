@@ -50,7 +50,10 @@ class Worker:
         self.control = Path(cfg["control"])
         self.keys: list[str] = list(cfg["keys"])
         self.ttl = float(cfg["ttl"])
-        self.client = Client(port=int(cfg["port"]), connect_timeout=2.0)
+        # "servers": a cluster's addresses (the client follows its leader); else one port.
+        servers = cfg.get("servers")
+        self.client = Client(servers, connect_timeout=2.0) if servers else Client(port=int(cfg["port"]),
+                                                                                  connect_timeout=2.0)
         self.fence = FenceClient(int(cfg["fence_port"]), self.process)
         self.session: Session | None = None
 

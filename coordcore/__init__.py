@@ -11,7 +11,7 @@ if _typing.TYPE_CHECKING:  # the names, for type checkers; at run time they load
     from coordcore.client import AsyncClient, Client
     from coordcore.errors import CoordcoreError
     from coordcore.ids import Layout, Snowflake, WorkerIdSource, decode
-    from coordcore.locks import FencedResource, Grant, LockService, Session
+    from coordcore.locks import FencedResource, LockService, Session
     from coordcore.ring import (
         BoundedLoadRing,
         HashRing,
@@ -23,6 +23,7 @@ if _typing.TYPE_CHECKING:  # the names, for type checkers; at run time they load
         jump_hash_many,
         moved_fraction,
     )
+    from coordcore.types import Grant, Key, Leader, SessionLike
 
 # Where each public name lives. Importing coordcore (or coordcore.errors, coordcore.ids)
 # loads only what is used: a process that makes IDs never imports the client or the
@@ -32,8 +33,8 @@ _HOME = {
     "CoordcoreError": "coordcore.errors",
     "Layout": "coordcore.ids", "Snowflake": "coordcore.ids", "WorkerIdSource": "coordcore.ids",
     "decode": "coordcore.ids",
-    "FencedResource": "coordcore.locks", "Grant": "coordcore.locks", "LockService": "coordcore.locks",
-    "Session": "coordcore.locks",
+    "FencedResource": "coordcore.locks", "LockService": "coordcore.locks", "Session": "coordcore.locks",
+    **{name: "coordcore.types" for name in ("Grant", "Key", "Leader", "SessionLike")},
     **{name: "coordcore.ring" for name in ("BoundedLoadRing", "HashRing", "Rendezvous", "RingSnapshot", "hash64",
                                             "hash64_many", "jump_hash", "jump_hash_many", "moved_fraction")},
 }
@@ -74,8 +75,12 @@ __all__ = [
     "Client",
     # locks
     "FencedResource",
-    "Grant",
     "LockService",
     "Session",
+    # the value types (coordcore.types), shared by the embedded service and the clients
+    "Grant",
+    "Key",
+    "Leader",
+    "SessionLike",
     "__version__",
 ]

@@ -28,3 +28,70 @@ def test_stubs_and_marker_ship_beside_the_modules() -> None:
     assert (package / "py.typed").exists()
     for name in _native.COMPILED:
         assert (package / "_native" / f"{name}.pyi").exists(), name
+
+
+# A user's script: one function fences writes with the Grant of any of the three ways
+# to take a lock (embedded, blocking client, asyncio client), and hands a client's
+# grant to the embedded service's release. mypy --strict must accept it as written.
+USER_SCRIPT = '''
+import asyncio
+
+import coordcore
+from coordcore import AsyncClient, Client, Grant, Leader, LockService, SessionLike
+from coordcore.client import AsyncSession, Election, Session
+
+
+def fence(grant: Grant) -> tuple[bytes, int]:
+    return grant.key, grant.token
+
+
+def describe(session: SessionLike) -> str:
+    return f"{session.id} ttl={session.ttl} expired={session.expired}"
+
+
+def leader_value(leader: Leader | None) -> bytes:
+    return b"" if leader is None else leader.value
+
+
+def blocking(port: int) -> list[Grant]:
+    with Client(port=port) as client:
+        session: Session = client.session(ttl=5)
+        describe(session)
+        with client.lock("jobs/42", session=session) as held:
+            fence(held)
+        election: Election = client.election("leader")
+        leader_value(election.leader())
+        grant = client.acquire(b"jobs/43", timeout=1.0)
+        return [held, grant]
+
+
+async def embedded_and_async(port: int) -> None:
+    async with LockService.in_memory() as svc:
+        session = await svc.open_session(ttl=5)
+        describe(session)
+        async with svc.lock("jobs/42", session) as held:
+            fence(held)
+        leader_value(svc.leader("leader"))
+        grants: list[coordcore.Grant] = [held]
+        async with AsyncClient(port=port) as client:
+            asession: AsyncSession = await client.session(ttl=5)
+            describe(asession)
+            async with client.lock("jobs/42") as remote:
+                grants.append(remote)
+            leader_value(await client.election("leader").leader())
+        for grant in grants:
+            fence(grant)
+            await svc.release(grant)  # the one Grant type: the service takes any grant
+
+
+asyncio.run(embedded_and_async(7379))
+'''
+
+
+def test_mypy_strict_accepts_one_grant_type_across_service_and_clients(tmp_path: Path) -> None:
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT)
+    result = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                             "--cache-dir", str(tmp_path / "cache"), str(script)],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

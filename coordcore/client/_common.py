@@ -1,21 +1,16 @@
-"""Value types and request/reply shapes shared by the sync and asyncio clients."""
+"""The wire's shapes: command arguments, and replies decoded into values (the shared
+value types are in :mod:`coordcore.types`; these are the ones only a client sees)."""
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
-from coordcore.client._wire import Arg, to_dict
+from coordcore.client._wire import Arg, error_from_reply, to_dict
 from coordcore.errors import BadArgument
+from coordcore.types import Grant, Leader
 
-__all__ = ["Contender", "Grant", "IdRuns", "Leader", "LockInfo", "WatchEvent"]
-
-
-GrantKind = Literal["lock", "semaphore", "election"]
-
-
-def key_bytes(key: str | bytes) -> bytes:
-    return key.encode() if isinstance(key, str) else key
+__all__ = ["Contender", "IdRuns", "LockInfo", "WatchEvent"]
 
 
 def session_id_of(credential: bytes) -> int:
@@ -29,26 +24,6 @@ def session_id_of(credential: bytes) -> int:
     if not dot or not sid.isdigit():
         raise BadArgument(f"not a session credential: {credential[:24]!r}")
     return int(sid)
-
-
-@dataclasses.dataclass(frozen=True)
-class Grant:
-    """A held lock, semaphore permit or leadership. ``token`` is the fencing token:
-    the lock service's revision at grant time, higher for every later grant. Pass it
-    with each write to the protected resource so it can refuse stale holders."""
-
-    key: str | bytes
-    token: int
-    session: int
-    shared: bool = False
-    kind: GrantKind = "lock"
-
-
-@dataclasses.dataclass(frozen=True)
-class Leader:
-    session: int
-    value: bytes
-    token: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +88,6 @@ class IdRuns:
 
     def __repr__(self) -> str:
         return f"IdRuns({self.runs!r})"
-
-
-class Election:
-    def __init__(self, name: str | bytes) -> None:
-        self.name = name
 
 
 RELEASE_COMMAND: dict[str, str] = {"lock": "LOCK.RELEASE", "semaphore": "SEM.RELEASE", "election": "ELECT.RESIGN"}
@@ -195,3 +165,11 @@ def parse_watch_event(push: Any) -> WatchEvent | None:
         return None
     fields = to_dict(push[4]) if len(push) > 4 and push[4] is not None else {}
     return WatchEvent(revision=int(push[1]), kind=push[2].decode(), key=push[3], fields=fields)
+
+
+def watch_event(item: Any) -> WatchEvent | None:
+    """What a watch connection read: an event, None for anything else; a
+    ``watch-error`` push (the server stopped the watch) raises its error."""
+    if isinstance(item, list) and item and item[0] == b"watch-error":
+        raise error_from_reply(item[1].decode())
+    return parse_watch_event(item)

@@ -1,9 +1,13 @@
-"""The sans-I/O core of both clients: what a client knows of its own holds and waits,
-and how a blocking acquire gets back to its wait after its connection broke.
+"""The sans-I/O core of both clients: every decision a client makes, with no I/O.
 
-Neither class does I/O or sleeps: :class:`~coordcore.client.Client` (threads, blocking
-sockets) and :class:`~coordcore.client.AsyncClient` (asyncio) drive them, so a rule of
-reconciliation is written once.
+:class:`~coordcore.client.Client` (threads, blocking sockets) and
+:class:`~coordcore.client.AsyncClient` (asyncio) are two transports over one
+:class:`ClientCore`: it encodes the commands, decodes the replies into the value types
+of :mod:`coordcore.types`, keeps the ledger of held and in-flight grants
+(:class:`Ledger`), times keep-alives, and decides when to retry, re-attach
+(:class:`Reattach`) and reconcile. Each operation is a *procedure*, a generator that
+yields the I/O it needs (:class:`Send`, :class:`Wait`, :class:`Pause`, :class:`Settle`)
+and gets the outcome back, so a rule is written once and both clients follow it.
 
 >>> ledger = Ledger()
 >>> k = ledger.begin(7, b"jobs/1")
@@ -15,24 +19,64 @@ reconciliation is written once.
 0.05
 >>> attempt.reqid
 1
+
+A procedure, driven by hand the way a transport drives it:
+
+>>> core = ClientCore(retries=1, retry_delay=0.05, default_ttl=10.0, new_session=None)  # no sessions here
+>>> step = Step(core.next_id())
+>>> step.next()
+Send(args=['ID.NEXT'], timeout=None)
+>>> step.fail(ConnectionLost("gone"))               # the connection broke: back off, resend
+>>> step.next(), step.next()
+(Pause(seconds=0.05), Send(args=['ID.NEXT'], timeout=None))
+>>> step.reply(b"42")
+>>> step.next() is None, step.result
+(True, 42)
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import threading
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Generic, Self, TypeVar
 
 from coordcore.client._common import (
+    INFO_COMMAND,
     RELEASE_COMMAND,
-    GrantKind,
+    IdRuns,
     LockInfo,
-    key_bytes,
+    WatchEvent,
+    acquire_args,
+    campaign_args,
+    parse_leader,
+    parse_lock_info,
+    release_args,
+    sem_args,
+    session_id_of,
     stray_holds,
     stray_waiters,
+    ttl_arg,
 )
-from coordcore.client._wire import Arg, Endpoint, parse_endpoint
-from coordcore.errors import ConnectionLost, CoordcoreError, Moved, Unavailable
+from coordcore.client._wire import Arg, Endpoint, endpoints_from, parse_endpoint
+from coordcore.errors import (
+    BadArgument,
+    ConnectionLost,
+    CoordcoreError,
+    Moved,
+    NotLeader,
+    ServiceClosed,
+    SessionExpired,
+    Unavailable,
+)
+from coordcore.types import Grant, GrantKind, Key, Leader, key_bytes
 
-__all__ = ["FAILOVER_WINDOW", "REATTACH_WINDOW", "Endpoints", "Ledger", "Reattach"]
+__all__ = ["FAILOVER_WINDOW", "REATTACH_WINDOW", "ClientCore", "Endpoints", "ClientSettings", "CommandQueue", "ElectionState", "IdStock", "Ledger", "Pause", "Reattach", "SessionState",
+           "Send", "Settle", "Step", "Wait"]
+
+T = TypeVar("T")
 
 #: After a connection breaks under a waiting acquire, how long (seconds, at least) the
 #: client keeps reconnecting to re-attach to the wait (a server restart takes about a
@@ -91,7 +135,7 @@ class Endpoints:
             self.all.append(ep)
         self.current = ep
 
-    def retry_delay(self, exc: CoordcoreError, *, idempotent: bool, attempt: int, since: float, now: float,
+    def retry_delay(self, exc: BaseException, *, idempotent: bool, attempt: int, since: float, now: float,
                     retries: int, base: float) -> float | None:
         """Seconds to wait before sending a command again after ``exc`` (its ``attempt``-th
         failure, the first at ``since``), or None to raise it. ``MOVED`` is always safe
@@ -102,6 +146,7 @@ class Endpoints:
         session behind, which expires. One server: ``retries`` times; several: for
         :data:`FAILOVER_WINDOW` seconds."""
         if isinstance(exc, Moved):
+            self.moved(exc)
             if attempt == 0:
                 return 0.0
         elif isinstance(exc, ConnectionLost):
@@ -239,3 +284,498 @@ class Reattach:
         self.reqid = new_reqid()
         self._retried = False
         return True
+
+
+# --- the procedures both transports drive ------------------------------------------------
+#
+# A procedure is a generator: it yields what it needs done (an Op), and the transport
+# does it and sends back the reply, or throws the exception in. The blocking client does
+# each op with sockets and sleeps, the asyncio client with awaits; the decisions (what
+# to send, when to retry, what to reconcile) are written once, here.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    """One command on the client's shared connection(s); the reply comes back (an error
+    reply is thrown in as its coordcore exception). ``timeout``: seconds, None: no limit."""
+
+    args: Sequence[Arg]
+    timeout: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wait:
+    """A command that may park server side (an acquire), on a connection of its own, so
+    it holds up nobody; ``timeout`` is the server-side wait's (None: forever)."""
+
+    args: list[Arg]
+    timeout: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settle:
+    """Reconcile the session's unsettled keys (:meth:`ClientCore.settle`) without making
+    the caller wait for it where the transport can (asyncio: a task of its own)."""
+
+    session: SessionState
+
+
+Op = Send | Wait | Pause | Settle
+Proc = Generator[Op, Any, T]
+
+
+class Step(Generic[T]):
+    """One run of a procedure: :meth:`next` is the op to do (None: finished, see
+    ``result``), then :meth:`reply` or :meth:`fail` tells it how the op went."""
+
+    __slots__ = ("_proc", "_outcome", "_failed", "result")
+
+    def __init__(self, proc: Proc[T]) -> None:
+        self._proc = proc
+        self._outcome: Any = None
+        self._failed = False
+
+    def next(self) -> Op | None:
+        try:
+            if self._failed:
+                self._failed = False
+                return self._proc.throw(self._outcome)
+            return self._proc.send(self._outcome)
+        except StopIteration as done:
+            self.result: T = done.value
+            return None
+        finally:
+            self._outcome = None  # no reference cycle through a held exception
+
+    def reply(self, value: Any) -> None:
+        self._outcome = value
+
+    def fail(self, exc: BaseException) -> None:
+        self._outcome, self._failed = exc, True
+
+
+def answered(exc: BaseException) -> bool:
+    """True for an error reply from the server: it ended the request, so nothing is held
+    or queued for it. Anything else (a broken connection, a socket timeout, an
+    interrupt, a cancellation) may have left a grant or a wait behind on the server."""
+    return isinstance(exc, CoordcoreError) and not isinstance(exc, OSError)
+
+
+class SessionState:
+    """What a client knows of one of its sessions; the blocking and the asyncio
+    client's session classes add their methods on top."""
+
+    def __init__(self, sid: int, credential: bytes, ttl: float, *, keepalive: bool, opened_at: float) -> None:
+        self.id = sid
+        #: ``b"<id>.<secret>"``: what acts for this session (the id alone is public).
+        self.credential = credential
+        self.ttl = ttl
+        self.keepalive_enabled = keepalive
+        self.expired = False
+        self.closed = False
+        #: Monotonic time when the last confirmed open or keep-alive was *sent*: the
+        #: server's deadline is at least this plus the TTL.
+        self.last_keepalive = opened_at
+
+    @property
+    def alive(self) -> bool:
+        """Not closed or expired, as far as this client has seen."""
+        return not (self.closed or self.expired)
+
+    def ended(self) -> None:
+        """Called once the session is closed or known to have expired."""
+
+    def keepalive_due(self) -> float:
+        """When the next keep-alive is due: every ttl/3 from the last one *sent*, so a
+        slow answer does not push it late."""
+        return self.last_keepalive + self.ttl / 3
+
+    def __repr__(self) -> str:
+        state = "expired" if self.expired else "closed" if self.closed else "alive"
+        return f"<{type(self).__name__} {self.id} ttl={self.ttl}s {state}>"
+
+
+S = TypeVar("S", bound=SessionState)
+
+
+class ElectionState(Generic[S]):
+    """An election handle's state: the name, the session it campaigns with, and the
+    leadership it holds."""
+
+    def __init__(self, name: Key, ttl: float | None, session: S | None) -> None:
+        self.name = name
+        self.ttl = ttl
+        self.session = session
+        self.grant: Grant | None = None
+
+    def leadership(self) -> Grant:
+        if self.grant is None:
+            raise NotLeader("campaign first")
+        return self.grant
+
+    def concerns(self, event: WatchEvent) -> bool:
+        """Whether a watch event under the name is about this election itself."""
+        return event.key == key_bytes(self.name)
+
+
+class ClientSettings:
+    """How a client (either) reaches its server and how patient it is."""
+
+    def __init__(self, host: str | Sequence[str], port: int, *, password: str | None, connect_timeout: float,
+                 retries: int, retry_delay: float, default_ttl: float) -> None:
+        #: Several servers (a list or a comma-separated string of host:port): a cluster.
+        self.endpoints = Endpoints(endpoints_from(host, port))
+        self.password = password
+        self.connect_timeout = connect_timeout
+        #: Reconnect attempts for a command that is safe to repeat, and the first pause.
+        self.retries = retries
+        self.retry_delay = retry_delay
+        #: The TTL of the session the client opens for a lock taken without one.
+        self.default_ttl = default_ttl
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server this client talks to (in a cluster: the leader, as far as it knows)."""
+        return self.endpoints.current
+
+
+MakeArgs = Callable[[float | None, int], list[Arg]]
+
+
+class ClientCore(Generic[S]):
+    """The client's state and decisions, with no I/O: sessions, the ledger, request ids,
+    retries and keep-alive timing. ``new_session`` makes the transport's session object
+    (and starts keeping it alive if asked). Thread safe where the blocking client's
+    threads meet (the session tables, the ledger, request ids)."""
+
+    def __init__(self, *, retries: int, retry_delay: float, default_ttl: float,
+                 new_session: Callable[[int, bytes, float, bool, float], S],
+                 clock: Callable[[], float] = time.monotonic, endpoints: Endpoints | None = None) -> None:
+        #: Where the transports connect; this core moves it on -MOVED and failures.
+        self.endpoints = endpoints if endpoints is not None else Endpoints([Endpoint("127.0.0.1", 7379)])
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.default_ttl = default_ttl
+        self.clock = clock
+        self.closed = False
+        #: What this client holds, acquires and must settle, per (session, key).
+        self.ledger = Ledger()
+        self._new_session = new_session
+        self._mutex = threading.Lock()
+        self._sessions: dict[int, S] = {}
+        self._defaults: dict[float, S] = {}
+        self._reqids = itertools.count(1)
+
+    def reqid(self) -> int:
+        with self._mutex:
+            return next(self._reqids)
+
+    def open_sessions(self) -> list[S]:
+        with self._mutex:
+            return list(self._sessions.values())
+
+    def credential(self, sid: int) -> bytes:
+        with self._mutex:
+            session = self._sessions.get(sid)
+        if session is None:
+            raise SessionExpired(f"session {sid} is not open in this client (closed or expired)")
+        return session.credential
+
+    # --- commands ------------------------------------------------------------------
+
+    def execute(self, args: Sequence[Arg], *, retry: bool = True, timeout: float | None = None) -> Proc[Any]:
+        """One command; on a lost connection it is sent again (``retries`` times, with
+        backoff; with several servers, through a failover) if ``retry``: for commands
+        that are safe to repeat. ``-MOVED`` is followed either way (see
+        :meth:`Endpoints.retry_delay`)."""
+        since = self.clock()
+        attempt = 0
+        while True:
+            try:
+                return (yield Send(args, timeout))
+            except (ConnectionLost, Moved, Unavailable) as exc:
+                delay = self.endpoints.retry_delay(exc, idempotent=retry, attempt=attempt, since=since,
+                                                   now=self.clock(), retries=self.retries, base=self.retry_delay)
+                if delay is None or self.closed:
+                    raise
+                attempt += 1
+                if delay:
+                    yield Pause(delay)
+
+    def ping(self) -> Proc[bool]:
+        return bool((yield from self.execute(["PING"])) == b"PONG")
+
+    def info(self) -> Proc[dict[str, str]]:
+        text = (yield from self.execute(["INFO"])).decode()
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+    def next_id(self) -> Proc[int]:
+        return int((yield from self.execute(["ID.NEXT"])))
+
+    def id_range(self, n: int) -> Proc[IdRuns]:
+        return IdRuns.from_reply((yield from self.execute(["ID.RANGE", n])))
+
+    def id_workers(self) -> Proc[list[Endpoint]]:
+        return [parse_endpoint(x) for x in (yield from self.execute(["ID.WORKERS"]))]
+
+    # --- sessions ------------------------------------------------------------------
+
+    def open_session(self, ttl: float | None, keepalive: bool) -> Proc[S]:
+        ttl = self.default_ttl if ttl is None else ttl
+        sent = self.clock()
+        credential = bytes((yield from self.execute(["SESSION.OPEN", ttl_arg(ttl)], retry=False)))
+        session = self._new_session(session_id_of(credential), credential, ttl, keepalive, sent)
+        with self._mutex:
+            self._sessions[session.id] = session
+        return session
+
+    def session_for(self, session: S | None, ttl: float | None) -> Proc[S]:
+        """The caller's session, or the client's own for that TTL (opened once)."""
+        if session is not None:
+            return session
+        ttl = self.default_ttl if ttl is None else ttl
+        with self._mutex:
+            found = self._defaults.get(ttl)
+        if found is None or not found.alive:
+            found = yield from self.open_session(ttl, True)
+            with self._mutex:
+                self._defaults[ttl] = found
+        return found
+
+    def keepalive(self, s: SessionState) -> Proc[None]:
+        sent = self.clock()
+        try:
+            yield from self.execute(["SESSION.KEEPALIVE", s.credential])
+        except SessionExpired:
+            s.expired = True
+            s.ended()
+            raise
+        s.last_keepalive = sent
+
+    def keep_alive_round(self, s: SessionState) -> Proc[None]:
+        """The background keep-alive of one session; once it went through, settle what
+        is unsettled (the server answers again)."""
+        try:
+            yield from self.keepalive(s)
+        except SessionExpired:
+            return
+        except (OSError, ServiceClosed):
+            return  # tried again next round; the server's TTL is the judge
+        yield from self.settle(s)
+
+    def due_keepalives(self, now: float) -> list[S]:
+        return [s for s in self.open_sessions() if s.keepalive_enabled and s.alive and s.keepalive_due() <= now]
+
+    def keepalive_wait(self, now: float) -> float:
+        """Seconds the keeper may sleep: until the next keep-alive is due (at most a
+        second, at least 10 ms so a failing one is not retried in a busy loop)."""
+        due = [s.keepalive_due() for s in self.open_sessions() if s.keepalive_enabled and s.alive]
+        return max(0.01, min([1.0, *(t - now for t in due)]))
+
+    def close_session(self, s: SessionState) -> Proc[None]:
+        if s.closed:
+            return
+        s.closed = True
+        with self._mutex:
+            self._sessions.pop(s.id, None)
+        try:
+            yield from self.execute(["SESSION.CLOSE", s.credential])
+        except SessionExpired:
+            pass
+        s.ended()
+
+    # --- locks, semaphores, elections --------------------------------------------------
+
+    def contend(self, make_args: MakeArgs, key: Key, s: SessionState, kind: GrantKind, timeout: float | None,
+                shared: bool = False) -> Proc[Grant]:
+        """A blocking acquire. If its connection breaks while it waits (a network fault,
+        a server restart), it reconnects and retries with the same request id, which
+        re-attaches to the wait on the server (see :class:`Reattach`). If it ends
+        without an answer (it cannot get back, it is interrupted or cancelled), what may
+        still be held or queued for it is settled once the server can be reached
+        (:meth:`settle`), so the caller never holds a lock it was not told about."""
+        k = self.ledger.begin(s.id, key)
+        attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self.reqid(),
+                           now=self.clock())
+        redirects = 0
+        try:
+            while True:
+                left = attempt.left(self.clock())
+                try:
+                    try:
+                        token = int((yield Wait(make_args(left, attempt.reqid), left)))
+                        break
+                    except Moved as exc:
+                        self.endpoints.moved(exc)
+                        redirects += 1
+                        if redirects <= len(self.endpoints.all):
+                            continue  # nothing applied there: to the leader at once, same REQID
+                        raise ConnectionLost(f"redirected in a circle, last to {exc.address}") from exc
+                    except Unavailable as exc:
+                        if not self.endpoints.several:
+                            raise
+                        self.endpoints.skip()
+                        # Between leaders: wait for one as for a broken connection.
+                        raise ConnectionLost(f"no leader serving: {exc}") from exc
+                except OSError:  # ConnectionLost too
+                    redirects = 0
+                    delay = attempt.after_break(self.clock(), self.closed or s.closed)
+                    if delay is None:
+                        raise
+                    yield Pause(delay)
+                except CoordcoreError as exc:
+                    if not attempt.after_error(exc, self.reqid):
+                        raise
+        except BaseException as exc:
+            if answered(exc):
+                self.ledger.failed(k)
+            else:
+                self.ledger.broke_off(k, key, kind)
+                yield Settle(s)
+            raise
+        self.ledger.granted(k, token)
+        return Grant(key_bytes(key), token, s.id, kind, shared)
+
+    def settle(self, s: SessionState) -> Proc[None]:
+        """Release the holds and withdraw the waits of session ``s`` on keys whose
+        acquire broke off (a grant or wait the caller was never told of). Run at once and
+        after each keep-alive, until the server could be asked."""
+        for k, key, kind in self.ledger.unsettled(s.id):
+            if self.ledger.busy(k):
+                continue  # an acquire of ours on this key is in flight: do not guess
+            try:
+                info = parse_lock_info((yield from self.execute([INFO_COMMAND[kind], key])))
+                for args in self.ledger.settle_commands(k, info, s.credential, kind, self.reqid):
+                    yield from self.execute(args)
+            except SessionExpired:
+                pass  # the session took everything with it
+            except (CoordcoreError, OSError):
+                continue  # the next keep-alive tries again
+            self.ledger.settled(k)
+
+    def acquire(self, key: Key, ttl: float | None, session: S | None, shared: bool,
+                timeout: float | None) -> Proc[Grant]:
+        s = yield from self.session_for(session, ttl)
+        return (yield from self.contend(
+            lambda left, reqid: acquire_args("LOCK.ACQUIRE", key, s.credential, shared, left) + ["REQID", reqid],
+            key, s, "lock", timeout, shared))
+
+    def try_acquire(self, key: Key, ttl: float | None, session: S | None, shared: bool) -> Proc[Grant | None]:
+        s = yield from self.session_for(session, ttl)
+        args: list[Arg] = ["LOCK.TRY", key, s.credential]
+        if shared:
+            args.append("SHARED")
+        token = yield from self.execute([*args, "REQID", self.reqid()])  # retried with the same REQID
+        if token is None:
+            return None
+        self.ledger.hold(s.id, key, int(token))
+        return Grant(key_bytes(key), int(token), s.id, "lock", shared)
+
+    def release(self, grant: Grant) -> Proc[None]:
+        """Release by token. If no answer comes (the connection broke past its retries: a
+        server restart, say), the key is settled once the server answers again, so the
+        hold does not outlive the caller's intent while the session is kept alive."""
+        try:
+            # retried with the same REQID
+            yield from self.execute(release_args(grant, self.credential(grant.session), self.reqid()))
+        except OSError:  # ConnectionLost too
+            self.ledger.unsettle(grant.session, grant.key, grant.kind)
+            raise
+        finally:
+            self.ledger.released(grant.session, grant.key, grant.token)
+
+    def lock_info(self, key: Key) -> Proc[LockInfo]:
+        return parse_lock_info((yield from self.execute(["LOCK.INFO", key])))
+
+    def acquire_semaphore(self, name: Key, permits: int, ttl: float | None, session: S | None,
+                          timeout: float | None) -> Proc[Grant]:
+        s = yield from self.session_for(session, ttl)
+        return (yield from self.contend(
+            lambda left, reqid: sem_args(name, s.credential, permits, left) + ["REQID", reqid],
+            name, s, "semaphore", timeout))
+
+    def campaign(self, e: ElectionState[S], value: Key, timeout: float | None) -> Proc[Grant]:
+        s = yield from self.session_for(e.session, e.ttl)
+        e.session = s
+        e.grant = yield from self.contend(
+            lambda left, reqid: campaign_args(e.name, s.credential, value, left) + ["REQID", reqid],
+            e.name, s, "election", timeout)
+        return e.grant
+
+    def proclaim(self, e: ElectionState[S], value: Key) -> Proc[int]:
+        g = e.leadership()
+        return int((yield from self.execute(["ELECT.PROCLAIM", e.name, self.credential(g.session), value,
+                                             "TOKEN", g.token, "REQID", self.reqid()])))
+
+    def resign(self, e: ElectionState[S]) -> Proc[None]:
+        g = e.leadership()
+        e.grant = None
+        yield from self.release(g)
+
+    def leader(self, name: Key) -> Proc[Leader | None]:
+        return parse_leader((yield from self.execute(["ELECT.LEADER", name])))
+
+
+def hello_args(password: str | None) -> list[Arg]:
+    """The first command on every connection: RESP3, and the password if there is one."""
+    return ["HELLO", 3] if password is None else ["HELLO", 3, "AUTH", "default", password]
+
+
+class CommandQueue:
+    """A pipeline's commands, queued until they go out in one write."""
+
+    def __init__(self) -> None:
+        self.commands: list[Sequence[Arg]] = []
+
+    def command(self, *args: Arg) -> Self:
+        self.commands.append(args)
+        return self
+
+    def take(self) -> list[Sequence[Arg]]:
+        commands, self.commands = self.commands, []
+        return commands
+
+
+def pipeline_replies(replies: list[Any], raise_on_error: bool) -> list[Any]:
+    """A pipeline's replies, in order; a lost connection always raises, the first error
+    reply with ``raise_on_error`` (else error replies stay in the list as exceptions)."""
+    for r in replies:
+        if isinstance(r, ConnectionLost) or (raise_on_error and isinstance(r, BaseException)):
+            raise r
+    return replies
+
+
+class IdStock:
+    """The IDs an ID buffer holds, as runs ``[next, end)``; the transports fetch them."""
+
+    def __init__(self, batch: int) -> None:
+        if not 1 <= batch <= 1 << 16:
+            raise BadArgument(f"batch must be in [1, 65536], got {batch}")
+        self.batch = batch
+        self.available = 0
+        self._runs: deque[list[int]] = deque()
+
+    def add(self, reply: Any) -> None:
+        """An ``ID.RANGE`` reply: runs ``(first, count)``."""
+        for first, count in reply:
+            self._runs.append([int(first), int(first) + int(count)])
+            self.available += int(count)
+
+    def take(self) -> int:
+        run = self._runs[0]
+        value = run[0]
+        run[0] = value + 1
+        if run[0] == run[1]:
+            self._runs.popleft()
+        self.available -= 1
+        return value
+
+    @property
+    def low(self) -> bool:
+        """Below half a batch: time to fetch the next one."""
+        return self.available < self.batch // 2

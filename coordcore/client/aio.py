@@ -37,47 +37,23 @@ import asyncio
 import contextlib
 import itertools
 import socket
-from collections import deque
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import hiredis
 
-from coordcore.client._common import (
-    INFO_COMMAND,
-    Election,
-    Grant,
-    GrantKind,
-    IdRuns,
-    Leader,
-    LockInfo,
-    WatchEvent,
-    acquire_args,
-    campaign_args,
-    key_bytes as _kb,
-    parse_leader,
-    parse_lock_info,
-    parse_watch_event,
-    release_args,
-    sem_args,
-    session_id_of,
-    ttl_arg,
-)
-from coordcore.client._core import Endpoints, Ledger, Reattach
-from coordcore.client._wire import Arg, Endpoint, endpoints_from, error_from_reply, new_reader, pack, parse_endpoint
-from coordcore.errors import (
-    BadArgument,
-    ConnectionLost,
-    CoordcoreError,
-    Moved,
-    NotLeader,
-    ServiceClosed,
-    SessionExpired,
-    Unavailable,
-)
+from coordcore.client._common import IdRuns, LockInfo, WatchEvent, watch_event
+from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
+from coordcore.client._core import SessionState, Settle, Step, Wait, hello_args, pipeline_replies
+from coordcore.client._wire import Arg, Endpoint, new_reader, pack
+from coordcore.errors import ConnectionLost, CoordcoreError, ServiceClosed
+from coordcore.types import Grant, Key, Leader
 
 __all__ = ["AsyncClient", "AsyncElection", "AsyncIdBuffer", "AsyncPipeline", "AsyncSession", "AsyncWatch"]
+
+T = TypeVar("T")
 
 
 class _Conn(asyncio.Protocol):
@@ -156,35 +132,32 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
-class AsyncClient:
+class AsyncClient(ClientSettings):
     """An asyncio client: ``async with AsyncClient(host, port) as client: ...``.
 
     ``retries`` reconnect attempts are made for commands that are safe to repeat
     (everything but the ones that create state); ``default_ttl`` is the TTL of the
-    session that :meth:`lock` and friends open when not given one.
+    session that :meth:`lock` and friends open when not given one. The decisions are
+    :class:`~coordcore.client._core.ClientCore`'s, shared with
+    :class:`~coordcore.client.Client`; this class does the I/O.
     """
 
     def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0) -> None:
-        # Several servers (a list or a comma-separated string of host:port): a cluster,
-        # as with the sync Client: -MOVED is followed, unreachable servers handed over.
-        self._endpoints = Endpoints(endpoints_from(host, port))
-        self.password = password
-        self.connect_timeout = connect_timeout
-        self.retries = retries
-        self.retry_delay = retry_delay
-        self.default_ttl = default_ttl
+        super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
+                         retry_delay=retry_delay, default_ttl=default_ttl)
         self._main: _Conn | None = None
         self._connecting: asyncio.Future[_Conn] | None = None
         self._idle: list[_Conn] = []
-        self._sessions: dict[int, AsyncSession] = {}
-        self._default_sessions: dict[float, AsyncSession] = {}
-        self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reqids = itertools.count(1)
+        self._keeper: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._core: ClientCore[AsyncSession] = ClientCore(retries=retries, retry_delay=retry_delay,
+                                                          default_ttl=default_ttl, new_session=self._new_session,
+                                                          endpoints=self.endpoints)
         #: What this client holds, acquires and must settle, per (session, key).
-        self._ledger = Ledger()
+        self._ledger = self._core.ledger
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -193,24 +166,19 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # --- connections ---------------------------------------------------------------
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """The server this client talks to (in a cluster: the leader, as far as it knows)."""
-        return self._endpoints.current
+    # --- I/O: connections, and the ops of the core's procedures --------------------------
 
     async def _open(self, endpoint: Endpoint | None = None, on_push: Any = None) -> _Conn:
         if endpoint is not None:
             return await self._open_one(endpoint, on_push)
         error: ConnectionLost | None = None
-        for ep in self._endpoints.order():
+        for ep in self.endpoints.order():  # the leader as far as we know, then the others
             try:
                 conn = await self._open_one(ep, on_push)
             except ConnectionLost as exc:
                 error = exc
                 continue
-            self._endpoints.reached(ep)
+            self.endpoints.reached(ep)
             return conn
         assert error is not None
         raise error
@@ -222,11 +190,8 @@ class AsyncClient:
                 loop.create_connection(lambda: _Conn(on_push), ep.host, ep.port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {ep}: {exc}") from exc
-        hello: list[Arg] = ["HELLO", 3]
-        if self.password is not None:
-            hello += ["AUTH", "default", self.password]
         try:
-            await conn.request(pack(hello), 1)[0]
+            await conn.request(pack(hello_args(self.password)), 1)[0]
         except BaseException:
             conn.abort()
             raise
@@ -238,11 +203,11 @@ class AsyncClient:
         await self._main_conn()
 
     async def _main_conn(self) -> _Conn:
-        if self._closed:
+        if self._core.closed:
             raise ServiceClosed("client is closed")
         conn = self._main
         if conn is not None and conn.lost is None:
-            if conn.endpoint == self._endpoints.current:
+            if conn.endpoint == self.endpoints.current:
                 return conn
             conn.close()  # to a server that no longer leads
             self._main = None
@@ -262,25 +227,46 @@ class AsyncClient:
     async def _borrow(self) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
-            if conn.lost is None and conn.endpoint == self._endpoints.current:
+            if conn.lost is None and conn.endpoint == self.endpoints.current:
                 return conn
             conn.close()
         return await self._open()
 
     def _give_back(self, conn: _Conn) -> None:
-        if conn.lost is None and not self._closed and len(self._idle) < 8:
+        if conn.lost is None and not self._core.closed and len(self._idle) < 8:
             self._idle.append(conn)
         else:
             conn.close()
 
+    async def _run(self, proc: Proc[T]) -> T:
+        """Drive one of the core's procedures to its end, doing each op it asks for."""
+        step = Step(proc)
+        while (op := step.next()) is not None:
+            try:
+                step.reply(await self._do(op))
+            except BaseException as exc:
+                step.fail(exc)
+        return step.result
+
+    async def _do(self, op: object) -> Any:
+        if isinstance(op, Send):
+            conn = await self._main_conn()
+            return await asyncio.wait_for(conn.request(pack(op.args), 1)[0], op.timeout)
+        if isinstance(op, Wait):
+            return await self.execute_blocking(*op.args)
+        if isinstance(op, Pause):
+            return await asyncio.sleep(op.seconds)
+        assert isinstance(op, Settle)
+        return self._spawn(self._settle(op.session))
+
     async def close(self) -> None:
         """Close sessions this client opened (releasing their locks), then connections."""
-        if self._closed:
+        if self._core.closed:
             return
-        for session in list(self._sessions.values()):
+        for session in self._core.open_sessions():
             with contextlib.suppress(CoordcoreError, OSError):
                 await session.close()
-        self._closed = True
+        self._core.closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -294,85 +280,52 @@ class AsyncClient:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.closed, 1.0)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     # --- commands --------------------------------------------------------------------
 
-    async def execute(self, *args: Arg, retry: bool = True) -> Any:
+    async def execute(self, *args: Arg, retry: bool = True, timeout: float | None = None) -> Any:
         """Send one command and return its reply (errors raise their coordcore class).
-        ``retry``: it may be sent again after a lost connection; ``-MOVED`` is followed
-        either way (see :class:`~coordcore.client._core.Endpoints`)."""
-        data = pack(args)
-        loop = asyncio.get_running_loop()
-        since = loop.time()
-        attempt = 0
-        while True:
-            try:
-                conn = await self._main_conn()
-                return await conn.request(data, 1)[0]
-            except (ConnectionLost, Moved, Unavailable) as exc:
-                if isinstance(exc, Moved):
-                    self._endpoints.moved(exc)
-                delay = self._endpoints.retry_delay(exc, idempotent=retry, attempt=attempt, since=since,
-                                                    now=loop.time(), retries=self.retries, base=self.retry_delay)
-                if delay is None or self._closed:
-                    raise
-                attempt += 1
-                await asyncio.sleep(delay)
+        ``timeout``: seconds to wait for the reply (None: no limit)."""
+        return await self._run(self._core.execute(args, retry=retry, timeout=timeout))
 
     async def execute_blocking(self, *args: Arg) -> Any:
         """A command that may park server side, on a borrowed connection of its own."""
-        for _ in range(len(self._endpoints.all) + 1):
-            conn = await self._borrow()
-            try:
-                reply = await conn.request(pack(args), 1)[0]
-            except Moved as exc:
-                self._give_back(conn)
-                self._endpoints.moved(exc)  # nothing applied: send it to the leader
-                continue
-            except Unavailable as exc:
-                self._give_back(conn)
-                if self._endpoints.several:
-                    # Between leaders: the caller's retry (same request id) waits for one.
-                    raise ConnectionLost(f"no leader serving: {exc}") from exc
-                raise
-            except asyncio.CancelledError:
-                conn.abort()  # withdraws the server-side wait
-                raise
-            except BaseException:
-                conn.abort()
-                raise
-            self._give_back(conn)
-            return reply
-        raise ConnectionLost(f"redirected in a circle; last to {self.endpoint}")
+        conn = await self._borrow()
+        try:
+            reply = await conn.request(pack(args), 1)[0]
+        except BaseException:
+            conn.abort()  # withdraws the server-side wait (cancelled, or the stream is lost)
+            raise
+        self._give_back(conn)
+        return reply
 
     def pipeline(self) -> AsyncPipeline:
         """Queue commands, send them in one write, get every reply: see AsyncPipeline."""
         return AsyncPipeline(self)
 
     async def ping(self) -> bool:
-        return bool(await self.execute("PING") == b"PONG")
+        return await self._run(self._core.ping())
 
     async def info(self) -> dict[str, str]:
-        text = (await self.execute("INFO")).decode()
-        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+        return await self._run(self._core.info())
 
     # --- IDs ------------------------------------------------------------------------
 
     async def next_id(self) -> int:
         """One ID from the server (``ID.NEXT``)."""
-        return int(await self.execute("ID.NEXT"))
+        return await self._run(self._core.next_id())
 
     async def id_range(self, n: int) -> IdRuns:
         """``n`` IDs as runs of consecutive integers (``ID.RANGE``)."""
-        return IdRuns.from_reply(await self.execute("ID.RANGE", n))
+        return await self._run(self._core.id_range(n))
 
     async def id_workers(self) -> list[Endpoint]:
-        return [parse_endpoint(x) for x in await self.execute("ID.WORKERS")]
+        return await self._run(self._core.id_workers())
 
     def ids(self, *, batch: int = 4096, spread: bool = True) -> AsyncIdBuffer:
         """A local ID buffer that prefetches ``ID.RANGE`` runs (over every ID worker
@@ -383,179 +336,100 @@ class AsyncClient:
 
     async def session(self, ttl: float | None = None, *, keepalive: bool = True) -> AsyncSession:
         """Open a session (a lease) with ``ttl`` seconds, kept alive in the background."""
-        ttl = self.default_ttl if ttl is None else ttl
-        credential = bytes(await self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
-        sid = session_id_of(credential)
-        session = AsyncSession(self, sid, credential, ttl)
-        self._sessions[sid] = session
+        return await self._run(self._core.open_session(ttl, keepalive))
+
+    def _new_session(self, sid: int, credential: bytes, ttl: float, keepalive: bool, sent: float) -> AsyncSession:
+        session = AsyncSession(self, sid, credential, ttl, keepalive=keepalive, opened_at=sent)
         if keepalive:
-            session._keeper = self._spawn(session._keep_alive())
+            if self._keeper is None:
+                self._keeper = self._spawn(self._keep_alive())
+            self._wake.set()
         return session
 
-    async def _default_session(self, ttl: float | None) -> AsyncSession:
-        ttl = self.default_ttl if ttl is None else ttl
-        session = self._default_sessions.get(ttl)
-        if session is None or session.expired or session.closed:
-            session = await self.session(ttl)
-            self._default_sessions[ttl] = session
-        return session
+    async def _keep_alive(self) -> None:
+        while not self._core.closed:
+            await asyncio.gather(*(self._run(self._core.keep_alive_round(s))
+                                   for s in self._core.due_keepalives(time.monotonic())))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._core.keepalive_wait(time.monotonic()))
+            self._wake.clear()
+
+    async def _settle(self, session: SessionState) -> None:
+        """Reconcile ``session``'s unsettled keys (see ClientCore.settle), after the
+        broken acquire that asked for it has finished unwinding."""
+        await asyncio.sleep(0)
+        await self._run(self._core.settle(session))
 
     # --- locks, semaphores, elections --------------------------------------------------
 
-    def _reqid(self) -> int:
-        return next(self._reqids)
-
-    async def _contend(self, make_args: Callable[[float | None, int], list[Arg]], key: str | bytes,
-                       s: AsyncSession, kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:
-        """A blocking acquire on a connection of its own. If its connection breaks while
-        it waits (a network fault, a server restart), it reconnects and retries with the
-        same request id, which re-attaches to the wait on the server (see
-        :class:`~coordcore.client._core.Reattach`). If it is cancelled, or cannot get
-        back, the server withdraws the wait, and what may still be held or queued for
-        it is settled once the server can be reached (:meth:`_settle`), so the caller
-        never holds a lock it was not told about."""
-        loop = asyncio.get_running_loop()
-        k = self._ledger.begin(s.id, key)
-        attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self._reqid(),
-                           now=loop.time())
-        try:
-            while True:
-                try:
-                    token = int(await self.execute_blocking(*make_args(attempt.left(loop.time()), attempt.reqid)))
-                    break
-                except (ConnectionLost, OSError):
-                    delay = attempt.after_break(loop.time(), self._closed or s.closed)
-                    if delay is None:
-                        raise
-                    await asyncio.sleep(delay)
-                except CoordcoreError as exc:
-                    if not attempt.after_error(exc, self._reqid):
-                        raise
-        except (asyncio.CancelledError, ConnectionLost, OSError):
-            self._ledger.broke_off(k, key, kind)
-            self._spawn(self._settle(s))
-            raise
-        except BaseException:
-            self._ledger.failed(k)
-            raise
-        self._ledger.granted(k, token)
-        return Grant(key, token, s.id, shared=shared, kind=kind)
-
-    async def _settle(self, session: AsyncSession) -> None:
-        """Release the holds and withdraw the waits of ``session`` on keys whose acquire
-        broke off (a grant or wait the caller was never told of). Run at once and after
-        each keep-alive, until the server could be asked."""
-        await asyncio.sleep(0)
-        for k, key, kind in self._ledger.unsettled(session.id):
-            if self._ledger.busy(k):
-                continue  # an acquire of ours on this key is in flight: do not guess
-            try:
-                info = parse_lock_info(await self.execute(INFO_COMMAND[kind], key))
-                for args in self._ledger.settle_commands(k, info, session.credential, kind, self._reqid):
-                    await self.execute(*args)
-            except SessionExpired:
-                pass  # the session took everything with it
-            except (CoordcoreError, OSError):
-                continue  # the next keep-alive tries again
-            self._ledger.settled(k)
-
-    def _credential(self, sid: int) -> bytes:
-        session = self._sessions.get(sid)
-        if session is None:
-            raise SessionExpired(f"session {sid} is not open in this client (closed or expired)")
-        return session.credential
-
-    async def _session_for(self, session: AsyncSession | None, ttl: float | None) -> AsyncSession:
-        return session if session is not None else await self._default_session(ttl)
-
     @contextlib.asynccontextmanager
-    async def lock(self, key: str | bytes, *, ttl: float | None = None, session: AsyncSession | None = None,
-                   shared: bool = False, timeout: float | None = None) -> AsyncIterator[Grant]:
+    async def _holding(self, acquire: Callable[[], Awaitable[Grant]]) -> AsyncIterator[Grant]:
+        grant = await acquire()
+        try:
+            yield grant
+        finally:
+            await self.release(grant)
+
+    def lock(self, key: Key, *, ttl: float | None = None, session: AsyncSession | None = None,
+             shared: bool = False, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Grant]:
         """``async with client.lock("jobs/42", ttl=10) as grant:`` holds the lock;
         ``grant.token`` is its fencing token. Released on exit. ``ttl`` is the TTL of
         the client's session for that TTL (opened once, kept alive)."""
-        grant = await self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout)
-        try:
-            yield grant
-        finally:
-            await self.release(grant)
+        return self._holding(lambda: self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout))
 
-    async def acquire(self, key: str | bytes, *, ttl: float | None = None, session: AsyncSession | None = None,
+    async def acquire(self, key: Key, *, ttl: float | None = None, session: AsyncSession | None = None,
                       shared: bool = False, timeout: float | None = None) -> Grant:
         """Wait for lock ``key`` (``timeout`` seconds, None: forever) and return the grant.
         Raises LockTimeout, SessionExpired..."""
-        s = await self._session_for(session, ttl)
-        return await self._contend(
-            lambda left, reqid: acquire_args("LOCK.ACQUIRE", key, s.credential, shared, left) + ["REQID", reqid],
-            key, s, "lock", timeout, shared)
+        return await self._run(self._core.acquire(key, ttl, session, shared, timeout))
 
-    async def try_acquire(self, key: str | bytes, *, ttl: float | None = None,
+    async def try_acquire(self, key: Key, *, ttl: float | None = None,
                           session: AsyncSession | None = None, shared: bool = False) -> Grant | None:
         """The lock if it can be granted now, else None (never waits)."""
-        s = await self._session_for(session, ttl)
-        args: list[Arg] = ["LOCK.TRY", key, s.credential]
-        if shared:
-            args.append("SHARED")
-        token = await self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
-        if token is None:
-            return None
-        self._ledger.hold(s.id, key, int(token))
-        return Grant(key, int(token), s.id, shared=shared)
+        return await self._run(self._core.try_acquire(key, ttl, session, shared))
 
     async def release(self, grant: Grant) -> None:
         """Release a lock, semaphore permit or leadership (by its token). If no answer
-        comes, the key is settled once the server answers again (see Client.release)."""
-        try:
-            # retried with the same REQID
-            await self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
-        except (ConnectionLost, OSError):
-            self._ledger.unsettle(grant.session, grant.key, grant.kind)
-            raise
-        finally:
-            self._ledger.released(grant.session, grant.key, grant.token)
+        comes, the key is settled once the server answers again."""
+        await self._run(self._core.release(grant))
 
-    async def lock_info(self, key: str | bytes) -> LockInfo:
+    async def lock_info(self, key: Key) -> LockInfo:
         """Holders and waiters of a lock, semaphore or election key."""
-        return parse_lock_info(await self.execute("LOCK.INFO", key))
+        return await self._run(self._core.lock_info(key))
 
-    async def acquire_semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
+    async def acquire_semaphore(self, name: Key, permits: int, *, ttl: float | None = None,
                                 session: AsyncSession | None = None, timeout: float | None = None) -> Grant:
-        s = await self._session_for(session, ttl)
-        return await self._contend(
-            lambda left, reqid: sem_args(name, s.credential, permits, left) + ["REQID", reqid],
-            name, s, "semaphore", timeout)
+        return await self._run(self._core.acquire_semaphore(name, permits, ttl, session, timeout))
 
-    @contextlib.asynccontextmanager
-    async def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
-                        session: AsyncSession | None = None, timeout: float | None = None) -> AsyncIterator[Grant]:
+    def semaphore(self, name: Key, permits: int, *, ttl: float | None = None, session: AsyncSession | None = None,
+                  timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Grant]:
         """Hold one of ``permits`` slots of the counting semaphore ``name`` (FIFO)."""
-        grant = await self.acquire_semaphore(name, permits, ttl=ttl, session=session, timeout=timeout)
-        try:
-            yield grant
-        finally:
-            await self.release(grant)
+        return self._holding(lambda: self.acquire_semaphore(name, permits, ttl=ttl, session=session,
+                                                            timeout=timeout))
 
-    def election(self, name: str | bytes, *, ttl: float | None = None,
+    def election(self, name: Key, *, ttl: float | None = None,
                  session: AsyncSession | None = None) -> AsyncElection:
         """A leader election handle: ``await e.campaign(value)``, ``await e.leader()``."""
         return AsyncElection(self, name, ttl, session)
 
     # --- watches ---------------------------------------------------------------------
 
-    def watch(self, prefix: str | bytes = b"") -> AsyncWatch:
+    def watch(self, prefix: Key = b"", *, timeout: float | None = None) -> AsyncWatch:
         """Every change under ``prefix``, in revision order, as an async iterator on a
         connection of its own (RESP3 pushes). ``async with client.watch(p) as events:``
         is subscribed when the block starts; a bare ``async for`` subscribes at its first
-        step. Ends with ConnectionLost when the connection does."""
-        return AsyncWatch(self, prefix)
+        step. ``timeout``: seconds without an event before ``TimeoutError``. Ends with
+        ConnectionLost when the connection does."""
+        return AsyncWatch(self, prefix, timeout)
 
 
 class AsyncWatch:
     """An async iterator of WatchEvent; see :meth:`AsyncClient.watch`."""
 
-    def __init__(self, client: AsyncClient, prefix: str | bytes) -> None:
+    def __init__(self, client: AsyncClient, prefix: Key, timeout: float | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        self.timeout = timeout
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._conn: _Conn | None = None
 
@@ -575,15 +449,13 @@ class AsyncWatch:
 
     async def __anext__(self) -> WatchEvent:
         await self.start()
-        while True:
-            item = await self._queue.get()
+        event = None
+        while event is None:
+            item = await asyncio.wait_for(self._queue.get(), self.timeout)
             if item is None:
                 raise ConnectionLost("watch connection lost")
-            if item and item[0] == b"watch-error":
-                raise error_from_reply(item[1].decode())
-            event = parse_watch_event(item)
-            if event is not None:
-                return event
+            event = watch_event(item)
+        return event
 
     def close(self) -> None:
         if self._conn is not None:
@@ -596,56 +468,27 @@ class AsyncWatch:
         self.close()
 
 
-class AsyncSession:
-    """A server-side session (lease); see :meth:`AsyncClient.session`."""
+class AsyncSession(SessionState):
+    """A server-side session (lease); see :meth:`AsyncClient.session`. ``done`` resolves
+    when it is closed or known to have expired."""
 
-    def __init__(self, client: AsyncClient, sid: int, credential: bytes, ttl: float) -> None:
+    def __init__(self, client: AsyncClient, sid: int, credential: bytes, ttl: float, *, keepalive: bool,
+                 opened_at: float) -> None:
+        super().__init__(sid, credential, ttl, keepalive=keepalive, opened_at=opened_at)
         self.client = client
-        self.id = sid
-        #: ``b"<id>.<secret>"``: what acts for this session (the id alone is public).
-        self.credential = credential
-        self.ttl = ttl
-        self.expired = False
-        self.closed = False
-        self.done = asyncio.get_running_loop().create_future()
-        self._keeper: asyncio.Task[None] | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def ended(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
     async def keepalive(self) -> None:
-        try:
-            await self.client.execute("SESSION.KEEPALIVE", self.credential)
-        except SessionExpired:
-            self._mark_expired()
-            raise
-
-    def _mark_expired(self) -> None:
-        self.expired = True
-        if not self.done.done():
-            self.done.set_result(None)
-
-    async def _keep_alive(self) -> None:
-        while not (self.closed or self.expired):
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                await self.keepalive()
-            except SessionExpired:
-                return
-            except (ConnectionLost, OSError):
-                continue  # the next round reconnects; the server's TTL is the judge
-            await self.client._settle(self)
+        """Extend the lease now (the client does it every ttl/3 in the background)."""
+        await self.client._run(self.client._core.keepalive(self))
 
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._keeper is not None:
-            self._keeper.cancel()
-        self.client._sessions.pop(self.id, None)
-        try:
-            await self.client.execute("SESSION.CLOSE", self.credential)
-        except SessionExpired:
-            pass
-        if not self.done.done():
-            self.done.set_result(None)
+        """Close the session, releasing everything it holds and waits for. Idempotent."""
+        await self.client._run(self.client._core.close_session(self))
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -654,61 +497,42 @@ class AsyncSession:
         await self.close()
 
 
-class AsyncElection(Election):
+class AsyncElection(ElectionState[AsyncSession]):
     """A leader election: ``grant = await e.campaign(value)`` waits to lead (FIFO
     succession); ``proclaim``, ``resign``, ``leader()``, ``observe()``."""
 
-    def __init__(self, client: AsyncClient, name: str | bytes, ttl: float | None,
+    def __init__(self, client: AsyncClient, name: Key, ttl: float | None,
                  session: AsyncSession | None) -> None:
-        super().__init__(name)
+        super().__init__(name, ttl, session)
         self.client = client
-        self.ttl = ttl
-        self.session = session
-        self.grant: Grant | None = None
 
-    async def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
-        s = await self.client._session_for(self.session, self.ttl)
-        self.session = s
-        self.grant = await self.client._contend(
-            lambda left, reqid: campaign_args(self.name, s.credential, value, left) + ["REQID", reqid],
-            self.name, s, "election", timeout)
-        return self.grant
+    async def campaign(self, value: Key, *, timeout: float | None = None) -> Grant:
+        return await self.client._run(self.client._core.campaign(self, value, timeout))
 
-    def _leadership(self) -> Grant:
-        if self.grant is None:
-            raise NotLeader("campaign first")
-        return self.grant
-
-    async def proclaim(self, value: str | bytes) -> int:
+    async def proclaim(self, value: Key) -> int:
         """Publish a new value as leader; returns the revision of the proclamation."""
-        g = self._leadership()
-        return int(await self.client.execute("ELECT.PROCLAIM", self.name, self.client._credential(g.session), value,
-                                             "TOKEN", g.token,
-                                             "REQID", self.client._reqid()))
+        return await self.client._run(self.client._core.proclaim(self, value))
 
     async def resign(self) -> None:
-        g = self._leadership()
-        self.grant = None
-        await self.client.release(g)
+        await self.client._run(self.client._core.resign(self))
 
     async def leader(self) -> Leader | None:
-        return parse_leader(await self.client.execute("ELECT.LEADER", self.name))
+        return await self.client._run(self.client._core.leader(self.name))
 
-    async def observe(self) -> AsyncIterator[Leader | None]:
-        """The leader now, then after every change of leader or value."""
-        async with self.client.watch(self.name) as events:
+    async def observe(self, *, timeout: float | None = None) -> AsyncIterator[Leader | None]:
+        """The leader now, then after every change of leader or value (``timeout``:
+        seconds without a change before ``TimeoutError``)."""
+        async with self.client.watch(self.name, timeout=timeout) as events:
             current = await self.leader()
             yield current
             async for event in events:
-                if event.key != _kb(self.name):
-                    continue
-                now = await self.leader()
+                now = await self.leader() if self.concerns(event) else current
                 if now != current:
                     current = now
                     yield current
 
 
-class AsyncPipeline:
+class AsyncPipeline(CommandQueue):
     """Commands queued locally and sent in one write: ``replies = await pipe.execute()``::
 
         pipe = client.pipeline()
@@ -718,29 +542,17 @@ class AsyncPipeline:
     """
 
     def __init__(self, client: AsyncClient) -> None:
+        super().__init__()
         self.client = client
-        self.commands: list[Sequence[Arg]] = []
-
-    def command(self, *args: Arg) -> AsyncPipeline:
-        self.commands.append(args)
-        return self
 
     async def execute(self, *, raise_on_error: bool = True) -> list[Any]:
-        """Every reply, in order; with ``raise_on_error`` the first error reply raises,
-        otherwise error replies are returned as exception instances."""
+        """Every reply, in order (see :meth:`Pipeline.execute`)."""
         if not self.commands:
             return []
-        data = b"".join(pack(c) for c in self.commands)
         conn = await self.client._main_conn()
-        futs = conn.request(data, len(self.commands))
-        self.commands = []
-        results = await asyncio.gather(*futs, return_exceptions=True)
-        for r in results:
-            if isinstance(r, ConnectionLost):
-                raise r
-            if raise_on_error and isinstance(r, BaseException):
-                raise r
-        return list(results)
+        commands = self.take()
+        futs = conn.request(b"".join(pack(c) for c in commands), len(commands))
+        return pipeline_replies(await asyncio.gather(*futs, return_exceptions=True), raise_on_error)
 
 
 class AsyncIdBuffer:
@@ -751,13 +563,10 @@ class AsyncIdBuffer:
     """
 
     def __init__(self, client: AsyncClient, *, batch: int, spread: bool) -> None:
-        if not 1 <= batch <= 1 << 16:
-            raise BadArgument(f"batch must be in [1, 65536], got {batch}")
+        self._stock = IdStock(batch)
         self.client = client
         self.batch = batch
         self.spread = spread
-        self._runs: deque[list[int]] = deque()  # [next, end) per run
-        self._available = 0
         self._refill: asyncio.Task[None] | None = None
         self._conns: list[_Conn] | None = None
         self._rr = itertools.count()
@@ -780,26 +589,19 @@ class AsyncIdBuffer:
                 if attempt >= self.client.retries:
                     raise
                 await asyncio.sleep(self.client.retry_delay * (2 ** attempt))
-        for first, count in reply:
-            self._runs.append([int(first), int(first) + int(count)])
-            self._available += int(count)
+        self._stock.add(reply)
 
     def _start_refill(self) -> None:
         if self._refill is None or self._refill.done():
             self._refill = asyncio.ensure_future(self._fetch())
 
     async def next_id(self) -> int:
-        while self._available == 0:
+        while self._stock.available == 0:
             self._start_refill()
             assert self._refill is not None
             await asyncio.shield(self._refill)
-        run = self._runs[0]
-        value = run[0]
-        run[0] = value + 1
-        if run[0] == run[1]:
-            self._runs.popleft()
-        self._available -= 1
-        if self._available < self.batch // 2:
+        value = self._stock.take()
+        if self._stock.low:
             self._start_refill()
         return value
 

@@ -39,43 +39,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 
-from coordcore.client._common import (
-    INFO_COMMAND,
-    Election,
-    Grant,
-    GrantKind,
-    IdRuns,
-    Leader,
-    LockInfo,
-    WatchEvent,
-    acquire_args,
-    campaign_args,
-    parse_leader,
-    parse_lock_info,
-    parse_watch_event,
-    release_args,
-    sem_args,
-    session_id_of,
-    ttl_arg,
-)
-from coordcore.client._core import Endpoints, Ledger, Reattach
-from coordcore.client._wire import Arg, Endpoint, endpoints_from, error_from_reply, new_reader, pack, parse_endpoint
-from coordcore.errors import (
-    BadArgument,
-    ConnectionLost,
-    CoordcoreError,
-    Moved,
-    NotLeader,
-    ServiceClosed,
-    SessionExpired,
-    Unavailable,
-)
+from coordcore.client._common import IdRuns, LockInfo, WatchEvent, watch_event
+from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
+from coordcore.client._core import SessionState, Settle, Step, Wait, hello_args, pipeline_replies
+from coordcore.client._wire import Arg, Endpoint, new_reader, pack
+from coordcore.errors import ConnectionLost, CoordcoreError, ServiceClosed
+from coordcore.types import Grant, Key, Leader
 
-__all__ = ["Client", "IdBuffer", "Pipeline", "Session", "Watch"]
+__all__ = ["Client", "Election", "IdBuffer", "Pipeline", "Session", "SyncElection", "Watch"]
+
+T = TypeVar("T")
 
 
 class _Conn:
@@ -91,11 +68,8 @@ class _Conn:
         self.sock.settimeout(None)
         self.reader = new_reader()
         self.broken = False
-        hello: list[Arg] = ["HELLO", 3]
-        if password is not None:
-            hello += ["AUTH", "default", password]
         try:
-            self.call(hello)
+            self.call(hello_args(password))
         except BaseException:
             self.close()
             raise
@@ -144,35 +118,30 @@ class _Conn:
             self.sock.close()
 
 
-class Client:
+class Client(ClientSettings):
     """A thread-safe blocking client: ``with Client(host, port) as client: ...``.
 
-    A cluster: ``Client(["127.0.0.1:7001", "127.0.0.1:7002"])`` (or one string,
-    comma-separated). The client follows ``-MOVED`` to the leader and, when a server
-    cannot be reached, tries the others, for up to ``FAILOVER_WINDOW`` seconds; a
-    blocking acquire carries its request id across, so it re-attaches to its wait on
-    the new leader."""
+    ``retries`` reconnect attempts are made for commands that are safe to repeat;
+    ``default_ttl`` is the TTL of the session that :meth:`lock` and friends open when
+    not given one. What it decides is :class:`~coordcore.client._core.ClientCore`'s,
+    shared with :class:`~coordcore.client.AsyncClient`; this class does the I/O.
+    """
 
     def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0, pool_size: int = 8) -> None:
-        self._endpoints = Endpoints(endpoints_from(host, port))
-        self.password = password
-        self.connect_timeout = connect_timeout
-        self.retries = retries
-        self.retry_delay = retry_delay
-        self.default_ttl = default_ttl
+        super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
+                         retry_delay=retry_delay, default_ttl=default_ttl)
         self.pool_size = pool_size
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
-        self._closed = False
-        self._sessions: dict[int, Session] = {}
-        self._default_sessions: dict[float, Session] = {}
         self._keeper: threading.Thread | None = None
         self._wake = threading.Event()
-        self._reqids = itertools.count(1)
+        self._core: ClientCore[Session] = ClientCore(retries=retries, retry_delay=retry_delay,
+                                                     default_ttl=default_ttl, new_session=self._new_session,
+                                                     endpoints=self.endpoints)
         #: What this client holds, acquires and must settle, per (session, key).
-        self._ledger = Ledger()
+        self._ledger = self._core.ledger
 
     def __enter__(self) -> Client:
         return self
@@ -180,41 +149,36 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- connections ---------------------------------------------------------------
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """The server this client talks to (in a cluster: the leader, as far as it knows)."""
-        return self._endpoints.current
+    # --- I/O: connections, and the ops of the core's procedures --------------------------
 
     def _open(self, endpoint: Endpoint | None = None) -> _Conn:
         if endpoint is not None:
             return _Conn(endpoint, timeout=self.connect_timeout, password=self.password)
         error: ConnectionLost | None = None
-        for ep in self._endpoints.order():
+        for ep in self.endpoints.order():  # the leader as far as we know, then the others
             try:
                 conn = _Conn(ep, timeout=self.connect_timeout, password=self.password)
             except ConnectionLost as exc:
                 error = exc
                 continue
-            self._endpoints.reached(ep)
+            self.endpoints.reached(ep)
             return conn
         assert error is not None
         raise error
 
     def _checkout(self) -> _Conn:
-        if self._closed:
+        if self._core.closed:
             raise ServiceClosed("client is closed")
         with self._lock:
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.broken and conn.endpoint == self._endpoints.current:
+                if not conn.broken and conn.endpoint == self.endpoints.current:
                     return conn
                 conn.close()  # broken, or to a server that no longer leads
         return self._open()
 
     def _checkin(self, conn: _Conn) -> None:
-        if conn.broken or self._closed:
+        if conn.broken or self._core.closed:
             conn.close()
             return
         with self._lock:
@@ -240,14 +204,45 @@ class Client:
         finally:
             self._checkin(conn)
 
+    def _call(self, args: Sequence[Arg], timeout: float | None) -> Any:
+        with self.connection() as conn:
+            conn.sock.settimeout(timeout)
+            try:
+                return conn.call(args)
+            finally:
+                if not conn.broken:
+                    conn.sock.settimeout(None)
+
+    def _run(self, proc: Proc[T]) -> T:
+        """Drive one of the core's procedures to its end, doing each op it asks for."""
+        step = Step(proc)
+        while (op := step.next()) is not None:
+            try:
+                step.reply(self._do(op))
+            except BaseException as exc:
+                step.fail(exc)
+        return step.result
+
+    def _do(self, op: object) -> Any:
+        if isinstance(op, Send):
+            return self._call(op.args, op.timeout)
+        if isinstance(op, Wait):
+            # The server's TIMEOUT decides; the socket timeout is only a safety net. A
+            # broken or interrupted wait closes its connection, which withdraws it.
+            return self._call(op.args, None if op.timeout is None else op.timeout + 30.0)
+        if isinstance(op, Pause):
+            return time.sleep(op.seconds)
+        assert isinstance(op, Settle)
+        return self._run(self._core.settle(op.session))
+
     def close(self) -> None:
         """Close the sessions this client opened (releasing their locks), then connections."""
-        if self._closed:
+        if self._core.closed:
             return
-        for session in list(self._sessions.values()):
+        for session in self._core.open_sessions():
             with contextlib.suppress(CoordcoreError, OSError):
                 session.close()
-        self._closed = True
+        self._core.closed = True
         self._wake.set()
         if self._keeper is not None:
             self._keeper.join(5)
@@ -260,51 +255,28 @@ class Client:
 
     def execute(self, *args: Arg, retry: bool = True, timeout: float | None = None) -> Any:
         """Send one command, return its reply; error replies raise their coordcore class.
-        ``retry``: the command may be sent again after a lost connection (it carries a
-        request id, or repeating it does no harm); ``-MOVED`` is followed either way."""
-        since = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                with self.connection() as conn:
-                    if timeout is not None:
-                        conn.sock.settimeout(timeout)
-                    try:
-                        return conn.call(args)
-                    finally:
-                        if timeout is not None and not conn.broken:
-                            conn.sock.settimeout(None)
-            except (ConnectionLost, Moved, Unavailable) as exc:
-                if isinstance(exc, Moved):
-                    self._endpoints.moved(exc)
-                delay = self._endpoints.retry_delay(exc, idempotent=retry, attempt=attempt, since=since,
-                                                    now=time.monotonic(), retries=self.retries,
-                                                    base=self.retry_delay)
-                if delay is None or self._closed:
-                    raise
-                attempt += 1
-                time.sleep(delay)
+        ``timeout``: seconds to wait for the reply (None: no limit)."""
+        return self._run(self._core.execute(args, retry=retry, timeout=timeout))
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self)
 
     def ping(self) -> bool:
-        return bool(self.execute("PING") == b"PONG")
+        return self._run(self._core.ping())
 
     def info(self) -> dict[str, str]:
-        text = self.execute("INFO").decode()
-        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+        return self._run(self._core.info())
 
     # --- IDs --------------------------------------------------------------------------
 
     def next_id(self) -> int:
-        return int(self.execute("ID.NEXT"))
+        return self._run(self._core.next_id())
 
     def id_range(self, n: int) -> IdRuns:
-        return IdRuns.from_reply(self.execute("ID.RANGE", n))
+        return self._run(self._core.id_range(n))
 
     def id_workers(self) -> list[Endpoint]:
-        return [parse_endpoint(x) for x in self.execute("ID.WORKERS")]
+        return self._run(self._core.id_workers())
 
     def ids(self, *, batch: int = 4096, spread: bool = True) -> IdBuffer:
         """A local buffer of IDs prefetched with pipelined ``ID.RANGE`` requests."""
@@ -313,220 +285,82 @@ class Client:
     # --- sessions ---------------------------------------------------------------------
 
     def session(self, ttl: float | None = None, *, keepalive: bool = True) -> Session:
-        ttl = self.default_ttl if ttl is None else ttl
-        sent = time.monotonic()
-        credential = bytes(self.execute("SESSION.OPEN", ttl_arg(ttl), retry=False))
-        sid = session_id_of(credential)
-        session = Session(self, sid, credential, ttl, keepalive=keepalive, opened_at=sent)
-        with self._lock:
-            self._sessions[sid] = session
-            if keepalive and self._keeper is None:
-                self._keeper = threading.Thread(target=self._keep_alive, name="coordcore-keepalive",
-                                                daemon=True)
-                self._keeper.start()
-        self._wake.set()
-        return session
+        """Open a session (a lease) of ``ttl`` seconds, kept alive by a background thread."""
+        return self._run(self._core.open_session(ttl, keepalive))
 
-    def _default_session(self, ttl: float | None) -> Session:
-        ttl = self.default_ttl if ttl is None else ttl
-        with self._lock:
-            session = self._default_sessions.get(ttl)
-        if session is None or session.expired or session.closed:
-            session = self.session(ttl)
+    def _new_session(self, sid: int, credential: bytes, ttl: float, keepalive: bool, sent: float) -> Session:
+        session = Session(self, sid, credential, ttl, keepalive=keepalive, opened_at=sent)
+        if keepalive:
             with self._lock:
-                self._default_sessions[ttl] = session
+                if self._keeper is None:
+                    self._keeper = threading.Thread(target=self._keep_alive, name="coordcore-keepalive",
+                                                    daemon=True)
+                    self._keeper.start()
+            self._wake.set()
         return session
 
     def _keep_alive(self) -> None:
-        while not self._closed:
-            now = time.monotonic()
-            with self._lock:
-                sessions = [s for s in self._sessions.values() if s.keepalive_enabled]
-            wait = 1.0
-            for s in sessions:
-                if s.closed or s.expired:
-                    continue
-                due = s.last_keepalive + s.ttl / 3
-                if due <= now:
-                    try:
-                        s.keepalive()
-                    except SessionExpired:
-                        pass
-                    except (ConnectionLost, OSError, ServiceClosed):
-                        pass  # retried next round; the server's TTL is the judge
-                    else:
-                        self._settle(s)
-                    due = s.last_keepalive + s.ttl / 3
-                wait = min(wait, max(0.01, due - time.monotonic()))
-            self._wake.wait(wait)
+        while not self._core.closed:
+            for s in self._core.due_keepalives(time.monotonic()):
+                self._run(self._core.keep_alive_round(s))
+            self._wake.wait(self._core.keepalive_wait(time.monotonic()))
             self._wake.clear()
+
+    def _settle(self, session: SessionState) -> None:
+        """Reconcile ``session``'s unsettled keys now (see ClientCore.settle)."""
+        self._run(self._core.settle(session))
 
     # --- locks, semaphores, elections --------------------------------------------------
 
-    def _reqid(self) -> int:
-        with self._lock:
-            return next(self._reqids)
-
-    def _blocking(self, args: Sequence[Arg], timeout: float | None) -> Any:
-        for _ in range(len(self._endpoints.all) + 1):
-            conn = self._checkout()
-            try:
-                # The server's TIMEOUT decides; the socket timeout is only a safety net.
-                conn.sock.settimeout(None if timeout is None else timeout + 30.0)
-                reply = conn.call(args)
-                conn.sock.settimeout(None)
-            except Moved as exc:
-                self._checkin(conn)
-                self._endpoints.moved(exc)  # nothing applied: send it to the leader
-                continue
-            except Unavailable as exc:
-                self._checkin(conn)
-                if self._endpoints.several:
-                    # Between leaders: the caller's retry (same request id) waits for one.
-                    raise ConnectionLost(f"no leader serving: {exc}") from exc
-                raise
-            except ConnectionLost:
-                conn.close()
-                raise
-            except CoordcoreError:
-                self._checkin(conn)
-                raise
-            except BaseException:
-                conn.close()  # withdraws the server-side wait
-                raise
-            self._checkin(conn)
-            return reply
-        raise ConnectionLost(f"redirected in a circle; last to {self.endpoint}")
-
-    def _contend(self, make_args: Callable[[float | None, int], list[Arg]], key: str | bytes, s: Session,
-                 kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:
-        """A blocking acquire on a connection of its own. If the connection breaks while
-        it waits (a network fault, a server restart), it reconnects and retries with the
-        same request id, which re-attaches to the wait on the server (see
-        :class:`~coordcore.client._core.Reattach`); if it cannot, the key is settled
-        later (:meth:`_settle`), so the caller never holds a lock it was not told about."""
-        k = self._ledger.begin(s.id, key)
-        attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self._reqid(),
-                           now=time.monotonic())
-        try:
-            while True:
-                left = attempt.left(time.monotonic())
-                try:
-                    token = int(self._blocking(make_args(left, attempt.reqid), left))
-                    break
-                except (ConnectionLost, OSError):
-                    delay = attempt.after_break(time.monotonic(), self._closed or s.closed)
-                    if delay is None:
-                        raise
-                    time.sleep(delay)
-                except CoordcoreError as exc:
-                    if not attempt.after_error(exc, self._reqid):
-                        raise
-        except (KeyboardInterrupt, ConnectionLost, OSError):
-            self._ledger.broke_off(k, key, kind)
-            self._settle(s)
-            raise
-        except BaseException:
-            self._ledger.failed(k)
-            raise
-        self._ledger.granted(k, token)
-        return Grant(key, token, s.id, shared=shared, kind=kind)
-
-    def _settle(self, session: Session) -> None:
-        """Release the holds and withdraw the waits of ``session`` on keys whose acquire
-        broke off with its connection (a grant or wait the caller was never told of).
-        Called at once and after each keep-alive, until the server could be asked."""
-        for k, key, kind in self._ledger.unsettled(session.id):
-            if self._ledger.busy(k):
-                continue  # an acquire of ours on this key is in flight: do not guess
-            try:
-                info = parse_lock_info(self.execute(INFO_COMMAND[kind], key))
-                for args in self._ledger.settle_commands(k, info, session.credential, kind, self._reqid):
-                    self.execute(*args)
-            except SessionExpired:
-                pass  # the session took everything with it
-            except (CoordcoreError, OSError):
-                continue  # the next keep-alive tries again
-            self._ledger.settled(k)
-
-    def _session_for(self, session: Session | None, ttl: float | None) -> Session:
-        return session if session is not None else self._default_session(ttl)
-
     @contextlib.contextmanager
-    def lock(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
-             shared: bool = False, timeout: float | None = None) -> Iterator[Grant]:
+    def _holding(self, acquire: Callable[[], Grant]) -> Iterator[Grant]:
+        grant = acquire()
+        try:
+            yield grant
+        finally:
+            self.release(grant)
+
+    def lock(self, key: Key, *, ttl: float | None = None, session: Session | None = None,
+             shared: bool = False, timeout: float | None = None) -> contextlib.AbstractContextManager[Grant]:
         """``with client.lock("jobs/42", ttl=10) as grant:`` holds the lock; ``grant.token``
         is its fencing token. Released on exit."""
-        grant = self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout)
-        try:
-            yield grant
-        finally:
-            self.release(grant)
+        return self._holding(lambda: self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout))
 
-    def acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
+    def acquire(self, key: Key, *, ttl: float | None = None, session: Session | None = None,
                 shared: bool = False, timeout: float | None = None) -> Grant:
-        s = self._session_for(session, ttl)
-        return self._contend(lambda left, reqid: acquire_args("LOCK.ACQUIRE", key, s.credential, shared, left)
-                             + ["REQID", reqid], key, s, "lock", timeout, shared)
+        """Wait for lock ``key`` (``timeout`` seconds, None: forever) and return the grant."""
+        return self._run(self._core.acquire(key, ttl, session, shared, timeout))
 
-    def try_acquire(self, key: str | bytes, *, ttl: float | None = None, session: Session | None = None,
+    def try_acquire(self, key: Key, *, ttl: float | None = None, session: Session | None = None,
                     shared: bool = False) -> Grant | None:
-        s = self._session_for(session, ttl)
-        args: list[Arg] = ["LOCK.TRY", key, s.credential]
-        if shared:
-            args.append("SHARED")
-        token = self.execute(*args, "REQID", self._reqid())  # retried with the same REQID
-        if token is None:
-            return None
-        self._ledger.hold(s.id, key, int(token))
-        return Grant(key, int(token), s.id, shared=shared)
+        """The lock if it can be granted now, else None (never waits)."""
+        return self._run(self._core.try_acquire(key, ttl, session, shared))
 
     def release(self, grant: Grant) -> None:
-        """Release a lock, semaphore permit or leadership (by its token). If no answer
-        comes (the connection broke past its retries: a server restart, say), the client
-        settles the key once the server answers again (:meth:`_settle`), so the hold does
-        not outlive the caller's intent while the session is kept alive."""
-        try:
-            # retried with the same REQID
-            self.execute(*release_args(grant, self._credential(grant.session), self._reqid()))
-        except (ConnectionLost, OSError):
-            self._ledger.unsettle(grant.session, grant.key, grant.kind)
-            raise
-        finally:
-            self._ledger.released(grant.session, grant.key, grant.token)
+        """Release a lock, semaphore permit or leadership (by its token)."""
+        self._run(self._core.release(grant))
 
-    def _credential(self, sid: int) -> bytes:
-        with self._lock:
-            session = self._sessions.get(sid)
-        if session is None:
-            raise SessionExpired(f"session {sid} is not open in this client (closed or expired)")
-        return session.credential
+    def lock_info(self, key: Key) -> LockInfo:
+        """Holders and waiters of a lock, semaphore or election key."""
+        return self._run(self._core.lock_info(key))
 
-    def lock_info(self, key: str | bytes) -> LockInfo:
-        return parse_lock_info(self.execute("LOCK.INFO", key))
-
-    def acquire_semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
+    def acquire_semaphore(self, name: Key, permits: int, *, ttl: float | None = None,
                           session: Session | None = None, timeout: float | None = None) -> Grant:
-        s = self._session_for(session, ttl)
-        return self._contend(lambda left, reqid: sem_args(name, s.credential, permits, left) + ["REQID", reqid],
-                             name, s, "semaphore", timeout)
+        return self._run(self._core.acquire_semaphore(name, permits, ttl, session, timeout))
 
-    @contextlib.contextmanager
-    def semaphore(self, name: str | bytes, permits: int, *, ttl: float | None = None,
-                  session: Session | None = None, timeout: float | None = None) -> Iterator[Grant]:
+    def semaphore(self, name: Key, permits: int, *, ttl: float | None = None, session: Session | None = None,
+                  timeout: float | None = None) -> contextlib.AbstractContextManager[Grant]:
         """Hold one of ``permits`` slots of the counting semaphore ``name`` (FIFO)."""
-        grant = self.acquire_semaphore(name, permits, ttl=ttl, session=session, timeout=timeout)
-        try:
-            yield grant
-        finally:
-            self.release(grant)
+        return self._holding(lambda: self.acquire_semaphore(name, permits, ttl=ttl, session=session,
+                                                            timeout=timeout))
 
-    def election(self, name: str | bytes, *, ttl: float | None = None, session: Session | None = None) -> SyncElection:
-        return SyncElection(self, name, ttl, session)
+    def election(self, name: Key, *, ttl: float | None = None, session: Session | None = None) -> Election:
+        """A leader election handle: ``e.campaign(value)``, ``e.leader()``, ``e.observe()``."""
+        return Election(self, name, ttl, session)
 
     # --- watches ---------------------------------------------------------------------
 
-    def watch(self, prefix: str | bytes = b"", *, timeout: float | None = None) -> Watch:
+    def watch(self, prefix: Key = b"", *, timeout: float | None = None) -> Watch:
         """Every change under ``prefix`` from now on (subscribed when this returns), in
         revision order, as an iterator on a connection of its own. ``timeout``: seconds
         without an event before ``TimeoutError``. Close it (or use ``with``) when done."""
@@ -536,7 +370,7 @@ class Client:
 class Watch:
     """An iterator of WatchEvent; see :meth:`Client.watch`."""
 
-    def __init__(self, conn: _Conn, prefix: str | bytes, timeout: float | None) -> None:
+    def __init__(self, conn: _Conn, prefix: Key, timeout: float | None) -> None:
         self._conn = conn
         try:
             conn.call(["WATCH", prefix])
@@ -549,13 +383,9 @@ class Watch:
         return self
 
     def __next__(self) -> WatchEvent:
-        while True:
-            item = self._conn.read(pushes=True)
-            if isinstance(item, list) and item and item[0] == b"watch-error":
-                raise error_from_reply(item[1].decode())
-            event = parse_watch_event(item)
-            if event is not None:
-                return event
+        while (event := watch_event(self._conn.read(pushes=True))) is None:
+            pass
+        return event
 
     def close(self) -> None:
         self._conn.close()
@@ -567,40 +397,22 @@ class Watch:
         self.close()
 
 
-class Session:
-    """A server-side session (lease) kept alive by the client's background thread."""
+class Session(SessionState):
+    """A server-side session (lease) kept alive by the client's background thread (see
+    :meth:`Client.session`)."""
 
     def __init__(self, client: Client, sid: int, credential: bytes, ttl: float, *, keepalive: bool,
-                 opened_at: float | None = None) -> None:
+                 opened_at: float) -> None:
+        super().__init__(sid, credential, ttl, keepalive=keepalive, opened_at=opened_at)
         self.client = client
-        self.id = sid
-        #: ``b"<id>.<secret>"``: what acts for this session (the id alone is public).
-        self.credential = credential
-        self.ttl = ttl
-        self.keepalive_enabled = keepalive
-        self.expired = False
-        self.closed = False
-        #: time.monotonic() when the last confirmed open/keep-alive was *sent*: the server's
-        #: deadline is at least this plus the TTL.
-        self.last_keepalive = time.monotonic() if opened_at is None else opened_at
 
     def keepalive(self) -> None:
-        sent = time.monotonic()
-        try:
-            self.client.execute("SESSION.KEEPALIVE", self.credential)
-        except SessionExpired:
-            self.expired = True
-            raise
-        self.last_keepalive = sent
+        """Extend the lease now (the background thread does it every ttl/3)."""
+        self.client._run(self.client._core.keepalive(self))
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with self.client._lock:
-            self.client._sessions.pop(self.id, None)
-        with contextlib.suppress(SessionExpired):
-            self.client.execute("SESSION.CLOSE", self.credential)
+        """Close the session, releasing everything it holds and waits for. Idempotent."""
+        self.client._run(self.client._core.close_session(self))
 
     def __enter__(self) -> Session:
         return self
@@ -609,67 +421,58 @@ class Session:
         self.close()
 
 
-class SyncElection(Election):
-    """A leader election: ``grant = e.campaign(value)`` blocks until this client leads."""
+class Election(ElectionState[Session]):
+    """A leader election: ``grant = e.campaign(value)`` blocks until this client leads
+    (FIFO succession); ``proclaim``, ``resign``, ``leader()``, ``observe()``."""
 
-    def __init__(self, client: Client, name: str | bytes, ttl: float | None, session: Session | None) -> None:
-        super().__init__(name)
+    def __init__(self, client: Client, name: Key, ttl: float | None, session: Session | None) -> None:
+        super().__init__(name, ttl, session)
         self.client = client
-        self.ttl = ttl
-        self.session = session
-        self.grant: Grant | None = None
 
-    def campaign(self, value: str | bytes, *, timeout: float | None = None) -> Grant:
-        s = self.client._session_for(self.session, self.ttl)
-        self.session = s
-        self.grant = self.client._contend(
-            lambda left, reqid: campaign_args(self.name, s.credential, value, left) + ["REQID", reqid],
-            self.name, s, "election", timeout)
-        return self.grant
+    def campaign(self, value: Key, *, timeout: float | None = None) -> Grant:
+        return self.client._run(self.client._core.campaign(self, value, timeout))
 
-    def _leadership(self) -> Grant:
-        if self.grant is None:
-            raise NotLeader("campaign first")
-        return self.grant
-
-    def proclaim(self, value: str | bytes) -> int:
-        g = self._leadership()
-        return int(self.client.execute("ELECT.PROCLAIM", self.name, self.client._credential(g.session), value,
-                                       "TOKEN", g.token,
-                                       "REQID", self.client._reqid()))
+    def proclaim(self, value: Key) -> int:
+        """Publish a new value as leader; returns the revision of the proclamation."""
+        return self.client._run(self.client._core.proclaim(self, value))
 
     def resign(self) -> None:
-        g = self._leadership()
-        self.grant = None
-        self.client.release(g)
+        self.client._run(self.client._core.resign(self))
 
     def leader(self) -> Leader | None:
-        return parse_leader(self.client.execute("ELECT.LEADER", self.name))
+        return self.client._run(self.client._core.leader(self.name))
+
+    def observe(self, *, timeout: float | None = None) -> Iterator[Leader | None]:
+        """The leader now, then after every change of leader or value (``timeout``:
+        seconds without a change before ``TimeoutError``)."""
+        with self.client.watch(self.name, timeout=timeout) as events:
+            yield (current := self.leader())
+            for event in events:
+                if self.concerns(event) and (now := self.leader()) != current:
+                    yield (current := now)
 
 
-class Pipeline:
+#: The name this class had before the clients' names were made consistent.
+SyncElection = Election
+
+
+class Pipeline(CommandQueue):
     """Commands sent in one write on one connection; ``execute()`` returns every reply."""
 
     def __init__(self, client: Client) -> None:
+        super().__init__()
         self.client = client
-        self.commands: list[Sequence[Arg]] = []
-
-    def command(self, *args: Arg) -> Pipeline:
-        self.commands.append(args)
-        return self
 
     def execute(self, *, raise_on_error: bool = True) -> list[Any]:
-        if not self.commands:
+        """Every reply, in order; with ``raise_on_error`` the first error reply raises,
+        otherwise error replies are returned as exception instances."""
+        commands = self.take()
+        if not commands:
             return []
-        commands, self.commands = self.commands, []
         with self.client.connection() as conn:
             conn.send(b"".join(pack(c) for c in commands))
             replies = [conn.read() for _ in commands]
-        if raise_on_error:
-            for r in replies:
-                if isinstance(r, CoordcoreError):
-                    raise r
-        return replies
+        return pipeline_replies(replies, raise_on_error)
 
 
 class IdBuffer:
@@ -679,13 +482,10 @@ class IdBuffer:
     without a lock of your own (make one buffer per thread)."""
 
     def __init__(self, client: Client, *, batch: int, spread: bool) -> None:
-        if not 1 <= batch <= 1 << 16:
-            raise BadArgument(f"batch must be in [1, 65536], got {batch}")
+        self._stock = IdStock(batch)
         self.client = client
         self.batch = batch
         self.spread = spread
-        self._runs: deque[list[int]] = deque()
-        self._available = 0
         self._conns: list[_Conn] | None = None
         self._inflight: deque[_Conn] = deque()
         self._rr = itertools.count()
@@ -703,13 +503,10 @@ class IdBuffer:
         self._inflight.append(conn)
 
     def _collect(self) -> None:
-        conn = self._inflight.popleft()
-        reply = conn.read()
+        reply = self._inflight.popleft().read()
         if isinstance(reply, CoordcoreError):
             raise reply
-        for first, count in reply:
-            self._runs.append([int(first), int(first) + int(count)])
-            self._available += int(count)
+        self._stock.add(reply)
 
     def _refill(self) -> None:
         for attempt in range(self.client.retries + 1):
@@ -731,15 +528,10 @@ class IdBuffer:
         self._inflight.clear()
 
     def next_id(self) -> int:
-        if self._available == 0:
+        if self._stock.available == 0:
             self._refill()
-        run = self._runs[0]
-        value = run[0]
-        run[0] = value + 1
-        if run[0] == run[1]:
-            self._runs.popleft()
-        self._available -= 1
-        if self._available < self.batch // 2 and not self._inflight:
+        value = self._stock.take()
+        if self._stock.low and not self._inflight:
             try:
                 self._request()
             except ConnectionLost:

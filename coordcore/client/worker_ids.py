@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from coordcore.client._common import Grant
 from coordcore.client.sync import Client, Session
 from coordcore.errors import BadArgument, WorkerIdUnavailable
 from coordcore.ids import Layout, WorkerAssignment, WorkerIdSource
+from coordcore.types import Grant
 
 __all__ = ["ServerWorkerIds"]
 

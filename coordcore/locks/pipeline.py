@@ -269,11 +269,13 @@ class CommitPipeline:
         """Queue one command for the next batch. ``contends`` (a session id: an
         acquire-like command) holds it to the session's bound of holds and waits,
         counting it until applied (so a pipeline of requests cannot slip past)."""
+        return self._enqueue(Request(add, parks, self._loop.create_future()), contends)
+
+    def _enqueue(self, req: Request, contends: int) -> Request:
         if self._closing:
             raise self.closed_error()
         if contends:
             self._check_room(contends)
-        req = Request(add, parks, self._loop.create_future())
         self._queue.append(req)
         self._wakeup.set()
         if contends:
@@ -300,19 +302,14 @@ class CommitPipeline:
         it through the log (``key`` and ``session_id`` name it for the CANCEL). No task
         and no coroutine per request: the cheap path a server's commands use.
         ``contends``: see :meth:`submit`."""
-        if self._closing:
+        if self._closing:  # before the future exists: nothing to withdraw
             raise self.closed_error()
         fut: asyncio.Future[T] = self._loop.create_future()
-        if contends:
-            self._check_room(session_id)
         req = Request(add, parks, fut, encode)
+        self._enqueue(req, session_id if contends else 0)
         if parks:
             req.pipeline, req.key, req.sid = self, key, session_id
             fut.add_done_callback(req.on_done)
-        self._queue.append(req)
-        self._wakeup.set()
-        if contends:
-            self._count(req, session_id)
         return fut
 
     def attach(self, source: CommandSource) -> None:

@@ -76,8 +76,7 @@ import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
-from dataclasses import dataclass
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from coordcore.errors import (
     BadArgument,
@@ -108,6 +107,7 @@ from coordcore.locks.pipeline import BatchStats, CommitPipeline, write_snapshot
 from coordcore.locks.sessions import Session, credential, new_secret, parse_credential
 from coordcore.locks.store import FileStore, LogStore, unwrap_snapshot
 from coordcore.locks.watches import DEFAULT_WATCH_BUFFER, Watch, WatchHub
+from coordcore.types import Grant, GrantKind, Leader
 
 __all__ = [
     "BatchStats",
@@ -123,7 +123,6 @@ logger = logging.getLogger("coordcore.locks.service")
 
 T = TypeVar("T")
 Key = str | bytes
-GrantKind = Literal["lock", "shared", "semaphore", "leader"]
 
 #: Default bound of live sessions per service.
 DEFAULT_MAX_SESSIONS: Final = 1_000_000
@@ -153,28 +152,6 @@ class ManualClock:
 def _default_clock(start: float | None = None) -> Callable[[], float]:
     wall0, mono0 = time.time() if start is None else start, time.monotonic()
     return lambda: wall0 + (time.monotonic() - mono0)
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A held lock, semaphore permit or leadership. ``token`` is the fencing token: the
-    revision at grant time, strictly increasing across all grants, never reused."""
-
-    key: Key
-    token: int
-    ticket: int
-    session_id: int
-    kind: GrantKind
-
-
-@dataclass(frozen=True, slots=True)
-class Leader:
-    """An election's leader: its session, its current (last proclaimed) value and its
-    fencing token."""
-
-    session_id: int
-    value: bytes
-    token: int
 
 
 class _GrantContext:
@@ -279,7 +256,7 @@ class LockService:
     * sessions: :meth:`open_session`, :meth:`session` (a handle by id), :meth:`keepalive`,
       :meth:`close_session`, :meth:`session_info`;
     * locks: :meth:`lock` (``async with``), :meth:`acquire`, :meth:`try_acquire`,
-      :meth:`release` (a :class:`Grant`; ``Grant(key, 0, 0, session_id, "lock")`` releases
+      :meth:`release` (a :class:`Grant`; ``Grant(key, 0, session_id)`` releases
       the session's oldest hold on ``key``), :meth:`contenders`, :meth:`info`, :meth:`keys`;
     * semaphores: :meth:`semaphore`, :meth:`acquire_semaphore`,
       :meth:`try_acquire_semaphore`, :meth:`release`;
@@ -586,12 +563,13 @@ class LockService:
     # --- acquiring ---------------------------------------------------------------------
 
     async def _contend(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
-                       kind: GrantKind, timeout: float | None) -> Grant:
+                       kind: GrantKind, timeout: float | None, shared: bool = False) -> Grant:
         """Submit an acquire-like command (wait=True) and wait up to ``timeout`` for its
         grant; on timeout or cancellation withdraw it through the log."""
         req = self._pipe.submit(add, parks=True, contends=sid)
+        what = "shared" if shared else "leader" if kind == "election" else kind
         if timeout is not None:
-            req.timeout_error = LockTimeout(f"{kind} {key!r} not granted within {timeout} s")
+            req.timeout_error = LockTimeout(f"{what} {key!r} not granted within {timeout} s")
         # The caller awaits the request's own future (one loop hop from commit to the
         # caller, which matters for batching); a timeout fails that future with
         # _TimedOut, a cancellation cancels it. Either way the request's committed
@@ -603,7 +581,7 @@ class LockService:
             result = await req.future
         except _TimedOut:
             await self._pipe.withdraw_request(req, key, sid)
-            raise LockTimeout(f"{kind} {key!r} not granted within {timeout} s") from None
+            raise LockTimeout(f"{what} {key!r} not granted within {timeout} s") from None
         except asyncio.CancelledError:
             # Cancelled while waiting, or granted in the same step as the cancellation:
             # withdraw in the background (a CANCEL also releases a grant that won).
@@ -617,7 +595,7 @@ class LockService:
         exc = result.exception()
         if exc is not None:
             raise exc
-        return Grant(key, result.token, result.ticket, sid, kind)
+        return Grant(_key_bytes(key), result.token, sid, kind, shared, result.ticket)
 
     async def cancel(self, key: Key, session: Session | int, ticket: int, *, request_id: int = 0) -> None:
         """Withdraw the session's contender with ``ticket`` on ``key`` (a waiter leaves the
@@ -637,10 +615,9 @@ class LockService:
         ``request_id`` makes a retried request idempotent (servers)."""
         sid = self._sid(session)
         t = _check_timeout(timeout)
-        kind: GrantKind = "shared" if shared else "lock"
         if t == 0:
             grant = await self._try(lambda b: b.acquire(sid, key, shared=shared, wait=False, value=label,
-                                                        request_id=request_id), key, sid, kind)
+                                                        request_id=request_id), key, sid, "lock", shared)
             if grant is None:
                 raise LockTimeout(f"lock {key!r} is held or contended (timeout=0)")
             return grant
@@ -648,17 +625,17 @@ class LockService:
         return await self._contend(
             lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=request_id,
                                 timeout_ms=wait_ms),
-            key, sid, kind, t)
+            key, sid, "lock", t, shared)
 
     async def _try(self, add: Callable[[BatchBuilder], int], key: Key, sid: int,
-                   kind: GrantKind) -> Grant | None:
+                   kind: GrantKind, shared: bool = False) -> Grant | None:
         result: Result = await self._pipe.submit(add, contends=sid).future
         if result.status == Status.BUSY:
             return None
         exc = result.exception()
         if exc is not None:
             raise exc
-        return Grant(key, result.token, result.ticket, sid, kind)
+        return Grant(_key_bytes(key), result.token, sid, kind, shared, result.ticket)
 
     async def try_acquire(self, key: Key, session: Session | int, *, shared: bool = False,
                           label: str | bytes = b"", request_id: int = 0) -> Grant | None:
@@ -666,7 +643,7 @@ class LockService:
         sid = self._sid(session)
         return await self._try(lambda b: b.acquire(sid, key, shared=shared, wait=False, value=label,
                                                    request_id=request_id),
-                               key, sid, "shared" if shared else "lock")
+                               key, sid, "lock", shared)
 
     def lock(self, key: Key, session: Session | int, *, shared: bool = False,
              timeout: float | None = None, label: str | bytes = b"") -> _GrantContext:
@@ -684,10 +661,10 @@ class LockService:
         already, or lost with its session: then :class:`~coordcore.errors.SessionExpired`)."""
         if not isinstance(grant, Grant):
             raise WrongType(f"release takes a Grant, not {type(grant).__name__}")
-        sid, key, token = grant.session_id, grant.key, grant.token
+        sid, key, token = grant.session, grant.key, grant.token
         if grant.kind == "semaphore":
             await self._pipe.call(lambda b: b.sem_release(sid, key, token, request_id=request_id))
-        elif grant.kind == "leader":
+        elif grant.kind == "election":
             await self._pipe.call(lambda b: b.resign(sid, key, token, request_id=request_id))
         else:
             await self._pipe.call(lambda b: b.release(sid, key, token, request_id=request_id))
@@ -736,29 +713,29 @@ class LockService:
         t = _check_timeout(timeout)
         if t == 0:
             grant = await self._try(lambda b: b.campaign(sid, name, value, wait=False, request_id=request_id),
-                                    name, sid, "leader")
+                                    name, sid, "election")
             if grant is None:
                 raise LockTimeout(f"election {name!r} has a leader (timeout=0)")
             return grant
         wait_ms = _wait_ms(t)
         return await self._contend(lambda b: b.campaign(sid, name, value, wait=True, request_id=request_id,
                                                         timeout_ms=wait_ms),
-                                   name, sid, "leader", t)
+                                   name, sid, "election", t)
 
     async def proclaim(self, leadership: Grant, value: str | bytes, *, request_id: int = 0) -> int:
         """As leader, publish a new value; returns the revision of the proclamation.
         Raises :class:`~coordcore.errors.NotLeader` if leadership was lost."""
-        if not isinstance(leadership, Grant) or leadership.kind != "leader":
+        if not isinstance(leadership, Grant) or leadership.kind != "election":
             raise WrongType("proclaim takes the Grant that campaign() returned")
-        sid, name, token = leadership.session_id, leadership.key, leadership.token
+        sid, name, token = leadership.session, leadership.key, leadership.token
         return (await self._pipe.call(lambda b: b.proclaim(sid, name, value, token,
                                                       request_id=request_id))).value
 
     async def resign(self, leadership: Grant, *, request_id: int = 0) -> None:
         """Give up leadership; the next candidate (if any) leads in the same batch."""
-        if not isinstance(leadership, Grant) or leadership.kind != "leader":
+        if not isinstance(leadership, Grant) or leadership.kind != "election":
             raise WrongType("resign takes the Grant that campaign() returned")
-        sid, name, token = leadership.session_id, leadership.key, leadership.token
+        sid, name, token = leadership.session, leadership.key, leadership.token
         await self._pipe.call(lambda b: b.resign(sid, name, token, request_id=request_id))
 
     def leader(self, name: Key) -> Leader | None:

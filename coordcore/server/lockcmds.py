@@ -72,9 +72,10 @@ from coordcore.locks.machine import (
     Status,
     decode_results,
 )
-from coordcore.locks.service import Grant, LockService
+from coordcore.locks.service import LockService
 from coordcore.server import resp
 from coordcore.server.commands import parse_float, parse_int, require_args
+from coordcore.types import Grant, GrantKind
 
 if TYPE_CHECKING:
     from coordcore.server.protocol import Connection, Handler
@@ -409,11 +410,11 @@ def cmd_lock_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
                                                        request_id=o.request_id))
 
 
-def _release(conn: Connection, req: list[bytes], kind: Any) -> Awaitable[bytes]:
+def _release(conn: Connection, req: list[bytes], kind: GrantKind) -> Awaitable[bytes]:
     require_args(req, 2)
     key, sid = _key(req[1]), _session(conn, req[2])
     o = _options(req[3:], _REL)
-    grant = Grant(key, o.token, 0, sid, kind)
+    grant = Grant(key, o.token, sid, kind)
     return _ok(_svc(conn).release(grant, request_id=o.request_id))
 
 
@@ -523,12 +524,12 @@ def cmd_elect_proclaim(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
     if len(value) > MAX_VALUE_SIZE:
         raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
     o = _options(req[4:], _REL)
-    grant = Grant(key, o.token, 0, sid, "leader")
+    grant = Grant(key, o.token, sid, "election")
     return _reply_int(_svc(conn).proclaim(grant, value, request_id=o.request_id))
 
 
 def cmd_elect_resign(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    return _release(conn, req, "leader")
+    return _release(conn, req, "election")
 
 
 def cmd_elect_leader(conn: Connection, req: list[bytes]) -> bytes:
@@ -536,7 +537,7 @@ def cmd_elect_leader(conn: Connection, req: list[bytes]) -> bytes:
     leader = _svc(conn).leader(_key(req[1], "election name"))
     if leader is None:
         return resp.encode_null(conn.resp3)
-    return resp.encode_map([(b"session", resp.encode_int(leader.session_id)),
+    return resp.encode_map([(b"session", resp.encode_int(leader.session)),
                             (b"value", resp.encode_bulk(leader.value)),
                             (b"token", resp.encode_int(leader.token))], conn.resp3)
 

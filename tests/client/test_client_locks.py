@@ -12,7 +12,7 @@ import pytest
 
 from tests.server.ccserver import ServerProc, inprocess_server, serve  # noqa: F401 (serve is a fixture)
 
-from coordcore import AsyncClient, Client
+from coordcore import AsyncClient, Client, Leader
 from coordcore.errors import Cancelled, LockTimeout, NotLockHolder, SessionExpired
 
 Serve = Callable[..., ServerProc]
@@ -79,7 +79,7 @@ def test_async_cancelled_acquire_leaves_nothing_held(run: Callable[..., Any], tm
             info = await a.lock_info("k")
             assert info.holders == [] and info.waiters == []
             # A grant whose reply was lost (simulated): reconciliation releases it.
-            session = await b._default_session(None)
+            session = await b._run(b._core.session_for(None, None))
             await b.execute("LOCK.ACQUIRE", "lost", session.credential)
             b._ledger.broke_off(b._ledger.begin(session.id, "lost"), "lost", "lock")
             await b._settle(session)
@@ -199,3 +199,36 @@ def test_sync_client_locks(serve: Serve) -> None:
         for t in threads:
             t.join(30)
         assert not errors, errors
+
+
+def test_both_clients_offer_watch_timeouts_and_election_observers(serve: Serve, run: Callable[..., Any],
+                                                                 tmp_path: Path) -> None:
+    # The blocking client: observe an election from another thread while it changes.
+    srv = serve()
+    with Client(port=srv.port) as a, Client(port=srv.port) as b:
+        with pytest.raises(TimeoutError):
+            with a.watch("quiet/", timeout=0.05) as events:
+                next(events)
+        observer = b.election("obs").observe(timeout=5)
+        assert next(observer) is None  # nobody leads yet
+        election = a.election("obs")
+        lead = election.campaign("v1")
+        assert next(observer) == Leader(lead.session, b"v1", lead.token)
+        election.proclaim("v2")
+        assert next(observer) == Leader(lead.session, b"v2", lead.token)
+        election.resign()
+        assert next(observer) is None
+        observer.close()
+        # The blocking grant and the asyncio one are the same type, with the key as bytes.
+        with a.lock("jobs/1") as g:
+            assert type(g).__module__ == "coordcore.types" and g.key == b"jobs/1" and g.kind == "lock"
+
+    async def main() -> None:
+        async with inprocess_server(tmp_path, locks=True) as server, AsyncClient(port=server.port) as c:
+            with pytest.raises(TimeoutError):
+                async with c.watch("quiet/", timeout=0.05) as events:
+                    await events.__anext__()
+            async with c.semaphore("pool", 2) as g:
+                assert type(g).__module__ == "coordcore.types" and g.key == b"pool" and g.kind == "semaphore"
+
+    run(main(), timeout=30)

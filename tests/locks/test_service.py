@@ -44,7 +44,7 @@ def test_lock_and_release_tokens_rise(run: Run) -> None:
             tokens = []
             for _ in range(5):
                 async with svc.lock("k", s) as g:
-                    assert isinstance(g, Grant) and g.key == "k" and g.session_id == s.id
+                    assert isinstance(g, Grant) and g.key == b"k" and g.session == s.id
                     assert [c.session for c in svc.contenders("k")] == [s.id]
                     tokens.append(g.token)
                 assert svc.contenders("k") == []
@@ -95,7 +95,7 @@ def test_shared_readers_and_no_writer_starvation(run: Run) -> None:
             assert not late_reader.done()
             await svc.release(gw)
             g3 = await late_reader
-            assert g3.kind == "shared" and gw.kind == "lock" and g3.token > gw.token
+            assert g3.shared and not gw.shared and g3.kind == gw.kind == "lock" and g3.token > gw.token
     run(main())
 
 
@@ -359,9 +359,9 @@ def test_bad_input_is_refused_and_changes_nothing(run: Run) -> None:
             with pytest.raises(SessionExpired):
                 await svc.acquire("k", 999_999)
             with pytest.raises(NotLockHolder):
-                await svc.release(Grant("held", g.token, g.ticket, s.id, "lock"))
+                await svc.release(Grant(b"held", g.token, s.id, ticket=g.ticket))
             with pytest.raises(NotLockHolder):
-                await svc.release(Grant("nothing-here", 5, 5, s.id, "lock"))
+                await svc.release(Grant(b"nothing-here", 5, s.id, ticket=5))
             with pytest.raises(WrongType):
                 await svc.release("held")  # type: ignore[arg-type]
             with pytest.raises(BadArgument):
@@ -409,7 +409,7 @@ def test_durable_restart_keeps_state_and_token_order(run: Run, tmp_path: Path) -
             assert svc.state_snapshot() == snap and svc.revision == rev
             assert svc.contenders("kept")[0].token == g.token
             again = svc.session(sid)
-            await svc.release(Grant("kept", g.token, g.ticket, again.id, "lock"))
+            await svc.release(Grant(b"kept", g.token, again.id, ticket=g.ticket))
             g2 = await svc.acquire("kept", again)
             assert g2.token > rev
     run(main())
@@ -704,7 +704,7 @@ def test_retried_request_ids_and_session_handles(run: Run) -> None:
                 g1 = await svc.acquire("k", s.id, request_id=7)
                 g2 = await svc.acquire("k", s.id, request_id=7)  # the retry
                 assert g1.token == g2.token and len(svc.contenders("k")) == 1
-                await svc.release(Grant("k", 0, 0, s.id, "lock"))  # token 0: its oldest hold
+                await svc.release(Grant(b"k", 0, s.id))  # token 0: its oldest hold
                 assert svc.contenders("k") == []
                 async with s.lock("k2") as g3:
                     assert svc.contenders("k2")[0].token == g3.token

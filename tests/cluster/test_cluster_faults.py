@@ -141,3 +141,5 @@ def test_locks_hold_across_leader_kills(cluster: EtcdCluster, tmp_path: Path) ->
     assert report.ok, text
     assert report.grants["released"] >= 20, text  # not vacuous: the run did contend
     assert report.faults["kill"] == 3, text
+    # Keep-alives recorded: lease floors rest on them, else every check past open + TTL is void.
+    assert report.ops["keepalive ok"] >= CLIENTS, text

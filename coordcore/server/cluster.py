@@ -29,6 +29,7 @@ from coordcore.cluster import (
     Etcd,
     EtcdLog,
     Keys,
+    Leadership,
     LeadershipLost,
     Session,
     WorkerLease,
@@ -113,6 +114,7 @@ class ClusterNode:
         self.term = 0
         self.terms_led = 0
         self._svc: LockService | None = None
+        self._leadership: Leadership | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
@@ -210,7 +212,7 @@ class ClusterNode:
                     # candidate lead now rather than after our lease.
                     await leadership.resign()
 
-    async def _lead(self, session: Session, leadership: Any) -> None:
+    async def _lead(self, session: Session, leadership: Leadership) -> None:
         from coordcore.server import lockcmds
 
         server, cfg = self.server, self.config
@@ -228,6 +230,7 @@ class ClusterNode:
         for conn in server.connections:
             conn.lane = server.lane
         self.role, self.leader, self.term = "leader", self.advertise, leadership.term
+        self._leadership = leadership
         self.terms_led += 1
         server.log.info("leading", term=leadership.term, revision=svc.revision,
                         took_ms=round((time.monotonic() - won) * 1000))
@@ -238,6 +241,7 @@ class ClusterNode:
 
     async def _step_down(self) -> None:
         svc, self._svc = self._svc, None
+        self._leadership = None
         server = self.server
         if self.role == "leader":
             server.log.warning("stepping down", term=self.term)
@@ -278,7 +282,10 @@ class ClusterNode:
 
         def guard(handler: Handler) -> Handler:
             def guarded(conn: Any, req: list[bytes]) -> Any:
-                if conn.server.locks is None:
+                # Also past the session's deadline before the step-down ran (a loop that
+                # was paused): the state may be stale, and another server may lead.
+                lead = self._leadership
+                if conn.server.locks is None or lead is None or not lead.alive():
                     raise self.not_here()
                 return handler(conn, req)
             return guarded

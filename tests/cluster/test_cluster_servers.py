@@ -5,6 +5,8 @@ to a follower."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from typing import Any
 
 from coordcore import AsyncClient, Client
 from coordcore.cluster.testing import EtcdCluster
-from coordcore.errors import Moved
+from coordcore.errors import Moved, Unavailable
 from coordcore.ids import decode
 from tests.cluster.ccluster import ETCD_TTL, CoordCluster, cluster_info, command
 
@@ -146,3 +148,36 @@ def test_async_client_follows_the_leader_through_a_failover(cluster: EtcdCluster
                 assert second.token > grant.token
 
         run(scenario(), timeout=60)
+
+
+def test_leader_paused_past_its_lease_never_answers_as_leader_again(cluster: EtcdCluster, tmp_path: Path) -> None:
+    with CoordCluster(cluster, tmp_path, 2) as cc:
+        lead = cc.settled()
+        old = cc.servers[lead]
+        with Client(cc.addresses, connect_timeout=2.0) as client:
+            s = client.session(ttl=20)
+            grant = client.acquire("p1", session=s)
+            os.kill(old.pid, signal.SIGSTOP)  # a stalled VM: sockets open, nothing answers
+            try:
+                new = cc.leader(exclude=lead)
+            finally:
+                os.kill(old.pid, signal.SIGCONT)
+            # It wakes up past its session's deadline: lock commands are refused at once
+            # (the step-down may not have run yet), never answered from its stale state.
+            for _ in range(20):
+                reply = command(old.port, "LOCK.INFO", "p1")
+                assert isinstance(reply, (Moved, Unavailable)), reply
+            deadline = time.monotonic() + 5
+            while cluster_info(old.port)["role"] != "follower":
+                assert time.monotonic() < deadline, "the paused leader never stepped down"
+                time.sleep(0.05)
+            assert cluster_info(cc.servers[new].port)["role"] == "leader"
+            info = client.lock_info("p1")
+            assert [(h.session, h.token) for h in info.holders] == [(s.id, grant.token)]
+            assert client.acquire("p2", session=s).token > grant.token
+            # Back as a follower, it redirects to the new leader once it has looked it up.
+            deadline = time.monotonic() + 3
+            while not isinstance(reply := command(old.port, "LOCK.INFO", "p1"), Moved):
+                assert isinstance(reply, Unavailable) and time.monotonic() < deadline, reply
+                time.sleep(0.05)
+            assert reply.address == cc.addresses[new], reply

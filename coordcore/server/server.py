@@ -542,7 +542,19 @@ def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_s
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await server.start()
+        # A start can wait long (cluster mode: for etcd to answer); a stop request then
+        # ends it instead of waiting for it.
+        starting = asyncio.ensure_future(server.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await server.close()
+            return
+        stopping.cancel()
+        starting.result()  # a failed start raises here
         if exit_with_stdin:
             def on_stdin() -> None:
                 try:

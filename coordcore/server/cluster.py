@@ -198,7 +198,7 @@ class ClusterNode:
                 await sleep_backoff(attempt, cap=2.0)
                 attempt += 1
                 continue
-            attempt = 0
+            served = self.terms_led
             try:
                 await self._lead(leadership.session, leadership)
             except CoordcoreError as exc:
@@ -211,6 +211,13 @@ class ClusterNode:
                     # Closing, or a healthy session whose service stopped: let another
                     # candidate lead now rather than after our lease.
                     await leadership.resign()
+            if self.terms_led == served:
+                # Won but never served (the log would not replay, etcd refused the first
+                # record): do not churn through the election.
+                await sleep_backoff(attempt, base=0.2, cap=5.0)
+                attempt += 1
+            else:
+                attempt = 0
 
     async def _lead(self, session: Session, leadership: Leadership) -> None:
         from coordcore.server import lockcmds
@@ -243,14 +250,15 @@ class ClusterNode:
         svc, self._svc = self._svc, None
         self._leadership = None
         server = self.server
-        if self.role == "leader":
+        led = self.role == "leader"
+        if led:
             server.log.warning("stepping down", term=self.term)
         self.role, self.leader = "follower", None
         server.locks = None
         server.lane = None
         # Before the service closes: it would answer parked acquires CLOSED, which the
         # next leader may still hold for them. Dropped, clients retry there.
-        for conn in list(server.connections):
+        for conn in list(server.connections) if led else ():
             conn.lane = None
             conn.abort()
         if svc is not None:

@@ -35,6 +35,8 @@ import _lockbench  # noqa: E402
 import _peers  # noqa: E402
 from _report import Report  # noqa: E402
 
+from coordcore.cluster import Election, Etcd, Keys, Session  # noqa: E402
+from coordcore.cluster import etcd as ops  # noqa: E402
 from coordcore.cluster.testing import EtcdCluster  # noqa: E402
 
 CASES = [(1, 1000), (32, 1000)]
@@ -71,6 +73,27 @@ def start_servers(cluster: EtcdCluster, base: Path, n: int) -> tuple[list[subpro
                 return procs, port, proc.pid
         time.sleep(0.05)
     raise SystemExit("no coordcore leader within 30 s")
+
+
+async def guarded_txn_p50_ms(endpoints: list[str], n: int = 300) -> float:
+    """p50 of one guarded Txn (leader compare + key absent, a 64-byte put), one in flight:
+    the floor of one acquire through the cluster."""
+    etcd = await Etcd(endpoints).connect()
+    session = await Session.open(etcd, 5.0)
+    try:
+        keys = Keys("/bench-txn")
+        lead = await Election(etcd, keys, session, "bench:0").campaign()
+        lat = []
+        for i in range(n):
+            key = keys.log(i + 1)
+            t0 = time.perf_counter()
+            await etcd.txn([lead.guard(), ops.created_at(key, 0)], [ops.put(key, b"x" * 64)])
+            lat.append(time.perf_counter() - t0)
+        await lead.resign()
+        return sorted(lat)[len(lat) // 2] * 1e3
+    finally:
+        await session.close()
+        await etcd.close()
 
 
 def measure(name: str, pids: list[int], fn: Callable[[], Any]) -> dict[str, float]:
@@ -123,6 +146,11 @@ def main() -> None:
                            coordcore_p50_ms=ours["p50_ms"], coordcore_p99_ms=ours["p99_ms"],
                            coordcore_cpu_us=ours["cpu_us_per_cycle"], peer_p50_ms=theirs["p50_ms"],
                            peer_p99_ms=theirs["p99_ms"], peer_cpu_us=theirs["cpu_us_per_cycle"])
+                if n_clients == 1:
+                    txn = uvloop.run(guarded_txn_p50_ms(cluster.endpoints))
+                    print(f"    one guarded etcd Txn     p50 {txn:7.2f} ms", flush=True)
+                    report.row("1 client: acquire p50 vs one guarded etcd Txn p50", "ms", ours["p50_ms"],
+                               "guarded Txn", txn, higher_is_better=False)
         finally:
             for p in procs:
                 _peers.stop(p)

@@ -50,6 +50,7 @@ __all__ = [
     "AuthFailed",
     "TooManyConnections",
     "ConnectionLost",
+    "Moved",
     "error_for_code",
     "ERROR_CODES",
 ]
@@ -274,3 +275,16 @@ class ConnectionLost(CoordcoreError, ConnectionError):
     """The connection to the server broke; the request's outcome is unknown."""
 
     code = "CONNLOST"
+
+
+class Moved(CoordcoreError, RuntimeError):
+    """Cluster mode: this server is not the writer; the leader serves at ``address``
+    (``-MOVED host:port``, as Redis Cluster redirects). Nothing was applied here, so
+    the client may send the command again to ``address``."""
+
+    code = "MOVED"
+
+    @property
+    def address(self) -> str:
+        """The leader's ``host:port`` (the first word of the message)."""
+        return str(self).partition(" ")[0]

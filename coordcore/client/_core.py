@@ -60,11 +60,20 @@ from coordcore.client._common import (
     stray_waiters,
     ttl_arg,
 )
-from coordcore.client._wire import Arg, Endpoint, parse_endpoint
-from coordcore.errors import BadArgument, ConnectionLost, CoordcoreError, NotLeader, ServiceClosed, SessionExpired
+from coordcore.client._wire import Arg, Endpoint, endpoints_from, parse_endpoint
+from coordcore.errors import (
+    BadArgument,
+    ConnectionLost,
+    CoordcoreError,
+    Moved,
+    NotLeader,
+    ServiceClosed,
+    SessionExpired,
+    Unavailable,
+)
 from coordcore.types import Grant, GrantKind, Key, Leader, key_bytes
 
-__all__ = ["REATTACH_WINDOW", "ClientCore", "ClientSettings", "CommandQueue", "ElectionState", "IdStock", "Ledger", "Pause", "Reattach", "SessionState",
+__all__ = ["FAILOVER_WINDOW", "REATTACH_WINDOW", "ClientCore", "Endpoints", "ClientSettings", "CommandQueue", "ElectionState", "IdStock", "Ledger", "Pause", "Reattach", "SessionState",
            "Send", "Settle", "Step", "Wait"]
 
 T = TypeVar("T")
@@ -76,7 +85,84 @@ REATTACH_WINDOW = 5.0
 #: The longest pause between two reconnects.
 MAX_RETRY_DELAY = 0.5
 
+#: With several servers: how long (seconds) a command keeps trying them while the
+#: cluster is between leaders (a dead leader's etcd lease runs out first).
+FAILOVER_WINDOW = 15.0
+
 LedgerKey = tuple[int, bytes]
+
+
+class Endpoints:
+    """The servers a client was given and the one it talks to: the leader, as far as it
+    knows (``-MOVED`` says where it is; a server that cannot be reached hands over to
+    the next one). Plain state, no I/O; the driver's clock is passed in.
+
+    >>> eps = Endpoints([Endpoint("a", 1), Endpoint("b", 2)])
+    >>> eps.moved(Moved("b:2")); str(eps.current), [str(e) for e in eps.order()]
+    ('b:2', ['b:2', 'a:1'])
+    >>> eps.retry_delay(ConnectionLost("x"), idempotent=True, attempt=0, since=0.0, now=1.0, retries=3,
+    ...                 base=0.05)
+    0.05
+    >>> eps.retry_delay(ConnectionLost("x"), idempotent=False, attempt=0, since=0.0, now=1.0, retries=3,
+    ...                 base=0.05) is None
+    True
+    """
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.all = list(endpoints)
+        self.current = self.all[0]
+
+    @property
+    def several(self) -> bool:
+        return len(self.all) > 1
+
+    def order(self) -> list[Endpoint]:
+        """Whom to connect to: the current server first, then the others in turn."""
+        i = self.all.index(self.current) if self.current in self.all else 0
+        return self.all[i:] + self.all[:i]
+
+    def skip(self) -> None:
+        """Talk to the next server from now on."""
+        order = self.order()
+        self.current = order[1 % len(order)]
+
+    def reached(self, endpoint: Endpoint) -> None:
+        self.current = endpoint
+
+    def moved(self, exc: Moved) -> None:
+        ep = parse_endpoint(exc.address)
+        if ep not in self.all:
+            self.all.append(ep)
+        self.current = ep
+
+    def retry_delay(self, exc: BaseException, *, idempotent: bool, attempt: int, since: float, now: float,
+                    retries: int, base: float) -> float | None:
+        """Seconds to wait before sending a command again after ``exc`` (its ``attempt``-th
+        failure, the first at ``since``), or None to raise it. ``MOVED`` is always safe
+        to follow (the follower applied nothing), at once the first time; a lost
+        connection (outcome unknown) only for ``idempotent`` commands; ``UNAVAILABLE``
+        (between leaders) only with several servers, and then for every command: the
+        one that is not idempotent, ``SESSION.OPEN``, can at worst leave an unused
+        session behind, which expires. One server: ``retries`` times; several: for
+        :data:`FAILOVER_WINDOW` seconds."""
+        if isinstance(exc, Moved):
+            self.moved(exc)
+            if attempt == 0:
+                return 0.0
+        elif isinstance(exc, ConnectionLost):
+            if not idempotent:
+                return None
+        elif isinstance(exc, Unavailable) and self.several:
+            self.skip()  # this one may be cut off from etcd: ask the next
+        else:
+            return None
+        if self.several:
+            if now - since > FAILOVER_WINDOW:
+                return None
+        elif attempt >= retries:
+            return None
+        delay: float = base * 2.0 ** attempt
+        return min(delay, MAX_RETRY_DELAY) if self.several else delay
 
 
 class Ledger:
@@ -340,9 +426,10 @@ class ElectionState(Generic[S]):
 class ClientSettings:
     """How a client (either) reaches its server and how patient it is."""
 
-    def __init__(self, host: str, port: int, *, password: str | None, connect_timeout: float, retries: int,
-                 retry_delay: float, default_ttl: float) -> None:
-        self.endpoint = Endpoint(host, port)
+    def __init__(self, host: str | Sequence[str], port: int, *, password: str | None, connect_timeout: float,
+                 retries: int, retry_delay: float, default_ttl: float) -> None:
+        #: Several servers (a list or a comma-separated string of host:port): a cluster.
+        self.endpoints = Endpoints(endpoints_from(host, port))
         self.password = password
         self.connect_timeout = connect_timeout
         #: Reconnect attempts for a command that is safe to repeat, and the first pause.
@@ -350,6 +437,11 @@ class ClientSettings:
         self.retry_delay = retry_delay
         #: The TTL of the session the client opens for a lock taken without one.
         self.default_ttl = default_ttl
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server this client talks to (in a cluster: the leader, as far as it knows)."""
+        return self.endpoints.current
 
 
 MakeArgs = Callable[[float | None, int], list[Arg]]
@@ -363,7 +455,9 @@ class ClientCore(Generic[S]):
 
     def __init__(self, *, retries: int, retry_delay: float, default_ttl: float,
                  new_session: Callable[[int, bytes, float, bool, float], S],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, endpoints: Endpoints | None = None) -> None:
+        #: Where the transports connect; this core moves it on -MOVED and failures.
+        self.endpoints = endpoints if endpoints is not None else Endpoints([Endpoint("127.0.0.1", 7379)])
         self.retries = retries
         self.retry_delay = retry_delay
         self.default_ttl = default_ttl
@@ -396,16 +490,22 @@ class ClientCore(Generic[S]):
 
     def execute(self, args: Sequence[Arg], *, retry: bool = True, timeout: float | None = None) -> Proc[Any]:
         """One command; on a lost connection it is sent again (``retries`` times, with
-        backoff) if ``retry``: for commands that are safe to repeat."""
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
+        backoff; with several servers, through a failover) if ``retry``: for commands
+        that are safe to repeat. ``-MOVED`` is followed either way (see
+        :meth:`Endpoints.retry_delay`)."""
+        since = self.clock()
+        attempt = 0
+        while True:
             try:
                 return (yield Send(args, timeout))
-            except ConnectionLost:
-                if attempt + 1 >= attempts or self.closed:
+            except (ConnectionLost, Moved, Unavailable) as exc:
+                delay = self.endpoints.retry_delay(exc, idempotent=retry, attempt=attempt, since=since,
+                                                   now=self.clock(), retries=self.retries, base=self.retry_delay)
+                if delay is None or self.closed:
                     raise
-                yield Pause(self.retry_delay * (2 ** attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+                attempt += 1
+                if delay:
+                    yield Pause(delay)
 
     def ping(self) -> Proc[bool]:
         return bool((yield from self.execute(["PING"])) == b"PONG")
@@ -502,13 +602,28 @@ class ClientCore(Generic[S]):
         k = self.ledger.begin(s.id, key)
         attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self.reqid(),
                            now=self.clock())
+        redirects = 0
         try:
             while True:
                 left = attempt.left(self.clock())
                 try:
-                    token = int((yield Wait(make_args(left, attempt.reqid), left)))
-                    break
+                    try:
+                        token = int((yield Wait(make_args(left, attempt.reqid), left)))
+                        break
+                    except Moved as exc:
+                        self.endpoints.moved(exc)
+                        redirects += 1
+                        if redirects <= len(self.endpoints.all):
+                            continue  # nothing applied there: to the leader at once, same REQID
+                        raise ConnectionLost(f"redirected in a circle, last to {exc.address}") from exc
+                    except Unavailable as exc:
+                        if not self.endpoints.several:
+                            raise
+                        self.endpoints.skip()
+                        # Between leaders: wait for one as for a broken connection.
+                        raise ConnectionLost(f"no leader serving: {exc}") from exc
                 except OSError:  # ConnectionLost too
+                    redirects = 0
                     delay = attempt.after_break(self.clock(), self.closed or s.closed)
                     if delay is None:
                         raise

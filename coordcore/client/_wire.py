@@ -23,7 +23,7 @@ import hiredis
 
 from coordcore.errors import CoordcoreError, error_for_code
 
-__all__ = ["Endpoint", "error_from_reply", "new_reader", "pack", "parse_endpoint", "to_dict"]
+__all__ = ["Endpoint", "endpoints_from", "error_from_reply", "new_reader", "pack", "parse_endpoint", "to_dict"]
 
 Arg = bytes | str | int | float
 
@@ -77,3 +77,22 @@ def parse_endpoint(text: str | bytes) -> Endpoint:
         text = text.decode()
     host, _, port = text.rpartition(":")
     return Endpoint(host.strip("[]"), int(port))
+
+
+def endpoints_from(host: str | Sequence[str], port: int) -> list[Endpoint]:
+    """The servers a client is given: one host (with ``port``), or several ``host:port``
+    as a list or a comma-separated string (a cluster; an entry without a port takes
+    ``port``).
+
+    >>> endpoints_from("127.0.0.1", 7379)
+    [Endpoint(host='127.0.0.1', port=7379)]
+    >>> [str(e) for e in endpoints_from("127.0.0.1:7001,127.0.0.1:7002", 7379)]
+    ['127.0.0.1:7001', '127.0.0.1:7002']
+    """
+    if isinstance(host, str) and "," not in host:
+        return [Endpoint(host, port)]
+    parts = host.split(",") if isinstance(host, str) else list(host)
+    out = [parse_endpoint(p.strip()) if ":" in p else Endpoint(p.strip(), port) for p in parts if p.strip()]
+    if not out:
+        raise ValueError(f"no server address in {host!r}")
+    return out

@@ -39,7 +39,7 @@ import itertools
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import hiredis
@@ -66,6 +66,7 @@ class _Conn(asyncio.Protocol):
         self.lost: BaseException | None = None
         self.on_push = on_push
         self.closed = asyncio.get_running_loop().create_future()
+        self.endpoint: Endpoint | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -141,7 +142,7 @@ class AsyncClient(ClientSettings):
     :class:`~coordcore.client.Client`; this class does the I/O.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7379, *, password: str | None = None,
+    def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0) -> None:
         super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
@@ -153,7 +154,8 @@ class AsyncClient(ClientSettings):
         self._keeper: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._core: ClientCore[AsyncSession] = ClientCore(retries=retries, retry_delay=retry_delay,
-                                                          default_ttl=default_ttl, new_session=self._new_session)
+                                                          default_ttl=default_ttl, new_session=self._new_session,
+                                                          endpoints=self.endpoints)
         #: What this client holds, acquires and must settle, per (session, key).
         self._ledger = self._core.ledger
 
@@ -167,7 +169,21 @@ class AsyncClient(ClientSettings):
     # --- I/O: connections, and the ops of the core's procedures --------------------------
 
     async def _open(self, endpoint: Endpoint | None = None, on_push: Any = None) -> _Conn:
-        ep = endpoint or self.endpoint
+        if endpoint is not None:
+            return await self._open_one(endpoint, on_push)
+        error: ConnectionLost | None = None
+        for ep in self.endpoints.order():  # the leader as far as we know, then the others
+            try:
+                conn = await self._open_one(ep, on_push)
+            except ConnectionLost as exc:
+                error = exc
+                continue
+            self.endpoints.reached(ep)
+            return conn
+        assert error is not None
+        raise error
+
+    async def _open_one(self, ep: Endpoint, on_push: Any) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
@@ -179,6 +195,7 @@ class AsyncClient(ClientSettings):
         except BaseException:
             conn.abort()
             raise
+        conn.endpoint = ep
         return conn
 
     async def connect(self) -> None:
@@ -190,7 +207,10 @@ class AsyncClient(ClientSettings):
             raise ServiceClosed("client is closed")
         conn = self._main
         if conn is not None and conn.lost is None:
-            return conn
+            if conn.endpoint == self.endpoints.current:
+                return conn
+            conn.close()  # to a server that no longer leads
+            self._main = None
         if self._connecting is None:
             # One connect for every caller waiting on it: each awaits it shielded, so a
             # caller that is cancelled (a keep-alive stopped by Session.close, say) does
@@ -207,8 +227,9 @@ class AsyncClient(ClientSettings):
     async def _borrow(self) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
-            if conn.lost is None:
+            if conn.lost is None and conn.endpoint == self.endpoints.current:
                 return conn
+            conn.close()
         return await self._open()
 
     def _give_back(self, conn: _Conn) -> None:

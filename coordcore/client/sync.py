@@ -59,6 +59,7 @@ class _Conn:
     """One blocking socket connection with a hiredis reader."""
 
     def __init__(self, endpoint: Endpoint, *, timeout: float, password: str | None) -> None:
+        self.endpoint = endpoint
         try:
             self.sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
         except OSError as exc:
@@ -126,7 +127,7 @@ class Client(ClientSettings):
     shared with :class:`~coordcore.client.AsyncClient`; this class does the I/O.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7379, *, password: str | None = None,
+    def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0, pool_size: int = 8) -> None:
         super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
@@ -137,7 +138,8 @@ class Client(ClientSettings):
         self._keeper: threading.Thread | None = None
         self._wake = threading.Event()
         self._core: ClientCore[Session] = ClientCore(retries=retries, retry_delay=retry_delay,
-                                                     default_ttl=default_ttl, new_session=self._new_session)
+                                                     default_ttl=default_ttl, new_session=self._new_session,
+                                                     endpoints=self.endpoints)
         #: What this client holds, acquires and must settle, per (session, key).
         self._ledger = self._core.ledger
 
@@ -150,7 +152,19 @@ class Client(ClientSettings):
     # --- I/O: connections, and the ops of the core's procedures --------------------------
 
     def _open(self, endpoint: Endpoint | None = None) -> _Conn:
-        return _Conn(endpoint or self.endpoint, timeout=self.connect_timeout, password=self.password)
+        if endpoint is not None:
+            return _Conn(endpoint, timeout=self.connect_timeout, password=self.password)
+        error: ConnectionLost | None = None
+        for ep in self.endpoints.order():  # the leader as far as we know, then the others
+            try:
+                conn = _Conn(ep, timeout=self.connect_timeout, password=self.password)
+            except ConnectionLost as exc:
+                error = exc
+                continue
+            self.endpoints.reached(ep)
+            return conn
+        assert error is not None
+        raise error
 
     def _checkout(self) -> _Conn:
         if self._core.closed:
@@ -158,8 +172,9 @@ class Client(ClientSettings):
         with self._lock:
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.broken:
+                if not conn.broken and conn.endpoint == self.endpoints.current:
                     return conn
+                conn.close()  # broken, or to a server that no longer leads
         return self._open()
 
     def _checkin(self, conn: _Conn) -> None:

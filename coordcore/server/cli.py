@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from coordcore.errors import CoordcoreError
 from coordcore.server.server import ServerConfig, run_server
 
 __all__ = ["add_arguments", "config_from_args", "main"]
@@ -50,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="bytes buffered for all connections before the largest stop reading (default %(default)s)")
     a("--max-output-bytes", type=int, default=d.max_output_bytes,
       help="unsent reply bytes one connection may hold before it is closed (default %(default)s)")
+    a("--etcd", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+      help="cluster mode: the etcd cluster that holds the lock log, the election and the worker IDs")
+    a("--cluster", default=d.cluster, help="cluster name; its etcd keys live under /coordcore/NAME (default %(default)s)")
+    a("--advertise", default=None, metavar="HOST:PORT",
+      help="where clients reach this server when it leads (default: --host:--port)")
+    a("--etcd-ttl", type=float, default=d.etcd_ttl,
+      help="seconds of this server's etcd lease; a dead leader is replaced after about this (default %(default)s)")
     a("--log-format", choices=("kv", "json"), default=d.log_format)
     a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
     a("--announce-port", action="store_true", help=argparse.SUPPRESS)
@@ -69,14 +77,27 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_reply_items=args.max_reply_items, idle_timeout=args.idle_timeout,
         max_buffered_bytes=args.max_buffered_bytes, max_output_bytes=args.max_output_bytes,
         log_format=args.log_format,
-        log_level=args.log_level)
+        log_level=args.log_level,
+        etcd=tuple(_etcd_endpoints(args.etcd)), cluster=args.cluster, advertise=args.advertise,
+        etcd_ttl=args.etcd_ttl)
+
+
+def _etcd_endpoints(value: str | None) -> list[str]:
+    """``--etcd`` as host:port endpoints (an ``http://`` prefix is allowed, as etcdctl's).
+
+    >>> _etcd_endpoints("http://127.0.0.11:2379,127.0.0.12:2379")
+    ['127.0.0.11:2379', '127.0.0.12:2379']
+    """
+    if not value:
+        return []
+    return [part.strip().removeprefix("http://") for part in value.split(",") if part.strip()]
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         return run_server(config_from_args(args), announce_port=args.announce_port,
                           exit_with_stdin=args.exit_with_stdin)
-    except OSError as exc:  # a port in use, an unwritable data dir: say so, no traceback
+    except (OSError, CoordcoreError) as exc:  # a port in use, a bad option: say so, no traceback
         print(f"coordcore serve: error: {exc}", file=sys.stderr)
         return 1
 

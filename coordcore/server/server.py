@@ -86,6 +86,16 @@ class ServerConfig:
     max_buffered_bytes: int = 256 << 20
     log_format: str = "kv"
     log_level: str = "info"
+    #: Cluster mode: etcd endpoints (host:port); empty: single node.
+    etcd: tuple[str, ...] = ()
+    #: Cluster name: every etcd key of the cluster is under /coordcore/<name>.
+    cluster: str = "coordcore"
+    #: host:port clients are redirected to while this server leads (default host:port).
+    advertise: str | None = None
+    #: Seconds of this server's etcd lease: a dead leader is replaced about this long after.
+    etcd_ttl: float = 5.0
+    #: Seconds one etcd request may take.
+    etcd_timeout: float = 2.0
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -101,6 +111,10 @@ class ServerConfig:
                 raise BadArgument(f"{name} must be >= 1")
         if self.max_args < 2:
             raise BadArgument("max_args must be >= 2")
+        if self.etcd and (self.id_workers > 1 or self.id_only):
+            raise BadArgument("cluster mode (--etcd) serves IDs in the server itself: no --id-workers/--id-only")
+        if self.etcd and self.worker_id is not None:
+            raise BadArgument("cluster mode (--etcd) leases worker IDs in etcd: no --worker-id")
         if not self.idle_timeout >= 0:
             raise BadArgument(f"idle_timeout must be >= 0 seconds (0: off), got {self.idle_timeout}")
 
@@ -229,6 +243,8 @@ class Server:
         self.dirty: list[Connection] = []
         #: The lock service's native lane for hot lock commands (None: no lock service).
         self.lane: Any = None
+        #: Cluster mode (config.etcd): this server's session, worker ID and leadership.
+        self.cluster: Any = None
         self._next_conn_id = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         self._listener: asyncio.AbstractServer | None = None
@@ -258,14 +274,30 @@ class Server:
         for warning in startup_warnings(cfg):
             self.log.warning(warning, host=cfg.host)
         fit_connections_to_fd_limit(cfg, self.log)
-        worker, dc = _resolve_worker_id(cfg, self.log)
-        ids_dir = cfg.data_dir / "ids"
-        ids_dir.mkdir(parents=True, exist_ok=True)
-        self.ids = Snowflake(worker, datacenter_id=dc, state_file=ids_dir / f"worker-{dc}-{worker}.state")
+        if cfg.etcd:
+            from coordcore.server.cluster import ClusterNode
+
+            self.cluster = ClusterNode(self)
+            await self.cluster.start()
+            self.ids = self.cluster.ids
+            worker, dc = self.cluster.worker_id, cfg.datacenter_id or 0
+        else:
+            worker, dc = _resolve_worker_id(cfg, self.log)
+            ids_dir = cfg.data_dir / "ids"
+            ids_dir.mkdir(parents=True, exist_ok=True)
+            self.ids = Snowflake(worker, datacenter_id=dc, state_file=ids_dir / f"worker-{dc}-{worker}.state")
         self.worker_id, self.datacenter_id = worker, dc
         table = commands.core_commands()
         table.update(commands.id_commands())
-        if not cfg.id_only:
+        if self.cluster is not None:
+            from coordcore.server import lockcmds
+
+            locks, blocking, self.barrier_handlers = self.cluster.lock_tables()
+            table.update(locks)
+            self.blocking_handlers = blocking | commands.blocking_handlers()
+            self.watch_table = lockcmds.watch_mode_commands()
+            self._info_providers.append(self.cluster.info_lines)
+        elif not cfg.id_only:
             from coordcore.server import lockcmds
 
             self.locks = await lockcmds.open_backend(self)
@@ -289,6 +321,8 @@ class Server:
                       auth=cfg.requirepass is not None)
         if cfg.id_workers > 1 and not cfg.id_only:
             await self._start_id_workers(worker)
+        if self.cluster is not None:
+            self.cluster.run(f"{cfg.host}:{self.port}")
 
     async def _start_id_workers(self, worker: int) -> None:
         cfg = self.config
@@ -343,7 +377,9 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=self.config.shutdown_grace)
-        if self.locks is not None:
+        if self.cluster is not None:
+            await self.cluster.close()
+        elif self.locks is not None:
             from coordcore.server import lockcmds
 
             await lockcmds.close_backend(self)
@@ -506,7 +542,19 @@ def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_s
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await server.start()
+        # A start can wait long (cluster mode: for etcd to answer); a stop request then
+        # ends it instead of waiting for it.
+        starting = asyncio.ensure_future(server.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await server.close()
+            return
+        stopping.cancel()
+        starting.result()  # a failed start raises here
         if exit_with_stdin:
             def on_stdin() -> None:
                 try:

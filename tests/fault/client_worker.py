@@ -50,9 +50,13 @@ class Worker:
         self.control = Path(cfg["control"])
         self.keys: list[str] = list(cfg["keys"])
         self.ttl = float(cfg["ttl"])
-        self.client = Client(port=int(cfg["port"]), connect_timeout=2.0)
+        # "servers": a cluster's addresses (the client follows its leader); else one port.
+        servers = cfg.get("servers")
+        self.client = Client(servers, connect_timeout=2.0) if servers else Client(port=int(cfg["port"]),
+                                                                                  connect_timeout=2.0)
         self.fence = FenceClient(int(cfg["fence_port"]), self.process)
         self.session: Session | None = None
+        self.record_keepalives()
 
     def open_session(self) -> Session | None:
         op = self.rec.invoke("open", ttl=self.ttl)
@@ -63,22 +67,28 @@ class Worker:
             self.rec.complete(op, outcome, error=code)
             return None
         self.rec.complete(op, "ok", session=s.id, ttl=self.ttl)
-        original = s.keepalive
+        return s
+
+    def record_keepalives(self) -> None:
+        """Record every extension request. Since the clients share one core, the
+        background keep-alive runs the core's ``keepalive`` procedure, not
+        ``Session.keepalive``: wrap the procedure (the one place both go through)."""
+        core = self.client._core
+        original = core.keepalive
         rec = self.rec
 
-        def recorded_keepalive() -> None:
-            # Runs on the client's keep-alive thread: every extension request is recorded.
+        def recorded(s: Any) -> Any:
             kop = rec.invoke("keepalive", session=s.id)
             try:
-                original()
+                result = yield from original(s)
             except BaseException as exc:
                 outcome, code = outcome_of(exc)
                 rec.complete(kop, outcome, error=code)
                 raise
             rec.complete(kop, "ok")
+            return result
 
-        s.keepalive = recorded_keepalive  # type: ignore[method-assign]
-        return s
+        core.keepalive = recorded  # type: ignore[method-assign]
 
     def fence_write(self, key: str, token: int, sid: int) -> None:
         op = self.rec.invoke("write", key=key, token=token, session=sid)

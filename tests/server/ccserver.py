@@ -28,7 +28,7 @@ from coordcore.server.log import configure
 class ServerProc:
     """A `python -m coordcore.server` child on 127.0.0.1 with its log in a file."""
 
-    def __init__(self, data_dir: Path, *extra: str, port: int = 0, worker_id: int = 1,
+    def __init__(self, data_dir: Path, *extra: str, port: int = 0, worker_id: int | None = 1,
                  env: dict[str, str] | None = None, preexec_fn: Callable[[], object] | None = None) -> None:
         self.data_dir = data_dir
         self.preexec_fn = preexec_fn
@@ -40,8 +40,10 @@ class ServerProc:
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
     def start(self, timeout: float = 30.0) -> ServerProc:
+        # worker_id None: none given (cluster mode leases one in etcd).
+        ids = [] if self.worker_id is None else ["--worker-id", str(self.worker_id)]
         argv = [sys.executable, "-m", "coordcore.server", "--port", str(self.port), "--data-dir",
-                str(self.data_dir), "--worker-id", str(self.worker_id), "--announce-port", *self.extra]
+                str(self.data_dir), *ids, "--announce-port", *self.extra]
         env = dict(os.environ)
         env.pop("COORDCORE_REQUIREPASS", None)
         env.update(self.env or {})

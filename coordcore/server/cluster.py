@@ -1,0 +1,320 @@
+"""Cluster mode of the server (``coordcore serve --etcd ... --cluster NAME``).
+
+Every server of a cluster holds one etcd :class:`~coordcore.cluster.Session`, issues
+IDs under a worker ID leased in etcd with it, and campaigns in the
+:class:`~coordcore.cluster.Election`. The winner replays the lock log from etcd
+(:class:`~coordcore.cluster.EtcdLog`, after ``lead()``: no older writer can append any
+more) and serves the lock service on it; the others answer lock commands with
+``-MOVED host:port`` of the leader (``-UNAVAILABLE`` while none is known) and serve
+``PING`` and ``ID.*`` themselves.
+
+Redirect, not forward: a forwarded acquire would need its own retry and re-attach
+logic on the follower; the client has it already (request ids), and one hop is cheaper.
+
+A leader steps down when its session's local deadline passes or etcd refuses a write.
+It drops every client connection first, so that no client is told ``CLOSED`` for a
+wait that the next leader still has: clients retry there with the same request ids.
+The service clock resumes at the last batch's time (``count_downtime=False``), so a
+failover does not eat into any session's TTL.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from coordcore.cluster import (
+    Election,
+    Etcd,
+    EtcdLog,
+    Keys,
+    Leadership,
+    LeadershipLost,
+    Session,
+    WorkerLease,
+    claim_worker_id,
+    current_leader,
+)
+from coordcore.cluster.errors import EtcdCompacted, EtcdRequestFailed, EtcdUnavailable
+from coordcore.cluster.etcd import sleep_backoff
+from coordcore.errors import CoordcoreError, Moved, Unavailable, WorkerIdUnavailable, WorkerLeaseLost
+from coordcore.ids import DecodedId, Layout, Snowflake
+from coordcore.locks.service import LockService
+
+if TYPE_CHECKING:
+    from coordcore.server.protocol import Handler
+    from coordcore.server.server import Server
+
+__all__ = ["ClusterNode", "LeasedIds"]
+
+#: How often a follower asks etcd who leads (for its redirects).
+LEADER_POLL = 0.25
+#: How often a leader checks that its leadership and service still stand.
+LEADER_CHECK = 0.05
+
+
+class LeasedIds:
+    """The server's ID generator in cluster mode: a Snowflake on a worker ID leased in
+    etcd, issuing only while :meth:`WorkerLease.safe_until` lies ahead. Checked on each
+    call (not only when the session task notices): a stalled loop must not issue IDs
+    under a lease that may have passed to another server meanwhile."""
+
+    def __init__(self) -> None:
+        self._gen: Snowflake | None = None
+        self._lease: WorkerLease | None = None
+        self._layout = Layout.preset("twitter")
+
+    @property
+    def max_worker(self) -> int:
+        return self._layout.max_worker
+
+    def use(self, gen: Snowflake, lease: WorkerLease) -> None:
+        self.close()
+        self._gen, self._lease = gen, lease
+
+    def _live(self) -> Snowflake:
+        gen, lease = self._gen, self._lease
+        if gen is None or lease is None or not lease.valid() or time.monotonic() >= lease.safe_until():
+            raise WorkerLeaseLost("no live worker ID lease in etcd: ID issuance paused until it is renewed")
+        return gen
+
+    def next_id(self) -> int:
+        return self._live().next_id()
+
+    def next_run(self, max_count: int) -> tuple[int, int]:
+        return self._live().next_run(max_count)
+
+    def decode(self, id: int) -> DecodedId:
+        return self._layout.decode(id)
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+        self._gen = self._lease = None
+
+
+class ClusterNode:
+    """One server's part in a cluster (see the module docs). ``await start()`` before
+    the listener opens (a session and a worker ID), :meth:`run` once it listens."""
+
+    def __init__(self, server: Server) -> None:
+        cfg = server.config
+        self.server = server
+        self.config = cfg
+        self.keys = Keys(f"/coordcore/{cfg.cluster}")
+        self.etcd = Etcd(list(cfg.etcd), timeout=cfg.etcd_timeout)
+        self.ids = LeasedIds()
+        self.session: Session | None = None
+        self.worker_id = -1
+        self.advertise = cfg.advertise or ""
+        #: The leader's advertise address as last seen in etcd (None: unknown).
+        self.leader: str | None = None
+        self.role = "follower"
+        self.term = 0
+        self.terms_led = 0
+        self._svc: LockService | None = None
+        self._leadership: Leadership | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.etcd.connect()
+        await self._new_session()
+
+    def run(self, advertise: str) -> None:
+        self.advertise = self.advertise or advertise
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._serve()), loop.create_task(self._watch_leader())]
+
+    async def close(self) -> None:
+        """Step down (resigning, so the next leader need not wait out the lease), free
+        the worker ID and the session."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.ids.close()
+        if self.session is not None:
+            await self.session.close()
+        await self.etcd.close()
+
+    async def _new_session(self) -> None:
+        """A new etcd session and a worker ID under it; waits (with backoff) for etcd."""
+        log = self.server.log
+        cfg = self.config
+        attempt = 0
+        while True:
+            try:
+                session = await Session.open(self.etcd, cfg.etcd_ttl)
+                try:
+                    lease = await claim_worker_id(self.etcd, self.keys, session,
+                                                  worker_ids=range(self.ids.max_worker + 1), owner=self.advertise)
+                except BaseException:
+                    await session.close()
+                    raise
+                break
+            except (EtcdUnavailable, EtcdRequestFailed) as exc:
+                log.warning("etcd unreachable; retrying", endpoints=",".join(cfg.etcd), error=str(exc),
+                            attempt=attempt)
+            except WorkerIdUnavailable as exc:
+                if "held" in str(exc):
+                    raise  # every worker ID is taken: more servers than IDs
+                log.warning("worker ID claim failed; retrying", error=str(exc))
+            await sleep_backoff(attempt, base=0.1, cap=2.0)
+            attempt += 1
+        ids_dir = cfg.data_dir / "ids"
+        ids_dir.mkdir(parents=True, exist_ok=True)
+        gen = Snowflake(lease.worker_id, datacenter_id=cfg.datacenter_id or 0,
+                        state_file=ids_dir / f"worker-{cfg.datacenter_id or 0}-{lease.worker_id}.state")
+        self.ids.use(gen, lease)
+        self.session = session
+        self.worker_id = self.server.worker_id = lease.worker_id
+        log.info("etcd session open", lease=f"{session.lease_id:x}", worker_id=lease.worker_id,
+                 ttl=session.ttl)
+
+    # --- the campaign loop -------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        log = self.server.log
+        attempt = 0
+        while not self._closing:
+            session = self.session
+            if session is None or not session.alive():
+                self.ids.close()
+                await self._new_session()
+                continue
+            try:
+                leadership = await Election(self.etcd, self.keys, session, self.advertise).campaign()
+            except LeadershipLost as exc:
+                log.warning("campaign ended", error=str(exc))
+                continue
+            except (EtcdUnavailable, EtcdRequestFailed, EtcdCompacted) as exc:
+                log.warning("campaign failed; retrying", error=str(exc))
+                await sleep_backoff(attempt, cap=2.0)
+                attempt += 1
+                continue
+            served = self.terms_led
+            try:
+                await self._lead(leadership.session, leadership)
+            except CoordcoreError as exc:
+                log.warning("leadership ended", term=leadership.term, error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("leadership failed", term=leadership.term)
+            finally:
+                await self._step_down()
+                if leadership.alive():
+                    # Closing, or a healthy session whose service stopped: let another
+                    # candidate lead now rather than after our lease.
+                    await leadership.resign()
+            if self.terms_led == served:
+                # Won but never served (the log would not replay, etcd refused the first
+                # record): do not churn through the election.
+                await sleep_backoff(attempt, base=0.2, cap=5.0)
+                attempt += 1
+            else:
+                attempt = 0
+
+    async def _lead(self, session: Session, leadership: Leadership) -> None:
+        from coordcore.server import lockcmds
+
+        server, cfg = self.server, self.config
+        won = time.monotonic()
+        store = EtcdLog(self.etcd, self.keys)
+        store.lead(leadership)
+        svc = await LockService.open_store(store, count_downtime=False, waiter_grace=cfg.waiter_grace)
+        self._svc = svc
+        # The term's first record, before any client is answered: proves the guard holds.
+        await svc.tick()
+        svc.pipeline.on_batch(server.flush_dirty)
+        svc.set_limits(max_sessions=cfg.max_sessions, max_contenders_per_session=cfg.max_locks_per_session)
+        server.locks = svc
+        server.lane = lockcmds.open_lane(server)
+        for conn in server.connections:
+            conn.lane = server.lane
+        self.role, self.leader, self.term = "leader", self.advertise, leadership.term
+        self._leadership = leadership
+        self.terms_led += 1
+        server.log.info("leading", term=leadership.term, revision=svc.revision,
+                        took_ms=round((time.monotonic() - won) * 1000))
+        while leadership.alive() and not svc.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.lost.wait(), LEADER_CHECK)
+        raise LeadershipLost("session lapsed" if not leadership.alive() else "the lock service stopped")
+
+    async def _step_down(self) -> None:
+        svc, self._svc = self._svc, None
+        self._leadership = None
+        server = self.server
+        led = self.role == "leader"
+        if led:
+            server.log.warning("stepping down", term=self.term)
+        self.role, self.leader = "follower", None
+        server.locks = None
+        server.lane = None
+        # Before the service closes: it would answer parked acquires CLOSED, which the
+        # next leader may still hold for them. Dropped, clients retry there.
+        for conn in list(server.connections) if led else ():
+            conn.lane = None
+            conn.abort()
+        if svc is not None:
+            await svc.close()
+
+    async def _watch_leader(self) -> None:
+        while True:
+            if self.role != "leader":
+                try:
+                    info = await current_leader(self.etcd, self.keys)
+                    # Our own candidacy first, but not serving yet: no leader to name.
+                    self.leader = info.address if info is not None and info.address != self.advertise else None
+                except (EtcdUnavailable, EtcdRequestFailed):
+                    pass  # keep the last known leader
+            await asyncio.sleep(LEADER_POLL)
+
+    # --- commands ----------------------------------------------------------------------
+
+    def not_here(self) -> CoordcoreError:
+        """The reply to a lock command on a server that is not the leader."""
+        if self.leader is not None and self.role != "leader":
+            return Moved(self.leader)
+        return Unavailable("no cluster leader is serving yet; retry shortly")
+
+    def lock_tables(self) -> tuple[dict[bytes, Handler], set[Handler], set[Handler]]:
+        """The lock command table, each handler answering MOVED unless this server
+        leads, with the blocking and barrier handlers among them."""
+        from coordcore.server import lockcmds
+
+        def guard(handler: Handler) -> Handler:
+            def guarded(conn: Any, req: list[bytes]) -> Any:
+                # Also past the session's deadline before the step-down ran (a loop that
+                # was paused): the state may be stale, and another server may lead.
+                lead = self._leadership
+                if conn.server.locks is None or lead is None or not lead.alive():
+                    raise self.not_here()
+                return handler(conn, req)
+            return guarded
+
+        wrapped: dict[Handler, Handler] = {}
+        table: dict[bytes, Handler] = {}
+        for name, handler in lockcmds.lock_commands().items():
+            if handler not in wrapped:
+                wrapped[handler] = guard(handler)
+            table[name] = wrapped[handler]
+        blocking = {wrapped[h] for h in lockcmds.blocking_handlers()}
+        barrier = {wrapped[h] for h in lockcmds.barrier_handlers()}
+        return table, blocking, barrier
+
+    def info_lines(self) -> list[str]:
+        from coordcore.server import lockcmds
+
+        lines = ["# Cluster", f"cluster:{self.config.cluster}", f"role:{self.role}",
+                 f"advertise:{self.advertise}", f"leader:{self.leader or ''}", f"term:{self.term}",
+                 f"terms_led:{self.terms_led}", f"worker_id:{self.worker_id}",
+                 f"etcd:{','.join(self.config.etcd)}", ""]
+        if self.server.locks is not None:
+            lines += lockcmds.info_lines(self.server)
+        return lines

@@ -11,7 +11,9 @@
 The connection (:mod:`coordcore.server.protocol`) implements :class:`Client`; the
 server (:mod:`coordcore.server.server`) implements :class:`ServerView`; the command
 modules (:mod:`~coordcore.server.commands`, :mod:`~coordcore.server.lockcmds`) build
-tables of :class:`Command` entries. Each imports this module, never the others'.
+tables of :class:`Command` entries. They import this module, and the connection and
+the command modules never import the server or each other's peers: only the server
+imports them all (``tests/server/test_server_layers.py`` checks there is no cycle).
 
 >>> entry = Command(lambda conn, req: b"+PONG\\r\\n", Flag.NOAUTH | Flag.WATCH)
 >>> entry.allowed(Flag.WATCH), entry.allowed(Flag.NOAUTH), entry.parks

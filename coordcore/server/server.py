@@ -25,9 +25,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from coordcore.errors import BadArgument, WorkerIdUnavailable
 from coordcore.server import commands
@@ -35,9 +35,6 @@ from coordcore.server.budget import Budget
 from coordcore.server.core import CommandTable
 from coordcore.server.log import StructLog, configure
 from coordcore.server.protocol import Connection
-
-if TYPE_CHECKING:  # only opened (and imported) by a main process, not by ID workers
-    from coordcore.server.lockcmds import LockCommands
 
 __all__ = ["Server", "ServerConfig", "run_server"]
 
@@ -230,7 +227,8 @@ class Server:
         self.budget = Budget(config.max_buffered_bytes, self.log)
         #: The lock service's native lane for hot lock commands (None: no lock service).
         self.lane: Any = None
-        self._lock_commands: LockCommands | None = None
+        #: Closes the lock service (set once it is served).
+        self._close_locks: Callable[[], Awaitable[None]] | None = None
         self._next_conn_id = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         self._listener: asyncio.AbstractServer | None = None
@@ -315,13 +313,15 @@ class Server:
     def serve_locks(self, svc: Any) -> None:
         """Serve the lock service ``svc``: its commands join the table, its native lane
         takes the hot ones."""
+        # Imported here: ID worker processes never load the lock layer.
         from coordcore.server.lockcmds import LockCommands
 
         self.locks = svc
-        served = self._lock_commands = LockCommands(svc, log=self.log, max_reply_items=self.config.max_reply_items)
+        served = LockCommands(svc, log=self.log, max_reply_items=self.config.max_reply_items)
         self.lane = served.lane
         self.commands.update(served.commands())
         self._info_providers.append(served.info_lines)
+        self._close_locks = served.close
 
     def id_endpoints(self) -> list[str]:
         return [f"{self.config.host}:{self.port}"] + [ep for _, ep in self._children]
@@ -346,8 +346,8 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=self.config.shutdown_grace)
-        if self._lock_commands is not None:
-            await self._lock_commands.close()
+        if self._close_locks is not None:
+            await self._close_locks()
         for conn in list(self.connections):
             conn.close()
         for child, _ in self._children:

@@ -370,8 +370,9 @@ cdef class WireConn:
     cdef Buf out
     cdef Py_ssize_t max_args
     cdef Py_ssize_t max_request
-    # Written here only: the Python side reads them and asks for changes through
-    # close(), mark_dirty() and take_flush(), so each keeps one writer.
+    # conn, outstanding, parked, dirty and closed are written here only: the Python
+    # side reads them and asks for changes through close(), mark_dirty() and
+    # take_flush(), so each field has one writer.
     cdef readonly object conn
     #: Called (no arguments) for the integer reply to ``ID.NEXT`` (None: not hot).
     cdef public object id_next

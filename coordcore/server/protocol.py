@@ -422,26 +422,26 @@ class Connection(asyncio.Protocol):
                 self._partial_since = None
                 self._budget.complete(self)
 
-    def _count(self) -> int:
+    def _account(self) -> None:
         """Count this connection's buffered bytes (unparsed input, unsent output) in the
-        server's budget; return them."""
+        server's budget; over it, a connection holding more than the budget's FLOOR
+        stops reading until the sweep finds the total back under the low mark."""
         transport = self.transport
         now: int = self.wire.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
         if now != self._accounted:
             self._budget.change(now - self._accounted)
             self._accounted = now
-        return now
-
-    def _account(self) -> None:
-        """:meth:`_count`; over the budget, a connection holding more than the budget's
-        FLOOR stops reading until the sweep finds the total back under the low mark."""
-        if self._count() > FLOOR and not self._pause & _PAUSE_BUDGET and self._budget.over():
+        if now > FLOOR and not self._pause & _PAUSE_BUDGET and self._budget.over():
             self._pause_reading(_PAUSE_BUDGET)
             self._budget.pause(self)
 
     def recount(self) -> None:
         """Count the buffered bytes again (the budget's sweep: output shrinks unseen)."""
-        self._count()
+        transport = self.transport
+        now: int = self.wire.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
+        if now != self._accounted:
+            self._budget.change(now - self._accounted)
+            self._accounted = now
 
     def resume_budget(self) -> None:
         """The server is back under its buffer budget (its sweep calls this)."""
@@ -496,7 +496,8 @@ class Connection(asyncio.Protocol):
                     # nothing after it is parsed), ID.NEXT is answered at once.
                     handled += wire.run_hot(lane, max_inflight - wire.outstanding)
                     if wire.parked:
-                        self._hold(_PARKED)
+                        if self.state is not _ENDED:  # (_hold, inline: once per hot acquire)
+                            self._set_state(_PARKED)
                         break
                     if wire.outstanding >= max_inflight:
                         self._hold(_FULL)
@@ -658,16 +659,18 @@ class Connection(asyncio.Protocol):
         # The commands of one batch complete in the same loop turn: flush once after
         # them all, so their replies leave in one write (one syscall) per connection.
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush, False)
 
-    def flush(self) -> None:
-        """Write the replies a committed batch made ready, if it gave this connection any."""
-        if self.wire.dirty:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._flush_handle = None
+    def flush(self, batch_end: bool = True) -> None:
+        """Write the replies ready: at a batch's end (the lock commands' batch listener),
+        those the batch made ready, if it gave this connection any; else (a command of
+        this connection completed) whatever is ready."""
         wire = self.wire
+        if batch_end:
+            if not wire.dirty:
+                return
+        else:
+            self._flush_handle = None
         # Hot replies first: a connection's table commands only start once its hot
         # commands are answered, and a parked hot acquire joins the slots behind them.
         ready = wire.take_flush()

@@ -134,9 +134,10 @@ class State(enum.IntEnum):
 
 _NEW, _READY, _PARKED, _BARRIER, _FULL, _ENDED, _CLOSING, _CLOSED = State
 
-#: The legal transitions. Holds (PARKED, BARRIER, FULL) are left only for READY, in the
-#: flush that answers what they wait for; ENDED keeps its own rule (it holds while
-#: anything is in flight) instead of entering them.
+#: The legal transitions. A hold (PARKED, BARRIER, FULL) is left for READY by the flush
+#: that answers what it waits for, or for ENDED at EOF (not PARKED: a client that hangs
+#: up on a blocking command closes at once). ENDED keeps its own rule (it holds while
+#: anything is in flight) instead of entering the holds.
 TRANSITIONS: dict[State, frozenset[State]] = {
     _NEW: frozenset({_READY, _CLOSING, _CLOSED}),
     _READY: frozenset({_PARKED, _BARRIER, _FULL, _ENDED, _CLOSING, _CLOSED}),

@@ -23,6 +23,7 @@ __all__ = [
     "WrongType",
     "NotFound",
     "Unavailable",
+    "InternalError",
     # ids
     "ClockMovedBackwards",
     "ForkedGenerator",
@@ -105,6 +106,21 @@ class Unavailable(CoordcoreError, RuntimeError):
     """The operation cannot be served right now (shutting down, not ready)."""
 
     code = "UNAVAILABLE"
+
+
+class InternalError(CoordcoreError, RuntimeError):
+    """A bug on the server's side: the reply names the exception, the server's log has
+    the traceback. Its wire code is the root's ``ERR`` (so clients raise
+    :class:`CoordcoreError` for it, as for any ``-ERR``)."""
+
+    @classmethod
+    def about(cls, exc: BaseException) -> InternalError:
+        """The error that reports ``exc``.
+
+        >>> str(InternalError.about(KeyError("k")))
+        'internal error: KeyError'
+        """
+        return cls(f"internal error: {type(exc).__name__}")
 
 
 # --- ids ---------------------------------------------------------------------------

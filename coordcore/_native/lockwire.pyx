@@ -303,13 +303,16 @@ cdef class WireConn:
     cdef Buf out
     cdef Py_ssize_t max_args
     cdef Py_ssize_t max_request
-    cdef public object conn
+    # conn, outstanding, parked, dirty and closed are written here only: the Python
+    # side reads them and asks for changes through close(), mark_dirty() and
+    # take_flush(), so each field has one writer.
+    cdef readonly object conn
     #: Called (no arguments) for the integer reply to ``ID.NEXT`` (None: not hot).
     cdef public object id_next
-    cdef public Py_ssize_t outstanding
-    cdef public bint parked
-    cdef public bint dirty
-    cdef public bint closed
+    cdef readonly Py_ssize_t outstanding
+    cdef readonly bint parked
+    cdef readonly bint dirty
+    cdef readonly bint closed
     # The last session handle the lock service accepted on this connection: a client
     # names one session on every hot command, so this spares a digest per command.
     cdef unsigned char handle[MAX_HANDLE]
@@ -356,6 +359,25 @@ cdef class WireConn:
     def has_output(self):
         """Replies are ready to write."""
         return self.out.end > self.out.start
+
+    def close(self):
+        """The connection has gone (or is going): its hot commands in flight still
+        commit, but their replies are dropped, it is listed for no flush, and an
+        acquire among them is the lane's ``other`` callback's to withdraw."""
+        self.closed = True
+        self.conn = None
+
+    def mark_dirty(self, list dirty not None):
+        """List :attr:`conn` in ``dirty`` for the flush at the end of the current batch
+        (once: until :meth:`take_flush`), unless closed."""
+        if not self.dirty and not self.closed:
+            self.dirty = True
+            PyList_Append(dirty, self.conn)
+
+    def take_flush(self):
+        """:meth:`take_output` for the flush: the connection leaves the flush list."""
+        self.dirty = False
+        return _take(&self.out)
 
     cdef Py_ssize_t _scan(self, Span *spans, Py_ssize_t *argc) noexcept:
         """Frame the request at the head of the buffer: its length, or a SCAN_ status.

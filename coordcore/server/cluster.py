@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from coordcore.cluster import (
     Election,
@@ -41,12 +42,30 @@ from coordcore.cluster.etcd import sleep_backoff
 from coordcore.errors import CoordcoreError, Moved, Unavailable, WorkerIdUnavailable, WorkerLeaseLost
 from coordcore.ids import DecodedId, Layout, Snowflake
 from coordcore.locks.service import LockService
+from coordcore.server.core import Client, Command, CommandTable
+from coordcore.server.lockcmds import LockCommands
+from coordcore.server.log import StructLog
 
-if TYPE_CHECKING:
-    from coordcore.server.protocol import Handler
-    from coordcore.server.server import Server
+__all__ = ["ClusterHost", "ClusterNode", "LeasedIds"]
 
-__all__ = ["ClusterNode", "LeasedIds"]
+
+class _Connection(Protocol):
+    def abort(self) -> None: ...
+
+
+class ClusterHost(Protocol):
+    """What a cluster node needs of its server: the settings, the log, where the lock
+    service and its lane are served from (None while following), the connections to
+    drop at a step-down, and the worker ID to report."""
+
+    config: Any  # a ServerConfig (the cluster settings are read from it)
+    log: StructLog
+    locks: Any
+    lane: Any
+    worker_id: int
+
+    @property
+    def connections(self) -> Iterable[_Connection]: ...
 
 #: How often a follower asks etcd who leads (for its redirects).
 LEADER_POLL = 0.25
@@ -98,7 +117,7 @@ class ClusterNode:
     """One server's part in a cluster (see the module docs). ``await start()`` before
     the listener opens (a session and a worker ID), :meth:`run` once it listens."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ClusterHost) -> None:
         cfg = server.config
         self.server = server
         self.config = cfg
@@ -113,7 +132,7 @@ class ClusterNode:
         self.role = "follower"
         self.term = 0
         self.terms_led = 0
-        self._svc: LockService | None = None
+        self._served: LockCommands | None = None
         self._leadership: Leadership | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -220,22 +239,18 @@ class ClusterNode:
                 attempt = 0
 
     async def _lead(self, session: Session, leadership: Leadership) -> None:
-        from coordcore.server import lockcmds
-
         server, cfg = self.server, self.config
         won = time.monotonic()
         store = EtcdLog(self.etcd, self.keys)
         store.lead(leadership)
         svc = await LockService.open_store(store, count_downtime=False, waiter_grace=cfg.waiter_grace)
-        self._svc = svc
+        served = self._served = LockCommands(svc, log=server.log, max_reply_items=cfg.max_reply_items)
         # The term's first record, before any client is answered: proves the guard holds.
         await svc.tick()
-        svc.pipeline.on_batch(server.flush_dirty)
         svc.set_limits(max_sessions=cfg.max_sessions, max_contenders_per_session=cfg.max_locks_per_session)
-        server.locks = svc
-        server.lane = lockcmds.open_lane(server)
-        for conn in server.connections:
-            conn.lane = server.lane
+        # Connections made from now on take the hot path; older ones (made while
+        # following) reach the same service through the command table.
+        server.locks, server.lane = svc, served.lane
         self.role, self.leader, self.term = "leader", self.advertise, leadership.term
         self._leadership = leadership
         self.terms_led += 1
@@ -247,7 +262,7 @@ class ClusterNode:
         raise LeadershipLost("session lapsed" if not leadership.alive() else "the lock service stopped")
 
     async def _step_down(self) -> None:
-        svc, self._svc = self._svc, None
+        served, self._served = self._served, None
         self._leadership = None
         server = self.server
         led = self.role == "leader"
@@ -259,10 +274,9 @@ class ClusterNode:
         # Before the service closes: it would answer parked acquires CLOSED, which the
         # next leader may still hold for them. Dropped, clients retry there.
         for conn in list(server.connections) if led else ():
-            conn.lane = None
             conn.abort()
-        if svc is not None:
-            await svc.close()
+        if served is not None:
+            await served.close()
 
     async def _watch_leader(self) -> None:
         while True:
@@ -283,38 +297,26 @@ class ClusterNode:
             return Moved(self.leader)
         return Unavailable("no cluster leader is serving yet; retry shortly")
 
-    def lock_tables(self) -> tuple[dict[bytes, Handler], set[Handler], set[Handler]]:
-        """The lock command table, each handler answering MOVED unless this server
-        leads, with the blocking and barrier handlers among them."""
-        from coordcore.server import lockcmds
-
-        def guard(handler: Handler) -> Handler:
-            def guarded(conn: Any, req: list[bytes]) -> Any:
+    def lock_commands(self) -> CommandTable:
+        """The lock commands, each answering MOVED unless this server leads, else served
+        by the current leadership's :class:`LockCommands`."""
+        def guard(handler: Any) -> Any:
+            def guarded(conn: Client, req: list[bytes]) -> Any:
                 # Also past the session's deadline before the step-down ran (a loop that
                 # was paused): the state may be stale, and another server may lead.
-                lead = self._leadership
-                if conn.server.locks is None or lead is None or not lead.alive():
+                served, lead = self._served, self._leadership
+                if served is None or lead is None or not lead.alive():
                     raise self.not_here()
-                return handler(conn, req)
+                return handler(served, conn, req)
             return guarded
 
-        wrapped: dict[Handler, Handler] = {}
-        table: dict[bytes, Handler] = {}
-        for name, handler in lockcmds.lock_commands().items():
-            if handler not in wrapped:
-                wrapped[handler] = guard(handler)
-            table[name] = wrapped[handler]
-        blocking = {wrapped[h] for h in lockcmds.blocking_handlers()}
-        barrier = {wrapped[h] for h in lockcmds.barrier_handlers()}
-        return table, blocking, barrier
+        return {name: Command(guard(handler), flags) for name, (handler, flags) in LockCommands.SPEC.items()}
 
     def info_lines(self) -> list[str]:
-        from coordcore.server import lockcmds
-
         lines = ["# Cluster", f"cluster:{self.config.cluster}", f"role:{self.role}",
                  f"advertise:{self.advertise}", f"leader:{self.leader or ''}", f"term:{self.term}",
                  f"terms_led:{self.terms_led}", f"worker_id:{self.worker_id}",
                  f"etcd:{','.join(self.config.etcd)}", ""]
-        if self.server.locks is not None:
-            lines += lockcmds.info_lines(self.server)
+        if self._served is not None:
+            lines += self._served.info_lines()
         return lines

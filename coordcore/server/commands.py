@@ -1,29 +1,31 @@
 """The server's commands that need no lock state: connection, introspection and IDs.
 
-Each handler takes the connection and the request (``[name, arg1, ...]`` as bytes)
-and returns the encoded reply; a handler that must wait returns an awaitable instead
-(see :mod:`coordcore.server.protocol`). Bad arguments raise coordcore errors, which
-the read loop turns into ``-CODE message`` replies.
+Each handler takes the connection (as :class:`~coordcore.server.core.Client`) and the
+request (``[name, arg1, ...]`` as bytes) and returns the encoded reply; a handler that
+must wait returns an awaitable instead (see :mod:`coordcore.server.protocol`). Bad
+arguments raise coordcore errors, which the read loop turns into ``-CODE message``
+replies. The tables are built by functions given what their handlers need (the
+password check, the ID generator, the server's INFO lines): no handler reaches the
+server.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
-import os
 import re
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from coordcore.errors import AuthFailed, AuthRequired, BadArgument, UnknownCommand
+from coordcore.errors import AuthFailed, AuthRequired, BadArgument
 from coordcore.server import resp
+from coordcore.server.core import Client, Command, CommandTable, Flag, Reply
+from coordcore.server.log import StructLog
 
-if TYPE_CHECKING:
-    from coordcore.server.log import StructLog
-    from coordcore.server.protocol import Connection, Handler, Reply
+__all__ = ["Auth", "AuthGuard", "IdGenerator", "core_commands", "id_commands", "parse_float", "parse_int",
+           "require_args"]
 
-__all__ = ["AuthGuard", "auth_required", "blocking_handlers", "core_commands", "id_commands", "noauth_commands", "parse_float", "parse_int",
-           "require_args", "unknown_command"]
 
 def require_args(req: list[bytes], low: int, high: int | None = None) -> None:
     """Check the argument count (the command name not included)."""
@@ -72,19 +74,19 @@ def parse_float(value: bytes, what: str, low: float, high: float) -> float:
 # --- connection ----------------------------------------------------------------------
 
 
-def cmd_ping(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_ping(conn: Client, req: list[bytes]) -> bytes:
     require_args(req, 0, 1)
     if len(req) == 2:
         return resp.encode_bulk(req[1])
     return resp.PONG
 
 
-def cmd_echo(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_echo(conn: Client, req: list[bytes]) -> bytes:
     require_args(req, 1, 1)
     return resp.encode_bulk(req[1])
 
 
-def cmd_quit(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_quit(conn: Client, req: list[bytes]) -> bytes:
     conn.close_after_reply()
     return resp.OK
 
@@ -157,7 +159,7 @@ class AuthGuard:
             self._pending.discard(address)
             self._summary(address, entry)
 
-    async def failed(self, conn: Connection) -> bytes:
+    async def failed(self, conn: Client) -> bytes:
         """The reply to a failed AUTH of ``conn``: AuthFailed, after the delay."""
         address = conn.peer_host
         wait = self.delay(address)
@@ -196,69 +198,86 @@ class AuthGuard:
         entry.unlogged = 0
 
 
-def _check_password(conn: Connection, user: bytes, password: bytes) -> bool:
-    """Whether ``user``/``password`` are right (then the connection is authenticated)."""
-    expected = conn.config.requirepass
-    if expected is None:
-        raise AuthFailed("AUTH called without any password configured for this server")
-    # Constant time, and the user name is checked the same way (only 'default' exists).
-    ok_pass = hmac.compare_digest(password, expected.encode())
-    ok_user = hmac.compare_digest(user, b"default")
-    if not (ok_pass and ok_user):
-        return False
-    conn.server.auth_guard.succeeded(conn.peer_host)
-    conn.authenticated = True
-    conn.table = conn.server.commands
-    conn.fallback = unknown_command
-    return True
+class Auth:
+    """The password check of AUTH and HELLO AUTH (``requirepass``; None: no password)
+    and the guard that slows guessing down.
+
+    >>> auth = Auth("s3cret", AuthGuard(None))
+    >>> auth.required
+    True
+    """
+
+    def __init__(self, requirepass: str | None, guard: AuthGuard) -> None:
+        self.requirepass = requirepass
+        self.guard = guard
+
+    @property
+    def required(self) -> bool:
+        return self.requirepass is not None
+
+    def check(self, conn: Client, user: bytes, password: bytes) -> bool:
+        """Whether ``user``/``password`` are right (then ``conn`` is authenticated)."""
+        expected = self.requirepass
+        if expected is None:
+            raise AuthFailed("AUTH called without any password configured for this server")
+        # Constant time, and the user name is checked the same way (only 'default' exists).
+        ok_pass = hmac.compare_digest(password, expected.encode())
+        ok_user = hmac.compare_digest(user, b"default")
+        if not (ok_pass and ok_user):
+            return False
+        self.guard.succeeded(conn.peer_host)
+        conn.authenticate()
+        return True
+
+    def cmd_auth(self, conn: Client, req: list[bytes]) -> Reply:
+        require_args(req, 1, 2)
+        if len(req) == 2:
+            ok = self.check(conn, b"default", req[1])
+        else:
+            ok = self.check(conn, req[1], req[2])
+        return resp.OK if ok else self.guard.failed(conn)
 
 
-def cmd_auth(conn: Connection, req: list[bytes]) -> Reply:
-    require_args(req, 1, 2)
-    if len(req) == 2:
-        ok = _check_password(conn, b"default", req[1])
-    else:
-        ok = _check_password(conn, req[1], req[2])
-    return resp.OK if ok else conn.server.auth_guard.failed(conn)
+def _hello(auth: Auth, version: str) -> Callable[[Client, list[bytes]], Reply]:
+    def cmd_hello(conn: Client, req: list[bytes]) -> Reply:
+        args = req[1:]
+        proto = 3 if conn.resp3 else 2
+        if args:
+            proto = parse_int(args[0], "protocol version", 0, 2**31)
+            if proto not in (2, 3):
+                raise BadArgument(f"unsupported protocol version {proto} (NOPROTO)")
+            i = 1
+            while i < len(args):
+                opt = args[i].upper()
+                if opt == b"AUTH":
+                    if i + 2 >= len(args):
+                        raise BadArgument("HELLO AUTH needs a user name and a password")
+                    if not auth.check(conn, args[i + 1], args[i + 2]):
+                        return auth.guard.failed(conn)
+                    i += 3
+                elif opt == b"SETNAME" and i + 1 < len(args):
+                    conn.name = args[i + 1][:128]
+                    i += 2
+                else:
+                    raise BadArgument(f"syntax error in HELLO option {args[i][:24]!r}")
+        if not conn.authenticated:
+            raise AuthRequired("authentication required: HELLO 3 AUTH default <password>, or AUTH <password>")
+        conn.resp3 = proto == 3
+        pairs = [
+            (b"server", resp.encode_bulk(b"coordcore")),
+            (b"version", resp.encode_bulk(version.encode())),
+            (b"proto", resp.encode_int(proto)),
+            (b"id", resp.encode_int(conn.id)),
+            (b"mode", resp.encode_bulk(b"standalone")),
+            (b"role", resp.encode_bulk(b"master")),
+            (b"modules", resp.encode_array([])),
+        ]
+        return resp.encode_map(pairs, conn.resp3)
+
+    return cmd_hello
 
 
-def cmd_hello(conn: Connection, req: list[bytes]) -> Reply:
-    args = req[1:]
-    proto = 3 if conn.resp3 else 2
-    if args:
-        proto = parse_int(args[0], "protocol version", 0, 2**31)
-        if proto not in (2, 3):
-            raise BadArgument(f"unsupported protocol version {proto} (NOPROTO)")
-        i = 1
-        while i < len(args):
-            opt = args[i].upper()
-            if opt == b"AUTH":
-                if i + 2 >= len(args):
-                    raise BadArgument("HELLO AUTH needs a user name and a password")
-                if not _check_password(conn, args[i + 1], args[i + 2]):
-                    return conn.server.auth_guard.failed(conn)
-                i += 3
-            elif opt == b"SETNAME" and i + 1 < len(args):
-                conn.name = args[i + 1][:128]
-                i += 2
-            else:
-                raise BadArgument(f"syntax error in HELLO option {args[i][:24]!r}")
-    if not conn.authenticated:
-        raise AuthRequired("authentication required: HELLO 3 AUTH default <password>, or AUTH <password>")
-    conn.resp3 = proto == 3
-    pairs = [
-        (b"server", resp.encode_bulk(b"coordcore")),
-        (b"version", resp.encode_bulk(conn.server.version.encode())),
-        (b"proto", resp.encode_int(proto)),
-        (b"id", resp.encode_int(conn.id)),
-        (b"mode", resp.encode_bulk(b"standalone")),
-        (b"role", resp.encode_bulk(b"master")),
-        (b"modules", resp.encode_array([])),
-    ]
-    return resp.encode_map(pairs, conn.resp3)
-
-
-def cmd_client(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_client(conn: Client, req: list[bytes]) -> bytes:
     """The few CLIENT subcommands Redis client libraries send on connect."""
     require_args(req, 1)
     sub = req[1].upper()
@@ -275,25 +294,14 @@ def cmd_client(conn: Connection, req: list[bytes]) -> bytes:
     raise BadArgument(f"unknown CLIENT subcommand {req[1][:24]!r}")
 
 
-def cmd_select(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_select(conn: Client, req: list[bytes]) -> bytes:
     require_args(req, 1, 1)
     if req[1] != b"0":
         raise BadArgument("coordcore has only database 0")
     return resp.OK
 
 
-def cmd_command(conn: Connection, req: list[bytes]) -> bytes:
-    """Minimal COMMAND: enough for redis-cli and redis-benchmark, which only probe it."""
-    if len(req) >= 2:
-        sub = req[1].upper()
-        if sub == b"COUNT":
-            return resp.encode_int(len(conn.server.command_names))
-        if sub == b"DOCS":
-            return resp.encode_map([], conn.resp3)
-    return resp.encode_array([])
-
-
-def cmd_config(conn: Connection, req: list[bytes]) -> bytes:
+def cmd_config(conn: Client, req: list[bytes]) -> bytes:
     """``CONFIG GET`` answers an empty map (redis-benchmark asks for 'save'/'appendonly')."""
     require_args(req, 1)
     if req[1].upper() == b"GET":
@@ -301,100 +309,95 @@ def cmd_config(conn: Connection, req: list[bytes]) -> bytes:
     raise BadArgument("coordcore is configured by its command line, not CONFIG")
 
 
-def cmd_info(conn: Connection, req: list[bytes]) -> bytes:
-    server = conn.server
-    lines = ["# Server", f"coordcore_version:{server.version}", f"process_id:{os.getpid()}",
-             f"tcp_port:{server.port}", f"uptime_in_seconds:{int(time.monotonic() - server.started)}",
-             f"role:{server.role}", "", "# Clients", f"connected_clients:{len(server.connections)}",
-             f"maxclients:{server.config.max_connections}", "", "# Stats",
-             f"total_connections_received:{server.connections_total}",
-             f"total_commands_processed:{server.commands_total}", ""]
-    lines += server.info_sections()
-    return resp.encode_bulk("\r\n".join(lines).encode())
+def core_commands(auth: Auth, *, version: str, info: Callable[[], list[str]],
+                  command_count: Callable[[], int]) -> CommandTable:
+    """The connection and introspection commands. ``info()`` gives INFO's lines,
+    ``command_count()`` the number COMMAND COUNT answers."""
 
+    def cmd_command(conn: Client, req: list[bytes]) -> bytes:
+        """Minimal COMMAND: enough for redis-cli and redis-benchmark, which only probe it."""
+        if len(req) >= 2:
+            sub = req[1].upper()
+            if sub == b"COUNT":
+                return resp.encode_int(command_count())
+            if sub == b"DOCS":
+                return resp.encode_map([], conn.resp3)
+        return resp.encode_array([])
 
-def core_commands() -> dict[bytes, Handler]:
+    def cmd_info(conn: Client, req: list[bytes]) -> bytes:
+        return resp.encode_bulk("\r\n".join(info()).encode())
+
     return {
-        b"PING": cmd_ping,
-        b"ECHO": cmd_echo,
-        b"QUIT": cmd_quit,
-        b"AUTH": cmd_auth,
-        b"HELLO": cmd_hello,
-        b"CLIENT": cmd_client,
-        b"SELECT": cmd_select,
-        b"COMMAND": cmd_command,
-        b"CONFIG": cmd_config,
-        b"INFO": cmd_info,
+        b"PING": Command(cmd_ping, Flag.WATCH),
+        b"ECHO": Command(cmd_echo),
+        b"QUIT": Command(cmd_quit, Flag.NOAUTH | Flag.WATCH),
+        # A failing AUTH parks its connection: it waits out its delay before anything
+        # pipelined behind it is read.
+        b"AUTH": Command(auth.cmd_auth, Flag.NOAUTH | Flag.PARKS),
+        b"HELLO": Command(_hello(auth, version), Flag.NOAUTH | Flag.PARKS),
+        b"CLIENT": Command(cmd_client),
+        b"SELECT": Command(cmd_select),
+        b"COMMAND": Command(cmd_command),
+        b"CONFIG": Command(cmd_config),
+        b"INFO": Command(cmd_info),
     }
 
 
 # --- IDs -----------------------------------------------------------------------------
 
 
-def cmd_id_next(conn: Connection, req: list[bytes]) -> bytes:
-    if len(req) != 1:
+class IdGenerator(Protocol):
+    """What the ID commands use of :class:`coordcore.ids.Snowflake`."""
+
+    def next_id(self) -> int: ...
+    def next_run(self, max_count: int) -> tuple[int, int]: ...
+    def decode(self, id: int) -> Any: ...
+
+
+def id_commands(ids: IdGenerator, *, max_range: int, endpoints: Callable[[], list[str]]) -> CommandTable:
+    """The ID commands over ``ids``; ``ID.RANGE`` hands out at most ``max_range`` per
+    request, ``ID.WORKERS`` lists ``endpoints()``."""
+
+    def cmd_id_next(conn: Client, req: list[bytes]) -> bytes:
+        if len(req) != 1:
+            require_args(req, 0, 0)
+        return b":%d\r\n" % ids.next_id()
+
+    def cmd_id_range(conn: Client, req: list[bytes]) -> bytes:
+        """``ID.RANGE n``: exactly n IDs as runs ``[[start, count], ...]`` of consecutive
+        integers; each run comes from one millisecond, so one run holds up to 4096."""
+        require_args(req, 1, 1)
+        n = parse_int(req[1], "count", 1, max_range)
+        next_run = ids.next_run
+        runs: list[bytes] = []
+        while n > 0:
+            first, count = next_run(n)
+            runs.append(b"*2\r\n:%d\r\n:%d\r\n" % (first, count))
+            n -= count
+        return b"*%d\r\n%b" % (len(runs), b"".join(runs))
+
+    def cmd_id_decode(conn: Client, req: list[bytes]) -> bytes:
+        require_args(req, 1, 1)
+        ident = parse_int(req[1], "id", 0, 2**63 - 1)
+        d = ids.decode(ident)
+        return resp.encode_map([
+            (b"id", resp.encode_int(d.id)),
+            (b"timestamp_ms", resp.encode_int(d.timestamp_ms)),
+            (b"datetime", resp.encode_bulk(d.datetime.isoformat().encode())),
+            (b"datacenter", resp.encode_int(d.datacenter)),
+            (b"worker", resp.encode_int(d.worker)),
+            (b"sequence", resp.encode_int(d.sequence)),
+        ], conn.resp3)
+
+    def cmd_id_workers(conn: Client, req: list[bytes]) -> bytes:
+        """``ID.WORKERS``: the ``host:port`` of every ID-serving process of this server."""
         require_args(req, 0, 0)
-    return b":%d\r\n" % conn.server.ids.next_id()
+        return resp.encode_array([resp.encode_bulk(a.encode()) for a in endpoints()])
 
-
-def cmd_id_range(conn: Connection, req: list[bytes]) -> bytes:
-    """``ID.RANGE n``: exactly n IDs as runs ``[[start, count], ...]`` of consecutive
-    integers; each run comes from one millisecond, so one run holds up to 4096."""
-    require_args(req, 1, 1)
-    n = parse_int(req[1], "count", 1, conn.config.max_id_range)
-    next_run = conn.server.ids.next_run
-    runs: list[bytes] = []
-    while n > 0:
-        first, count = next_run(n)
-        runs.append(b"*2\r\n:%d\r\n:%d\r\n" % (first, count))
-        n -= count
-    return b"*%d\r\n%b" % (len(runs), b"".join(runs))
-
-
-def cmd_id_decode(conn: Connection, req: list[bytes]) -> bytes:
-    require_args(req, 1, 1)
-    ident = parse_int(req[1], "id", 0, 2**63 - 1)
-    d = conn.server.ids.decode(ident)
-    return resp.encode_map([
-        (b"id", resp.encode_int(d.id)),
-        (b"timestamp_ms", resp.encode_int(d.timestamp_ms)),
-        (b"datetime", resp.encode_bulk(d.datetime.isoformat().encode())),
-        (b"datacenter", resp.encode_int(d.datacenter)),
-        (b"worker", resp.encode_int(d.worker)),
-        (b"sequence", resp.encode_int(d.sequence)),
-    ], conn.resp3)
-
-
-def cmd_id_workers(conn: Connection, req: list[bytes]) -> bytes:
-    """``ID.WORKERS``: the ``host:port`` of every ID-serving process of this server."""
-    require_args(req, 0, 0)
-    return resp.encode_array([resp.encode_bulk(a.encode()) for a in conn.server.id_endpoints()])
-
-
-def id_commands() -> dict[bytes, Handler]:
     return {
-        b"ID.NEXT": cmd_id_next,
-        b"ID.RANGE": cmd_id_range,
-        b"ID.DECODE": cmd_id_decode,
-        b"ID.WORKERS": cmd_id_workers,
+        # The plain ID.NEXT is answered natively (WireConn.id_next); this serves the rest.
+        b"ID.NEXT": Command(cmd_id_next, Flag.HOT),
+        b"ID.RANGE": Command(cmd_id_range),
+        b"ID.DECODE": Command(cmd_id_decode),
+        b"ID.WORKERS": Command(cmd_id_workers),
     }
-
-
-def unknown_command(conn: Connection, req: list[bytes]) -> bytes:
-    name = req[0][:32].decode("ascii", "replace")
-    return resp.encode_exception(UnknownCommand(f"unknown command '{name}'"))
-
-
-def auth_required(conn: Connection, req: list[bytes]) -> bytes:
-    return resp.encode_exception(AuthRequired("authentication required"))
-
-
-def blocking_handlers() -> set[Handler]:
-    """Handlers whose awaitable replies park their connection: a failed AUTH waits out
-    its delay before anything pipelined behind it is read."""
-    return {cmd_auth, cmd_hello}
-
-
-def noauth_commands() -> dict[bytes, Handler]:
-    """The table a connection uses until it authenticates."""
-    return {b"AUTH": cmd_auth, b"HELLO": cmd_hello, b"QUIT": cmd_quit}

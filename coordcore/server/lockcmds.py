@@ -56,13 +56,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
 
 from coordcore._native import require
-from coordcore.errors import BadArgument, CoordcoreError, LimitExceeded, LockTimeout, WatchLagged
+from coordcore.errors import (
+    BadArgument,
+    CoordcoreError,
+    InternalError,
+    LimitExceeded,
+    LockTimeout,
+    Unavailable,
+    WatchLagged,
+)
 from coordcore.locks.machine import (
     MAX_KEY_SIZE,
-    MAX_TIMEOUT_MS,
+    BatchBuilder,
     MAX_VALUE_SIZE,
     Contender,
     Event,
@@ -76,97 +85,79 @@ from coordcore.locks.machine import (
 from coordcore.locks.service import LockService
 from coordcore.server import resp
 from coordcore.server.commands import parse_float, parse_int, require_args
+from coordcore.server.core import Client, Command, CommandTable, Flag
+from coordcore.server.log import StructLog
 from coordcore.types import Grant, GrantKind
 
-if TYPE_CHECKING:
-    from coordcore.server.protocol import Connection, Handler
-    from coordcore.server.server import Server
-
-__all__ = ["close_backend", "info_lines", "lock_commands", "open_backend"]
+__all__ = ["LockCommands", "LockConfig", "encode_event", "open_service"]
 
 _U63 = 2**63 - 1
 _lw = require("lockwire")
+_MAX_TIMEOUT_MS = 30 * 86_400_000
 
 
-async def open_backend(server: Server) -> LockService:
-    path = server.config.data_dir / "locks"
-    durability: Literal["fsync", "unsafe-no-fsync"] = "fsync" if server.config.fsync else "unsafe-no-fsync"
+class LockConfig(Protocol):
+    """The settings of the lock service the server opens (ServerConfig has them)."""
+
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def fsync(self) -> bool: ...
+    @property
+    def allow_empty_lock_log(self) -> bool: ...
+    @property
+    def waiter_grace(self) -> float: ...
+    @property
+    def max_sessions(self) -> int: ...
+    @property
+    def max_locks_per_session(self) -> int: ...
+    @property
+    def max_reply_items(self) -> int: ...
+
+
+async def open_service(config: LockConfig, log: StructLog) -> LockService:
+    """Open the durable lock service in ``<data_dir>/locks``."""
+    path = config.data_dir / "locks"
+    durability: Literal["fsync", "unsafe-no-fsync"] = "fsync" if config.fsync else "unsafe-no-fsync"
     from coordcore.locks import recovery
 
     # A data dir that has served (ID state, a revision mark) but has no lock log lost it:
     # starting empty would forget every lock and could reissue tokens (issue 9, item 6).
-    allow_empty = server.config.allow_empty_lock_log
-    lost = recovery.lost_log_evidence(path, server.config.data_dir)
+    allow_empty = config.allow_empty_lock_log
+    lost = recovery.lost_log_evidence(path, config.data_dir)
     if lost and not allow_empty:
         raise recovery.missing_log_error(path, lost, "--allow-empty-lock-log")
     if lost:
-        server.log.warning("starting with an empty lock log (--allow-empty-lock-log)", path=str(path),
-                           found="; ".join(lost))
+        log.warning("starting with an empty lock log (--allow-empty-lock-log)", path=str(path),
+                    found="; ".join(lost))
     # count_downtime=False: a restart resumes the service clock where the last batch left
     # it, so sessions keep the TTL they had left and clients that reconnect within it
     # keep their locks (etcd renews leases on a new leader the same way).
     svc = await LockService.open(path, durability=durability, count_downtime=False,
-                                 waiter_grace=server.config.waiter_grace, allow_empty_log=allow_empty)
-    svc.pipeline.on_batch(server.flush_dirty)
-    svc.set_limits(max_sessions=server.config.max_sessions,
-                   max_contenders_per_session=server.config.max_locks_per_session)
-    server.log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
+                                 waiter_grace=config.waiter_grace, allow_empty_log=allow_empty)
+    svc.set_limits(max_sessions=config.max_sessions, max_contenders_per_session=config.max_locks_per_session)
+    log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
 
 
-def open_lane(server: Server) -> Any:
-    """The native lane that takes the hot lock commands of every connection into the
-    lock service's batches (see :mod:`coordcore.server.protocol`)."""
-    svc: LockService = server.locks
-    log = server.log
+class _ConnState:
+    """What the lock commands keep per connection (its ``lock_state``)."""
 
-    def other(batch: Any, i: int, owner: Any, error: BaseException | None) -> bytes | None:
-        """The reply to lane command ``i`` when it is not a plain success."""
-        try:
-            kind, sid, key, what, timeout_ms, left = batch.entry(i)
-            if error is not None:  # the batch did not commit
-                if isinstance(error, CoordcoreError):
-                    return resp.encode_exception(error)
-                return resp.encode_error("UNAVAILABLE", f"the lock service failed: {type(error).__name__}")
-            result = decode_results(batch.result(i))[0]
-            if owner.closed:  # the connection has gone: nobody reads this
-                if kind == _lw.ACQUIRE:
-                    svc.pipeline.withdraw(result, key, sid)  # hold nothing for it
-                return None
-            if kind == _lw.ACQUIRE and result.status == Status.WAITING:
-                conn: Connection = owner.conn
-                # The same words as the command table's LOCK.ACQUIRE / SEM.ACQUIRE ... TIMEOUT.
-                timeout_error = LockTimeout(f"{what} {key!r} not granted within {timeout_ms / 1000.0} s") \
-                    if timeout_ms else None
-                conn.park(svc.pipeline.park(result, key, sid, _token_encoder(conn), timeout=left,
-                                        timeout_error=timeout_error))
-                return None
-            return _error_reply(result)
-        except Exception as exc:  # a bug must not stall the batch's other replies
-            log.exception("lane reply failed")
-            return resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
+    __slots__ = ("token_encoder", "ok_encoder", "watches")
 
-    lane = _lw.WireLane(None, other, server.dirty)
-    lane.verify = svc.admit_hot
-    svc.pipeline.attach(lane)
-    return lane
+    def __init__(self) -> None:
+        #: The reply encoders of this connection's acquires and releases (made once).
+        self.token_encoder: Callable[[Result], bytes] | None = None
+        self.ok_encoder: Callable[[Result], bytes] | None = None
+        #: WATCH subscriptions: prefix -> (watch, forwarding task).
+        self.watches: dict[bytes, tuple[Any, asyncio.Task[None]]] = {}
 
 
-async def close_backend(server: Server) -> None:
-    svc: LockService = server.locks
-    await svc.close()
-    server.log.info("lock service closed", revision=svc.revision)
-
-
-def info_lines(server: Server) -> list[str]:
-    svc: LockService = server.locks
-    st = svc.stats
-    return ["# Locks", f"revision:{svc.revision}", f"batches:{st.batches}", f"batch_commands:{st.commands}",
-            f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}", ""]
-
-
-def _svc(conn: Connection) -> LockService:
-    return conn.server.locks  # type: ignore[no-any-return]
+def _state(conn: Client) -> _ConnState:
+    state = conn.lock_state
+    if state is None:
+        state = conn.lock_state = _ConnState()
+    return state  # type: ignore[no-any-return]
 
 
 # --- argument parsing ----------------------------------------------------------------
@@ -176,12 +167,6 @@ def _key(value: bytes, what: str = "key") -> bytes:
     if not 1 <= len(value) <= MAX_KEY_SIZE:
         raise BadArgument(f"{what} must be 1..{MAX_KEY_SIZE} bytes, got {len(value)}")
     return value
-
-
-def _session(conn: Connection, value: bytes) -> int:
-    """The session a command acts for, named by its credential (the handle SESSION.OPEN
-    answered); the bare public id is refused."""
-    return _svc(conn).session_for_credential(value)
 
 
 class _Options:
@@ -211,7 +196,7 @@ def _options(args: list[bytes], allowed: frozenset[bytes]) -> _Options:
             raise BadArgument(f"{word.decode()} needs a value")
         value = args[i + 1]
         if word == b"TIMEOUT":
-            opts.timeout = parse_int(value, "TIMEOUT ms", 0, MAX_TIMEOUT_MS) / 1000.0
+            opts.timeout = parse_int(value, "TIMEOUT ms", 0, _MAX_TIMEOUT_MS) / 1000.0
         elif word == b"REQID":
             opts.request_id = parse_int(value, "REQID", 1, _U63)
         elif word == b"TOKEN" or word == b"TICKET":
@@ -231,9 +216,14 @@ _SEM_ACQ = frozenset({b"TIMEOUT", b"REQID", b"LABEL"})
 _SEM_TRY = frozenset({b"REQID", b"LABEL"})
 _REL = frozenset({b"TOKEN", b"REQID"})
 _CAMPAIGN = frozenset({b"TIMEOUT", b"REQID"})
+_CANCEL = frozenset({b"TICKET", b"REQID"})
+_PAGE = frozenset({b"AFTER", b"COUNT"})
+_COUNT = frozenset({b"COUNT"})
+#: Items a paged reply lists when the request does not say (COUNT).
+DEFAULT_PAGE = 1000
 
 
-# --- sessions ---------------------------------------------------------------------------
+# --- replies -----------------------------------------------------------------------------
 
 
 async def _reply_int(awaitable: Awaitable[int]) -> bytes:
@@ -245,25 +235,16 @@ async def _ok(awaitable: Awaitable[Any]) -> bytes:
     return resp.OK
 
 
-def cmd_session_open(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 1, 1)
-    ttl = parse_float(req[1], "ttl (seconds)", 0.001, 30 * 86_400.0)
-
-    async def run() -> bytes:
-        session = await _svc(conn).open_session(ttl, keepalive=False)
-        return resp.encode_bulk(session.credential)
-
-    return run()
+async def _token_or_null(conn: Client, awaitable: Awaitable[Grant | None]) -> bytes:
+    grant = await awaitable
+    return resp.encode_null(conn.resp3) if grant is None else resp.encode_int(grant.token)
 
 
-def cmd_session_keepalive(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 1, 1)
-    return _reply_int(_svc(conn).keepalive(_session(conn, req[1])))
-
-
-def cmd_session_close(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 1, 1)
-    return _ok(_svc(conn).close_session(_session(conn, req[1])))
+def _mode_name(mode: int) -> bytes:
+    try:
+        return Mode(mode).name.lower().encode()
+    except ValueError:
+        return b"%d" % mode
 
 
 def _contender(c: Contender, resp3: bool, key: bytes | None = None) -> bytes:
@@ -273,60 +254,6 @@ def _contender(c: Contender, resp3: bool, key: bytes | None = None) -> bytes:
     if key is not None:
         pairs.insert(0, (b"key", resp.encode_bulk(key)))
     return resp.encode_map(pairs, resp3)
-
-
-_PAGE = frozenset({b"AFTER", b"COUNT"})
-_COUNT = frozenset({b"COUNT"})
-#: Items a paged reply lists when the request does not say (COUNT).
-DEFAULT_PAGE = 1000
-
-
-def _page_options(conn: Connection, args: list[bytes], allowed: frozenset[bytes]) -> tuple[int, int]:
-    """``AFTER n`` and ``COUNT n`` (at most the server's max_reply_items)."""
-    after, count = 0, min(DEFAULT_PAGE, conn.config.max_reply_items)
-    if len(args) % 2:
-        raise BadArgument("options come in pairs: " + ", ".join(sorted(a.decode() for a in allowed)))
-    for word, value in zip(args[::2], args[1::2]):
-        w = word.upper()
-        if w not in allowed:
-            raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: "
-                              f"{', '.join(sorted(a.decode() for a in allowed))})")
-        if w == b"AFTER":
-            after = parse_int(value, "AFTER", 0, _U63)
-        else:
-            count = parse_int(value, "COUNT", 1, conn.config.max_reply_items)
-    return after, count
-
-
-def cmd_session_info(conn: Connection, req: list[bytes]) -> bytes:
-    """``SESSION.INFO id [AFTER ticket] [COUNT n]``: a page of the session's contenders
-    in ticket order (``next``: the AFTER of the next page, 0 at the end)."""
-    require_args(req, 1)
-    after, count = _page_options(conn, req[2:], _PAGE)
-    info = _svc(conn).session_info(parse_int(req[1].partition(b".")[0], "session id", 1, _U63),
-                                   after=after, limit=count)
-    if info is None:
-        return resp.encode_null(conn.resp3)
-    # A full page may have more behind it (the last page may then come back empty).
-    more = len(info.contenders) == count
-    return resp.encode_map([
-        (b"session", resp.encode_int(info.session_id)),
-        (b"ttl_ms", resp.encode_int(info.ttl_ms)),
-        (b"deadline_ms", resp.encode_int(info.deadline_ms)),
-        (b"contender_count", resp.encode_int(info.contender_count)),
-        (b"contenders", resp.encode_array([_contender(c, conn.resp3, key) for key, c in info.contenders])),
-        (b"next", resp.encode_int(info.contenders[-1][1].ticket if more else 0)),
-    ], conn.resp3)
-
-
-# --- locks -------------------------------------------------------------------------------
-
-
-def _mode_name(mode: int) -> bytes:
-    try:
-        return Mode(mode).name.lower().encode()
-    except ValueError:
-        return b"%d" % mode
 
 
 def _token_reply(result: Result) -> bytes:
@@ -342,7 +269,14 @@ def _ok_reply(result: Result) -> bytes:
     return _error_reply(result)
 
 
-def _encoder(conn: Connection, reply: Callable[[Result], bytes]) -> Callable[[Result], bytes]:
+def _error_reply(result: Result) -> bytes:
+    exc = result.exception()
+    if exc is None:  # pragma: no cover - WAITING never reaches a reply (it parks)
+        return resp.encode_exception(InternalError(f"internal error: unexpected status {result.status}"))
+    return resp.encode_exception(exc)
+
+
+def _encoder(conn: Client, reply: Callable[[Result], bytes]) -> Callable[[Result], bytes]:
     """``reply``, marking ``conn`` for the flush at the end of the committing batch."""
     mark = conn.mark_dirty
 
@@ -353,248 +287,20 @@ def _encoder(conn: Connection, reply: Callable[[Result], bytes]) -> Callable[[Re
     return encode
 
 
-def _token_encoder(conn: Connection) -> Callable[[Result], bytes]:
-    enc = conn.token_encoder
+def _token_encoder(conn: Client) -> Callable[[Result], bytes]:
+    state = _state(conn)
+    enc = state.token_encoder
     if enc is None:
-        enc = conn.token_encoder = _encoder(conn, _token_reply)
+        enc = state.token_encoder = _encoder(conn, _token_reply)
     return enc
 
 
-def _ok_encoder(conn: Connection) -> Callable[[Result], bytes]:
-    enc = conn.ok_encoder
+def _ok_encoder(conn: Client) -> Callable[[Result], bytes]:
+    state = _state(conn)
+    enc = state.ok_encoder
     if enc is None:
-        enc = conn.ok_encoder = _encoder(conn, _ok_reply)
+        enc = state.ok_encoder = _encoder(conn, _ok_reply)
     return enc
-
-
-def _error_reply(result: Result) -> bytes:
-    exc = result.exception()
-    if exc is None:  # pragma: no cover - WAITING never reaches a reply (it parks)
-        return resp.encode_error("ERR", f"internal error: unexpected status {result.status}")
-    return resp.encode_exception(exc)
-
-
-def cmd_lock_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 2)
-    key, sid = _key(req[1]), _session(conn, req[2])
-    # (Without LABEL or TIMEOUT 0, with plain numbers and a connection with nothing else
-    # in flight, it never gets here: the native lane takes it, see coordcore.server.protocol.
-    # The same goes for SEM.ACQUIRE and the releases.)
-    o = _options(req[3:], _ACQ)
-    if o.timeout is None:
-        # No task, no coroutine: the lock service resolves the reply future with the
-        # encoded token when the grant commits.
-        shared, label, rid = o.shared, o.label, o.request_id
-        return _svc(conn).pipeline.submit_command(
-            lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=rid),
-            _token_encoder(conn), parks=True, key=key, session_id=sid, contends=True)
-
-    async def run() -> bytes:
-        grant = await _svc(conn).acquire(key, sid, shared=o.shared, timeout=o.timeout, label=o.label,
-                                         request_id=o.request_id)
-        return resp.encode_int(grant.token)
-
-    return run()
-
-
-async def _token_or_null(conn: Connection, awaitable: Awaitable[Grant | None]) -> bytes:
-    grant = await awaitable
-    return resp.encode_null(conn.resp3) if grant is None else resp.encode_int(grant.token)
-
-
-def cmd_lock_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 2)
-    key, sid = _key(req[1]), _session(conn, req[2])
-    o = _options(req[3:], _TRY)
-    return _token_or_null(conn, _svc(conn).try_acquire(key, sid, shared=o.shared, label=o.label,
-                                                       request_id=o.request_id))
-
-
-def _release(conn: Connection, req: list[bytes], kind: GrantKind) -> Awaitable[bytes]:
-    require_args(req, 2)
-    key, sid = _key(req[1]), _session(conn, req[2])
-    o = _options(req[3:], _REL)
-    grant = Grant(key, o.token, sid, kind)
-    return _ok(_svc(conn).release(grant, request_id=o.request_id))
-
-
-def cmd_lock_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 2)
-    key, sid = _key(req[1]), _session(conn, req[2])
-    o = _options(req[3:], _REL)
-    token, rid = o.token, o.request_id
-    return _svc(conn).pipeline.submit_command(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
-
-
-_CANCEL = frozenset({b"TICKET", b"REQID"})
-
-
-def cmd_lock_cancel(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    """Withdraw one contender (by the ticket ``LOCK.INFO`` shows): a waiter leaves the
-    queue, a holder releases. Any kind of key. What a client that lost a connection
-    sends for a wait it gave up."""
-    require_args(req, 4)
-    key, sid = _key(req[1]), _session(conn, req[2])
-    o = _options(req[3:], _CANCEL)
-    if not o.token:
-        raise BadArgument("LOCK.CANCEL needs TICKET t")
-    return _ok(_svc(conn).cancel(key, sid, o.token, request_id=o.request_id))
-
-
-def cmd_key_info(conn: Connection, req: list[bytes]) -> bytes:
-    """``LOCK.INFO key [COUNT n]``: holders and waiters, the first n of each, and how
-    many there are in all."""
-    require_args(req, 1)
-    key = _key(req[1])
-    _, count = _page_options(conn, req[2:], _COUNT)
-    info = _svc(conn).info(key, limit=count)
-    holders: tuple[Contender, ...] = ()
-    waiters: tuple[Contender, ...] = ()
-    if info is None:
-        kind, permits = b"none", 0
-    else:
-        kind = Kind(info.kind).name.lower().encode()
-        permits, holders, waiters = info.permits, info.holders, info.waiters
-    if not holders:
-        mode = b"free"
-    else:
-        mode = _mode_name(holders[0].mode)
-    return resp.encode_map([
-        (b"key", resp.encode_bulk(key)),
-        (b"kind", resp.encode_bulk(kind)),
-        (b"permits", resp.encode_int(permits)),
-        (b"mode", resp.encode_bulk(mode)),
-        (b"holders", resp.encode_array([_contender(c, conn.resp3) for c in holders])),
-        (b"waiters", resp.encode_array([_contender(c, conn.resp3) for c in waiters])),
-        (b"holder_count", resp.encode_int(info.holder_count if info is not None else 0)),
-        (b"waiter_count", resp.encode_int(info.waiter_count if info is not None else 0)),
-    ], conn.resp3)
-
-
-# --- semaphores ---------------------------------------------------------------------------
-
-
-def cmd_sem_acquire(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 3)
-    key, sid = _key(req[1]), _session(conn, req[2])
-    permits = parse_int(req[3], "permits", 1, 1_000_000)
-    o = _options(req[4:], _SEM_ACQ)
-
-    async def run() -> bytes:
-        grant = await _svc(conn).acquire_semaphore(key, sid, permits, timeout=o.timeout, label=o.label,
-                                                   request_id=o.request_id)
-        return resp.encode_int(grant.token)
-
-    return run()
-
-
-def cmd_sem_try(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 3)
-    key, sid = _key(req[1]), _session(conn, req[2])
-    permits = parse_int(req[3], "permits", 1, 1_000_000)
-    o = _options(req[4:], _SEM_TRY)
-    return _token_or_null(conn, _svc(conn).try_acquire_semaphore(key, sid, permits, label=o.label,
-                                                                 request_id=o.request_id))
-
-
-def cmd_sem_release(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    return _release(conn, req, "semaphore")
-
-
-# --- elections ----------------------------------------------------------------------------
-
-
-def cmd_elect_campaign(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 3)
-    key, sid, value = _key(req[1], "election name"), _session(conn, req[2]), req[3]
-    if len(value) > MAX_VALUE_SIZE:
-        raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
-    o = _options(req[4:], _CAMPAIGN)
-
-    async def run() -> bytes:
-        grant = await _svc(conn).campaign(key, sid, value, timeout=o.timeout, request_id=o.request_id)
-        return resp.encode_int(grant.token)
-
-    return run()
-
-
-def cmd_elect_proclaim(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    require_args(req, 3)
-    key, sid, value = _key(req[1], "election name"), _session(conn, req[2]), req[3]
-    if len(value) > MAX_VALUE_SIZE:
-        raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
-    o = _options(req[4:], _REL)
-    grant = Grant(key, o.token, sid, "election")
-    return _reply_int(_svc(conn).proclaim(grant, value, request_id=o.request_id))
-
-
-def cmd_elect_resign(conn: Connection, req: list[bytes]) -> Awaitable[bytes]:
-    return _release(conn, req, "election")
-
-
-def cmd_elect_leader(conn: Connection, req: list[bytes]) -> bytes:
-    require_args(req, 1, 1)
-    leader = _svc(conn).leader(_key(req[1], "election name"))
-    if leader is None:
-        return resp.encode_null(conn.resp3)
-    return resp.encode_map([(b"session", resp.encode_int(leader.session)),
-                            (b"value", resp.encode_bulk(leader.value)),
-                            (b"token", resp.encode_int(leader.token))], conn.resp3)
-
-
-# --- state ----------------------------------------------------------------------------------
-
-
-def cmd_keys(conn: Connection, req: list[bytes]) -> bytes:
-    """``LOCKS.KEYS [prefix]``: every key in use under prefix, sorted, while they are at
-    most max_reply_items; past that ``-LIMIT`` (page with LOCKS.SCAN)."""
-    require_args(req, 0, 1)
-    prefix = req[1] if len(req) > 1 else b""
-    limit = conn.config.max_reply_items
-    svc = _svc(conn)
-    keys: list[bytes] = []
-    cursor = 0
-    while True:  # pages, so a huge state never becomes one huge list
-        cursor, page = svc.scan_keys(prefix, cursor, 1000)
-        keys += page
-        if len(keys) > limit:
-            raise LimitExceeded(f"more than {limit} keys under {prefix[:64]!r}: page with LOCKS.SCAN")
-        if cursor == 0:
-            break
-    keys.sort()
-    return resp.encode_array([resp.encode_bulk(k) for k in keys])
-
-
-def cmd_scan(conn: Connection, req: list[bytes]) -> bytes:
-    """``LOCKS.SCAN cursor [MATCH prefix] [COUNT n]`` -> ``[next cursor, [keys]]``, as
-    Redis's SCAN: start at 0, stop when the next cursor is 0; a key in use throughout
-    the scan comes back exactly once. MATCH is a key prefix (no glob)."""
-    require_args(req, 1)
-    cursor = parse_int(req[1], "cursor", 0, _U63)
-    prefix, count = b"", min(DEFAULT_PAGE, conn.config.max_reply_items)
-    rest = req[2:]
-    if len(rest) % 2:
-        raise BadArgument("options come in pairs: MATCH prefix, COUNT n")
-    for word, value in zip(rest[::2], rest[1::2]):
-        w = word.upper()
-        if w == b"MATCH":
-            if len(value) > MAX_KEY_SIZE:
-                raise BadArgument(f"MATCH prefix must be at most {MAX_KEY_SIZE} bytes")
-            prefix = value
-        elif w == b"COUNT":
-            count = parse_int(value, "COUNT", 1, conn.config.max_reply_items)
-        else:
-            raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: COUNT, MATCH)")
-    nxt, keys = _svc(conn).scan_keys(prefix, cursor, count)
-    return resp.encode_array([resp.encode_bulk(b"%d" % nxt), resp.encode_array([resp.encode_bulk(k) for k in keys])])
-
-
-def cmd_revision(conn: Connection, req: list[bytes]) -> bytes:
-    require_args(req, 0, 0)
-    return resp.encode_int(_svc(conn).revision)
-
-
-# --- watches --------------------------------------------------------------------------------
 
 
 def encode_event(ev: Event, resp3: bool) -> bytes:
@@ -603,107 +309,430 @@ def encode_event(ev: Event, resp3: bool) -> bytes:
     except ValueError:
         kind = b"%d" % ev.kind
     fields = resp.encode_map([(b"mode", resp.encode_bulk(_mode_name(ev.mode))),
-                        (b"session", resp.encode_int(ev.session)), (b"ticket", resp.encode_int(ev.ticket)),
-                        (b"token", resp.encode_int(ev.token)), (b"value", resp.encode_bulk(ev.value))],
+                              (b"session", resp.encode_int(ev.session)), (b"ticket", resp.encode_int(ev.ticket)),
+                              (b"token", resp.encode_int(ev.token)), (b"value", resp.encode_bulk(ev.value))],
                              resp3)
     return resp.encode_push([resp.encode_bulk(b"watch"), resp.encode_int(ev.revision), resp.encode_bulk(kind),
                              resp.encode_bulk(ev.key), fields], resp3)
 
 
-async def _forward(conn: Connection, watch: Any) -> None:
-    try:
-        async for ev in watch:
-            conn.push(encode_event(ev, conn.resp3))
-    except WatchLagged as exc:
-        conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
-                                    resp.encode_bulk(f"LAGGED {exc}".encode())], conn.resp3))
-        conn.server.log.warning("watch lagged, closing connection", conn=conn.id, peer=conn.peer)
-        conn.abort()
-    except CoordcoreError:
-        pass  # the service closed: the connection closes with the server
+class LockCommands:
+    """The lock service as the server serves it: the command table, the native lane
+    that takes the hot lock commands of every connection into the service's batches
+    (see :mod:`coordcore.server.protocol`), the flush of every connection a batch
+    gave replies to, and INFO's lines. Every call into the service's server-facing
+    API is made here, once."""
+
+    def __init__(self, svc: LockService, *, log: StructLog, max_reply_items: int) -> None:
+        self.svc = svc
+        self.log = log
+        self.max_items = max_reply_items
+        #: Connections with replies ready in the batch being resolved (the lane's list).
+        self._dirty: list[Client] = []
+        lane = self.lane = _lw.WireLane(None, self._other, self._dirty)
+        lane.verify = svc.admit_hot
+        svc.pipeline.attach(lane)
+        svc.pipeline.on_batch(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        """Write the replies a committed batch made ready: one write per connection.
+        (The list is the lane's too, so it is emptied in place, never replaced.)"""
+        dirty = self._dirty
+        if not dirty:
+            return
+        conns = dirty[:]
+        dirty.clear()
+        for conn in conns:
+            conn.flush()
+
+    def _other(self, batch: Any, i: int, owner: Any, error: BaseException | None) -> bytes | None:
+        """The reply to lane command ``i`` when it is not a plain success."""
+        try:
+            kind, sid, key, what, timeout_ms, left = batch.entry(i)
+            if error is not None:  # the batch did not commit
+                if isinstance(error, CoordcoreError):
+                    return resp.encode_exception(error)
+                return resp.encode_exception(Unavailable(f"the lock service failed: {type(error).__name__}"))
+            result = decode_results(batch.result(i))[0]
+            if owner.closed:  # the connection has gone: nobody reads this
+                if kind == _lw.ACQUIRE:
+                    self.svc.pipeline.withdraw(result, key, sid)  # hold nothing for it
+                return None
+            if kind == _lw.ACQUIRE and result.status == Status.WAITING:
+                conn: Client = owner.conn
+                # The same words as the command table's LOCK.ACQUIRE / SEM.ACQUIRE ... TIMEOUT.
+                timeout_error = LockTimeout(f"{what} {key!r} not granted within {timeout_ms / 1000.0} s") \
+                    if timeout_ms else None
+                conn.park(self.svc.pipeline.park(result, key, sid, _token_encoder(conn), timeout=left,
+                                             timeout_error=timeout_error))
+                return None
+            return _error_reply(result)
+        except Exception as exc:  # a bug must not stall the batch's other replies
+            self.log.exception("lane reply failed")
+            return resp.encode_exception(InternalError.about(exc))
+
+    def _submit(self, build: Callable[[BatchBuilder], int], encode: Callable[[Result], bytes], *,
+                parks: bool = False, key: bytes = b"", session_id: int = 0,
+                contends: bool = False) -> Awaitable[bytes]:
+        """Queue one command for the next batch; its reply is ``encode(result)`` once it
+        commits (no task, no coroutine)."""
+        return self.svc.pipeline.submit_command(build, encode, parks=parks, key=key, session_id=session_id,
+                                       contends=contends)
+
+    def _session(self, value: bytes) -> int:
+        """The session a command acts for, named by its credential (the handle SESSION.OPEN
+        answered); the bare public id is refused."""
+        return self.svc.session_for_credential(value)
+
+    async def close(self) -> None:
+        svc = self.svc
+        await svc.close()
+        self.log.info("lock service closed", revision=svc.revision)
+
+    def info_lines(self) -> list[str]:
+        svc = self.svc
+        st = svc.stats
+        return ["# Locks", f"revision:{svc.revision}", f"batches:{st.batches}", f"batch_commands:{st.commands}",
+                f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}", ""]
+
+    def commands(self) -> CommandTable:
+        """The command table, each entry's handler bound to this service."""
+        return {name: Command(handler.__get__(self), flags) for name, (handler, flags) in self.SPEC.items()}
+
+    #: Each command's handler (a function of LockCommands) and flags (set below the class).
+    SPEC: ClassVar[dict[bytes, tuple[Callable[..., Any], Flag]]]
+
+    def _page_options(self, args: list[bytes], allowed: frozenset[bytes]) -> tuple[int, int]:
+        """``AFTER n`` and ``COUNT n`` (at most the server's max_reply_items)."""
+        after, count = 0, min(DEFAULT_PAGE, self.max_items)
+        if len(args) % 2:
+            raise BadArgument("options come in pairs: " + ", ".join(sorted(a.decode() for a in allowed)))
+        for word, value in zip(args[::2], args[1::2]):
+            w = word.upper()
+            if w not in allowed:
+                raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: "
+                                  f"{', '.join(sorted(a.decode() for a in allowed))})")
+            if w == b"AFTER":
+                after = parse_int(value, "AFTER", 0, _U63)
+            else:
+                count = parse_int(value, "COUNT", 1, self.max_items)
+        return after, count
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def cmd_session_open(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 1, 1)
+        ttl = parse_float(req[1], "ttl (seconds)", 0.001, 30 * 86_400.0)
+        svc = self.svc
+
+        async def run() -> bytes:
+            session = await svc.open_session(ttl, keepalive=False)
+            return resp.encode_bulk(session.credential)
+
+        return run()
+
+    def cmd_session_keepalive(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 1, 1)
+        return _reply_int(self.svc.keepalive(self._session(req[1])))
+
+    def cmd_session_close(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 1, 1)
+        return _ok(self.svc.close_session(self._session(req[1])))
+
+    def cmd_session_info(self, conn: Client, req: list[bytes]) -> bytes:
+        """``SESSION.INFO id [AFTER ticket] [COUNT n]``: a page of the session's contenders
+        in ticket order (``next``: the AFTER of the next page, 0 at the end)."""
+        require_args(req, 1)
+        after, count = self._page_options(req[2:], _PAGE)
+        info = self.svc.session_info(parse_int(req[1].partition(b".")[0], "session id", 1, _U63),
+                                     after=after, limit=count)
+        if info is None:
+            return resp.encode_null(conn.resp3)
+        # A full page may have more behind it (the last page may then come back empty).
+        more = len(info.contenders) == count
+        return resp.encode_map([
+            (b"session", resp.encode_int(info.session_id)),
+            (b"ttl_ms", resp.encode_int(info.ttl_ms)),
+            (b"deadline_ms", resp.encode_int(info.deadline_ms)),
+            (b"contender_count", resp.encode_int(info.contender_count)),
+            (b"contenders", resp.encode_array([_contender(c, conn.resp3, key) for key, c in info.contenders])),
+            (b"next", resp.encode_int(info.contenders[-1][1].ticket if more else 0)),
+        ], conn.resp3)
+
+    # --- locks -------------------------------------------------------------------------------
+
+    def cmd_lock_acquire(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 2)
+        key, sid = _key(req[1]), self._session(req[2])
+        # (Without LABEL or TIMEOUT 0, with plain numbers and a connection with nothing else
+        # in flight, it never gets here: the native lane takes it, see coordcore.server.protocol.
+        # The same goes for SEM.ACQUIRE and the releases.)
+        o = _options(req[3:], _ACQ)
+        if o.timeout is None:
+            # No task, no coroutine: the lock service resolves the reply future with the
+            # encoded token when the grant commits.
+            shared, label, rid = o.shared, o.label, o.request_id
+            return self._submit(
+                lambda b: b.acquire(sid, key, shared=shared, wait=True, value=label, request_id=rid),
+                _token_encoder(conn), parks=True, key=key, session_id=sid, contends=True)
+        svc = self.svc
+
+        async def run() -> bytes:
+            grant = await svc.acquire(key, sid, shared=o.shared, timeout=o.timeout, label=o.label,
+                                      request_id=o.request_id)
+            return resp.encode_int(grant.token)
+
+        return run()
+
+    def cmd_lock_try(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 2)
+        key, sid = _key(req[1]), self._session(req[2])
+        o = _options(req[3:], _TRY)
+        return _token_or_null(conn, self.svc.try_acquire(key, sid, shared=o.shared, label=o.label,
+                                                         request_id=o.request_id))
+
+    def _release(self, req: list[bytes], kind: GrantKind) -> Awaitable[bytes]:
+        require_args(req, 2)
+        key, sid = _key(req[1]), self._session(req[2])
+        o = _options(req[3:], _REL)
+        grant = Grant(key, o.token, sid, kind)
+        return _ok(self.svc.release(grant, request_id=o.request_id))
+
+    def cmd_lock_release(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 2)
+        key, sid = _key(req[1]), self._session(req[2])
+        o = _options(req[3:], _REL)
+        token, rid = o.token, o.request_id
+        return self._submit(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
+
+    def cmd_lock_cancel(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        """Withdraw one contender (by the ticket ``LOCK.INFO`` shows): a waiter leaves the
+        queue, a holder releases. Any kind of key. What a client that lost a connection
+        sends for a wait it gave up."""
+        require_args(req, 4)
+        key, sid = _key(req[1]), self._session(req[2])
+        o = _options(req[3:], _CANCEL)
+        if not o.token:
+            raise BadArgument("LOCK.CANCEL needs TICKET t")
+        return _ok(self.svc.cancel(key, sid, o.token, request_id=o.request_id))
+
+    def cmd_key_info(self, conn: Client, req: list[bytes]) -> bytes:
+        """``LOCK.INFO key [COUNT n]``: holders and waiters, the first n of each, and how
+        many there are in all."""
+        require_args(req, 1)
+        key = _key(req[1])
+        _, count = self._page_options(req[2:], _COUNT)
+        info = self.svc.info(key, limit=count)
+        holders: tuple[Contender, ...] = ()
+        waiters: tuple[Contender, ...] = ()
+        if info is None:
+            kind, permits = b"none", 0
+        else:
+            kind = Kind(info.kind).name.lower().encode()
+            permits, holders, waiters = info.permits, info.holders, info.waiters
+        if not holders:
+            mode = b"free"
+        else:
+            mode = _mode_name(holders[0].mode)
+        return resp.encode_map([
+            (b"key", resp.encode_bulk(key)),
+            (b"kind", resp.encode_bulk(kind)),
+            (b"permits", resp.encode_int(permits)),
+            (b"mode", resp.encode_bulk(mode)),
+            (b"holders", resp.encode_array([_contender(c, conn.resp3) for c in holders])),
+            (b"waiters", resp.encode_array([_contender(c, conn.resp3) for c in waiters])),
+            (b"holder_count", resp.encode_int(info.holder_count if info is not None else 0)),
+            (b"waiter_count", resp.encode_int(info.waiter_count if info is not None else 0)),
+        ], conn.resp3)
+
+    # --- semaphores ---------------------------------------------------------------------------
+
+    def cmd_sem_acquire(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 3)
+        key, sid = _key(req[1]), self._session(req[2])
+        permits = parse_int(req[3], "permits", 1, 1_000_000)
+        o = _options(req[4:], _SEM_ACQ)
+        svc = self.svc
+
+        async def run() -> bytes:
+            grant = await svc.acquire_semaphore(key, sid, permits, timeout=o.timeout, label=o.label,
+                                                request_id=o.request_id)
+            return resp.encode_int(grant.token)
+
+        return run()
+
+    def cmd_sem_try(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 3)
+        key, sid = _key(req[1]), self._session(req[2])
+        permits = parse_int(req[3], "permits", 1, 1_000_000)
+        o = _options(req[4:], _SEM_TRY)
+        return _token_or_null(conn, self.svc.try_acquire_semaphore(key, sid, permits, label=o.label,
+                                                                   request_id=o.request_id))
+
+    def cmd_sem_release(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        return self._release(req, "semaphore")
+
+    # --- elections ----------------------------------------------------------------------------
+
+    def cmd_elect_campaign(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 3)
+        key, sid, value = _key(req[1], "election name"), self._session(req[2]), req[3]
+        if len(value) > MAX_VALUE_SIZE:
+            raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
+        o = _options(req[4:], _CAMPAIGN)
+        svc = self.svc
+
+        async def run() -> bytes:
+            grant = await svc.campaign(key, sid, value, timeout=o.timeout, request_id=o.request_id)
+            return resp.encode_int(grant.token)
+
+        return run()
+
+    def cmd_elect_proclaim(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 3)
+        key, sid, value = _key(req[1], "election name"), self._session(req[2]), req[3]
+        if len(value) > MAX_VALUE_SIZE:
+            raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
+        o = _options(req[4:], _REL)
+        grant = Grant(key, o.token, sid, "election")
+        return _reply_int(self.svc.proclaim(grant, value, request_id=o.request_id))
+
+    def cmd_elect_resign(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        return self._release(req, "election")
+
+    def cmd_elect_leader(self, conn: Client, req: list[bytes]) -> bytes:
+        require_args(req, 1, 1)
+        leader = self.svc.leader(_key(req[1], "election name"))
+        if leader is None:
+            return resp.encode_null(conn.resp3)
+        return resp.encode_map([(b"session", resp.encode_int(leader.session)),
+                                (b"value", resp.encode_bulk(leader.value)),
+                                (b"token", resp.encode_int(leader.token))], conn.resp3)
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def cmd_keys(self, conn: Client, req: list[bytes]) -> bytes:
+        """``LOCKS.KEYS [prefix]``: every key in use under prefix, sorted, while they are at
+        most max_reply_items; past that ``-LIMIT`` (page with LOCKS.SCAN)."""
+        require_args(req, 0, 1)
+        prefix = req[1] if len(req) > 1 else b""
+        limit = self.max_items
+        svc = self.svc
+        keys: list[bytes] = []
+        cursor = 0
+        while True:  # pages, so a huge state never becomes one huge list
+            cursor, page = svc.scan_keys(prefix, cursor, 1000)
+            keys += page
+            if len(keys) > limit:
+                raise LimitExceeded(f"more than {limit} keys under {prefix[:64]!r}: page with LOCKS.SCAN")
+            if cursor == 0:
+                break
+        keys.sort()
+        return resp.encode_array([resp.encode_bulk(k) for k in keys])
+
+    def cmd_scan(self, conn: Client, req: list[bytes]) -> bytes:
+        """``LOCKS.SCAN cursor [MATCH prefix] [COUNT n]`` -> ``[next cursor, [keys]]``, as
+        Redis's SCAN: start at 0, stop when the next cursor is 0; a key in use throughout
+        the scan comes back exactly once. MATCH is a key prefix (no glob)."""
+        require_args(req, 1)
+        cursor = parse_int(req[1], "cursor", 0, _U63)
+        prefix, count = b"", min(DEFAULT_PAGE, self.max_items)
+        rest = req[2:]
+        if len(rest) % 2:
+            raise BadArgument("options come in pairs: MATCH prefix, COUNT n")
+        for word, value in zip(rest[::2], rest[1::2]):
+            w = word.upper()
+            if w == b"MATCH":
+                if len(value) > MAX_KEY_SIZE:
+                    raise BadArgument(f"MATCH prefix must be at most {MAX_KEY_SIZE} bytes")
+                prefix = value
+            elif w == b"COUNT":
+                count = parse_int(value, "COUNT", 1, self.max_items)
+            else:
+                raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: COUNT, MATCH)")
+        nxt, keys = self.svc.scan_keys(prefix, cursor, count)
+        return resp.encode_array([resp.encode_bulk(b"%d" % nxt),
+                                  resp.encode_array([resp.encode_bulk(k) for k in keys])])
+
+    def cmd_revision(self, conn: Client, req: list[bytes]) -> bytes:
+        require_args(req, 0, 0)
+        return resp.encode_int(self.svc.revision)
+
+    # --- watches --------------------------------------------------------------------------------
+
+    async def _forward(self, conn: Client, watch: Any) -> None:
+        try:
+            async for ev in watch:
+                conn.push(encode_event(ev, conn.resp3))
+        except WatchLagged as exc:
+            conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
+                                        resp.encode_bulk(f"{exc.code} {exc}".encode())], conn.resp3))
+            self.log.warning("watch lagged, closing connection", conn=conn.id, peer=conn.peer)
+            conn.abort()
+        except CoordcoreError:
+            pass  # the service closed: the connection closes with the server
+
+    def cmd_watch(self, conn: Client, req: list[bytes]) -> bytes:
+        require_args(req, 1, 1)
+        prefix = req[1]
+        if len(prefix) > MAX_KEY_SIZE:
+            raise BadArgument(f"prefix must be at most {MAX_KEY_SIZE} bytes")
+        watches = _state(conn).watches
+        if prefix not in watches:
+            watch = self.svc.watch(prefix)
+            task = asyncio.ensure_future(self._forward(conn, watch))
+            watches[prefix] = (watch, task)
+            if len(watches) == 1:
+                conn.on_close.append(lambda: _unwatch_all(conn))
+        if not conn.resp3:
+            conn.watch_mode(True)
+        return resp.OK
+
+    def cmd_unwatch(self, conn: Client, req: list[bytes]) -> bytes:
+        require_args(req, 0, 1)
+        watches = _state(conn).watches
+        if len(req) == 1:
+            _unwatch_all(conn)
+        else:
+            item = watches.pop(req[1], None)
+            if item is not None:
+                item[0].close()
+                item[1].cancel()
+        if not watches:
+            conn.watch_mode(False)
+        return resp.OK
 
 
-def cmd_watch(conn: Connection, req: list[bytes]) -> bytes:
-    require_args(req, 1, 1)
-    prefix = req[1]
-    if len(prefix) > MAX_KEY_SIZE:
-        raise BadArgument(f"prefix must be at most {MAX_KEY_SIZE} bytes")
-    watches = conn.watches
-    if prefix not in watches:
-        watch = _svc(conn).watch(prefix)
-        task = asyncio.ensure_future(_forward(conn, watch))
-        watches[prefix] = (watch, task)
-        if len(watches) == 1:
-            conn.on_close.append(lambda: _unwatch_all(conn))
-    conn.watching = len(watches)
-    if not conn.resp3:
-        conn.table = conn.server.watch_table
-    return resp.OK
+_HOT = Flag.HOT | Flag.WRITES
+LockCommands.SPEC = {
+    b"SESSION.OPEN": (LockCommands.cmd_session_open, Flag.WRITES),
+    b"SESSION.KEEPALIVE": (LockCommands.cmd_session_keepalive, Flag.WRITES),
+    b"SESSION.CLOSE": (LockCommands.cmd_session_close, Flag.WRITES),
+    b"SESSION.INFO": (LockCommands.cmd_session_info, Flag.READS),
+    b"LOCK.ACQUIRE": (LockCommands.cmd_lock_acquire, Flag.PARKS | _HOT),
+    b"LOCK.TRY": (LockCommands.cmd_lock_try, Flag.WRITES),
+    b"LOCK.RELEASE": (LockCommands.cmd_lock_release, _HOT),
+    b"LOCK.CANCEL": (LockCommands.cmd_lock_cancel, Flag.WRITES),
+    b"LOCK.INFO": (LockCommands.cmd_key_info, Flag.READS),
+    b"SEM.ACQUIRE": (LockCommands.cmd_sem_acquire, Flag.PARKS | _HOT),
+    b"SEM.TRY": (LockCommands.cmd_sem_try, Flag.WRITES),
+    b"SEM.RELEASE": (LockCommands.cmd_sem_release, _HOT),
+    b"SEM.INFO": (LockCommands.cmd_key_info, Flag.READS),
+    b"ELECT.CAMPAIGN": (LockCommands.cmd_elect_campaign, Flag.PARKS | Flag.WRITES),
+    b"ELECT.PROCLAIM": (LockCommands.cmd_elect_proclaim, Flag.WRITES),
+    b"ELECT.RESIGN": (LockCommands.cmd_elect_resign, Flag.WRITES),
+    b"ELECT.LEADER": (LockCommands.cmd_elect_leader, Flag.READS),
+    b"LOCKS.KEYS": (LockCommands.cmd_keys, Flag.READS),
+    b"LOCKS.SCAN": (LockCommands.cmd_scan, Flag.READS),
+    b"LOCKS.REVISION": (LockCommands.cmd_revision, Flag.READS),
+    b"WATCH": (LockCommands.cmd_watch, Flag.WATCH),
+    b"UNWATCH": (LockCommands.cmd_unwatch, Flag.WATCH),
+}
 
 
-def _unwatch_all(conn: Connection) -> None:
-    watches = conn.watches
+def _unwatch_all(conn: Client) -> None:
+    watches = _state(conn).watches
     for watch, task in watches.values():
         watch.close()
         task.cancel()
     watches.clear()
-    conn.watching = 0
-
-
-def cmd_unwatch(conn: Connection, req: list[bytes]) -> bytes:
-    require_args(req, 0, 1)
-    watches = conn.watches
-    if len(req) == 1:
-        _unwatch_all(conn)
-    else:
-        item = watches.pop(req[1], None)
-        if item is not None:
-            item[0].close()
-            item[1].cancel()
-        conn.watching = len(watches)
-    if not conn.watching:
-        conn.table = conn.server.commands
-    return resp.OK
-
-
-def watch_mode_commands() -> dict[bytes, Handler]:
-    """What a RESP2 connection may send while it watches."""
-    from coordcore.server.commands import cmd_ping, cmd_quit
-
-    return {b"WATCH": cmd_watch, b"UNWATCH": cmd_unwatch, b"PING": cmd_ping, b"QUIT": cmd_quit}
-
-
-def lock_commands() -> dict[bytes, Handler]:
-    return {
-        b"SESSION.OPEN": cmd_session_open,
-        b"SESSION.KEEPALIVE": cmd_session_keepalive,
-        b"SESSION.CLOSE": cmd_session_close,
-        b"SESSION.INFO": cmd_session_info,
-        b"LOCK.ACQUIRE": cmd_lock_acquire,
-        b"LOCK.TRY": cmd_lock_try,
-        b"LOCK.RELEASE": cmd_lock_release,
-        b"LOCK.CANCEL": cmd_lock_cancel,
-        b"LOCK.INFO": cmd_key_info,
-        b"SEM.ACQUIRE": cmd_sem_acquire,
-        b"SEM.TRY": cmd_sem_try,
-        b"SEM.RELEASE": cmd_sem_release,
-        b"SEM.INFO": cmd_key_info,
-        b"ELECT.CAMPAIGN": cmd_elect_campaign,
-        b"ELECT.PROCLAIM": cmd_elect_proclaim,
-        b"ELECT.RESIGN": cmd_elect_resign,
-        b"ELECT.LEADER": cmd_elect_leader,
-        b"LOCKS.KEYS": cmd_keys,
-        b"LOCKS.SCAN": cmd_scan,
-        b"LOCKS.REVISION": cmd_revision,
-        b"WATCH": cmd_watch,
-        b"UNWATCH": cmd_unwatch,
-    }
-
-
-
-def blocking_handlers() -> set[Handler]:
-    return {cmd_lock_acquire, cmd_sem_acquire, cmd_elect_campaign}
-
-
-def barrier_handlers() -> set[Handler]:
-    return {cmd_key_info, cmd_session_info, cmd_elect_leader, cmd_keys, cmd_scan, cmd_revision}

@@ -23,6 +23,16 @@ connection never has both kinds in flight: a hot command waits (stays in the
 buffer) while a table command's reply is pending, and a table command waits while
 hot commands are in flight.
 
+States: a connection is in one :class:`State` at a time (the shape of asyncpg's
+``coreproto``), moved only along :data:`TRANSITIONS`: NEW, then READY (parsing), then
+one hold at a time, PARKED (a blocking command), BARRIER (a request waits for the
+replies in flight) or FULL (``max_inflight``), each left for READY by the flush that
+answers what it waits for; ENDED after the client's EOF; CLOSING; CLOSED. Which
+commands it serves is its gate, set by the command table's flags (before AUTH, while
+a RESP2 connection watches). What it needs of the server is
+:class:`~coordcore.server.core.ServerView`; what handlers see of it is
+:class:`~coordcore.server.core.Client`.
+
 Ordering: replies always come back in request order. A command that must commit
 through the lock log (``LOCK.TRY``, ``LOCK.RELEASE``, ``SESSION.*``...) runs as a task
 and its reply waits in a slot while the requests behind it keep being parsed and
@@ -47,8 +57,8 @@ it: a parked command, a barrier, ``max_inflight``, paused writes) reading pauses
 the buffer drains. A connection whose output backlog passes ``max_output_bytes`` is
 closed, checked on every write while writes are paused (pushes, watch events, cannot
 be paused). Across connections, the server keeps a budget of buffered bytes
-(``max_buffered_bytes``, input plus output): over it, every connection holding more
-than ``BUDGET_FLOOR`` stops reading until the server's sweep counts the total back
+(``max_buffered_bytes``, input plus output; :mod:`coordcore.server.budget`): over it,
+every connection holding more than its ``FLOOR`` stops reading until the server's sweep counts the total back
 under 3/4 of the budget, while small ones (a prober's PING) go on; freed memory is
 handed back to the system (``malloc_trim``) once enough was released.
 
@@ -69,87 +79,187 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import hiredis
 
 from coordcore._native import require
-from coordcore.errors import CoordcoreError, ProtocolError, RequestTooLarge
+from coordcore.errors import (
+    AuthRequired,
+    CoordcoreError,
+    InternalError,
+    ProtocolError,
+    RequestTooLarge,
+    TooManyConnections,
+    Unavailable,
+    UnknownCommand,
+)
 from coordcore.server import resp
+from coordcore.server.budget import FLOOR
+from coordcore.server.core import Client, Command, Flag, Reply, ServerView
 
-if TYPE_CHECKING:
-    from coordcore.server.server import Server
-
-__all__ = ["Connection", "Handler", "Reply"]
+__all__ = ["Connection", "State"]
 
 _WireConn = require("lockwire").WireConn
 
-#: What a command handler returns: the encoded reply, or an awaitable of it (parks).
-Reply = bytes | Awaitable[bytes]
-Handler = Callable[["Connection", list[bytes]], Reply]
 
-_PAUSE_WRITE = 1
-_PAUSE_HELD = 2
-_PAUSE_BUDGET = 4
-#: While the server is over its buffer budget, a connection holding more than this
-#: (input + output) stops reading; smaller ones (a prober's PING) are still served.
-BUDGET_FLOOR = 64 << 10
+class State(enum.IntEnum):
+    """Where a connection is (one at a time; see :data:`TRANSITIONS`). Ordered, so the
+    read loop's "still open?" is one comparison: ``state < CLOSING``."""
+
+    #: Made; the transport is not connected yet.
+    NEW = 0
+    #: Every complete request is parsed and started as it arrives.
+    READY = 1
+    #: A blocking command is in flight (a table one, or a hot acquire in the lane):
+    #: the requests behind it stay unparsed until it is answered.
+    PARKED = 2
+    #: A request waits for this connection's replies in flight: a table request behind
+    #: hot commands, or a read of lock state behind writes it must see.
+    BARRIER = 3
+    #: ``max_inflight`` commands are in flight: parsing resumes at half of it.
+    FULL = 4
+    #: The client sent EOF: what is in flight is answered, what it pipelined is parsed
+    #: once nothing is, then the connection closes.
+    ENDED = 5
+    #: Closing (QUIT, a fatal frame, a limit, abort): nothing more is parsed or started.
+    CLOSING = 6
+    #: The transport is gone.
+    CLOSED = 7
+
+
+_NEW, _READY, _PARKED, _BARRIER, _FULL, _ENDED, _CLOSING, _CLOSED = State
+
+#: The legal transitions. A hold (PARKED, BARRIER, FULL) is left for READY by the flush
+#: that answers what it waits for, or for ENDED at EOF (not PARKED: a client that hangs
+#: up on a blocking command closes at once). ENDED keeps its own rule (it holds while
+#: anything is in flight) instead of entering the holds.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    _NEW: frozenset({_READY, _CLOSING, _CLOSED}),
+    _READY: frozenset({_PARKED, _BARRIER, _FULL, _ENDED, _CLOSING, _CLOSED}),
+    _PARKED: frozenset({_READY, _CLOSING, _CLOSED}),
+    _BARRIER: frozenset({_READY, _ENDED, _CLOSING, _CLOSED}),
+    _FULL: frozenset({_READY, _ENDED, _CLOSING, _CLOSED}),
+    _ENDED: frozenset({_CLOSING, _CLOSED}),
+    _CLOSING: frozenset({_CLOSED}),
+    _CLOSED: frozenset(),
+}
+
+#: Why the transport's reading is paused (any of them keeps it paused).
+_PAUSE_WRITE = 1  # the transport's write buffer is over its high mark
+_PAUSE_HELD = 2  # more than a request's worth of input waits unparsed
+_PAUSE_BUDGET = 4  # the server is over its buffer budget
+
+_PARKS = int(Flag.PARKS)
+_READS = int(Flag.READS)
+_NOAUTH = int(Flag.NOAUTH)
+_WATCH = int(Flag.WATCH)
+
+
+def _unknown_command(conn: Client, req: list[bytes]) -> bytes:
+    name = req[0][:32].decode("ascii", "replace")
+    return resp.encode_exception(UnknownCommand(f"unknown command '{name}'"))
+
+
+def _auth_required(conn: Client, req: list[bytes]) -> bytes:
+    return resp.encode_exception(AuthRequired("authentication required"))
+
+
+def _not_a_request(conn: Client, req: list[bytes]) -> bytes:
+    return resp.encode_exception(ProtocolError("expected an array of bulk strings"))
+
+
+#: What a request gets when the table has no entry for it in the connection's mode.
+_UNKNOWN = Command(_unknown_command)
+_AUTH_REQUIRED = Command(_auth_required)
+_NOT_A_REQUEST = Command(_not_a_request)
 
 
 class Connection(asyncio.Protocol):
-    """Server side of one client connection (one instance per connection)."""
+    """Server side of one client connection (one instance per connection).
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.config = server.config
-        #: The command table in force: the full one, or the pre-AUTH one.
-        self.table, self.fallback = server.tables_for_new_connection()
+    Its :attr:`state` is one :class:`State`; the command table's entries carry the
+    flags that move it (a PARKS command parks it, a READS one may wait at a barrier).
+    Which entries it serves is its gate: before AUTH only NOAUTH ones, on RESP2 while
+    watching only WATCH ones (the others get ``-NOAUTH`` / ``-UNKNOWN``)."""
+
+    def __init__(self, server: ServerView) -> None:
+        self._server = server
+        config = self._config = server.config
+        self._commands = server.commands
+        self._budget = server.budget
+        self._log = server.log
+        #: The lock service's native command lane (None: no lock service here).
+        self._lane = server.lane
         self.transport: asyncio.Transport | None = None
         #: The native wire state: request buffer and parser, hot commands in flight and
         #: their ready replies (see the module docstring).
-        self.wire = _WireConn(self, server.config.max_args, server.config.max_request_bytes)
-        if server.ids is not None:
-            self.wire.id_next = server.ids.next_id
+        self.wire = _WireConn(self, config.max_args, config.max_request_bytes)
+        ids = server.ids
+        if ids is not None:
+            self.wire.id_next = ids.next_id
+        self.state = _NEW
         self.resp3 = False
-        self.authenticated = server.config.requirepass is None
+        #: The gate: the flags a command needs now, and what one without them gets.
+        self._need, self._refuse = (0, _UNKNOWN) if config.requirepass is None else (_NOAUTH, _AUTH_REQUIRED)
         self.name = b""
         self.peer = "?"
         #: The client's address without its port (what AUTH failures are counted by).
         self.peer_host = "?"
-        self.id = server.next_connection_id()
+        self.id = 0
         self._pause = 0
-        #: This connection's input + output bytes as last counted in Server.buffered.
-        self.accounted = 0
+        #: This connection's input + output bytes as last counted in the budget.
+        self._accounted = 0
         #: Loop time since which an incomplete request has sat at the head of the input
-        #: (None: none does); see Server's idle sweep.
-        self.partial_since: float | None = None
-        #: Frames taken that are not requests (with commands_total: progress made).
-        self._frames = 0
-        self._closing = False
+        #: (None: none does); see the budget's idle sweep.
+        self._partial_since: float | None = None
+        #: Requests handled and frames taken here (progress, for the idle clock).
+        self._progress = 0
         #: Replies in request order: ready bytes, or tasks of commands in flight.
         self._slots: deque[bytes | asyncio.Future[bytes]] = deque()
-        #: The blocking command this connection waits for (nothing more is parsed).
+        #: The blocking command this connection waits for (PARKED; or while ENDED).
         self._parked: asyncio.Future[bytes] | None = None
-        #: A lock-state read waiting for this connection's writes in flight to commit.
+        #: A request waiting for this connection's replies in flight (BARRIER).
         self._deferred: list[bytes] | None = None
-        self._barrier = False
-        self._inflight_full = False
-        self._flush_scheduled = False
-        self._eof = False
-        #: WATCH subscriptions of this connection: prefix -> (watch, forwarding task).
-        self.watches: dict[bytes, Any] = {}
+        self._flush_handle: asyncio.Handle | None = None
         #: Callbacks run when the connection goes (watch cancellation, ...).
         self.on_close: list[Callable[[], object]] = []
-        #: Set while this connection has watches (RESP2 restricts it to watch commands).
-        self.watching = 0
-        #: The lock commands' reply encoders of this connection (made on first use).
-        self.token_encoder: Callable[[Any], bytes] | None = None
-        self.ok_encoder: Callable[[Any], bytes] | None = None
-        #: The lock service's native command lane (None: no lock service here).
-        self.lane = server.lane
+        #: What the lock commands keep per connection (see coordcore.server.lockcmds).
+        self.lock_state: Any = None
+
+    def _set_state(self, new: State) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"connection {self.id}: no transition from {self.state.name} to {new.name}")
+        self.state = new
+
+    def _hold(self, state: State) -> None:
+        """Stop parsing for ``state``'s reason (ENDED holds by its own rule)."""
+        if self.state is not _ENDED:
+            self._set_state(state)
+
+    @property
+    def _closing(self) -> bool:
+        return self.state >= _CLOSING
+
+    def _begin_close(self) -> None:
+        if self.state < _CLOSING:
+            self._set_state(_CLOSING)
+
+    # --- what handlers may ask (coordcore.server.core.Client) ------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        return not self._need & _NOAUTH
+
+    def authenticate(self) -> None:
+        self._need, self._refuse = 0, _UNKNOWN
+
+    def watch_mode(self, watching: bool) -> None:
+        self._need, self._refuse = (_WATCH if watching else 0), _UNKNOWN
 
     # --- asyncio.Protocol -------------------------------------------------------
 
@@ -166,18 +276,21 @@ class Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover - a socket that went away already
                 pass
-        transport.set_write_buffer_limits(high=self.config.write_high_water)
-        if not self.server.admit(self):
-            self._closing = True
-            transport.write(resp.encode_error("MAXCONN", "too many connections"))
+        transport.set_write_buffer_limits(high=self._config.write_high_water)
+        ident = self._server.admit(self)
+        if ident is None:
+            self._set_state(_CLOSING)
+            transport.write(resp.encode_exception(TooManyConnections("too many connections")))
             transport.close()
+            return
+        self.id = ident
+        self._set_state(_READY)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
+        self._set_state(_CLOSED)
         # Hot commands in flight still commit; an acquire among them is withdrawn when
         # its batch finds the connection closed (the lane's ``other`` callback).
-        self.wire.closed = True
-        self.wire.conn = None
+        self.wire.close()
         parked = self._parked
         if parked is not None and not parked.done():
             # The client is gone: stop waiting on its behalf (the lock layer withdraws
@@ -190,9 +303,12 @@ class Connection(asyncio.Protocol):
             try:
                 callback()
             except Exception:  # pragma: no cover - defensive: never fail a close
-                self.server.log.exception("on_close callback failed", conn=self.id)
+                self._log.exception("on_close callback failed", conn=self.id)
         self.on_close.clear()
-        self.server.forget(self)
+        self._budget.change(-self._accounted)
+        self._accounted = 0
+        self._budget.forget(self)
+        self._server.forget(self)
 
     def pause_writing(self) -> None:
         # Stop reading *and* stop parsing what is buffered (see _holding): a client
@@ -206,7 +322,7 @@ class Connection(asyncio.Protocol):
         self._continue()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self.state >= _CLOSING:
             return
         self.wire.feed(data)
         if self._holding():
@@ -224,34 +340,56 @@ class Connection(asyncio.Protocol):
         # hangs up while parked on a blocking command is gone as far as that wait is
         # concerned (a full close looks the same from here): close now, which
         # withdraws the wait.
-        if self._parked is not None or self.wire.parked:
+        state = self.state
+        if state is _PARKED or state >= _CLOSING:
             return None
         if not self._slots and self._deferred is None and not self.wire.outstanding:
             return None
-        self._eof = True
+        self._set_state(_ENDED)
         return True
+
+    # --- what the server asks -----------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The server is stopping: read nothing more, and answer a parked wait now
+        (-UNAVAILABLE), withdrawing it; commands already submitted finish with the
+        batch they are in."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.pause_reading()
+        if self._parked is not None:
+            self._parked.cancel()
+
+    def close(self) -> None:
+        """Close the transport (what is written still goes out)."""
+        if self.transport is not None:
+            self.transport.close()
 
     # --- the read loop ----------------------------------------------------------
 
     def _holding(self) -> bool:
-        """Nothing more may be parsed now: a blocking command is parked (a table one, or
-        a hot acquire in flight), a read waits for writes in flight, too many commands
-        are in flight, or the client is not reading its replies (writes paused)."""
-        return (self._parked is not None or self.wire.parked or self._barrier or self._inflight_full
-                or self._pause & _PAUSE_WRITE != 0)
+        """Nothing more may be parsed now: the state holds (PARKED, BARRIER, FULL; ENDED
+        while anything is in flight), or the client is not reading its replies."""
+        state = self.state
+        if state is _READY:
+            return self._pause & _PAUSE_WRITE != 0
+        if state is _ENDED:
+            return bool(self._slots) or self.wire.outstanding > 0 or self._pause & _PAUSE_WRITE != 0
+        return True
 
     def _bound_input(self) -> None:
         """Pause reading while more than a request's worth of bytes waits unparsed (the
         whole buffer counts, so the bound holds across any number of holds)."""
-        if self.wire.buffered > self.config.max_request_bytes:
+        if self.wire.buffered > self._config.max_request_bytes:
             self._pause_reading(_PAUSE_HELD)
         elif self._pause & _PAUSE_HELD:
             self._resume_reading(_PAUSE_HELD)
 
     def _continue(self) -> None:
         """Parse what was buffered while holding, if nothing holds any more."""
-        if not self._closing and not self._holding() and (self._pause & _PAUSE_HELD or self._deferred is not None
-                                                          or self.wire.buffered):
+        if self.state < _CLOSING and not self._holding() and (self._pause & _PAUSE_HELD
+                                                              or self._deferred is not None or self.wire.buffered):
             self._safe_drain()
 
     def _safe_drain(self) -> None:
@@ -260,42 +398,51 @@ class Connection(asyncio.Protocol):
         connection with ``-ERR`` and a log line instead of escaping into the transport
         ("Fatal error on transport") or into the batch listener that flushes every
         connection."""
-        progress = self.server.commands_total + self._frames
+        progress = self._progress
         try:
             self._drain()
         except Exception as exc:
-            self.server.log.exception("read loop failed, closing", conn=self.id, peer=self.peer)
-            self._closing = True
-            self.wire.closed = True
+            self._log.exception("read loop failed, closing", conn=self.id, peer=self.peer)
+            self._begin_close()
+            self.wire.close()
             if self.transport is not None:
                 with contextlib.suppress(Exception):
-                    self.transport.write(resp.encode_error("ERR", f"internal error: {type(exc).__name__}"))
+                    self.transport.write(resp.encode_exception(InternalError.about(exc)))
                 self.transport.close()
             return
-        if self._closing:
+        if self.state >= _CLOSING:
             return
         self._bound_input()
         self._account()
-        if self.server.config.idle_timeout:
+        if self._config.idle_timeout:
             # What is left unparsed when nothing holds is an incomplete request.
             if self.wire.buffered and not self._holding() and not self._pause:
-                if self.partial_since is None or progress != self.server.commands_total + self._frames:
-                    self.partial_since = self.server.loop_time()
-                    self.server.partial[self] = self.partial_since
-            elif self.partial_since is not None:
-                self.partial_since = None
-                self.server.partial.pop(self, None)
+                if self._partial_since is None or progress != self._progress:
+                    self._partial_since = self._budget.incomplete(self)
+            elif self._partial_since is not None:
+                self._partial_since = None
+                self._budget.complete(self)
 
     def _account(self) -> None:
         """Count this connection's buffered bytes (unparsed input, unsent output) in the
-        server's budget; over it, a connection holding more than BUDGET_FLOOR stops
-        reading until the server's sweep finds the total back under the low mark."""
+        server's budget; over it, a connection holding more than the budget's FLOOR
+        stops reading until the sweep finds the total back under the low mark."""
         transport = self.transport
-        now = self.wire.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
-        self.server.account(self, now)
-        if now > BUDGET_FLOOR and not self._pause & _PAUSE_BUDGET and self.server.over_budget():
+        now: int = self.wire.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
+        if now != self._accounted:
+            self._budget.change(now - self._accounted)
+            self._accounted = now
+        if now > FLOOR and not self._pause & _PAUSE_BUDGET and self._budget.over():
             self._pause_reading(_PAUSE_BUDGET)
-            self.server.budget_pause(self)
+            self._budget.pause(self)
+
+    def recount(self) -> None:
+        """Count the buffered bytes again (the budget's sweep: output shrinks unseen)."""
+        transport = self.transport
+        now: int = self.wire.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
+        if now != self._accounted:
+            self._budget.change(now - self._accounted)
+            self._accounted = now
 
     def resume_budget(self) -> None:
         """The server is back under its buffer budget (its sweep calls this)."""
@@ -305,13 +452,13 @@ class Connection(asyncio.Protocol):
 
     def idle_close(self, seconds: float) -> None:
         """An incomplete request sat unfinished for ``seconds`` (the server's sweep)."""
-        self.partial_since = None
-        if self._closing or self.transport is None:
+        self._partial_since = None
+        if self.state >= _CLOSING or self.transport is None:
             return
-        self.server.log.warning("incomplete request idle, closing", conn=self.id, peer=self.peer,
-                                seconds=round(seconds, 1), buffered=self.wire.buffered)
-        self._close_after([resp.encode_error(ProtocolError.code,
-                                             f"incomplete request idle for over {self.config.idle_timeout:g} s")])
+        self._log.warning("incomplete request idle, closing", conn=self.id, peer=self.peer,
+                          seconds=round(seconds, 1), buffered=self.wire.buffered)
+        self._close_after([resp.encode_exception(
+            ProtocolError(f"incomplete request idle for over {self._config.idle_timeout:g} s"))])
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -323,35 +470,38 @@ class Connection(asyncio.Protocol):
         # Checked on every write while paused, not only when the pause began: the
         # replies of work already in flight keep arriving after it.
         transport = self.transport
-        if transport is not None and not self._closing \
-                and transport.get_write_buffer_size() > self.config.max_output_bytes:
-            self.server.log.warning("output backlog over limit, closing", conn=self.id, peer=self.peer)
+        if transport is not None and self.state < _CLOSING \
+                and transport.get_write_buffer_size() > self._config.max_output_bytes:
+            self._log.warning("output backlog over limit, closing", conn=self.id, peer=self.peer)
             self.abort()
 
     def _drain(self) -> None:
         """Handle every complete request in the buffer; write the ready replies at once."""
         out: list[bytes] = []
         wire = self.wire
-        lane = self.lane
+        lane = self._lane
         slots = self._slots
-        max_inflight = self.config.max_inflight
-        high_water = self.config.write_high_water
+        commands = self._commands
+        max_inflight = self._config.max_inflight
+        high_water = self._config.write_high_water
         out_bytes = 0
         handled = 0
-        while not self._closing:
+        while self.state < _CLOSING:
             if self._deferred is not None:
                 req: Any = self._deferred
                 self._deferred = None
             else:
-                if not slots and self.table is self.server.commands:
+                if not slots and not self._need:
                     # The hot commands at the head of the buffer are handled natively:
                     # lock commands go to the lock service (a hot acquire parks:
                     # nothing after it is parsed), ID.NEXT is answered at once.
                     handled += wire.run_hot(lane, max_inflight - wire.outstanding)
                     if wire.parked:
+                        if self.state is not _ENDED:  # (_hold, inline: once per hot acquire)
+                            self._set_state(_PARKED)
                         break
                     if wire.outstanding >= max_inflight:
-                        self._inflight_full = True
+                        self._hold(_FULL)
                         break
                     if not wire.outstanding and wire.has_output:
                         out.append(wire.take_output())  # in order with the table's replies
@@ -361,14 +511,14 @@ class Connection(asyncio.Protocol):
                         # Not the request grammar: one whole RESP frame, its headers
                         # bounded natively first, for hiredis to read.
                         if wire.outstanding:
-                            self._barrier = True  # answer it once the hot replies are out
+                            self._hold(_BARRIER)  # answer it once the hot replies are out
                             break
                         req = self._foreign_frame(out)
                         if req is None:
-                            self._frames += 1
+                            self._progress += 1
                             continue  # answered (-PROTO); the stream goes on
                 except RequestTooLarge as exc:
-                    self.server.log.warning("request over size limit, closing", conn=self.id, peer=self.peer)
+                    self._log.warning("request over size limit, closing", conn=self.id, peer=self.peer)
                     out.append(resp.encode_exception(exc))
                     self._close_after(out)
                     return
@@ -382,33 +532,37 @@ class Connection(asyncio.Protocol):
                 # Hot commands are in flight on this connection: their replies come
                 # first, so this request waits until they are answered.
                 self._deferred = req
-                self._barrier = True
+                self._hold(_BARRIER)
                 break
             handled += 1
-            handler: Handler | None = None
+            entry: Command | None
             for arg in req:
                 if type(arg) is not bytes:
-                    handler = _not_a_request
+                    entry = _NOT_A_REQUEST
                     break
             else:
-                handler = self.table.get(req[0])
-                if handler is None:
-                    handler = self._lookup(req[0])
-            if slots and handler in self.server.barrier_handlers:
+                entry = commands.get(req[0])
+                if entry is None:
+                    entry = self._lookup(req[0])
+                need = self._need
+                if entry is None or entry.flags & need != need:
+                    entry = self._refuse
+            flags = entry.flags
+            if slots and flags & _READS:
                 # A read of lock state behind writes still in flight on this
                 # connection: run it once they commit, so it sees them (as a pipeline
                 # on Redis would).
                 self._deferred = req
-                self._barrier = True
+                self._hold(_BARRIER)
                 handled -= 1
                 break
             try:
-                reply: Reply = handler(self, req)
+                reply: Reply = entry.handler(self, req)
             except CoordcoreError as exc:
                 reply = resp.encode_exception(exc)
             except Exception as exc:  # a bug must not take the server down
-                self.server.log.exception("command failed", conn=self.id, command=_safe_name(req))
-                reply = resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
+                self._log.exception("command failed", conn=self.id, command=_safe_name(req))
+                reply = resp.encode_exception(InternalError.about(exc))
             if type(reply) is bytes:
                 if slots:
                     slots.append(reply)
@@ -427,17 +581,19 @@ class Connection(asyncio.Protocol):
             assert not isinstance(reply, bytes)
             task: asyncio.Future[bytes] = asyncio.ensure_future(reply)
             slots.append(task)
-            self.server.track(task)
+            self._server.track(task)
             task.add_done_callback(self._slot_done)
-            if handler in self.server.blocking_handlers:
+            if flags & _PARKS:
                 # May wait for other clients: later requests stay unparsed until it is
                 # answered (Redis blocking-command semantics).
                 self._parked = task
+                self._hold(_PARKED)
                 break
             if len(slots) >= max_inflight:
-                self._inflight_full = True
+                self._hold(_FULL)
                 break
-        self.server.commands_total += handled
+        self._progress += handled
+        self._server.commands_total += handled
         if out and self.transport is not None:  # (closing too: QUIT's +OK)
             self._write(b"".join(out) if len(out) > 1 else out[0])
 
@@ -457,70 +613,70 @@ class Connection(asyncio.Protocol):
         except Exception as exc:  # hiredis refuses it (a map keyed by a list, too deep...)
             raise ProtocolError(f"protocol error: {exc}") from None
         if type(req) is not list or not req or any(type(a) is not bytes for a in req):
-            error = resp.encode_error(ProtocolError.code, "expected an array of bulk strings")
+            error = _not_a_request(self, [])
             (self._slots.append if self._slots else out.append)(error)
             return None
         return req
 
-    def _lookup(self, name: bytes) -> Handler:
+    def _lookup(self, name: bytes) -> Command | None:
         upper = name.upper()
-        handler = self.table.get(upper)
-        if handler is None:
-            return self.fallback
-        if name == name.lower():
-            self.table[name] = handler  # memoise the lower-case spelling too
-        return handler
+        entry = self._commands.get(upper)
+        if entry is not None and name == name.lower():
+            self._commands[name] = entry  # memoise the lower-case spelling too
+        return entry
 
     def _task_reply(self, task: asyncio.Future[bytes]) -> bytes:
         if task.cancelled():
-            return resp.encode_error("UNAVAILABLE", "request cancelled: the server is shutting down")
+            return resp.encode_exception(Unavailable("request cancelled: the server is shutting down"))
         exc = task.exception()
         if exc is None:
             return task.result()
         if isinstance(exc, CoordcoreError):
             return resp.encode_exception(exc)
-        self.server.log.error("command failed", conn=self.id, error=repr(exc))
-        return resp.encode_error("ERR", f"internal error: {type(exc).__name__}")
+        self._log.error("command failed", conn=self.id, error=repr(exc))
+        return resp.encode_exception(InternalError.about(exc))
 
     def mark_dirty(self) -> None:
         """A reply of this connection is ready: flush it after the current batch (the
-        lock service's batch listener calls :meth:`Server.flush_dirty`)."""
-        wire = self.wire
-        if not wire.dirty:
-            wire.dirty = True
-            self.server.dirty.append(self)
+        lock service's batch listener calls :meth:`flush`)."""
+        self.wire.mark_dirty(self._lane.dirty)
 
     def park(self, fut: asyncio.Future[bytes]) -> None:
         """A hot acquire came back waiting: from now on it is a parked command like any
         other (its reply is ``fut``'s, in the slot after the replies ready now)."""
         self._parked = fut
         self._slots.append(fut)
-        self.server.track(fut)
+        self._server.track(fut)
         fut.add_done_callback(self._slot_done)
 
     def _slot_done(self, task: asyncio.Future[bytes]) -> None:
-        if self._closing or self.transport is None:
+        state = self.state
+        if state >= _CLOSING or self.transport is None:
             if not task.cancelled():
                 task.exception()  # retrieved: the client is gone, nobody reads this
             return
-        if not self._slots and self._parked is None and not self._barrier and not self._inflight_full \
-                and not self._eof:
-            return  # flushed already, at the end of the batch (flush_dirty)
+        if not self._slots and (state is _READY or state is _PARKED and self._parked is None):
+            return  # flushed already, at the end of the batch (flush)
         # The commands of one batch complete in the same loop turn: flush once after
         # them all, so their replies leave in one write (one syscall) per connection.
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush, False)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
+    def flush(self, batch_end: bool = True) -> None:
+        """Write the replies ready: at a batch's end (the lock commands' batch listener),
+        those the batch made ready, if it gave this connection any; else (a command of
+        this connection completed) whatever is ready."""
         wire = self.wire
-        wire.dirty = False
-        if self._closing or self.transport is None:
-            return
+        if batch_end:
+            if not wire.dirty:
+                return
+        else:
+            self._flush_handle = None
         # Hot replies first: a connection's table commands only start once its hot
         # commands are answered, and a parked hot acquire joins the slots behind them.
-        ready = wire.take_output()
+        ready = wire.take_flush()
+        if self.state >= _CLOSING or self.transport is None:
+            return
         out: list[bytes] = [ready] if ready is not None else []
         slots = self._slots
         while slots:
@@ -534,28 +690,34 @@ class Connection(asyncio.Protocol):
             slots.popleft()
         if out:
             self._write(b"".join(out) if len(out) > 1 else out[0])
-            if self._closing:
+            if self.state >= _CLOSING:
                 return
         if self._parked is not None and self._parked.done():
             self._parked = None
-        if self._barrier and not slots and not wire.outstanding:
-            self._barrier = False
-        if self._inflight_full and len(slots) + wire.outstanding <= self.config.max_inflight // 2:
-            self._inflight_full = False
+        state = self.state
+        if state is _PARKED:
+            if self._parked is None and not wire.parked:
+                self._set_state(_READY)
+        elif state is _BARRIER:
+            if not slots and not wire.outstanding:
+                self._set_state(_READY)
+        elif state is _FULL:
+            if len(slots) + wire.outstanding <= self._config.max_inflight // 2:
+                self._set_state(_READY)
         if not self._holding() and (self._pause & _PAUSE_HELD or self._deferred is not None or wire.buffered):
             # Requests that arrived meanwhile are still buffered.
             self._safe_drain()
         else:
             self._account()
-        if self._eof and not slots and self._parked is None and not wire.outstanding and not self._closing:
-            self._closing = True
+        if self.state is _ENDED and not slots and self._parked is None and not wire.outstanding:
+            self._set_state(_CLOSING)
             self.transport.close()
 
     # --- helpers used by handlers --------------------------------------------------
 
     def close_after_reply(self) -> None:
         """Ask the read loop to close the connection once the current reply is written."""
-        self._closing = True
+        self._begin_close()
         if self.transport is not None:
             asyncio.get_running_loop().call_soon(self._close_transport)
 
@@ -565,39 +727,35 @@ class Connection(asyncio.Protocol):
 
     def push(self, frame: bytes) -> None:
         """Write an out-of-band frame (a watch event) now, between replies."""
-        if self._closing or self.transport is None:
+        if self.state >= _CLOSING or self.transport is None:
             return
         self.transport.write(frame)
         self._check_output()
 
     def abort(self) -> None:
-        self._closing = True
-        self.wire.closed = True
+        self._begin_close()
+        self.wire.close()
         if self.transport is not None:
             self.transport.abort()
 
     def _close_after(self, out: list[bytes]) -> None:
-        self._closing = True
+        self._begin_close()
         if self.transport is not None:
             self.transport.write(b"".join(out))
             self.transport.close()
 
     def _pause_reading(self, reason: int) -> None:
-        if not self._pause and self.transport is not None and not self._closing:
+        if not self._pause and self.transport is not None and self.state < _CLOSING:
             self.transport.pause_reading()
         self._pause |= reason
 
     def _resume_reading(self, reason: int) -> None:
         was = self._pause
         self._pause &= ~reason
-        if was and not self._pause and self.transport is not None and not self._closing:
+        if was and not self._pause and self.transport is not None and self.state < _CLOSING:
             self.transport.resume_reading()
 
 
 def _safe_name(req: list[Any]) -> str:
     name = req[0] if req else b""
     return name[:32].decode("ascii", "replace") if isinstance(name, bytes) else "?"
-
-
-def _not_a_request(conn: Connection, req: list[bytes]) -> bytes:
-    return resp.encode_error(ProtocolError.code, "expected an array of bulk strings")

@@ -25,14 +25,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from coordcore.errors import BadArgument, WorkerIdUnavailable
 from coordcore.server import commands
+from coordcore.server.budget import Budget
+from coordcore.server.core import CommandTable
 from coordcore.server.log import StructLog, configure
-from coordcore.server.protocol import Connection, Handler
+from coordcore.server.protocol import Connection
 
 __all__ = ["Server", "ServerConfig", "run_server"]
 
@@ -82,10 +84,8 @@ class ServerConfig:
     #: closed (0: never). Idle connections between requests are not affected.
     idle_timeout: float = 30.0
     #: Budget of bytes buffered for all connections (unparsed input, unsent output):
-    #: over it, connections holding more than protocol.BUDGET_FLOOR stop reading.
+    #: over it, connections holding more than budget.FLOOR stop reading.
     max_buffered_bytes: int = 256 << 20
-    log_format: str = "kv"
-    log_level: str = "info"
     #: Cluster mode: etcd endpoints (host:port); empty: single node.
     etcd: tuple[str, ...] = ()
     #: Cluster name: every etcd key of the cluster is under /coordcore/<name>.
@@ -96,6 +96,8 @@ class ServerConfig:
     etcd_ttl: float = 5.0
     #: Seconds one etcd request may take.
     etcd_timeout: float = 2.0
+    log_format: str = "kv"
+    log_level: str = "info"
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -111,12 +113,12 @@ class ServerConfig:
                 raise BadArgument(f"{name} must be >= 1")
         if self.max_args < 2:
             raise BadArgument("max_args must be >= 2")
+        if not self.idle_timeout >= 0:
+            raise BadArgument(f"idle_timeout must be >= 0 seconds (0: off), got {self.idle_timeout}")
         if self.etcd and (self.id_workers > 1 or self.id_only):
             raise BadArgument("cluster mode (--etcd) serves IDs in the server itself: no --id-workers/--id-only")
         if self.etcd and self.worker_id is not None:
             raise BadArgument("cluster mode (--etcd) leases worker IDs in etcd: no --worker-id")
-        if not self.idle_timeout >= 0:
-            raise BadArgument(f"idle_timeout must be >= 0 seconds (0: off), got {self.idle_timeout}")
 
 
 #: File descriptors kept back from connections: listeners, the lock log and its
@@ -227,22 +229,20 @@ class Server:
         self.role = "ids" if config.id_only else "main"
         self.port = config.port
         self.ids: Any = None
+        #: The lock service (None: an ID worker, or not started yet).
         self.locks: Any = None
-        self.commands: dict[bytes, Handler] = {}
-        self.noauth: dict[bytes, Handler] = commands.noauth_commands()
+        #: The one command table: every entry carries its flags (coordcore.server.core).
+        self.commands: CommandTable = {}
         self.command_names: list[bytes] = []
-        #: Handlers that may wait for other clients: they park their connection.
-        self.blocking_handlers: set[Handler] = commands.blocking_handlers()
-        #: Slows AUTH failures down per client address, and rate-limits their log lines.
-        self.auth_guard = commands.AuthGuard(self.log)
-        #: Handlers that read lock state: they wait for their connection's writes.
-        self.barrier_handlers: set[Handler] = set()
-        #: The table of a RESP2 connection while it watches.
-        self.watch_table: dict[bytes, Handler] = {}
-        #: Connections with replies ready in the batch being resolved (see flush_dirty).
-        self.dirty: list[Connection] = []
+        #: The password check of AUTH; it slows failures down per client address, and
+        #: rate-limits their log lines.
+        self.auth = commands.Auth(config.requirepass, commands.AuthGuard(self.log))
+        #: Bytes buffered for all connections, and their incomplete requests.
+        self.budget = Budget(config.max_buffered_bytes, self.log)
         #: The lock service's native lane for hot lock commands (None: no lock service).
         self.lane: Any = None
+        #: Closes the lock service (set once it is served).
+        self._close_locks: Callable[[], Awaitable[None]] | None = None
         #: Cluster mode (config.etcd): this server's session, worker ID and leadership.
         self.cluster: Any = None
         self._next_conn_id = 0
@@ -252,18 +252,13 @@ class Server:
         self._info_providers: list[Callable[[], list[str]]] = []
         self._closed = asyncio.Event()
         self._closing = False
-        #: Bytes buffered for all connections as last counted (see Connection._account).
-        self.buffered = 0
-        #: Connections that stopped reading because the server was over its budget.
-        self.budget_paused: set[Connection] = set()
-        #: Connections with an incomplete request at the head of their input, and since.
-        self.partial: dict[Connection, float] = {}
-        #: Buffered bytes released since memory was last handed back to the system.
-        self._released = 0
-        self._budget_logged = float("-inf")
         self._trim = _malloc_trim()
         self._sweeper: asyncio.Task[None] | None = None
-        self.loop_time: Callable[[], float] = time.monotonic
+
+    @property
+    def partial(self) -> dict[Any, float]:
+        """Connections with an incomplete request at the head of their input, and since."""
+        return self.budget.partial
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -287,30 +282,18 @@ class Server:
             ids_dir.mkdir(parents=True, exist_ok=True)
             self.ids = Snowflake(worker, datacenter_id=dc, state_file=ids_dir / f"worker-{dc}-{worker}.state")
         self.worker_id, self.datacenter_id = worker, dc
-        table = commands.core_commands()
-        table.update(commands.id_commands())
+        self.commands = self.base_commands()
         if self.cluster is not None:
-            from coordcore.server import lockcmds
-
-            locks, blocking, self.barrier_handlers = self.cluster.lock_tables()
-            table.update(locks)
-            self.blocking_handlers = blocking | commands.blocking_handlers()
-            self.watch_table = lockcmds.watch_mode_commands()
+            # Lock commands answer MOVED until this server leads (see cluster.py).
+            self.commands.update(self.cluster.lock_commands())
             self._info_providers.append(self.cluster.info_lines)
         elif not cfg.id_only:
             from coordcore.server import lockcmds
 
-            self.locks = await lockcmds.open_backend(self)
-            self.lane = lockcmds.open_lane(self)
-            table.update(lockcmds.lock_commands())
-            self.blocking_handlers = lockcmds.blocking_handlers() | commands.blocking_handlers()
-            self.barrier_handlers = lockcmds.barrier_handlers()
-            self.watch_table = lockcmds.watch_mode_commands()
-            self._info_providers.append(lambda: lockcmds.info_lines(self))
-        self.commands = table
-        self.command_names = sorted(table)
+            self.serve_locks(await lockcmds.open_service(cfg, self.log))
+        self.command_names = sorted(self.commands)
         loop = asyncio.get_running_loop()
-        self.loop_time = loop.time
+        self.budget.clock = loop.time
         self._sweeper = loop.create_task(self._sweep())
         self._listener = await loop.create_server(
             lambda: Connection(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
@@ -349,6 +332,27 @@ class Server:
             self._children.append((child, endpoint))
             self.log.info("id worker started", worker_id=worker + i, endpoint=endpoint, pid=child.pid)
 
+    def base_commands(self) -> CommandTable:
+        """The connection, introspection and ID commands (``self.ids`` must be set)."""
+        table = commands.core_commands(self.auth, version=self.version, info=self.info_lines,
+                                       command_count=lambda: len(self.command_names))
+        table.update(commands.id_commands(self.ids, max_range=self.config.max_id_range,
+                                          endpoints=self.id_endpoints))
+        return table
+
+    def serve_locks(self, svc: Any) -> None:
+        """Serve the lock service ``svc``: its commands join the table, its native lane
+        takes the hot ones."""
+        # Imported here: ID worker processes never load the lock layer.
+        from coordcore.server.lockcmds import LockCommands
+
+        self.locks = svc
+        served = LockCommands(svc, log=self.log, max_reply_items=self.config.max_reply_items)
+        self.lane = served.lane
+        self.commands.update(served.commands())
+        self._info_providers.append(served.info_lines)
+        self._close_locks = served.close
+
     def id_endpoints(self) -> list[str]:
         return [f"{self.config.host}:{self.port}"] + [ep for _, ep in self._children]
 
@@ -364,13 +368,8 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):
-            if conn.transport is not None and not conn.transport.is_closing():
-                with contextlib.suppress(Exception):
-                    conn.transport.pause_reading()
-            # A blocking wait may never end: answer it now (-UNAVAILABLE), withdrawing
-            # it; commands already submitted finish with the batch they are in.
-            if conn._parked is not None:
-                conn._parked.cancel()
+            # A blocking wait may never end: it is answered now (-UNAVAILABLE).
+            conn.shutdown()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.shutdown_grace)
             for task in pending:
@@ -379,13 +378,10 @@ class Server:
                 await asyncio.wait(pending, timeout=self.config.shutdown_grace)
         if self.cluster is not None:
             await self.cluster.close()
-        elif self.locks is not None:
-            from coordcore.server import lockcmds
-
-            await lockcmds.close_backend(self)
+        elif self._close_locks is not None:
+            await self._close_locks()
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
         for child, _ in self._children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -411,53 +407,24 @@ class Server:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    # --- used by connections ----------------------------------------------------
+    # --- used by connections (coordcore.server.core.ServerView) -----------------------
 
-    def next_connection_id(self) -> int:
+    def admit(self, conn: Connection) -> int | None:
         self._next_conn_id += 1
-        return self._next_conn_id
-
-    def tables_for_new_connection(self) -> tuple[dict[bytes, Handler], Handler]:
-        if self.config.requirepass is None:
-            return self.commands, commands.unknown_command
-        return self.noauth, commands.auth_required
-
-    def admit(self, conn: Connection) -> bool:
         if self._closing or len(self.connections) >= self.config.max_connections:
             self.log.warning("connection refused", peer=conn.peer, reason="closing" if self._closing
                              else "max connections", connections=len(self.connections))
-            return False
+            return None
         self.connections.add(conn)
         self.connections_total += 1
-        return True
+        return self._next_conn_id
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        self.partial.pop(conn, None)
-        self.budget_paused.discard(conn)
-        self.account(conn, 0)
 
-    def account(self, conn: Connection, now: int) -> None:
-        """``conn`` buffers ``now`` bytes (input and output) from now on."""
-        before = conn.accounted
-        if now != before:
-            conn.accounted = now
-            self.buffered += now - before
-            if now < before:
-                self._released += before - now
-
-    def budget_pause(self, conn: Connection) -> None:
-        if not self.budget_paused:
-            # At most one line per 10 s: under a sustained flood this flaps each sweep.
-            now = self.loop_time()
-            if now - self._budget_logged >= 10.0:
-                self._budget_logged = now
-                self.log.warning("buffer budget exceeded, pausing the largest readers", buffered=self.buffered,
-                                 budget=self.config.max_buffered_bytes)
-        self.budget_paused.add(conn)
-
-    def over_budget(self) -> bool:
-        return self.buffered > self.config.max_buffered_bytes
+    def track(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- the sweep: timers of every connection, a few times a second ------------------
 
@@ -476,47 +443,22 @@ class Server:
         """Close connections whose incomplete request sat past ``idle_timeout``;
         recount the buffer budget (output buffers shrink unseen as clients read) and let
         paused connections read again once under 3/4 of it; hand freed memory back."""
-        now = self.loop_time()
-        self.auth_guard.flush_logs()
-        timeout = self.config.idle_timeout
-        if timeout and self.partial:
-            for conn, since in list(self.partial.items()):
-                if now - since > timeout:
-                    del self.partial[conn]
-                    conn.idle_close(now - since)
-        if self.budget_paused or self.buffered > self.config.max_buffered_bytes // 2:
-            for conn in list(self.connections):
-                transport = conn.transport
-                self.account(conn, conn.wire.buffered
-                             + (transport.get_write_buffer_size() if transport is not None else 0))
-            if self.budget_paused and self.buffered <= self.config.max_buffered_bytes * 3 // 4:
-                paused = list(self.budget_paused)
-                self.budget_paused.clear()
-                self.log.debug("buffer budget: reading again", connections=len(paused), buffered=self.buffered)
-                for conn in paused:
-                    conn.resume_budget()
+        self.auth.guard.flush_logs()
+        self.budget.sweep(self.connections, self.config.idle_timeout)
         # glibc keeps freed memory in its arenas; big buffers freed (a burst, clients
         # gone) are given back so the server's footprint returns to its working size.
-        if self._released > 8 << 20:
-            self._released = 0
-            if self._trim is not None:
-                self._trim(0)
+        if self.budget.take_released(8 << 20) and self._trim is not None:
+            self._trim(0)
 
-    def flush_dirty(self) -> None:
-        """Write the replies a committed batch made ready: one write per connection.
-        (The list is the lane's too, so it is emptied in place, never replaced.)"""
-        dirty = self.dirty
-        if not dirty:
-            return
-        conns = dirty[:]
-        dirty.clear()
-        for conn in conns:
-            if conn.wire.dirty:
-                conn._flush()
-
-    def track(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def info_lines(self) -> list[str]:
+        """What INFO answers, line by line."""
+        lines = ["# Server", f"coordcore_version:{self.version}", f"process_id:{os.getpid()}",
+                 f"tcp_port:{self.port}", f"uptime_in_seconds:{int(time.monotonic() - self.started)}",
+                 f"role:{self.role}", "", "# Clients", f"connected_clients:{len(self.connections)}",
+                 f"maxclients:{self.config.max_connections}", "", "# Stats",
+                 f"total_connections_received:{self.connections_total}",
+                 f"total_commands_processed:{self.commands_total}", ""]
+        return lines + self.info_sections()
 
     def info_sections(self) -> list[str]:
         lines = ["# IDs", f"worker_id:{self.worker_id}", f"datacenter_id:{self.datacenter_id}",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcd_support import connect
+from tests.cluster.etcd_support import connect
 
 from coordcore.cluster import (
     Election,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from etcd_support import Applied, Writer, connect, replayed, writer
+from tests.cluster.etcd_support import Applied, Writer, connect, replayed, writer
 
 from coordcore.cluster import EtcdCompacted, EtcdLog, FollowerBehind, Keys, LeadershipLost, LogInvalid
 from coordcore.cluster import etcd as etcd_ops

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from etcd_support import connect, replayed, writer
+from tests.cluster.etcd_support import connect, replayed, writer
 
 from coordcore.cluster import EtcdLog, EtcdUnavailable, Keys
 from coordcore.cluster.testing import EtcdCluster

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from etcd_support import Writer, replayed, writer
+from tests.cluster.etcd_support import Writer, replayed, writer
 
 from coordcore.cluster import AppendOutcomeUnknown, EtcdLog, EtcdUnavailable, LeadershipLost
 from coordcore.cluster.etcd import Etcd, TxnResult

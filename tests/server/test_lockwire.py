@@ -344,11 +344,10 @@ def test_resolve_answers_in_request_order_and_hands_the_rest_to_other() -> None:
     # reply is queued and it is not listed for a flush.
     dirty.clear()
     calls.clear()
-    w1.dirty = False
+    w1.take_flush()
     w1.feed(_pack(b"LOCK.ACQUIRE", b"free", _h(1)))
     w1.run_hot(lane, 10)
-    w1.closed = True
-    w1.conn = None
+    w1.close()
     batch = lane.cut(100)
     assert batch is not None
     raw_results, _ = m.apply_raw(lm.assemble(3, [batch.commands], batch.count))
@@ -506,8 +505,7 @@ def test_a_frame_missing_its_last_byte_is_incomplete_even_over_stale_buffer_byte
     wire.feed(frame)
     if lane_first:
         assert wire.run_hot(lane, 10) == 1
-        lane.cut(10)
-        wire = _resolved(wire)
+        wire = _resolved(wire, lane)
     else:
         assert wire.next_request() == [b"ECHO", payload]
     wire.feed(frame[:-1])  # the same request again, all but its final '\n'
@@ -520,7 +518,10 @@ def test_a_frame_missing_its_last_byte_is_incomplete_even_over_stale_buffer_byte
         assert wire.next_request() == [b"ECHO", payload]
 
 
-def _resolved(wire: lw.WireConn) -> lw.WireConn:
-    """The connection with its one hot command answered (as a committed batch does)."""
-    wire.outstanding = 0
+def _resolved(wire: lw.WireConn, lane: lw.WireLane) -> lw.WireConn:
+    """The connection with its one hot command answered (as a batch that failed does)."""
+    batch = lane.cut(10)
+    assert batch is not None
+    batch.fail(RuntimeError("not committed"))
+    assert wire.outstanding == 0 and wire.take_output() == b"-OTHER 0\r\n"
     return wire

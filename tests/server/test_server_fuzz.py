@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordcore.ids import Snowflake
-from coordcore.server import Server, ServerConfig, commands
+from coordcore.server import Server, ServerConfig
 from coordcore.server.log import configure
 from coordcore.server.protocol import Connection
 
@@ -58,11 +58,9 @@ class FakeTransport:
 def make_server(tmp: Path) -> Server:
     server = Server(ServerConfig(port=0, data_dir=tmp, max_request_bytes=2048, max_args=16),
                     log=configure("kv", "critical", name="coordcore.server.fuzz"))
-    table = commands.core_commands()
-    table.update(commands.id_commands())
-    server.commands = table
     server.ids = Snowflake(5, clock="logical")
     server.worker_id, server.datacenter_id = 5, 0
+    server.commands = server.base_commands()
     return server
 
 
@@ -227,7 +225,6 @@ def lane_request(draw: Any) -> tuple[str, list[bytes]]:
 @given(data=st.data(), cuts=st.lists(st.integers(0, 10_000), max_size=6))
 def test_lane_and_table_answer_every_request_in_order(tmp_path: Path, data: st.DataObject, cuts: list[int]) -> None:
     from coordcore.locks.service import LockService
-    from coordcore.server import lockcmds
 
     requests = [data.draw(st.composite(lambda draw: lane_request(draw))()) for _ in
                 range(data.draw(st.integers(1, 16)))]
@@ -236,12 +233,7 @@ def test_lane_and_table_answer_every_request_in_order(tmp_path: Path, data: st.D
         async def main() -> None:
             server = make_server(tmp_path)
             svc = await LockService.in_memory()
-            server.locks = svc
-            svc.pipeline.on_batch(server.flush_dirty)
-            server.commands.update(lockcmds.lock_commands())
-            server.blocking_handlers = lockcmds.blocking_handlers()
-            server.barrier_handlers = lockcmds.barrier_handlers()
-            server.lane = lockcmds.open_lane(server)
+            server.serve_locks(svc)
             try:
                 session = await svc.open_session(60, keepalive=False)
                 assert session.id == 1

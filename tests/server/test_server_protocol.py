@@ -11,6 +11,7 @@ import hiredis
 from tests.server.ccserver import aio_raw, inprocess_server, read_reply
 
 from coordcore.errors import ProtocolError
+from coordcore.server.core import Command, Flag
 
 
 def pack(*args: Any) -> bytes:
@@ -306,9 +307,8 @@ def test_commands_in_flight_and_blocking_commands_keep_reply_order(run: Callable
                     return b"+" + req[1] + b"\r\n"
                 return wait()
 
-            server.commands[b"T.SLOW"] = slow
-            server.commands[b"T.BLOCK"] = block
-            server.blocking_handlers.add(block)
+            server.commands[b"T.SLOW"] = Command(slow)
+            server.commands[b"T.BLOCK"] = Command(block, Flag.PARKS)
             # In-flight commands finish out of order; replies come back in order, and
             # quick replies queue behind them.
             replies = await roundtrip(server.port, pack("T.SLOW", "a", 0.05) + pack("T.SLOW", "b", 0.0) +

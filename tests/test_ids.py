@@ -657,3 +657,35 @@ def test_bad_types_in_ids_are_coordcore_errors() -> None:
         Snowflake(1, max_backward_ms="10")  # type: ignore[arg-type]
     with pytest.raises(WrongType, match="datacenter_id"):
         Snowflake(1, datacenter_id="1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("preset", ["twitter", "sonyflake", "discord", "instagram"])
+def test_decode_many_matches_decode(preset: str) -> None:
+    from coordcore.ids import Layout, Snowflake, decode_many
+
+    gen = Snowflake(3, layout=preset, clock="logical")
+    ids = gen.next_ids(5000)
+    cols = gen.decode_many(ids)
+    assert set(cols) == {"timestamp_ms", "datacenter", "worker", "sequence"}
+    assert all(c.dtype == np.int64 and c.shape == ids.shape for c in cols.values())
+    for k in (0, 1, 2500, 4999):
+        d = gen.decode(ids[k])
+        assert (int(cols["timestamp_ms"][k]), int(cols["datacenter"][k]), int(cols["worker"][k]),
+                int(cols["sequence"][k])) == (d.timestamp_ms, d.datacenter, d.worker, d.sequence)
+    grid = decode_many(ids[:12].reshape(3, 4).astype(np.uint64), Layout.preset(preset))
+    assert grid["worker"].shape == (3, 4) and bool((grid["worker"] == 3).all())
+    assert decode_many(list(map(int, ids[:3])), preset)["sequence"].tolist() == cols["sequence"][:3].tolist()
+    assert len(decode_many(np.empty(0, np.int64))["worker"]) == 0
+
+
+def test_decode_many_refuses_what_is_not_an_id() -> None:
+    from coordcore.ids import decode_many
+
+    with pytest.raises(BadArgument, match=r"ids\[1\] = -5"):
+        decode_many(np.array([1, -5, 3]))
+    with pytest.raises(BadArgument, match="not an ID"):
+        decode_many(np.array([2**63], dtype=np.uint64))
+    with pytest.raises(WrongType, match="array of integers"):
+        decode_many(np.array([1.5]))
+    with pytest.raises(WrongType, match="array of integers"):
+        decode_many(["a"])

@@ -45,6 +45,7 @@ import abc
 import datetime as _dt
 import fcntl
 import math
+import operator
 import os
 import struct
 import threading
@@ -84,6 +85,7 @@ __all__ = [
     "Snowflake",
     "SkewClock",
     "decode",
+    "decode_many",
     "WorkerIdSource",
     "WorkerAssignment",
     "StaticWorkerId",
@@ -101,12 +103,38 @@ class LayoutWarning(UserWarning):
     """A layout that works today but will run out of timestamp bits soon."""
 
 
+def _as_int(value: object) -> int | None:
+    """``value`` as a Python int if it is an integer (numpy's too: an ID taken from an
+    array is an ``np.int64``), else None. Booleans are not integers here."""
+    if isinstance(value, int):
+        return None if isinstance(value, bool) else value
+    if isinstance(value, (np.integer, np.bool_)):
+        return None if isinstance(value, np.bool_) else int(value)
+    try:
+        return operator.index(value)  # type: ignore[arg-type]  # any other integer type
+    except TypeError:
+        return None
+
+
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as a Python int in [lo, hi], or WrongType / BadArgument naming ``name``."""
+    number = _as_int(value)
+    if number is None:
         raise WrongType(f"{name} must be an int, not {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise BadArgument(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
+    if not lo <= number <= hi:
+        raise BadArgument(f"{name} must be in [{lo}, {hi}], got {number}")
+    return number
+
+
+def _check_ms(name: str, value: object, lo: float, hi: float, what: str) -> float:
+    """A number of milliseconds (int, float or numpy number) in [lo, hi], as a float;
+    else BadArgument saying ``what`` it must be."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise BadArgument(f"{name} must be {what}, got {value!r}")
+    ms = float(value)
+    if not lo <= ms <= hi:  # NaN fails this too
+        raise BadArgument(f"{name} must be {what}, got {value!r}")
+    return ms
 
 
 def _unix_ms(when: _dt.datetime | float | int) -> int:
@@ -114,9 +142,14 @@ def _unix_ms(when: _dt.datetime | float | int) -> int:
         if when.tzinfo is None:
             raise BadArgument("datetime must be timezone-aware (e.g. tzinfo=datetime.timezone.utc)")
         return int(when.timestamp() * 1000)
-    if isinstance(when, bool) or not isinstance(when, (int, float)):
-        raise WrongType(f"expected a datetime or Unix milliseconds, not {type(when).__name__}")
-    return int(when)
+    number = _as_int(when)
+    if number is not None:
+        return number
+    if isinstance(when, (float, np.floating)):
+        if not math.isfinite(when):
+            raise BadArgument(f"Unix milliseconds must be finite, got {when!r}")
+        return int(when)
+    raise WrongType(f"expected a datetime or Unix milliseconds, not {type(when).__name__}")
 
 
 class DecodedId(NamedTuple):
@@ -163,18 +196,18 @@ class Layout:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
-        _check_int("timestamp_bits", self.timestamp_bits, 1, 63)
-        _check_int("datacenter_bits", self.datacenter_bits, 0, 62)
-        _check_int("worker_bits", self.worker_bits, 0, 62)
-        _check_int("sequence_bits", self.sequence_bits, 1, 62)
-        _check_int("unit_ms", self.unit_ms, 1, 86_400_000)
+        # Stored as Python ints: numpy integers would make every shift and product below
+        # wrap at 64 bits.
+        for name, lo, hi in (("timestamp_bits", 1, 63), ("datacenter_bits", 0, 62), ("worker_bits", 0, 62),
+                             ("sequence_bits", 1, 62), ("unit_ms", 1, 86_400_000), ("epoch_ms", 0, 2**53)):
+            object.__setattr__(self, name, _check_int(name, getattr(self, name), lo, hi))
+        if not isinstance(self.order, (tuple, list)) or sorted(map(str, self.order)) != sorted(_FIELDS):
+            raise BadArgument(f"order must be a permutation of {_FIELDS}, got {self.order!r}")
+        object.__setattr__(self, "order", tuple(self.order))
         total = self.timestamp_bits + self.datacenter_bits + self.worker_bits + self.sequence_bits
         if total > 63:
             raise BadArgument(f"layout uses {total} bits; at most 63 fit a signed 64-bit ID")
-        if sorted(self.order) != sorted(_FIELDS):
-            raise BadArgument(f"order must be a permutation of {_FIELDS}, got {self.order!r}")
         now_ms = int(time.time() * 1000)
-        _check_int("epoch_ms", self.epoch_ms, 0, 2**53)
         if self.epoch_ms > now_ms:
             raise BadArgument(f"epoch_ms {self.epoch_ms} is in the future (now {now_ms})")
         end_ms = self.epoch_ms + (2**self.timestamp_bits) * self.unit_ms
@@ -221,10 +254,10 @@ class Layout:
 
     def compose(self, tick: int, datacenter: int, worker: int, sequence: int) -> int:
         """The ID with these fields (all range-checked)."""
-        _check_int("tick", tick, 0, (1 << self.timestamp_bits) - 1)
-        _check_int("datacenter", datacenter, 0, self.max_datacenter)
-        _check_int("worker", worker, 0, self.max_worker)
-        _check_int("sequence", sequence, 0, self.ids_per_tick - 1)
+        tick = _check_int("tick", tick, 0, (1 << self.timestamp_bits) - 1)
+        datacenter = _check_int("datacenter", datacenter, 0, self.max_datacenter)
+        worker = _check_int("worker", worker, 0, self.max_worker)
+        sequence = _check_int("sequence", sequence, 0, self.ids_per_tick - 1)
         return ((tick << self.shift("timestamp")) | (datacenter << self.shift("datacenter"))
                 | (worker << self.shift("worker")) | (sequence << self.shift("sequence")))
 
@@ -236,12 +269,41 @@ class Layout:
         >>> d.datetime.isoformat(), d.sequence
         ('2022-06-28T16:07:40.105000+00:00', 0)
         """
-        _check_int("id", id, 0, 2**63 - 1)
+        id = _check_int("id", id, 0, 2**63 - 1)
         def part(name: str) -> int:
             return (id >> self.shift(name)) & ((1 << self._bits(name)) - 1)
         tick = id >> self.shift("timestamp")
         return DecodedId(id, self.epoch_ms + tick * self.unit_ms, part("datacenter"),
                          part("worker"), part("sequence"))
+
+    def decode_many(self, ids: npt.ArrayLike) -> dict[str, npt.NDArray[np.int64]]:
+        """Decode many IDs at once, in one native pass: a dict of int64 numpy columns
+        ``timestamp_ms``, ``datacenter``, ``worker``, ``sequence`` (the fields of
+        :class:`DecodedId`), each shaped like ``ids``. Hand it to ``pandas.DataFrame``
+        as it is.
+
+        >>> tw = Layout.preset("twitter")
+        >>> cols = tw.decode_many(np.array([1541815603606036480, 1541815603606036481]))
+        >>> cols["timestamp_ms"].tolist(), cols["sequence"].tolist()
+        ([1656432460105, 1656432460105], [0, 1])
+        """
+        arr = np.asarray(ids)
+        if arr.dtype.kind not in "iu":
+            raise WrongType(f"ids must be an array of integers, not of dtype {arr.dtype}")
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > 2**63 - 1:
+            raise BadArgument(f"ids must be in [0, {2**63 - 1}]: {int(arr.max())} is not an ID")
+        flat = np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+        cols = {name: np.empty(flat.shape[0], dtype=np.int64) for name in ("timestamp_ms", *_FIELDS)}
+
+        def mask(name: str) -> int:
+            return (1 << self._bits(name)) - 1
+        bad = _snowflake.decode_columns(
+            flat, self.shift("timestamp"), self.shift("datacenter"), mask("datacenter"), self.shift("worker"),
+            mask("worker"), self.shift("sequence"), mask("sequence"), self.epoch_ms, self.unit_ms,
+            cols["timestamp_ms"], cols["datacenter"], cols["worker"], cols["sequence"])
+        if bad >= 0:
+            raise BadArgument(f"ids[{bad}] = {int(flat[bad])} is not an ID of layout {self.name!r}")
+        return {name: col.reshape(arr.shape) for name, col in cols.items()}
 
     def tick_at(self, when: _dt.datetime | float | int) -> int:
         ms = _unix_ms(when)
@@ -295,6 +357,16 @@ def _layout(layout: Layout | str) -> Layout:
     if isinstance(layout, str):
         return Layout.preset(layout)
     raise WrongType(f"layout must be a Layout or a preset name, not {type(layout).__name__}")
+
+
+def decode_many(ids: npt.ArrayLike, layout: Layout | str = "twitter") -> dict[str, npt.NDArray[np.int64]]:
+    """Decode many IDs at once into numpy columns (see :meth:`Layout.decode_many`).
+
+    >>> gen = Snowflake(5)
+    >>> decode_many(gen.next_ids(3))["worker"].tolist()
+    [5, 5, 5]
+    """
+    return _layout(layout).decode_many(ids)
 
 
 def decode(id: int, layout: Layout | str = "twitter") -> DecodedId:
@@ -542,13 +614,10 @@ class Snowflake(_snowflake.Generator):
         self._layout = lay = _layout(layout)
         if clock not in ("wait", "raise", "logical"):
             raise BadArgument(f"clock must be 'wait', 'raise' or 'logical', not {clock!r}")
-        for name, value in (("max_backward_ms", max_backward_ms), ("reserve_ms", reserve_ms)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3.6e6:
-                raise BadArgument(f"{name} must be a number of ms in [0, 3600000], got {value!r}")
-        if max_ahead_ms is not None and (isinstance(max_ahead_ms, bool)
-                                         or not isinstance(max_ahead_ms, (int, float))
-                                         or math.isnan(max_ahead_ms) or max_ahead_ms < 0):
-            raise BadArgument(f"max_ahead_ms must be None or a number of ms >= 0, got {max_ahead_ms!r}")
+        max_backward_ms = _check_ms("max_backward_ms", max_backward_ms, 0, 3.6e6, "a number of ms in [0, 3600000]")
+        reserve_ms = _check_ms("reserve_ms", reserve_ms, 0, 3.6e6, "a number of ms in [0, 3600000]")
+        if max_ahead_ms is not None:
+            max_ahead_ms = _check_ms("max_ahead_ms", max_ahead_ms, 0, math.inf, "None or a number of ms >= 0")
         if clock_source is not None and not isinstance(clock_source, SkewClock):
             raise WrongType("clock_source must be a SkewClock")
         self._lock = threading.Lock()
@@ -595,15 +664,17 @@ class Snowflake(_snowflake.Generator):
                 except ValueError:
                     raise BadArgument(
                         f"COORDCORE_DATACENTER_ID={env['COORDCORE_DATACENTER_ID']!r} is not an integer") from None
-        if isinstance(worker_id, bool) or not isinstance(worker_id, int):
+        number = _as_int(worker_id)
+        if number is None:
             raise WrongType(f"worker_id must be an int or a WorkerIdSource, not {type(worker_id).__name__}")
-        return StaticWorkerId(worker_id, datacenter_id or 0)
+        if datacenter_id is not None:
+            datacenter_id = _check_int("datacenter_id", datacenter_id, 0, 2**62)
+        return StaticWorkerId(number, datacenter_id or 0)
 
     def _acquire_assignment(self) -> WorkerAssignment:
         a = self._source.acquire(self._layout, self._on_lease_lost)
-        _check_int("worker_id", a.worker_id, 0, self._layout.max_worker)
-        _check_int("datacenter_id", a.datacenter_id, 0, self._layout.max_datacenter)
-        return a
+        return WorkerAssignment(_check_int("worker_id", a.worker_id, 0, self._layout.max_worker),
+                                _check_int("datacenter_id", a.datacenter_id, 0, self._layout.max_datacenter))
 
     def _node_bits(self, a: WorkerAssignment) -> int:
         lay = self._layout
@@ -629,7 +700,7 @@ class Snowflake(_snowflake.Generator):
         if out is None:
             if n is None:
                 raise BadArgument("next_ids needs n or out")
-            _check_int("n", n, 0, 2**40)
+            n = _check_int("n", n, 0, 2**40)
             out = np.empty(n, dtype=np.int64)
             self._fill(out)
             return out
@@ -639,7 +710,7 @@ class Snowflake(_snowflake.Generator):
             raise BadArgument("out must be C-contiguous and writeable")
         if n is None:
             n = len(out)
-        _check_int("n", n, 0, len(out))
+        n = _check_int("n", n, 0, len(out))
         view = out[:n]
         self._fill(view)
         return view
@@ -648,7 +719,7 @@ class Snowflake(_snowflake.Generator):
         """Up to ``max_count`` consecutive integer IDs from one tick, as ``(first, count)``:
         a fresh tick gives a whole tick's worth (4096 under ``twitter``). Needs the
         sequence in the lowest bits (every preset but ``sonyflake``)."""
-        _check_int("max_count", max_count, 1, 2**62)
+        max_count = _check_int("max_count", max_count, 1, 2**62)
         if self._layout.shift("sequence") != 0:
             raise BadArgument(f"next_run needs the sequence in the lowest bits; layout {self._layout.name!r} "
                               "does not have it")
@@ -657,6 +728,10 @@ class Snowflake(_snowflake.Generator):
     def decode(self, id: int) -> DecodedId:
         """Decode an ID under this generator's layout."""
         return self._layout.decode(id)
+
+    def decode_many(self, ids: npt.ArrayLike) -> dict[str, npt.NDArray[np.int64]]:
+        """Decode many IDs at once into numpy columns (see :meth:`Layout.decode_many`)."""
+        return self._layout.decode_many(ids)
 
     def min_id_at(self, when: _dt.datetime | float | int) -> int:
         """See :meth:`Layout.min_id_at`."""

@@ -614,3 +614,78 @@ def test_a_step_back_of_exactly_one_tick_waits_under_wait() -> None:
     # It waited for the clock to reach the last tick again (the rest of the second).
     assert time.monotonic() - started >= 0.5
     assert gen.decode(nxt).timestamp_ms >= gen.decode(last).timestamp_ms
+
+
+# --- numpy integers are ints (issue 13, item 8) ------------------------------------------
+
+
+def test_numpy_integers_are_accepted_wherever_an_int_is() -> None:
+    import numpy as np
+
+    from coordcore.ids import Layout, Snowflake
+
+    gen = Snowflake(np.int64(3), datacenter_id=np.uint8(1))
+    ids = gen.next_ids(np.int32(5))
+    assert len(ids) == 5
+    for value in (ids[0], np.uint64(ids[0]), np.int32(7)):
+        d = gen.decode(value)
+        assert type(d.id) is int and d.id == int(value)
+    assert gen.decode(ids[1]).worker == 3 and gen.decode(ids[1]).datacenter == 1
+    lay = Layout(sequence_bits=np.int64(12), timestamp_bits=np.uint8(41))
+    assert type(lay.sequence_bits) is int and lay.ids_per_tick == 4096
+    assert lay.compose(np.int64(1), 0, np.uint16(2), 3) == lay.compose(1, 0, 2, 3)
+    first, count = gen.next_run(np.int64(10))
+    assert count >= 1
+    assert gen.min_id_at(np.int64(lay.epoch_ms + 5)) == 5 << 22
+    assert Snowflake(1, max_backward_ms=np.float32(5), reserve_ms=np.int64(10)).next_id() > 0
+    with pytest.raises(WrongType):
+        gen.decode(np.bool_(True))  # type: ignore[arg-type]
+    with pytest.raises(WrongType):
+        gen.decode(np.float64(1.0))  # type: ignore[arg-type]
+    with pytest.raises(BadArgument):
+        gen.decode(np.int64(-1))
+
+
+def test_bad_types_in_ids_are_coordcore_errors() -> None:
+    from coordcore.ids import Layout, Snowflake
+
+    with pytest.raises(BadArgument, match="order"):
+        Layout(order=5)  # type: ignore[arg-type]
+    with pytest.raises(BadArgument, match="finite"):
+        Snowflake(1).min_id_at(float("nan"))
+    with pytest.raises(BadArgument, match="max_backward_ms"):
+        Snowflake(1, max_backward_ms="10")  # type: ignore[arg-type]
+    with pytest.raises(WrongType, match="datacenter_id"):
+        Snowflake(1, datacenter_id="1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("preset", ["twitter", "sonyflake", "discord", "instagram"])
+def test_decode_many_matches_decode(preset: str) -> None:
+    from coordcore.ids import Layout, Snowflake, decode_many
+
+    gen = Snowflake(3, layout=preset, clock="logical")
+    ids = gen.next_ids(5000)
+    cols = gen.decode_many(ids)
+    assert set(cols) == {"timestamp_ms", "datacenter", "worker", "sequence"}
+    assert all(c.dtype == np.int64 and c.shape == ids.shape for c in cols.values())
+    for k in (0, 1, 2500, 4999):
+        d = gen.decode(ids[k])
+        assert (int(cols["timestamp_ms"][k]), int(cols["datacenter"][k]), int(cols["worker"][k]),
+                int(cols["sequence"][k])) == (d.timestamp_ms, d.datacenter, d.worker, d.sequence)
+    grid = decode_many(ids[:12].reshape(3, 4).astype(np.uint64), Layout.preset(preset))
+    assert grid["worker"].shape == (3, 4) and bool((grid["worker"] == 3).all())
+    assert decode_many(list(map(int, ids[:3])), preset)["sequence"].tolist() == cols["sequence"][:3].tolist()
+    assert len(decode_many(np.empty(0, np.int64))["worker"]) == 0
+
+
+def test_decode_many_refuses_what_is_not_an_id() -> None:
+    from coordcore.ids import decode_many
+
+    with pytest.raises(BadArgument, match=r"ids\[1\] = -5"):
+        decode_many(np.array([1, -5, 3]))
+    with pytest.raises(BadArgument, match="not an ID"):
+        decode_many(np.array([2**63], dtype=np.uint64))
+    with pytest.raises(WrongType, match="array of integers"):
+        decode_many(np.array([1.5]))
+    with pytest.raises(WrongType, match="array of integers"):
+        decode_many(["a"])

@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 
 #: Every compiled module the package ships; the tests and the wheel recipe check each.
-COMPILED = ("snowflake", "ring", "lockmachine", "lockwire", "syncwrite")
+COMPILED = ("snowflake", "uuidgen", "ring", "lockmachine", "lockwire", "syncwrite")
 
 
 def require(name: str) -> ModuleType:

@@ -50,3 +50,20 @@ class Generator:
     def next_id(self) -> int: ...
     def next_run(self, max_count: int) -> tuple[int, int]: ...
     def _fill(self, out: npt.NDArray[np.int64]) -> None: ...
+
+def decode_columns(
+    ids: npt.NDArray[np.int64],
+    ts_shift: int,
+    dc_shift: int,
+    dc_mask: int,
+    w_shift: int,
+    w_mask: int,
+    seq_shift: int,
+    seq_mask: int,
+    epoch_ms: int,
+    unit_ms: int,
+    ts_out: npt.NDArray[np.int64],
+    dc_out: npt.NDArray[np.int64],
+    w_out: npt.NDArray[np.int64],
+    seq_out: npt.NDArray[np.int64],
+) -> int: ...

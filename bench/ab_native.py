@@ -7,7 +7,7 @@ checkout of coordcore (say the previous commit), in one run, rounds interleaved.
     python bench/ab_native.py --base ../cc-base [--rounds 5]
 
 Each round runs every case once in a fresh interpreter per tree (alternating which tree
-goes first), each case the best of a few repeats. The cases: the lock machine applying
+goes first), each case the best of a few repeats, in CPU time. The cases: the lock machine applying
 records of acquires and releases, the lane's hot path (parse, encode, cut, assemble,
 resolve), a ring lookup of one str key and of a million, hash64 of one str key and jump
 hash of a million. It prints ns per operation per round and the median ratio ours/base
@@ -34,9 +34,11 @@ from coordcore.ring import HashRing, hash64, jump_hash_many
 from coordcore._native import lockwire as lw
 
 def best(fn, ops, repeat=5):
+    # CPU time of this thread, not wall time: on a shared machine a descheduled slice
+    # is another process's, not ours.
     times = []
     for _ in range(repeat):
-        t = time.perf_counter_ns(); fn(); times.append(time.perf_counter_ns() - t)
+        t = time.thread_time_ns(); fn(); times.append(time.thread_time_ns() - t)
     return min(times) / ops
 
 out = {}

@@ -304,6 +304,19 @@ def test_anything_else_is_left_for_the_command_table(req: list[bytes]) -> None:
     assert wire.next_request() == req
 
 
+@pytest.mark.parametrize("number", [b"18446744073709551617", b"18446744073709551616", b"99999999999999999999"])
+@pytest.mark.parametrize("option", [b"TOKEN", b"REQID"])
+def test_numbers_past_64_bits_are_left_for_the_command_table(option: bytes, number: bytes) -> None:
+    """20 digits can pass 2**64 and wrap (2**64 + 1 would read as 1): the hot path must
+    leave them to the command table, which refuses them, rather than take another number."""
+    lane, _, _ = _lane()
+    wire = lw.WireConn(_Owner("c"), 16, 4096)
+    req = [b"LOCK.RELEASE", b"k", _h(5), option, number]
+    wire.feed(_pack(*req))
+    assert wire.run_hot(lane, 100) == 0
+    assert len(lane) == 0 and wire.next_request() == req
+
+
 def test_run_hot_stops_after_an_acquire_and_at_its_limit() -> None:
     lane, _, _ = _lane()
     wire = lw.WireConn(_Owner("c"), 16, 4096)

@@ -82,6 +82,7 @@ import contextlib
 import enum
 import functools
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -105,7 +106,7 @@ from coordcore.server.acl import DEFAULT, User
 from coordcore.server.budget import FLOOR
 from coordcore.server.core import Client, Command, Flag, Reply, ServerView
 
-__all__ = ["Connection", "State"]
+__all__ = ["Connection", "State", "TlsAccept", "cert_names"]
 
 _WireConn = require("lockwire").WireConn
 
@@ -800,3 +801,69 @@ class Connection(asyncio.Protocol):
 def _safe_name(req: list[Any]) -> str:
     name = req[0] if req else b""
     return name[:32].decode("ascii", "replace") if isinstance(name, bytes) else "?"
+
+
+class TlsAccept(asyncio.Protocol):
+    """A TCP connection on a TLS port until its handshake is done, then a
+    :class:`Connection` on the TLS transport.
+
+    The handshake is made here (``loop.start_tls``) rather than by the listener, which
+    drops a failed one silently: a failure is logged, with the client's address (an
+    audit line), and the socket closed. Bytes the client sends in the same flight as
+    its last handshake message may arrive before the Connection is made: they are kept
+    and handed over with it. A verified client certificate may name the user
+    (``login_by_cert``)."""
+
+    def __init__(self, server: ServerView, context: ssl.SSLContext,
+                 login_by_cert: Callable[[Connection, dict[str, Any]], None]) -> None:
+        self._server = server
+        self._context = context
+        self._login_by_cert = login_by_cert
+        self._early: list[bytes] = []
+        self._lost = False
+        self._peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self._peer = f"{peer[0]}:{peer[1]}"
+        # Until start_tls takes the socket over, the ClientHello must stay in the kernel.
+        cast(asyncio.Transport, transport).pause_reading()
+        task = asyncio.ensure_future(self._handshake(cast(asyncio.Transport, transport)))
+        self._server.track(task)
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(transport, self, self._context, server_side=True,
+                                       ssl_handshake_timeout=10.0)
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            self._server.log.warning("TLS handshake failed", audit="tls", peer=self._peer,
+                                     error=getattr(exc, "reason", None) or type(exc).__name__)
+            transport.abort()
+            return
+        if tls is None or self._lost:
+            return
+        conn = Connection(self._server)
+        tls.set_protocol(conn)
+        conn.connection_made(tls)
+        cert = tls.get_extra_info("peercert")
+        if cert and conn.state < _CLOSING:
+            self._login_by_cert(conn, cert)
+        if self._early and conn.state < _CLOSING:
+            conn.data_received(b"".join(self._early))
+        self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+
+
+def cert_names(cert: dict[str, Any]) -> list[str]:
+    """The names a peer certificate (``getpeercert()``) carries: its subject's CN and
+    its DNS, email and URI subject alternative names."""
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "email", "URI")]
+    return names

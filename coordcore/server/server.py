@@ -22,6 +22,7 @@ import dataclasses
 import ipaddress
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -31,11 +32,11 @@ from typing import Any
 
 from coordcore.errors import BadArgument, CoordcoreError, WorkerIdUnavailable
 from coordcore.server import commands
-from coordcore.server.acl import load_acl
+from coordcore.server.acl import DEFAULT, load_acl
 from coordcore.server.budget import Budget
 from coordcore.server.core import CommandTable
 from coordcore.server.log import StructLog, configure
-from coordcore.server.protocol import Connection
+from coordcore.server.protocol import Connection, TlsAccept, cert_names
 
 __all__ = ["Server", "ServerConfig", "run_server"]
 
@@ -201,6 +202,22 @@ def refusal(config: ServerConfig) -> str | None:
             f"--insecure to run open anyway")
 
 
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (TLS 1.2 and later), or None without ``tls_cert``."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_ca is not None:
+            context.load_verify_locations(config.tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise BadArgument(f"TLS setup failed: {exc}") from None
+    return context
+
+
 def startup_warnings(config: ServerConfig) -> list[str]:
     """What a server started with ``config`` warns about at start.
 
@@ -334,8 +351,11 @@ class Server:
         loop = asyncio.get_running_loop()
         self.budget.clock = loop.time
         self._sweeper = loop.create_task(self._sweep())
-        self._listener = await loop.create_server(
-            lambda: Connection(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+        context = tls_context(cfg)
+        factory: Callable[[], asyncio.Protocol] = (lambda: Connection(self)) if context is None else \
+            (lambda: TlsAccept(self, context, self.login_by_cert))
+        self._listener = await loop.create_server(factory, cfg.host, cfg.port, backlog=cfg.backlog,
+                                                  reuse_address=True)
         sock = self._listener.sockets[0]
         self.port = sock.getsockname()[1]
         self.log.info("listening", host=cfg.host, port=self.port, role=self.role, worker_id=worker,
@@ -398,6 +418,20 @@ class Server:
         self.commands.update(served.commands())
         self._info_providers.append(served.info_lines)
         self._close_locks = served.close
+
+    def login_by_cert(self, conn: Connection, cert: dict[str, Any]) -> None:
+        """A verified client certificate (``--tls-ca``) logs its connection in: as the
+        ACL user it names (CN or SAN; else the connection must AUTH), or as the default
+        user without an ACL file."""
+        if self.acl is None:
+            if self.config.requirepass is None:
+                conn.login(DEFAULT)
+            return
+        user = self.acl.for_cert(cert_names(cert))
+        if user is not None:
+            conn.login(user)
+            self.log.info("TLS client certificate login", audit="tls", conn=conn.id, peer=conn.peer,
+                          user=user.name)
 
     def reload_acl(self) -> None:
         """Read the ACL file again (SIGHUP): connections of removed users are closed,

@@ -58,6 +58,25 @@ def _locks_repair_command(args: argparse.Namespace) -> int:
     return 1
 
 
+def _passwd_command(args: argparse.Namespace) -> int:
+    import getpass
+
+    from coordcore.server.acl import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("coordcore passwd: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("coordcore passwd: empty password", file=sys.stderr)
+        return 2
+    print(f'password = "{hash_password(password)}"')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coordcore", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("log_dir", type=Path, metavar="LOG_DIR", help="the lock log directory (DATA_DIR/locks)")
     p.add_argument("--apply", action="store_true", help="make the repair (default: only report it)")
     p.set_defaults(func=_locks_repair_command)
+
+    p = sub.add_parser("passwd", help="print a password hash line for an ACL file",
+                       description="Read a password (twice, from the terminal; or one line from stdin "
+                                   "when it is not a terminal) and print its salted scrypt hash for "
+                                   "the password field of an ACL file's [users.NAME] table.")
+    p.set_defaults(func=_passwd_command)
 
     from coordcore.server import cli as serve_cli
 

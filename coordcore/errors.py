@@ -49,6 +49,7 @@ __all__ = [
     "UnknownCommand",
     "AuthRequired",
     "AuthFailed",
+    "NoPermission",
     "TooManyConnections",
     "ConnectionLost",
     "Moved",
@@ -279,6 +280,13 @@ class AuthFailed(CoordcoreError, PermissionError):
     """AUTH was given a wrong secret."""
 
     code = "WRONGPASS"
+
+
+class NoPermission(CoordcoreError, PermissionError):
+    """The connection's user may not run this command or touch this key (the ACL);
+    nothing was done."""
+
+    code = "NOPERM"
 
 
 class TooManyConnections(CoordcoreError, ConnectionError):

@@ -26,7 +26,7 @@
 Single-threaded by design: every object here belongs to the event loop's thread.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.pyport cimport PY_SSIZE_T_MAX
@@ -319,6 +319,10 @@ cdef class WireConn:
     cdef Py_ssize_t handle_len
     cdef uint64_t handle_sid
     cdef Py_ssize_t handle_uses
+    # What this connection's user may do on the hot path (set_access): its own handle
+    # check, and the key prefixes it may lock (None: every key, today's path untouched).
+    cdef object verify
+    cdef tuple lock_prefixes
 
     def __init__(self, conn, Py_ssize_t max_args, Py_ssize_t max_request_bytes):
         if max_args < 1 or max_request_bytes < 1:
@@ -373,6 +377,30 @@ cdef class WireConn:
         if not self.dirty and not self.closed:
             self.dirty = True
             PyList_Append(dirty, self.conn)
+
+    def set_access(self, verify, lock_prefixes):
+        """The connection's user changed (AUTH): ``verify(handle) -> session id or 0``
+        replaces the lane's check (None: the lane's), and hot commands on keys outside
+        ``lock_prefixes`` (a tuple of bytes; None: no limit) are left to the command
+        table, which refuses them. The handle accepted for the previous user is forgotten."""
+        if lock_prefixes is not None:
+            lock_prefixes = tuple(lock_prefixes)
+            for prefix in lock_prefixes:
+                if type(prefix) is not bytes:
+                    raise BadArgument("lock_prefixes must be bytes")
+        self.verify = verify
+        self.lock_prefixes = lock_prefixes
+        self.handle_len = 0
+        self.handle_uses = 0
+
+    cdef bint _may_lock(self, const unsigned char *key, Py_ssize_t n) noexcept:
+        cdef object prefix
+        cdef Py_ssize_t plen
+        for prefix in self.lock_prefixes:
+            plen = PyBytes_GET_SIZE(prefix)
+            if plen <= n and memcmp(PyBytes_AS_STRING(prefix), key, <size_t>plen) == 0:
+                return True
+        return False
 
     def take_flush(self):
         """:meth:`take_output` for the flush: the connection leaves the flush list."""
@@ -473,7 +501,8 @@ cdef class WireConn:
                 self.handle_uses += 1
                 sid[0] = parsed
                 return True
-        if lane.verify is None or lane.verify(PyBytes_FromStringAndSize(<const char *>p, n)) != parsed:
+        verify = self.verify if self.verify is not None else lane.verify
+        if verify is None or verify(PyBytes_FromStringAndSize(<const char *>p, n)) != parsed:
             return False
         memcpy(self.handle, p, <size_t>n)
         self.handle_len = n
@@ -638,6 +667,8 @@ cdef class WireConn:
             else:
                 break
             if spans[1].len < 1 or spans[1].len > C_MAX_KEY:
+                break
+            if self.lock_prefixes is not None and not self._may_lock(base + spans[1].off, spans[1].len):
                 break
             if not self._session(lane, base + spans[2].off, spans[2].len, &session):
                 break

@@ -35,6 +35,8 @@ Send(args=['ID.NEXT'], timeout=None)
 """
 from __future__ import annotations
 
+import ssl as ssl_module
+
 import dataclasses
 import itertools
 import threading
@@ -427,10 +429,20 @@ class ClientSettings:
     """How a client (either) reaches its server and how patient it is."""
 
     def __init__(self, host: str | Sequence[str], port: int, *, password: str | None, connect_timeout: float,
-                 retries: int, retry_delay: float, default_ttl: float) -> None:
+                 retries: int, retry_delay: float, default_ttl: float, ssl: ssl_module.SSLContext | None = None,
+                 username: str | None = None) -> None:
+        # A URL (redis://, rediss:// for TLS) may carry the user, password, host and port.
+        url_tls = False
+        if isinstance(host, str) and "://" in host:
+            host, port, url_user, url_password, url_tls = parse_url(host, port)
+            username, password = username or url_user, password or url_password
         #: Several servers (a list or a comma-separated string of host:port): a cluster.
         self.endpoints = Endpoints(endpoints_from(host, port))
         self.password = password
+        #: The ACL user the password is for.
+        self.username = username or "default"
+        #: TLS to the server (a rediss:// URL without a context: the system's CAs).
+        self.ssl = ssl if ssl is not None or not url_tls else ssl_module.create_default_context()
         self.connect_timeout = connect_timeout
         #: Reconnect attempts for a command that is safe to repeat, and the first pause.
         self.retries = retries
@@ -721,9 +733,25 @@ class ClientCore(Generic[S]):
         return parse_leader((yield from self.execute(["ELECT.LEADER", name])))
 
 
-def hello_args(password: str | None) -> list[Arg]:
+def hello_args(password: str | None, username: str = "default") -> list[Arg]:
     """The first command on every connection: RESP3, and the password if there is one."""
-    return ["HELLO", 3] if password is None else ["HELLO", 3, "AUTH", "default", password]
+    return ["HELLO", 3] if password is None else ["HELLO", 3, "AUTH", username, password]
+
+
+def parse_url(url: str, port: int) -> tuple[str, int, str | None, str | None, bool]:
+    """``(host, port, user, password, tls)`` of a ``redis://`` or ``rediss://`` URL.
+
+    >>> parse_url("rediss://alice:pw@db.example:7380", 7379)
+    ('db.example', 7380, 'alice', 'pw', True)
+    """
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "coordcore", "coordcores"):
+        raise ValueError(f"unknown URL scheme {parts.scheme!r} (redis:// or rediss://)")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname or "127.0.0.1", parts.port or port, user, password, parts.scheme.endswith("s")
 
 
 class CommandQueue:

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -144,9 +145,10 @@ class AsyncClient(ClientSettings):
 
     def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
-                 default_ttl: float = 10.0) -> None:
+                 default_ttl: float = 10.0, ssl: ssl_module.SSLContext | None = None,
+                 username: str | None = None) -> None:
         super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
-                         retry_delay=retry_delay, default_ttl=default_ttl)
+                         retry_delay=retry_delay, default_ttl=default_ttl, ssl=ssl, username=username)
         self._main: _Conn | None = None
         self._connecting: asyncio.Future[_Conn] | None = None
         self._idle: list[_Conn] = []
@@ -187,11 +189,13 @@ class AsyncClient(ClientSettings):
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(on_push), ep.host, ep.port), self.connect_timeout)
+                loop.create_connection(lambda: _Conn(on_push), ep.host, ep.port, ssl=self.ssl,
+                                       server_hostname=ep.host if self.ssl is not None else None),
+                self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {ep}: {exc}") from exc
         try:
-            await conn.request(pack(hello_args(self.password)), 1)[0]
+            await conn.request(pack(hello_args(self.password, self.username)), 1)[0]
         except BaseException:
             conn.abort()
             raise

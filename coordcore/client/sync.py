@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import ssl as ssl_module
 import threading
 import time
 from collections import deque
@@ -58,10 +59,13 @@ T = TypeVar("T")
 class _Conn:
     """One blocking socket connection with a hiredis reader."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float, password: str | None) -> None:
+    def __init__(self, endpoint: Endpoint, *, timeout: float, password: str | None,
+                 ssl: ssl_module.SSLContext | None = None, username: str = "default") -> None:
         self.endpoint = endpoint
         try:
             self.sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+            if ssl is not None:
+                self.sock = ssl.wrap_socket(self.sock, server_hostname=endpoint.host)
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {endpoint}: {exc}") from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -69,7 +73,7 @@ class _Conn:
         self.reader = new_reader()
         self.broken = False
         try:
-            self.call(hello_args(password))
+            self.call(hello_args(password, username))
         except BaseException:
             self.close()
             raise
@@ -129,9 +133,10 @@ class Client(ClientSettings):
 
     def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
-                 default_ttl: float = 10.0, pool_size: int = 8) -> None:
+                 default_ttl: float = 10.0, pool_size: int = 8, ssl: ssl_module.SSLContext | None = None,
+                 username: str | None = None) -> None:
         super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
-                         retry_delay=retry_delay, default_ttl=default_ttl)
+                         retry_delay=retry_delay, default_ttl=default_ttl, ssl=ssl, username=username)
         self.pool_size = pool_size
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
@@ -153,11 +158,13 @@ class Client(ClientSettings):
 
     def _open(self, endpoint: Endpoint | None = None) -> _Conn:
         if endpoint is not None:
-            return _Conn(endpoint, timeout=self.connect_timeout, password=self.password)
+            return _Conn(endpoint, timeout=self.connect_timeout, password=self.password, ssl=self.ssl,
+                         username=self.username)
         error: ConnectionLost | None = None
         for ep in self.endpoints.order():  # the leader as far as we know, then the others
             try:
-                conn = _Conn(ep, timeout=self.connect_timeout, password=self.password)
+                conn = _Conn(ep, timeout=self.connect_timeout, password=self.password, ssl=self.ssl,
+                             username=self.username)
             except ConnectionLost as exc:
                 error = exc
                 continue

@@ -466,46 +466,48 @@ class LockService:
 
     # --- sessions --------------------------------------------------------------------
 
-    async def open_session(self, ttl: float = 10.0, *, keepalive: bool = True) -> Session:
+    async def open_session(self, ttl: float = 10.0, *, keepalive: bool = True, owner: bytes = b"") -> Session:
         """Open a session (a lease of ``ttl`` seconds). With ``keepalive`` (the default) a
         background task extends it every ttl/3 until it is closed; its ``done`` future
-        tells when it ends."""
+        tells when it ends. ``owner`` (a server user's name) is the only one whose
+        credential checks accept it (see :meth:`verify_credential`)."""
         ttl_ms = _ttl_ms(ttl)
         if self._machine.session_count >= self.max_sessions:
             raise LimitExceeded(f"{self.max_sessions} sessions are open, the most this server takes")
         # The secret is chosen here, where the command is accepted; only its digest
         # goes into the log (and so into every replica), never the secret.
-        secret, digest = new_secret()
+        secret, digest = new_secret(owner)
         result = await self._pipe.call(lambda b: b.open_session(ttl_ms, digest=digest))
         session = Session(self, result.session_id, ttl_ms / 1000.0, keepalive,
                           credential(result.session_id, secret))
         self._sessions[session.id] = session
         return session
 
-    def verify_credential(self, credential: bytes) -> int:
+    def verify_credential(self, credential: bytes, owner: bytes = b"") -> int:
         """The id of the live session ``credential`` (``b"<id>.<secret hex>"``, what
         :attr:`Session.credential` holds) belongs to, or 0: a wrong secret, a bare id, a
-        closed or expired session, or a session opened before credentials existed.
+        closed or expired session, a session opened before credentials existed, or one
+        opened by another ``owner``.
 
         Checking before a command is queued is enough: session ids are never reused,
         so a command checked against session ``n`` can only ever act on session ``n``."""
-        parsed = parse_credential(credential)
+        parsed = parse_credential(credential, owner)
         if parsed is None:
             return 0
         sid, digest = parsed
         return sid if self._machine.credential_matches(sid, digest) else 0
 
-    def admit_hot(self, credential: bytes) -> int:
+    def admit_hot(self, credential: bytes, owner: bytes = b"") -> int:
         """:meth:`verify_credential` for a server's native lane, which asks again every
         few commands: 0 also when the session is at its bound of holds and waits (the
         command then takes the general path, which answers why)."""
-        sid = self.verify_credential(credential)
+        sid = self.verify_credential(credential, owner)
         return sid if sid and self._pipe.has_room(sid) else 0
 
-    def session_for_credential(self, credential: bytes) -> int:
+    def session_for_credential(self, credential: bytes, owner: bytes = b"") -> int:
         """:meth:`verify_credential`, raising :class:`~coordcore.errors.SessionExpired`
-        with the reason when it is not a live session's credential."""
-        sid = self.verify_credential(credential)
+        with the reason when it is not a live session's credential (for ``owner``)."""
+        sid = self.verify_credential(credential, owner)
         if sid:
             return sid
         # Name the session by its public id only: never echo a secret.
@@ -514,7 +516,7 @@ class LockService:
             raise SessionExpired(f"session {text} needs its credential: pass the handle SESSION.OPEN "
                                  "returned (<id>.<secret>), not the bare id")
         raise SessionExpired(f"no live session {text} with that credential (never opened, closed, "
-                             "expired, or a wrong secret)")
+                             "expired, a wrong secret, or opened by another user)")
 
     def session(self, session_id: int, *, keepalive: bool = False) -> Session:
         """A handle on an existing session by id (one opened before a restart, or by

@@ -31,10 +31,19 @@ SECRET_BYTES: Final = 16
 _HEX: Final = frozenset(b"0123456789abcdef")
 
 
-def new_secret() -> tuple[bytes, bytes]:
-    """A fresh secret and its digest (what the OPEN command carries into the log)."""
+def _digest(secret: bytes, owner: bytes) -> bytes:
+    # The owner (a server user's name; empty for the default user) is folded into the
+    # digest the OPEN command logs: the binding replicates and survives restarts with no
+    # log format change, and another user's connection computes another digest, so the
+    # credential simply does not match there.
+    return hashlib.sha256(owner + b"\0" + secret if owner else secret).digest()
+
+
+def new_secret(owner: bytes = b"") -> tuple[bytes, bytes]:
+    """A fresh secret and its digest for ``owner`` (what the OPEN command carries into
+    the log)."""
     secret = secrets.token_bytes(SECRET_BYTES)
-    return secret, hashlib.sha256(secret).digest()
+    return secret, _digest(secret, owner)
 
 
 def credential(session_id: int, secret: bytes) -> bytes:
@@ -42,14 +51,14 @@ def credential(session_id: int, secret: bytes) -> bytes:
     return b"%d.%s" % (session_id, secret.hex().encode())
 
 
-def parse_credential(cred: bytes) -> tuple[int, bytes] | None:
-    """``(session id, digest of the secret)`` of a well-formed credential, else None.
+def parse_credential(cred: bytes, owner: bytes = b"") -> tuple[int, bytes] | None:
+    """``(session id, digest of the secret for owner)`` of a well-formed credential, else None.
     One spelling only (decimal id, lowercase hex), as a server's native lane reads it."""
     sid_text, dot, secret_hex = cred.partition(b".")
     if not dot or len(secret_hex) != 2 * SECRET_BYTES or not sid_text.isdigit() or len(sid_text) > 19 \
             or not _HEX.issuperset(secret_hex):
         return None
-    return int(sid_text), hashlib.sha256(bytes.fromhex(secret_hex.decode("ascii"))).digest()
+    return int(sid_text), _digest(bytes.fromhex(secret_hex.decode("ascii")), owner)
 
 
 class Session:

@@ -23,6 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--datacenter-id", type=int, default=None, help="Snowflake datacenter ID (default: $COORDCORE_DATACENTER_ID, else 0)")
     a("--requirepass", default=None,
       help="shared secret clients must give with AUTH (default: $COORDCORE_REQUIREPASS, else none)")
+    a("--acl-file", type=Path, default=None,
+      help="users, password hashes and per-prefix permissions (TOML; reloaded on SIGHUP)")
+    a("--insecure", action="store_true",
+      help="allow listening on a non-loopback address without authentication")
+    a("--tls-cert", type=Path, default=None, help="serve TLS (1.2+) with this certificate chain (PEM)")
+    a("--tls-key", type=Path, default=None, help="the TLS private key (PEM)")
+    a("--tls-ca", type=Path, default=None,
+      help="require client certificates signed by this CA (PEM); a certificate's CN/SAN names its user")
     a("--max-connections", type=int, default=d.max_connections, help="(default %(default)s)")
     a("--max-request-bytes", type=int, default=d.max_request_bytes, help="(default %(default)s)")
     a("--max-args", type=int, default=d.max_args, help="arguments per request (default %(default)s)")
@@ -69,6 +77,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, data_dir=args.data_dir, worker_id=args.worker_id,
         datacenter_id=args.datacenter_id,
         requirepass=args.requirepass if args.requirepass is not None else os.environ.get("COORDCORE_REQUIREPASS"),
+        acl_file=args.acl_file, insecure=args.insecure, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
         max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
         max_args=args.max_args, max_id_range=args.max_id_range, max_inflight=args.max_inflight, id_workers=args.id_workers,
         id_only=args.id_only, fsync=not args.unsafe_no_fsync, waiter_grace=args.waiter_grace,

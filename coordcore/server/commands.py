@@ -11,15 +11,17 @@ server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from coordcore.errors import AuthFailed, AuthRequired, BadArgument
 from coordcore.server import resp
+from coordcore.server.acl import ACL, DEFAULT, User, verify_password
 from coordcore.server.core import Client, Command, CommandTable, Flag, Reply
 from coordcore.server.log import StructLog
 
@@ -159,14 +161,15 @@ class AuthGuard:
             self._pending.discard(address)
             self._summary(address, entry)
 
-    async def failed(self, conn: Client) -> bytes:
-        """The reply to a failed AUTH of ``conn``: AuthFailed, after the delay."""
+    async def failed(self, conn: Client, user: bytes = b"default") -> bytes:
+        """The reply to a failed AUTH of ``conn`` (as ``user``): AuthFailed, after the delay."""
         address = conn.peer_host
         wait = self.delay(address)
         entry = self._table[address]
         if entry.last - entry.logged_at >= self.LOG_EVERY:
             if self.log is not None:
-                self.log.warning("auth failed", conn=conn.id, peer=conn.peer, failures=entry.count,
+                self.log.warning("auth failed", audit="auth", conn=conn.id, peer=conn.peer,
+                                 user=user[:64].decode("utf-8", "replace"), failures=entry.count,
                                  delay=round(wait, 3))
             entry.logged_at = entry.last
         else:
@@ -199,24 +202,37 @@ class AuthGuard:
 
 
 class Auth:
-    """The password check of AUTH and HELLO AUTH (``requirepass``; None: no password)
-    and the guard that slows guessing down.
+    """The password check of AUTH and HELLO AUTH, and the guard that slows guessing
+    down: ``requirepass`` (the one user ``default``), or the users of an ACL file
+    (scrypt hashes, checked in a thread so the loop keeps serving), or neither (no AUTH).
 
     >>> auth = Auth("s3cret", AuthGuard(None))
     >>> auth.required
     True
     """
 
-    def __init__(self, requirepass: str | None, guard: AuthGuard) -> None:
+    def __init__(self, requirepass: str | None, guard: AuthGuard, acl: ACL | None = None) -> None:
         self.requirepass = requirepass
         self.guard = guard
+        self.acl = acl
+        #: Passwords already verified: (user, SHA-256 of the password) -> the hash line
+        #: it matched, so a client that reconnects often costs one scrypt, not one each.
+        self._verified: dict[tuple[str, bytes], str] = {}
 
     @property
     def required(self) -> bool:
-        return self.requirepass is not None
+        return self.requirepass is not None or self.acl is not None
 
-    def check(self, conn: Client, user: bytes, password: bytes) -> bool:
-        """Whether ``user``/``password`` are right (then ``conn`` is authenticated)."""
+    def set_acl(self, acl: ACL) -> None:
+        """A reloaded ACL file: later AUTHs check against it."""
+        self.acl = acl
+        self._verified.clear()
+
+    def check(self, conn: Client, user: bytes, password: bytes) -> bool | Awaitable[bool]:
+        """Whether ``user``/``password`` are right (then ``conn`` is logged in as the user);
+        an awaitable of it when an ACL's hash must be computed."""
+        if self.acl is not None:
+            return self._check_acl(conn, user, password)
         expected = self.requirepass
         if expected is None:
             raise AuthFailed("AUTH called without any password configured for this server")
@@ -225,17 +241,49 @@ class Auth:
         ok_user = hmac.compare_digest(user, b"default")
         if not (ok_pass and ok_user):
             return False
-        self.guard.succeeded(conn.peer_host)
-        conn.authenticate()
+        self._succeeded(conn, DEFAULT)
         return True
+
+    async def _check_acl(self, conn: Client, user: bytes, password: bytes) -> bool:
+        assert self.acl is not None
+        found = self.acl.users.get(user.decode("utf-8", "replace"))
+        if found is None or found.password is None:
+            return False
+        key = (found.name, hashlib.sha256(password).digest())
+        if self._verified.get(key) != found.password:
+            line = found.password
+            ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, line, password)
+            if not ok:
+                return False
+            self._verified[key] = line
+        if self.acl is None or self.acl.users.get(found.name) != found:
+            return False  # the ACL was reloaded meanwhile without this user
+        self._succeeded(conn, found)
+        return True
+
+    def _succeeded(self, conn: Client, user: User) -> None:
+        self.guard.succeeded(conn.peer_host)
+        conn.login(user)
+
+    async def _finish(self, conn: Client, user: bytes, pending: Awaitable[bool], reply: Callable[[], bytes]) -> bytes:
+        if await pending:
+            return reply()
+        return await self.guard.failed(conn, user)
+
+    def login(self, conn: Client, user: bytes, password: bytes, reply: Callable[[], bytes]) -> Reply:
+        """``reply()`` if the login succeeds, else AuthFailed after the guard's delay."""
+        ok = self.check(conn, user, password)
+        if ok is True:
+            return reply()
+        if ok is False:
+            return self.guard.failed(conn, user)
+        return self._finish(conn, user, ok, reply)
 
     def cmd_auth(self, conn: Client, req: list[bytes]) -> Reply:
         require_args(req, 1, 2)
         if len(req) == 2:
-            ok = self.check(conn, b"default", req[1])
-        else:
-            ok = self.check(conn, req[1], req[2])
-        return resp.OK if ok else self.guard.failed(conn)
+            return self.login(conn, b"default", req[1], lambda: resp.OK)
+        return self.login(conn, req[1], req[2], lambda: resp.OK)
 
 
 def _hello(auth: Auth, version: str) -> Callable[[Client, list[bytes]], Reply]:
@@ -247,21 +295,26 @@ def _hello(auth: Auth, version: str) -> Callable[[Client, list[bytes]], Reply]:
             if proto not in (2, 3):
                 raise BadArgument(f"unsupported protocol version {proto} (NOPROTO)")
             i = 1
+            login: tuple[bytes, bytes] | None = None
             while i < len(args):
                 opt = args[i].upper()
                 if opt == b"AUTH":
                     if i + 2 >= len(args):
                         raise BadArgument("HELLO AUTH needs a user name and a password")
-                    if not auth.check(conn, args[i + 1], args[i + 2]):
-                        return auth.guard.failed(conn)
+                    login = (args[i + 1], args[i + 2])
                     i += 3
                 elif opt == b"SETNAME" and i + 1 < len(args):
                     conn.name = args[i + 1][:128]
                     i += 2
                 else:
                     raise BadArgument(f"syntax error in HELLO option {args[i][:24]!r}")
+            if login is not None:
+                return auth.login(conn, login[0], login[1], lambda: answer(conn, proto))
+        return answer(conn, proto)
+
+    def answer(conn: Client, proto: int) -> bytes:
         if not conn.authenticated:
-            raise AuthRequired("authentication required: HELLO 3 AUTH default <password>, or AUTH <password>")
+            raise AuthRequired("authentication required: HELLO 3 AUTH <user> <password>, or AUTH <password>")
         conn.resp3 = proto == 3
         pairs = [
             (b"server", resp.encode_bulk(b"coordcore")),
@@ -292,6 +345,15 @@ def cmd_client(conn: Client, req: list[bytes]) -> bytes:
     if sub == b"SETINFO":
         return resp.OK
     raise BadArgument(f"unknown CLIENT subcommand {req[1][:24]!r}")
+
+
+def cmd_acl(conn: Client, req: list[bytes]) -> bytes:
+    """``ACL WHOAMI``: the connection's user."""
+    require_args(req, 1, 1)
+    if req[1].upper() != b"WHOAMI":
+        raise BadArgument(f"unknown ACL subcommand {req[1][:24]!r} (coordcore has ACL WHOAMI; "
+                          "users live in the ACL file, reloaded on SIGHUP)")
+    return resp.encode_bulk(conn.user.name.encode())
 
 
 def cmd_select(conn: Client, req: list[bytes]) -> bytes:
@@ -336,6 +398,7 @@ def core_commands(auth: Auth, *, version: str, info: Callable[[], list[str]],
         b"AUTH": Command(auth.cmd_auth, Flag.NOAUTH | Flag.PARKS),
         b"HELLO": Command(_hello(auth, version), Flag.NOAUTH | Flag.PARKS),
         b"CLIENT": Command(cmd_client),
+        b"ACL": Command(cmd_acl),
         b"SELECT": Command(cmd_select),
         b"COMMAND": Command(cmd_command),
         b"CONFIG": Command(cmd_config),

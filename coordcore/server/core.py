@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
+from coordcore.server.acl import User
 from coordcore.server.budget import Budget
 from coordcore.server.log import StructLog
 
@@ -69,12 +71,14 @@ class Client(Protocol):
     on_close: list[Callable[[], object]]
     #: Per-connection state the lock commands keep (their reply encoders, watches).
     lock_state: Any
+    #: Who the connection acts for (the default user until an AUTH names another).
+    user: User
 
     @property
     def authenticated(self) -> bool: ...
 
-    def authenticate(self) -> None:
-        """AUTH succeeded: every command is served from now on."""
+    def login(self, user: User) -> None:
+        """AUTH succeeded as ``user``: the commands it may run are served from now on."""
 
     def watch_mode(self, watching: bool) -> None:
         """The connection watches (or no longer does): on RESP2 only WATCH-flagged
@@ -155,6 +159,8 @@ class ConnectionConfig(Protocol):
     def idle_timeout(self) -> float: ...
     @property
     def requirepass(self) -> str | None: ...
+    @property
+    def acl_file(self) -> Path | None: ...
 
 
 class IdSource(Protocol):

@@ -379,10 +379,11 @@ class LockCommands:
         return self.svc.pipeline.submit_command(build, encode, parks=parks, key=key, session_id=session_id,
                                        contends=contends)
 
-    def _session(self, value: bytes) -> int:
+    def _session(self, conn: Client, value: bytes) -> int:
         """The session a command acts for, named by its credential (the handle SESSION.OPEN
-        answered); the bare public id is refused."""
-        return self.svc.session_for_credential(value)
+        answered to this connection's user); the bare public id is refused, and so is
+        another user's session."""
+        return self.svc.session_for_credential(value, conn.user.owner)
 
     async def close(self) -> None:
         svc = self.svc
@@ -424,20 +425,21 @@ class LockCommands:
         require_args(req, 1, 1)
         ttl = parse_float(req[1], "ttl (seconds)", 0.001, 30 * 86_400.0)
         svc = self.svc
+        owner = conn.user.owner
 
         async def run() -> bytes:
-            session = await svc.open_session(ttl, keepalive=False)
+            session = await svc.open_session(ttl, keepalive=False, owner=owner)
             return resp.encode_bulk(session.credential)
 
         return run()
 
     def cmd_session_keepalive(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 1, 1)
-        return _reply_int(self.svc.keepalive(self._session(req[1])))
+        return _reply_int(self.svc.keepalive(self._session(conn, req[1])))
 
     def cmd_session_close(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 1, 1)
-        return _ok(self.svc.close_session(self._session(req[1])))
+        return _ok(self.svc.close_session(self._session(conn, req[1])))
 
     def cmd_session_info(self, conn: Client, req: list[bytes]) -> bytes:
         """``SESSION.INFO id [AFTER ticket] [COUNT n]``: a page of the session's contenders
@@ -463,7 +465,7 @@ class LockCommands:
 
     def cmd_lock_acquire(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 2)
-        key, sid = _key(req[1]), self._session(req[2])
+        key, sid = _key(req[1]), self._session(conn, req[2])
         # (Without LABEL or TIMEOUT 0, with plain numbers and a connection with nothing else
         # in flight, it never gets here: the native lane takes it, see coordcore.server.protocol.
         # The same goes for SEM.ACQUIRE and the releases.)
@@ -486,21 +488,21 @@ class LockCommands:
 
     def cmd_lock_try(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 2)
-        key, sid = _key(req[1]), self._session(req[2])
+        key, sid = _key(req[1]), self._session(conn, req[2])
         o = _options(req[3:], _TRY)
         return _token_or_null(conn, self.svc.try_acquire(key, sid, shared=o.shared, label=o.label,
                                                          request_id=o.request_id))
 
-    def _release(self, req: list[bytes], kind: GrantKind) -> Awaitable[bytes]:
+    def _release(self, conn: Client, req: list[bytes], kind: GrantKind) -> Awaitable[bytes]:
         require_args(req, 2)
-        key, sid = _key(req[1]), self._session(req[2])
+        key, sid = _key(req[1]), self._session(conn, req[2])
         o = _options(req[3:], _REL)
         grant = Grant(key, o.token, sid, kind)
         return _ok(self.svc.release(grant, request_id=o.request_id))
 
     def cmd_lock_release(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 2)
-        key, sid = _key(req[1]), self._session(req[2])
+        key, sid = _key(req[1]), self._session(conn, req[2])
         o = _options(req[3:], _REL)
         token, rid = o.token, o.request_id
         return self._submit(lambda b: b.release(sid, key, token, request_id=rid), _ok_encoder(conn))
@@ -510,7 +512,7 @@ class LockCommands:
         queue, a holder releases. Any kind of key. What a client that lost a connection
         sends for a wait it gave up."""
         require_args(req, 4)
-        key, sid = _key(req[1]), self._session(req[2])
+        key, sid = _key(req[1]), self._session(conn, req[2])
         o = _options(req[3:], _CANCEL)
         if not o.token:
             raise BadArgument("LOCK.CANCEL needs TICKET t")
@@ -549,7 +551,7 @@ class LockCommands:
 
     def cmd_sem_acquire(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 3)
-        key, sid = _key(req[1]), self._session(req[2])
+        key, sid = _key(req[1]), self._session(conn, req[2])
         permits = parse_int(req[3], "permits", 1, 1_000_000)
         o = _options(req[4:], _SEM_ACQ)
         svc = self.svc
@@ -563,20 +565,20 @@ class LockCommands:
 
     def cmd_sem_try(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 3)
-        key, sid = _key(req[1]), self._session(req[2])
+        key, sid = _key(req[1]), self._session(conn, req[2])
         permits = parse_int(req[3], "permits", 1, 1_000_000)
         o = _options(req[4:], _SEM_TRY)
         return _token_or_null(conn, self.svc.try_acquire_semaphore(key, sid, permits, label=o.label,
                                                                    request_id=o.request_id))
 
     def cmd_sem_release(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
-        return self._release(req, "semaphore")
+        return self._release(conn, req, "semaphore")
 
     # --- elections ----------------------------------------------------------------------------
 
     def cmd_elect_campaign(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 3)
-        key, sid, value = _key(req[1], "election name"), self._session(req[2]), req[3]
+        key, sid, value = _key(req[1], "election name"), self._session(conn, req[2]), req[3]
         if len(value) > MAX_VALUE_SIZE:
             raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
         o = _options(req[4:], _CAMPAIGN)
@@ -590,7 +592,7 @@ class LockCommands:
 
     def cmd_elect_proclaim(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 3)
-        key, sid, value = _key(req[1], "election name"), self._session(req[2]), req[3]
+        key, sid, value = _key(req[1], "election name"), self._session(conn, req[2]), req[3]
         if len(value) > MAX_VALUE_SIZE:
             raise BadArgument(f"value must be at most {MAX_VALUE_SIZE} bytes")
         o = _options(req[4:], _REL)
@@ -598,7 +600,7 @@ class LockCommands:
         return _reply_int(self.svc.proclaim(grant, value, request_id=o.request_id))
 
     def cmd_elect_resign(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
-        return self._release(req, "election")
+        return self._release(conn, req, "election")
 
     def cmd_elect_leader(self, conn: Client, req: list[bytes]) -> bytes:
         require_args(req, 1, 1)

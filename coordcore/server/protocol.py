@@ -80,7 +80,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -92,6 +94,7 @@ from coordcore.errors import (
     AuthRequired,
     CoordcoreError,
     InternalError,
+    NoPermission,
     ProtocolError,
     RequestTooLarge,
     TooManyConnections,
@@ -99,10 +102,11 @@ from coordcore.errors import (
     UnknownCommand,
 )
 from coordcore.server import resp
+from coordcore.server.acl import DEFAULT, User
 from coordcore.server.budget import FLOOR
 from coordcore.server.core import Client, Command, Flag, Reply, ServerView
 
-__all__ = ["Connection", "State"]
+__all__ = ["Connection", "State", "TlsAccept", "cert_names"]
 
 _WireConn = require("lockwire").WireConn
 
@@ -199,13 +203,19 @@ class Connection(asyncio.Protocol):
         #: The native wire state: request buffer and parser, hot commands in flight and
         #: their ready replies (see the module docstring).
         self.wire = _WireConn(self, config.max_args, config.max_request_bytes)
-        ids = server.ids
+        ids = self._ids = server.ids
         if ids is not None:
             self.wire.id_next = ids.next_id
         self.state = _NEW
         self.resp3 = False
         #: The gate: the flags a command needs now, and what one without them gets.
-        self._need, self._refuse = (0, _UNKNOWN) if config.requirepass is None else (_NOAUTH, _AUTH_REQUIRED)
+        open_door = config.requirepass is None and config.acl_file is None
+        self._need, self._refuse = (0, _UNKNOWN) if open_door else (_NOAUTH, _AUTH_REQUIRED)
+        #: Who this connection acts for, and the user whose ACL each request is checked
+        #: against (None: a user who may do everything, so no check runs).
+        self.user: User = DEFAULT
+        self._perm: User | None = None
+        self._denials = 0
         self.name = b""
         self.peer = "?"
         #: The client's address without its port (what AUTH failures are counted by).
@@ -255,8 +265,33 @@ class Connection(asyncio.Protocol):
     def authenticated(self) -> bool:
         return not self._need & _NOAUTH
 
-    def authenticate(self) -> None:
+    def login(self, user: User) -> None:
         self._need, self._refuse = 0, _UNKNOWN
+        if user is self.user and self._perm is None and user is DEFAULT:
+            return  # --requirepass: nothing changes (today's fast path)
+        self.user = user
+        self._perm = None if user.unlimited else user
+        wire = self.wire
+        lane = self._lane
+        owner = user.owner
+        # The lane checks handles with this user's binding, and leaves keys outside the
+        # user's lock prefixes to the table, which answers -NOPERM.
+        verify = functools.partial(lane.verify, owner=owner) if owner and lane is not None \
+            and lane.verify is not None else None
+        wire.set_access(verify, None if user.lock == (b"",) else user.lock)
+        ids = self._ids
+        wire.id_next = ids.next_id if ids is not None and "ids" in user.groups else None
+
+    def authenticate(self) -> None:
+        self.login(DEFAULT)
+
+    def _deny(self, req: list[bytes], why: str) -> bytes:
+        self._denials += 1
+        n = self._denials
+        if n <= 10 or n % 1000 == 0:  # bounded: a client cannot flood the log
+            self._log.warning("permission denied", audit="noperm", conn=self.id, peer=self.peer,
+                              user=self.user.name, command=_safe_name(req), reason=why, denials=n)
+        return resp.encode_exception(NoPermission(f"{why}; nothing was done"))
 
     def watch_mode(self, watching: bool) -> None:
         self._need, self._refuse = (_WATCH if watching else 0), _UNKNOWN
@@ -547,6 +582,10 @@ class Connection(asyncio.Protocol):
                 need = self._need
                 if entry is None or entry.flags & need != need:
                     entry = self._refuse
+                elif self._perm is not None:
+                    why = self._perm.denied(req)
+                    if why is not None:
+                        entry = Command(functools.partial(self._deny_request, why))
             flags = entry.flags
             if slots and flags & _READS:
                 # A read of lock state behind writes still in flight on this
@@ -596,6 +635,9 @@ class Connection(asyncio.Protocol):
         self._server.commands_total += handled
         if out and self.transport is not None:  # (closing too: QUIT's +OK)
             self._write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _deny_request(self, why: str, conn: Client, req: list[bytes]) -> bytes:
+        return self._deny(req, why)
 
     def _foreign_frame(self, out: list[bytes]) -> Any:
         """The frame at the head of the buffer when it is not a request of the grammar:
@@ -759,3 +801,69 @@ class Connection(asyncio.Protocol):
 def _safe_name(req: list[Any]) -> str:
     name = req[0] if req else b""
     return name[:32].decode("ascii", "replace") if isinstance(name, bytes) else "?"
+
+
+class TlsAccept(asyncio.Protocol):
+    """A TCP connection on a TLS port until its handshake is done, then a
+    :class:`Connection` on the TLS transport.
+
+    The handshake is made here (``loop.start_tls``) rather than by the listener, which
+    drops a failed one silently: a failure is logged, with the client's address (an
+    audit line), and the socket closed. Bytes the client sends in the same flight as
+    its last handshake message may arrive before the Connection is made: they are kept
+    and handed over with it. A verified client certificate may name the user
+    (``login_by_cert``)."""
+
+    def __init__(self, server: ServerView, context: ssl.SSLContext,
+                 login_by_cert: Callable[[Connection, dict[str, Any]], None]) -> None:
+        self._server = server
+        self._context = context
+        self._login_by_cert = login_by_cert
+        self._early: list[bytes] = []
+        self._lost = False
+        self._peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self._peer = f"{peer[0]}:{peer[1]}"
+        # Until start_tls takes the socket over, the ClientHello must stay in the kernel.
+        cast(asyncio.Transport, transport).pause_reading()
+        task = asyncio.ensure_future(self._handshake(cast(asyncio.Transport, transport)))
+        self._server.track(task)
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(transport, self, self._context, server_side=True,
+                                       ssl_handshake_timeout=10.0)
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            self._server.log.warning("TLS handshake failed", audit="tls", peer=self._peer,
+                                     error=getattr(exc, "reason", None) or type(exc).__name__)
+            transport.abort()
+            return
+        if tls is None or self._lost:
+            return
+        conn = Connection(self._server)
+        tls.set_protocol(conn)
+        conn.connection_made(tls)
+        cert = tls.get_extra_info("peercert")
+        if cert and conn.state < _CLOSING:
+            self._login_by_cert(conn, cert)
+        if self._early and conn.state < _CLOSING:
+            conn.data_received(b"".join(self._early))
+        self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+
+
+def cert_names(cert: dict[str, Any]) -> list[str]:
+    """The names a peer certificate (``getpeercert()``) carries: its subject's CN and
+    its DNS, email and URI subject alternative names."""
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "email", "URI")]
+    return names

@@ -22,6 +22,7 @@ import dataclasses
 import ipaddress
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -29,12 +30,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from coordcore.errors import BadArgument, WorkerIdUnavailable
+from coordcore.errors import BadArgument, CoordcoreError, WorkerIdUnavailable
 from coordcore.server import commands
+from coordcore.server.acl import DEFAULT, load_acl
 from coordcore.server.budget import Budget
 from coordcore.server.core import CommandTable
 from coordcore.server.log import StructLog, configure
-from coordcore.server.protocol import Connection
+from coordcore.server.protocol import Connection, TlsAccept, cert_names
 
 __all__ = ["Server", "ServerConfig", "run_server"]
 
@@ -52,6 +54,15 @@ class ServerConfig:
     worker_id: int | None = None
     datacenter_id: int | None = None
     requirepass: str | None = None
+    #: Users and their permissions (TOML, see coordcore.server.acl); reloaded on SIGHUP.
+    acl_file: Path | None = None
+    #: Listen on a non-loopback address without authentication anyway (warned at start).
+    insecure: bool = False
+    #: TLS on every port: certificate chain and key (PEM); a CA makes client
+    #: certificates required (mutual TLS, the certificate's names mapped to a user).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     max_connections: int = 10_000
     max_request_bytes: int = 1 << 20
     max_args: int = 1024
@@ -119,6 +130,12 @@ class ServerConfig:
             raise BadArgument("cluster mode (--etcd) serves IDs in the server itself: no --id-workers/--id-only")
         if self.etcd and self.worker_id is not None:
             raise BadArgument("cluster mode (--etcd) leases worker IDs in etcd: no --worker-id")
+        if self.requirepass is not None and self.acl_file is not None:
+            raise BadArgument("--requirepass is the one-user shorthand of --acl-file: give one of them")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise BadArgument("TLS needs both --tls-cert and --tls-key")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise BadArgument("--tls-ca (client certificates) needs --tls-cert and --tls-key")
 
 
 #: File descriptors kept back from connections: listeners, the lock log and its
@@ -166,15 +183,50 @@ def is_loopback(host: str) -> bool:
         return False  # "", a host name, "0.0.0.0"-like wildcards: assume reachable
 
 
+def has_auth(config: ServerConfig) -> bool:
+    return config.requirepass is not None or config.acl_file is not None or config.tls_ca is not None
+
+
+def refusal(config: ServerConfig) -> str | None:
+    """Why a server with ``config`` must not start (None: it may).
+
+    >>> refusal(ServerConfig(host="0.0.0.0")).startswith("refusing")
+    True
+    >>> refusal(ServerConfig(host="0.0.0.0", insecure=True)) is None
+    True
+    """
+    if has_auth(config) or config.insecure or is_loopback(config.host):
+        return None
+    return (f"refusing to listen on {config.host or 'every address'} without authentication: set "
+            f"--requirepass (or $COORDCORE_REQUIREPASS) or --acl-file, listen on 127.0.0.1, or give "
+            f"--insecure to run open anyway")
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (TLS 1.2 and later), or None without ``tls_cert``."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_ca is not None:
+            context.load_verify_locations(config.tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise BadArgument(f"TLS setup failed: {exc}") from None
+    return context
+
+
 def startup_warnings(config: ServerConfig) -> list[str]:
     """What a server started with ``config`` warns about at start.
 
     >>> startup_warnings(ServerConfig(host="127.0.0.1"))
     []
-    >>> startup_warnings(ServerConfig(host="0.0.0.0"))[0].startswith("INSECURE")
+    >>> startup_warnings(ServerConfig(host="0.0.0.0", insecure=True))[0].startswith("INSECURE")
     True
     """
-    if config.requirepass is None and not is_loopback(config.host):
+    if not has_auth(config) and not is_loopback(config.host):
         return [f"INSECURE: listening on {config.host or 'every address'} with no password: anyone who "
                 f"can reach this port can take, release and watch every lock and read every key; "
                 f"set --requirepass (or $COORDCORE_REQUIREPASS), or listen on 127.0.0.1"]
@@ -236,7 +288,8 @@ class Server:
         self.command_names: list[bytes] = []
         #: The password check of AUTH; it slows failures down per client address, and
         #: rate-limits their log lines.
-        self.auth = commands.Auth(config.requirepass, commands.AuthGuard(self.log))
+        self.acl = load_acl(config.acl_file) if config.acl_file is not None else None
+        self.auth = commands.Auth(config.requirepass, commands.AuthGuard(self.log), self.acl)
         #: Bytes buffered for all connections, and their incomplete requests.
         self.budget = Budget(config.max_buffered_bytes, self.log)
         #: The lock service's native lane for hot lock commands (None: no lock service).
@@ -266,6 +319,9 @@ class Server:
         from coordcore.ids import Snowflake  # the lead's module (see coordcore.ids)
 
         cfg = self.config
+        refused = refusal(cfg)
+        if refused is not None:
+            raise BadArgument(refused)
         for warning in startup_warnings(cfg):
             self.log.warning(warning, host=cfg.host)
         fit_connections_to_fd_limit(cfg, self.log)
@@ -295,13 +351,17 @@ class Server:
         loop = asyncio.get_running_loop()
         self.budget.clock = loop.time
         self._sweeper = loop.create_task(self._sweep())
-        self._listener = await loop.create_server(
-            lambda: Connection(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+        context = tls_context(cfg)
+        factory: Callable[[], asyncio.Protocol] = (lambda: Connection(self)) if context is None else \
+            (lambda: TlsAccept(self, context, self.login_by_cert))
+        self._listener = await loop.create_server(factory, cfg.host, cfg.port, backlog=cfg.backlog,
+                                                  reuse_address=True)
         sock = self._listener.sockets[0]
         self.port = sock.getsockname()[1]
         self.log.info("listening", host=cfg.host, port=self.port, role=self.role, worker_id=worker,
                       datacenter_id=dc, data_dir=str(cfg.data_dir), pid=os.getpid(),
-                      auth=cfg.requirepass is not None)
+                      auth="acl" if cfg.acl_file is not None else cfg.requirepass is not None,
+                      tls=cfg.tls_cert is not None)
         if cfg.id_workers > 1 and not cfg.id_only:
             await self._start_id_workers(worker)
         if self.cluster is not None:
@@ -315,8 +375,14 @@ class Server:
                     "--host", cfg.host, "--port", str(port), "--worker-id", str(worker + i),
                     "--datacenter-id", str(self.datacenter_id), "--data-dir", str(cfg.data_dir),
                     "--log-format", cfg.log_format, "--log-level", cfg.log_level, "--announce-port"]
+            if cfg.insecure:
+                argv.append("--insecure")
+            for flag, path in (("--acl-file", cfg.acl_file), ("--tls-cert", cfg.tls_cert),
+                               ("--tls-key", cfg.tls_key), ("--tls-ca", cfg.tls_ca)):
+                if path is not None:
+                    argv += [flag, str(path)]
             env = dict(os.environ)
-            if cfg.requirepass is not None:
+            if cfg.requirepass is not None:  # (the environment: never on a command line)
                 env["COORDCORE_REQUIREPASS"] = cfg.requirepass
             # stdin is a pipe the child watches: when this process dies, even by SIGKILL,
             # the pipe closes and the child stops (no orphaned ID workers).
@@ -352,6 +418,52 @@ class Server:
         self.commands.update(served.commands())
         self._info_providers.append(served.info_lines)
         self._close_locks = served.close
+
+    def login_by_cert(self, conn: Connection, cert: dict[str, Any]) -> None:
+        """A verified client certificate (``--tls-ca``) logs its connection in: as the
+        ACL user it names (CN or SAN; else the connection must AUTH), or as the default
+        user without an ACL file."""
+        if self.acl is None:
+            if self.config.requirepass is None:
+                conn.login(DEFAULT)
+            return
+        user = self.acl.for_cert(cert_names(cert))
+        if user is not None:
+            conn.login(user)
+            self.log.info("TLS client certificate login", audit="tls", conn=conn.id, peer=conn.peer,
+                          user=user.name)
+
+    def reload_acl(self) -> None:
+        """Read the ACL file again (SIGHUP): connections of removed users are closed,
+        the others get their user's new rights. A bad file keeps the old ACL."""
+        path = self.config.acl_file
+        for child, _ in self._children:  # the ID workers read the same file
+            if child.poll() is None:
+                child.send_signal(signal.SIGHUP)
+        if path is None:
+            self.log.warning("SIGHUP without --acl-file: nothing to reload", audit="acl")
+            return
+        try:
+            acl = load_acl(path)
+        except CoordcoreError as exc:
+            self.log.error("ACL reload failed, keeping the previous ACL", audit="acl", path=str(path),
+                           error=str(exc))
+            return
+        self.acl = acl
+        self.auth.set_acl(acl)
+        closed = 0
+        for conn in list(self.connections):
+            if not conn.authenticated:
+                continue
+            user = acl.users.get(conn.user.name)
+            if user is None:
+                self.log.warning("user removed, closing its connection", audit="acl", conn=conn.id,
+                                 peer=conn.peer, user=conn.user.name)
+                conn.abort()
+                closed += 1
+            else:
+                conn.login(user)
+        self.log.warning("ACL reloaded", audit="acl", path=str(path), users=len(acl.users), closed=closed)
 
     def id_endpoints(self) -> list[str]:
         return [f"{self.config.host}:{self.port}"] + [ep for _, ep in self._children]
@@ -484,6 +596,7 @@ def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_s
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_acl)
         # A start can wait long (cluster mode: for etcd to answer); a stop request then
         # ends it instead of waiting for it.
         starting = asyncio.ensure_future(server.start())

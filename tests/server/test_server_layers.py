@@ -80,10 +80,10 @@ def test_no_import_cycle_among_server_modules() -> None:
 def test_command_modules_import_neither_the_connection_nor_the_server() -> None:
     """Handlers see a connection as core.Client and get what they need when their
     table is built: they never reach the server."""
-    for module in ("commands", "lockcmds", "core", "budget", "resp", "log"):
+    for module in ("commands", "lockcmds", "core", "budget", "resp", "log", "acl"):
         deps = {d.rpartition(".")[2] for d in GRAPH[f"{PACKAGE}.{module}"]}
         assert not deps & {"protocol", "server"}, (module, deps)
-    assert {d.rpartition(".")[2] for d in GRAPH[f"{PACKAGE}.protocol"]} <= {"core", "budget", "resp", "log"}
+    assert {d.rpartition(".")[2] for d in GRAPH[f"{PACKAGE}.protocol"]} <= {"core", "budget", "resp", "log", "acl"}
 
 
 def test_only_lockcmds_calls_the_lock_services_server_facing_methods() -> None:

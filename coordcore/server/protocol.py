@@ -83,6 +83,7 @@ import enum
 import functools
 import socket
 import ssl
+from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -803,62 +804,64 @@ def _safe_name(req: list[Any]) -> str:
     return name[:32].decode("ascii", "replace") if isinstance(name, bytes) else "?"
 
 
+#: Seconds a TLS client has to finish its handshake.
+TLS_HANDSHAKE_TIMEOUT = 10
+
+
 class TlsAccept(asyncio.Protocol):
     """A TCP connection on a TLS port until its handshake is done, then a
     :class:`Connection` on the TLS transport.
 
-    The handshake is made here (``loop.start_tls``) rather than by the listener, which
-    drops a failed one silently: a failure is logged, with the client's address (an
-    audit line), and the socket closed. Bytes the client sends in the same flight as
-    its last handshake message may arrive before the Connection is made: they are kept
-    and handed over with it. A verified client certificate may name the user
-    (``login_by_cert``)."""
+    The handshake is made here rather than by the listener, which drops a failed one
+    silently: a failure is logged, with the client's address (an audit line). The TLS
+    layer (asyncio's ``SSLProtocol``) is put under the socket in ``connection_made``
+    itself, before any byte can arrive: ``loop.start_tls`` would install it a loop turn
+    later, and uvloop hands a ClientHello that came in between to the plain protocol
+    (the handshake then never completes). A verified client certificate may name the
+    user (``login_by_cert``)."""
 
     def __init__(self, server: ServerView, context: ssl.SSLContext,
                  login_by_cert: Callable[[Connection, dict[str, Any]], None]) -> None:
         self._server = server
         self._context = context
         self._login_by_cert = login_by_cert
-        self._early: list[bytes] = []
-        self._lost = False
         self._peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         if peer:
             self._peer = f"{peer[0]}:{peer[1]}"
-        # Until start_tls takes the socket over, the ClientHello must stay in the kernel.
-        cast(asyncio.Transport, transport).pause_reading()
-        task = asyncio.ensure_future(self._handshake(cast(asyncio.Transport, transport)))
-        self._server.track(task)
-
-    async def _handshake(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            tls = await loop.start_tls(transport, self, self._context, server_side=True,
-                                       ssl_handshake_timeout=10.0)
-        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+        done: asyncio.Future[None] = loop.create_future()
+        tls = sslproto.SSLProtocol(loop, _TlsConnection(self._server, self._login_by_cert), self._context,
+                                   done, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        done.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
             self._server.log.warning("TLS handshake failed", audit="tls", peer=self._peer,
                                      error=getattr(exc, "reason", None) or type(exc).__name__)
-            transport.abort()
-            return
-        if tls is None or self._lost:
-            return
-        conn = Connection(self._server)
-        tls.set_protocol(conn)
-        conn.connection_made(tls)
-        cert = tls.get_extra_info("peercert")
-        if cert and conn.state < _CLOSING:
-            self._login_by_cert(conn, cert)
-        if self._early and conn.state < _CLOSING:
-            conn.data_received(b"".join(self._early))
-        self._early.clear()
 
-    def data_received(self, data: bytes) -> None:
-        self._early.append(data)
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - the TLS layer reads
+        raise AssertionError("TLS bytes reached the plain protocol")
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
+
+class _TlsConnection(Connection):
+    """A Connection on a TLS transport: a verified client certificate may log it in,
+    before it reads its first request."""
+
+    def __init__(self, server: ServerView, login_by_cert: Callable[[Connection, dict[str, Any]], None]) -> None:
+        super().__init__(server)
+        self._login_by_cert = login_by_cert
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        cert = transport.get_extra_info("peercert")
+        if cert and self.state < _CLOSING:
+            self._login_by_cert(self, cert)
 
 
 def cert_names(cert: dict[str, Any]) -> list[str]:

@@ -128,3 +128,17 @@ def test_mutual_tls_refuses_clients_without_a_valid_certificate(serve: Serve, pk
                          capture_output=True, text=True, timeout=20)
     assert out.stdout.strip() == "alice", out
     assert "TLS handshake failed" in srv.log()
+
+
+def test_every_handshake_completes_on_the_main_and_id_worker_ports(serve: Serve, pki: Path) -> None:
+    """A ClientHello that arrives before the TLS layer took the socket over is not lost
+    (with loop.start_tls under uvloop most handshakes stalled until the client gave up)."""
+    srv = serve(*_tls_args(pki, mutual=False), "--id-workers", "2")
+    with Client("127.0.0.1", srv.port, ssl=_client_context(pki)) as c:
+        workers = c.execute("ID.WORKERS")
+    ports = [int((w.decode() if isinstance(w, bytes) else w).rsplit(":", 1)[1]) for w in workers]
+    assert len(ports) == 2 and srv.port in ports
+    for _ in range(25):
+        for port in ports:
+            with Client("127.0.0.1", port, ssl=_client_context(pki), connect_timeout=3, retries=0) as c:
+                assert c.next_id() > 0

@@ -880,6 +880,8 @@ class LockService:
             raise self._pipe.closed_error()
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
             raise BadArgument(f"buffer must be an int >= 1, not {buffer!r}")
+        if not isinstance(prefix, (str, bytes)):
+            raise WrongType(f"prefix must be str or bytes, not {type(prefix).__name__}")
         return self._watches.add(_key_bytes(prefix), buffer, self._machine.revision)
 
     # --- maintenance -------------------------------------------------------------------

@@ -422,7 +422,11 @@ class SessionState:
             callback(self.reason)
             return lambda: None
         self._on_lost.append(callback)
-        return lambda: self._on_lost.remove(callback) if callback in self._on_lost else None
+
+        def unregister() -> None:
+            if callback in self._on_lost:
+                self._on_lost.remove(callback)
+        return unregister
 
     def ended(self, reason: str) -> None:
         """Called when the session is closed or known to have expired (once counts)."""

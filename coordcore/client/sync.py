@@ -420,8 +420,8 @@ class Session(SessionState):
     The thread sends a keep-alive every ttl/3 after the last one was *sent*; each
     resets the lease to the TTL from when the server applies it (it never adds). If
     keep-alives fail (the server is unreachable), nothing is lost while the lease
-    lasts; once ``lease_deadline`` passes unconfirmed the session counts as expired
-    here (the server expires it then, if not already): ``done`` resolves with the
+    lasts; once ``lease_deadline`` passes unconfirmed, a session kept alive in the
+    background counts as expired here (the server expires it then, if not already): ``done`` resolves with the
     reason (``"expired"`` or ``"closed"``), ``on_lost`` callbacks run (on the
     keep-alive thread) and :meth:`holds` answers False."""
 

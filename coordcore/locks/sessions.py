@@ -127,7 +127,11 @@ class Session:
             callback(self.done.result())
             return lambda: None
         self._on_lost.append(callback)
-        return lambda: self._on_lost.remove(callback) if callback in self._on_lost else None
+
+        def unregister() -> None:
+            if callback in self._on_lost:
+                self._on_lost.remove(callback)
+        return unregister
 
     def holds(self, grant: Grant) -> bool:
         """Whether ``grant`` is still held by this session, from the lock machine's state

@@ -38,6 +38,7 @@ __all__ = [
     "NotLockHolder",
     "LimitExceeded",
     "LockConflict",
+    "AlreadyHeld",
     "NotLeader",
     "Cancelled",
     "LogCorrupted",
@@ -201,6 +202,15 @@ class LockConflict(CoordcoreError, RuntimeError):
     """The request conflicts with what the session already holds or waits for."""
 
     code = "CONFLICT"
+
+
+class AlreadyHeld(LockConflict):
+    """The session already holds (or waits for) this lock, and waiting again would wait
+    for itself forever: a nested exclusive acquire, or a shared hold asked to become
+    exclusive (there is no upgrade). Ask for ``reentrant=True`` to nest, or use another
+    session per owner."""
+
+    code = "HELD"
 
 
 class LimitExceeded(CoordcoreError, RuntimeError):

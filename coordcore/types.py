@@ -19,6 +19,7 @@ True
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -86,3 +87,12 @@ class SessionLike(Protocol):
     @property
     def expired(self) -> bool:
         """True once the session is known to have ended by expiry."""
+
+    def on_lost(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(reason)`` once when the session ends (at once if it has);
+        returns a function that unregisters it. (Each session also has a ``done``
+        future of the reason: an asyncio one for the embedded and asyncio sessions, a
+        ``concurrent.futures`` one for the blocking client's.)"""
+
+    def holds(self, grant: Grant) -> bool:
+        """Whether ``grant`` is still held, as far as this process can know."""

@@ -46,7 +46,12 @@ def fence(grant: Grant) -> tuple[bytes, int]:
 
 
 def describe(session: SessionLike) -> str:
+    session.on_lost(lambda reason: print(session.id, reason))()
     return f"{session.id} ttl={session.ttl} expired={session.expired}"
+
+
+def still_mine(session: SessionLike, grant: Grant) -> bool:
+    return session.holds(grant)
 
 
 def leader_value(leader: Leader | None) -> bytes:
@@ -57,8 +62,10 @@ def blocking(port: int) -> list[Grant]:
     with Client(port=port) as client:
         session: Session = client.session(ttl=5)
         describe(session)
-        with client.lock("jobs/42", session=session) as held:
+        with client.lock("jobs/42", session=session, reentrant=True) as held:
             fence(held)
+            still_mine(session, held)
+        reason: str | None = session.done.result() if session.done.done() else None
         election: Election = client.election("leader")
         leader_value(election.leader())
         grant = client.acquire(b"jobs/43", timeout=1.0)

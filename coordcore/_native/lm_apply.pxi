@@ -12,10 +12,25 @@ cdef int _session_has_on_key(LockMachine self, uint32_t si, uint32_t k) noexcept
         c = self.st.con[c].snext
     return 0
 
+cdef uint8_t _second_claim(LockMachine self, uint32_t si, uint32_t k, uint8_t mode) noexcept:
+    """Why a session may not contend again for lock slot k (D_NONE: it may). Its own
+    exclusive claim, or an exclusive one beside its shared hold, would wait for itself
+    forever; shared beside shared is fine (several readers of one session)."""
+    cdef uint32_t c = self.st.ses[si].c_head
+    cdef uint8_t why = D_NONE
+    while c != NIL:
+        if self.st.con[c].key == k:
+            if self.st.con[c].mode == M_EXCLUSIVE:
+                return D_HELD
+            if mode == M_EXCLUSIVE:
+                why = D_UPGRADE
+        c = self.st.con[c].snext
+    return why
+
 cdef int _acquire(LockMachine self, uint32_t si, uint64_t sid, uint8_t kind, uint8_t mode,
                   const unsigned char *k, uint32_t klen, const unsigned char *v,
                   uint32_t vlen, uint32_t permits, bint wait, uint64_t timeout,
-                  unsigned char *res) except -1:
+                  unsigned char *res, bint v3=False) except -1:
     cdef uint64_t h = cc_xxh64(k, klen, HASH_SEED)
     cdef uint32_t ki = _key_find(self, k, klen, h)
     cdef KeySlot *ks
@@ -41,6 +56,11 @@ cdef int _acquire(LockMachine self, uint32_t si, uint64_t sid, uint8_t kind, uin
             res[1] = ST_CONFLICT
             res[2] = D_ALREADY_CANDIDATE
             return 0
+        if v3 and kind == K_LOCK:
+            res[2] = _second_claim(self, si, ki, mode)
+            if res[2] != D_NONE:
+                res[1] = ST_HELD
+                return 0
         grant = ks.w_count == 0 and _can_hold(self, ks, mode)
     if not grant and not wait:
         res[1] = ST_BUSY
@@ -208,7 +228,7 @@ cdef int _reattach(LockMachine self, uint64_t sid, uint64_t ticket, uint64_t tim
         _set_wait_deadline(self, c, self.st.time + timeout if timeout else 0)
     return 0
 
-cdef int _apply_one(LockMachine self, const unsigned char *p, unsigned char *res, bint v2) except -1:
+cdef int _apply_one(LockMachine self, const unsigned char *p, unsigned char *res, uint8_t version) except -1:
     cdef uint8_t op = p[0]
     cdef uint8_t flags = p[1]
     cdef uint32_t klen = cc_ld16(p + 2)
@@ -226,6 +246,7 @@ cdef int _apply_one(LockMachine self, const unsigned char *p, unsigned char *res
     cdef uint64_t rev
     cdef uint64_t timeout = 0
     cdef uint64_t low = arg
+    cdef bint v2 = version >= 2
     memset(res, 0, RES_SIZE)
     res[0] = op
     if v2 and (op == OP_ACQUIRE or op == OP_SEM_ACQUIRE or op == OP_CAMPAIGN):
@@ -328,7 +349,7 @@ cdef int _apply_one(LockMachine self, const unsigned char *p, unsigned char *res
             return 0
     if op == OP_ACQUIRE:
         _acquire(self, si, sid, K_LOCK, M_SHARED if flags & F_SHARED else M_EXCLUSIVE,
-                      k, klen, v, vlen, 0, flags & F_WAIT, timeout, res)
+                      k, klen, v, vlen, 0, flags & F_WAIT, timeout, res, version >= 3)
     elif op == OP_SEM_ACQUIRE:
         _acquire(self, si, sid, K_SEM, M_SEM, k, klen, v, vlen, <uint32_t>low, flags & F_WAIT, timeout, res)
     elif op == OP_CAMPAIGN:
@@ -356,7 +377,7 @@ cdef object _apply(LockMachine self, object batch):
     cdef uint32_t count, i, klen, vlen
     cdef uint64_t t
     cdef uint8_t op, last_op
-    cdef bint v2
+    cdef uint8_t version
     cdef bytes results
     cdef unsigned char *rp
     if self.broken:
@@ -378,10 +399,10 @@ cdef object _apply(LockMachine self, object batch):
     p = &view[0]
     if memcmp(p, C_MAGIC, 4) != 0:
         raise BadArgument(f"malformed batch: bad magic {bytes(view[:4])!r}")
-    if p[4] != 1 and p[4] != 2:
-        raise BadArgument(f"malformed batch: unsupported format version {p[4]}")
-    v2 = p[4] == 2
-    last_op = OP_DETACH if v2 else OP_CANCEL
+    version = p[4]
+    if version < 1 or version > BATCH_VERSION:
+        raise BadArgument(f"malformed batch: unsupported format version {version}")
+    last_op = OP_DETACH if version >= 2 else OP_CANCEL
     if p[5] != 0 or cc_ld16(p + 6) != 0:
         raise BadArgument("malformed batch: reserved header bits set")
     t = cc_ld64(p + 8)
@@ -419,7 +440,7 @@ cdef object _apply(LockMachine self, object batch):
         _expire_waits(self, self.st.time)
         pos = HDR_SIZE
         for i in range(count):
-            _apply_one(self, p + pos, rp + <size_t>i * RES_SIZE, v2)
+            _apply_one(self, p + pos, rp + <size_t>i * RES_SIZE, version)
             pos += CMD_SIZE + <size_t>cc_ld16(p + pos + 2) + cc_ld32(p + pos + 4)
     except MemoryError:
         self.broken = True

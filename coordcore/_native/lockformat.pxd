@@ -14,7 +14,7 @@
 #            length, u64 revision, u64 session, u64 ticket, u64 token, key, value
 
 cdef enum:
-    BATCH_VERSION = 2
+    BATCH_VERSION = 3      # 3: a session's second exclusive claim on a lock is HELD
     HDR_SIZE = 20
     CMD_SIZE = 32
     RES_SIZE = 24
@@ -62,6 +62,7 @@ cdef enum:  # statuses
     ST_BADARG = 14
     ST_WRONGTYPE = 15
     ST_NOTFOUND = 16
+    ST_HELD = 17           # format version 3
 
 cdef enum:  # details
     D_NONE = 0
@@ -81,6 +82,8 @@ cdef enum:  # details
     D_KIND = 14
     D_TIMEOUT = 15
     D_WAIT_ENDED = 16
+    D_HELD = 17            # format version 3
+    D_UPGRADE = 18
 
 cdef enum:  # key kinds
     K_LOCK = 1

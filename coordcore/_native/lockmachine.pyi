@@ -48,6 +48,7 @@ class Status(IntEnum):
     BADARG = 14
     WRONGTYPE = 15
     NOTFOUND = 16
+    HELD = 17
 
 class Detail(IntEnum):
     NONE = 0
@@ -67,6 +68,8 @@ class Detail(IntEnum):
     KIND = 14
     TIMEOUT = 15
     WAIT_ENDED = 16
+    HELD = 17
+    UPGRADE = 18
 
 class Kind(IntEnum):
     LOCK = 1

@@ -98,6 +98,7 @@ class Status(IntEnum):
     BADARG = ST_BADARG
     WRONGTYPE = ST_WRONGTYPE
     NOTFOUND = ST_NOTFOUND
+    HELD = ST_HELD
 
 
 class Detail(IntEnum):
@@ -120,6 +121,8 @@ class Detail(IntEnum):
     KIND = D_KIND  # the key is of another kind (``value`` is its Kind)
     TIMEOUT = D_TIMEOUT  # a wait timeout out of [0, MAX_TIMEOUT_MS], or one without wait
     WAIT_ENDED = D_WAIT_ENDED  # a retried acquire whose wait ended (timed out, withdrawn, released)
+    HELD = D_HELD  # the session already holds or waits for this lock, exclusively or this time asking so
+    UPGRADE = D_UPGRADE  # the session holds this lock shared and asked for it exclusively
 
 
 class Kind(IntEnum):

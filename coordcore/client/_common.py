@@ -3,12 +3,13 @@ value types are in :mod:`coordcore.types`; these are the ones only a client sees
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
 from coordcore.client._wire import Arg, error_from_reply, to_dict
-from coordcore.errors import BadArgument
-from coordcore.types import Grant, Leader
+from coordcore.errors import BadArgument, WrongType
+from coordcore.types import Grant, Key, Leader
 
 __all__ = ["Contender", "IdRuns", "LockInfo", "WatchEvent"]
 
@@ -98,8 +99,33 @@ def release_args(grant: Grant, credential: bytes, request_id: int) -> list[Arg]:
     return [RELEASE_COMMAND[grant.kind], grant.key, credential, "TOKEN", grant.token, "REQID", request_id]
 
 
+# The types are checked here, before anything is sent: otherwise a wrong one fails deep
+# inside (a comparison, hiredis's packer) or is sent converted (123 as b"123").
+
+def check_key(name: str, key: object) -> Key:
+    """A key or prefix as the types say (``str`` or ``bytes``), or WrongType naming it."""
+    if not isinstance(key, (str, bytes)):
+        raise WrongType(f"{name} must be str or bytes, not {type(key).__name__}")
+    return key
+
+
+def check_seconds(name: str, value: object) -> float:
+    """A finite number of seconds (not a bool), or WrongType/BadArgument naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WrongType(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise BadArgument(f"{name} must be finite, not {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise WrongType(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
 def ttl_arg(ttl: float) -> str:
-    if not ttl > 0:
+    if not check_seconds("ttl", ttl) > 0:
         raise BadArgument(f"ttl must be > 0 seconds, got {ttl}")
     return repr(float(ttl))
 
@@ -107,7 +133,7 @@ def ttl_arg(ttl: float) -> str:
 def _timeout_ms(timeout: float | None) -> list[Arg]:
     if timeout is None:
         return []
-    if timeout < 0:
+    if check_seconds("timeout", timeout) < 0:
         raise BadArgument(f"timeout must be >= 0 seconds, got {timeout}")
     # A retry after a reconnect sends what is left; never round a wait down to a try.
     return ["TIMEOUT", max(1, int(round(timeout * 1000))) if timeout > 0 else 0]

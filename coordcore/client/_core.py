@@ -39,12 +39,14 @@ import ssl as ssl_module
 
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, Self, TypeVar
 
+from coordcore._holds import HoldCounts
 from coordcore.client._common import (
     INFO_COMMAND,
     RELEASE_COMMAND,
@@ -53,6 +55,9 @@ from coordcore.client._common import (
     WatchEvent,
     acquire_args,
     campaign_args,
+    check_bool,
+    check_key,
+    check_seconds,
     parse_leader,
     parse_lock_info,
     release_args,
@@ -72,6 +77,7 @@ from coordcore.errors import (
     ServiceClosed,
     SessionExpired,
     Unavailable,
+    WrongType,
 )
 from coordcore.types import Grant, GrantKind, Key, Leader, key_bytes
 
@@ -79,6 +85,7 @@ __all__ = ["FAILOVER_WINDOW", "REATTACH_WINDOW", "ClientCore", "Endpoints", "Cli
            "Send", "Settle", "Step", "Wait"]
 
 T = TypeVar("T")
+logger = logging.getLogger("coordcore.client")
 
 #: After a connection breaks under a waiting acquire, how long (seconds, at least) the
 #: client keeps reconnecting to re-attach to the wait (a server restart takes about a
@@ -372,7 +379,8 @@ class SessionState:
     """What a client knows of one of its sessions; the blocking and the asyncio
     client's session classes add their methods on top."""
 
-    def __init__(self, sid: int, credential: bytes, ttl: float, *, keepalive: bool, opened_at: float) -> None:
+    def __init__(self, sid: int, credential: bytes, ttl: float, *, keepalive: bool, opened_at: float,
+                 max_lifetime: float | None = None) -> None:
         self.id = sid
         #: ``b"<id>.<secret>"``: what acts for this session (the id alone is public).
         self.credential = credential
@@ -383,19 +391,75 @@ class SessionState:
         #: Monotonic time when the last confirmed open or keep-alive was *sent*: the
         #: server's deadline is at least this plus the TTL.
         self.last_keepalive = opened_at
+        self.opened_at = opened_at
+        #: Seconds after opening past which keep-alives are refused (None: no limit).
+        self.max_lifetime = max_lifetime
+        #: Why the session ended (``"closed"``, ``"expired"``), None while alive.
+        self.reason: str | None = None
+        self._on_lost: list[Callable[[str], None]] = []
 
     @property
     def alive(self) -> bool:
         """Not closed or expired, as far as this client has seen."""
         return not (self.closed or self.expired)
 
-    def ended(self) -> None:
-        """Called once the session is closed or known to have expired."""
+    @property
+    def lease_deadline(self) -> float:
+        """The monotonic time until which the server surely keeps the session: the
+        last confirmed open or keep-alive's *send* time plus the TTL (the server's own
+        deadline is later by the request's trip)."""
+        return self.last_keepalive + self.ttl
+
+    def holds(self, grant: Grant) -> bool:
+        """Whether ``grant`` (one of this session's) is surely still held: the session
+        is alive and its lease deadline, as this client knows it, has not passed. A
+        False is final once the session ended; before that, it means "not sure"."""
+        return grant.session == self.id and self.alive and time.monotonic() < self.lease_deadline
+
+    def on_lost(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(reason)`` once when the session ends for any reason (closed,
+        expired: the server said so, or its lease deadline passed unconfirmed); at once
+        if it already has. Returns a function that unregisters it."""
+        if self.reason is not None:
+            callback(self.reason)
+            return lambda: None
+        self._on_lost.append(callback)
+
+        def unregister() -> None:
+            if callback in self._on_lost:
+                self._on_lost.remove(callback)
+        return unregister
+
+    def ended(self, reason: str) -> None:
+        """Called when the session is closed or known to have expired (once counts)."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        callbacks, self._on_lost = self._on_lost, []
+        for cb in callbacks:
+            try:
+                cb(reason)
+            except Exception:  # one broken callback must not keep the others from hearing
+                logger.exception("on_lost callback of session %d failed", self.id)
+
+    def lapsed(self, now: float) -> bool:
+        """End the session as expired if its lease deadline passed unconfirmed (the
+        server expired it, or will before it could hear from us): True if it did."""
+        if self.alive and now >= self.lease_deadline:
+            self.expired = True
+            self.ended("expired")
+            return True
+        return False
+
+    def past_lifetime(self, now: float) -> bool:
+        return self.max_lifetime is not None and now >= self.opened_at + self.max_lifetime
 
     def keepalive_due(self) -> float:
         """When the next keep-alive is due: every ttl/3 from the last one *sent*, so a
-        slow answer does not push it late."""
-        return self.last_keepalive + self.ttl / 3
+        slow answer does not push it late; past the max lifetime, none is: the keeper
+        wakes at the lease deadline to end the session."""
+        due = self.last_keepalive + self.ttl / 3
+        return self.lease_deadline if self.past_lifetime(due) else due
 
     def __repr__(self) -> str:
         state = "expired" if self.expired else "closed" if self.closed else "alive"
@@ -477,6 +541,8 @@ class ClientCore(Generic[S]):
         self.closed = False
         #: What this client holds, acquires and must settle, per (session, key).
         self.ledger = Ledger()
+        #: Hold counts of reentrant locks.
+        self.holds = HoldCounts()
         self._new_session = new_session
         self._mutex = threading.Lock()
         self._sessions: dict[int, S] = {}
@@ -490,6 +556,11 @@ class ClientCore(Generic[S]):
     def open_sessions(self) -> list[S]:
         with self._mutex:
             return list(self._sessions.values())
+
+    def session(self, sid: int) -> S | None:
+        """This client's live session ``sid``, or None."""
+        with self._mutex:
+            return self._sessions.get(sid)
 
     def credential(self, sid: int) -> bytes:
         with self._mutex:
@@ -537,11 +608,16 @@ class ClientCore(Generic[S]):
 
     # --- sessions ------------------------------------------------------------------
 
-    def open_session(self, ttl: float | None, keepalive: bool) -> Proc[S]:
+    def open_session(self, ttl: float | None, keepalive: bool, max_lifetime: float | None = None) -> Proc[S]:
         ttl = self.default_ttl if ttl is None else ttl
+        check_bool("keepalive", keepalive)
+        if max_lifetime is not None and not check_seconds("max_lifetime", max_lifetime) > 0:
+            raise BadArgument(f"max_lifetime must be > 0 seconds, got {max_lifetime}")
         sent = self.clock()
         credential = bytes((yield from self.execute(["SESSION.OPEN", ttl_arg(ttl)], retry=False)))
         session = self._new_session(session_id_of(credential), credential, ttl, keepalive, sent)
+        session.max_lifetime = max_lifetime
+        session.on_lost(lambda _: self.holds.forget(session.id))
         with self._mutex:
             self._sessions[session.id] = session
         return session
@@ -549,7 +625,11 @@ class ClientCore(Generic[S]):
     def session_for(self, session: S | None, ttl: float | None) -> Proc[S]:
         """The caller's session, or the client's own for that TTL (opened once)."""
         if session is not None:
+            if not isinstance(session, SessionState):
+                raise WrongType(f"session must be a session of this client, not {type(session).__name__}")
             return session
+        if ttl is not None:
+            check_seconds("ttl", ttl)
         ttl = self.default_ttl if ttl is None else ttl
         with self._mutex:
             found = self._defaults.get(ttl)
@@ -560,12 +640,17 @@ class ClientCore(Generic[S]):
         return found
 
     def keepalive(self, s: SessionState) -> Proc[None]:
+        """Reset the lease to the TTL from now (never adds to what is left)."""
         sent = self.clock()
+        if s.past_lifetime(sent):
+            # Refused here: the lease then runs out at most a TTL past the max lifetime.
+            raise SessionExpired(f"session {s.id} is past its max lifetime of {s.max_lifetime} s: "
+                                 "it is not kept alive any more")
         try:
             yield from self.execute(["SESSION.KEEPALIVE", s.credential])
         except SessionExpired:
             s.expired = True
-            s.ended()
+            s.ended("expired")
             raise
         s.last_keepalive = sent
 
@@ -581,7 +666,17 @@ class ClientCore(Generic[S]):
         yield from self.settle(s)
 
     def due_keepalives(self, now: float) -> list[S]:
+        """The sessions to keep alive now, after ending those whose lease ran out (a
+        keep-alive later than the lease deadline cannot save it: the server may have
+        expired it and released its locks already)."""
+        for s in self.open_sessions():
+            if s.keepalive_enabled and s.lapsed(now):
+                self.forget(s)
         return [s for s in self.open_sessions() if s.keepalive_enabled and s.alive and s.keepalive_due() <= now]
+
+    def forget(self, s: SessionState) -> None:
+        with self._mutex:
+            self._sessions.pop(s.id, None)
 
     def keepalive_wait(self, now: float) -> float:
         """Seconds the keeper may sleep: until the next keep-alive is due (at most a
@@ -599,7 +694,7 @@ class ClientCore(Generic[S]):
             yield from self.execute(["SESSION.CLOSE", s.credential])
         except SessionExpired:
             pass
-        s.ended()
+        s.ended("closed")
 
     # --- locks, semaphores, elections --------------------------------------------------
 
@@ -671,14 +766,30 @@ class ClientCore(Generic[S]):
             self.ledger.settled(k)
 
     def acquire(self, key: Key, ttl: float | None, session: S | None, shared: bool,
-                timeout: float | None) -> Proc[Grant]:
+                timeout: float | None, reentrant: bool = False) -> Proc[Grant]:
+        check_key("key", key)
+        check_bool("shared", shared)
+        check_bool("reentrant", reentrant)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         s = yield from self.session_for(session, ttl)
-        return (yield from self.contend(
+        if reentrant and (again := self.holds.enter(s.id, key, shared=shared)) is not None:
+            return again
+        grant = yield from self.contend(
             lambda left, reqid: acquire_args("LOCK.ACQUIRE", key, s.credential, shared, left) + ["REQID", reqid],
-            key, s, "lock", timeout, shared))
+            key, s, "lock", timeout, shared)
+        if reentrant:
+            self.holds.add(grant)
+        return grant
 
-    def try_acquire(self, key: Key, ttl: float | None, session: S | None, shared: bool) -> Proc[Grant | None]:
+    def try_acquire(self, key: Key, ttl: float | None, session: S | None, shared: bool,
+                    reentrant: bool = False) -> Proc[Grant | None]:
+        check_key("key", key)
+        check_bool("shared", shared)
+        check_bool("reentrant", reentrant)
         s = yield from self.session_for(session, ttl)
+        if reentrant and (again := self.holds.enter(s.id, key, shared=shared)) is not None:
+            return again
         args: list[Arg] = ["LOCK.TRY", key, s.credential]
         if shared:
             args.append("SHARED")
@@ -686,12 +797,20 @@ class ClientCore(Generic[S]):
         if token is None:
             return None
         self.ledger.hold(s.id, key, int(token))
-        return Grant(key_bytes(key), int(token), s.id, "lock", shared)
+        grant = Grant(key_bytes(key), int(token), s.id, "lock", shared)
+        if reentrant:
+            self.holds.add(grant)
+        return grant
 
     def release(self, grant: Grant) -> Proc[None]:
-        """Release by token. If no answer comes (the connection broke past its retries: a
-        server restart, say), the key is settled once the server answers again, so the
-        hold does not outlive the caller's intent while the session is kept alive."""
+        """Release by token (a reentrant grant: once its hold count is back to zero). If
+        no answer comes (the connection broke past its retries: a server restart, say),
+        the key is settled once the server answers again, so the hold does not outlive
+        the caller's intent while the session is kept alive."""
+        if not isinstance(grant, Grant):
+            raise WrongType(f"release takes a Grant, not {type(grant).__name__}")
+        if not self.holds.leave(grant):
+            return
         try:
             # retried with the same REQID
             yield from self.execute(release_args(grant, self.credential(grant.session), self.reqid()))
@@ -706,12 +825,21 @@ class ClientCore(Generic[S]):
 
     def acquire_semaphore(self, name: Key, permits: int, ttl: float | None, session: S | None,
                           timeout: float | None) -> Proc[Grant]:
+        check_key("name", name)
+        if isinstance(permits, bool) or not isinstance(permits, int):
+            raise WrongType(f"permits must be an int, not {type(permits).__name__}")
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         s = yield from self.session_for(session, ttl)
         return (yield from self.contend(
             lambda left, reqid: sem_args(name, s.credential, permits, left) + ["REQID", reqid],
             name, s, "semaphore", timeout))
 
     def campaign(self, e: ElectionState[S], value: Key, timeout: float | None) -> Proc[Grant]:
+        check_key("name", e.name)
+        check_key("value", value)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         s = yield from self.session_for(e.session, e.ttl)
         e.session = s
         e.grant = yield from self.contend(

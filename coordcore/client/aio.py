@@ -45,7 +45,8 @@ from typing import Any, TypeVar
 
 import hiredis
 
-from coordcore.client._common import IdRuns, LockInfo, WatchEvent, watch_event
+from coordcore._holds import cancelled_on_loss
+from coordcore.client._common import IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
 from coordcore.client._core import SessionState, Settle, Step, Wait, hello_args, pipeline_replies
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
@@ -338,9 +339,11 @@ class AsyncClient(ClientSettings):
 
     # --- sessions ---------------------------------------------------------------------
 
-    async def session(self, ttl: float | None = None, *, keepalive: bool = True) -> AsyncSession:
-        """Open a session (a lease) with ``ttl`` seconds, kept alive in the background."""
-        return await self._run(self._core.open_session(ttl, keepalive))
+    async def session(self, ttl: float | None = None, *, keepalive: bool = True,
+                      max_lifetime: float | None = None) -> AsyncSession:
+        """Open a session (a lease) with ``ttl`` seconds, kept alive in the background
+        (see :class:`AsyncSession`); past ``max_lifetime`` seconds it is no longer kept alive."""
+        return await self._run(self._core.open_session(ttl, keepalive, max_lifetime))
 
     def _new_session(self, sid: int, credential: bytes, ttl: float, keepalive: bool, sent: float) -> AsyncSession:
         session = AsyncSession(self, sid, credential, ttl, keepalive=keepalive, opened_at=sent)
@@ -367,30 +370,49 @@ class AsyncClient(ClientSettings):
     # --- locks, semaphores, elections --------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _holding(self, acquire: Callable[[], Awaitable[Grant]]) -> AsyncIterator[Grant]:
+    async def _holding(self, acquire: Callable[[], Awaitable[Grant]],
+                       cancel_on_loss: bool = False) -> AsyncIterator[Grant]:
         grant = await acquire()
-        try:
-            yield grant
-        finally:
-            await self.release(grant)
+        session = self._core.session(grant.session) if cancel_on_loss else None
+        if session is None:
+            try:
+                yield grant
+            finally:
+                await self.release(grant)
+            return
+        async with cancelled_on_loss(session.id, session.done):
+            try:
+                yield grant
+            finally:
+                if session.alive:
+                    await self.release(grant)
 
     def lock(self, key: Key, *, ttl: float | None = None, session: AsyncSession | None = None,
-             shared: bool = False, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Grant]:
+             shared: bool = False, timeout: float | None = None, reentrant: bool = False,
+             cancel_on_loss: bool = False) -> contextlib.AbstractAsyncContextManager[Grant]:
         """``async with client.lock("jobs/42", ttl=10) as grant:`` holds the lock;
         ``grant.token`` is its fencing token. Released on exit. ``ttl`` is the TTL of
-        the client's session for that TTL (opened once, kept alive)."""
-        return self._holding(lambda: self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout))
+        the client's session for that TTL (opened once, kept alive). With
+        ``cancel_on_loss`` the body is cancelled if the session ends while it runs, and
+        the block raises :class:`~coordcore.errors.SessionExpired`. See :meth:`acquire`."""
+        return self._holding(lambda: self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout,
+                                                  reentrant=reentrant), cancel_on_loss)
 
     async def acquire(self, key: Key, *, ttl: float | None = None, session: AsyncSession | None = None,
-                      shared: bool = False, timeout: float | None = None) -> Grant:
+                      shared: bool = False, timeout: float | None = None, reentrant: bool = False) -> Grant:
         """Wait for lock ``key`` (``timeout`` seconds, None: forever) and return the grant.
-        Raises LockTimeout, SessionExpired..."""
-        return await self._run(self._core.acquire(key, ttl, session, shared, timeout))
+        Raises LockTimeout, SessionExpired, and :class:`~coordcore.errors.AlreadyHeld` at
+        once when the session already holds or waits for the lock and either claim is
+        exclusive (no upgrade from shared). ``reentrant=True`` nests instead: the same
+        grant, with a hold count, released when the count is back to zero (see
+        :meth:`coordcore.client.Client.acquire`)."""
+        return await self._run(self._core.acquire(key, ttl, session, shared, timeout, reentrant))
 
     async def try_acquire(self, key: Key, *, ttl: float | None = None,
-                          session: AsyncSession | None = None, shared: bool = False) -> Grant | None:
+                          session: AsyncSession | None = None, shared: bool = False,
+                          reentrant: bool = False) -> Grant | None:
         """The lock if it can be granted now, else None (never waits)."""
-        return await self._run(self._core.try_acquire(key, ttl, session, shared))
+        return await self._run(self._core.try_acquire(key, ttl, session, shared, reentrant))
 
     async def release(self, grant: Grant) -> None:
         """Release a lock, semaphore permit or leadership (by its token). If no answer
@@ -424,6 +446,9 @@ class AsyncClient(ClientSettings):
         is subscribed when the block starts; a bare ``async for`` subscribes at its first
         step. ``timeout``: seconds without an event before ``TimeoutError``. Ends with
         ConnectionLost when the connection does."""
+        check_key("prefix", prefix)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         return AsyncWatch(self, prefix, timeout)
 
 
@@ -474,20 +499,24 @@ class AsyncWatch:
 
 class AsyncSession(SessionState):
     """A server-side session (lease); see :meth:`AsyncClient.session`. ``done`` resolves
-    when it is closed or known to have expired."""
+    with the reason (``"closed"``, ``"expired"``) when it is closed or known to have
+    expired, and ``on_lost`` callbacks run; the keep-alive timing is that of
+    :class:`coordcore.client.Session`."""
 
     def __init__(self, client: AsyncClient, sid: int, credential: bytes, ttl: float, *, keepalive: bool,
                  opened_at: float) -> None:
         super().__init__(sid, credential, ttl, keepalive=keepalive, opened_at=opened_at)
         self.client = client
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    def ended(self) -> None:
+    def ended(self, reason: str) -> None:
+        super().ended(reason)
         if not self.done.done():
-            self.done.set_result(None)
+            self.done.set_result(reason)
 
     async def keepalive(self) -> None:
-        """Extend the lease now (the client does it every ttl/3 in the background)."""
+        """Reset the lease to the TTL from now (the client does it every ttl/3 in the
+        background)."""
         await self.client._run(self.client._core.keepalive(self))
 
     async def close(self) -> None:

@@ -32,6 +32,7 @@ True
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import socket
@@ -44,7 +45,7 @@ from typing import Any, TypeVar
 
 import hiredis
 
-from coordcore.client._common import IdRuns, LockInfo, WatchEvent, watch_event
+from coordcore.client._common import IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
 from coordcore.client._core import SessionState, Settle, Step, Wait, hello_args, pipeline_replies
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
@@ -291,9 +292,11 @@ class Client(ClientSettings):
 
     # --- sessions ---------------------------------------------------------------------
 
-    def session(self, ttl: float | None = None, *, keepalive: bool = True) -> Session:
-        """Open a session (a lease) of ``ttl`` seconds, kept alive by a background thread."""
-        return self._run(self._core.open_session(ttl, keepalive))
+    def session(self, ttl: float | None = None, *, keepalive: bool = True,
+                max_lifetime: float | None = None) -> Session:
+        """Open a session (a lease) of ``ttl`` seconds, kept alive by a background thread
+        (see :class:`Session`); past ``max_lifetime`` seconds it is no longer kept alive."""
+        return self._run(self._core.open_session(ttl, keepalive, max_lifetime))
 
     def _new_session(self, sid: int, credential: bytes, ttl: float, keepalive: bool, sent: float) -> Session:
         session = Session(self, sid, credential, ttl, keepalive=keepalive, opened_at=sent)
@@ -328,20 +331,30 @@ class Client(ClientSettings):
             self.release(grant)
 
     def lock(self, key: Key, *, ttl: float | None = None, session: Session | None = None,
-             shared: bool = False, timeout: float | None = None) -> contextlib.AbstractContextManager[Grant]:
+             shared: bool = False, timeout: float | None = None,
+             reentrant: bool = False) -> contextlib.AbstractContextManager[Grant]:
         """``with client.lock("jobs/42", ttl=10) as grant:`` holds the lock; ``grant.token``
-        is its fencing token. Released on exit."""
-        return self._holding(lambda: self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout))
+        is its fencing token. Released on exit. See :meth:`acquire`."""
+        return self._holding(lambda: self.acquire(key, ttl=ttl, session=session, shared=shared, timeout=timeout,
+                                                  reentrant=reentrant))
 
     def acquire(self, key: Key, *, ttl: float | None = None, session: Session | None = None,
-                shared: bool = False, timeout: float | None = None) -> Grant:
-        """Wait for lock ``key`` (``timeout`` seconds, None: forever) and return the grant."""
-        return self._run(self._core.acquire(key, ttl, session, shared, timeout))
+                shared: bool = False, timeout: float | None = None, reentrant: bool = False) -> Grant:
+        """Wait for lock ``key`` (``timeout`` seconds, None: forever) and return the grant.
+
+        A session that already holds or waits for the lock, when either claim is
+        exclusive, gets :class:`~coordcore.errors.AlreadyHeld` at once (waiting would
+        wait for itself), also for a shared hold asked to become exclusive: there is no
+        upgrade. With ``reentrant=True`` a nested acquire of a lock the session holds
+        through a reentrant acquire returns the same grant and counts a hold; it is
+        released when the count is back to zero. The session is the owner: threads that
+        must exclude each other need sessions of their own (``client.session()``)."""
+        return self._run(self._core.acquire(key, ttl, session, shared, timeout, reentrant))
 
     def try_acquire(self, key: Key, *, ttl: float | None = None, session: Session | None = None,
-                    shared: bool = False) -> Grant | None:
+                    shared: bool = False, reentrant: bool = False) -> Grant | None:
         """The lock if it can be granted now, else None (never waits)."""
-        return self._run(self._core.try_acquire(key, ttl, session, shared))
+        return self._run(self._core.try_acquire(key, ttl, session, shared, reentrant))
 
     def release(self, grant: Grant) -> None:
         """Release a lock, semaphore permit or leadership (by its token)."""
@@ -371,6 +384,9 @@ class Client(ClientSettings):
         """Every change under ``prefix`` from now on (subscribed when this returns), in
         revision order, as an iterator on a connection of its own. ``timeout``: seconds
         without an event before ``TimeoutError``. Close it (or use ``with``) when done."""
+        check_key("prefix", prefix)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         return Watch(self._open(), prefix, timeout)
 
 
@@ -406,15 +422,31 @@ class Watch:
 
 class Session(SessionState):
     """A server-side session (lease) kept alive by the client's background thread (see
-    :meth:`Client.session`)."""
+    :meth:`Client.session`).
+
+    The thread sends a keep-alive every ttl/3 after the last one was *sent*; each
+    resets the lease to the TTL from when the server applies it (it never adds). If
+    keep-alives fail (the server is unreachable), nothing is lost while the lease
+    lasts; once ``lease_deadline`` passes unconfirmed, a session kept alive in the
+    background counts as expired here (the server expires it then, if not already): ``done`` resolves with the
+    reason (``"expired"`` or ``"closed"``), ``on_lost`` callbacks run (on the
+    keep-alive thread) and :meth:`holds` answers False."""
 
     def __init__(self, client: Client, sid: int, credential: bytes, ttl: float, *, keepalive: bool,
                  opened_at: float) -> None:
         super().__init__(sid, credential, ttl, keepalive=keepalive, opened_at=opened_at)
         self.client = client
+        self.done: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+    def ended(self, reason: str) -> None:
+        super().ended(reason)
+        if not self.done.done():
+            self.done.set_result(reason)
 
     def keepalive(self) -> None:
-        """Extend the lease now (the background thread does it every ttl/3)."""
+        """Reset the lease to the TTL from now (the background thread does it every
+        ttl/3). :class:`~coordcore.errors.SessionExpired` if it ended, or is past its
+        max lifetime."""
         self.client._run(self.client._core.keepalive(self))
 
     def close(self) -> None:

@@ -28,8 +28,14 @@ State
   contender with a **ticket** (the revision at which it arrived); when granted it gets
   a **token** (the revision at the grant: the fencing token). A contender granted at
   once has ``token == ticket``. Holders are kept in token order, waiters in FIFO
-  (ticket) order. A session may hold several contenders on one lock or semaphore key
-  (for instance two tasks sharing a session), but at most one per election.
+  (ticket) order. A session may hold several contenders on one semaphore key, and
+  several *shared* ones on one lock key, but at most one per election, and (format
+  version 3) no second one on a lock key if either claim is exclusive: that acquire
+  would wait for the session itself forever, so it is refused at once with ``HELD``
+  (detail ``HELD``, or ``UPGRADE`` when the session holds the lock shared and asks for
+  it exclusively: there is no upgrade; release, then acquire). Reentrant locks are a
+  client-side count over one grant. Version 2 records keep version 2's rule (the
+  second claim queues), so old logs replay as they were written.
 * **Revision**: one counter; every event gets the next revision, so events form a
   gap-free sequence ``1, 2, 3, ...``. Tokens and tickets are revisions: strictly
   increasing, never reused, preserved by snapshots. Keep-alives do not change the
@@ -131,11 +137,11 @@ every session with ``deadline <= time``, in (deadline, session id) order; the
 sessions' contenders are removed first, then waiters are granted, so no grant goes
 to a session expiring in the same batch. An empty batch is a *tick*.
 
-Batch record (format version 2, little-endian)
+Batch record (format version 3, little-endian)
 ----------------------------------------------
 ::
 
-    header  20 bytes: magic b"CCLB", u8 version (2), u8 flags (0), u16 reserved (0),
+    header  20 bytes: magic b"CCLB", u8 version (3), u8 flags (0), u16 reserved (0),
                       u64 time_ms, u32 command count
     command 32 bytes + key + value:
             u8 op, u8 flags (bit 0 SHARED, bit 1 WAIT), u16 key length,
@@ -143,8 +149,10 @@ Batch record (format version 2, little-endian)
             u64 arg (ttl_ms | token | timeout_ms << 32 | permits | ticket | grace_ms),
             key bytes, value bytes
 
-Version 1 records (written before session credentials and wait deadlines) are still
-applied, with version 1's rules: OPEN takes no value (such a session has no
+Version 2 records (written before the ``HELD`` rule) are still applied with
+version 2's rules, which differ only in that rule: it is the same layout. Version 1
+records (written before session credentials and wait deadlines) are still applied,
+with version 1's rules: OPEN takes no value (such a session has no
 credential, so no caller can use it: it expires), an acquire's ``arg`` must be 0 (a
 semaphore's is its permits), there is no DETACH and a retry never re-attaches.
 
@@ -297,6 +305,7 @@ _STATUS_CODES: dict[int, str] = {
     Status.BADARG: "BADARG",
     Status.WRONGTYPE: "WRONGTYPE",
     Status.NOTFOUND: "NOTFOUND",
+    Status.HELD: "HELD",
 }
 
 _DETAIL_TEXT: dict[int, str] = {
@@ -317,6 +326,8 @@ _DETAIL_TEXT: dict[int, str] = {
     Detail.KIND: "the key is in use as another kind",
     Detail.TIMEOUT: f"a wait timeout must be in [0, {MAX_TIMEOUT_MS}] ms, and only with wait",
     Detail.WAIT_ENDED: "the wait of this request ended before the retry (timed out, withdrawn or released)",
+    Detail.HELD: "this session already holds or waits for this lock, and one of the two claims is exclusive",
+    Detail.UPGRADE: "this session holds this lock shared: an upgrade to exclusive is refused (release first)",
 }
 
 
@@ -781,7 +792,7 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
     magic, version, flags, reserved, time_ms, count = _HEADER.unpack_from(data, 0)
     if magic != BATCH_MAGIC:
         raise BadArgument(f"malformed batch: bad magic {magic!r}")
-    if version not in (1, BATCH_FORMAT_VERSION):
+    if not 1 <= version <= BATCH_FORMAT_VERSION:
         raise BadArgument(f"malformed batch: unsupported format version {version}")
     if flags or reserved:
         raise BadArgument("malformed batch: reserved header bits set")
@@ -793,7 +804,7 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
         if pos + COMMAND_HEADER_SIZE > len(data):
             raise BadArgument(f"malformed batch: command {i} is truncated")
         op, cflags, klen, vlen, session, req, arg = _CMD.unpack_from(data, pos)
-        if not Op.OPEN <= op <= (Op.DETACH if version == 2 else Op.CANCEL):
+        if not Op.OPEN <= op <= (Op.DETACH if version >= 2 else Op.CANCEL):
             raise UnknownCommand(f"malformed batch: command {i} has unknown op {op}")
         if cflags & ~(FLAG_SHARED | FLAG_WAIT):
             raise BadArgument(f"malformed batch: command {i} has unknown flags {cflags:#x}")

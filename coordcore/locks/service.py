@@ -71,13 +71,16 @@ with :meth:`LockService.snapshot`. ``LockService.in_memory()`` has no log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from types import TracebackType
 from typing import Any, Final, Generic, TypeVar
 
+from coordcore._holds import HoldCounts, cancelled_on_loss
 from coordcore.errors import (
     BadArgument,
     CoordcoreError,
@@ -155,19 +158,32 @@ def _default_clock(start: float | None = None) -> Callable[[], float]:
 
 
 class _GrantContext:
-    """``async with svc.lock(...) as grant``: acquire on enter, release on exit."""
+    """``async with svc.lock(...) as grant``: acquire on enter, release on exit (with
+    ``cancel_on_loss``, the body is cancelled if the session ends meanwhile)."""
 
-    def __init__(self, acquire: Callable[[], Coroutine[Any, Any, Grant]], service: LockService) -> None:
+    def __init__(self, acquire: Callable[[], Coroutine[Any, Any, Grant]], service: LockService,
+                 cancel_on_loss: bool = False) -> None:
         self._acquire = acquire
         self._service = service
         self._grant: Grant | None = None
+        self._cancel_on_loss = cancel_on_loss
+        self._watch: contextlib.AbstractAsyncContextManager[None] | None = None
 
     async def __aenter__(self) -> Grant:
         self._grant = await self._acquire()
+        if self._cancel_on_loss:
+            session = self._service.session(self._grant.session)
+            self._watch = cancelled_on_loss(session.id, session.done)
+            await self._watch.__aenter__()
         return self._grant
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: object) -> None:
+                        tb: TracebackType | None) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            # Raises SessionExpired in place of the cancellation it caused: the session
+            # took the lock with it, so there is nothing to release.
+            await watch.__aexit__(exc_type, exc, tb)
         grant, self._grant = self._grant, None
         if grant is None:
             return
@@ -218,6 +234,12 @@ def _seconds_ms(name: str, seconds: float) -> int:
     if not (0 <= seconds <= MAX_TIMEOUT_MS / 1000):
         raise BadArgument(f"{name} must be in [0, {MAX_TIMEOUT_MS // 1000}] seconds, not {seconds!r}")
     return math.ceil(seconds * 1000)
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise WrongType(f"{name} must be a bool, not {type(value).__name__}")
+    return value
 
 
 def _wait_ms(timeout: float | None) -> int:
@@ -280,6 +302,7 @@ class LockService:
         self._machine = machine
         self._clock = clock
         self._sessions: dict[int, Session] = {}
+        self._holds = HoldCounts()
         #: Bound checked where OPEN is accepted (not in the log, so replay never depends
         #: on it): see :meth:`set_limits`.
         self.max_sessions = DEFAULT_MAX_SESSIONS
@@ -432,6 +455,9 @@ class LockService:
         return self._pipe.stats
 
     def _session_ended(self, session_id: int, why: str) -> None:
+        if why == "expired":
+            logger.info("session %d expired: its locks, permits and waits are released", session_id)
+        self._holds.forget(session_id)
         session = self._sessions.pop(session_id, None)
         if session is not None:
             session._end(why)
@@ -466,12 +492,17 @@ class LockService:
 
     # --- sessions --------------------------------------------------------------------
 
-    async def open_session(self, ttl: float = 10.0, *, keepalive: bool = True, owner: bytes = b"") -> Session:
+    async def open_session(self, ttl: float = 10.0, *, keepalive: bool = True, owner: bytes = b"",
+                           max_lifetime: float | None = None) -> Session:
         """Open a session (a lease of ``ttl`` seconds). With ``keepalive`` (the default) a
         background task extends it every ttl/3 until it is closed; its ``done`` future
-        tells when it ends. ``owner`` (a server user's name) is the only one whose
-        credential checks accept it (see :meth:`verify_credential`)."""
+        and ``on_lost`` callbacks tell when it ends. Past ``max_lifetime`` seconds (if
+        given) it is no longer kept alive: it expires at most a TTL later. ``owner`` (a
+        server user's name) is the only one whose credential checks accept it (see
+        :meth:`verify_credential`)."""
         ttl_ms = _ttl_ms(ttl)
+        if max_lifetime is not None and not _seconds_ms("max_lifetime", max_lifetime) > 0:
+            raise BadArgument(f"max_lifetime must be > 0 seconds, not {max_lifetime!r}")
         if self._machine.session_count >= self.max_sessions:
             raise LimitExceeded(f"{self.max_sessions} sessions are open, the most this server takes")
         # The secret is chosen here, where the command is accepted; only its digest
@@ -479,7 +510,7 @@ class LockService:
         secret, digest = new_secret(owner)
         result = await self._pipe.call(lambda b: b.open_session(ttl_ms, digest=digest))
         session = Session(self, result.session_id, ttl_ms / 1000.0, keepalive,
-                          credential(result.session_id, secret))
+                          credential(result.session_id, secret), max_lifetime)
         self._sessions[session.id] = session
         return session
 
@@ -547,8 +578,11 @@ class LockService:
         return session
 
     async def keepalive(self, session: Session | int) -> int:
-        """Extend a session's lease to now + TTL; returns the new deadline (ms)."""
+        """Reset a session's lease to now + TTL (never more); returns the new deadline (ms)."""
         sid = self._sid(session)
+        if isinstance(session, Session) and session.past_lifetime():
+            raise SessionExpired(f"session {sid} is past its max lifetime of {session.max_lifetime} s: "
+                                 "it is not kept alive any more")
         return (await self._pipe.call(lambda b: b.keepalive(sid))).deadline_ms
 
     async def close_session(self, session: Session | int) -> None:
@@ -608,15 +642,30 @@ class LockService:
 
     async def acquire(self, key: Key, session: Session | int, *, shared: bool = False,
                       timeout: float | None = None, label: str | bytes = b"",
-                      request_id: int = 0) -> Grant:
+                      request_id: int = 0, reentrant: bool = False) -> Grant:
         """Acquire lock ``key`` (exclusive, or ``shared`` for a reader), waiting up to
         ``timeout`` seconds (None: forever; 0: only if free now). Raises
         :class:`~coordcore.errors.LockTimeout`, :class:`~coordcore.errors.SessionExpired`
         (the session ended, also while waiting), :class:`~coordcore.errors.Cancelled`
-        (the session was closed while waiting). ``label`` shows in :meth:`contenders`;
-        ``request_id`` makes a retried request idempotent (servers)."""
+        (the session was closed while waiting), and
+        :class:`~coordcore.errors.AlreadyHeld` at once when the session already holds
+        or waits for the lock and either claim is exclusive (waiting would wait for
+        itself; a shared hold is not upgraded: release, then acquire). The session is
+        the owner: tasks that must exclude each other need sessions of their own.
+        ``reentrant=True`` nests instead: a lock the session holds through a
+        reentrant acquire is returned again with its hold count raised, and
+        :meth:`release` lets it go when the count is back to zero. ``label`` shows in
+        :meth:`contenders`; ``request_id`` makes a retried request idempotent (servers)."""
         sid = self._sid(session)
         t = _check_timeout(timeout)
+        if _bool("reentrant", reentrant):
+            again = self._holds.enter(sid, key, shared=_bool("shared", shared))
+            if again is not None:
+                return again
+            first = await self.acquire(key, session, shared=shared, timeout=timeout, label=label,
+                                       request_id=request_id)
+            self._holds.add(first)
+            return first
         if t == 0:
             grant = await self._try(lambda b: b.acquire(sid, key, shared=shared, wait=False, value=label,
                                                         request_id=request_id), key, sid, "lock", shared)
@@ -640,22 +689,33 @@ class LockService:
         return Grant(_key_bytes(key), result.token, sid, kind, shared, result.ticket)
 
     async def try_acquire(self, key: Key, session: Session | int, *, shared: bool = False,
-                          label: str | bytes = b"", request_id: int = 0) -> Grant | None:
-        """Acquire lock ``key`` only if it can be granted at once; None otherwise."""
+                          label: str | bytes = b"", request_id: int = 0, reentrant: bool = False) -> Grant | None:
+        """Acquire lock ``key`` only if it can be granted at once; None otherwise (see
+        :meth:`acquire` for ``reentrant``)."""
         sid = self._sid(session)
-        return await self._try(lambda b: b.acquire(sid, key, shared=shared, wait=False, value=label,
-                                                   request_id=request_id),
-                               key, sid, "lock", shared)
+        if _bool("reentrant", reentrant):
+            again = self._holds.enter(sid, key, shared=_bool("shared", shared))
+            if again is not None:
+                return again
+        grant = await self._try(lambda b: b.acquire(sid, key, shared=shared, wait=False, value=label,
+                                                    request_id=request_id),
+                                key, sid, "lock", shared)
+        if reentrant and grant is not None:
+            self._holds.add(grant)
+        return grant
 
     def lock(self, key: Key, session: Session | int, *, shared: bool = False,
-             timeout: float | None = None, label: str | bytes = b"") -> _GrantContext:
+             timeout: float | None = None, label: str | bytes = b"", reentrant: bool = False,
+             cancel_on_loss: bool = False) -> _GrantContext:
         """``async with svc.lock(key, session) as grant:`` acquire, then release on exit.
 
         If the lock was lost while the body ran (the session expired), leaving the block
         raises :class:`~coordcore.errors.SessionExpired` (or NotLockHolder), so the loss
-        is not silent."""
+        is not silent; with ``cancel_on_loss`` the body is cancelled at the loss and the
+        block raises SessionExpired. See :meth:`acquire` for ``reentrant``."""
         return _GrantContext(lambda: self.acquire(key, session, shared=shared, timeout=timeout,
-                                                  label=label), self)
+                                                  label=label, reentrant=reentrant), self,
+                             _bool("cancel_on_loss", cancel_on_loss))
 
     async def release(self, grant: Grant, *, request_id: int = 0) -> None:
         """Release a lock, semaphore permit or leadership. Raises
@@ -663,6 +723,8 @@ class LockService:
         already, or lost with its session: then :class:`~coordcore.errors.SessionExpired`)."""
         if not isinstance(grant, Grant):
             raise WrongType(f"release takes a Grant, not {type(grant).__name__}")
+        if not self._holds.leave(grant):
+            return  # a reentrant lock still held by an outer acquire
         sid, key, token = grant.session, grant.key, grant.token
         if grant.kind == "semaphore":
             await self._pipe.call(lambda b: b.sem_release(sid, key, token, request_id=request_id))
@@ -821,6 +883,8 @@ class LockService:
             raise self._pipe.closed_error()
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
             raise BadArgument(f"buffer must be an int >= 1, not {buffer!r}")
+        if not isinstance(prefix, (str, bytes)):
+            raise WrongType(f"prefix must be str or bytes, not {type(prefix).__name__}")
         return self._watches.add(_key_bytes(prefix), buffer, self._machine.revision)
 
     # --- maintenance -------------------------------------------------------------------

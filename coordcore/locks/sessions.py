@@ -15,12 +15,14 @@ import asyncio
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from coordcore.errors import ServiceClosed, SessionExpired
 
 if TYPE_CHECKING:
     from coordcore.locks.service import Key, LockService, _GrantContext
+    from coordcore.types import Grant
 
 __all__ = ["SECRET_BYTES", "Session", "credential", "new_secret", "parse_credential"]
 
@@ -65,18 +67,29 @@ class Session:
     """A lease: alive while kept alive (in the background unless ``keepalive=False``).
 
     Everything acquired with a session is released when it closes or expires. ``done``
-    resolves (with ``"closed"``, ``"expired"`` or ``"service closed"``) when it ends.
+    resolves (with ``"closed"``, ``"expired"`` or ``"service closed"``) when it ends, and
+    the ``on_lost`` callbacks run with that reason.
+
+    The background keep-alive runs every ttl/3; each one resets the lease to the TTL
+    from the batch that applies it (it never adds). One that comes late (a loop blocked
+    longer than the TTL) finds the session expired: the session ends as above. Past
+    ``max_lifetime`` seconds from opening (if given) keep-alives are refused, so the
+    session expires at most a TTL later.
     """
 
     def __init__(self, service: LockService, session_id: int, ttl: float, keepalive: bool,
-                 credential: bytes = b"") -> None:
+                 credential: bytes = b"", max_lifetime: float | None = None) -> None:
         self.id = session_id
         self.ttl = ttl
         #: ``b"<id>.<secret>"``: what a server's client presents to act for this session
         #: (the id alone is public; empty for a handle made by :meth:`LockService.session`).
         self.credential = credential
+        self.max_lifetime = max_lifetime
         self._service = service
-        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._opened_at = loop.time()
+        self.done: asyncio.Future[str] = loop.create_future()
+        self._on_lost: list[Callable[[str], None]] = []
         self._keepalive: asyncio.Task[None] | None = None
         if keepalive:
             self._keepalive = asyncio.ensure_future(self._keepalive_loop())
@@ -109,9 +122,42 @@ class Session:
         task, self._keepalive = self._keepalive, None
         if task is not None and task is not _current_task():
             task.cancel()
+        callbacks, self._on_lost = self._on_lost, []
+        for cb in callbacks:
+            try:
+                cb(reason)
+            except Exception:  # one broken callback must not keep the others from hearing
+                logger.exception("on_lost callback of session %d failed", self.id)
+
+    def on_lost(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(reason)`` once when the session ends, for any reason (at once
+        if it has). Returns a function that unregisters it."""
+        if self.done.done():
+            callback(self.done.result())
+            return lambda: None
+        self._on_lost.append(callback)
+
+        def unregister() -> None:
+            if callback in self._on_lost:
+                self._on_lost.remove(callback)
+        return unregister
+
+    def holds(self, grant: Grant) -> bool:
+        """Whether ``grant`` is still held by this session, from the lock machine's state
+        (exact here: the machine is in this process)."""
+        if grant.session != self.id or self.done.done():
+            return False
+        info = self._service.info(grant.key)
+        return info is not None and any(c.token == grant.token for c in info.holders)
+
+    def past_lifetime(self) -> bool:
+        return self.max_lifetime is not None and \
+            asyncio.get_running_loop().time() >= self._opened_at + self.max_lifetime
 
     async def keepalive(self) -> None:
-        """Extend the lease now (the background task does this every ttl/3)."""
+        """Reset the lease to the TTL from now (the background task does this every
+        ttl/3). :class:`~coordcore.errors.SessionExpired` if the session ended or is
+        past its max lifetime."""
         await self._service.keepalive(self)
 
     async def close(self) -> None:
@@ -123,9 +169,11 @@ class Session:
         except SessionExpired:
             pass
 
-    def lock(self, key: Key, *, shared: bool = False, timeout: float | None = None) -> _GrantContext:
+    def lock(self, key: Key, *, shared: bool = False, timeout: float | None = None, reentrant: bool = False,
+             cancel_on_loss: bool = False) -> _GrantContext:
         """``self.service.lock(key, self, ...)``."""
-        return self._service.lock(key, self, shared=shared, timeout=timeout)
+        return self._service.lock(key, self, shared=shared, timeout=timeout, reentrant=reentrant,
+                                  cancel_on_loss=cancel_on_loss)
 
     async def __aenter__(self) -> Session:
         return self

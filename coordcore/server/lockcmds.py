@@ -48,6 +48,10 @@ request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the old
     WATCH prefix / UNWATCH [prefix]        -> OK, then pushes
         >5 "watch" revision kind key {mode, session, ticket, token, value}
 
+``LOCK.ACQUIRE`` and ``LOCK.TRY`` by a session that already holds or waits for the
+lock, when either claim is exclusive, answer ``-HELD`` at once (a shared hold is not
+upgraded); reentrant locks are a client-side count.
+
 A watch push is a RESP3 push after ``HELLO 3``; on RESP2 it is a plain array and the
 connection accepts only WATCH, UNWATCH, PING and QUIT while it watches (as Redis does
 for pub/sub).

@@ -10,7 +10,7 @@ from coordcore import errors
 from coordcore._native import lockmachine as native
 from coordcore.locks import BatchBuilder, EventKind, Kind, LockMachine, Mode, Op, Status, decode_batch, tick
 from coordcore.locks import machine as facade
-from coordcore.locks.machine import Applied, Detail, Event, Result, decode_events, decode_results
+from coordcore.locks.machine import BATCH_FORMAT_VERSION, Applied, Detail, Event, Result, decode_events, decode_results
 from tests.models.lock_model import LockModel, crc32c
 
 
@@ -22,10 +22,13 @@ class Harness:
         self.model = LockModel()
         self.records: list[bytes] = []
 
-    def step(self, time_ms: int, build: Callable[[BatchBuilder], object] = lambda b: None) -> Applied:
+    def step(self, time_ms: int, build: Callable[[BatchBuilder], object] = lambda b: None, *,
+             version: int = BATCH_FORMAT_VERSION) -> Applied:
         b = BatchBuilder()
         build(b)
         record = b.build(time_ms)
+        if version != BATCH_FORMAT_VERSION:  # an older record of the same layout
+            record = record[:4] + bytes([version]) + record[5:]
         self.records.append(record)
         applied = self.m.apply(record)
         results, events = self.model.apply(record)
@@ -150,9 +153,28 @@ def test_readers_behind_a_writer_are_granted_together(h: Harness) -> None:
     assert [x.session for x in h.m.info("k").waiters] == [w2, c]  # type: ignore[union-attr]
 
 
-def test_one_session_may_contend_twice_for_a_lock(h: Harness) -> None:
+def test_a_second_exclusive_claim_of_one_session_is_refused_at_once(h: Harness) -> None:
+    s, other = h.open(2)
+    res = h.step(1, lambda b: (b.acquire(s, "k", request_id=1), b.acquire(s, "k", request_id=2),
+                               b.acquire(s, "k", shared=True), b.acquire(other, "k"))).results
+    assert res[0].ok and res[3].waiting
+    assert [(Status(r.status).name, Detail(r.detail).name) for r in res[1:3]] == [("HELD", "HELD")] * 2
+    assert isinstance(res[1].exception(), errors.AlreadyHeld) and "already holds" in str(res[1].exception())
+    # A waiting exclusive claim counts too; shared beside shared is allowed; no upgrade.
+    r, _ = h.one(2, lambda b: b.acquire(other, "k", wait=False))
+    assert r.status == Status.HELD
+    r, events = h.one(3, lambda b: b.acquire(other, "r", shared=True))
+    r2, _ = h.one(3, lambda b: b.acquire(other, "r", shared=True))
+    assert r.ok and r2.ok
+    r, _ = h.one(4, lambda b: b.acquire(other, "r"))
+    assert (r.status, r.detail) == (Status.HELD, Detail.UPGRADE)
+    assert len(h.m.contenders("k")) == 2 and len(h.m.contenders("r")) == 2  # refusals change nothing
+
+
+def test_a_version_2_record_lets_one_session_contend_twice_for_a_lock(h: Harness) -> None:
     (s,) = h.open(1)
-    res = h.step(1, lambda b: (b.acquire(s, "k", request_id=1), b.acquire(s, "k", request_id=2))).results
+    res = h.step(1, lambda b: (b.acquire(s, "k", request_id=1), b.acquire(s, "k", request_id=2)),
+                 version=2).results
     assert res[0].ok and res[1].waiting
     events = h.step(2, lambda b: b.release(s, "k", res[0].token)).events
     assert kinds(events) == [("RELEASE", s), ("GRANT", s)]
@@ -283,9 +305,9 @@ def test_request_window_is_bounded(h: Harness) -> None:
     h.step(1, lambda b: [b.acquire(a, f"k{i}", wait=False, request_id=i + 1) for i in range(1, window)])
     assert h.step(1, lambda b: b.acquire(a, "k0", request_id=1)).results[0].duplicate  # still in
     h.step(1, lambda b: b.acquire(a, "kx", request_id=window + 1))
-    # now evicted: executed again (a second contender on k0, queued behind the first)
+    # now evicted: executed again (a second claim on k0, refused as the session holds it)
     r = h.step(1, lambda b: b.acquire(a, "k0", request_id=1)).results[0]
-    assert not r.duplicate and r.waiting and r.ticket > first.ticket
+    assert not r.duplicate and r.status == Status.HELD and first.ok
 
 
 def test_wrong_kind_and_missing_holds(h: Harness) -> None:

@@ -3,7 +3,8 @@
 Both get the same batch records (random mixes of sessions, exclusive/shared locks,
 semaphores, elections, cancels, retries with a used request id, ticks that expire
 sessions, timestamps that go backwards, credential digests, wait timeouts, DETACH of
-every waiter and the retries that re-attach them) and must return identical results and events
+every waiter and the retries that re-attach them; records of format version 3 and,
+now and then, 2, whose rules differ in a session's second claim on a lock) and must return identical results and events
 and have byte-identical snapshots after every step. On top of that, the lock rules are
 checked on the native state after every step, tokens must rise strictly, revisions
 must have no gaps, and replaying every record from an empty machine (and from a
@@ -38,7 +39,7 @@ class MachineVsModel(RuleBasedStateMachine):
         self.issued: dict[tuple[int, int], Command] = {}  # (session, request id) -> command
         self.next_request = 1
         self.max_token = 0
-        self.stats = {"grant": 0, "wait": 0, "expire": 0, "dup": 0}
+        self.stats = {"grant": 0, "wait": 0, "expire": 0, "dup": 0, "held": 0}
 
     # --- drawing commands ----------------------------------------------------------
 
@@ -121,12 +122,13 @@ class MachineVsModel(RuleBasedStateMachine):
             b.open_session(ttl)
         self._apply(b, 0)
 
-    @rule(data=st.data(), size=st.integers(1, 8), delta=st.sampled_from(DELTAS))
-    def batch(self, data: st.DataObject, size: int, delta: int) -> None:
+    @rule(data=st.data(), size=st.integers(1, 8), delta=st.sampled_from(DELTAS),
+          version=st.sampled_from([3, 3, 3, 2]))
+    def batch(self, data: st.DataObject, size: int, delta: int, version: int) -> None:
         b = BatchBuilder()
         for _ in range(size):
             b.add(self._command(data))
-        self._apply(b, delta)
+        self._apply(b, delta, version)
 
     @rule(delta=st.sampled_from([1, 10, 100, 1000, 2000, 70_000]))
     def tick(self, delta: int) -> None:
@@ -141,9 +143,10 @@ class MachineVsModel(RuleBasedStateMachine):
         assert self.native.snapshot() == snap
         self.midpoint = (len(self.records), snap)
 
-    def _apply(self, b: BatchBuilder, delta: int) -> None:
+    def _apply(self, b: BatchBuilder, delta: int, version: int = 3) -> None:
         self.time = max(0, self.time + delta)
         record = b.build(self.time)
+        record = record[:4] + bytes([version]) + record[5:]  # version 2 has the same layout
         self.records.append(record)
         before = self.native.revision
         applied = self.native.apply(record)
@@ -168,6 +171,7 @@ class MachineVsModel(RuleBasedStateMachine):
                 self.revisions.append(e.revision)
         for r in applied.results:
             self.stats["dup"] += r.duplicate
+            self.stats["held"] += r.status == Status.HELD
             if r.status == Status.OK and r.op in (Op.ACQUIRE, Op.SEM_ACQUIRE, Op.CAMPAIGN) and not r.duplicate:
                 assert r.token == r.ticket
         assert self.native.time_ms == self.model.time

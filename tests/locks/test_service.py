@@ -667,7 +667,8 @@ def test_timeouts_under_contention_never_leave_a_holder(run: Run, rng: random.Ra
     was released by it (no grant leaked to a task that saw LockTimeout)."""
     async def main() -> None:
         async with LockService.open(tmp_path) as svc:
-            sessions = [await svc.open_session(ttl=30) for _ in range(6)]
+            # One session per task: a session is one owner (its second claim is HELD).
+            sessions = [await svc.open_session(ttl=30) for _ in range(16)]
             outcomes = {"granted": 0, "timeout": 0}
 
             async def task(i: int) -> None:
@@ -675,7 +676,7 @@ def test_timeouts_under_contention_never_leave_a_holder(run: Run, rng: random.Ra
                 for _ in range(25):
                     key = f"hot/{r.randrange(2)}"
                     try:
-                        async with svc.lock(key, sessions[i % 6], timeout=r.choice([0, 0.0005, 0.002])):
+                        async with svc.lock(key, sessions[i], timeout=r.choice([0, 0.0005, 0.002])):
                             outcomes["granted"] += 1
                             await asyncio.sleep(r.random() * 0.001)
                     except LockTimeout:

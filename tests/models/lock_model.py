@@ -27,10 +27,10 @@ CAMPAIGN, PROCLAIM, RESIGN, CANCEL, DETACH = 8, 9, 10, 11, 12
 DIGEST = 32
 SHARED, WAIT = 1, 2
 OK, WAITING, BUSY = 0, 1, 2
-NOSESSION, NOTHOLDER, CONFLICT, NOTLEADER, BADARG, WRONGTYPE, NOTFOUND = 10, 11, 12, 13, 14, 15, 16
+NOSESSION, NOTHOLDER, CONFLICT, NOTLEADER, BADARG, WRONGTYPE, NOTFOUND, HELD = 10, 11, 12, 13, 14, 15, 16, 17
 (D_FLAGS, D_KEY, D_VALUE, D_TTL, D_PERMITS, D_PERMITS_MISMATCH, D_SESSION, D_ARG, D_NO_SUCH_SESSION,
  D_NO_SUCH_HOLD, D_NOT_LEADER, D_NO_SUCH_CONTENDER, D_ALREADY_CANDIDATE, D_KIND, D_TIMEOUT,
- D_WAIT_ENDED) = range(1, 17)
+ D_WAIT_ENDED, D_HELD, D_UPGRADE) = range(1, 19)
 LOCK, SEM, ELECTION = 1, 2, 3
 M_NONE, M_EXCLUSIVE, M_SHARED, M_SEM, M_ELECTION = 0, 1, 2, 3, 4
 E_OPEN, E_CLOSE, E_EXPIRE, E_WAIT, E_GRANT, E_RELEASE, E_CANCEL, E_PROCLAIM = range(1, 9)
@@ -97,7 +97,7 @@ class LockModel:
         self.sessions: dict[int, Session] = {}
         self.keys: dict[bytes, Key] = {}
         self.events: list[EventT] = []
-        self.version = 2
+        self.version = 3
 
     # --- parsing -------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ class LockModel:
         if len(data) < 20:
             raise BadArgument("malformed batch: short")
         magic, version, flags, reserved, t, count = struct.unpack_from("<4sBBHQI", data)
-        if magic != b"CCLB" or version not in (1, 2) or flags or reserved:
+        if magic != b"CCLB" or version not in (1, 2, 3) or flags or reserved:
             raise BadArgument("malformed batch: header")
         if t > MAX_TIME or count > MAX_BATCH:
             raise BadArgument("malformed batch: header values")
@@ -118,7 +118,7 @@ class LockModel:
             if len(data) - pos < 32:
                 raise BadArgument("malformed batch: truncated")
             op, cf, klen, vlen, sid, req, arg = struct.unpack_from("<BBHIQQQ", data, pos)
-            if not OPEN <= op <= (DETACH if version == 2 else CANCEL):
+            if not OPEN <= op <= (DETACH if version >= 2 else CANCEL):
                 raise UnknownCommand("malformed batch: op")
             if cf & ~(SHARED | WAIT):
                 raise BadArgument("malformed batch: flags")
@@ -212,7 +212,7 @@ class LockModel:
             self._drop_if_empty(name)
 
     def _one(self, op: int, flags: int, sid: int, req: int, arg: int, key: bytes, value: bytes) -> Result:
-        v2 = self.version == 2
+        v2 = self.version >= 2
         allowed = {ACQUIRE: SHARED | WAIT, SEM_ACQUIRE: WAIT, CAMPAIGN: WAIT}.get(op, 0)
         takes_key = op > CLOSE and op != DETACH
         takes_value = op in (ACQUIRE, SEM_ACQUIRE, CAMPAIGN, PROCLAIM)
@@ -323,6 +323,12 @@ class LockModel:
                 return (op, BADARG, D_PERMITS_MISMATCH, 0, k.permits, 0)
             if kind == ELECTION and any(c.key == name for c in s.contenders):
                 return (op, CONFLICT, D_ALREADY_CANDIDATE, 0, 0, 0)
+            if kind == LOCK and self.version >= 3:
+                mine = [c.mode for c in s.contenders if c.key == name]
+                if M_EXCLUSIVE in mine:
+                    return (op, HELD, D_HELD, 0, 0, 0)
+                if mine and mode == M_EXCLUSIVE:
+                    return (op, HELD, D_UPGRADE, 0, 0, 0)
             grant = not k.waiters and self._can_hold(k, mode)
         if not grant and not wait:
             return (op, BUSY, 0, 0, 0, 0)

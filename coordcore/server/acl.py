@@ -19,7 +19,8 @@ allowed when it starts with one of the prefixes; a prefix argument (``WATCH``,
 CLIENT, ACL WHOAMI ...) are everyone's; a command this module does not know is refused
 to a limited user (a new command must be placed here to be served to one).
 
->>> acl = parse_acl('[users.a]\\npassword = "x"\\nlock = ["jobs/*"]\\ncommands = ["locks"]')
+>>> line = hash_password("pw", n=16)  # a cheap hash for the example; coordcore passwd makes real ones
+>>> acl = parse_acl(f'[users.a]\\npassword = "{line}"\\nlock = ["jobs/*"]\\ncommands = ["locks"]')
 >>> a = acl.users["a"]
 >>> a.denied([b"LOCK.ACQUIRE", b"jobs/1", b"1.ab"]) is None
 True

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from coordcore.errors import SessionExpired
 from coordcore.types import Grant, Key, key_bytes
 
-__all__ = ["HoldCounts", "cancelled_on_loss"]
+__all__ = ["HoldCounts", "LostCallbacks", "cancelled_on_loss"]
+
+logger = logging.getLogger("coordcore.sessions")
 
 
 class HoldCounts:
@@ -105,3 +108,36 @@ async def cancelled_on_loss(session_id: int, done: asyncio.Future[str]) -> Async
         done.remove_done_callback(cancel)
     raise SessionExpired(f"session {session_id} ended ({lost[0]}) while the block held its lock: "
                          "the body was cancelled")
+
+
+class LostCallbacks:
+    """A session's ``on_lost`` callbacks: each called once with the reason it ended."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[str], None]] = []
+        self.reason: str | None = None
+
+    def add(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Register ``callback`` (called at once if the session has ended); returns a
+        function that unregisters it."""
+        if self.reason is not None:
+            callback(self.reason)
+            return lambda: None
+        self._callbacks.append(callback)
+
+        def unregister() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+        return unregister
+
+    def fire(self, reason: str, session_id: int) -> None:
+        """The session ended: call every callback once (later ones are called at once)."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            try:
+                cb(reason)
+            except Exception:  # one broken callback must not keep the others from hearing
+                logger.exception("on_lost callback of session %d failed", session_id)

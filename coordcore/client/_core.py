@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, Self, TypeVar
 
-from coordcore._holds import HoldCounts
+from coordcore._holds import HoldCounts, LostCallbacks
 from coordcore.client._common import (
     INFO_COMMAND,
     RELEASE_COMMAND,
@@ -396,7 +396,7 @@ class SessionState:
         self.max_lifetime = max_lifetime
         #: Why the session ended (``"closed"``, ``"expired"``), None while alive.
         self.reason: str | None = None
-        self._on_lost: list[Callable[[str], None]] = []
+        self._lost = LostCallbacks()
 
     @property
     def alive(self) -> bool:
@@ -420,27 +420,14 @@ class SessionState:
         """Call ``callback(reason)`` once when the session ends for any reason (closed,
         expired: the server said so, or its lease deadline passed unconfirmed); at once
         if it already has. Returns a function that unregisters it."""
-        if self.reason is not None:
-            callback(self.reason)
-            return lambda: None
-        self._on_lost.append(callback)
-
-        def unregister() -> None:
-            if callback in self._on_lost:
-                self._on_lost.remove(callback)
-        return unregister
+        return self._lost.add(callback)
 
     def ended(self, reason: str) -> None:
         """Called when the session is closed or known to have expired (once counts)."""
         if self.reason is not None:
             return
         self.reason = reason
-        callbacks, self._on_lost = self._on_lost, []
-        for cb in callbacks:
-            try:
-                cb(reason)
-            except Exception:  # one broken callback must not keep the others from hearing
-                logger.exception("on_lost callback of session %d failed", self.id)
+        self._lost.fire(reason, self.id)
 
     def lapsed(self, now: float) -> bool:
         """End the session as expired if its lease deadline passed unconfirmed (the

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from coordcore._holds import LostCallbacks
 from coordcore.errors import ServiceClosed, SessionExpired
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class Session:
         loop = asyncio.get_running_loop()
         self._opened_at = loop.time()
         self.done: asyncio.Future[str] = loop.create_future()
-        self._on_lost: list[Callable[[str], None]] = []
+        self._lost = LostCallbacks()
         self._keepalive: asyncio.Task[None] | None = None
         if keepalive:
             self._keepalive = asyncio.ensure_future(self._keepalive_loop())
@@ -122,25 +123,12 @@ class Session:
         task, self._keepalive = self._keepalive, None
         if task is not None and task is not _current_task():
             task.cancel()
-        callbacks, self._on_lost = self._on_lost, []
-        for cb in callbacks:
-            try:
-                cb(reason)
-            except Exception:  # one broken callback must not keep the others from hearing
-                logger.exception("on_lost callback of session %d failed", self.id)
+        self._lost.fire(reason, self.id)
 
     def on_lost(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(reason)`` once when the session ends, for any reason (at once
         if it has). Returns a function that unregisters it."""
-        if self.done.done():
-            callback(self.done.result())
-            return lambda: None
-        self._on_lost.append(callback)
-
-        def unregister() -> None:
-            if callback in self._on_lost:
-                self._on_lost.remove(callback)
-        return unregister
+        return self._lost.add(callback)
 
     def holds(self, grant: Grant) -> bool:
         """Whether ``grant`` is still held by this session, from the lock machine's state

@@ -16,40 +16,11 @@ from coordcore.server import Server, ServerConfig
 from coordcore.server.core import Command, Flag
 from coordcore.server.log import configure
 from coordcore.server.protocol import TRANSITIONS, Connection, State
+from tests.server.test_server_fuzz import FakeTransport
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
+class Transport(FakeTransport):
+    """The fuzz tests' fake transport, reading back what was written."""
 
     def replies(self) -> list[Any]:
         reader = hiredis.Reader()

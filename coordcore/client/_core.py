@@ -138,6 +138,21 @@ class Endpoints:
     def reached(self, endpoint: Endpoint) -> None:
         self.current = endpoint
 
+    def connect(self, on_push: Any = None) -> Proc[Any]:
+        """Open a connection to the first server that answers, the current one first:
+        an :class:`Open` for each until one does; returns that connection."""
+        error: ConnectionLost | None = None
+        for ep in self.order():
+            try:
+                conn = yield Open(ep, on_push)
+            except ConnectionLost as exc:
+                error = exc
+                continue
+            self.reached(ep)
+            return conn
+        assert error is not None
+        raise error
+
     def moved(self, exc: Moved) -> None:
         ep = parse_endpoint(exc.address)
         if ep not in self.all:
@@ -334,7 +349,15 @@ class Settle:
     session: SessionState
 
 
-Op = Send | Wait | Pause | Settle
+@dataclasses.dataclass(frozen=True, slots=True)
+class Open:
+    """A connection to ``endpoint`` (``on_push``: where an asyncio client's pushes go)."""
+
+    endpoint: Endpoint
+    on_push: Any = None
+
+
+Op = Send | Wait | Pause | Settle | Open
 Proc = Generator[Op, Any, T]
 
 

@@ -48,7 +48,7 @@ import hiredis
 from coordcore._holds import cancelled_on_loss
 from coordcore.client._common import IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
-from coordcore.client._core import SessionState, Settle, Step, Wait, hello_args, pipeline_replies
+from coordcore.client._core import Open, SessionState, Settle, Step, Wait, hello_args, pipeline_replies
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
 from coordcore.errors import ConnectionLost, CoordcoreError, ServiceClosed
 from coordcore.types import Grant, Key, Leader
@@ -174,17 +174,8 @@ class AsyncClient(ClientSettings):
     async def _open(self, endpoint: Endpoint | None = None, on_push: Any = None) -> _Conn:
         if endpoint is not None:
             return await self._open_one(endpoint, on_push)
-        error: ConnectionLost | None = None
-        for ep in self.endpoints.order():  # the leader as far as we know, then the others
-            try:
-                conn = await self._open_one(ep, on_push)
-            except ConnectionLost as exc:
-                error = exc
-                continue
-            self.endpoints.reached(ep)
-            return conn
-        assert error is not None
-        raise error
+        conn: _Conn = await self._run(self.endpoints.connect(on_push))  # the leader as far as we know first
+        return conn
 
     async def _open_one(self, ep: Endpoint, on_push: Any) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -254,6 +245,8 @@ class AsyncClient(ClientSettings):
         return step.result
 
     async def _do(self, op: object) -> Any:
+        if isinstance(op, Open):
+            return await self._open_one(op.endpoint, op.on_push)
         if isinstance(op, Send):
             conn = await self._main_conn()
             return await asyncio.wait_for(conn.request(pack(op.args), 1)[0], op.timeout)

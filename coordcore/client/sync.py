@@ -47,7 +47,7 @@ import hiredis
 
 from coordcore.client._common import IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
-from coordcore.client._core import SessionState, Settle, Step, Wait, hello_args, pipeline_replies
+from coordcore.client._core import Open, SessionState, Settle, Step, Wait, hello_args, pipeline_replies
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
 from coordcore.errors import ConnectionLost, CoordcoreError, ServiceClosed
 from coordcore.types import Grant, Key, Leader
@@ -161,18 +161,8 @@ class Client(ClientSettings):
         if endpoint is not None:
             return _Conn(endpoint, timeout=self.connect_timeout, password=self.password, ssl=self.ssl,
                          username=self.username)
-        error: ConnectionLost | None = None
-        for ep in self.endpoints.order():  # the leader as far as we know, then the others
-            try:
-                conn = _Conn(ep, timeout=self.connect_timeout, password=self.password, ssl=self.ssl,
-                             username=self.username)
-            except ConnectionLost as exc:
-                error = exc
-                continue
-            self.endpoints.reached(ep)
-            return conn
-        assert error is not None
-        raise error
+        conn: _Conn = self._run(self.endpoints.connect())  # the leader as far as we know first
+        return conn
 
     def _checkout(self) -> _Conn:
         if self._core.closed:
@@ -232,6 +222,8 @@ class Client(ClientSettings):
         return step.result
 
     def _do(self, op: object) -> Any:
+        if isinstance(op, Open):
+            return self._open(op.endpoint)
         if isinstance(op, Send):
             return self._call(op.args, op.timeout)
         if isinstance(op, Wait):

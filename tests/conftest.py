@@ -16,6 +16,8 @@ import pytest
 import uvloop
 from hypothesis import HealthCheck, settings
 
+from tests.wheel_recipe import RECIPE
+
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -69,3 +71,13 @@ def run(loop_kind: str) -> Callable[..., Any]:
         return result
 
     return runner
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The wheel recipe compiles for minutes: start it now so it overlaps the suite.
+    if any(item.nodeid.startswith("tests/test_wheel.py::") for item in session.items):
+        RECIPE.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    RECIPE.stop()

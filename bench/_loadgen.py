@@ -67,14 +67,18 @@ def build(*, sanitize: bool = False) -> Path:
 
 
 def run(port: int, protocol: str, *, clients: int, keys: int, seconds: float, warmup: float,
-        seed: int = 0, drain: float = 30.0, sanitize: bool = False) -> LoadStats:
+        seed: int = 0, drain: float = 30.0, sanitize: bool = False,
+        auth: tuple[str, str] | None = None) -> LoadStats:
     """Drive lock cycles against 127.0.0.1:port; raises if the generator reports any
-    error (an error reply, an unexpected reply, a lost connection, a failed check)."""
+    error (an error reply, an unexpected reply, a lost connection, a failed check).
+    ``auth``: (user, password) to AUTH with first on every connection."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     argv = [str(build(sanitize=sanitize)), "--port", str(port), "--protocol", protocol,
             "--clients", str(clients), "--keys", str(keys), "--seconds", repr(seconds),
             "--warmup", repr(warmup), "--seed", str(seed), "--drain", repr(drain)]
+    if auth is not None:
+        argv += ["--user", auth[0], "--password", auth[1]]
     what = f"lockload {' '.join(argv[1:])}"
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=warmup + seconds + drain + 30)

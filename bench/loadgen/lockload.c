@@ -10,6 +10,8 @@
  *                           comes, LOCK.RELEASE key session TOKEN t and the next
  *                           LOCK.ACQUIRE go out in one write. At the end: LOCK.RELEASE,
  *                           then SESSION.CLOSE.
+ *   --user U --password P   first AUTH U P on each connection (an ACL user, or
+ *                           "default" for --requirepass), pipelined before the rest.
  *   --protocol redis-lock   what redis-py's Lock sends: SCRIPT LOAD <release script>
  *                           once; per cycle SET key token NX PX 10000, retried every
  *                           100 ms while the key is held (redis-py's default sleep), then
@@ -80,11 +82,12 @@ enum expect {
     X_SHA,          /* $40 sha of the loaded script */
     X_SET,          /* +OK or null */
     X_EVAL,         /* :1 */
+    X_AUTH,         /* +OK of AUTH */
 };
 
 static const char *const EXPECT_NAME[] = {
     "SESSION.OPEN", "LOCK.ACQUIRE", "LOCK.RELEASE", "LOCK.RELEASE", "SESSION.CLOSE",
-    "SCRIPT LOAD", "SET NX PX", "EVALSHA",
+    "SCRIPT LOAD", "SET NX PX", "EVALSHA", "AUTH",
 };
 
 struct reply {
@@ -140,6 +143,7 @@ static struct {
     unsigned *retryq;       /* FIFO of connections waiting to retry: deadlines rise */
     unsigned rq_head, rq_len;
     char sha[41];
+    const char *user, *password;  /* AUTH first when set */
 } g;
 
 static int64_t now_ns(void)
@@ -552,6 +556,10 @@ static void on_reply(struct conn *c, const struct reply *r, int64_t now)
         if (!is_ok(r))
             break;
         return;
+    case X_AUTH:
+        if (!is_ok(r))
+            break;
+        return;
     case X_LAST_RELEASE: {
         if (!is_ok(r))
             break;
@@ -690,6 +698,10 @@ static void start_all(void)
 {
     for (unsigned i = 0; i < g.clients; i++) {
         struct conn *c = &g.conns[i];
+        if (g.user) {
+            CMD(c, "AUTH", g.user, g.password);
+            expect(c, X_AUTH);
+        }
         if (g.proto == P_COORDCORE) {
             CMD(c, "SESSION.OPEN", SESSION_TTL);
             expect(c, X_SESSION);
@@ -797,7 +809,7 @@ static void usage(const char *msg)
         fprintf(stderr, "lockload: %s\n", msg);
     fprintf(stderr,
             "usage: lockload --port P --protocol coordcore|redis-lock [--clients N] [--keys K]\n"
-            "                [--seconds S] [--warmup W] [--drain D] [--seed X]\n"
+            "                [--seconds S] [--warmup W] [--drain D] [--seed X] [--user U --password P]\n"
             "Drives lock acquire+release cycles against 127.0.0.1:P; prints one JSON object.\n");
     exit(2);
 }
@@ -834,6 +846,7 @@ static void parse_args(int argc, char **argv)
         {"keys", required_argument, 0, 'k'},     {"seconds", required_argument, 0, 's'},
         {"warmup", required_argument, 0, 'w'},   {"protocol", required_argument, 0, 'P'},
         {"seed", required_argument, 0, 'S'},     {"drain", required_argument, 0, 'd'},
+        {"user", required_argument, 0, 'u'},     {"password", required_argument, 0, 'a'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0},
     };
     g.clients = 1;
@@ -861,12 +874,16 @@ static void parse_args(int argc, char **argv)
             else
                 usage("--protocol must be coordcore or redis-lock");
             break;
+        case 'u': g.user = optarg; break;
+        case 'a': g.password = optarg; break;
         case 'h': usage(NULL); break;
         default: usage(NULL);
         }
     }
     if (optind != argc)
         usage("unexpected positional argument");
+    if (!g.user != !g.password)
+        usage("--user and --password go together");
     if (g.port == 0)
         usage("--port is required");
     if (!have_proto)

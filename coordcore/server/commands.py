@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import secrets
 import re
 import time
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 from coordcore.errors import AuthFailed, AuthRequired, BadArgument
 from coordcore.server import resp
-from coordcore.server.acl import ACL, DEFAULT, User, verify_password
+from coordcore.server.acl import ACL, DEFAULT, User, hash_password, verify_password
 from coordcore.server.core import Client, Command, CommandTable, Flag, Reply
 from coordcore.server.log import StructLog
 
@@ -218,10 +219,17 @@ class Auth:
         #: Passwords already verified: (user, SHA-256 of the password) -> the hash line
         #: it matched, so a client that reconnects often costs one scrypt, not one each.
         self._verified: dict[tuple[str, bytes], str] = {}
+        self._decoy_line: str | None = None
 
     @property
     def required(self) -> bool:
         return self.requirepass is not None or self.acl is not None
+
+    def _decoy(self) -> str:
+        """A hash line of a random password with the default cost, checked for unknown users."""
+        if self._decoy_line is None:
+            self._decoy_line = hash_password(secrets.token_hex(16))
+        return self._decoy_line
 
     def set_acl(self, acl: ACL) -> None:
         """A reloaded ACL file: later AUTHs check against it."""
@@ -247,12 +255,15 @@ class Auth:
     async def _check_acl(self, conn: Client, user: bytes, password: bytes) -> bool:
         assert self.acl is not None
         found = self.acl.users.get(user.decode("utf-8", "replace"))
+        loop = asyncio.get_running_loop()
         if found is None or found.password is None:
+            # Cost what a wrong password costs, so that timing does not tell which users exist.
+            await loop.run_in_executor(None, verify_password, self._decoy(), password)
             return False
         key = (found.name, hashlib.sha256(password).digest())
         if self._verified.get(key) != found.password:
             line = found.password
-            ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, line, password)
+            ok = await loop.run_in_executor(None, verify_password, line, password)
             if not ok:
                 return False
             self._verified[key] = line

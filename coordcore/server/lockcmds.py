@@ -70,6 +70,7 @@ from coordcore.errors import (
     InternalError,
     LimitExceeded,
     LockTimeout,
+    NoPermission,
     Unavailable,
     WatchLagged,
 )
@@ -734,6 +735,29 @@ LockCommands.SPEC = {
     b"WATCH": (LockCommands.cmd_watch, Flag.WATCH),
     b"UNWATCH": (LockCommands.cmd_unwatch, Flag.WATCH),
 }
+
+
+def end_denied_watches(conn: Client, denied: Callable[[list[bytes]], str | None]) -> int:
+    """After the connection's user got new rights (an ACL reload): end each watch the
+    user may no longer hold, with a ``watch-error`` push naming why; how many ended."""
+    state = conn.lock_state
+    if state is None:
+        return 0
+    watches = _state(conn).watches
+    ended = 0
+    for prefix in list(watches):
+        why = denied([b"WATCH", prefix])
+        if why is None:
+            continue
+        watch, task = watches.pop(prefix)
+        watch.close()
+        task.cancel()
+        conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
+                                    resp.encode_bulk(f"{NoPermission.code} {why}".encode())], conn.resp3))
+        ended += 1
+    if ended and not watches:
+        conn.watch_mode(False)
+    return ended
 
 
 def _unwatch_all(conn: Client) -> None:

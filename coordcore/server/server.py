@@ -463,6 +463,12 @@ class Server:
                 closed += 1
             else:
                 conn.login(user)
+                if not user.unlimited:
+                    from coordcore.server.lockcmds import end_denied_watches
+                    ended = end_denied_watches(conn, user.denied)
+                    if ended:
+                        self.log.warning("watches ended: no longer permitted", audit="acl", conn=conn.id,
+                                         peer=conn.peer, user=user.name, watches=ended)
         self.log.warning("ACL reloaded", audit="acl", path=str(path), users=len(acl.users), closed=closed)
 
     def id_endpoints(self) -> list[str]:

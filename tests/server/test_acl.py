@@ -160,6 +160,28 @@ def test_sighup_reloads_removed_user_cut_off_bad_file_kept(acl_server: ServerPro
         assert alice.command("ACL", "WHOAMI") == b"alice"
 
 
+def test_sighup_ends_the_watches_a_user_may_no_longer_hold(acl_server: ServerProc, tmp_path: Path) -> None:
+    port = acl_server.port
+    with _login(port, "alice", "alicepw") as alice, _login(port, "admin", "adminpw") as admin:
+        assert alice.command("HELLO", 3)[b"proto"] == 3
+        assert alice.command("WATCH", "jobs/") == b"OK"
+        cred = admin.command("SESSION.OPEN", 30)
+        admin.command("LOCK.ACQUIRE", "jobs/1", cred)
+        assert alice.read()[0] == b"watch"  # the watch streams before the reload
+        (tmp_path / "acl.toml").write_text(
+            _user("admin", "adminpw") + _user("alice", "alicepw", lock=["other/"], read=["other/"],
+                                              watch=["other/"], commands=["locks"]))
+        os.kill(acl_server.pid, signal.SIGHUP)
+        push = alice.read()
+        assert push[0] == b"watch-error" and push[1].startswith(b"NOPERM ")
+        assert b"jobs/" in push[1]
+        admin.command("LOCK.ACQUIRE", "jobs/2", cred)
+        assert alice.command("PING") == b"PONG"  # nothing more streams: the next frame is PING's reply
+        assert _is_error(alice.command("WATCH", "jobs/"), "NOPERM")
+        assert alice.command("WATCH", "other/") == b"OK"  # still connected, with the new rights
+        assert "watches ended: no longer permitted" in acl_server.log()
+
+
 def test_open_non_loopback_bind_is_refused_unless_insecure(tmp_path: Path) -> None:
     proc = ServerProc(tmp_path / "d", "--host", "0.0.0.0")
     with pytest.raises(RuntimeError):
@@ -287,3 +309,28 @@ def test_random_users_and_commands_obey_the_acl_model(random_users: _Users,
         else:
             assert _is_error(reply, "NOPERM"), (name, cmd, target, reply)
             assert users.admin.command("LOCKS.REVISION") == revision, (name, cmd, target)
+
+
+def test_an_unknown_user_costs_a_password_check_like_a_known_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user enumeration by timing: AUTH of a user who does not exist runs the same
+    scrypt check (against a decoy hash of the default cost) as a wrong password does."""
+    import asyncio
+
+    from coordcore.server import commands
+    from coordcore.server.acl import SCRYPT_N
+
+    checked: list[str] = []
+    real = commands.verify_password
+
+    def counting(line: str, password: bytes) -> bool:
+        checked.append(line.split("$")[1])  # the scrypt N of the line checked
+        return real(line, password)
+
+    monkeypatch.setattr(commands, "verify_password", counting)
+    acl = parse_acl(f'[users.alice]\npassword = "{hash_password("alicepw")}"\n')
+    auth = commands.Auth(None, commands.AuthGuard(None), acl)
+    conn: Any = None  # a failed check never logs the connection in
+    assert asyncio.run(auth._check_acl(conn, b"alice", b"wrong")) is False
+    assert asyncio.run(auth._check_acl(conn, b"mallory", b"wrong")) is False
+    assert asyncio.run(auth._check_acl(conn, b"\xff\xfe", b"wrong")) is False
+    assert checked == [str(SCRYPT_N)] * 3

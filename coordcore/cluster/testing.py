@@ -31,7 +31,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +51,12 @@ def _die_with_parent() -> None:
     # forked exits, so start clusters from a long-lived thread (tests' main thread).
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _member_preexec(hook: Callable[[Member], None] | None, member: Member) -> None:
+    _die_with_parent()
+    if hook is not None:
+        hook(member)
 
 
 def _free_port(host: str, taken: set[int], rng: random.Random) -> int:
@@ -108,7 +114,8 @@ class EtcdCluster:
 
     def __init__(self, base_dir: str | os.PathLike[str], size: int = 3, *,
                  hosts: Sequence[str] | None = None, heartbeat_ms: int = 100,
-                 election_ms: int = 1000, extra_args: Sequence[str] = ()) -> None:
+                 election_ms: int = 1000, extra_args: Sequence[str] = (),
+                 preexec: Callable[[Member], None] | None = None) -> None:
         binary = etcd_binary()
         if binary is None:
             raise FileNotFoundError("etcd is not installed (Debian: apt-get install etcd-server)")
@@ -120,6 +127,8 @@ class EtcdCluster:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.extra_args = list(extra_args)
+        #: Run in each member's process before exec (a test may place it in a cgroup).
+        self.preexec = preexec
         rng = random.Random()
         taken: set[int] = set()
         self.members = []
@@ -168,7 +177,7 @@ class EtcdCluster:
         log = open(m.log_path, "ab")
         try:
             m.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=lambda: _member_preexec(self.preexec, m))
         finally:
             log.close()
         m.paused = False

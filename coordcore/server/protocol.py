@@ -681,8 +681,11 @@ class Connection(asyncio.Protocol):
 
     def mark_dirty(self) -> None:
         """A reply of this connection is ready: flush it after the current batch (the
-        lock service's batch listener calls :meth:`flush`)."""
-        self.wire.mark_dirty(self._lane.dirty)
+        lock service's batch listener calls :meth:`flush`). A connection without a lane
+        (made while a cluster node followed) writes it when the command completes."""
+        lane = self._lane
+        if lane is not None:
+            self.wire.mark_dirty(lane.dirty)
 
     def park(self, fut: asyncio.Future[bytes]) -> None:
         """A hot acquire came back waiting: from now on it is a parked command like any

@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from coordcore.client._wire import new_reader, pack
@@ -38,12 +39,15 @@ def info(port: int) -> dict[str, str]:
 class CoordCluster:
     """``n`` coordcore servers of one cluster (name unique per instance) on ``etcd``."""
 
-    def __init__(self, etcd: EtcdCluster, base: Path, n: int = 2, *extra: str) -> None:
+    def __init__(self, etcd: EtcdCluster, base: Path, n: int = 2, *extra: str,
+                 preexec: Callable[[int], Callable[[], None]] | None = None) -> None:
+        """``preexec(i)``: server ``i``'s ``preexec_fn`` (a test may place it in a cgroup)."""
         self.name = f"t{uuid.uuid4().hex[:10]}"
         self.etcd = etcd
         self.servers = [
             ServerProc(base / f"cc{i}", "--etcd", ",".join(etcd.endpoints), "--cluster", self.name,
-                       "--etcd-ttl", str(ETCD_TTL), "--log-level", "info", *extra, worker_id=None)
+                       "--etcd-ttl", str(ETCD_TTL), "--log-level", "info", *extra, worker_id=None,
+                       preexec_fn=preexec(i) if preexec is not None else None)
             for i in range(n)]
 
     def start(self) -> CoordCluster:
@@ -105,8 +109,8 @@ class CoordCluster:
         self.servers[i].start()
 
 
-def cluster_info(port: int) -> dict[str, str]:
+def cluster_info(port: int, timeout: float = 10.0) -> dict[str, str]:
     """The ``# Cluster`` section of INFO."""
-    text = command(port, "INFO").decode()
+    text = command(port, "INFO", timeout=timeout).decode()
     section = text.split("# Cluster", 1)[1].split("\r\n\r\n", 1)[0]
     return dict(line.split(":", 1) for line in section.splitlines() if ":" in line)

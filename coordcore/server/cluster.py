@@ -71,6 +71,8 @@ class ClusterHost(Protocol):
 LEADER_POLL = 0.25
 #: How often a leader checks that its leadership and service still stand.
 LEADER_CHECK = 0.05
+#: How long a step-down waits for etcd to take its resignation (else the lease ends it).
+RESIGN_TIMEOUT = 2.0
 
 
 class LeasedIds:
@@ -225,11 +227,7 @@ class ClusterNode:
             except Exception:
                 log.exception("leadership failed", term=leadership.term)
             finally:
-                await self._step_down()
-                if leadership.alive():
-                    # Closing, or a healthy session whose service stopped: let another
-                    # candidate lead now rather than after our lease.
-                    await leadership.resign()
+                await self._step_down(leadership)
             if self.terms_led == served:
                 # Won but never served (the log would not replay, etcd refused the first
                 # record): do not churn through the election.
@@ -261,7 +259,7 @@ class ClusterNode:
                 await asyncio.wait_for(session.lost.wait(), LEADER_CHECK)
         raise LeadershipLost("session lapsed" if not leadership.alive() else "the lock service stopped")
 
-    async def _step_down(self) -> None:
+    async def _step_down(self, leadership: Leadership) -> None:
         served, self._served = self._served, None
         self._leadership = None
         server = self.server
@@ -275,6 +273,13 @@ class ClusterNode:
         # next leader may still hold for them. Dropped, clients retry there.
         for conn in list(server.connections) if led else ():
             conn.abort()
+        if leadership.alive():
+            # Closing, or a healthy session whose service stopped: let another candidate
+            # lead now, not after our lease, nor after the service's close (which may
+            # wait for an append's unknown outcome). Our appends still in flight then
+            # fail their guard; whatever etcd took before is in the log the next reads.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leadership.resign(), RESIGN_TIMEOUT)
         if served is not None:
             await served.close()
 

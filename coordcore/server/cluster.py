@@ -18,7 +18,9 @@ A leader steps down when its session's local deadline passes or etcd refuses a w
 It drops every client connection first, so that no client is told ``CLOSED`` for a
 wait that the next leader still has: clients retry there with the same request ids.
 The service clock resumes at the last batch's time (``count_downtime=False``), so the
-time without a leader never counts against a session.
+time without a leader never counts against a session, and the new leader's first records
+renew every session (a whole TTL from then, as etcd renews leases at a leader change), so
+a client that reaches the new leader within its TTL keeps its session.
 
 ``CLUSTER.SNAPSHOT`` (admin, on the leader) writes a snapshot into etcd now and truncates
 the log below it. ``CLUSTER.STATE`` (admin) answers ``[index, revision, sha256]``: the last record the
@@ -311,7 +313,12 @@ class ClusterNode:
         store.lead(leadership)
         svc = await LockService.open_store(store, count_downtime=False, waiter_grace=cfg.waiter_grace)
         served = self._served = LockCommands(svc, log=server.log, max_reply_items=cfg.max_reply_items)
-        # The term's first record, before any client is answered: proves the guard holds.
+        # The term's first records, before any client is answered: they prove the guard
+        # holds, and give every session a whole TTL from now (as etcd renews its leases
+        # at a leader change). The clock resumed at the last batch's time, so no session
+        # expired meanwhile; without the renewal one whose client kept it alive just
+        # before the crash would have only what was left, counted from now.
+        renewed = await svc.renew_sessions()
         await svc.tick()
         svc.set_limits(max_sessions=cfg.max_sessions, max_contenders_per_session=cfg.max_locks_per_session)
         # Connections made from now on take the hot path; older ones (made while
@@ -320,7 +327,7 @@ class ClusterNode:
         self.role, self.leader, self.term = "leader", self.advertise, leadership.term
         self._leadership = leadership
         self.terms_led += 1
-        server.log.info("leading", term=leadership.term, revision=svc.revision,
+        server.log.info("leading", term=leadership.term, revision=svc.revision, sessions_renewed=renewed,
                         took_ms=round((time.monotonic() - won) * 1000))
         while leadership.alive() and not svc.closed:
             with contextlib.suppress(TimeoutError):

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["EtcdCluster", "Member", "etcd_binary"]
+__all__ = ["EtcdCluster", "Member", "etcd_binary", "spawn"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -51,6 +52,19 @@ def _die_with_parent() -> None:
     # forked exits, so start clusters from a long-lived thread (tests' main thread).
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``argv`` so that it dies with this process (``PR_SET_PDEATHSIG``).
+
+    Through util-linux's ``setpriv --pdeathsig`` where it exists: a Python ``preexec_fn``
+    makes the child run Python between fork and exec, and with gRPC threads alive in this
+    process (an in-process etcd client) the child sometimes died there, before its exec.
+    The setting survives ``exec``, and setpriv execs the program in the same process."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return subprocess.Popen([setpriv, "--pdeathsig", "KILL", *argv], **popen)
+    return subprocess.Popen(list(argv), preexec_fn=_die_with_parent, **popen)
 
 
 def _free_port(host: str, taken: set[int], rng: random.Random) -> int:
@@ -167,8 +181,7 @@ class EtcdCluster:
         ]
         log = open(m.log_path, "ab")
         try:
-            m.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                      preexec_fn=_die_with_parent)
+            m.proc = spawn(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             log.close()
         m.paused = False

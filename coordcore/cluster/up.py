@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from coordcore.client._wire import new_reader, pack
-from coordcore.cluster.testing import EtcdCluster, _die_with_parent, etcd_binary
+from coordcore.cluster.testing import EtcdCluster, etcd_binary, spawn
 
 __all__ = ["main"]
 
@@ -39,8 +39,7 @@ class _Server:
                 "--data-dir", str(data_dir), "--etcd", ",".join(etcd), "--cluster", CLUSTER,
                 "--etcd-ttl", ETCD_TTL, "--announce-port"]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                         preexec_fn=_die_with_parent)
+            self.proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
         self.port = 0
 
     def wait_port(self, timeout: float) -> int:

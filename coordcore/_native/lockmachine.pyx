@@ -275,6 +275,17 @@ cdef class LockMachine:
                 n += 1
         return n
 
+    def session_ids(self):
+        """The ids of the live sessions, ascending (a new leader renews each of them)."""
+        cdef uint32_t i
+        cdef list ids = []
+        with cython.critical_section(self):
+            for i in range(self.st.ses_cap):
+                if self.st.ses[i].used:
+                    ids.append(self.st.ses[i].id)
+        ids.sort()
+        return ids
+
     def credential_matches(self, uint64_t session_id, digest):
         """True if ``session_id`` is live and opened with the credential whose digest is
         ``digest`` (CREDENTIAL_DIGEST_SIZE bytes). The comparison takes the same time

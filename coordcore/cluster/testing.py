@@ -35,8 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["EtcdCluster", "Member", "etcd_binary"]
+__all__ = ["EtcdCluster", "Member", "etcd_binary", "spawn"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -53,10 +54,17 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _member_preexec(hook: Callable[[Member], None] | None, member: Member) -> None:
-    _die_with_parent()
-    if hook is not None:
-        hook(member)
+def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``argv`` so that it dies with this process (``PR_SET_PDEATHSIG``).
+
+    Through util-linux's ``setpriv --pdeathsig`` where it exists: a Python ``preexec_fn``
+    makes the child run Python between fork and exec, and with gRPC threads alive in this
+    process (an in-process etcd client) the child sometimes died there, before its exec.
+    The setting survives ``exec``, and setpriv execs the program in the same process."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return subprocess.Popen([setpriv, "--pdeathsig", "KILL", *argv], **popen)
+    return subprocess.Popen(list(argv), preexec_fn=_die_with_parent, **popen)
 
 
 def _free_port(host: str, taken: set[int], rng: random.Random) -> int:
@@ -115,7 +123,7 @@ class EtcdCluster:
     def __init__(self, base_dir: str | os.PathLike[str], size: int = 3, *,
                  hosts: Sequence[str] | None = None, heartbeat_ms: int = 100,
                  election_ms: int = 1000, extra_args: Sequence[str] = (),
-                 preexec: Callable[[Member], None] | None = None) -> None:
+                 prefix: Callable[[Member], Sequence[str]] | None = None) -> None:
         binary = etcd_binary()
         if binary is None:
             raise FileNotFoundError("etcd is not installed (Debian: apt-get install etcd-server)")
@@ -127,8 +135,8 @@ class EtcdCluster:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.extra_args = list(extra_args)
-        #: Run in each member's process before exec (a test may place it in a cgroup).
-        self.preexec = preexec
+        #: A command each member's etcd runs under (a test may place it in a cgroup).
+        self.prefix: Callable[[Member], Sequence[str]] = prefix or (lambda m: ())
         rng = random.Random()
         taken: set[int] = set()
         self.members = []
@@ -176,8 +184,7 @@ class EtcdCluster:
         ]
         log = open(m.log_path, "ab")
         try:
-            m.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                      preexec_fn=lambda: _member_preexec(self.preexec, m))
+            m.proc = spawn([*self.prefix(m), *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             log.close()
         m.paused = False

@@ -941,6 +941,10 @@ class LockMachine:
         """How many contenders wait (are not granted)."""
         return self._m.waiter_count
 
+    def session_ids(self) -> list[int]:
+        """The ids of the live sessions, ascending."""
+        return self._m.session_ids()
+
     def credential_matches(self, session_id: int, digest: bytes) -> bool:
         """True if ``session_id`` is live and was opened with this credential digest."""
         return bool(self._m.credential_matches(_int("session_id", session_id, 0, _U64), digest))

@@ -585,6 +585,26 @@ class LockService:
                                  "it is not kept alive any more")
         return (await self._pipe.call(lambda b: b.keepalive(sid))).deadline_ms
 
+    async def renew_sessions(self) -> int:
+        """Keep every live session alive now (its deadline: now + its TTL), through the
+        log: what a new cluster leader does before it serves, as etcd renews every lease
+        at a leader change. Returns how many were renewed."""
+        def renew(sid: int) -> Callable[[BatchBuilder], int]:
+            return lambda b: b.keepalive(sid)
+
+        ids = self._machine.session_ids()
+        renewed = 0
+        for i in range(0, len(ids), 4096):  # bounded batches of coroutines, in order
+            done = await asyncio.gather(*(self._pipe.call(renew(sid)) for sid in ids[i:i + 4096]),
+                                        return_exceptions=True)
+            for r in done:
+                if isinstance(r, SessionExpired):
+                    continue  # expired meanwhile
+                if isinstance(r, BaseException):
+                    raise r
+                renewed += 1
+        return renewed
+
     async def close_session(self, session: Session | int) -> None:
         """Close a session: release everything it holds, cancel what it waits for."""
         sid = self._sid(session)

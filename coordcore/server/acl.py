@@ -57,6 +57,8 @@ _PREFIX_ARG, _MATCH, _EVERY_KEY = -1, -2, -3
 #: command -> (group, access kind or None, where the key is)
 RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"INFO": ("admin", None, 0),
+    b"CLUSTER.STATE": ("admin", None, 0),
+    b"CLUSTER.SNAPSHOT": ("admin", None, 0),
     b"CONFIG": ("admin", None, 0),
     b"ID.NEXT": ("ids", None, 0),
     b"ID.RANGE": ("ids", None, 0),

@@ -4,9 +4,12 @@ Every server of a cluster holds one etcd :class:`~coordcore.cluster.Session`, is
 IDs under a worker ID leased in etcd with it, and campaigns in the
 :class:`~coordcore.cluster.Election`. The winner replays the lock log from etcd
 (:class:`~coordcore.cluster.EtcdLog`, after ``lead()``: no older writer can append any
-more) and serves the lock service on it; the others answer lock commands with
-``-MOVED host:port`` of the leader (``-UNAVAILABLE`` while none is known) and serve
-``PING`` and ``ID.*`` themselves.
+more) and serves the lock service on it. The others keep a
+:class:`~coordcore.cluster.replica.Replica` (the log applied in order, a local snapshot
+in the data dir) and answer reads from it (``LOCK.INFO``, ``SEM.INFO``, ``SESSION.INFO``,
+``ELECT.LEADER``, ``LOCKS.*``, ``WATCH``): ``LOCKS.REVISION`` says the revision they
+reflect, ``INFO`` the record. Writes get ``-MOVED host:port`` of the leader
+(``-UNAVAILABLE`` while none is known); ``PING`` and ``ID.*`` are served everywhere.
 
 Redirect, not forward: a forwarded acquire would need its own retry and re-attach
 logic on the follower; the client has it already (request ids), and one hop is cheaper.
@@ -14,15 +17,23 @@ logic on the follower; the client has it already (request ids), and one hop is c
 A leader steps down when its session's local deadline passes or etcd refuses a write.
 It drops every client connection first, so that no client is told ``CLOSED`` for a
 wait that the next leader still has: clients retry there with the same request ids.
-The service clock resumes at the last batch's time (``count_downtime=False``), so a
-failover does not eat into any session's TTL.
+The service clock resumes at the last batch's time (``count_downtime=False``), so the
+time without a leader never counts against a session, and the new leader's first records
+renew every session (a whole TTL from then, as etcd renews leases at a leader change), so
+a client that reaches the new leader within its TTL keeps its session.
+
+``CLUSTER.SNAPSHOT`` (admin, on the leader) writes a snapshot into etcd now and truncates
+the log below it. ``CLUSTER.STATE`` (admin) answers ``[index, revision, sha256]``: the last record the
+server's machine reflects, its revision and the SHA-256 of the machine's snapshot bytes,
+so that a test or an operator can check that a follower agrees with the leader.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
 from coordcore.cluster import (
@@ -39,14 +50,17 @@ from coordcore.cluster import (
 )
 from coordcore.cluster.errors import EtcdCompacted, EtcdRequestFailed, EtcdUnavailable
 from coordcore.cluster.etcd import sleep_backoff
+from coordcore.cluster.replica import Replica
 from coordcore.errors import CoordcoreError, Moved, Unavailable, WorkerIdUnavailable, WorkerLeaseLost
 from coordcore.ids import DecodedId, Layout, Snowflake
 from coordcore.locks.service import LockService
-from coordcore.server.core import Client, Command, CommandTable
-from coordcore.server.lockcmds import LockCommands
+from coordcore.server import resp
+from coordcore.server.commands import require_args
+from coordcore.server.core import Client, Command, CommandTable, Flag
+from coordcore.server.lockcmds import LockCommands, encode_event
 from coordcore.server.log import StructLog
 
-__all__ = ["ClusterHost", "ClusterNode", "LeasedIds"]
+__all__ = ["ClusterHost", "ClusterNode", "FollowerReads", "LeasedIds"]
 
 
 class _Connection(Protocol):
@@ -115,6 +129,48 @@ class LeasedIds:
         self._gen = self._lease = None
 
 
+class FollowerReads(LockCommands):
+    """The read commands of :class:`LockCommands`, served from a follower's replica.
+
+    The read handlers call only the replica's LockService-named methods (``info``,
+    ``session_info``, ``leader``, ``scan_keys``, ``revision``, ``watch``); nothing here
+    attaches to a commit pipeline, and the write handlers are never bound."""
+
+    def __init__(self, replica: Replica, *, log: StructLog, max_reply_items: int) -> None:
+        # Not LockCommands.__init__: that attaches the native lane to a service.
+        self.svc = replica  # type: ignore[assignment]  # duck-typed: the read methods only
+        self.log = log
+        self.max_items = max_reply_items
+
+    async def _forward(self, conn: Client, watch: Any) -> None:
+        try:
+            async for ev in watch:
+                conn.push(encode_event(ev, conn.resp3))
+        except CoordcoreError as exc:
+            # The replica jumped (reloaded a snapshot), stopped, or this server now leads:
+            # the events stop here, so the client must re-read and watch again.
+            conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
+                                        resp.encode_bulk(f"{exc.code} {exc}".encode())], conn.resp3))
+            conn.abort()
+
+
+class LeaderAdmin:
+    """The leader's maintenance commands (admin group)."""
+
+    @staticmethod
+    def cmd_snapshot(served: LockCommands, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        """``CLUSTER.SNAPSHOT``: write a snapshot into etcd now, delete the log below it and
+        compact etcd (also automatic); answers the revision it covers."""
+        require_args(req, 0, 0)
+        svc = served.svc
+
+        async def run() -> bytes:
+            await svc.snapshot()
+            return resp.encode_int(svc.revision)
+
+        return run()
+
+
 class ClusterNode:
     """One server's part in a cluster (see the module docs). ``await start()`` before
     the listener opens (a session and a worker ID), :meth:`run` once it listens."""
@@ -135,7 +191,12 @@ class ClusterNode:
         self.term = 0
         self.terms_led = 0
         self._served: LockCommands | None = None
+        self._store: EtcdLog | None = None
         self._leadership: Leadership | None = None
+        #: While following: the replica, its read commands and the task applying the log.
+        self.replica: Replica | None = None
+        self._reads: FollowerReads | None = None
+        self._following: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
@@ -159,6 +220,11 @@ class ClusterNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        replica = self.replica
+        await self._stop_following()
+        if replica is not None and replica.ready and replica.failed is None:
+            with contextlib.suppress(OSError):
+                await replica.save()  # a restart then resumes from here
         self.ids.close()
         if self.session is not None:
             await self.session.close()
@@ -209,6 +275,7 @@ class ClusterNode:
                 self.ids.close()
                 await self._new_session()
                 continue
+            self._start_following()
             try:
                 leadership = await Election(self.etcd, self.keys, session, self.advertise).campaign()
             except LeadershipLost as exc:
@@ -221,6 +288,7 @@ class ClusterNode:
                 continue
             served = self.terms_led
             try:
+                await self._stop_following()
                 await self._lead(leadership.session, leadership)
             except CoordcoreError as exc:
                 log.warning("leadership ended", term=leadership.term, error=f"{type(exc).__name__}: {exc}")
@@ -239,11 +307,16 @@ class ClusterNode:
     async def _lead(self, session: Session, leadership: Leadership) -> None:
         server, cfg = self.server, self.config
         won = time.monotonic()
-        store = EtcdLog(self.etcd, self.keys)
+        store = self._store = EtcdLog(self.etcd, self.keys)
         store.lead(leadership)
         svc = await LockService.open_store(store, count_downtime=False, waiter_grace=cfg.waiter_grace)
         served = self._served = LockCommands(svc, log=server.log, max_reply_items=cfg.max_reply_items)
-        # The term's first record, before any client is answered: proves the guard holds.
+        # The term's first records, before any client is answered: they prove the guard
+        # holds, and give every session a whole TTL from now (as etcd renews its leases
+        # at a leader change). The clock resumed at the last batch's time, so no session
+        # expired meanwhile; without the renewal one whose client kept it alive just
+        # before the crash would have only what was left, counted from now.
+        renewed = await svc.renew_sessions()
         await svc.tick()
         svc.set_limits(max_sessions=cfg.max_sessions, max_contenders_per_session=cfg.max_locks_per_session)
         # Connections made from now on take the hot path; older ones (made while
@@ -252,7 +325,7 @@ class ClusterNode:
         self.role, self.leader, self.term = "leader", self.advertise, leadership.term
         self._leadership = leadership
         self.terms_led += 1
-        server.log.info("leading", term=leadership.term, revision=svc.revision,
+        server.log.info("leading", term=leadership.term, revision=svc.revision, sessions_renewed=renewed,
                         took_ms=round((time.monotonic() - won) * 1000))
         while leadership.alive() and not svc.closed:
             with contextlib.suppress(TimeoutError):
@@ -282,6 +355,33 @@ class ClusterNode:
                 await asyncio.wait_for(leadership.resign(), RESIGN_TIMEOUT)
         if served is not None:
             await served.close()
+
+    # --- following ---------------------------------------------------------------------
+
+    def _start_following(self) -> None:
+        """Tail the log into a fresh replica (from the local snapshot, if it is still on
+        the log), unless one runs. Fresh after a term of ours: that machine is gone."""
+        if self._following is not None and not self._following.done():
+            return
+        replica = self.replica = Replica(self.etcd, self.keys, self.config.data_dir)
+        self._reads = FollowerReads(replica, log=self.server.log, max_reply_items=self.config.max_reply_items)
+        self._following = asyncio.get_running_loop().create_task(self._follow(replica))
+
+    async def _follow(self, replica: Replica) -> None:
+        try:
+            await replica.run()
+        except CoordcoreError as exc:  # a broken log: reads stay unavailable here
+            self.server.log.error("follower stopped applying the log", error=f"{type(exc).__name__}: {exc}")
+
+    async def _stop_following(self) -> None:
+        task, replica = self._following, self.replica
+        self._following = self.replica = self._reads = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if replica is not None:
+            replica.restart_watches("this server stopped following (it leads now, or stops): watch again")
 
     async def _watch_leader(self) -> None:
         while True:
@@ -315,13 +415,57 @@ class ClusterNode:
                 return handler(served, conn, req)
             return guarded
 
-        return {name: Command(guard(handler), flags) for name, (handler, flags) in LockCommands.SPEC.items()}
+        def read_guard(handler: Any) -> Any:
+            def guarded(conn: Client, req: list[bytes]) -> Any:
+                served, lead = self._served, self._leadership
+                if served is not None and lead is not None and lead.alive():
+                    return handler(served, conn, req)
+                reads = self._following_reads()
+                if reads is None:
+                    raise self.not_here()
+                return handler(reads, conn, req)
+            return guarded
+
+        reading = Flag.READS | Flag.WATCH
+        table = {name: Command(read_guard(handler) if flags & reading else guard(handler), flags)
+                 for name, (handler, flags) in LockCommands.SPEC.items()}
+        table[b"CLUSTER.STATE"] = Command(self._cmd_state, Flag.READS)
+        table[b"CLUSTER.SNAPSHOT"] = Command(guard(LeaderAdmin.cmd_snapshot), Flag.WRITES)
+        return table
+
+    def _following_reads(self) -> FollowerReads | None:
+        """The replica's read commands while it is loaded and applying, else None."""
+        replica, reads = self.replica, self._reads
+        if self.role != "follower" or replica is None or reads is None or not replica.ready \
+                or replica.failed is not None:
+            return None
+        return reads
+
+    def _cmd_state(self, conn: Client, req: list[bytes]) -> bytes:
+        """``CLUSTER.STATE`` -> ``[index, revision, sha256 hex]`` of the machine served here."""
+        require_args(req, 0, 0)
+        served, lead, store = self._served, self._leadership, self._store
+        if served is not None and lead is not None and lead.alive() and store is not None:
+            index, revision, state = store.next_index - 1, served.svc.revision, served.svc.state_snapshot()
+        elif self._following_reads() is not None and self.replica is not None:
+            replica = self.replica
+            index, revision, state = replica.index, replica.revision, replica.state_snapshot()
+        else:
+            raise self.not_here()
+        return resp.encode_array([resp.encode_int(index), resp.encode_int(revision),
+                                  resp.encode_bulk(hashlib.sha256(state).hexdigest().encode())])
 
     def info_lines(self) -> list[str]:
         lines = ["# Cluster", f"cluster:{self.config.cluster}", f"role:{self.role}",
                  f"advertise:{self.advertise}", f"leader:{self.leader or ''}", f"term:{self.term}",
                  f"terms_led:{self.terms_led}", f"worker_id:{self.worker_id}",
                  f"etcd:{','.join(self.config.etcd)}", ""]
+        replica = self.replica
+        if replica is not None:
+            state = "failed" if replica.failed is not None else "ready" if replica.ready else "loading"
+            lines[-1:-1] = [f"replica:{state}", f"replica_loaded_from:{replica.loaded_from}",
+                            f"applied_index:{replica.index}",
+                            f"applied_revision:{replica.revision}"]
         if self._served is not None:
             lines += self._served.info_lines()
         return lines

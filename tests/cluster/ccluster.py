@@ -7,7 +7,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from coordcore.client._wire import new_reader, pack
@@ -40,14 +40,14 @@ class CoordCluster:
     """``n`` coordcore servers of one cluster (name unique per instance) on ``etcd``."""
 
     def __init__(self, etcd: EtcdCluster, base: Path, n: int = 2, *extra: str,
-                 preexec: Callable[[int], Callable[[], None]] | None = None) -> None:
-        """``preexec(i)``: server ``i``'s ``preexec_fn`` (a test may place it in a cgroup)."""
+                 prefix: Callable[[int], Sequence[str]] | None = None) -> None:
+        """``prefix(i)``: a command server ``i`` runs under (a test may place it in a cgroup)."""
         self.name = f"t{uuid.uuid4().hex[:10]}"
         self.etcd = etcd
         self.servers = [
             ServerProc(base / f"cc{i}", "--etcd", ",".join(etcd.endpoints), "--cluster", self.name,
                        "--etcd-ttl", str(ETCD_TTL), "--log-level", "info", *extra, worker_id=None,
-                       preexec_fn=preexec(i) if preexec is not None else None)
+                       prefix=prefix(i) if prefix is not None else ())
             for i in range(n)]
 
     def start(self) -> CoordCluster:

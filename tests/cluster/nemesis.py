@@ -231,9 +231,9 @@ def run(cfg: ClusterRunConfig, workdir: Path) -> ClusterRunResult:
     control.mkdir()
     cut = NetCut() if set(cfg.faults) & set(CUTS) else None
     # Every process in a cgroup of its own, so that cuts can name it.
-    etcd = EtcdCluster(workdir / "etcd", preexec=None if cut is None else lambda m: cut.preexec(m.name)())
+    etcd = EtcdCluster(workdir / "etcd", prefix=None if cut is None else lambda m: cut.prefix(m.name))
     cc = CoordCluster(etcd, workdir, cfg.servers, "--waiter-grace", str(cfg.waiter_grace),
-                      preexec=None if cut is None else lambda i: cut.preexec(f"cc{i}"))
+                      prefix=None if cut is None else lambda i: cut.prefix(f"cc{i}"))
     fence = FenceServer(workdir / "fence.jsonl")
     nemesis = _Nemesis(etcd, cc, cut, rng, log)
     children: list[subprocess.Popen[bytes]] = []
@@ -267,7 +267,9 @@ def run(cfg: ClusterRunConfig, workdir: Path) -> ClusterRunResult:
                    if p.poll() is not None]
         (control / "quiesce").touch()
         missing = _wait_files([control / f"idle-c{i}" for i in range(cfg.clients)], cfg.acquire_timeout + 30.0)
-        errors += [f"never idle: {p.name}" for p in missing]
+        errors += [f"never idle: {p.name} (its stacks are in its log)" for p in missing]
+        for p in missing:  # where is it stuck? (tests/fault/client_worker.py dumps its threads)
+            children[int(p.name.removeprefix("idle-c"))].send_signal(signal.SIGUSR1)
         time.sleep(cfg.waiter_grace + cfg.ttl + 0.5)  # detached waiters withdrawn, strays settled
         quiesced = _snapshot(cc.addresses, keys)
         (control / "close").touch()

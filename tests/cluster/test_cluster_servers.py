@@ -162,10 +162,10 @@ def test_leader_paused_past_its_lease_never_answers_as_leader_again(cluster: Etc
                 new = cc.leader(exclude=lead)
             finally:
                 os.kill(old.pid, signal.SIGCONT)
-            # It wakes up past its session's deadline: lock commands are refused at once
-            # (the step-down may not have run yet), never answered from its stale state.
-            for _ in range(20):
-                reply = command(old.port, "LOCK.INFO", "p1")
+            # It wakes up past its session's deadline: writes are refused at once (the
+            # step-down may not have run yet), never applied to its stale state.
+            for i in range(20):
+                reply = command(old.port, "LOCK.TRY", f"p-stale/{i}", s.credential)
                 assert isinstance(reply, (Moved, Unavailable)), reply
             deadline = time.monotonic() + 5
             while cluster_info(old.port)["role"] != "follower":
@@ -175,9 +175,15 @@ def test_leader_paused_past_its_lease_never_answers_as_leader_again(cluster: Etc
             info = client.lock_info("p1")
             assert [(h.session, h.token) for h in info.holders] == [(s.id, grant.token)]
             assert client.acquire("p2", session=s).token > grant.token
-            # Back as a follower, it redirects to the new leader once it has looked it up.
+            # Back as a follower, it redirects writes to the new leader once it has looked
+            # it up, and answers reads from the log it follows (the new leader's grant too).
             deadline = time.monotonic() + 3
-            while not isinstance(reply := command(old.port, "LOCK.INFO", "p1"), Moved):
+            while not isinstance(reply := command(old.port, "LOCK.TRY", "p-stale/x", s.credential), Moved):
                 assert isinstance(reply, Unavailable) and time.monotonic() < deadline, reply
                 time.sleep(0.05)
             assert reply.address == cc.addresses[new], reply
+            while not isinstance(reply := command(old.port, "LOCK.INFO", "p2"), list) \
+                    or not dict(zip(reply[::2], reply[1::2]))[b"holders"]:
+                assert time.monotonic() < deadline + 5, reply
+                time.sleep(0.05)
+            assert client.lock_info("p-stale/0").holders == []

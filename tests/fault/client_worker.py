@@ -13,8 +13,10 @@ then ``close`` (close the session and the client, exit 0).
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -154,6 +156,8 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
+    # A harness that finds this worker stuck asks where (every thread's stack, to the log).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     Worker(json.loads(argv[1])).run()
     return 0
 

@@ -3,8 +3,8 @@
 Every process of a test listens on 127.0.0.x, and the kernel gives every loopback
 connection the source address 127.0.0.1, so an iptables rule cannot tell who sends by
 address. It can by cgroup: each process is started inside a cgroup (v2) of its own
-(:meth:`NetCut.preexec`, run in the child before exec, so every socket it ever makes
-belongs to the group), and a cut is a rule that drops the group's outgoing TCP packets
+(:meth:`NetCut.prefix`, a command prefix, so every socket it ever makes belongs to the
+group), and a cut is a rule that drops the group's outgoing TCP packets
 to an address and port. Dropping one side's packets stops the connection both ways (no
 data, no ACKs get through), as a real partition does; healing deletes the rules and
 TCP recovers by retransmission.
@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["NetCut", "unavailable"]
@@ -63,16 +62,14 @@ class NetCut:
         (root / self.name).mkdir()
         self._rules: list[list[str]] = []
 
-    def preexec(self, group: str) -> Callable[[], None]:
-        """A ``preexec_fn`` that puts the child into ``group`` (made if new)."""
+    def prefix(self, group: str) -> list[str]:
+        """A command prefix that runs the rest of the command line in ``group`` (made if
+        new): a shell that moves itself into the group, then execs the command. (Not a
+        ``preexec_fn``: Python code between fork and exec in a process with gRPC
+        threads can die there.)"""
         path = self._root / self.name / group
         path.mkdir(exist_ok=True)
-        procs = str(path / "cgroup.procs")
-
-        def enter() -> None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-        return enter
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(path / "cgroup.procs")]
 
     def cut(self, group: str, host: str, port: int) -> None:
         """Drop what ``group``'s processes send to ``host:port`` (TCP)."""

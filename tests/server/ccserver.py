@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,12 @@ class ServerProc:
     """A `python -m coordcore.server` child on 127.0.0.1 with its log in a file."""
 
     def __init__(self, data_dir: Path, *extra: str, port: int = 0, worker_id: int | None = 1,
-                 env: dict[str, str] | None = None, preexec_fn: Callable[[], object] | None = None) -> None:
+                 env: dict[str, str] | None = None, preexec_fn: Callable[[], object] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
+        """``prefix``: a command the server runs under (e.g. in a cgroup of its own)."""
         self.data_dir = data_dir
         self.preexec_fn = preexec_fn
+        self.prefix = list(prefix)
         self.extra = list(extra)
         self.port = port
         self.worker_id = worker_id
@@ -42,7 +45,7 @@ class ServerProc:
     def start(self, timeout: float = 30.0) -> ServerProc:
         # worker_id None: none given (cluster mode leases one in etcd).
         ids = [] if self.worker_id is None else ["--worker-id", str(self.worker_id)]
-        argv = [sys.executable, "-m", "coordcore.server", "--port", str(self.port), "--data-dir",
+        argv = [*self.prefix, sys.executable, "-m", "coordcore.server", "--port", str(self.port), "--data-dir",
                 str(self.data_dir), *ids, "--announce-port", *self.extra]
         env = dict(os.environ)
         env.pop("COORDCORE_REQUIREPASS", None)

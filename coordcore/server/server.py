@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import dataclasses
 import ipaddress
+import logging
 import os
 import signal
 import ssl
@@ -491,6 +492,20 @@ class Server:
 
         self.commands.update(top_commands(svc))
         self._close_locks = served.close
+        if self.log.logger.isEnabledFor(logging.DEBUG):
+            svc.pipeline.on_batch(self._batch_logger(svc))  # only at debug: no cost otherwise
+
+    def _batch_logger(self, svc: Any) -> Callable[[], None]:
+        """``--log-level debug``: one line per committed batch."""
+        st = svc.stats
+        last = [st.commands]
+
+        def log_batch() -> None:
+            self.log.debug("batch committed", batch=st.batches, commands=st.commands - last[0],
+                           revision=svc.revision, bytes=st.bytes)
+            last[0] = st.commands
+
+        return log_batch
 
     def login_by_cert(self, conn: Connection, cert: dict[str, Any]) -> None:
         """A verified client certificate (``--tls-ca``) logs its connection in: as the

@@ -143,7 +143,7 @@ def top(svc: Any, n: int = 10, scan: int = 10_000, after: int = 0) -> tuple[list
             heapq.heappush(busiest, (info.holder_count + info.waiter_count, key, entry))
             if len(busiest) > n:
                 heapq.heappop(busiest)
-            if waited:
+            if info.waiters:
                 heapq.heappush(longest, (waited, key, entry))
                 if len(longest) > n:
                     heapq.heappop(longest)

@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the password field of an ACL file's [users.NAME] table.")
     p.set_defaults(func=_passwd_command)
 
+    from coordcore.server import status_cli
+
+    p = sub.add_parser("status", help="print a running server's INFO as a table")
+    status_cli.add_arguments(p, top=False)
+    p.set_defaults(func=status_cli.run_status)
+    p = sub.add_parser("top", help="a running server's INFO, busiest keys and longest waits, refreshed")
+    status_cli.add_arguments(p, top=True)
+    p.set_defaults(func=status_cli.run_top)
+
     from coordcore.server import cli as serve_cli
 
     p = sub.add_parser("serve", help="run the coordcore server (RESP on 127.0.0.1:7379)",

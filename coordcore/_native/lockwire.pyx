@@ -61,6 +61,15 @@ RELEASE = KIND_RELEASE
 
 from coordcore._native import lockmachine as _lm
 
+# ID.NEXT requests answered natively in this process (read by the server's metrics at
+# scrape time: counting costs one add, no Python call).
+cdef unsigned long long _hot_ids = 0
+
+
+def hot_ids_issued():
+    """How many ``ID.NEXT`` requests the hot path of this process has answered."""
+    return _hot_ids
+
 
 cdef uint64_t _U63 = 0x7FFFFFFFFFFFFFFF
 #: The longest TIMEOUT the server takes (the lock machine's, as the command table's).
@@ -628,6 +637,7 @@ cdef class WireConn:
         cdef uint64_t value
         cdef uint8_t kind, op, flags
         cdef bint locks = lane is not None and not lane.closed
+        global _hot_ids
         if self.closed:
             return 0
         while handled < limit and not self.parked:
@@ -647,6 +657,7 @@ cdef class WireConn:
                 _append_token_reply(&self.out, value)
                 self.inp.start += r
                 handled += 1
+                _hot_ids += 1
                 continue
             if not locks or argc < 3:
                 break
@@ -728,6 +739,9 @@ cdef class WireLane:
     cdef public object verify
     cdef readonly list dirty
     cdef public bint closed
+    # Hot commands answered, by op (OP_ACQUIRE .. OP_SEM_RELEASE: see _op_slot) and
+    # outcome (0: OK, 1: anything else), read by the server's metrics at scrape time.
+    cdef unsigned long long answered[4][2]
 
     def __cinit__(self, *args, **kwargs):
         self.owners = []
@@ -774,6 +788,12 @@ cdef class WireLane:
             self.wake()
         return 0
 
+    def counts(self):
+        """Hot commands answered so far: ``{name: (ok, other)}`` (other: errors, waits
+        that ended without a grant, commands of a batch that failed)."""
+        return {name: (self.answered[i][0], self.answered[i][1])
+                for i, name in enumerate(("LOCK.ACQUIRE", "LOCK.RELEASE", "SEM.ACQUIRE", "SEM.RELEASE"))}
+
     def cut(self, Py_ssize_t limit, Py_ssize_t max_bytes=PY_SSIZE_T_MAX):
         """Take out the first ``limit`` commands (all if fewer), together at most
         ``max_bytes`` long, as a :class:`WireBatch`, or None if there are none (or the
@@ -808,6 +828,16 @@ cdef class WireLane:
                 self.entries[i].offset -= nbytes
         self.count -= n
         return batch
+
+
+cdef inline int _op_slot(uint8_t op) noexcept:
+    if op == OP_ACQUIRE:
+        return 0
+    if op == OP_RELEASE:
+        return 1
+    if op == OP_SEM_ACQUIRE:
+        return 2
+    return 3
 
 
 cdef class WireBatch:
@@ -876,6 +906,8 @@ cdef class WireBatch:
         cdef Py_ssize_t i
         cdef WireConn owner
         cdef unsigned char kind
+        cdef const unsigned char *cmds = <const unsigned char *>PyBytes_AS_STRING(self.commands)
+        cdef WireLane lane = self.lane
         if base < 0 or (base + self.count) * RES_SIZE > PyBytes_GET_SIZE(raw_results):
             raise BadArgument("the packed results do not cover this batch")
         self.raw = raw_results
@@ -885,6 +917,7 @@ cdef class WireBatch:
             owner = <WireConn>PyList_GET_ITEM(self.owners, i)
             kind = self.entries[i].kind
             p = <const unsigned char *>PyBytes_AS_STRING(raw_results) + (base + i) * RES_SIZE
+            lane.answered[_op_slot(cmds[self.entries[i].offset])][p[1] != 0] += 1
             owner.outstanding -= 1
             if kind == KIND_ACQUIRE:
                 owner.parked = False
@@ -902,9 +935,11 @@ cdef class WireBatch:
         """The batch did not commit: every command gets ``other(batch, i, owner, error)``."""
         cdef Py_ssize_t i
         cdef WireConn owner
+        cdef const unsigned char *cmds = <const unsigned char *>PyBytes_AS_STRING(self.commands)
         other = self.lane.other
         for i in range(self.count):
             owner = <WireConn>PyList_GET_ITEM(self.owners, i)
+            self.lane.answered[_op_slot(cmds[self.entries[i].offset])][1] += 1
             owner.outstanding -= 1
             if self.entries[i].kind == KIND_ACQUIRE:
                 owner.parked = False

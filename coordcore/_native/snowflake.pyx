@@ -159,6 +159,9 @@ cdef class Generator:
     cdef int64_t _max_backward_ns, _max_ahead_ticks
     # Hot state: last issued packed (tick << seq_bits | seq). Written by CAS only.
     cdef int64_t _state
+    # IDs issued, waits for the next tick (sequence exhausted, or too far ahead) and
+    # clock regressions met: plain adds under the GIL, read by the server's metrics.
+    cdef int64_t _n_issued, _n_waits, _n_backwards
     # Highest tick made durable in the state file (INT64_MAX without a state file).
     cdef int64_t _hwm_tick
     cdef long _fork_generation
@@ -339,9 +342,11 @@ cdef class Generator:
             if rc == CLAIM_OK:
                 return 0
             if rc == CLAIM_NEXT_TICK or rc == CLAIM_TOO_FAR_AHEAD:
+                self._n_waits += 1
                 self._wait_for_tick(info[0])
             elif rc == CLAIM_BACKWARDS:
                 if backwards_since < 0:
+                    self._n_backwards += 1
                     backwards_since = wall_ns()
                 if (self._policy == POLICY_RAISE
                         or cc_sat_mul(info[1], self._unit_ns) > self._max_backward_ns
@@ -404,7 +409,14 @@ cdef class Generator:
         # Fast path inline: one load, one clock read, one CAS.
         if self._claim(1, &first, &count, info) != CLAIM_OK:
             self._claim_blocking(1, &first, &count)
+        self._n_issued += 1
         return self._compose(first)
+
+    @property
+    def _counters(self):
+        """``(issued, waits, regressions)``: IDs issued, waits for the next tick (the
+        sequence ran out, or the logical clock ran too far ahead) and clock regressions."""
+        return self._n_issued, self._n_waits, self._n_backwards
 
     def next_run(self, int64_t max_count):
         """Claim up to ``max_count`` IDs that are consecutive integers, all from one tick:
@@ -415,6 +427,7 @@ cdef class Generator:
         if self._seq_shift != 0:
             raise ValueError("next_run needs a layout whose sequence field is the lowest bits")
         self._claim_blocking(max_count, &first, &count)
+        self._n_issued += count
         return self._compose(first), count
 
     @cython.boundscheck(False)
@@ -427,6 +440,7 @@ cdef class Generator:
         while i < n:
             if self._claim(n - i, &first, &count, info) != CLAIM_OK:
                 self._claim_blocking(n - i, &first, &count)
+            self._n_issued += count
             with nogil:
                 if self._seq_shift == 0:
                     # Sequence in the low bits: a run is consecutive integers (vectorises).

@@ -52,6 +52,20 @@ cdef extern from "<unistd.h>" nogil:
 cdef extern from "<stdint.h>":
     ctypedef unsigned long long uint64_t
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock, timespec *ts)
+    int CLOCK_MONOTONIC
+
+
+cdef inline long long _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec
+
 cdef enum State:
     IDLE = 0      # no job
     QUEUED = 1    # a job waits for the thread
@@ -70,6 +84,7 @@ cdef struct Shared:
     bint sync
     int error           # errno of the failed write/fdatasync, 0 on success
     Py_ssize_t written
+    long long sync_ns   # how long the last job's fdatasync took (0: none)
     int event_fd
 
 
@@ -78,6 +93,7 @@ cdef void *_run(void *arg) noexcept nogil:
     cdef Py_ssize_t done
     cdef ssize_t n
     cdef uint64_t one = 1
+    cdef long long started
     while True:
         pthread_mutex_lock(&sh.mutex)
         while sh.state != QUEUED and sh.state != STOP:
@@ -99,11 +115,14 @@ cdef void *_run(void *arg) noexcept nogil:
                 sh.error = errno
                 break
             done += n
+        sh.sync_ns = 0
         if sh.error == 0 and sh.sync:
+            started = _now_ns()
             while fdatasync(sh.fd) != 0:
                 if errno != EINTR:
                     sh.error = errno
                     break
+            sh.sync_ns = _now_ns() - started
         sh.written = done
         pthread_mutex_lock(&sh.mutex)
         sh.state = DONE
@@ -155,6 +174,12 @@ cdef class SyncWriter:
     def fileno(self):
         """The eventfd that becomes readable when a job is done."""
         return self.sh.event_fd
+
+    @property
+    def last_sync_seconds(self):
+        """How long the fdatasync of the last job whose result was read took (0.0: it
+        did not sync). The thread writes it before signalling; read after result()."""
+        return self.sh.sync_ns / 1e9
 
     @property
     def busy(self):

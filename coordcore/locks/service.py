@@ -77,6 +77,7 @@ import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar
 
@@ -108,7 +109,7 @@ from coordcore.locks.machine import (
 )
 from coordcore.locks.pipeline import BatchStats, CommitPipeline, write_snapshot
 from coordcore.locks.sessions import Session, credential, new_secret, parse_credential
-from coordcore.locks.store import FileStore, LogStore, unwrap_snapshot
+from coordcore.locks.store import FileStore, LogStore, SyncTimes, unwrap_snapshot
 from coordcore.locks.watches import DEFAULT_WATCH_BUFFER, Watch, WatchHub
 from coordcore.types import Grant, GrantKind, Leader
 
@@ -306,6 +307,8 @@ class LockService:
         #: Bound checked where OPEN is accepted (not in the log, so replay never depends
         #: on it): see :meth:`set_limits`.
         self.max_sessions = DEFAULT_MAX_SESSIONS
+        #: Sessions ended since the service opened, by why ("expired", "closed"): metrics.
+        self.sessions_ended: dict[str, int] = {"expired": 0, "closed": 0}
         self._close_started = False
         self._closed = asyncio.Event()
         self._pipe = CommitPipeline(
@@ -455,8 +458,11 @@ class LockService:
         return self._pipe.stats
 
     def _session_ended(self, session_id: int, why: str) -> None:
+        self.sessions_ended[why] = self.sessions_ended.get(why, 0) + 1
         if why == "expired":
             logger.info("session %d expired: its locks, permits and waits are released", session_id)
+        else:
+            logger.debug("session %d closed", session_id)
         self._holds.forget(session_id)
         session = self._sessions.pop(session_id, None)
         if session is not None:
@@ -512,6 +518,7 @@ class LockService:
         session = Session(self, result.session_id, ttl_ms / 1000.0, keepalive,
                           credential(result.session_id, secret), max_lifetime)
         self._sessions[session.id] = session
+        logger.debug("session %d opened (ttl %.3f s)", session.id, ttl_ms / 1000.0)
         return session
 
     def verify_credential(self, credential: bytes, owner: bytes = b"") -> int:
@@ -877,6 +884,24 @@ class LockService:
         """What recovery cut off the end of the log when it was opened (a batch that was
         being written when the previous process died, never acknowledged), or None."""
         return self._store.torn_tail if isinstance(self._store, FileStore) else None
+
+    def gauges(self) -> dict[str, int]:
+        """Live counts of the committed state, read natively (metrics, INFO): sessions
+        live and ever opened, keys in use, waiters."""
+        m = self._machine
+        return {"sessions": m.session_count, "sessions_opened": m.next_session_id - 1,
+                "keys": m.key_count, "waiters": m.waiter_count}
+
+    @property
+    def sync_times(self) -> SyncTimes | None:
+        """The file log's fdatasync durations (None: no file log, or no fsync)."""
+        store = self._store
+        return store.sync_times if isinstance(store, FileStore) and store.syncs else None
+
+    @property
+    def log_path(self) -> Path | None:
+        """The file log's directory (None: no file log)."""
+        return self._store.path if isinstance(self._store, FileStore) else None
 
     @property
     def revision(self) -> int:

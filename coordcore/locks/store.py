@@ -29,6 +29,7 @@ import concurrent.futures
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -39,7 +40,7 @@ from coordcore.locks import recovery
 from coordcore.locks.log import DEFAULT_SEGMENT_BYTES, MAX_RECORD_BYTES, BatchLog, Durability, TornTail
 from coordcore.locks.recovery import RevisionMark
 
-__all__ = ["FileStore", "LogStore", "snapshot_payload", "unwrap_snapshot"]
+__all__ = ["FileStore", "LogStore", "SyncTimes", "snapshot_payload", "unwrap_snapshot"]
 
 logger = logging.getLogger("coordcore.locks.store")
 
@@ -107,6 +108,47 @@ def unwrap_snapshot(payload: bytes, index: int, where: object) -> bytes:
     return payload[_SNAP_HEAD.size:]
 
 
+class SyncTimes:
+    """How long the log's fdatasyncs took, in fixed buckets (a Prometheus histogram's
+    shape, kept here so the lock layer needs no metrics library): one ``observe`` per
+    batch, never per request.
+
+    >>> t = SyncTimes()
+    >>> t.observe(0.0003); t.observe(0.2)
+    >>> t.count, t.counts[:3], round(t.sum, 4)
+    (2, [0, 0, 1], 0.2003)
+    """
+
+    #: Upper bounds in seconds (etcd's wal_fsync_duration_seconds uses 1 ms .. 8 s).
+    BOUNDS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0)
+    #: An fdatasync slower than this is logged as a warning (at most one line per second).
+    SLOW: Final = 0.1
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(self.BOUNDS)  # per bucket, not cumulative; past the last: count only
+        self.count = 0
+        self.sum = 0.0
+        self.slowest = 0.0
+        self._warned_at = float("-inf")
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        if seconds > self.slowest:
+            self.slowest = seconds
+        for i, bound in enumerate(self.BOUNDS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        if seconds > self.SLOW:
+            now = time.monotonic()
+            if now - self._warned_at >= 1.0:
+                self._warned_at = now
+                logger.warning("slow fsync: the lock log's fdatasync took %.1f ms (over %.0f ms); "
+                               "every commit waits for it", seconds * 1e3, self.SLOW * 1e3)
+
+
 class FileStore:
     """The lock log in a directory (:class:`~coordcore.locks.log.BatchLog`), with the
     revision high-water mark beside it (:mod:`coordcore.locks.recovery`).
@@ -132,6 +174,8 @@ class FileStore:
         #: After recovery the mark is rewritten once whatever it says (see applied()).
         self._rewrite_mark = True
         self._closed = False
+        #: fdatasync durations (metrics read them at scrape time).
+        self.sync_times = SyncTimes()
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, durability: Durability = "fsync",
@@ -193,6 +237,11 @@ class FileStore:
             restore(rec.snapshot.index, rec.snapshot.payload)
         for record in rec.records:
             apply(record.index, record.payload)
+        replayed = len(rec.records)
+        if rec.snapshot is not None or replayed or rec.torn_tail is not None:
+            logger.info("lock log %s recovered: snapshot %s, %d records replayed%s", self.path,
+                        rec.snapshot.index if rec.snapshot is not None else "none", replayed,
+                        f", torn tail of {rec.torn_tail.bytes_cut} bytes cut" if rec.torn_tail is not None else "")
         rec.records.clear()  # replayed: free the memory
         state = self._mark.state
         last = self._log.next_index - 1
@@ -262,6 +311,8 @@ class FileStore:
             return
         self._pending = None
         fut, index, size = pending
+        if self.syncs:
+            self.sync_times.observe(self._writer.last_sync_seconds)
         self._log.end_append(index, size)
         if not fut.done():
             fut.set_result(index)

@@ -85,6 +85,8 @@ RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"LOCKS.KEYS": ("locks", _READ, _PREFIX_ARG),
     b"LOCKS.SCAN": ("locks", _READ, _MATCH),
     b"LOCKS.REVISION": ("locks", None, 0),
+    # Names the busiest keys of every prefix: an operator's view, as INFO is.
+    b"LOCKS.TOP": ("admin", None, 0),
     b"WATCH": ("locks", _WATCH, 1),
     b"UNWATCH": ("locks", None, 0),
 }

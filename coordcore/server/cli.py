@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="where clients reach this server when it leads (default: --host:--port)")
     a("--etcd-ttl", type=float, default=d.etcd_ttl,
       help="seconds of this server's etcd lease; a dead leader is replaced after about this (default %(default)s)")
+    a("--metrics-port", type=int, default=None, metavar="PORT",
+      help="serve Prometheus /metrics, the status page (/) and /status.json over HTTP on --host:PORT "
+           "(needs coordcore[metrics]; the same users as the RESP port; default: off)")
     a("--log-format", choices=("kv", "json"), default=d.log_format)
     a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
     a("--announce-port", action="store_true", help=argparse.SUPPRESS)
@@ -89,7 +92,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_format=args.log_format,
         log_level=args.log_level,
         etcd=tuple(_etcd_endpoints(args.etcd)), cluster=args.cluster, advertise=args.advertise,
-        etcd_ttl=args.etcd_ttl)
+        etcd_ttl=args.etcd_ttl, metrics_port=args.metrics_port)
 
 
 def _etcd_endpoints(value: str | None) -> list[str]:

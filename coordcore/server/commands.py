@@ -382,9 +382,10 @@ def cmd_config(conn: Client, req: list[bytes]) -> bytes:
     raise BadArgument("coordcore is configured by its command line, not CONFIG")
 
 
-def core_commands(auth: Auth, *, version: str, info: Callable[[], list[str]],
+def core_commands(auth: Auth, *, version: str, info: Callable[[str | None], list[str]],
                   command_count: Callable[[], int]) -> CommandTable:
-    """The connection and introspection commands. ``info()`` gives INFO's lines,
+    """The connection and introspection commands. ``info(section)`` gives INFO's lines
+    (section: lowercase, or None for the default set),
     ``command_count()`` the number COMMAND COUNT answers."""
 
     def cmd_command(conn: Client, req: list[bytes]) -> bytes:
@@ -398,7 +399,11 @@ def core_commands(auth: Auth, *, version: str, info: Callable[[], list[str]],
         return resp.encode_array([])
 
     def cmd_info(conn: Client, req: list[bytes]) -> bytes:
-        return resp.encode_bulk("\r\n".join(info()).encode())
+        """``INFO [section]``, as Redis answers it: ``# Section`` headers, ``field:value``
+        lines; an unknown section answers empty (as Redis does)."""
+        require_args(req, 0, 1)
+        section = req[1].decode("ascii", "replace").lower()[:32] if len(req) == 2 else None
+        return resp.encode_bulk("\r\n".join(info(section)).encode())
 
     return {
         b"PING": Command(cmd_ping, Flag.WATCH),

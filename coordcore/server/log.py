@@ -86,4 +86,12 @@ def configure(fmt: str = "kv", level: str = "info", *, stream: TextIO | None = N
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    if name == "coordcore.server":
+        # The library's own loggers (coordcore.locks.*: recovery, session expiry, slow
+        # fsyncs) write through the same handler, at the same level.
+        lib = logging.getLogger("coordcore")
+        lib.handlers = [h for h in lib.handlers if not getattr(h, "_coordcore", False)]
+        handler._coordcore = True  # type: ignore[attr-defined]
+        lib.addHandler(handler)
+        lib.setLevel(level.upper())
     return StructLog(logger)

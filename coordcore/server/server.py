@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import dataclasses
 import ipaddress
+import logging
 import os
 import signal
 import ssl
@@ -109,6 +110,9 @@ class ServerConfig:
     etcd_timeout: float = 2.0
     log_format: str = "kv"
     log_level: str = "info"
+    #: Port of the HTTP endpoint (Prometheus /metrics, the status page at /, /status.json)
+    #: on ``host``; None: off (0: any free port).
+    metrics_port: int | None = None
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -122,6 +126,8 @@ class ServerConfig:
                      "write_high_water", "max_id_range", "max_inflight", "backlog", "max_buffered_bytes"):
             if getattr(self, name) < 1:
                 raise BadArgument(f"{name} must be >= 1")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise BadArgument(f"metrics port must be in [0, 65535], got {self.metrics_port}")
         if self.max_args < 2:
             raise BadArgument("max_args must be >= 2")
         if not self.idle_timeout >= 0:
@@ -307,6 +313,9 @@ class Server:
         self._closing = False
         self._trim = _malloc_trim()
         self._sweeper: asyncio.Task[None] | None = None
+        #: The metrics port's HTTP server (None: off), and the table commands it counts.
+        self.http: Any = None
+        self._command_counts: Any = None
 
     @property
     def partial(self) -> dict[Any, float]:
@@ -347,6 +356,8 @@ class Server:
             from coordcore.server import lockcmds
 
             self.serve_locks(await lockcmds.open_service(cfg, self.log))
+        if cfg.metrics_port is not None:
+            self._start_metrics_table()
         self.command_names = sorted(self.commands)
         loop = asyncio.get_running_loop()
         self.budget.clock = loop.time
@@ -362,10 +373,71 @@ class Server:
                       datacenter_id=dc, data_dir=str(cfg.data_dir), pid=os.getpid(),
                       auth="acl" if cfg.acl_file is not None else cfg.requirepass is not None,
                       tls=cfg.tls_cert is not None)
+        if cfg.metrics_port is not None:
+            await self._start_http(cfg.metrics_port)
         if cfg.id_workers > 1 and not cfg.id_only:
             await self._start_id_workers(worker)
         if self.cluster is not None:
             self.cluster.run(f"{cfg.host}:{self.port}")
+
+    def _start_metrics_table(self) -> None:
+        from coordcore.server import metrics
+
+        metrics.require_prometheus()  # before binding anything: a clear error if missing
+        self._command_counts = metrics.CommandCounts()
+        self.commands = self._command_counts.wrap(self.commands)
+
+    async def _start_http(self, port: int) -> None:
+        """Serve /metrics, / and /status.json on the RESP port's host (see http.py)."""
+        from coordcore.server import metrics, status
+        from coordcore.server.http import HttpServer, Response, Route
+
+        registry = metrics.registry_for(self, self._command_counts)
+        prom = metrics.require_prometheus()
+
+        def get_metrics(query: dict[str, str]) -> Response:
+            return Response(200, prom.CONTENT_TYPE_LATEST, prom.generate_latest(registry))
+
+        def get_status(query: dict[str, str]) -> Response:
+            return Response(200, "application/json", status.dumps(status.status_json(self, query)))
+
+        page = status.page_html()
+        csp = ("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
+               "style-src 'unsafe-inline'; connect-src 'self'")
+
+        def get_page(query: dict[str, str]) -> Response:
+            return Response(200, "text/html; charset=utf-8", page, (csp,))
+
+        routes: dict[str, Route] = {"/metrics": get_metrics, "/status.json": get_status, "/": get_page}
+        self.http = HttpServer(routes, log=self.log, authorize=self._http_authorize if has_auth(self.config) else None)
+        await self.http.start(self.config.host, port)
+        self.log.info("metrics listening", host=self.config.host, port=self.http.port,
+                      paths="/metrics,/status.json,/")
+
+    async def _http_authorize(self, peer: str, user: str, password: str) -> bool:
+        """A metrics request's credentials: a user (or the requirepass) allowed INFO.
+        Failures wait the AUTH guard's delay, shared with failed AUTH commands."""
+        from coordcore.server.acl import User
+
+        class _Login:
+            peer_host = peer
+            who: User | None = None
+
+            def login(self, u: User) -> None:
+                self.who = u
+
+        shim = _Login()
+        try:
+            ok = self.auth.check(shim, user.encode(), password.encode())  # type: ignore[arg-type]
+            if not isinstance(ok, bool):
+                ok = await ok
+        except CoordcoreError:
+            ok = False
+        if ok and shim.who is not None and shim.who.denied([b"INFO"]) is None:
+            return True
+        await asyncio.sleep(self.auth.guard.delay(peer))
+        self.log.warning("metrics auth failed", audit="auth", peer=peer, user=user[:64])
+        return False
 
     async def _start_id_workers(self, worker: int) -> None:
         cfg = self.config
@@ -416,8 +488,24 @@ class Server:
         served = LockCommands(svc, log=self.log, max_reply_items=self.config.max_reply_items)
         self.lane = served.lane
         self.commands.update(served.commands())
-        self._info_providers.append(served.info_lines)
+        from coordcore.server.status import top_commands
+
+        self.commands.update(top_commands(svc))
         self._close_locks = served.close
+        if self.log.logger.isEnabledFor(logging.DEBUG):
+            svc.pipeline.on_batch(self._batch_logger(svc))  # only at debug: no cost otherwise
+
+    def _batch_logger(self, svc: Any) -> Callable[[], None]:
+        """``--log-level debug``: one line per committed batch."""
+        st = svc.stats
+        last = [st.commands]
+
+        def log_batch() -> None:
+            self.log.debug("batch committed", batch=st.batches, commands=st.commands - last[0],
+                           revision=svc.revision, bytes=st.bytes)
+            last[0] = st.commands
+
+        return log_batch
 
     def login_by_cert(self, conn: Connection, cert: dict[str, Any]) -> None:
         """A verified client certificate (``--tls-ca``) logs its connection in: as the
@@ -483,6 +571,8 @@ class Server:
         self.log.info("shutting down", connections=len(self.connections), parked=len(self._tasks))
         if self._listener is not None:
             self._listener.close()
+        if self.http is not None:
+            await self.http.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):
@@ -568,22 +658,73 @@ class Server:
         if self.budget.take_released(8 << 20) and self._trim is not None:
             self._trim(0)
 
-    def info_lines(self) -> list[str]:
-        """What INFO answers, line by line."""
-        lines = ["# Server", f"coordcore_version:{self.version}", f"process_id:{os.getpid()}",
-                 f"tcp_port:{self.port}", f"uptime_in_seconds:{int(time.monotonic() - self.started)}",
-                 f"role:{self.role}", "", "# Clients", f"connected_clients:{len(self.connections)}",
-                 f"maxclients:{self.config.max_connections}", "", "# Stats",
-                 f"total_connections_received:{self.connections_total}",
-                 f"total_commands_processed:{self.commands_total}", ""]
-        return lines + self.info_sections()
+    def info_lines(self, section: str | None = None) -> list[str]:
+        """What ``INFO [section]`` answers, line by line (Redis's format: ``# Name``
+        headers, ``field:value`` lines, a blank line after each section). ``all`` and
+        ``everything`` are every section; no section is the same here."""
+        sections = self.info_sections()
+        if section not in (None, "all", "everything", "default"):
+            sections = {name: lines for name, lines in sections.items() if name.lower() == section}
+        out: list[str] = []
+        for name, lines in sections.items():
+            out += [f"# {name}", *lines, ""]
+        return out
 
-    def info_sections(self) -> list[str]:
-        lines = ["# IDs", f"worker_id:{self.worker_id}", f"datacenter_id:{self.datacenter_id}",
-                 f"id_endpoints:{','.join(self.id_endpoints())}", ""]
+    def info_sections(self) -> dict[str, list[str]]:
+        """INFO's sections in order: name -> ``field:value`` lines."""
+        cfg = self.config
+        out: dict[str, list[str]] = {
+            "Server": [f"coordcore_version:{self.version}", f"process_id:{os.getpid()}", f"tcp_port:{self.port}",
+                       f"metrics_port:{self.http.port if self.http is not None else ''}",
+                       f"uptime_in_seconds:{int(time.monotonic() - self.started)}", f"role:{self.role}",
+                       f"data_dir:{cfg.data_dir}"],
+            "Clients": [f"connected_clients:{len(self.connections)}", f"maxclients:{cfg.max_connections}",
+                        f"buffered_bytes:{self.budget.buffered}", f"paused_clients:{len(self.budget.paused)}",
+                        f"blocked_requests:{len(self._tasks)}"],
+        }
+        svc = self.locks
+        if svc is not None:
+            g = svc.gauges()
+            st = svc.stats
+            ended = svc.sessions_ended
+            out["Sessions"] = [f"sessions:{g['sessions']}", f"sessions_opened:{g['sessions_opened']}",
+                               f"sessions_expired:{ended.get('expired', 0)}",
+                               f"sessions_closed:{ended.get('closed', 0)}", f"max_sessions:{cfg.max_sessions}"]
+            out["Locks"] = [f"revision:{svc.revision}", f"keys_held:{g['keys']}", f"waiters:{g['waiters']}"]
+            times = svc.sync_times
+            log = [f"durability:{'fsync' if cfg.fsync else 'unsafe-no-fsync'}", f"batches:{st.batches}",
+                   f"batch_commands:{st.commands}", f"ticks:{st.ticks}", f"fsyncs:{st.fsyncs}",
+                   f"log_written_bytes:{st.bytes}", f"snapshots:{st.snapshots}",
+                   f"commands_per_batch:{st.commands / (st.batches - st.ticks) if st.batches > st.ticks else 0:.2f}"]
+            if times is not None and times.count:
+                log += [f"fsync_mean_ms:{times.sum / times.count * 1e3:.3f}",
+                        f"fsync_slowest_ms:{times.slowest * 1e3:.3f}"]
+            torn = svc.torn_tail
+            log.append(f"torn_tail_cut_bytes:{torn.bytes_cut if torn is not None else 0}")
+            out["Log"] = log
+        ids = [f"worker_id:{self.worker_id}", f"datacenter_id:{self.datacenter_id}",
+               f"id_endpoints:{','.join(self.id_endpoints())}"]
+        counters = getattr(self.ids, "_counters", None)
+        if counters is not None:
+            ids += [f"ids_issued:{counters[0]}", f"sequence_waits:{counters[1]}",
+                    f"clock_regressions:{counters[2]}"]
+        out["IDs"] = ids
+        out["Stats"] = [f"total_connections_received:{self.connections_total}",
+                        f"total_commands_processed:{self.commands_total}"]
+        # Providers (the cluster node) add sections in the same text form; a section
+        # this server already has is not repeated.
         for provider in self._info_providers:
-            lines += provider()
-        return lines
+            name: str | None = None
+            for line in provider():
+                if line.startswith("# "):
+                    name = line[2:].strip()
+                    if name in out:
+                        name = None
+                    else:
+                        out[name] = []
+                elif line and name is not None:
+                    out[name].append(line)
+        return out
 
 
 def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_stdin: bool = False) -> int:

@@ -1,0 +1,227 @@
+"""Prometheus metrics of a running server, read from its counters when scraped.
+
+Nothing here runs per request. The hot lane and the ID generator count in native
+counters (``WireLane.counts``, ``lockwire.hot_ids_issued``, ``Generator._counters``),
+the commit pipeline in its :class:`~coordcore.locks.pipeline.BatchStats`, the file log
+in its :class:`~coordcore.locks.store.SyncTimes`; the lock machine's gauges are native
+reads. :class:`ServerCollector` turns them into metric families at scrape time. Only
+commands served by the command table (the slow path, already a Python call each) are
+counted by a wrapper, :class:`CommandCounts`, installed when metrics are on.
+
+Names follow the Prometheus and etcd conventions: a ``coordcore_`` prefix, base units
+(seconds, bytes), ``_total`` on counters, no per-key or per-session labels.
+``prometheus-client`` is the ``coordcore[metrics]`` extra: it is imported only when a
+server is given ``--metrics-port``.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from coordcore.errors import CoordcoreError
+from coordcore.server.core import Client, Command, CommandTable, Reply
+
+__all__ = ["CommandCounts", "ServerCollector", "registry_for", "require_prometheus"]
+
+
+def require_prometheus() -> Any:
+    """``prometheus_client``, or an error that names the extra to install."""
+    try:
+        import prometheus_client
+    except ImportError:
+        raise CoordcoreError("--metrics-port needs prometheus-client: pip install 'coordcore[metrics]'") from None
+    return prometheus_client
+
+
+class CommandCounts:
+    """Commands served by the command table, by name and outcome ("ok" or "error")."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def wrap(self, table: CommandTable) -> CommandTable:
+        """The same table, each handler counting its calls' outcomes."""
+        return {name: Command(self._counting(name.decode("ascii", "replace"), cmd), cmd.flags)  # type: ignore[arg-type]
+                for name, cmd in table.items()}
+
+    def _bump(self, name: str, outcome: str) -> None:
+        key = (name, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _counting(self, name: str, cmd: Command) -> Any:
+        handler = cmd.handler
+
+        def counted(conn: Client, req: list[bytes]) -> Reply:
+            try:
+                reply = handler(conn, req)
+            except Exception:
+                self._bump(name, "error")
+                raise
+            if isinstance(reply, bytes):
+                self._bump(name, "error" if reply[:1] == b"-" else "ok")
+                return reply
+            fut = asyncio.ensure_future(reply)  # (the read loop's ensure_future returns it as is)
+            fut.add_done_callback(lambda f: self._bump(
+                name, "ok" if not f.cancelled() and f.exception() is None and f.result()[:1] != b"-" else "error"))
+            return fut
+
+        return counted
+
+
+def _histogram(buckets: list[tuple[float, int]], total: float) -> tuple[list[tuple[str, float]], float]:
+    """Per-bucket counts as prometheus_client's cumulative ``(le, count)`` list."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in buckets:
+        running += count
+        out.append((repr(float(bound)), running))
+    return out, total
+
+
+class ServerCollector:
+    """A prometheus_client collector reading ``server``'s counters (see the module)."""
+
+    def __init__(self, server: Any, counts: CommandCounts) -> None:
+        self.server = server
+        self.counts = counts
+
+    def describe(self) -> list[Any]:
+        return []  # no registration-time scrape: collect() reads live objects
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        srv = self.server
+        info = GaugeMetricFamily("coordcore_server_info", "The server's version and role (always 1).",
+                                 labels=["version", "role"])
+        info.add_metric([srv.version, srv.role], 1)
+        yield info
+        yield GaugeMetricFamily("coordcore_connections", "Client connections open now.", value=len(srv.connections))
+        yield CounterMetricFamily("coordcore_connections_accepted_total", "Client connections accepted.",
+                                  value=srv.connections_total)
+        yield GaugeMetricFamily("coordcore_connections_max", "The most client connections served at once.",
+                                value=srv.config.max_connections)
+        yield GaugeMetricFamily("coordcore_buffered_bytes", "Bytes buffered for all connections (input and output).",
+                                value=srv.budget.buffered)
+        yield from self._commands()
+        from coordcore.server.status import lock_service
+
+        svc = lock_service(srv)
+        if svc is not None:
+            yield from self._locks(svc)
+        yield from self._ids()
+        cluster = srv.cluster
+        if cluster is not None:
+            yield GaugeMetricFamily("coordcore_cluster_is_leader", "1 while this server leads its cluster.",
+                                    value=1 if cluster.role == "leader" else 0)
+            yield GaugeMetricFamily("coordcore_cluster_term", "The leadership term this server last saw.",
+                                    value=cluster.term)
+
+    def _commands(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        from coordcore._native import lockwire
+
+        fam = CounterMetricFamily("coordcore_commands", "Commands answered, by name and outcome.",
+                                  labels=["command", "outcome"])
+        totals = dict(self.counts.counts)
+        lane = self.server.lane
+        if lane is not None:
+            for name, (ok, other) in lane.counts().items():
+                for outcome, n in (("ok", ok), ("error", other)):
+                    totals[(name, outcome)] = totals.get((name, outcome), 0) + n
+        hot_ids = lockwire.hot_ids_issued()
+        if hot_ids:
+            totals[("ID.NEXT", "ok")] = totals.get(("ID.NEXT", "ok"), 0) + hot_ids
+        for (name, outcome), n in sorted(totals.items()):
+            fam.add_metric([name, outcome], n)
+        yield fam
+        yield CounterMetricFamily("coordcore_requests_total", "Requests read, all paths and connections together.",
+                                  value=self.server.commands_total)
+
+    def _locks(self, svc: Any) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        g = svc.gauges()
+        yield GaugeMetricFamily("coordcore_sessions", "Live sessions.", value=g["sessions"])
+        yield CounterMetricFamily("coordcore_sessions_opened_total", "Sessions opened (over the log's life).",
+                                  value=g["sessions_opened"])
+        ended = CounterMetricFamily("coordcore_sessions_ended_total",
+                                    "Sessions ended since the server started, by reason.", labels=["reason"])
+        for reason, n in sorted(svc.sessions_ended.items()):
+            ended.add_metric([reason], n)
+        yield ended
+        yield GaugeMetricFamily("coordcore_keys_held",
+                                "Keys with at least one holder (locks, semaphores, elections).", value=g["keys"])
+        yield GaugeMetricFamily("coordcore_waiters", "Contenders waiting for a lock, permits or leadership.",
+                                value=g["waiters"])
+        yield GaugeMetricFamily("coordcore_revision", "The revision of the last committed change.",
+                                value=svc.revision)
+        st = svc.stats
+        yield CounterMetricFamily("coordcore_batches_total", "Batch records committed (ticks included).",
+                                  value=st.batches)
+        yield CounterMetricFamily("coordcore_batch_commands_total", "Commands in committed batches.",
+                                  value=st.commands)
+        yield CounterMetricFamily("coordcore_ticks_total", "Empty batches (lease expiry ticks).", value=st.ticks)
+        yield CounterMetricFamily("coordcore_fsyncs_total", "fdatasync calls of the lock log.", value=st.fsyncs)
+        yield CounterMetricFamily("coordcore_log_written_bytes_total", "Batch record bytes written to the log.",
+                                  value=st.bytes)
+        yield CounterMetricFamily("coordcore_snapshots_total", "Snapshots written.", value=st.snapshots)
+        # Commands per batch: the pipeline buckets by powers of two (1, 2-3, 4-7, ...).
+        sizes = sorted((b, n) for b, n in st.sizes.items() if b)
+        buckets = [(2 * b - 1, n) for b, n in sizes]
+        cum, _ = _histogram(buckets, 0.0)
+        cum.append(("+Inf", st.batches - st.ticks))
+        yield HistogramMetricFamily("coordcore_batch_size_commands",
+                                    "Commands per non-empty batch (buckets by powers of two).",
+                                    buckets=cum, sum_value=st.commands)
+        times = svc.sync_times
+        if times is not None:
+            cum, total = _histogram(list(zip(times.BOUNDS, times.counts)), times.sum)
+            cum.append(("+Inf", times.count))
+            yield HistogramMetricFamily("coordcore_fsync_duration_seconds",
+                                        "How long the lock log's fdatasync took.", buckets=cum, sum_value=total)
+        path = svc.log_path
+        if path is not None:
+            log_bytes = snap_bytes = 0
+            try:
+                with os.scandir(path) as entries:  # a few segments and snapshots
+                    for entry in entries:
+                        if entry.name.endswith(".log"):
+                            log_bytes += entry.stat().st_size
+                        elif entry.name.endswith(".snap"):
+                            snap_bytes += entry.stat().st_size
+            except OSError:
+                pass
+            yield GaugeMetricFamily("coordcore_log_size_bytes", "Bytes of the lock log's segments on disk.",
+                                    value=log_bytes)
+            yield GaugeMetricFamily("coordcore_snapshot_size_bytes", "Bytes of the lock log's snapshots on disk.",
+                                    value=snap_bytes)
+
+    def _ids(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        counters = getattr(self.server.ids, "_counters", None)
+        if counters is None:
+            return
+        issued, waits, regressions = counters
+        yield CounterMetricFamily("coordcore_ids_issued_total", "IDs issued by this server's generator.",
+                                  value=issued)
+        yield CounterMetricFamily("coordcore_id_sequence_waits_total",
+                                  "Waits for the next tick: the sequence ran out (or the clock ran too far ahead).",
+                                  value=waits)
+        yield CounterMetricFamily("coordcore_id_clock_regressions_total",
+                                  "Times the clock was found behind the last issued ID.", value=regressions)
+
+
+def registry_for(server: Any, counts: CommandCounts) -> Any:
+    """A registry with the server's collector and the process collector (CPU, memory,
+    open files), separate from prometheus_client's global one."""
+    prom = require_prometheus()
+    registry = prom.CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server, counts))
+    prom.ProcessCollector(registry=registry)
+    return registry
+

@@ -1,0 +1,196 @@
+"""What the status page and ``coordcore top`` show: a bounded view of the lock state.
+
+Never the whole table: ``/status.json`` pages through the keys (``after``, ``count``,
+``prefix``) and :func:`top` looks at most ``scan`` keys from a cursor for the busiest
+(most holders and waiters) and the longest-waiting ones. A wait's age is counted in
+revisions: a waiter's ticket is the revision at which it queued, so ``revision -
+ticket`` is how many changes it has waited through (the machine keeps no clock per
+waiter).
+
+``/status.json`` (documented in README "Status page")::
+
+    {"server": {...}, "revision": n, "sessions": n, "keys": n, "waiters": n,
+     "batches": {...}, "fsync": {...} | null, "cluster": {...} | null,
+     "locks": [{"key", "kind", "permits", "mode", "holders": [...], "waiters": [...],
+                "holder_count", "waiter_count"}, ...],
+     "next": cursor | null}
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import time
+from typing import Any
+
+from coordcore.errors import BadArgument
+from coordcore.locks.machine import Contender, Kind, KeyInfo, Mode
+from coordcore.server import resp
+from coordcore.server.commands import parse_int, require_args
+from coordcore.server.core import Client, Command, CommandTable, Flag
+
+__all__ = ["TOP_MAX", "TopEntry", "page_html", "status_json", "top", "top_commands"]
+
+#: Most keys one page of /status.json lists, and most keys a top read scans.
+PAGE_MAX = 500
+SCAN_MAX = 100_000
+TOP_MAX = 100
+#: Holders and waiters listed per key (the counts are whole).
+CONTENDERS_MAX = 16
+
+
+def _text(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
+
+
+def _mode(c: Contender) -> str:
+    return {int(Mode.SHARED): "shared"}.get(c.mode, "exclusive")
+
+
+def key_json(info: KeyInfo) -> dict[str, Any]:
+    """One key as /status.json lists it (the fields of LOCK.INFO)."""
+    def contender(c: Contender) -> dict[str, Any]:
+        return {"session": c.session, "ticket": c.ticket, "token": c.token, "mode": _mode(c)}
+
+    return {"key": _text(info.key), "kind": Kind(info.kind).name.lower(), "permits": info.permits,
+            "mode": _mode(info.holders[0]) if info.holders else "free",
+            "holders": [contender(c) for c in info.holders], "waiters": [contender(c) for c in info.waiters],
+            "holder_count": info.holder_count, "waiter_count": info.waiter_count}
+
+
+def _int_param(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse_int(raw.encode(), name, low, high)
+    except BadArgument as exc:
+        raise ValueError(str(exc)) from None
+
+
+def lock_service(server: Any) -> Any:
+    """The lock service ``server`` serves (in cluster mode: while it leads), or None."""
+    if server.locks is not None:
+        return server.locks
+    served = getattr(server.cluster, "_served", None)
+    return served.svc if served is not None else None
+
+
+def status_json(server: Any, query: dict[str, str]) -> dict[str, Any]:
+    """The /status.json document for ``server`` (see the module docstring)."""
+    after = _int_param(query, "after", 0, 0, 2**63 - 1)
+    count = _int_param(query, "count", 100, 1, PAGE_MAX)
+    prefix = query.get("prefix", "").encode("utf-8", "surrogateescape")[:1024]
+    out: dict[str, Any] = {
+        "server": {"version": server.version, "role": server.role, "port": server.port, "pid": os.getpid(),
+                   "uptime_seconds": round(time.monotonic() - server.started, 1),
+                   "connections": len(server.connections), "requests": server.commands_total},
+        "cluster": None, "locks": [], "next": None, "time": time.time(),
+    }
+    cluster = server.cluster
+    if cluster is not None:
+        out["cluster"] = {"role": cluster.role, "leader": cluster.leader, "term": cluster.term}
+    svc = lock_service(server)
+    if svc is None:
+        return out
+    st = svc.stats
+    out.update(svc.gauges())
+    out["revision"] = svc.revision
+    out["batches"] = {"batches": st.batches, "commands": st.commands, "ticks": st.ticks, "fsyncs": st.fsyncs,
+                      "bytes": st.bytes, "snapshots": st.snapshots, "sizes": st.bucket_counts()}
+    times = svc.sync_times
+    out["fsync"] = None if times is None else {
+        "count": times.count, "seconds": round(times.sum, 6), "slowest_seconds": round(times.slowest, 6),
+        "mean_seconds": round(times.sum / times.count, 6) if times.count else 0.0}
+    cursor, keys = svc.scan_keys(prefix, after, count)
+    for key in keys:
+        info = svc.info(key, limit=CONTENDERS_MAX)
+        if info is not None:
+            out["locks"].append(key_json(info))
+    out["next"] = cursor or None
+    return out
+
+
+class TopEntry:
+    """One key of a top read: holders, waiters, and the oldest waiter's age."""
+
+    __slots__ = ("key", "holders", "waiters", "waited")
+
+    def __init__(self, key: bytes, holders: int, waiters: int, waited: int) -> None:
+        self.key, self.holders, self.waiters, self.waited = key, holders, waiters, waited
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": _text(self.key), "holders": self.holders, "waiters": self.waiters,
+                "waited_revisions": self.waited}
+
+
+def top(svc: Any, n: int = 10, scan: int = 10_000, after: int = 0) -> tuple[list[TopEntry], list[TopEntry], int]:
+    """The ``n`` busiest keys (most contenders) and the ``n`` longest waits among at
+    most ``scan`` keys from cursor ``after``; and the cursor to go on from (0: done)."""
+    busiest: list[tuple[int, bytes, TopEntry]] = []
+    longest: list[tuple[int, bytes, TopEntry]] = []
+    revision = svc.revision
+    cursor, seen = after, 0
+    while seen < scan:
+        cursor, keys = svc.scan_keys(b"", cursor, min(1000, scan - seen))
+        seen += len(keys)
+        for key in keys:
+            info = svc.info(key, limit=1)
+            if info is None:
+                continue
+            waited = revision - info.waiters[0].ticket if info.waiters else 0
+            entry = TopEntry(key, info.holder_count, info.waiter_count, waited)
+            heapq.heappush(busiest, (info.holder_count + info.waiter_count, key, entry))
+            if len(busiest) > n:
+                heapq.heappop(busiest)
+            if info.waiters:
+                heapq.heappush(longest, (waited, key, entry))
+                if len(longest) > n:
+                    heapq.heappop(longest)
+        if not cursor:
+            break
+    return ([e for _, _, e in sorted(busiest, key=lambda t: (-t[0], t[1]))],
+            [e for _, _, e in sorted(longest, key=lambda t: (-t[0], t[1]))], cursor)
+
+
+def top_commands(svc: Any) -> CommandTable:
+    """``LOCKS.TOP [COUNT n] [SCAN m] [AFTER cursor]`` -> ``[cursor, busiest, longest]``,
+    each entry ``[key, holders, waiters, waited_revisions]``."""
+
+    def cmd_top(conn: Client, req: list[bytes]) -> bytes:
+        require_args(req, 0, 6)
+        args = req[1:]
+        if len(args) % 2:
+            raise BadArgument("LOCKS.TOP options come in pairs: COUNT n, SCAN m, AFTER cursor")
+        n, scan, after = 10, 10_000, 0
+        for word, value in zip(args[::2], args[1::2]):
+            w = word.upper()
+            if w == b"COUNT":
+                n = parse_int(value, "COUNT", 1, TOP_MAX)
+            elif w == b"SCAN":
+                scan = parse_int(value, "SCAN", 1, SCAN_MAX)
+            elif w == b"AFTER":
+                after = parse_int(value, "AFTER", 0, 2**63 - 1)
+            else:
+                raise BadArgument(f"unexpected LOCKS.TOP option {word[:32]!r} (COUNT, SCAN, AFTER)")
+        busiest, longest, cursor = top(svc, n, scan, after)
+
+        def rows(entries: list[TopEntry]) -> bytes:
+            return resp.encode_array([resp.encode_array([resp.encode_bulk(e.key), resp.encode_int(e.holders),
+                                                         resp.encode_int(e.waiters), resp.encode_int(e.waited)])
+                                      for e in entries])
+
+        return resp.encode_array([resp.encode_bulk(str(cursor).encode()), rows(busiest), rows(longest)])
+
+    return {b"LOCKS.TOP": Command(cmd_top, Flag.READS)}
+
+
+def page_html() -> bytes:
+    """The status page: one self-contained document (no CDN, no build step)."""
+    from coordcore.server.status_page import PAGE
+
+    return PAGE.encode()
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()

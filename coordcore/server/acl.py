@@ -58,6 +58,7 @@ _PREFIX_ARG, _MATCH, _EVERY_KEY = -1, -2, -3
 RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"INFO": ("admin", None, 0),
     b"CONFIG": ("admin", None, 0),
+    b"SHUTDOWN": ("admin", None, 0),
     b"ID.NEXT": ("ids", None, 0),
     b"ID.RANGE": ("ids", None, 0),
     b"ID.DECODE": ("ids", None, 0),
@@ -85,6 +86,8 @@ RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"LOCKS.REVISION": ("locks", None, 0),
     b"WATCH": ("locks", _WATCH, 1),
     b"UNWATCH": ("locks", None, 0),
+    b"SUBSCRIBE": ("locks", _WATCH, 1),
+    b"UNSUBSCRIBE": ("locks", None, 0),
 }
 
 

@@ -89,6 +89,7 @@ import enum
 import functools
 import socket
 import ssl
+import time
 from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable
@@ -116,6 +117,7 @@ from coordcore.server.core import Client, Command, Flag, Reply, ServerView
 __all__ = ["Connection", "State", "TlsAccept", "cert_names"]
 
 _WireConn = require("lockwire").WireConn
+_monotonic = time.monotonic
 
 
 class State(enum.IntEnum):
@@ -298,6 +300,11 @@ class Connection(asyncio.Protocol):
         self._perm: User | None = None
         self._denials = 0
         self.name = b""
+        self.laddr = "?"
+        self.fd = -1
+        self.created = self.last_read = _monotonic()
+        self.last_cmd = b""
+        self.watching = False
         self.peer = "?"
         #: The client's address without its port (what AUTH failures are counted by).
         self.peer_host = "?"
@@ -374,7 +381,13 @@ class Connection(asyncio.Protocol):
                               user=self.user.name, command=_safe_name(req), reason=why, denials=n)
         return resp.encode_exception(NoPermission(f"{why}; nothing was done"))
 
+    @property
+    def buffered(self) -> tuple[int, int]:
+        transport = self.transport
+        return self.wire.buffered, transport.get_write_buffer_size() if transport is not None else 0
+
     def watch_mode(self, watching: bool) -> None:
+        self.watching = watching
         self._need, self._refuse = (_WATCH if watching else 0), _UNKNOWN
 
     # --- asyncio.Protocol -------------------------------------------------------
@@ -386,7 +399,12 @@ class Connection(asyncio.Protocol):
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
             self.peer_host = str(peer[0])
+        local = transport.get_extra_info("sockname")
+        if local:
+            self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -440,6 +458,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state >= _CLOSING:
             return
+        self.last_read = _monotonic()
         self.wire.feed(data)
         if self._holding():
             # Holding: keep the bytes buffered, unparsed. Reading goes on (so a client
@@ -651,6 +670,7 @@ class Connection(asyncio.Protocol):
                 self._hold(_BARRIER)
                 break
             handled += 1
+            self.last_cmd = req[0]
             entry: Command | None
             for arg in req:
                 if type(arg) is not bytes:

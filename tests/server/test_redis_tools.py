@@ -9,9 +9,11 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from tests.server.ccserver import ServerProc
+import redis
+from tests.server.ccserver import Raw, ServerProc
 
-from coordcore.errors import ProtocolError
+from coordcore.errors import NoProtocol, ProtocolError, error_for_code
+from coordcore.server.cmddocs import DOCS
 from coordcore.server.protocol import split_inline
 
 
@@ -122,3 +124,126 @@ def test_an_http_request_is_refused_before_its_body_runs(srv: ServerProc, reques
     """A browser can be made to POST to a loopback port: nothing of it may run."""
     got = nc(srv.port, request_bytes)
     assert got.startswith(b"-PROTO") and b"PONG" not in got and got.count(b"\r\n") == 1, got
+
+
+# --- COMMAND, CONFIG, CLIENT, HELLO, SHUTDOWN ------------------------------------------
+
+
+def test_command_describes_every_command_of_the_table(srv: ServerProc) -> None:
+    r = redis.Redis(port=srv.port)
+    names = [n.decode().upper() for n in r.command_list()]
+    assert r.command_count() == len(names) == len(set(names))
+    assert set(names) == {n.decode() for n in DOCS}  # every command documented, no ghost
+    info = r.command()  # redis-py parses COMMAND's reply
+    assert set(info) == {n.lower() for n in names}
+    assert info["lock.acquire"]["arity"] == -3 and info["lock.acquire"]["first_key_pos"] == 1
+    assert "blocking" in info["lock.acquire"]["flags"] and info["session.open"]["first_key_pos"] == 0
+    assert info["id.next"]["arity"] == 1 and info["client"]["arity"] == -2
+    with Raw(srv.port) as raw:
+        one = raw.command("COMMAND", "INFO", "lock.try", "no.such")
+    assert one[0][:2] == [b"lock.try", -3] and one[1] is None
+    with Raw(srv.port) as raw:
+        raw.command("HELLO", "3")
+        docs = raw.command("COMMAND", "DOCS", "SEM.ACQUIRE", "NO.SUCH")
+        client = raw.command("COMMAND", "DOCS", "CLIENT")[b"client"]
+    assert list(docs) == [b"sem.acquire"]
+    args = docs[b"sem.acquire"][b"arguments"]
+    assert [a[b"name"] for a in args] == [b"key", b"session", b"permits", b"ms", b"label", b"n"]
+    assert args[3][b"token"] == b"TIMEOUT" and args[3][b"flags"] == [b"optional"]
+    assert b"client|kill" in client[b"subcommands"]
+    with pytest.raises(redis.ResponseError, match="^BADARG"):
+        r.execute_command("COMMAND", "GETKEYS", "x")
+
+
+def test_redis_cli_reads_command_docs(srv: ServerProc) -> None:
+    out = subprocess.run([tool("redis-cli"), "-p", str(srv.port), "COMMAND", "DOCS", "LOCK.ACQUIRE"],
+                         capture_output=True, timeout=30, check=True).stdout.decode()
+    assert "Takes the lock" in out and "TIMEOUT" in out
+
+
+def test_config_get_answers_real_values_or_an_empty_map(srv: ServerProc) -> None:
+    r = redis.Redis(port=srv.port, decode_responses=True)
+    assert r.config_get("port") == {"port": str(srv.port)}
+    assert r.config_get("nothing-like-this") == {}
+    got = r.config_get("max-*")
+    assert got["max-args"] == "1024" and all(k.startswith("max-") for k in got)
+    assert r.config_get("save")["save"] == "" and r.config_get("appendfsync") == {"appendfsync": "no"}
+    assert r.config_get("data-dir")["data-dir"] == str(srv.data_dir)
+    assert r.config_get("requirepass") == {"requirepass": ""}  # never the secret itself
+    r3 = redis.Redis(port=srv.port, protocol=3, decode_responses=True)
+    assert r3.config_get("bind", "maxclients") == {"bind": "127.0.0.1", "maxclients": "10000"}
+    with pytest.raises(redis.ResponseError, match="^BADARG CONFIG SET is not supported"):
+        r.config_set("port", "1")
+
+
+def test_hello_4_is_noproto(srv: ServerProc) -> None:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(b"HELLO 4\r\nPING\r\n")
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"-NOPROTO ") and f.readline() == b"+PONG\r\n"
+    assert error_for_code("NOPROTO") is NoProtocol and issubclass(NoProtocol, ValueError)
+
+
+def test_client_id_name_info_list_kill(srv: ServerProc) -> None:
+    a = redis.Redis(port=srv.port, single_connection_client=True, decode_responses=True)
+    b = redis.Redis(port=srv.port, single_connection_client=True, decode_responses=True)
+    a.client_setname("alpha")
+    assert a.client_getname() == "alpha" and b.client_getname() is None
+    with pytest.raises(redis.ResponseError, match="^BADARG"):
+        a.client_setname("has space")
+    ida, idb = a.client_id(), b.client_id()
+    info = a.client_info()  # redis-py parses the line
+    assert info["id"] == ida and info["name"] == "alpha" and info["user"] == "default"
+    assert info["laddr"] == f"127.0.0.1:{srv.port}" and info["addr"].startswith("127.0.0.1:")
+    rows = {int(c["id"]): c for c in a.client_list()}
+    assert {ida, idb} <= set(rows) and rows[ida]["name"] == "alpha" and rows[idb]["cmd"] == "client"
+    assert [c["id"] for c in a.client_list(client_id=[idb])] == [str(idb)]
+    assert a.client_kill_filter(_id=idb) == 1
+    assert b.client_id() != idb  # (redis-py reconnects on its own: a new connection)
+    assert a.client_kill_filter(_id=10**12) == 0
+    c = redis.Redis(port=srv.port, single_connection_client=True, decode_responses=True)
+    c.ping()
+    assert a.client_kill_filter(addr=c.client_info()["addr"]) == 1
+    with pytest.raises(redis.ResponseError, match="^BADARG"):
+        a.execute_command("CLIENT", "KILL", "127.0.0.1:1")  # the old form: refused, nothing closed
+    a.ping()
+
+
+def test_client_kill_of_itself_answers_then_closes(srv: ServerProc) -> None:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(b"CLIENT ID\r\n")
+        f = sock.makefile("rb")
+        ident = int(f.readline()[1:])
+        sock.sendall(b"CLIENT KILL ID %d\r\nPING\r\n" % ident)
+        assert f.readline() == b":1\r\n" and f.read() == b""  # the PING behind it is not served
+
+
+def test_redis_cli_subscribe_prints_watch_pushes(srv: ServerProc) -> None:
+    cli = tool("redis-cli")
+    readers = [subprocess.Popen([cli, *proto, "-p", str(srv.port), "SUBSCRIBE", "sub/"], stdout=subprocess.PIPE)
+               for proto in ([], ["-3"])]
+    try:
+        for reader in readers:
+            assert reader.stdout is not None
+            assert [reader.stdout.readline() for _ in range(3)] == [b"subscribe\n", b"sub/\n", b"1\n"]
+        r = redis.Redis(port=srv.port)
+        handle = r.execute_command("SESSION.OPEN", 10)
+        token = r.execute_command("LOCK.TRY", "sub/job", handle)
+        for reader in readers:
+            assert reader.stdout is not None
+            lines = [reader.stdout.readline() for _ in range(4)]
+            assert lines[0] == b"watch\n" and lines[2:] == [b"grant\n", b"sub/job\n"], lines
+        assert r.execute_command("LOCK.TRY", "other/job", handle) > token
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
+            assert reader.stdout is not None
+            reader.stdout.close()
+    # redis-py's pubsub: subscribe confirms, unsubscribe leaves watch mode
+    p = redis.Redis(port=srv.port).pubsub()
+    p.subscribe("sub/")
+    assert p.get_message(timeout=5)["type"] == "subscribe"
+    p.unsubscribe("sub/")
+    assert p.get_message(timeout=5)["type"] == "unsubscribe"
+    p.close()

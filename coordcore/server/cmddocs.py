@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from coordcore.errors import ERROR_CODES
 from coordcore.server import resp
 
 __all__ = ["DOCS", "Arg", "Doc", "command_docs", "command_info", "render_markdown"]
@@ -210,18 +211,19 @@ DOCS: dict[bytes, Doc] = dict([
          "A map: key, kind, permits, mode, holders, waiters, holder_count, waiter_count.", "locks", flags=_READ,
          keyed=True),
     # --- semaphores
-    _doc("SEM.ACQUIRE", (_KEY, _SESSION, _a("permits", "integer"), _TIMEOUT, _LABEL, _REQID),
-         "Takes one unit of the semaphore `key` whose capacity is permits (every holder must name the "
-         "same capacity), waiting in FIFO order.", "The fencing token.", "locks", flags=("write", "blocking"),
+    _doc("SEM.ACQUIRE", (_KEY, _SESSION, _a("capacity", "integer"), _TIMEOUT, _LABEL, _REQID),
+         "Takes one unit of the semaphore `key` of `capacity` units, waiting in FIFO order. The third "
+         "argument is the semaphore's size, not a number of units to take: every holder holds one unit, "
+         "and every acquire must name the capacity the first one set (else `-BADARG`).", "The fencing token.", "locks", flags=("write", "blocking"),
          keyed=True, reqid=True, errors=("NOSESSION", "TIMEOUT", "HELD", "CONFLICT", "WRONGTYPE", "LIMIT")),
-    _doc("SEM.TRY", (_KEY, _SESSION, _a("permits", "integer"), _LABEL, _REQID),
-         "Takes one unit of the semaphore of capacity permits if one is free now.",
+    _doc("SEM.TRY", (_KEY, _SESSION, _a("capacity", "integer"), _LABEL, _REQID),
+         "Takes one unit of the semaphore of `capacity` units if one is free now.",
          "The fencing token, or nil when every unit is held.", "locks", flags=("write", "fast"), keyed=True,
          reqid=True, errors=("NOSESSION", "HELD", "CONFLICT", "WRONGTYPE", "LIMIT")),
     _doc("SEM.RELEASE", (_KEY, _SESSION, _TOKEN, _REQID), "Gives the session's unit back.", "`+OK`.", "locks",
          flags=("write", "fast"), keyed=True, reqid=True, errors=("NOSESSION", "NOTHOLDER", "WRONGTYPE")),
     _doc("SEM.INFO", (_KEY, _opt("COUNT", "n", "integer")), "A semaphore's capacity, holders and waiters.",
-         "The map LOCK.INFO answers (permits: the capacity).", "locks", flags=_READ, keyed=True),
+         "The map LOCK.INFO answers (`permits`: the capacity).", "locks", flags=_READ, keyed=True),
     # --- elections
     _doc("ELECT.CAMPAIGN", (_a("name", "key"), _SESSION, _a("value"), _TIMEOUT, _REQID),
          "Waits to lead the election, then leads with value.", "The leader's fencing token.", "locks",
@@ -347,9 +349,18 @@ def _page(doc: Doc, level: str = "###") -> list[str]:
     return lines
 
 
+def _first_sentence(text: str | None) -> str:
+    words = " ".join((text or "").split())
+    return words.split(". ")[0].rstrip(".").replace("``", "`") + "." if words else ""
+
+
 def render_markdown() -> str:
-    """The command pages of docs/PROTOCOL.md, from :data:`DOCS`."""
-    lines = [MARKER, ""]
+    """The generated part of docs/PROTOCOL.md: the error code words (from
+    :data:`coordcore.errors.ERROR_CODES`) and the command pages (from :data:`DOCS`)."""
+    lines = [MARKER, "", "## Error code words", "", "| code | exception | meaning |", "| --- | --- | --- |"]
+    for code, cls in sorted(ERROR_CODES.items()):
+        lines.append(f"| `{code}` | `{cls.__name__}` | {_first_sentence(cls.__doc__)} |")
+    lines.append("")
     for group, title in _GROUPS:
         lines += [f"## {title}", ""]
         for doc in DOCS.values():

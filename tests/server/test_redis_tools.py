@@ -148,7 +148,7 @@ def test_command_describes_every_command_of_the_table(srv: ServerProc) -> None:
         client = raw.command("COMMAND", "DOCS", "CLIENT")[b"client"]
     assert list(docs) == [b"sem.acquire"]
     args = docs[b"sem.acquire"][b"arguments"]
-    assert [a[b"name"] for a in args] == [b"key", b"session", b"permits", b"ms", b"label", b"n"]
+    assert [a[b"name"] for a in args] == [b"key", b"session", b"capacity", b"ms", b"label", b"n"]
     assert args[3][b"token"] == b"TIMEOUT" and args[3][b"flags"] == [b"optional"]
     assert b"client|kill" in client[b"subcommands"]
     with pytest.raises(redis.ResponseError, match="^BADARG"):

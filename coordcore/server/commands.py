@@ -458,9 +458,12 @@ def _config(control: Control) -> Callable[[Client, list[bytes]], bytes]:
             settings = control.settings()
             found: dict[str, str] = {}
             for pattern in req[2:]:
-                glob = pattern.decode("utf-8", "replace").lower()
+                if len(pattern) > 256:
+                    raise BadArgument("a CONFIG GET pattern is at most 256 bytes")
+                # compiled here, not by fnmatch's unbounded-size cache of patterns
+                match = re.compile(fnmatch.translate(pattern.decode("utf-8", "replace").lower())).match
                 for key, value in settings.items():
-                    if fnmatch.fnmatchcase(key, glob):
+                    if match(key):
                         found.setdefault(key, value)
             return resp.encode_map([(k.encode(), resp.encode_bulk(v.encode())) for k, v in found.items()],
                                    conn.resp3)

@@ -247,3 +247,12 @@ def test_redis_cli_subscribe_prints_watch_pushes(srv: ServerProc) -> None:
     p.unsubscribe("sub/")
     assert p.get_message(timeout=5)["type"] == "unsubscribe"
     p.close()
+
+
+def test_config_get_hostile_patterns(srv: ServerProc) -> None:
+    r = redis.Redis(port=srv.port, decode_responses=True)
+    assert r.config_get("[") == {} and r.config_get("*[a-") == {}  # not a valid class: no match, no crash
+    assert r.config_get("PORT") == {"port": str(srv.port)}  # names are matched case-insensitively
+    assert r.config_get("*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b") == {}
+    with pytest.raises(redis.ResponseError, match="^BADARG"):
+        r.config_get("x" * 300)

@@ -256,3 +256,25 @@ def test_config_get_hostile_patterns(srv: ServerProc) -> None:
     assert r.config_get("*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b") == {}
     with pytest.raises(redis.ResponseError, match="^BADARG"):
         r.config_get("x" * 300)
+
+
+def test_redis_cli_3_session_prints_watch_pushes_at_its_next_read(srv: ServerProc) -> None:
+    """`redis-cli -3` (interactive, or --show-pushes yes) prints a WATCH's pushes when it
+    next reads from the server: here before the PONG of the command after them."""
+    cli = subprocess.Popen([tool("redis-cli"), "-3", "--show-pushes", "yes", "-p", str(srv.port)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert cli.stdin is not None and cli.stdout is not None
+    try:
+        cli.stdin.write(b"WATCH w3/\n")
+        cli.stdin.flush()
+        assert cli.stdout.readline() == b"OK\n"
+        r = redis.Redis(port=srv.port)
+        assert r.execute_command("LOCK.TRY", "w3/job", r.execute_command("SESSION.OPEN", 10)) > 0
+        cli.stdin.write(b"PING\n")
+        cli.stdin.close()
+        out = cli.stdout.read().decode()
+        assert out.index("grant") < out.index("w3/job") < out.index("PONG"), out
+    finally:
+        cli.kill()
+        cli.wait()
+        cli.stdout.close()

@@ -9,6 +9,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import redis
 from tests.server.ccserver import Raw, ServerProc
 
@@ -278,3 +280,12 @@ def test_redis_cli_3_session_prints_watch_pushes_at_its_next_read(srv: ServerPro
         cli.kill()
         cli.wait()
         cli.stdout.close()
+
+
+@given(st.lists(st.sampled_from([b"a", b"Z9", b" ", b"\t", b"\x0b", b"\x0c", b"\r", b"\x00", b"-", b"\xff"]),
+                max_size=30))
+def test_split_inline_fast_path_agrees_with_the_full_splitter(parts: list[bytes]) -> None:
+    """Lines without quotes take bytes.split(); the quote-aware loop must agree with it
+    (checked by adding a harmless quoted word the loop alone handles)."""
+    line = b"".join(parts)
+    assert split_inline(line + b' "q"') == split_inline(line) + [b"q"]

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -289,3 +290,18 @@ def test_split_inline_fast_path_agrees_with_the_full_splitter(parts: list[bytes]
     (checked by adding a harmless quoted word the loop alone handles)."""
     line = b"".join(parts)
     assert split_inline(line + b' "q"') == split_inline(line) + [b"q"]
+
+
+def test_inline_lines_split_across_reads_and_bad_client_arguments(srv: ServerProc) -> None:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        for piece in (b"PI", b"NG", b' "a', b" b", b'"\r', b"\n"):  # one request, six reads
+            sock.sendall(piece)
+            time.sleep(0.02)
+        assert f.readline() == b"$3\r\n" and f.readline() == b"a b\r\n"
+        for line in (b"CLIENT KILL ID x", b"CLIENT KILL ID", b"CLIENT KILL NAME x", b"CLIENT LIST ID",
+                     b"CLIENT NOSUCH", b"CONFIG GET", b"CONFIG REWRITE", b"COMMAND NOSUCH", b"SHUTDOWN NOW"):
+            sock.sendall(line + b"\r\n")
+            assert f.readline().startswith(b"-BADARG "), line
+        sock.sendall(b"PING\r\n")
+        assert f.readline() == b"+PONG\r\n"  # nothing above closed the connection or stopped the server

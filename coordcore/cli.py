@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from coordcore._version import __version__
 from coordcore.errors import CoordcoreError
 from coordcore.ids import LAYOUTS, Snowflake, decode
 
@@ -78,23 +79,32 @@ def _passwd_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coordcore", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="coordcore", description="coordcore: Snowflake IDs, consistent "
+                                     "hashing, fenced locks and leases. Run a subcommand with --help for its options.")
+    parser.add_argument("--version", action="version", version=f"coordcore {__version__}",
+                        help="print coordcore's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("id", help="issue Snowflake IDs, or decode them")
+    p = sub.add_parser("id", help="issue Snowflake IDs, or decode them",
+                       description="Issue Snowflake IDs (one per line), or decode IDs into their fields.")
     p.add_argument("-n", "--count", type=int, default=5, help="how many IDs to issue (default 5)")
     p.add_argument("--worker-id", type=int, default=int(os.environ.get("COORDCORE_WORKER_ID") or 0),
                    help="worker ID (default: $COORDCORE_WORKER_ID, else 0)")
-    p.add_argument("--datacenter-id", type=int, default=None)
-    p.add_argument("--layout", choices=sorted(LAYOUTS), default="twitter")
-    p.add_argument("--clock", choices=("wait", "raise", "logical"), default="wait")
-    p.add_argument("--state-file", default=None, help="persist a timestamp high-water mark here")
+    p.add_argument("--datacenter-id", type=int, default=None,
+                   help="datacenter ID, for layouts that have datacenter bits (default 0)")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="twitter",
+                   help="bit layout of the IDs (default %(default)s)")
+    p.add_argument("--clock", choices=("wait", "raise", "logical"), default="wait",
+                   help="when the clock goes back: wait for it, raise, or run on a logical clock ahead "
+                        "(default %(default)s)")
+    p.add_argument("--state-file", default=None,
+                   help="persist a timestamp high-water mark here, so a restart never repeats IDs")
     p.add_argument("--decode", nargs="+", metavar="ID", help="decode these IDs instead of issuing")
     p.add_argument("--json", action="store_true", help="decode as JSON lines")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the IDs (no summary on stderr)")
     p.set_defaults(func=_id_command)
 
-    p = sub.add_parser("locks", help="maintain a lock log (repair)")
+    p = sub.add_parser("locks", help="maintain a lock log (repair)", description="Maintain a lock log.")
     locks_sub = p.add_subparsers(dest="locks_command", required=True)
     p = locks_sub.add_parser(
         "repair", help="cut damage off a lock log that refuses to open (a dry run unless --apply)",
@@ -115,10 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from coordcore.server import status_cli
 
-    p = sub.add_parser("status", help="print a running server's INFO as a table")
+    p = sub.add_parser("status", help="print a running server's INFO as a table",
+                       description="Connect to a running coordcore server and print its INFO, one table "
+                                   "per section.")
     status_cli.add_arguments(p, top=False)
     p.set_defaults(func=status_cli.run_status)
-    p = sub.add_parser("top", help="a running server's INFO, busiest keys and longest waits, refreshed")
+    p = sub.add_parser("top", help="a running server's INFO, busiest keys and longest waits, refreshed",
+                       description="Like status, refreshed every few seconds, with the busiest keys and the "
+                                   "longest waits (LOCKS.TOP, a bounded scan). Ctrl-C stops it.")
     status_cli.add_arguments(p, top=True)
     p.set_defaults(func=status_cli.run_top)
 
@@ -132,8 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.command == "serve" and first.config is not None:
+        # The file's settings become serve's defaults: flags given still override them.
+        from coordcore.server import cli as serve_cli
+
+        serve = _subparser(parser, "serve")
+        try:
+            serve_cli.apply_config_file(serve, first.config)
+        except CoordcoreError as exc:
+            serve.error(str(exc))
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except (CoordcoreError, OSError) as exc:  # LogCorrupted is both; a missing directory

@@ -280,6 +280,13 @@ class UnknownCommand(CoordcoreError, ValueError):
     code = "UNKNOWN"
 
 
+class NoProtocol(CoordcoreError, ValueError):
+    """HELLO asked for a protocol version the server does not speak (it speaks RESP2
+    and RESP3); the connection keeps its protocol."""
+
+    code = "NOPROTO"
+
+
 class AuthRequired(CoordcoreError, PermissionError):
     """The server requires AUTH before this command."""
 

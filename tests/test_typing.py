@@ -1,4 +1,5 @@
 """The public API is typed: mypy --strict passes and every .pyi stub matches its module."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,31 @@ def test_mypy_strict_accepts_one_grant_type_across_service_and_clients(tmp_path:
                              "--cache-dir", str(tmp_path / "cache"), str(script)],
                             cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# What a user's own project sees: run from its directory (not this tree's), with no
+# PYTHONPATH, mypy must find the installed coordcore (an editable install from
+# ./dev setup, or the wheel: wheels/build runs this test in the wheel's venv) and
+# type-check against it, so the one wrong line below is its one error.
+USER_PROJECT = """
+from coordcore import Snowflake
+
+ids = Snowflake(1)
+good: int = ids.next_id()
+wrong: str = ids.next_id()
+"""
+
+
+def test_mypy_strict_finds_the_installed_package_from_a_users_directory(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(USER_PROJECT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    result = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                             "--cache-dir", str(tmp_path / "cache"), "app.py"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    out = result.stdout + result.stderr
+    assert "Cannot find implementation or library stub" not in out, \
+        "mypy cannot see the installed coordcore (an import-hook editable install? ./dev setup installs " \
+        "it with editable_mode=compat):\n" + out
+    assert out.count("error:") == 1 and 'app.py:6: error: Incompatible types in assignment (expression has ' \
+        'type "int", variable has type "str")' in out, out

@@ -26,7 +26,7 @@
 Single-threaded by design: every object here belongs to the event loop's thread.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.pyport cimport PY_SSIZE_T_MAX
@@ -608,6 +608,36 @@ cdef class WireConn:
         out = PyBytes_FromStringAndSize(<const char *>base, pos)
         self.inp.start += pos
         return out
+
+    def take_inline(self, Py_ssize_t limit):
+        """Redis's inline form (``PING\\r\\n``: what telnet, nc and redis-benchmark's
+        PING_INLINE send): the line at the head of the buffer, without its ``\\n`` or
+        ``\\r\\n``, as bytes. None if the head starts a RESP frame instead (a RESP type
+        byte: :meth:`take_frame`'s), False if its newline has not arrived. A line of over
+        ``limit`` bytes raises :class:`~coordcore.errors.RequestTooLarge`. Only called
+        once the buffer has left the request grammar, so the hot path never sees it."""
+        cdef const unsigned char *base = self.inp.data + self.inp.start
+        cdef Py_ssize_t avail = self.inp.end - self.inp.start
+        cdef const unsigned char *nl
+        cdef Py_ssize_t n
+        cdef unsigned char t
+        if avail == 0:
+            return False
+        t = base[0]
+        if t == b'*' or t == b'$' or t == b'+' or t == b'-' or t == b':' or t == b'_' or t == b',' \
+                or t == b'#' or t == b'(' or t == b'!' or t == b'=' or t == b'~' or t == b'>' or t == b'%' \
+                or t == b'|':
+            return None
+        nl = <const unsigned char *>memchr(base, b'\n', <size_t>(avail if avail <= limit else limit + 1))
+        if nl == NULL:
+            if avail > limit:
+                raise RequestTooLarge(f"an inline request over {limit} bytes")
+            return False
+        n = nl - base
+        self.inp.start += n + 1
+        if n and base[n - 1] == b'\r':
+            n -= 1
+        return PyBytes_FromStringAndSize(<const char *>base, n)
 
     cdef inline object _frame_short(self, Py_ssize_t avail):
         # An incomplete frame may not grow past the bound either.

@@ -60,6 +60,7 @@ RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"CLUSTER.STATE": ("admin", None, 0),
     b"CLUSTER.SNAPSHOT": ("admin", None, 0),
     b"CONFIG": ("admin", None, 0),
+    b"SHUTDOWN": ("admin", None, 0),
     b"ID.NEXT": ("ids", None, 0),
     b"ID.RANGE": ("ids", None, 0),
     b"ID.DECODE": ("ids", None, 0),
@@ -89,6 +90,8 @@ RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"LOCKS.TOP": ("admin", None, 0),
     b"WATCH": ("locks", _WATCH, 1),
     b"UNWATCH": ("locks", None, 0),
+    b"SUBSCRIBE": ("locks", _WATCH, 1),
+    b"UNSUBSCRIBE": ("locks", None, 0),
 }
 
 

@@ -2,19 +2,35 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import os
+import socket
 import sys
+import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
-from coordcore.errors import CoordcoreError
+from coordcore.errors import BadArgument, CoordcoreError
 from coordcore.server.server import ServerConfig, run_server
 
-__all__ = ["add_arguments", "config_from_args", "main"]
+__all__ = ["add_arguments", "apply_config_file", "config_from_args", "main", "parse", "settings_keys"]
+
+
+#: The prefix of every start-up error, and its exit status (argparse's, for bad flags).
+PREFIX = "coordcore serve: error:"
+EXIT_START = 2
+
+#: Flags that are not settings: no key in a --config file.
+_NOT_SETTINGS = frozenset({"config", "announce_port", "exit_with_stdin", "help"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig()
     a = parser.add_argument
+    a("--config", type=Path, default=None, metavar="FILE.toml",
+      help="read settings from a TOML file: one key per flag, named as the flag without its dashes "
+           "(max-connections = 100); flags on the command line override it")
     a("--host", default=d.host, help="address to listen on (default %(default)s)")
     a("--port", type=int, default=d.port, help="TCP port, 0 for any free one (default %(default)s)")
     a("--data-dir", type=Path, default=d.data_dir, help="lock log and ID state (default ./%(default)s)")
@@ -31,14 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tls-key", type=Path, default=None, help="the TLS private key (PEM)")
     a("--tls-ca", type=Path, default=None,
       help="require client certificates signed by this CA (PEM); a certificate's CN/SAN names its user")
-    a("--max-connections", type=int, default=d.max_connections, help="(default %(default)s)")
-    a("--max-request-bytes", type=int, default=d.max_request_bytes, help="(default %(default)s)")
+    a("--max-connections", type=int, default=d.max_connections,
+      help="client connections served at once; more are refused with -MAXCONN (default %(default)s)")
+    a("--max-request-bytes", type=int, default=d.max_request_bytes,
+      help="largest request; past it -TOOBIG and a close (default %(default)s)")
     a("--max-args", type=int, default=d.max_args, help="arguments per request (default %(default)s)")
     a("--max-id-range", type=int, default=d.max_id_range, help="largest ID.RANGE n (default %(default)s)")
     a("--max-inflight", type=int, default=d.max_inflight,
       help="commands awaiting their commit per connection before reading pauses (default %(default)s)")
     a("--id-workers", type=int, default=d.id_workers,
-      help="processes serving IDs, on ports port..port+N-1 with worker IDs worker..worker+N-1")
+      help="processes serving IDs, on ports port..port+N-1 with worker IDs worker..worker+N-1 "
+           "(default %(default)s)")
     a("--id-only", action="store_true", help="serve connection and ID.* commands only (no lock state)")
     a("--unsafe-no-fsync", action="store_true",
       help="do not fsync the lock log: acknowledged grants can be lost on a crash (tests, caches)")
@@ -69,8 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-port", type=int, default=None, metavar="PORT",
       help="serve Prometheus /metrics, the status page (/) and /status.json over HTTP on --host:PORT "
            "(needs coordcore[metrics]; the same users as the RESP port; default: off)")
-    a("--log-format", choices=("kv", "json"), default=d.log_format)
-    a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)
+    a("--log-format", choices=("kv", "json"), default=d.log_format,
+      help="log lines as key=value pairs or JSON, on stderr (default %(default)s)")
+    a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level,
+      help="least severe level logged (default %(default)s)")
     a("--announce-port", action="store_true", help=argparse.SUPPRESS)
     a("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
 
@@ -106,16 +127,110 @@ def _etcd_endpoints(value: str | None) -> list[str]:
     return [part.strip().removeprefix("http://") for part in value.split(",") if part.strip()]
 
 
-def run(args: argparse.Namespace) -> int:
+def settings_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The --config file's keys (each flag's long name without its dashes) -> the flag."""
+    keys: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if action.dest in _NOT_SETTINGS or not action.option_strings:
+            continue
+        keys[action.option_strings[-1].removeprefix("--")] = action
+    return keys
+
+
+def _setting(key: str, value: object, action: argparse.Action) -> object:
+    """A --config value, checked as its flag would check it."""
+    def bad(want: str) -> BadArgument:
+        return BadArgument(f"key {key!r} takes {want}, got {value!r}")
+
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value if isinstance(action, argparse._StoreTrueAction) else not value
+    if action.dest == "etcd" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)  # etcd = ["127.0.0.1:2379", ...] as well as one string
+    kind = action.type
+    if kind is int:
+        if type(value) is not int:
+            raise bad("an integer")
+    elif kind is float:
+        if type(value) not in (int, float):
+            raise bad("a number")
+        value = float(value)  # type: ignore[arg-type]
+    elif not isinstance(value, str):
+        raise bad("a string")
+    elif kind is Path:
+        value = Path(value)
+    if action.choices is not None and value not in action.choices:
+        raise bad("one of " + ", ".join(map(str, action.choices)))
+    return value
+
+
+def apply_config_file(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Make a --config file's settings the parser's defaults, so that flags given on the
+    command line override them. Unknown keys and wrong types are refused."""
     try:
-        return run_server(config_from_args(args), announce_port=args.announce_port,
-                          exit_with_stdin=args.exit_with_stdin)
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise BadArgument(f"--config {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadArgument(f"--config {path}: not valid TOML: {exc}") from None
+    keys = settings_keys(parser)
+    defaults: dict[str, object] = {}
+    for key, value in data.items():
+        action = keys.get(key)
+        if action is None:
+            near = difflib.get_close_matches(key, keys, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f" (keys: {', '.join(sorted(keys))})"
+            raise BadArgument(f"--config {path}: unknown key {key!r}{hint}")
+        try:
+            defaults[action.dest] = _setting(key, value, action)
+        except BadArgument as exc:
+            raise BadArgument(f"--config {path}: {exc}") from None
+    parser.set_defaults(**defaults)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before anything is created (the data directory...) when the port is taken.
+    (The server binds again for real: a port taken in between still fails, later.)"""
+    if port == 0:
+        return
+    try:
+        probe = socket.create_server((host, port))  # SO_REUSEADDR, as the server binds
+    except socket.gaierror as exc:
+        raise BadArgument(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    except OSError as exc:
+        why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise BadArgument(f"cannot listen on {host}:{port}: {why}") from None
+    probe.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start and run the server; any start-up error is one line ``coordcore serve:
+    error: ...`` on stderr and exit status 2 (argparse's for bad flags), no traceback."""
+    try:
+        config = config_from_args(args)
+        config.validate()
+        check_port_free(config.host, config.port)
+        return run_server(config, announce_port=args.announce_port, exit_with_stdin=args.exit_with_stdin)
     except (OSError, CoordcoreError) as exc:  # a port in use, a bad option: say so, no traceback
-        print(f"coordcore serve: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"{PREFIX} {exc}", file=sys.stderr)
+        return EXIT_START
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with a --config file's settings as the defaults; a bad file exits
+    as a bad flag does (argparse's error: the prefix and status 2)."""
+    first, _ = parser.parse_known_args(argv)
+    path = getattr(first, "config", None)
+    if path is not None:
+        try:
+            apply_config_file(parser, path)
+        except BadArgument as exc:
+            parser.error(str(exc))
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coordcore serve", description="Run the coordcore server.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parse(parser, argv))

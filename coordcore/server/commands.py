@@ -11,22 +11,23 @@ server.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import hmac
 import secrets
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-from coordcore.errors import AuthFailed, AuthRequired, BadArgument
-from coordcore.server import resp
+from coordcore.errors import AuthFailed, AuthRequired, BadArgument, NoPermission, NoProtocol
+from coordcore.server import cmddocs, resp
 from coordcore.server.acl import ACL, DEFAULT, User, hash_password, verify_password
 from coordcore.server.core import Client, Command, CommandTable, Flag, Reply
 from coordcore.server.log import StructLog
 
-__all__ = ["Auth", "AuthGuard", "IdGenerator", "core_commands", "id_commands", "parse_float", "parse_int",
+__all__ = ["Auth", "AuthGuard", "Control", "IdGenerator", "client_line", "core_commands", "id_commands", "parse_float", "parse_int",
            "require_args"]
 
 
@@ -304,7 +305,7 @@ def _hello(auth: Auth, version: str) -> Callable[[Client, list[bytes]], Reply]:
         if args:
             proto = parse_int(args[0], "protocol version", 0, 2**31)
             if proto not in (2, 3):
-                raise BadArgument(f"unsupported protocol version {proto} (NOPROTO)")
+                raise NoProtocol(f"unsupported protocol version {proto}: coordcore speaks 2 (RESP2) and 3 (RESP3)")
             i = 1
             login: tuple[bytes, bytes] | None = None
             while i < len(args):
@@ -341,23 +342,6 @@ def _hello(auth: Auth, version: str) -> Callable[[Client, list[bytes]], Reply]:
     return cmd_hello
 
 
-def cmd_client(conn: Client, req: list[bytes]) -> bytes:
-    """The few CLIENT subcommands Redis client libraries send on connect."""
-    require_args(req, 1)
-    sub = req[1].upper()
-    if sub == b"SETNAME":
-        require_args(req, 2, 2)
-        conn.name = req[2][:128]
-        return resp.OK
-    if sub == b"GETNAME":
-        return resp.encode_bulk(conn.name) if conn.name else resp.encode_null(conn.resp3)
-    if sub == b"ID":
-        return resp.encode_int(conn.id)
-    if sub == b"SETINFO":
-        return resp.OK
-    raise BadArgument(f"unknown CLIENT subcommand {req[1][:24]!r}")
-
-
 def cmd_acl(conn: Client, req: list[bytes]) -> bytes:
     """``ACL WHOAMI``: the connection's user."""
     require_args(req, 1, 1)
@@ -374,29 +358,174 @@ def cmd_select(conn: Client, req: list[bytes]) -> bytes:
     return resp.OK
 
 
-def cmd_config(conn: Client, req: list[bytes]) -> bytes:
-    """``CONFIG GET`` answers an empty map (redis-benchmark asks for 'save'/'appendonly')."""
-    require_args(req, 1)
-    if req[1].upper() == b"GET":
-        return resp.encode_map([(param, resp.encode_bulk(b"")) for param in req[2:3]], conn.resp3)
-    raise BadArgument("coordcore is configured by its command line, not CONFIG")
+class Control:
+    """What the server lends the connection and introspection commands: the names in
+    its command table, its settings (CONFIG GET), its connections (CLIENT LIST/KILL) and
+    a stop request (SHUTDOWN, as SIGTERM)."""
+
+    def __init__(self, *, names: Callable[[], list[bytes]], settings: Callable[[], dict[str, str]],
+                 clients: Callable[[], Iterable[Client]], stop: Callable[[], None]) -> None:
+        self.names = names
+        self.settings = settings
+        self.clients = clients
+        self.stop = stop
+
+
+def _admin(conn: Client, what: str) -> None:
+    """Once users exist, only a user of the ``admin`` group may ``what``."""
+    if "admin" not in conn.user.groups:
+        raise NoPermission(f"user '{conn.user.name}' may not {what} (group admin)")
+
+
+def client_line(conn: Client, now: float) -> bytes:
+    """One CLIENT LIST line, in Redis's field order (the fields coordcore has)."""
+    qbuf, obl = conn.buffered
+    cmd = conn.last_cmd[:64].decode("ascii", "replace").lower().replace(" ", "?") or "NULL"
+    name = conn.name.decode("utf-8", "replace").replace(" ", "?").replace("\n", "?")
+    return (f"id={conn.id} addr={conn.peer} laddr={conn.laddr} fd={conn.fd} name={name} "
+            f"age={int(now - conn.created)} idle={int(now - conn.last_read)} flags={'P' if conn.watching else 'N'} "
+            f"db=0 sub={int(conn.watching)} psub=0 ssub=0 multi=-1 qbuf={qbuf} obl={obl} omem={obl} "
+            f"events=r cmd={cmd} user={conn.user.name} resp={3 if conn.resp3 else 2}").encode()
+
+
+def _client(control: Control) -> Callable[[Client, list[bytes]], bytes]:
+    def cmd_client(conn: Client, req: list[bytes]) -> bytes:
+        """CLIENT ID, SETNAME, GETNAME, INFO, LIST, KILL, SETINFO."""
+        require_args(req, 1)
+        sub = req[1].upper()
+        if sub == b"SETNAME":
+            require_args(req, 2, 2)
+            if any(c <= 0x20 or c > 0x7E for c in req[2]):
+                raise BadArgument("a client name cannot contain spaces, newlines or special characters")
+            conn.name = req[2][:128]
+            return resp.OK
+        if sub == b"GETNAME":
+            require_args(req, 1, 1)
+            return resp.encode_bulk(conn.name) if conn.name else resp.encode_null(conn.resp3)
+        if sub == b"ID":
+            require_args(req, 1, 1)
+            return resp.encode_int(conn.id)
+        if sub == b"SETINFO":
+            return resp.OK
+        now = time.monotonic()
+        if sub == b"INFO":
+            require_args(req, 1, 1)
+            return resp.encode_bulk(client_line(conn, now) + b"\n")
+        if sub == b"LIST":
+            _admin(conn, "list connections")
+            ids: set[int] | None = None
+            if len(req) > 2:
+                if req[2].upper() != b"ID" or len(req) < 4:
+                    raise BadArgument("CLIENT LIST takes ID id [id ...]")
+                ids = {parse_int(v, "client id", 1, 2**63 - 1) for v in req[3:]}
+            lines = [client_line(c, now) + b"\n" for c in sorted(control.clients(), key=lambda c: c.id)
+                     if ids is None or c.id in ids]
+            return resp.encode_bulk(b"".join(lines))
+        if sub == b"KILL":
+            return _kill(control, conn, req[2:])
+        raise BadArgument(f"unknown CLIENT subcommand {req[1][:24]!r} (coordcore has ID, SETNAME, GETNAME, "
+                          "INFO, LIST, KILL, SETINFO)")
+
+    return cmd_client
+
+
+def _kill(control: Control, conn: Client, args: list[bytes]) -> bytes:
+    """``CLIENT KILL ID n | ADDR ip:port | USER name`` (filters combine; at least one):
+    the number of connections closed. The old form ``CLIENT KILL ip:port`` is refused."""
+    _admin(conn, "kill connections")
+    if not args or len(args) % 2:
+        raise BadArgument("CLIENT KILL takes filters: ID id, ADDR ip:port, USER name")
+    tests: list[Callable[[Client], bool]] = []
+    for word, value in zip(args[::2], args[1::2]):
+        w = word.upper()
+        if w == b"ID":
+            ident = parse_int(value, "client id", 1, 2**63 - 1)
+            tests.append(lambda c, ident=ident: c.id == ident)  # type: ignore[misc]
+        elif w == b"ADDR":
+            addr = value.decode("utf-8", "replace")
+            tests.append(lambda c, addr=addr: c.peer == addr)  # type: ignore[misc]
+        elif w == b"USER":
+            user = value.decode("utf-8", "replace")
+            tests.append(lambda c, user=user: c.user.name == user)  # type: ignore[misc]
+        else:
+            raise BadArgument(f"unknown CLIENT KILL filter {word[:24]!r} (ID, ADDR, USER)")
+    victims = [c for c in control.clients() if all(test(c) for test in tests)]
+    for victim in victims:
+        if victim is conn:
+            conn.close_after_reply()  # as Redis: the reply is written, then the close
+        else:
+            victim.abort()
+    return resp.encode_int(len(victims))
+
+
+def _config(control: Control) -> Callable[[Client, list[bytes]], bytes]:
+    def cmd_config(conn: Client, req: list[bytes]) -> bytes:
+        """``CONFIG GET pattern [pattern ...]``: the settings whose names match a glob
+        pattern (Redis's names too), an empty map if none; ``CONFIG SET`` is refused."""
+        require_args(req, 1)
+        sub = req[1].upper()
+        if sub == b"GET":
+            require_args(req, 2)
+            settings = control.settings()
+            found: dict[str, str] = {}
+            for pattern in req[2:]:
+                if len(pattern) > 256:
+                    raise BadArgument("a CONFIG GET pattern is at most 256 bytes")
+                # compiled here, not by fnmatch's unbounded-size cache of patterns
+                match = re.compile(fnmatch.translate(pattern.decode("utf-8", "replace").lower())).match
+                for key, value in settings.items():
+                    if match(key):
+                        found.setdefault(key, value)
+            return resp.encode_map([(k.encode(), resp.encode_bulk(v.encode())) for k, v in found.items()],
+                                   conn.resp3)
+        if sub in (b"SET", b"RESETSTAT", b"REWRITE"):
+            raise BadArgument(f"CONFIG {sub.decode()} is not supported: coordcore's settings are fixed at start "
+                              "(command line or --config file); CONFIG GET reads them")
+        raise BadArgument(f"unknown CONFIG subcommand {req[1][:24]!r} (coordcore has CONFIG GET)")
+
+    return cmd_config
+
+
+def _shutdown(control: Control) -> Callable[[Client, list[bytes]], bytes]:
+    def cmd_shutdown(conn: Client, req: list[bytes]) -> bytes:
+        """``SHUTDOWN [NOSAVE|SAVE]``: stop as SIGTERM does. The lock log is durable at
+        every commit, so SAVE and NOSAVE both just stop; other options are refused."""
+        _admin(conn, "shut the server down")
+        for word in req[1:]:
+            if word.upper() not in (b"NOSAVE", b"SAVE"):
+                raise BadArgument(f"SHUTDOWN takes NOSAVE or SAVE, not {word[:24]!r} (every commit is "
+                                  "already durable: both just stop)")
+        control.stop()
+        conn.close_after_reply()
+        return b""  # as Redis: no reply, the connection closes
+
+    return cmd_shutdown
 
 
 def core_commands(auth: Auth, *, version: str, info: Callable[[str | None], list[str]],
-                  command_count: Callable[[], int]) -> CommandTable:
+                  control: Control) -> CommandTable:
     """The connection and introspection commands. ``info(section)`` gives INFO's lines
-    (section: lowercase, or None for the default set),
-    ``command_count()`` the number COMMAND COUNT answers."""
+    (section: lowercase, or None for the default set), ``control`` the server's names,
+    settings, connections and stop."""
 
     def cmd_command(conn: Client, req: list[bytes]) -> bytes:
-        """Minimal COMMAND: enough for redis-cli and redis-benchmark, which only probe it."""
-        if len(req) >= 2:
-            sub = req[1].upper()
-            if sub == b"COUNT":
-                return resp.encode_int(command_count())
-            if sub == b"DOCS":
-                return resp.encode_map([], conn.resp3)
-        return resp.encode_array([])
+        """COMMAND [COUNT | LIST | INFO name... | DOCS name...] from coordcore.server.cmddocs."""
+        names = control.names()
+        sub = req[1].upper() if len(req) > 1 else b"INFO"
+        if sub == b"COUNT":
+            require_args(req, 1, 1)
+            return resp.encode_int(len(names))
+        if sub == b"LIST":
+            require_args(req, 1, 1)
+            return resp.encode_array([resp.encode_bulk(cmddocs.DOCS[n].name.lower().encode() if n in cmddocs.DOCS
+                                                       else n.lower()) for n in names])
+        asked = [a.upper() for a in req[2:]] or names
+        if sub == b"INFO":
+            return resp.encode_array([cmddocs.command_info(n, conn.resp3) if n in cmddocs.DOCS and n in names
+                                      else resp.encode_null(conn.resp3) for n in asked])
+        if sub == b"DOCS":
+            return cmddocs.command_docs([n for n in asked if n in names], conn.resp3)
+        raise BadArgument(f"unknown COMMAND subcommand {req[1][:24]!r} (coordcore has COUNT, LIST, INFO, DOCS)")
 
     def cmd_info(conn: Client, req: list[bytes]) -> bytes:
         """``INFO [section]``, as Redis answers it: ``# Section`` headers, ``field:value``
@@ -413,12 +542,13 @@ def core_commands(auth: Auth, *, version: str, info: Callable[[str | None], list
         # pipelined behind it is read.
         b"AUTH": Command(auth.cmd_auth, Flag.NOAUTH | Flag.PARKS),
         b"HELLO": Command(_hello(auth, version), Flag.NOAUTH | Flag.PARKS),
-        b"CLIENT": Command(cmd_client),
+        b"CLIENT": Command(_client(control)),
         b"ACL": Command(cmd_acl),
         b"SELECT": Command(cmd_select),
         b"COMMAND": Command(cmd_command),
-        b"CONFIG": Command(cmd_config),
+        b"CONFIG": Command(_config(control)),
         b"INFO": Command(cmd_info),
+        b"SHUTDOWN": Command(_shutdown(control)),
     }
 
 

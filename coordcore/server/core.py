@@ -65,6 +65,15 @@ class Client(Protocol):
     peer_host: str
     #: ``CLIENT SETNAME``/``HELLO SETNAME``.
     name: bytes
+    #: For ``CLIENT LIST``: the local address, the socket's descriptor (-1: none), when
+    #: the connection was made and last read from (time.monotonic()), the last command
+    #: the table served (the native hot path does not note its commands), watching.
+    laddr: str
+    fd: int
+    created: float
+    last_read: float
+    last_cmd: bytes
+    watching: bool
     #: The connection speaks RESP3 (after ``HELLO 3``).
     resp3: bool
     #: Callbacks run when the connection goes (watch cancellation, ...).
@@ -76,6 +85,10 @@ class Client(Protocol):
 
     @property
     def authenticated(self) -> bool: ...
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """Bytes of unparsed input and of unsent output."""
 
     def login(self, user: User) -> None:
         """AUTH succeeded as ``user``: the commands it may run are served from now on."""

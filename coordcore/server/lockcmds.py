@@ -395,6 +395,18 @@ class LockCommands:
         await svc.close()
         self.log.info("lock service closed", revision=svc.revision)
 
+    def log_batches(self) -> None:
+        """``--log-level debug``: a log line per committed batch."""
+        svc, st = self.svc, self.svc.stats
+        last = [st.commands]
+
+        def log_batch() -> None:
+            self.log.debug("batch committed", batch=st.batches, commands=st.commands - last[0],
+                           revision=svc.revision, bytes=st.bytes)
+            last[0] = st.commands
+
+        svc.pipeline.on_batch(log_batch)
+
     def info_lines(self) -> list[str]:
         svc = self.svc
         st = svc.stats
@@ -709,6 +721,32 @@ class LockCommands:
             conn.watch_mode(False)
         return resp.OK
 
+    def cmd_subscribe(self, conn: Client, req: list[bytes]) -> bytes:
+        """``SUBSCRIBE prefix``: WATCH in pub/sub's form, because redis-cli reads replies
+        forever (and prints pushes) only after a command named SUBSCRIBE. One prefix: the
+        ACL checks the first argument."""
+        if len(req) != 2:
+            raise BadArgument("SUBSCRIBE takes one prefix here (it is WATCH prefix in pub/sub's form)")
+        self.cmd_watch(conn, [b"WATCH", req[1]])
+        count = len(_state(conn).watches)
+        return resp.encode_push([resp.encode_bulk(b"subscribe"), resp.encode_bulk(req[1]), resp.encode_int(count)],
+                                conn.resp3)
+
+    def cmd_unsubscribe(self, conn: Client, req: list[bytes]) -> bytes:
+        """``UNSUBSCRIBE [prefix ...]``: UNWATCH, answered as pub/sub answers, per prefix."""
+        watches = _state(conn).watches
+        prefixes = req[1:] or list(watches)
+        out = []
+        for prefix in prefixes:
+            self.cmd_unwatch(conn, [b"UNWATCH", prefix])
+            out.append(resp.encode_push([resp.encode_bulk(b"unsubscribe"), resp.encode_bulk(prefix),
+                                         resp.encode_int(len(watches))], conn.resp3))
+        if not out:  # nothing watched: one reply all the same, as Redis
+            conn.watch_mode(False)
+            out.append(resp.encode_push([resp.encode_bulk(b"unsubscribe"), resp.encode_null(conn.resp3),
+                                         resp.encode_int(0)], conn.resp3))
+        return b"".join(out)
+
 
 _HOT = Flag.HOT | Flag.WRITES
 LockCommands.SPEC = {
@@ -734,6 +772,8 @@ LockCommands.SPEC = {
     b"LOCKS.REVISION": (LockCommands.cmd_revision, Flag.READS),
     b"WATCH": (LockCommands.cmd_watch, Flag.WATCH),
     b"UNWATCH": (LockCommands.cmd_unwatch, Flag.WATCH),
+    b"SUBSCRIBE": (LockCommands.cmd_subscribe, Flag.WATCH),
+    b"UNSUBSCRIBE": (LockCommands.cmd_unsubscribe, Flag.WATCH),
 }
 
 

@@ -71,9 +71,15 @@ elements per aggregate (and 32 levels deep), checked on the headers before anyth
 allocated; past either the client gets ``-TOOBIG`` and the connection is closed,
 because the rest of an oversized frame cannot be skipped safely. A frame that is valid
 RESP but not a request (an integer, a nested array) gets ``-PROTO`` and the stream goes
-on: it was framed whole, so the stream is still in sync. Bytes that are not RESP at all
-(or that hiredis refuses, such as a map keyed by an array) get ``-PROTO`` and a close;
+on: it was framed whole, so the stream is still in sync. Bytes that are not RESP (or
+that hiredis refuses, such as a map keyed by an array) get ``-PROTO`` and a close;
 no client bytes can raise inside the server.
+
+Inline requests: a request whose first byte starts no RESP frame is a line of words,
+as Redis reads ``PING\r\n`` from telnet, nc or redis-benchmark's PING_INLINE
+(:func:`split_inline`; at most ``INLINE_MAX`` bytes, else ``-TOOBIG`` and a close; an
+unbalanced quote gets ``-PROTO`` and the stream goes on). It is looked at only once the
+buffer has left the ``*`` grammar, so the hot path never sees it.
 """
 from __future__ import annotations
 
@@ -83,6 +89,7 @@ import enum
 import functools
 import socket
 import ssl
+import time
 from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable
@@ -110,6 +117,7 @@ from coordcore.server.core import Client, Command, Flag, Reply, ServerView
 __all__ = ["Connection", "State", "TlsAccept", "cert_names"]
 
 _WireConn = require("lockwire").WireConn
+_monotonic = time.monotonic
 
 
 class State(enum.IntEnum):
@@ -178,6 +186,83 @@ def _not_a_request(conn: Client, req: list[bytes]) -> bytes:
     return resp.encode_exception(ProtocolError("expected an array of bulk strings"))
 
 
+#: Longest inline request line (Redis's PROTO_INLINE_MAX_SIZE), within max_request_bytes.
+INLINE_MAX = 64 << 10
+
+#: The first words of HTTP request lines (an inline request starting so is refused).
+_HTTP_WORDS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE"))
+_SPACE = frozenset(b" \t\r\n\v\f\0")
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def split_inline(line: bytes) -> list[bytes]:
+    """An inline request's arguments, split as Redis splits them (``sdssplitargs``):
+    on white space; ``"..."`` takes ``\\n \\r \\t \\b \\a \\xHH`` and ``\\<char>`` escapes,
+    ``'...'`` only ``\\'``; a quote may open inside a word (``a"b c"`` is ``ab c``) but
+    a closing quote must end it. An unbalanced quote raises ProtocolError.
+
+    >>> split_inline(rb'ECHO "a b\\x41\\n" x')
+    [b'ECHO', b'a bA\\n', b'x']
+    >>> split_inline(rb"SET k 'it\\'s'")
+    [b'SET', b'k', b"it's"]
+    >>> split_inline(b'PING "x')
+    Traceback (most recent call last):
+    ...
+    coordcore.errors.ProtocolError: unbalanced quotes in inline request
+    """
+    if 0x22 not in line and 0x27 not in line:
+        # No quotes (PING, most typed lines): the same split, natively.
+        return line.replace(b"\0", b" ").split()
+    args: list[bytes] = []
+    n = len(line)
+    i = 0
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return args
+        word = bytearray()
+        quote = 0  # the open quote's byte, 0 outside quotes
+        while True:
+            if i >= n:
+                if quote:
+                    raise ProtocolError("unbalanced quotes in inline request")
+                break
+            c = line[i]
+            if quote == 0x22:  # "
+                if c == 0x5C and i + 3 < n and line[i + 1] == 0x78 and line[i + 2] in _HEX \
+                        and line[i + 3] in _HEX:  # \xHH
+                    word.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                if c == 0x5C and i + 1 < n:
+                    word.append(_ESCAPES.get(line[i + 1], line[i + 1]))
+                    i += 2
+                    continue
+            elif quote == 0x27 and c == 0x5C and i + 1 < n and line[i + 1] == 0x27:  # \'
+                word.append(0x27)
+                i += 2
+                continue
+            if quote:
+                i += 1
+                if c == quote:
+                    if i < n and line[i] not in _SPACE:
+                        raise ProtocolError("unbalanced quotes in inline request (a closing quote must "
+                                            "be followed by a space)")
+                    break
+                word.append(c)
+            elif c in _SPACE:
+                break
+            elif c == 0x22 or c == 0x27:
+                quote = c
+                i += 1
+            else:
+                word.append(c)
+                i += 1
+        args.append(bytes(word))
+
+
 #: What a request gets when the table has no entry for it in the connection's mode.
 _UNKNOWN = Command(_unknown_command)
 _AUTH_REQUIRED = Command(_auth_required)
@@ -218,6 +303,11 @@ class Connection(asyncio.Protocol):
         self._perm: User | None = None
         self._denials = 0
         self.name = b""
+        self.laddr = "?"
+        self.fd = -1
+        self.created = self.last_read = _monotonic()
+        self.last_cmd = b""
+        self.watching = False
         self.peer = "?"
         #: The client's address without its port (what AUTH failures are counted by).
         self.peer_host = "?"
@@ -294,7 +384,13 @@ class Connection(asyncio.Protocol):
                               user=self.user.name, command=_safe_name(req), reason=why, denials=n)
         return resp.encode_exception(NoPermission(f"{why}; nothing was done"))
 
+    @property
+    def buffered(self) -> tuple[int, int]:
+        transport = self.transport
+        return self.wire.buffered, transport.get_write_buffer_size() if transport is not None else 0
+
     def watch_mode(self, watching: bool) -> None:
+        self.watching = watching
         self._need, self._refuse = (_WATCH if watching else 0), _UNKNOWN
 
     # --- asyncio.Protocol -------------------------------------------------------
@@ -306,7 +402,12 @@ class Connection(asyncio.Protocol):
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
             self.peer_host = str(peer[0])
+        local = transport.get_extra_info("sockname")
+        if local:
+            self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -360,6 +461,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state >= _CLOSING:
             return
+        self.last_read = _monotonic()
         self.wire.feed(data)
         if self._holding():
             # Holding: keep the bytes buffered, unparsed. Reading goes on (so a client
@@ -571,6 +673,7 @@ class Connection(asyncio.Protocol):
                 self._hold(_BARRIER)
                 break
             handled += 1
+            self.last_cmd = req[0]
             entry: Command | None
             for arg in req:
                 if type(arg) is not bytes:
@@ -642,11 +745,16 @@ class Connection(asyncio.Protocol):
 
     def _foreign_frame(self, out: list[bytes]) -> Any:
         """The frame at the head of the buffer when it is not a request of the grammar:
-        a request (a list of bulk strings in another RESP spelling), False if it is not
+        a request (a list of bulk strings in another RESP spelling, or an inline line
+        when the head byte starts no RESP frame), False if it is not
         complete yet, or None once it got its ``-PROTO`` (valid RESP that is not a
         request: the stream is still in sync and goes on). Raises RequestTooLarge or
         ProtocolError (answered with a close) for what cannot be skipped safely."""
-        frame = self.wire.take_frame()
+        wire = self.wire
+        line = wire.take_inline(min(INLINE_MAX, self._config.max_request_bytes))
+        if line is not None:
+            return self._inline(line, out)
+        frame = wire.take_frame()
         if frame is False:
             return False
         reader = hiredis.Reader()
@@ -658,6 +766,36 @@ class Connection(asyncio.Protocol):
         if type(req) is not list or not req or any(type(a) is not bytes for a in req):
             error = _not_a_request(self, [])
             (self._slots.append if self._slots else out.append)(error)
+            return None
+        return req
+
+    def _inline(self, line: bytes | bool, out: list[bytes]) -> Any:
+        """An inline request (Redis's telnet form) as ``_foreign_frame`` answers: its
+        arguments, False if incomplete, None if there is nothing to run (an empty line,
+        or it got its error: the line is consumed, so the stream is still in sync)."""
+        if line is False:
+            return False
+        assert isinstance(line, bytes)
+        error: CoordcoreError | None = None
+        try:
+            req = split_inline(line)
+        except ProtocolError as exc:
+            error = exc
+        else:
+            if not req:
+                return None  # an empty line: Redis ignores it
+            word = req[0].upper()
+            if word in _HTTP_WORDS or word.endswith(b":"):
+                # A web page can make a browser POST to a loopback port, and the body's
+                # lines would run as inline commands: close at the request line or the
+                # first header, as Redis does for POST and Host:.
+                self._log.warning("HTTP request on the RESP port, closing", audit="http", conn=self.id,
+                                  peer=self.peer)
+                raise ProtocolError("this is a RESP port: HTTP requests are refused")
+            if len(req) > self._config.max_args:
+                error = ProtocolError(f"more than {self._config.max_args} arguments in an inline request")
+        if error is not None:
+            (self._slots.append if self._slots else out.append)(resp.encode_exception(error))
             return None
         return req
 

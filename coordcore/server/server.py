@@ -316,6 +316,8 @@ class Server:
         #: The metrics port's HTTP server (None: off), and the table commands it counts.
         self.http: Any = None
         self._command_counts: Any = None
+        #: What a SHUTDOWN calls (run_server's stop event; None: close in place).
+        self.on_stop: Callable[[], None] | None = None
 
     @property
     def partial(self) -> dict[Any, float]:
@@ -472,8 +474,9 @@ class Server:
 
     def base_commands(self) -> CommandTable:
         """The connection, introspection and ID commands (``self.ids`` must be set)."""
-        table = commands.core_commands(self.auth, version=self.version, info=self.info_lines,
-                                       command_count=lambda: len(self.command_names))
+        control = commands.Control(names=lambda: self.command_names, settings=self.settings,
+                                   clients=lambda: self.connections, stop=self.request_stop)
+        table = commands.core_commands(self.auth, version=self.version, info=self.info_lines, control=control)
         table.update(commands.id_commands(self.ids, max_range=self.config.max_id_range,
                                           endpoints=self.id_endpoints))
         return table
@@ -493,19 +496,7 @@ class Server:
         self.commands.update(top_commands(svc))
         self._close_locks = served.close
         if self.log.logger.isEnabledFor(logging.DEBUG):
-            svc.pipeline.on_batch(self._batch_logger(svc))  # only at debug: no cost otherwise
-
-    def _batch_logger(self, svc: Any) -> Callable[[], None]:
-        """``--log-level debug``: one line per committed batch."""
-        st = svc.stats
-        last = [st.commands]
-
-        def log_batch() -> None:
-            self.log.debug("batch committed", batch=st.batches, commands=st.commands - last[0],
-                           revision=svc.revision, bytes=st.bytes)
-            last[0] = st.commands
-
-        return log_batch
+            served.log_batches()  # only at debug: no cost otherwise
 
     def login_by_cert(self, conn: Connection, cert: dict[str, Any]) -> None:
         """A verified client certificate (``--tls-ca``) logs its connection in: as the
@@ -558,6 +549,37 @@ class Server:
                         self.log.warning("watches ended: no longer permitted", audit="acl", conn=conn.id,
                                          peer=conn.peer, user=user.name, watches=ended)
         self.log.warning("ACL reloaded", audit="acl", path=str(path), users=len(acl.users), closed=closed)
+
+    def settings(self) -> dict[str, str]:
+        """CONFIG GET's view: every setting under its ``serve --config`` key (never the
+        password), and the Redis names tools ask for (port, bind, maxclients, save...)."""
+        out: dict[str, str] = {}
+        for field in dataclasses.fields(self.config):
+            if field.name in ("requirepass",):
+                continue
+            value = getattr(self.config, field.name)
+            if isinstance(value, bool):
+                text = "yes" if value else "no"
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = "" if value is None else str(value)
+            out[field.name.replace("_", "-")] = text
+        out["requirepass"] = "(set)" if self.config.requirepass is not None else ""
+        out.update({"port": str(self.port), "bind": self.config.host, "dir": str(self.config.data_dir),
+                    "maxclients": str(self.config.max_connections), "timeout": "0", "databases": "1",
+                    "save": "", "appendonly": "yes" if not self.config.id_only else "no",
+                    "appendfsync": "always" if self.config.fsync else "no",
+                    "proto-max-bulk-len": str(self.config.max_request_bytes)})
+        return out
+
+    def request_stop(self) -> None:
+        """SHUTDOWN: stop as SIGTERM does (run_server's stop), else close in place."""
+        self.log.warning("SHUTDOWN requested by a client, stopping")
+        if self.on_stop is not None:
+            self.on_stop()
+        else:
+            self.track(asyncio.ensure_future(self.close()))
 
     def id_endpoints(self) -> list[str]:
         return [f"{self.config.host}:{self.port}"] + [ep for _, ep in self._children]
@@ -740,6 +762,7 @@ def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_s
     async def main() -> None:
         server = Server(config, log=log)
         stop = asyncio.Event()
+        server.on_stop = stop.set
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

@@ -137,9 +137,9 @@ def run_top(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser, *, top: bool) -> None:
     a = parser.add_argument
-    a("--host", default="127.0.0.1")
-    a("--port", type=int, default=7379)
-    a("--user", default="default")
+    a("--host", default="127.0.0.1", help="the server's address (default %(default)s)")
+    a("--port", type=int, default=7379, help="the server's RESP port (default %(default)s)")
+    a("--user", default="default", help="the ACL user to AUTH as (default %(default)s)")
     a("--password", default=None, help="AUTH password (default: $COORDCORE_PASSWORD, else none)")
     a("--timeout", type=float, default=5.0, help="seconds to wait for the server")
     if top:

@@ -1,0 +1,233 @@
+"""The audit journal: every lock-log record, in order, with who opened its sessions.
+
+The lock log cannot carry audit data without a format change: every record in it is a
+batch the state machine applies, on recovery and on every cluster follower, and a
+record of another kind would have to be taught to all of them. So the audit lives
+beside the log, in its own directory::
+
+    journal.log         header, then one entry per lock-log record (append-only)
+    base.snap           the machine state before the journal's first record, if the
+                        audit started on a log that already had state
+    checkpoints.jsonl   signed checkpoints (see :mod:`coordcore.audit.checkpoint`)
+
+An entry is ``[u32 body length][u32 crc32c(body)][u64 record index][leaf]`` and the
+*leaf* (what the Merkle tree hashes, RFC 6962 ``SHA-256(0x00 || leaf)``) is::
+
+    u32 record length, record (the batch record, byte for byte),
+    then per OPEN command whose opener is known: u32 command position, u16 name length, name
+
+The user is there because the log cannot tell it: a session's owner is folded into the
+credential digest its OPEN carries (``SHA-256(owner || 0 || secret)``) and the secret
+never reaches the log. Folding the names into the leaf puts them under the tree's hash
+and the checkpoints' signatures like the records themselves.
+
+The journal is written when a record is durable in the log, without an fsync of its
+own; it is fsynced before a snapshot lets the log drop records and before a checkpoint
+signs them. A power cut can so lose its unsynced tail, which the log still has: on
+restart the tail is taken from the log again (without its user names, logged).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from coordcore._native.lockmachine import crc32c
+from coordcore.errors import BadArgument, LogCorrupted
+
+__all__ = ["Entry", "Journal", "JournalReader", "encode_leaf", "decode_leaf"]
+
+MAGIC: Final = b"CCAUDJNL"
+_HEADER = struct.Struct("<8sIIQ")  # magic, version, reserved, first record index
+_ENTRY = struct.Struct("<IIQ")  # body length (index + leaf), crc32c of the body, record index
+_U32 = struct.Struct("<I")
+_USER = struct.Struct("<IH")
+#: Longest entry read back (a lock-log record is at most 256 MiB).
+MAX_ENTRY: Final = (256 << 20) + (1 << 20)
+JOURNAL: Final = "journal.log"
+BASE: Final = "base.snap"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal entry: a lock-log record and the users of its OPEN commands."""
+
+    index: int
+    record: bytes
+    users: tuple[tuple[int, str], ...]
+
+    @property
+    def leaf(self) -> bytes:
+        return encode_leaf(self.record, self.users)
+
+
+def encode_leaf(record: bytes, users: tuple[tuple[int, str], ...] = ()) -> bytes:
+    parts = [_U32.pack(len(record)), record]
+    for pos, name in users:
+        raw = name.encode()
+        parts.append(_USER.pack(pos, len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def decode_leaf(leaf: bytes) -> tuple[bytes, tuple[tuple[int, str], ...]]:
+    """``(record, users)`` of a leaf, or :class:`BadArgument` naming what is wrong."""
+    if len(leaf) < 4:
+        raise BadArgument("a leaf shorter than its record length")
+    (n,) = _U32.unpack_from(leaf)
+    if 4 + n > len(leaf):
+        raise BadArgument(f"a leaf says its record has {n} bytes but holds {len(leaf) - 4}")
+    record = leaf[4:4 + n]
+    users: list[tuple[int, str]] = []
+    pos = 4 + n
+    while pos < len(leaf):
+        if pos + _USER.size > len(leaf):
+            raise BadArgument("a leaf's user list is truncated")
+        cmd, size = _USER.unpack_from(leaf, pos)
+        pos += _USER.size
+        if pos + size > len(leaf):
+            raise BadArgument("a leaf's user name is truncated")
+        try:
+            users.append((cmd, leaf[pos:pos + size].decode()))
+        except UnicodeDecodeError:
+            raise BadArgument("a leaf's user name is not UTF-8") from None
+        pos += size
+    return record, tuple(users)
+
+
+class JournalReader:
+    """Reads a journal's complete entries (a torn tail is where it stops)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            raise LogCorrupted(f"audit journal {path}: shorter than its header")
+        magic, version, _, first = _HEADER.unpack(head)
+        if magic != MAGIC or version != 1 or first < 1:
+            raise LogCorrupted(f"audit journal {path}: not an audit journal (magic {magic!r}, "
+                               f"version {version}, first index {first})")
+        self.first_index: int = first
+        #: Where the complete entries end (set once :meth:`entries` has read them all).
+        self.end = _HEADER.size
+
+    def entries(self, offsets: list[int] | None = None) -> Iterator[Entry]:
+        """Every complete entry in order; checks indices and checksums. A damaged entry
+        with complete entries after it raises :class:`LogCorrupted`; a short or damaged
+        last one is a torn tail and ends the iteration."""
+        expected = self.first_index
+        with open(self.path, "rb") as f:
+            f.seek(_HEADER.size)
+            offset = _HEADER.size
+            while True:
+                head = f.read(_ENTRY.size)
+                if len(head) < _ENTRY.size:
+                    break
+                length, crc, index = _ENTRY.unpack(head)
+                if not 8 <= length <= MAX_ENTRY:
+                    self._damage(f, offset, f"an entry length of {length}")
+                    break
+                leaf = f.read(length - 8)
+                if len(leaf) < length - 8:
+                    break  # torn tail
+                if crc32c(leaf, crc32c(head[8:])) != crc:
+                    self._damage(f, offset, "a checksum mismatch")
+                    break
+                if index != expected:
+                    raise LogCorrupted(f"audit journal {self.path}: entry at byte {offset} is record "
+                                       f"{index}, expected {expected}")
+                try:
+                    record, users = decode_leaf(leaf)
+                except BadArgument as exc:
+                    raise LogCorrupted(f"audit journal {self.path}: record {index}: {exc}") from None
+                if offsets is not None:
+                    offsets.append(offset)
+                yield Entry(index, record, users)
+                offset += _ENTRY.size + len(leaf)
+                self.end = offset
+                expected += 1
+
+    def _damage(self, f: object, offset: int, what: str) -> None:
+        size = os.path.getsize(self.path)
+        # Only the last entry can be half-written (one append at a time): anything with
+        # room for another entry after it is damage, not a tear.
+        if size - offset > MAX_ENTRY:
+            raise LogCorrupted(f"audit journal {self.path}: {what} at byte {offset}")
+
+
+class Journal:
+    """The writer: appends entries, fsyncs on request."""
+
+    def __init__(self, path: Path, fd: int, first_index: int, next_index: int, fsync: bool) -> None:
+        self.path = path
+        self._fd = fd
+        self.first_index = first_index
+        self.next_index = next_index
+        self._fsync = fsync
+        self._dirty = False
+
+    @classmethod
+    def create(cls, directory: Path, first_index: int, fsync: bool) -> Journal:
+        path = directory / JOURNAL
+        tmp = directory / (JOURNAL + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(_HEADER.pack(MAGIC, 1, 0, first_index))
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if fsync:
+            _fsync_dir(directory)
+        return cls.reopen(path, first_index, first_index, _HEADER.size, fsync)
+
+    @classmethod
+    def reopen(cls, path: Path, first_index: int, next_index: int, end: int, fsync: bool) -> Journal:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, end)  # a torn tail goes
+            os.lseek(fd, end, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, first_index, next_index, fsync)
+
+    def append(self, index: int, leaf_parts: list[bytes]) -> None:
+        if index != self.next_index:
+            raise LogCorrupted(f"audit journal {self.path}: record {index} follows {self.next_index - 1}")
+        body_len = sum(map(len, leaf_parts)) + 8
+        idx = index.to_bytes(8, "little")
+        crc = crc32c(idx)
+        for part in leaf_parts:
+            crc = crc32c(part, crc)
+        parts = [_ENTRY.pack(body_len, crc, index), *leaf_parts]
+        want = sum(map(len, parts))
+        done = os.writev(self._fd, parts)
+        if done != want:  # a short write (a full disk): finish it or fail loudly
+            rest = b"".join(parts)[done:]
+            while rest:
+                rest = rest[os.write(self._fd, rest):]
+        self.next_index = index + 1
+        self._dirty = True
+
+    def sync(self) -> None:
+        if self._dirty and self._fsync:
+            os.fdatasync(self._fd)
+        self._dirty = False
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

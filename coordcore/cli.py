@@ -77,6 +77,12 @@ def _passwd_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from coordcore.audit import cli as audit_cli
+
+    audit_cli.add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coordcore", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "when it is not a terminal) and print its salted scrypt hash for "
                                    "the password field of an ACL file's [users.NAME] table.")
     p.set_defaults(func=_passwd_command)
+
+    _add_audit(sub)
 
     from coordcore.server import cli as serve_cli
 

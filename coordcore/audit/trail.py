@@ -201,6 +201,8 @@ class AuditedStore:
     def __init__(self, inner: LogStore, trail: AuditTrail) -> None:
         self.inner = inner
         self.trail = trail
+        self.max_record_bytes: int = inner.max_record_bytes
+        self.syncs: bool = inner.syncs
         self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._want: list[asyncio.Future[Checkpoint]] = []
         self._state: Callable[[], bytes] | None = None
@@ -220,14 +222,6 @@ class AuditedStore:
         return cls(inner, trail)
 
     # --- the LogStore interface --------------------------------------------------------
-
-    @property
-    def max_record_bytes(self) -> int:
-        return self.inner.max_record_bytes
-
-    @property
-    def syncs(self) -> bool:
-        return self.inner.syncs
 
     @property
     def next_index(self) -> int:

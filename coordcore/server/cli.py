@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from coordcore.errors import CoordcoreError
+from coordcore.errors import BadArgument, CoordcoreError
 from coordcore.server.server import ServerConfig, run_server
 
 __all__ = ["add_arguments", "config_from_args", "main"]
@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="shared secret clients must give with AUTH (default: $COORDCORE_REQUIREPASS, else none)")
     a("--acl-file", type=Path, default=None,
       help="users, password hashes and per-prefix permissions (TOML; reloaded on SIGHUP)")
+    a("--audit-key", type=Path, default=None,
+      help="keep a tamper-evident audit trail in DATA_DIR/audit, checkpoints signed with this "
+           "Ed25519 private key (PEM; `coordcore audit keygen`)")
+    a("--audit-every", type=int, default=d.audit_every,
+      help="records between two signed audit checkpoints (default %(default)s)")
     a("--insecure", action="store_true",
       help="allow listening on a non-loopback address without authentication")
     a("--tls-cert", type=Path, default=None, help="serve TLS (1.2+) with this certificate chain (PEM)")
@@ -77,7 +82,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, data_dir=args.data_dir, worker_id=args.worker_id,
         datacenter_id=args.datacenter_id,
         requirepass=args.requirepass if args.requirepass is not None else os.environ.get("COORDCORE_REQUIREPASS"),
-        acl_file=args.acl_file, insecure=args.insecure, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        acl_file=args.acl_file, audit_key=_audit_key(args), audit_every=args.audit_every,
+        insecure=args.insecure, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
         max_args=args.max_args, max_id_range=args.max_id_range, max_inflight=args.max_inflight, id_workers=args.id_workers,
@@ -90,6 +96,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level,
         etcd=tuple(_etcd_endpoints(args.etcd)), cluster=args.cluster, advertise=args.advertise,
         etcd_ttl=args.etcd_ttl)
+
+
+def _audit_key(args: argparse.Namespace) -> Path | None:
+    if args.audit_key is not None and args.etcd:
+        raise BadArgument("--audit-key is single-node only for now (the cluster log is not audited yet)")
+    if args.audit_every < 1:
+        raise BadArgument("--audit-every must be >= 1")
+    return args.audit_key  # type: ignore[no-any-return]
 
 
 def _etcd_endpoints(value: str | None) -> list[str]:

@@ -14,7 +14,7 @@ async def open_audited(d: Path, key: Ed25519PrivateKey | None, every: int = 10_0
                        **kw: object) -> tuple[LockService, AuditedStore]:
     inner = await FileStore.open(d / "locks", durability="unsafe-no-fsync")
     store = await AuditedStore.open(inner, d / "audit", key=key, every=every)
-    svc = await LockService.open_store(store, **kw)  # type: ignore[arg-type]
+    svc = await LockService.open_store(store, **kw)  # type: ignore[arg-type]  # (kw: clock)
     attach(svc, store)
     return svc, store
 

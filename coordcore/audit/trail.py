@@ -314,7 +314,12 @@ class AuditedStore:
             for w in self._want:
                 if not w.done():
                     w.set_exception(Unavailable("the lock service closed before the checkpoint"))
-            self.trail.close()
+            trail = self.trail
+            last = trail.checkpoints[-1].size if trail.checkpoints else 0
+            if trail.key is not None and trail.journal is not None and trail.tree.size > last:
+                # A clean stop signs what it has: an export then proves every record.
+                trail.checkpoint(self._revision(), self._state() if self._state is not None else None)
+            trail.close()
         finally:
             await self.inner.close()
 

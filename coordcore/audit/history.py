@@ -32,7 +32,7 @@ from coordcore.audit import checkpoint as cpmod
 from coordcore.audit.journal import BASE, JOURNAL, Entry, JournalReader
 from coordcore.audit.merkle import MerkleTree, leaf_hash
 from coordcore.errors import BadArgument, NotFound
-from coordcore.locks.machine import EventKind, LockMachine, Mode, decode_batch
+from coordcore.locks.machine import EventKind, LockMachine, Mode
 
 __all__ = ["AuditEvent", "Replayer", "export", "query", "replay", "DEFAULT_LIMIT"]
 
@@ -160,9 +160,14 @@ def export(directory: Path, since: int = 0) -> Iterator[str]:
             continue
         leaf_index = entry.index - reader.first_index
         yield _line({"type": "record", "index": entry.index, "leaf": base64.b64encode(entry.leaf).decode(),
-                     "time_ms": decode_batch(entry.record)[0],
+                     "time_ms": _batch_time(entry.record),
                      "events": [ev.to_json() for ev in events], "tree_size": last.size,
                      "proof": [p.hex() for p in tree.inclusion_proof(leaf_index, last.size)]})
+
+
+def _batch_time(record: bytes) -> int:
+    """A batch record's own timestamp (header bytes 8..16; see coordcore.locks.machine)."""
+    return int.from_bytes(record[8:16], "little")
 
 
 def _covered(reader: JournalReader, last_index: int) -> Iterator[Entry]:

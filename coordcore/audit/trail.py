@@ -80,6 +80,7 @@ class AuditTrail:
         self.base_digest = "-"
         #: Records taken from the log at start because the journal had lost them.
         self.recovered_from_log = 0
+        self._read_fd = -1
 
     @classmethod
     def load(cls, directory: Path, *, key: Ed25519PrivateKey | None = None, every: int = DEFAULT_EVERY,
@@ -149,11 +150,11 @@ class AuditTrail:
         """The record the journal holds for ``index`` (read back from the file)."""
         assert self.journal is not None
         offset = self.offsets[index - self.journal.first_index]
-        with open(self.journal.path, "rb") as f:
-            f.seek(offset)
-            head = f.read(16)
-            length = int.from_bytes(head[:4], "little")
-            leaf = f.read(length - 8)
+        if self._read_fd < 0:  # kept open: recovery compares every record after the snapshot
+            self._read_fd = os.open(self.journal.path, os.O_RDONLY)
+        head = os.pread(self._read_fd, 16, offset)
+        length = int.from_bytes(head[:4], "little")
+        leaf = os.pread(self._read_fd, length - 8, offset + 16)
         return leaf[4:4 + int.from_bytes(leaf[:4], "little")]
 
     def sync(self) -> None:
@@ -177,6 +178,9 @@ class AuditTrail:
         return cp
 
     def close(self) -> None:
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
         if self.journal is not None:
             self.journal.close()
 
@@ -253,7 +257,12 @@ class AuditedStore:
                                    f"{trail.next_index}..{index - 1} were never audited")
             apply(index, payload)
 
-        floor = await self.inner.replay(on_restore, on_apply)
+        try:
+            floor = await self.inner.replay(on_restore, on_apply)
+        finally:
+            if trail._read_fd >= 0:
+                os.close(trail._read_fd)
+                trail._read_fd = -1
         if trail.journal is None:
             self._start(self.inner.next_index, snap)
         if trail.next_index > self.inner.next_index:

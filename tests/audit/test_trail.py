@@ -102,3 +102,26 @@ def test_a_lost_journal_tail_is_taken_from_the_log(tmp_path: Path, run: Callable
 
     grown, recovered = run(again())
     assert recovered == 2 and grown >= size
+
+
+def test_a_journal_that_differs_from_the_log_refuses(tmp_path: Path, run: Callable[..., Any]) -> None:
+    from coordcore.audit.journal import Journal
+    from coordcore.audit.trail import _leaf_parts
+
+    async def go() -> None:
+        svc, _ = await open_audited(tmp_path, None)
+        await some_history(svc)
+        await svc.close()
+
+    run(go())
+    audit = tmp_path / "audit"
+    entries = list(JournalReader(audit / JOURNAL).entries())
+    (audit / JOURNAL).unlink()
+    journal = Journal.create(audit, 1, fsync=False)
+    for e in entries:  # rewritten whole, checksums and all, with record 3's time moved
+        record = e.record[:8] + (int.from_bytes(e.record[8:16], "little") + 1).to_bytes(8, "little") + e.record[16:] \
+            if e.index == 3 else e.record
+        journal.append(e.index, _leaf_parts(record, e.users))
+    journal.close()
+    with pytest.raises(LogCorrupted, match="record 3 differs from the audit journal's copy"):
+        run(open_audited(tmp_path, None))

@@ -162,8 +162,10 @@ class JournalReader:
 class Journal:
     """The writer: appends entries, fsyncs on request."""
 
-    def __init__(self, path: Path, fd: int, first_index: int, next_index: int, fsync: bool) -> None:
+    def __init__(self, path: Path, fd: int, first_index: int, next_index: int, end: int, fsync: bool) -> None:
         self.path = path
+        #: Where the next entry starts.
+        self.end = end
         self._fd = fd
         self.first_index = first_index
         self.next_index = next_index
@@ -193,23 +195,24 @@ class Journal:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, first_index, next_index, fsync)
+        return cls(path, fd, first_index, next_index, end, fsync)
 
     def append(self, index: int, leaf_parts: list[bytes]) -> None:
         if index != self.next_index:
             raise LogCorrupted(f"audit journal {self.path}: record {index} follows {self.next_index - 1}")
-        body_len = sum(map(len, leaf_parts)) + 8
-        idx = index.to_bytes(8, "little")
-        crc = crc32c(idx)
+        size = 0
+        crc = crc32c(index.to_bytes(8, "little"))
         for part in leaf_parts:
             crc = crc32c(part, crc)
-        parts = [_ENTRY.pack(body_len, crc, index), *leaf_parts]
-        want = sum(map(len, parts))
+            size += len(part)
+        parts = [_ENTRY.pack(size + 8, crc, index), *leaf_parts]
+        size += _ENTRY.size
         done = os.writev(self._fd, parts)
-        if done != want:  # a short write (a full disk): finish it or fail loudly
+        if done != size:  # a short write (a full disk): finish it or fail loudly
             rest = b"".join(parts)[done:]
             while rest:
                 rest = rest[os.write(self._fd, rest):]
+        self.end += size
         self.next_index = index + 1
         self._dirty = True
 

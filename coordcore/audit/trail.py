@@ -142,7 +142,7 @@ class AuditTrail:
     def add(self, index: int, record: bytes, users: tuple[tuple[int, str], ...]) -> None:
         assert self.journal is not None
         parts = _leaf_parts(record, users)
-        self.offsets.append(os.lseek(self.journal._fd, 0, os.SEEK_CUR))
+        self.offsets.append(self.journal.end)
         self.journal.append(index, parts)
         self.tree.append(_leaf_hash(parts))
 

@@ -33,7 +33,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from coordcore._native.lockmachine import crc32c
 from coordcore.errors import BadArgument, LogCorrupted
@@ -116,27 +116,33 @@ class JournalReader:
         self.end = _HEADER.size
 
     def entries(self, offsets: list[int] | None = None) -> Iterator[Entry]:
-        """Every complete entry in order; checks indices and checksums. A damaged entry
-        with complete entries after it raises :class:`LogCorrupted`; a short or damaged
-        last one is a torn tail and ends the iteration."""
+        """Every complete entry in order; checks indices and checksums. Only the last
+        entry can be torn (one append at a time, a checkpoint fsyncs before it signs): one
+        that runs past the end of the file, or ends at it with a bad checksum, or zeros to
+        the end, ends the iteration. Any other damage raises :class:`LogCorrupted`."""
         expected = self.first_index
+        size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             f.seek(_HEADER.size)
             offset = _HEADER.size
             while True:
                 head = f.read(_ENTRY.size)
                 if len(head) < _ENTRY.size:
-                    break
+                    break  # a torn header
                 length, crc, index = _ENTRY.unpack(head)
                 if not 8 <= length <= MAX_ENTRY:
-                    self._damage(f, offset, f"an entry length of {length}")
-                    break
+                    if self._zeros_to_end(f, head):
+                        break  # a power cut left zeros where the last entry was going
+                    raise LogCorrupted(f"audit journal {self.path}: an entry length of {length} at byte {offset}")
+                end = offset + _ENTRY.size + length - 8
+                if end > size:
+                    break  # the last entry, cut short
                 leaf = f.read(length - 8)
-                if len(leaf) < length - 8:
-                    break  # torn tail
                 if crc32c(leaf, crc32c(head[8:])) != crc:
-                    self._damage(f, offset, "a checksum mismatch")
-                    break
+                    if end == size:
+                        break  # the last entry, half-written
+                    raise LogCorrupted(f"audit journal {self.path}: a checksum mismatch in the entry at byte "
+                                       f"{offset}, with entries after it")
                 if index != expected:
                     raise LogCorrupted(f"audit journal {self.path}: entry at byte {offset} is record "
                                        f"{index}, expected {expected}")
@@ -147,16 +153,18 @@ class JournalReader:
                 if offsets is not None:
                     offsets.append(offset)
                 yield Entry(index, record, users)
-                offset += _ENTRY.size + len(leaf)
+                offset = end
                 self.end = offset
                 expected += 1
 
-    def _damage(self, f: object, offset: int, what: str) -> None:
-        size = os.path.getsize(self.path)
-        # Only the last entry can be half-written (one append at a time): anything with
-        # room for another entry after it is damage, not a tear.
-        if size - offset > MAX_ENTRY:
-            raise LogCorrupted(f"audit journal {self.path}: {what} at byte {offset}")
+    @staticmethod
+    def _zeros_to_end(f: BinaryIO, head: bytes) -> bool:
+        if head.strip(b"\0"):
+            return False
+        while chunk := f.read(1 << 16):
+            if chunk.strip(b"\0"):
+                return False
+        return True
 
 
 class Journal:

@@ -125,3 +125,26 @@ def test_a_journal_that_differs_from_the_log_refuses(tmp_path: Path, run: Callab
     journal.close()
     with pytest.raises(LogCorrupted, match="record 3 differs from the audit journal's copy"):
         run(open_audited(tmp_path, None))
+
+
+def test_journal_damage_before_its_end_refuses_and_changes_nothing(tmp_path: Path, run: Callable[..., Any]) -> None:
+    async def go() -> None:
+        svc, _ = await open_audited(tmp_path, None)
+        await some_history(svc)
+        await svc.close()
+
+    run(go())
+    path = tmp_path / "audit" / JOURNAL
+    offsets: list[int] = []
+    n = len(list(JournalReader(path).entries(offsets)))
+    good = path.read_bytes()
+    # Zeros or half an entry at the end are a torn tail: the entries before it stay.
+    for tail in (b"\0" * 40, good[offsets[2]:offsets[3]][:-5]):
+        path.write_bytes(good + tail)
+        assert len(list(JournalReader(path).entries())) == n
+    bad = bytearray(good)
+    bad[offsets[2] + 20] ^= 0x40
+    path.write_bytes(bytes(bad))
+    with pytest.raises(LogCorrupted, match=f"checksum mismatch in the entry at byte {offsets[2]}"):
+        run(open_audited(tmp_path, None))
+    assert path.read_bytes() == bytes(bad)  # refused before anything was cut

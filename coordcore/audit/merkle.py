@@ -25,6 +25,7 @@ from collections.abc import Sequence
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "CompactTree",
     "MerkleTree",
     "leaf_hash",
     "node_hash",
@@ -170,6 +171,49 @@ class MerkleTree:
             proof.append(self._mth(start, end))
         proof.reverse()
         return proof
+
+
+class CompactTree:
+    """The root of an append-only tree in O(log n) memory: only the roots of the
+    perfect subtrees along its right edge (one per set bit of the size, largest first).
+    What a writer needs to sign checkpoints; proofs come from a :class:`MerkleTree`
+    built from the leaves when they are wanted.
+
+    >>> c, m = CompactTree(), MerkleTree()
+    >>> for i in range(11):
+    ...     _ = c.append(leaf_hash(bytes([i]))), m.append(leaf_hash(bytes([i])))
+    >>> c.root() == m.root(), c.size
+    (True, 11)
+    """
+
+    __slots__ = ("size", "_edge")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._edge: list[bytes] = []
+
+    def append(self, leaf: bytes) -> int:
+        """Add a leaf hash; returns its index."""
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
+        edge = self._edge
+        edge.append(leaf)
+        n = index = self.size
+        while n & 1:  # each trailing 1 bit: two subtrees of one height become one
+            right = edge.pop()
+            edge[-1] = node_hash(edge[-1], right)
+            n >>= 1
+        self.size = index + 1
+        return index
+
+    def root(self) -> bytes:
+        edge = self._edge
+        if not edge:
+            return EMPTY_ROOT
+        r = edge[-1]
+        for left in reversed(edge[:-1]):
+            r = node_hash(left, r)
+        return r
 
 
 def _hashes(proof: Sequence[bytes]) -> bool:

@@ -32,6 +32,7 @@ boundary comes at once).
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import hashlib
@@ -47,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordcore.audit import checkpoint as cpmod
 from coordcore.audit.checkpoint import Checkpoint
 from coordcore.audit.journal import BASE, JOURNAL, Journal, JournalReader, encode_leaf
-from coordcore.audit.merkle import MerkleTree
+from coordcore.audit.merkle import EMPTY_ROOT, CompactTree
 from coordcore.errors import BadArgument, LogCorrupted, Unavailable
 from coordcore.locks.machine import Op, decode_batch
 from coordcore.locks.store import LogStore, unwrap_snapshot
@@ -61,6 +62,8 @@ logger = logging.getLogger("coordcore.audit")
 
 #: Records between two automatic checkpoints.
 DEFAULT_EVERY: Final = 10_000
+#: One journal offset kept per this many entries (recovery finds a record from there).
+_MARK_EVERY: Final = 1024
 #: Openers remembered until their OPEN is appended (one that never is: evicted oldest first).
 _MAX_PENDING_OWNERS: Final = 65_536
 
@@ -73,14 +76,19 @@ class AuditTrail:
         self.key = key
         self.every = every
         self.fsync = fsync
-        self.tree = MerkleTree()
+        #: The root only (O(log n) memory); proofs are built offline from the journal.
+        self.tree = CompactTree()
         self.journal: Journal | None = None
-        self.offsets: list[int] = []
+        #: Where every _MARK_EVERY-th entry starts (a sparse index into the journal).
+        self._marks = array.array("Q")
+        #: (offset, index) of the entry after the last one stored_record() read.
+        self._cursor = (0, 0)
         self.checkpoints: list[Checkpoint] = cpmod.read_checkpoints(directory)
         self.base_digest = "-"
         #: Records taken from the log at start because the journal had lost them.
         self.recovered_from_log = 0
         self._read_fd = -1
+        self._root_at_checkpoint = b""
 
     @classmethod
     def load(cls, directory: Path, *, key: Ed25519PrivateKey | None = None, every: int = DEFAULT_EVERY,
@@ -94,8 +102,13 @@ class AuditTrail:
         path = directory / JOURNAL
         if path.exists():
             reader = JournalReader(path)
-            for entry in reader.entries(trail.offsets):
+            last = trail.checkpoints[-1] if trail.checkpoints else None
+            offsets: list[int] = []
+            for entry in reader.entries(offsets):
+                trail._mark(entry.index - reader.first_index, offsets.pop())
                 trail.tree.append(_leaf_hash([entry.leaf]))
+                if last is not None and trail.tree.size == last.size:
+                    trail._root_at_checkpoint = trail.tree.root()
             trail.journal = Journal.reopen(path, reader.first_index, reader.first_index + trail.tree.size,
                                            reader.end, fsync)
             if (directory / BASE).exists():
@@ -109,7 +122,8 @@ class AuditTrail:
         cp = self.checkpoints[-1]
         first = self.journal.first_index if self.journal is not None else None
         where = f"audit {self.directory}"
-        if first != cp.first_index or cp.size > self.tree.size or self.tree.root(cp.size) != cp.root:
+        root = EMPTY_ROOT if cp.size == 0 else self._root_at_checkpoint
+        if first != cp.first_index or cp.size > self.tree.size or root != cp.root:
             raise LogCorrupted(
                 f"{where}: the journal ({self.tree.size} records from {first}) does not extend the "
                 f"last signed checkpoint (size {cp.size} from record {cp.first_index}): refusing to "
@@ -142,20 +156,31 @@ class AuditTrail:
     def add(self, index: int, record: bytes, users: tuple[tuple[int, str], ...]) -> None:
         assert self.journal is not None
         parts = _leaf_parts(record, users)
-        self.offsets.append(self.journal.end)
+        self._mark(index - self.journal.first_index, self.journal.end)
         self.journal.append(index, parts)
         self.tree.append(_leaf_hash(parts))
 
     def stored_record(self, index: int) -> bytes:
         """The record the journal holds for ``index`` (read back from the file)."""
         assert self.journal is not None
-        offset = self.offsets[index - self.journal.first_index]
         if self._read_fd < 0:  # kept open: recovery compares every record after the snapshot
             self._read_fd = os.open(self.journal.path, os.O_RDONLY)
-        head = os.pread(self._read_fd, 16, offset)
-        length = int.from_bytes(head[:4], "little")
-        leaf = os.pread(self._read_fd, length - 8, offset + 16)
-        return leaf[4:4 + int.from_bytes(leaf[:4], "little")]
+        n = index - self.journal.first_index
+        offset, at = self._cursor
+        if at != index or offset == 0:  # not the next one in order: from the mark before it
+            offset, at = self._marks[n // _MARK_EVERY], self.journal.first_index + n - n % _MARK_EVERY
+        while True:
+            head = os.pread(self._read_fd, 16, offset)
+            length = int.from_bytes(head[:4], "little")
+            if at == index:
+                leaf = os.pread(self._read_fd, length - 8, offset + 16)
+                self._cursor = (offset + 8 + length, index + 1)
+                return leaf[4:4 + int.from_bytes(leaf[:4], "little")]
+            offset, at = offset + 8 + length, at + 1
+
+    def _mark(self, n: int, offset: int) -> None:
+        if n % _MARK_EVERY == 0:
+            self._marks.append(offset)
 
     def sync(self) -> None:
         if self.journal is not None:

@@ -128,3 +128,16 @@ def test_truncate_forgets_the_tail() -> None:
     assert t.size == 7 and t.root() == root7
     t.append(leaf_hash(b"new"))
     assert t.root() == root_of([*(t.leaf(i) for i in range(7)), leaf_hash(b"new")])
+
+
+@given(st.integers(0, 300))
+def test_the_compact_tree_has_the_full_tree_root(n: int) -> None:
+    from coordcore.audit.merkle import CompactTree
+
+    full, compact = MerkleTree(), CompactTree()
+    for i in range(n):
+        leaf = leaf_hash(i.to_bytes(4, "big"))
+        full.append(leaf)
+        compact.append(leaf)
+        assert compact.root() == full.root()
+    assert compact.size == full.size == n and len(compact._edge) == bin(n).count("1")

@@ -5,7 +5,14 @@ now; the etcd log can be wrapped the same way) and adds every record to the
 :class:`AuditTrail` once the inner store says it is durable, before the pipeline
 applies it, so nothing is acknowledged that the journal does not have. Hashing a record
 is one SHA-256 over its bytes and the journal write one ``writev`` without fsync: the
-commit path pays little (``bench/compare_audit.py``).
+commit path pays little (``bench/compare_audit.py``). The server keeps only the tree's
+right edge (its root in O(log n) memory); inclusion and consistency proofs are built from
+the journal by whoever exports it.
+
+Cluster mode is not wired yet: there the leader appends but followers apply what they
+read from etcd, so each server would journal in its apply path (not in ``append``), only
+the leader would sign, and a new leader would check its journal against the last
+checkpoint as :meth:`AuditTrail.load` does at start.
 
 Checkpoints are signed between batches (a :meth:`CommitPipeline.on_batch
 <coordcore.locks.pipeline.CommitPipeline.on_batch>` listener), where the tree and the

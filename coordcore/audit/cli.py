@@ -48,7 +48,7 @@ def _history(args: argparse.Namespace) -> int:
     after, left = 0, args.limit
     while left > 0:
         events, after = query(_audit_dir(args.data_dir), args.prefix.encode(), args.since, args.until,
-                              after=after, limit=min(left, 1000))
+                              after=after, limit=min(left, 1000), archives=args.archive)
         for ev in events:
             print(json.dumps(ev.to_json()))
         left -= len(events)
@@ -62,7 +62,7 @@ def _export(args: argparse.Namespace) -> int:
 
     out = open(args.output, "w") if args.output else sys.stdout
     try:
-        for line in export(_audit_dir(args.data_dir), args.since):
+        for line in export(_audit_dir(args.data_dir), args.since, archives=args.archive):
             out.write(line + "\n")
     finally:
         if out is not sys.stdout:
@@ -78,7 +78,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.source.is_dir():
         from coordcore.audit.history import export
 
-        report = verify_lines(export(_audit_dir(args.source)), public)
+        report = verify_lines(export(_audit_dir(args.source), archives=args.archive), public)
     else:
         with open(args.source, "rb") as f:
             report = verify_lines(read_lines(f), public)
@@ -97,6 +97,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("audit", help="the audit trail: keygen, history, export, verify")
     s = p.add_subparsers(dest="audit_command", required=True)
 
+    def archives(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--archive", type=Path, action="append", default=[], metavar="DIR",
+                       help="a directory holding archived journal segments (repeatable)")
+
     q = s.add_parser("keygen", help="write a new Ed25519 key pair (KEY and KEY.pub)")
     q.add_argument("key", type=Path, metavar="KEY", help="where the private key goes (refuses to overwrite)")
     q.set_defaults(func=_keygen)
@@ -107,16 +111,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--since", type=_time_ms, default=0, help="from this time (ms or ISO 8601)")
     q.add_argument("--until", type=_time_ms, default=2**63 - 1, help="to this time (ms or ISO 8601)")
     q.add_argument("--limit", type=int, default=10_000, help="most events printed (default %(default)s)")
+    archives(q)
     q.set_defaults(func=_history)
 
     q = s.add_parser("export", help="records with events and proofs, as JSON lines")
     q.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     q.add_argument("--since", type=int, default=0, help="from this record index (default: the first)")
     q.add_argument("-o", "--output", type=Path, default=None, help="write here (default: stdout)")
+    archives(q)
     q.set_defaults(func=_export)
 
     q = s.add_parser("verify", help="check an export or a data directory against a public key")
     q.add_argument("source", type=Path, metavar="EXPORT_OR_DATA_DIR")
     q.add_argument("--public-key", type=Path, required=True, help="the checkpoint signer's public key (PEM)")
+    archives(q)
     q.set_defaults(func=_verify)
 

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from coordcore.audit import checkpoint as cpmod
-from coordcore.audit.journal import BASE, JOURNAL, Entry, JournalReader
+from coordcore.audit.journal import BASE, JOURNAL, TREE, Entry, JournalReader, chain_entries, segments
 from coordcore.audit.merkle import MerkleTree, leaf_hash
-from coordcore.errors import BadArgument, NotFound
+from coordcore.errors import BadArgument, LogCorrupted, NotFound
 from coordcore.locks.machine import EventKind, LockMachine, Mode
 
 __all__ = ["AuditEvent", "Replayer", "export", "query", "replay", "DEFAULT_LIMIT"]
@@ -104,24 +104,43 @@ def replay(entries: Iterable[Entry], base: bytes | None = None) -> Iterator[tupl
         yield entry, r.step(entry)
 
 
-def _open(directory: Path) -> tuple[JournalReader, bytes | None]:
-    path = directory / JOURNAL
-    if not path.exists():
-        raise NotFound(f"no audit journal in {directory} (was the server started with --audit-key?)")
-    base_path = directory / BASE
-    return JournalReader(path), base_path.read_bytes() if base_path.exists() else None
+class _Journal:
+    """The whole journal of an audit directory: its sealed segments (there, or in
+    ``archives``) and its live file, read as one."""
+
+    def __init__(self, directory: Path, archives: Sequence[Path]) -> None:
+        live = directory / JOURNAL
+        if not live.exists():
+            raise NotFound(f"no audit journal in {directory} (was the server started with --audit-key?)")
+        self.paths = segments([directory, *archives], live)
+        self.first_index = JournalReader(self.paths[0]).first_index
+        try:
+            origin = json.loads((directory / TREE).read_bytes())["origin"]
+        except FileNotFoundError:
+            origin = self.first_index
+        except (ValueError, KeyError, TypeError):
+            raise LogCorrupted(f"audit {directory}: {TREE} is damaged") from None
+        if self.first_index != origin:
+            raise NotFound(f"the audit history starts at record {origin}, the oldest journal segment "
+                           f"found at {self.first_index}: give the archive directory (--archive)")
+        base_path = directory / BASE
+        self.base = base_path.read_bytes() if base_path.exists() else None
+
+    def entries(self) -> Iterator[Entry]:
+        return chain_entries(self.paths, self.first_index)
 
 
 def query(directory: Path, prefix: bytes = b"", from_ms: int = 0, to_ms: int = 2**63 - 1, *,
-          after: int = 0, limit: int = DEFAULT_LIMIT) -> tuple[list[AuditEvent], int]:
+          after: int = 0, limit: int = DEFAULT_LIMIT,
+          archives: Sequence[Path] = ()) -> tuple[list[AuditEvent], int]:
     """At most ``limit`` events on keys under ``prefix`` (session events too when
     ``prefix`` is empty) with ``from_ms <= time <= to_ms`` and revision above ``after``;
     and the ``after`` of the next page (0: there is none)."""
     if limit < 1:
         raise BadArgument("limit must be >= 1")
-    reader, base = _open(directory)
+    journal = _Journal(directory, archives)
     found: list[AuditEvent] = []
-    for _, events in replay(reader.entries(), base):
+    for _, events in replay(journal.entries(), journal.base):
         for ev in events:
             if ev.revision <= after or not from_ms <= ev.time_ms <= to_ms:
                 continue
@@ -133,9 +152,11 @@ def query(directory: Path, prefix: bytes = b"", from_ms: int = 0, to_ms: int = 2
     return found, 0
 
 
-def export(directory: Path, since: int = 0) -> Iterator[str]:
-    """The export's JSON lines (see the module docs), from record ``since`` (0: the first)."""
-    reader, base = _open(directory)
+def export(directory: Path, since: int = 0, archives: Sequence[Path] = ()) -> Iterator[str]:
+    """The export's JSON lines (see the module docs), from record ``since`` (0: the first);
+    sealed segments archived elsewhere are found in ``archives``."""
+    reader = _Journal(directory, archives)
+    base = reader.base
     checkpoints = cpmod.read_checkpoints(directory)
     if not checkpoints:
         raise NotFound(f"no signed checkpoint in {directory}: nothing can be proved yet "
@@ -170,7 +191,7 @@ def _batch_time(record: bytes) -> int:
     return int.from_bytes(record[8:16], "little")
 
 
-def _covered(reader: JournalReader, last_index: int) -> Iterator[Entry]:
+def _covered(reader: _Journal, last_index: int) -> Iterator[Entry]:
     for e in reader.entries():
         if e.index > last_index:
             return

@@ -5,7 +5,9 @@ batch the state machine applies, on recovery and on every cluster follower, and 
 record of another kind would have to be taught to all of them. So the audit lives
 beside the log, in its own directory::
 
-    journal.log         header, then one entry per lock-log record (append-only)
+    journal.log         the live segment: header, then one entry per lock-log record
+    journal-<first>.log sealed segments (the same format), until they are archived
+    tree.json           the tree's right edge after the sealed segments
     base.snap           the machine state before the journal's first record, if the
                         audit started on a log that already had state
     checkpoints.jsonl   signed checkpoints (see :mod:`coordcore.audit.checkpoint`)
@@ -29,6 +31,7 @@ restart the tail is taken from the log again (without its user names, logged).
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,9 +39,10 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from coordcore._native.lockmachine import crc32c
-from coordcore.errors import BadArgument, LogCorrupted
+from coordcore.errors import BadArgument, LogCorrupted, NotFound
 
-__all__ = ["Entry", "Journal", "JournalReader", "encode_leaf", "decode_leaf"]
+__all__ = ["Entry", "Journal", "JournalReader", "chain_entries", "encode_leaf", "decode_leaf", "segments",
+           "segment_name"]
 
 MAGIC: Final = b"CCAUDJNL"
 _HEADER = struct.Struct("<8sIIQ")  # magic, version, reserved, first record index
@@ -48,6 +52,9 @@ _USER = struct.Struct("<IH")
 #: Longest entry read back (a lock-log record is at most 256 MiB).
 MAX_ENTRY: Final = (256 << 20) + (1 << 20)
 JOURNAL: Final = "journal.log"
+#: The tree's right edge after the sealed segments (written by coordcore.audit.trail).
+TREE: Final = "tree.json"
+_SEGMENT = re.compile(r"^journal-(\d{20})\.log$")
 BASE: Final = "base.snap"
 
 
@@ -165,6 +172,47 @@ class JournalReader:
             if chunk.strip(b"\0"):
                 return False
         return True
+
+
+def segment_name(first_index: int) -> str:
+    return f"journal-{first_index:020d}.log"
+
+
+def segments(directories: list[Path], live: Path | None = None) -> list[Path]:
+    """The sealed segments found in ``directories`` (the first copy of each), then the
+    live journal ``live`` if it exists, in record order."""
+    found: dict[int, Path] = {}
+    for d in directories:
+        try:
+            names = sorted(os.listdir(d))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            m = _SEGMENT.match(name)
+            if m:
+                found.setdefault(int(m.group(1)), d / name)
+    out = [found[k] for k in sorted(found)]
+    if live is not None and live.exists():
+        out.append(live)
+    return out
+
+
+def chain_entries(paths: list[Path], first_index: int | None = None) -> Iterator[Entry]:
+    """The entries of consecutive journal files as one journal; a gap between them (a
+    segment archived elsewhere) raises :class:`NotFound` naming the missing records."""
+    expected = first_index
+    for path in paths:
+        reader = JournalReader(path)
+        if expected is not None and reader.first_index != expected:
+            if reader.first_index > expected:
+                raise NotFound(f"audit records {expected}..{reader.first_index - 1} are in none of the "
+                               "journal files found (archived? give the archive directory)")
+            raise LogCorrupted(f"audit journal {path} starts at record {reader.first_index}, which an "
+                               f"earlier file holds already (up to {expected - 1})")
+        expected = reader.first_index
+        for e in reader.entries():
+            yield e
+            expected = e.index + 1
 
 
 class Journal:

@@ -206,6 +206,21 @@ class CompactTree:
         self.size = index + 1
         return index
 
+    @property
+    def edge(self) -> list[bytes]:
+        """What :meth:`restore` takes back: the right edge's subtree roots."""
+        return list(self._edge)
+
+    @classmethod
+    def restore(cls, size: int, edge: list[bytes]) -> CompactTree:
+        """The tree of ``size`` leaves whose right edge is ``edge`` (ValueError if the
+        edge cannot be one: one 32-byte hash per set bit of the size)."""
+        if size < 0 or len(edge) != bin(size).count("1") or not _hashes(edge):
+            raise ValueError(f"{len(edge)} hashes are not the right edge of a tree of {size}")
+        tree = cls()
+        tree.size, tree._edge = size, list(edge)
+        return tree
+
     def root(self) -> bytes:
         edge = self._edge
         if not edge:

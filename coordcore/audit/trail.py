@@ -43,8 +43,13 @@ import array
 import asyncio
 import collections
 import hashlib
+import json
 import logging
 import os
+import shlex
+import shutil
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +59,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordcore.audit import checkpoint as cpmod
 from coordcore.audit.checkpoint import Checkpoint
-from coordcore.audit.journal import BASE, JOURNAL, Journal, JournalReader, encode_leaf
+from coordcore.audit.journal import (
+    BASE,
+    JOURNAL,
+    TREE,
+    Journal,
+    JournalReader,
+    _fsync_dir,
+    encode_leaf,
+    segment_name,
+    segments,
+)
 from coordcore.audit.merkle import EMPTY_ROOT, CompactTree
 from coordcore.errors import BadArgument, LogCorrupted, Unavailable
 from coordcore.locks.machine import Op, decode_batch
@@ -63,7 +78,7 @@ from coordcore.locks.store import LogStore, unwrap_snapshot
 if TYPE_CHECKING:
     from coordcore.locks.service import LockService
 
-__all__ = ["AuditTrail", "AuditedStore", "attach", "DEFAULT_EVERY"]
+__all__ = ["AuditTrail", "AuditedStore", "attach", "move_to", "run_command", "DEFAULT_EVERY"]
 
 logger = logging.getLogger("coordcore.audit")
 
@@ -76,17 +91,30 @@ _MAX_PENDING_OWNERS: Final = 65_536
 
 
 class AuditTrail:
-    """The journal, the tree over its leaves and the checkpoints of one audit directory."""
+    """The journal, the tree over its leaves and the checkpoints of one audit directory.
 
-    def __init__(self, directory: Path, key: Ed25519PrivateKey | None, every: int, fsync: bool) -> None:
+    With ``segment_bytes``, the live journal is sealed after the checkpoint that finds it
+    that long (renamed ``journal-<first>.log``, the tree's right edge saved in
+    ``tree.json``) and a new one started; ``archive(path)`` (run in a thread) then takes
+    each sealed segment away: a move to an archive directory, or a command. The tree
+    needs only its edge to go on, so archived segments never have to come back except to
+    export or verify history that reaches into them.
+    """
+
+    def __init__(self, directory: Path, key: Ed25519PrivateKey | None, every: int, fsync: bool,
+                 segment_bytes: int = 0, archive: Callable[[Path], None] | None = None) -> None:
         self.directory = directory
         self.key = key
         self.every = every
         self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self.archive = archive
         #: The root only (O(log n) memory); proofs are built offline from the journal.
         self.tree = CompactTree()
         self.journal: Journal | None = None
-        #: Where every _MARK_EVERY-th entry starts (a sparse index into the journal).
+        #: The first record the audit has (of all its segments).
+        self.origin = 0
+        #: Where every _MARK_EVERY-th entry of the live journal starts (a sparse index).
         self._marks = array.array("Q")
         #: (offset, index) of the entry after the last one stored_record() read.
         self._cursor = (0, 0)
@@ -96,38 +124,74 @@ class AuditTrail:
         self.recovered_from_log = 0
         self._read_fd = -1
         self._root_at_checkpoint = b""
+        self._archiving = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        #: How many records tree.json's edge covers (sealed segments up to there may go).
+        self._sealed_size = 0
 
     @classmethod
     def load(cls, directory: Path, *, key: Ed25519PrivateKey | None = None, every: int = DEFAULT_EVERY,
-             fsync: bool = True) -> AuditTrail:
+             fsync: bool = True, segment_bytes: int = 0,
+             archive: Callable[[Path], None] | None = None) -> AuditTrail:
         """Read an audit directory (creating it); raises :class:`LogCorrupted` if its tree
         does not extend its last checkpoint, or the checkpoints were signed by another key."""
         if type(every) is not int or every < 1:
             raise BadArgument(f"checkpoint interval must be >= 1 record, not {every!r}")
         directory.mkdir(parents=True, exist_ok=True)
-        trail = cls(directory, key, every, fsync)
-        path = directory / JOURNAL
-        if path.exists():
+        trail = cls(directory, key, every, fsync, segment_bytes, archive)
+        last = trail.checkpoints[-1] if trail.checkpoints else None
+        sealed = trail._load_edge()
+        if last is not None and last.size == trail.tree.size:
+            trail._root_at_checkpoint = trail.tree.root()
+        live = directory / JOURNAL
+        expected = trail.origin + trail.tree.size if trail.origin else None
+        for path in segments([directory], live):
             reader = JournalReader(path)
-            last = trail.checkpoints[-1] if trail.checkpoints else None
+            if reader.first_index <= sealed:
+                continue  # a sealed segment the saved edge covers (not archived yet)
+            if trail.origin == 0:
+                trail.origin = reader.first_index
+            elif reader.first_index != expected:
+                raise LogCorrupted(f"audit {directory}: {path.name} starts at record {reader.first_index}, "
+                                   f"the records before end at {expected - 1 if expected else '?'}")
             offsets: list[int] = []
             for entry in reader.entries(offsets):
-                trail._mark(entry.index - reader.first_index, offsets.pop())
+                if path == live:
+                    trail._mark(entry.index - reader.first_index, offsets.pop())
                 trail.tree.append(_leaf_hash([entry.leaf]))
                 if last is not None and trail.tree.size == last.size:
                     trail._root_at_checkpoint = trail.tree.root()
-            trail.journal = Journal.reopen(path, reader.first_index, reader.first_index + trail.tree.size,
-                                           reader.end, fsync)
-            if (directory / BASE).exists():
-                trail.base_digest = hashlib.sha256((directory / BASE).read_bytes()).hexdigest()
+            expected = trail.origin + trail.tree.size
+            if path == live:
+                trail.journal = Journal.reopen(path, reader.first_index, expected, reader.end, fsync)
+        if trail.journal is None and trail.origin:  # a crash between sealing and the new journal
+            trail.journal = Journal.create(directory, trail.origin + trail.tree.size, fsync)
+        if (directory / BASE).exists():
+            trail.base_digest = hashlib.sha256((directory / BASE).read_bytes()).hexdigest()
         trail._check_last_checkpoint()
+        trail._archive_sealed()
         return trail
+
+    def _load_edge(self) -> int:
+        """Restore the tree from tree.json; returns the last record it covers (0: none)."""
+        try:
+            obj = json.loads((self.directory / TREE).read_bytes())
+            if obj is None:
+                return 0
+            self.origin = int(obj["origin"])
+            self.tree = CompactTree.restore(int(obj["size"]), [bytes.fromhex(h) for h in obj["edge"]])
+            self._sealed_size = self.tree.size
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LogCorrupted(f"audit {self.directory}: {TREE} is damaged ({exc})") from None
+        return self.origin + self.tree.size - 1
 
     def _check_last_checkpoint(self) -> None:
         if not self.checkpoints:
             return
         cp = self.checkpoints[-1]
-        first = self.journal.first_index if self.journal is not None else None
+        first = self.origin or None
         where = f"audit {self.directory}"
         root = EMPTY_ROOT if cp.size == 0 else self._root_at_checkpoint
         if first != cp.first_index or cp.size > self.tree.size or root != cp.root:
@@ -141,7 +205,7 @@ class AuditTrail:
 
     @property
     def first_index(self) -> int:
-        return self.journal.first_index if self.journal is not None else 0
+        return self.origin
 
     @property
     def next_index(self) -> int:
@@ -159,6 +223,7 @@ class AuditTrail:
             os.replace(tmp, self.directory / BASE)
             self.base_digest = hashlib.sha256(base_state).hexdigest()
         self.journal = Journal.create(self.directory, first_index, self.fsync)
+        self.origin = first_index
 
     def add(self, index: int, record: bytes, users: tuple[tuple[int, str], ...]) -> None:
         assert self.journal is not None
@@ -167,9 +232,12 @@ class AuditTrail:
         self.journal.append(index, parts)
         self.tree.append(_leaf_hash(parts))
 
-    def stored_record(self, index: int) -> bytes:
-        """The record the journal holds for ``index`` (read back from the file)."""
+    def stored_record(self, index: int) -> bytes | None:
+        """The record the live journal holds for ``index`` (read back from the file);
+        None for one in a sealed segment."""
         assert self.journal is not None
+        if index < self.journal.first_index:
+            return None
         if self._read_fd < 0:  # kept open: recovery compares every record after the snapshot
             self._read_fd = os.open(self.journal.path, os.O_RDONLY)
         n = index - self.journal.first_index
@@ -195,26 +263,119 @@ class AuditTrail:
 
     def checkpoint(self, revision: int, state: bytes | None) -> Checkpoint:
         """Sign and store a checkpoint of the whole tree (the journal is fsynced first:
-        a checkpoint never covers a record the journal could lose)."""
+        a checkpoint never covers a record the journal could lose); then seal the live
+        journal if it is long enough."""
         if self.key is None:
             raise Unavailable("this audit trail has no signing key (--audit-key)")
         if self.journal is None:
             raise Unavailable("the audit journal has not started yet")
         self.sync()
-        cp = Checkpoint.sign(self.key, first_index=self.journal.first_index, size=self.tree.size,
+        cp = Checkpoint.sign(self.key, first_index=self.origin, size=self.tree.size,
                              root=self.tree.root(), revision=revision,
                              state=hashlib.sha256(state).hexdigest() if state is not None else "-",
                              base=self.base_digest, time_ms=int(time.time() * 1000))
         cpmod.append_checkpoint(self.directory, cp, self.fsync)
         self.checkpoints.append(cp)
+        if self.segment_bytes and self.journal.end >= self.segment_bytes \
+                and self.journal.next_index > self.journal.first_index:
+            self.seal()
         return cp
 
-    def close(self) -> None:
+    def seal(self) -> None:
+        """Close the live journal as a sealed segment, save the tree's edge, start anew."""
+        journal = self.journal
+        assert journal is not None
+        journal.close()
+        self._close_reader()
+        os.replace(journal.path, self.directory / segment_name(journal.first_index))
+        if self.fsync:
+            _fsync_dir(self.directory)
+        self.journal = Journal.create(self.directory, journal.next_index, self.fsync)
+        self._marks = array.array("Q")
+        self._cursor = (0, 0)
+        tmp = self.directory / (TREE + ".tmp")
+        tmp.write_text(json.dumps({"origin": self.origin, "size": self.tree.size,
+                                   "edge": [h.hex() for h in self.tree.edge]}))
+        if self.fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.directory / TREE)
+        if self.fsync:
+            _fsync_dir(self.directory)
+        self._sealed_size = self.tree.size
+        self._archive_sealed()
+
+    def _archive_sealed(self) -> None:
+        """Hand the sealed segments the saved edge covers to ``archive``, in a thread (a
+        move across file systems or a command can take a while)."""
+        archive = self.archive
+        if archive is None:
+            return
+        covered = self.origin + self._sealed_size - 1
+        todo = [p for p in segments([self.directory]) if int(p.name[8:28]) <= covered]
+        if not todo:
+            return
+
+        def run() -> None:
+            with self._archiving:  # one at a time, in order
+                for path in todo:
+                    if not path.exists():
+                        continue
+                    try:
+                        archive(path)
+                    except Exception:
+                        logger.exception("audit: archiving %s failed; it stays and is tried again "
+                                         "at the next seal", path)
+                        return
+
+        thread = threading.Thread(target=run, name="coordcore-audit-archive", daemon=True)
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    def _close_reader(self) -> None:
         if self._read_fd >= 0:
             os.close(self._read_fd)
             self._read_fd = -1
+
+    def close(self) -> None:
+        self._close_reader()
         if self.journal is not None:
             self.journal.close()
+        for thread in self._threads:  # a clean stop lets the archiving finish
+            thread.join()
+        self._threads = []
+
+
+def move_to(directory: Path) -> Callable[[Path], None]:
+    """An ``archive`` that moves each sealed segment into ``directory`` (made durable
+    there before the local one goes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def archive(path: Path) -> None:
+        target = directory / path.name
+        tmp = directory / (path.name + ".tmp")
+        shutil.copyfile(path, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(directory)
+        path.unlink()
+
+    return archive
+
+
+def run_command(command: str) -> Callable[[Path], None]:
+    """An ``archive`` that runs ``command PATH`` (a shell word list) for each sealed
+    segment and removes the segment once the command exits 0."""
+    argv = shlex.split(command)
+    if not argv:
+        raise BadArgument("an empty audit archive command")
+
+    def archive(path: Path) -> None:
+        subprocess.run([*argv, str(path)], check=True, timeout=3600, stdin=subprocess.DEVNULL)
+        path.unlink()
+
+    return archive
 
 
 def _leaf_parts(record: bytes, users: tuple[tuple[int, str], ...]) -> list[bytes]:
@@ -246,12 +407,14 @@ class AuditedStore:
 
     @classmethod
     async def open(cls, inner: LogStore, directory: Path, *, key: Ed25519PrivateKey | None = None,
-                   every: int = DEFAULT_EVERY) -> AuditedStore:
+                   every: int = DEFAULT_EVERY, segment_bytes: int = 0,
+                   archive: Callable[[Path], None] | None = None) -> AuditedStore:
         fsync = bool(inner.syncs)
         loop = asyncio.get_running_loop()
         try:
             trail = await loop.run_in_executor(
-                None, lambda: AuditTrail.load(directory, key=key, every=every, fsync=fsync))
+                None, lambda: AuditTrail.load(directory, key=key, every=every, fsync=fsync,
+                                              segment_bytes=segment_bytes, archive=archive))
         except BaseException:
             await inner.close()
             raise
@@ -277,7 +440,8 @@ class AuditedStore:
             if index < trail.first_index:
                 pass  # before the audit began
             elif index < trail.next_index:
-                if trail.stored_record(index) != payload:
+                stored = trail.stored_record(index)  # None: in a sealed segment, covered by the edge
+                if stored is not None and stored != payload:
                     raise LogCorrupted(f"audit {trail.directory}: lock-log record {index} differs from "
                                        "the audit journal's copy: one of them was altered")
             elif index == trail.next_index:
@@ -292,9 +456,7 @@ class AuditedStore:
         try:
             floor = await self.inner.replay(on_restore, on_apply)
         finally:
-            if trail._read_fd >= 0:
-                os.close(trail._read_fd)
-                trail._read_fd = -1
+            trail._close_reader()
         if trail.journal is None:
             self._start(self.inner.next_index, snap)
         if trail.next_index > self.inner.next_index:

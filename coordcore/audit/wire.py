@@ -6,7 +6,8 @@
     AUDIT.HISTORY prefix from_ms to_ms [AFTER revision] [COUNT n]
                                            -> [next AFTER (0: no more), [event maps]]
 
-The journal lives in ``<data_dir>/audit``. AUDIT.HISTORY replays the journal in a
+The journal lives in ``<data_dir>/audit``; with ``--audit-segment-bytes`` it is sealed
+into segments that ``--audit-archive-dir`` or ``--audit-archive-command`` take away. AUDIT.HISTORY replays the journal in a
 worker thread (see :mod:`coordcore.audit.history`), so one query costs a replay; it
 answers at most ``COUNT`` (at most the server's max_reply_items) events a page.
 """
@@ -20,7 +21,7 @@ from typing import Literal
 
 from coordcore.audit.checkpoint import load_private_key
 from coordcore.audit.history import AuditEvent, query
-from coordcore.audit.trail import DEFAULT_EVERY, AuditedStore, attach
+from coordcore.audit.trail import DEFAULT_EVERY, AuditedStore, attach, move_to, run_command
 from coordcore.errors import BadArgument, Unavailable
 from coordcore.locks.service import LockService
 from coordcore.locks.store import FileStore
@@ -32,15 +33,27 @@ __all__ = ["audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service
 
 _U63 = 2**63 - 1
 _stores: weakref.WeakKeyDictionary[LockService, AuditedStore] = weakref.WeakKeyDictionary()
+#: Where a store's archived segments can be read back (AUDIT.HISTORY reaches into them).
+_archives: weakref.WeakKeyDictionary[AuditedStore, list[Path]] = weakref.WeakKeyDictionary()
 
 
 async def open_audited_service(path: Path, audit_dir: Path, key_path: Path, *,
                                durability: Literal["fsync", "unsafe-no-fsync"], allow_empty_log: bool,
-                               waiter_grace: float, every: int = DEFAULT_EVERY) -> LockService:
-    """The lock service on ``path``'s file log, every record audited in ``audit_dir``."""
+                               waiter_grace: float, every: int = DEFAULT_EVERY, segment_bytes: int = 0,
+                               archive_dir: Path | None = None,
+                               archive_command: str | None = None) -> LockService:
+    """The lock service on ``path``'s file log, every record audited in ``audit_dir``;
+    journal segments sealed past ``segment_bytes`` go to ``archive_dir`` or
+    ``archive_command``."""
     key = load_private_key(key_path)  # a bad key refuses before anything is opened
+    if archive_dir is not None and archive_command is not None:
+        raise BadArgument("an audit archive is a directory or a command, not both")
+    archive = move_to(archive_dir) if archive_dir is not None else \
+        run_command(archive_command) if archive_command is not None else None
     inner = await FileStore.open(path, durability=durability, allow_empty_log=allow_empty_log)
-    store = await AuditedStore.open(inner, audit_dir, key=key, every=every)
+    store = await AuditedStore.open(inner, audit_dir, key=key, every=every, segment_bytes=segment_bytes,
+                                    archive=archive)
+    _archives[store] = [archive_dir] if archive_dir is not None else []
     svc = await LockService.open_store(store, count_downtime=False, waiter_grace=waiter_grace)
     attach(svc, store)
     _stores[svc] = store
@@ -86,11 +99,12 @@ def cmd_history(svc: LockService, conn: Client, req: list[bytes], max_items: int
         else:
             raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: AFTER, COUNT)")
     directory = store.trail.directory
+    archives = _archives.get(store, [])
 
     async def run() -> bytes:
         loop = asyncio.get_running_loop()
         events, nxt = await loop.run_in_executor(
-            None, lambda: query(directory, prefix, from_ms, to_ms, after=after, limit=count))
+            None, lambda: query(directory, prefix, from_ms, to_ms, after=after, limit=count, archives=archives))
         return resp.encode_array([resp.encode_int(nxt),
                                   resp.encode_array([_event(ev, conn.resp3) for ev in events])])
 

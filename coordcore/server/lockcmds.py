@@ -121,6 +121,12 @@ class LockConfig(Protocol):
     def audit_key(self) -> Path | None: ...
     @property
     def audit_every(self) -> int: ...
+    @property
+    def audit_segment_bytes(self) -> int: ...
+    @property
+    def audit_archive_dir(self) -> Path | None: ...
+    @property
+    def audit_archive_command(self) -> str | None: ...
 
 
 async def open_service(config: LockConfig, log: StructLog) -> LockService:
@@ -146,7 +152,10 @@ async def open_service(config: LockConfig, log: StructLog) -> LockService:
 
         svc = await open_audited_service(path, config.data_dir / "audit", config.audit_key,
                                          durability=durability, allow_empty_log=allow_empty,
-                                         waiter_grace=config.waiter_grace, every=config.audit_every)
+                                         waiter_grace=config.waiter_grace, every=config.audit_every,
+                                         segment_bytes=config.audit_segment_bytes,
+                                         archive_dir=config.audit_archive_dir,
+                                         archive_command=config.audit_archive_command)
     else:
         svc = await LockService.open(path, durability=durability, count_downtime=False,
                                      waiter_grace=config.waiter_grace, allow_empty_log=allow_empty)

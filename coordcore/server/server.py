@@ -60,6 +60,11 @@ class ServerConfig:
     #: (PEM, ``coordcore audit keygen``), one every audit_every records.
     audit_key: Path | None = None
     audit_every: int = 10_000
+    #: Seal the audit journal into a segment past this many bytes (0: never), and hand
+    #: sealed segments to a directory or a command (``command PATH``).
+    audit_segment_bytes: int = 0
+    audit_archive_dir: Path | None = None
+    audit_archive_command: str | None = None
     #: Listen on a non-loopback address without authentication anyway (warned at start).
     insecure: bool = False
     #: TLS on every port: certificate chain and key (PEM); a CA makes client

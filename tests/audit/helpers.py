@@ -1,6 +1,7 @@
 """A lock service on an audited file log, for the audit tests."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -11,9 +12,11 @@ from coordcore.locks.store import FileStore
 
 
 async def open_audited(d: Path, key: Ed25519PrivateKey | None, every: int = 10_000,
+                       segment_bytes: int = 0, archive: Callable[[Path], None] | None = None,
                        **kw: object) -> tuple[LockService, AuditedStore]:
     inner = await FileStore.open(d / "locks", durability="unsafe-no-fsync")
-    store = await AuditedStore.open(inner, d / "audit", key=key, every=every)
+    store = await AuditedStore.open(inner, d / "audit", key=key, every=every, segment_bytes=segment_bytes,
+                                    archive=archive)
     svc = await LockService.open_store(store, **kw)  # type: ignore[arg-type]  # (kw: clock)
     attach(svc, store)
     return svc, store

@@ -32,7 +32,10 @@ def test_serve_with_an_audit_key(serve: Serve, tmp_path: Path) -> None:
     acl = tmp_path / "acl.toml"
     acl.write_text(BASE_ACL)
     data = tmp_path / "data"
-    server = serve("--acl-file", str(acl), "--audit-key", str(key), "--unsafe-no-fsync", data=data)
+    archive = tmp_path / "archive"
+    # Every checkpoint seals a segment, moved to the archive: history reaches into it.
+    server = serve("--acl-file", str(acl), "--audit-key", str(key), "--unsafe-no-fsync",
+                   "--audit-segment-bytes", "1", "--audit-archive-dir", str(archive), data=data)
     with _login(server.port, "alice", "alicepw") as alice, _login(server.port, "bob", "bobpw") as bob, \
             _login(server.port, "admin", "adminpw") as admin:
         a = alice.command("SESSION.OPEN", "30")
@@ -44,6 +47,7 @@ def test_serve_with_an_audit_key(serve: Serve, tmp_path: Path) -> None:
         assert isinstance(alice.command("AUDIT.CHECKPOINT"), hiredis.ReplyError)  # a limited user
         cp = as_dict(admin.command("AUDIT.CHECKPOINT"))
         assert cp[b"size"] >= 5 and len(cp[b"root"]) == 64
+        assert as_dict(admin.command("AUDIT.CHECKPOINT"))[b"size"] == cp[b"size"] + 1  # its tick
         nxt, events = admin.command("AUDIT.HISTORY", "jobs/", "0", str(2**62), "COUNT", "2")
         seen = [as_dict(e) for e in events]
         assert nxt == seen[-1][b"revision"] and len(seen) == 2
@@ -54,10 +58,12 @@ def test_serve_with_an_audit_key(serve: Serve, tmp_path: Path) -> None:
             (b"granted", b"alice", token), (b"released", b"alice", token), (b"granted", b"bob", second)]
     server.stop()
 
-    done = cli("verify", str(data), "--public-key", str(pub))
+    assert list(archive.glob("journal-*.log"))
+    assert cli("verify", str(data), "--public-key", str(pub)).returncode == 2  # the archive is needed
+    done = cli("verify", str(data), "--public-key", str(pub), "--archive", str(archive))
     assert done.returncode == 0 and done.stdout.startswith("ok: "), done.stdout + done.stderr
     export = tmp_path / "export.jsonl"
-    assert cli("export", str(data), "-o", str(export)).returncode == 0
+    assert cli("export", str(data), "-o", str(export), "--archive", str(archive)).returncode == 0
     assert cli("verify", str(export), "--public-key", str(pub)).returncode == 0
     lines = export.read_text().splitlines()
     at = max(i for i, line in enumerate(lines) if '"event":"granted"' in line)
@@ -67,7 +73,7 @@ def test_serve_with_an_audit_key(serve: Serve, tmp_path: Path) -> None:
     done = cli("verify", str(export), "--public-key", str(pub))
     assert done.returncode == 1 and f"FAIL line {at + 1}: record {obj['index']}" in done.stdout
 
-    history = cli("history", str(data), "jobs/")
+    history = cli("history", str(data), "jobs/", "--archive", str(archive))
     assert [json.loads(line)["user"] for line in history.stdout.splitlines()] == ["alice", "alice", "bob"]
 
     # Another key would sign checkpoints inconsistent with this chain's: refused at start.

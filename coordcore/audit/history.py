@@ -17,7 +17,11 @@ An export is JSON lines, Debezium-style change events with their proofs::
 Every record's proof is its RFC 6962 inclusion proof in the tree of the last
 checkpoint (``tree_size``); each checkpoint's ``consistency`` proves it extends the one
 before it. Only records the last checkpoint covers are exported: an export proves all
-it holds.
+it holds. A journal sealed into segments and archived is read back from the archive
+directories given (``archives``); a missing segment is an error naming its records.
+
+The machine has no "preempted" event (no lock is taken from a live holder): a holder
+loses a lock by release, cancel, close or expiry, each its own event.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ DEFAULT_LIMIT: Final = 1000
 _KIND: dict[int, str] = {EventKind.OPEN: "opened", EventKind.CLOSE: "closed", EventKind.EXPIRE: "expired",
          EventKind.WAIT: "waited", EventKind.GRANT: "granted", EventKind.RELEASE: "released",
          EventKind.CANCEL: "cancelled", EventKind.PROCLAIM: "proclaimed"}
-_MODE: dict[int, str] = {Mode.NONE: "", Mode.EXCLUSIVE: "exclusive", Mode.SHARED: "shared", Mode.SEMAPHORE: "semaphore",
+_MODE: dict[int, str] = {Mode.NONE: "", Mode.EXCLUSIVE: "exclusive", Mode.SHARED: "shared",
+                         Mode.SEMAPHORE: "semaphore",
          Mode.ELECTION: "election"}
 
 

@@ -196,7 +196,10 @@ def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, rep
                        f"{last.size} covers are missing")
 
 
-def _chain(first: list[tuple[int, bytes | str]], rest: Iterator[tuple[int, bytes | str]]) -> Iterator[tuple[int, bytes | str]]:
+_Line = tuple[int, bytes | str]
+
+
+def _chain(first: list[_Line], rest: Iterator[_Line]) -> Iterator[_Line]:
     yield from first
     yield from rest
 

@@ -7,9 +7,11 @@
                                            -> [next AFTER (0: no more), [event maps]]
 
 The journal lives in ``<data_dir>/audit``; with ``--audit-segment-bytes`` it is sealed
-into segments that ``--audit-archive-dir`` or ``--audit-archive-command`` take away. AUDIT.HISTORY replays the journal in a
-worker thread (see :mod:`coordcore.audit.history`), so one query costs a replay; it
-answers at most ``COUNT`` (at most the server's max_reply_items) events a page.
+into segments that ``--audit-archive-dir`` or ``--audit-archive-command`` take away.
+AUDIT.HISTORY replays the journal (and a directory archive) in a worker thread (see
+:mod:`coordcore.audit.history`), so one query costs a replay; it answers at most ``COUNT``
+(at most the server's max_reply_items) events a page. A limited ACL user is refused
+both (the ACL's command table does not list them: only unlimited users run them).
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def cmd_checkpoint(svc: LockService, conn: Client, req: list[bytes]) -> Awaitabl
 
     async def run() -> bytes:
         cp = await store.request_checkpoint(svc)
-        return resp.encode_map([(b"size", resp.encode_int(cp.size)), (b"root", resp.encode_bulk(cp.root.hex().encode())),
+        return resp.encode_map([(b"size", resp.encode_int(cp.size)),
+                                (b"root", resp.encode_bulk(cp.root.hex().encode())),
                                 (b"revision", resp.encode_int(cp.revision)),
                                 (b"time_ms", resp.encode_int(cp.time_ms))], conn.resp3)
 

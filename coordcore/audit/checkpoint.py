@@ -104,13 +104,21 @@ def _int(obj: dict[str, Any], name: str, lo: int) -> int:
 
 def _hex(obj: dict[str, Any], name: str, size: int) -> bytes:
     v = obj[name]
-    try:
-        raw = bytes.fromhex(v) if isinstance(v, str) else None
-    except ValueError:
-        raw = None
+    raw = canonical_hex(v)
     if raw is None or len(raw) != size:
-        raise BadArgument(f"a checkpoint's {name} must be {size} bytes of hex")
+        raise BadArgument(f"a checkpoint's {name} must be {size} bytes of lower-case hex")
     return raw
+
+
+def canonical_hex(text: object) -> bytes | None:
+    """The bytes of lower-case hex ``text``, else None (one spelling per value, so no
+    edit of an export's text leaves what it says unchanged)."""
+    if not isinstance(text, str) or text != text.lower():
+        return None
+    try:
+        return bytes.fromhex(text) if " " not in text else None
+    except ValueError:
+        return None
 
 
 def _digest(obj: dict[str, Any], name: str) -> str:
@@ -118,7 +126,7 @@ def _digest(obj: dict[str, Any], name: str) -> str:
     if v == "-":
         return "-"
     _hex(obj, name, 32)
-    return str(v).lower()
+    return str(v)
 
 
 def read_checkpoints(directory: Path) -> list[Checkpoint]:
@@ -219,9 +227,13 @@ def write_keypair(private_path: Path) -> Path:
 
 
 def decode_b64(text: object, what: str) -> bytes:
+    """Canonical base64 only (padding and unused bits as the encoder writes them)."""
     if not isinstance(text, str):
         raise BadArgument(f"{what} must be a base64 string")
     try:
-        return base64.b64decode(text, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadArgument(f"{what} is not valid base64") from None
+    if base64.b64encode(raw).decode() != text:
+        raise BadArgument(f"{what} is not canonical base64")
+    return raw

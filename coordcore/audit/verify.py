@@ -16,8 +16,6 @@ Lines are read with a bound (:data:`MAX_LINE`), so a hostile file costs bounded 
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -26,7 +24,8 @@ from typing import IO, Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from coordcore.audit.checkpoint import Checkpoint
+from coordcore.audit.checkpoint import Checkpoint, canonical_hex, decode_b64
+from coordcore.audit.checkpoint import _raw_public as public_raw
 from coordcore.audit.history import Replayer
 from coordcore.audit.journal import Entry, decode_leaf
 from coordcore.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
@@ -76,11 +75,10 @@ def read_lines(f: IO[bytes]) -> Iterator[bytes]:
 def _hashes(value: object) -> list[bytes]:
     if not isinstance(value, list) or len(value) > 128:
         raise BadArgument("a proof is a list of at most 128 hex hashes")
-    try:
-        out = [bytes.fromhex(h) for h in value]
-    except (TypeError, ValueError):
-        raise BadArgument("a proof holds something that is not hex") from None
-    return out
+    out = [canonical_hex(h) for h in value]
+    if any(h is None or len(h) != 32 for h in out):
+        raise BadArgument("a proof holds something that is not a lower-case hex hash")
+    return [h for h in out if h is not None]
 
 
 def _int(obj: dict[str, Any], name: str) -> int:
@@ -109,10 +107,13 @@ def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, rep
         return
     try:
         first_index, since = _int(header, "first_index"), _int(header, "since")
-        base = base64.b64decode(header["base"], validate=True) if header.get("base") is not None else None
-    except (BadArgument, binascii.Error, ValueError, TypeError, KeyError) as exc:
+        base = decode_b64(header["base"], "base") if header["base"] is not None else None
+        if set(header) != {"type", "version", "first_index", "since", "base"}:
+            raise BadArgument("unknown or missing fields")
+    except (BadArgument, KeyError) as exc:
         report.problem(f"line 1: a bad export header ({exc})")
         return
+    given = public_raw(public)
     checkpoints: list[Checkpoint] = []
     pending: tuple[int, bytes | str] | None = None
     for lineno, raw in it:
@@ -129,9 +130,13 @@ def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, rep
         report.checkpoints += 1
         if not cp.signed_by(public):
             report.problem(f"line {lineno}: checkpoint of size {cp.size} is not signed by the given key")
+        elif cp.key != given:
+            report.problem(f"line {lineno}: checkpoint of size {cp.size} names another key than the given one")
         if cp.first_index != first_index:
             report.problem(f"line {lineno}: checkpoint starts at record {cp.first_index}, the export at {first_index}")
         prev = checkpoints[-1] if checkpoints else None
+        if prev is None and consistency:
+            report.problem(f"line {lineno}: the first checkpoint carries a consistency proof from nothing")
         if prev is not None and not verify_consistency(prev.size, cp.size, prev.root, cp.root, consistency):
             report.problem(f"line {lineno}: checkpoint of size {cp.size} is not consistent with the one "
                            f"of size {prev.size} before it")
@@ -161,10 +166,11 @@ def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, rep
             continue
         try:
             index = _int(obj, "index")
-            leaf = base64.b64decode(obj["leaf"], validate=True)
+            leaf = decode_b64(obj["leaf"], "leaf")
             proof = _hashes(obj.get("proof"))
             size = _int(obj, "tree_size")
-        except (BadArgument, binascii.Error, ValueError, TypeError, KeyError) as exc:
+            time_ms = _int(obj, "time_ms")
+        except (BadArgument, KeyError) as exc:
             report.problem(f"line {lineno}: a bad record line ({exc})")
             full = False
             continue
@@ -178,6 +184,8 @@ def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, rep
             report.problem(f"line {lineno}: record {index} does not prove into the checkpoint of size "
                            f"{last.size}: it was edited, or is not this log's")
             full = False
+        if len(leaf) < 20 or int.from_bytes(leaf[12:20], "little") != time_ms:
+            report.problem(f"line {lineno}: record {index}: time_ms is not its record's time")
         if not full:
             continue
         tree.append(leaf_hash(leaf))

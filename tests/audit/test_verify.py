@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordcore.audit.history import export
@@ -126,3 +128,17 @@ def test_garbage_is_a_clear_failure(garbage: list[str]) -> None:
 def test_a_truncated_export_fails(lines: list[str]) -> None:
     problems = verify_lines(lines[:-3], KEY.public_key()).problems
     assert len(problems) == 1 and problems[0].startswith("end of export: records ")
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_single_byte_edit_fails(lines: list[str], data: st.DataObject) -> None:
+    at = data.draw(st.integers(0, len(lines) - 1))
+    raw = lines[at].encode()
+    pos = data.draw(st.integers(0, len(raw) - 1))
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != raw[pos]))
+    edited = (raw[:pos] + bytes([new]) + raw[pos + 1:]).decode(errors="replace")
+    if edited == lines[at]:
+        return  # an invalid byte replaced by itself
+    report = verify_lines([*lines[:at], edited, *lines[at + 1:]], KEY.public_key())
+    assert not report.ok, (at, pos, new)

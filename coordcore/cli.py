@@ -78,6 +78,12 @@ def _passwd_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from coordcore.audit import cli as audit_cli
+
+    audit_cli.add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coordcore", description="coordcore: Snowflake IDs, consistent "
                                      "hashing, fenced locks and leases. Run a subcommand with --help for its options.")
@@ -135,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "longest waits (LOCKS.TOP, a bounded scan). Ctrl-C stops it.")
     status_cli.add_arguments(p, top=True)
     p.set_defaults(func=status_cli.run_top)
+
+    _add_audit(sub)
 
     from coordcore.server import cli as serve_cli
 

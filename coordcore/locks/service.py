@@ -309,6 +309,9 @@ class LockService:
         self.max_sessions = DEFAULT_MAX_SESSIONS
         #: Sessions ended since the service opened, by why ("expired", "closed"): metrics.
         self.sessions_ended: dict[str, int] = {"expired": 0, "closed": 0}
+        #: Called with (credential digest, owner) of each OPEN before it is queued (the
+        #: audit trail records who opened a session: the log keeps only the digest).
+        self.on_open: Callable[[bytes, bytes], None] | None = None
         self._close_started = False
         self._closed = asyncio.Event()
         self._pipe = CommitPipeline(
@@ -514,6 +517,8 @@ class LockService:
         # The secret is chosen here, where the command is accepted; only its digest
         # goes into the log (and so into every replica), never the secret.
         secret, digest = new_secret(owner)
+        if self.on_open is not None:
+            self.on_open(digest, owner)
         result = await self._pipe.call(lambda b: b.open_session(ttl_ms, digest=digest))
         session = Session(self, result.session_id, ttl_ms / 1000.0, keepalive,
                           credential(result.session_id, secret), max_lifetime)

@@ -41,6 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="shared secret clients must give with AUTH (default: $COORDCORE_REQUIREPASS, else none)")
     a("--acl-file", type=Path, default=None,
       help="users, password hashes and per-prefix permissions (TOML; reloaded on SIGHUP)")
+    a("--audit-key", type=Path, default=None,
+      help="keep a tamper-evident audit trail in DATA_DIR/audit, checkpoints signed with this "
+           "Ed25519 private key (PEM; `coordcore audit keygen`)")
+    a("--audit-every", type=int, default=d.audit_every,
+      help="records between two signed audit checkpoints (default %(default)s)")
+    a("--audit-segment-bytes", type=int, default=d.audit_segment_bytes,
+      help="seal the audit journal into a segment at the first checkpoint past this size (0: never)")
+    a("--audit-archive-dir", type=Path, default=None,
+      help="move sealed audit segments into this directory")
+    a("--audit-archive-command", default=None, metavar="CMD",
+      help="run `CMD PATH` for each sealed audit segment; it is removed when CMD exits 0")
     a("--insecure", action="store_true",
       help="allow listening on a non-loopback address without authentication")
     a("--tls-cert", type=Path, default=None, help="serve TLS (1.2+) with this certificate chain (PEM)")
@@ -101,7 +112,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, data_dir=args.data_dir, worker_id=args.worker_id,
         datacenter_id=args.datacenter_id,
         requirepass=args.requirepass if args.requirepass is not None else os.environ.get("COORDCORE_REQUIREPASS"),
-        acl_file=args.acl_file, insecure=args.insecure, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        acl_file=args.acl_file, audit_key=_audit_key(args), audit_every=args.audit_every,
+        audit_segment_bytes=args.audit_segment_bytes, audit_archive_dir=args.audit_archive_dir,
+        audit_archive_command=args.audit_archive_command,
+        insecure=args.insecure, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
         max_args=args.max_args, max_id_range=args.max_id_range, max_inflight=args.max_inflight, id_workers=args.id_workers,
@@ -114,6 +128,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level,
         etcd=tuple(_etcd_endpoints(args.etcd)), cluster=args.cluster, advertise=args.advertise,
         etcd_ttl=args.etcd_ttl, metrics_port=args.metrics_port)
+
+
+def _audit_key(args: argparse.Namespace) -> Path | None:
+    if args.audit_key is not None and args.etcd:
+        raise BadArgument("--audit-key is single-node only for now (the cluster log is not audited yet)")
+    if args.audit_every < 1 or args.audit_segment_bytes < 0:
+        raise BadArgument("--audit-every must be >= 1 and --audit-segment-bytes >= 0")
+    if args.audit_archive_dir is not None and args.audit_archive_command is not None:
+        raise BadArgument("give --audit-archive-dir or --audit-archive-command, not both")
+    return args.audit_key  # type: ignore[no-any-return]
 
 
 def _etcd_endpoints(value: str | None) -> list[str]:

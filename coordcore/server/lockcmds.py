@@ -118,6 +118,16 @@ class LockConfig(Protocol):
     def max_locks_per_session(self) -> int: ...
     @property
     def max_reply_items(self) -> int: ...
+    @property
+    def audit_key(self) -> Path | None: ...
+    @property
+    def audit_every(self) -> int: ...
+    @property
+    def audit_segment_bytes(self) -> int: ...
+    @property
+    def audit_archive_dir(self) -> Path | None: ...
+    @property
+    def audit_archive_command(self) -> str | None: ...
 
 
 async def open_service(config: LockConfig, log: StructLog) -> LockService:
@@ -138,8 +148,18 @@ async def open_service(config: LockConfig, log: StructLog) -> LockService:
     # count_downtime=False: a restart resumes the service clock where the last batch left
     # it, so sessions keep the TTL they had left and clients that reconnect within it
     # keep their locks (etcd renews leases on a new leader the same way).
-    svc = await LockService.open(path, durability=durability, count_downtime=False,
-                                 waiter_grace=config.waiter_grace, allow_empty_log=allow_empty)
+    if config.audit_key is not None:  # every record also goes to <data_dir>/audit
+        from coordcore.audit.wire import open_audited_service
+
+        svc = await open_audited_service(path, config.data_dir / "audit", config.audit_key,
+                                         durability=durability, allow_empty_log=allow_empty,
+                                         waiter_grace=config.waiter_grace, every=config.audit_every,
+                                         segment_bytes=config.audit_segment_bytes,
+                                         archive_dir=config.audit_archive_dir,
+                                         archive_command=config.audit_archive_command)
+    else:
+        svc = await LockService.open(path, durability=durability, count_downtime=False,
+                                     waiter_grace=config.waiter_grace, allow_empty_log=allow_empty)
     svc.set_limits(max_sessions=config.max_sessions, max_contenders_per_session=config.max_locks_per_session)
     log.info("lock service open", path=str(path), durability=durability, revision=svc.revision)
     return svc
@@ -649,6 +669,18 @@ class LockCommands:
         keys.sort()
         return resp.encode_array([resp.encode_bulk(k) for k in keys])
 
+    # --- audit (coordcore.audit.wire) -----------------------------------------------------------
+
+    def cmd_audit_checkpoint(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        from coordcore.audit import wire
+
+        return wire.cmd_checkpoint(self.svc, conn, req)
+
+    def cmd_audit_history(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        from coordcore.audit import wire
+
+        return wire.cmd_history(self.svc, conn, req, self.max_items)
+
     def cmd_scan(self, conn: Client, req: list[bytes]) -> bytes:
         """``LOCKS.SCAN cursor [MATCH prefix] [COUNT n]`` -> ``[next cursor, [keys]]``, as
         Redis's SCAN: start at 0, stop when the next cursor is 0; a key in use throughout
@@ -770,6 +802,8 @@ LockCommands.SPEC = {
     b"LOCKS.KEYS": (LockCommands.cmd_keys, Flag.READS),
     b"LOCKS.SCAN": (LockCommands.cmd_scan, Flag.READS),
     b"LOCKS.REVISION": (LockCommands.cmd_revision, Flag.READS),
+    b"AUDIT.CHECKPOINT": (LockCommands.cmd_audit_checkpoint, Flag.WRITES),
+    b"AUDIT.HISTORY": (LockCommands.cmd_audit_history, Flag.READS),
     b"WATCH": (LockCommands.cmd_watch, Flag.WATCH),
     b"UNWATCH": (LockCommands.cmd_unwatch, Flag.WATCH),
     b"SUBSCRIBE": (LockCommands.cmd_subscribe, Flag.WATCH),

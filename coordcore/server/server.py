@@ -57,6 +57,15 @@ class ServerConfig:
     requirepass: str | None = None
     #: Users and their permissions (TOML, see coordcore.server.acl); reloaded on SIGHUP.
     acl_file: Path | None = None
+    #: Keep an audit trail in <data_dir>/audit, checkpoints signed with this Ed25519 key
+    #: (PEM, ``coordcore audit keygen``), one every audit_every records.
+    audit_key: Path | None = None
+    audit_every: int = 10_000
+    #: Seal the audit journal into a segment past this many bytes (0: never), and hand
+    #: sealed segments to a directory or a command (``command PATH``).
+    audit_segment_bytes: int = 0
+    audit_archive_dir: Path | None = None
+    audit_archive_command: str | None = None
     #: Listen on a non-loopback address without authentication anyway (warned at start).
     insecure: bool = False
     #: TLS on every port: certificate chain and key (PEM); a CA makes client

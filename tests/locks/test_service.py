@@ -624,6 +624,10 @@ def test_nothing_is_acknowledged_before_the_append_returns(run: Run, tmp_path: P
         def result(self) -> int | None:
             return self._real.result()
 
+        @property
+        def last_sync_seconds(self) -> float:
+            return float(self._real.last_sync_seconds)
+
         def close(self) -> None:
             self._real.close()
 

@@ -1,0 +1,99 @@
+"""A live `coordcore serve --audit-key` on loopback: users in the history, AUDIT.* on the
+wire, and the `coordcore audit` commands on what it wrote."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import hiredis
+
+from coordcore.audit.checkpoint import write_keypair
+from tests.server.ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
+from tests.server.test_acl import BASE_ACL, _login
+
+Serve = Callable[..., ServerProc]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "coordcore.cli", "audit", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def as_dict(reply: list[Any]) -> dict[bytes, Any]:
+    return dict(zip(reply[::2], reply[1::2]))
+
+
+def test_serve_with_an_audit_key(serve: Serve, tmp_path: Path) -> None:
+    key = tmp_path / "audit.key"
+    pub = write_keypair(key)
+    acl = tmp_path / "acl.toml"
+    acl.write_text(BASE_ACL)
+    data = tmp_path / "data"
+    archive = tmp_path / "archive"
+    # Every checkpoint seals a segment, moved to the archive: history reaches into it.
+    server = serve("--acl-file", str(acl), "--audit-key", str(key), "--unsafe-no-fsync",
+                   "--audit-segment-bytes", "1", "--audit-archive-dir", str(archive), data=data)
+    with _login(server.port, "alice", "alicepw") as alice, _login(server.port, "bob", "bobpw") as bob, \
+            _login(server.port, "admin", "adminpw") as admin:
+        a = alice.command("SESSION.OPEN", "30")
+        b = bob.command("SESSION.OPEN", "30")
+        token = alice.command("LOCK.ACQUIRE", "jobs/1", a)
+        assert bob.command("LOCK.TRY", "jobs/1", b) is None
+        assert alice.command("LOCK.RELEASE", "jobs/1", a, "TOKEN", str(token)) == b"OK"
+        second = bob.command("LOCK.ACQUIRE", "jobs/1", b)
+        assert isinstance(alice.command("AUDIT.CHECKPOINT"), hiredis.ReplyError)  # a limited user
+        cp = as_dict(admin.command("AUDIT.CHECKPOINT"))
+        assert cp[b"size"] >= 5 and len(cp[b"root"]) == 64
+        assert as_dict(admin.command("AUDIT.CHECKPOINT"))[b"size"] == cp[b"size"] + 1  # its tick
+        nxt, events = admin.command("AUDIT.HISTORY", "jobs/", "0", str(2**62), "COUNT", "2")
+        seen = [as_dict(e) for e in events]
+        assert nxt == seen[-1][b"revision"] and len(seen) == 2
+        nxt, more = admin.command("AUDIT.HISTORY", "jobs/", "0", str(2**62), "AFTER", str(nxt))
+        seen += [as_dict(e) for e in more]
+        assert nxt == 0
+        assert [(e[b"event"], e[b"user"], e[b"token"]) for e in seen] == [
+            (b"granted", b"alice", token), (b"released", b"alice", token), (b"granted", b"bob", second)]
+    server.stop()
+
+    assert list(archive.glob("journal-*.log"))
+    assert cli("verify", str(data), "--public-key", str(pub)).returncode == 2  # the archive is needed
+    done = cli("verify", str(data), "--public-key", str(pub), "--archive", str(archive))
+    assert done.returncode == 0 and done.stdout.startswith("ok: "), done.stdout + done.stderr
+    export = tmp_path / "export.jsonl"
+    assert cli("export", str(data), "-o", str(export), "--archive", str(archive)).returncode == 0
+    assert cli("verify", str(export), "--public-key", str(pub)).returncode == 0
+    lines = export.read_text().splitlines()
+    at = max(i for i, line in enumerate(lines) if '"event":"granted"' in line)
+    obj = json.loads(lines[at])
+    obj["events"][0]["user"] = "mallory"
+    export.write_text("\n".join([*lines[:at], json.dumps(obj), *lines[at + 1:]]) + "\n")
+    done = cli("verify", str(export), "--public-key", str(pub))
+    assert done.returncode == 1 and f"FAIL line {at + 1}: record {obj['index']}" in done.stdout
+
+    history = cli("history", str(data), "jobs/", "--archive", str(archive))
+    assert [json.loads(line)["user"] for line in history.stdout.splitlines()] == ["alice", "alice", "bob"]
+
+    # Another key would sign checkpoints inconsistent with this chain's: refused at start.
+    other = tmp_path / "other.key"
+    write_keypair(other)
+    proc = ServerProc(data, "--acl-file", str(acl), "--audit-key", str(other), "--unsafe-no-fsync")
+    argv = [sys.executable, "-m", "coordcore.server", "--port", "0", "--data-dir", str(data),
+            "--worker-id", "1", *proc.extra]
+    done2 = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done2.returncode != 0 and "signed by key" in done2.stderr
+
+
+def test_bad_key_files_are_clear_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    done = cli("verify", str(tmp_path), "--public-key", str(junk))
+    assert done.returncode == 2 and "not a PEM public key" in done.stderr
+    key = tmp_path / "k"
+    write_keypair(key)
+    done = cli("keygen", str(key))
+    assert done.returncode == 2 and "exists" in done.stderr
+    done = cli("verify", str(tmp_path), "--public-key", str(key))
+    assert done.returncode == 2 and "no audit journal" in done.stderr

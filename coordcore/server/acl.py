@@ -88,6 +88,9 @@ RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"LOCKS.REVISION": ("locks", None, 0),
     # Names the busiest keys of every prefix: an operator's view, as INFO is.
     b"LOCKS.TOP": ("admin", None, 0),
+    # Every user's events, whatever the prefix: admin only.
+    b"AUDIT.HISTORY": ("admin", None, 0),
+    b"AUDIT.CHECKPOINT": ("admin", None, 0),
     b"WATCH": ("locks", _WATCH, 1),
     b"UNWATCH": ("locks", None, 0),
     b"SUBSCRIBE": ("locks", _WATCH, 1),

@@ -250,6 +250,18 @@ DOCS: dict[bytes, Doc] = dict([
          "`[next cursor, busiest, longest]`, each a list of `[key, holders, waiters, waited revisions]` "
          "(how many revisions the oldest waiter has waited); the cursor is 0 when the scan reached the end.",
          "locks", flags=("readonly",)),
+    # --- the audit trail (serve --audit-key)
+    _doc("AUDIT.CHECKPOINT", (),
+         "Signs a checkpoint of the audit trail now (tree size, root, revision, time; Ed25519).",
+         "A map: `size`, `root` (hex), `revision`, `time_ms`; `-UNAVAILABLE` without --audit-key.", "server",
+         flags=("write",)),
+    _doc("AUDIT.HISTORY", (_a("prefix"), _a("from_ms", "integer"), _a("to_ms", "integer"),
+                           _opt("AFTER", "revision", "integer"), _opt("COUNT", "n", "integer")),
+         "The audited events (opened, granted, waited, released, expired) on keys under prefix "
+         "between two times, paged by revision.",
+         "`[next revision, [events]]`, each event a map: `index`, `time_ms`, `revision`, `event`, `session`, "
+         "`user`, `key`, `mode`, `ticket`, `token`; the paging ends at next revision 0.", "server",
+         flags=("readonly",)),
     _doc("LOCKS.REVISION", (), "The lock state's revision (every change raises it).", "An integer.", "locks",
          flags=_READ),
     # --- watches

@@ -32,7 +32,7 @@ from coordcore.cluster.errors import EtcdCompacted, EtcdRequestFailed, EtcdUnava
 
 __all__ = [
     "Etcd", "KV", "Range", "TxnResult", "WatchEvent", "WatchBatch", "Status", "Compare", "Op",
-    "created_at", "put", "get", "delete", "prefix_end",
+    "created_at", "exists", "put", "get", "delete", "prefix_end",
 ]
 
 T = TypeVar("T")
@@ -129,6 +129,12 @@ def created_at(key: bytes, revision: int) -> Compare:
     """Holds while ``key``'s create revision is ``revision`` (0: the key does not exist)."""
     return Compare(rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key,
                                create_revision=revision))
+
+
+def exists(key: bytes) -> Compare:
+    """Holds while ``key`` exists (its create revision is above 0)."""
+    return Compare(rpc.Compare(result=rpc.Compare.GREATER, target=rpc.Compare.CREATE, key=key,
+                               create_revision=0))
 
 
 def put(key: bytes, value: bytes, lease: int = 0) -> Op:

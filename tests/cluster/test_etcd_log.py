@@ -56,14 +56,20 @@ def test_record_size_limits(run: Run, cluster: EtcdCluster, prefix: str) -> None
             assert await w.log.append(bytes(64 * 1024)) == 1
             with pytest.raises(ValueError):
                 w.log.append(bytes(64 * 1024 + 1))
-            with pytest.raises(RuntimeError):
-                first = w.log.append(b"a")
-                w.log.append(b"b")  # one append in flight at a time
-            assert await first == 2
+            assert w.log.max_in_flight == 4
+            first = [w.log.append(b"a%d" % i) for i in range(4)]
+            assert w.log.in_flight == 4
+            with pytest.raises(RuntimeError, match="max_in_flight"):
+                w.log.append(b"b")  # four appends in flight at a time
+            assert await asyncio.gather(*first) == [2, 3, 4, 5]
+            assert w.log.in_flight == 0
         finally:
             await w.close()
         with pytest.raises(ValueError):
             EtcdLog(w.etcd, Keys(prefix), max_record_bytes=2 * 1024 * 1024)  # over etcd's 1.5 MiB
+        for bad in (0, -1, 65):
+            with pytest.raises(ValueError, match="max_in_flight"):
+                EtcdLog(w.etcd, Keys(prefix), max_in_flight=bad)
 
     run(main())
 

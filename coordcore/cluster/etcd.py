@@ -32,7 +32,7 @@ from coordcore.cluster.errors import EtcdCompacted, EtcdRequestFailed, EtcdUnava
 
 __all__ = [
     "Etcd", "KV", "Range", "TxnResult", "WatchEvent", "WatchBatch", "Status", "Compare", "Op",
-    "created_at", "exists", "put", "get", "delete", "prefix_end",
+    "created_at", "nested", "put", "get", "delete", "prefix_end",
 ]
 
 T = TypeVar("T")
@@ -131,10 +131,12 @@ def created_at(key: bytes, revision: int) -> Compare:
                                create_revision=revision))
 
 
-def exists(key: bytes) -> Compare:
-    """Holds while ``key`` exists (its create revision is above 0)."""
-    return Compare(rpc.Compare(result=rpc.Compare.GREATER, target=rpc.Compare.CREATE, key=key,
-                               create_revision=0))
+def nested(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> Op:
+    """A Txn inside a Txn's branch (etcd >= 3.3): its compares are checked when the outer
+    branch runs, in the same revision."""
+    return Op(rpc.RequestOp(request_txn=rpc.TxnRequest(compare=[c.message for c in compare],
+                                                       success=[o.message for o in success],
+                                                       failure=[o.message for o in failure])))
 
 
 def put(key: bytes, value: bytes, lease: int = 0) -> Op:

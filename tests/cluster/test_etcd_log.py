@@ -70,6 +70,10 @@ def test_record_size_limits(run: Run, cluster: EtcdCluster, prefix: str) -> None
         for bad in (0, -1, 65):
             with pytest.raises(ValueError, match="max_in_flight"):
                 EtcdLog(w.etcd, Keys(prefix), max_in_flight=bad)
+        # One Txn may carry max_in_flight records: together they must fit etcd's limit.
+        with pytest.raises(ValueError, match="request limit"):
+            EtcdLog(w.etcd, Keys(prefix), max_in_flight=8)
+        assert EtcdLog(w.etcd, Keys(prefix), max_in_flight=8, max_record_bytes=128 * 1024).max_in_flight == 8
 
     run(main())
 

@@ -23,30 +23,35 @@ from coordcore.cluster.testing import EtcdCluster
 Run = Callable[..., Any]
 
 
-def put_seq(success: Any) -> int:
-    """The log seq a Txn's put writes (0: not a log append)."""
+def put_seqs(success: Any) -> list[int]:
+    """The log seqs a Txn's (nested) puts write, its own last ([]: not a log append)."""
+    seqs = []
     for op in success:
-        key = bytes(op.message.request_put.key)
-        if b"/log/" in key:
-            return int(key.rsplit(b"/", 1)[1])
-    return 0
+        for inner in op.message.request_txn.success:
+            key = bytes(inner.request_put.key)
+            if b"/log/" in key:
+                seqs.append(int(key.rsplit(b"/", 1)[1]))
+    return seqs
 
 
 class GatedEtcd(Etcd):
     """Holds the Txn of each seq in ``hold`` until its event is set; ``lose`` maps a seq
     to "request" (never sent) or "answer" (sent, answer lost) for every Txn of it;
-    ``sent`` lists the seqs of the Txns that reached etcd, in order, and ``answers``
-    whether each succeeded."""
+    ``sent`` lists the seqs of the Txns that reached etcd, in order, ``answers`` whether
+    each succeeded, ``carried`` the records each Txn carried."""
 
     def setup(self) -> None:
         self.hold: dict[int, asyncio.Event] = {}
         self.lose: dict[int, str] = {}
         self.sent: list[int] = []
         self.answers: list[tuple[int, bool]] = []
+        self.carried: list[list[int]] = []
 
     async def txn(self, compare: Any, success: Any, failure: Any = (), *,
                   timeout: float | None = None) -> TxnResult:
-        seq = put_seq(success)
+        seqs = put_seqs(success)
+        seq = seqs[-1] if seqs else 0
+        self.carried.append(seqs)
         gate = self.hold.get(seq)
         if gate is not None:
             await gate.wait()
@@ -76,7 +81,7 @@ def test_many_appends_in_flight_keep_order_and_chain(run: Run, cluster: EtcdClus
     payloads = [os.urandom(i % 7 * 1000) + b"#%d" % i for i in range(240)]
 
     async def main() -> None:
-        w = await writer(cluster.endpoints, prefix, max_in_flight=8)
+        w = await writer(cluster.endpoints, prefix, max_in_flight=8, max_record_bytes=64 * 1024)
         reader_etcd = await connect(cluster.endpoints)
         followed: list[tuple[int, bytes]] = []
 
@@ -113,23 +118,31 @@ def test_many_appends_in_flight_keep_order_and_chain(run: Run, cluster: EtcdClus
     run(main(), timeout=60)
 
 
-def test_an_append_etcd_takes_before_its_predecessor_waits_and_goes_again(
+def test_an_append_etcd_takes_before_its_predecessor_puts_both(
         run: Run, cluster: EtcdCluster, prefix: str) -> None:
+    """Record 3's Txn reaches etcd while record 2's is held back: it carries record 2, so
+    both get in together (no gap), but 3 is acknowledged only after 2's own Txn answers."""
+
     async def main() -> None:
-        w, gated = await gated_writer(cluster.endpoints, prefix)
+        w, gated = await gated_writer(cluster.endpoints, prefix, max_in_flight=4)
         try:
             assert await w.log.append(b"r1") == 1
             gated.hold[2] = asyncio.Event()
             second, third = w.log.append(b"r2"), w.log.append(b"r3")
-            for _ in range(100):  # record 3 reaches etcd first and is refused
+            for _ in range(200):
                 await asyncio.sleep(0.01)
-                if (3, False) in gated.answers:
+                if (3, True) in gated.answers:
                     break
-            assert gated.answers[-1] == (3, False) and not third.done()
+            assert gated.answers[1:] == [(3, True)] and gated.carried[-1] == [2, 3]
+            await asyncio.sleep(0.05)
+            assert not third.done()  # strictly in order: 2 has not answered
+            seen = await replayed(cluster.endpoints, prefix)
+            assert seen.records == [(1, b"r1"), (2, b"r2"), (3, b"r3")]  # no gap, ever
             gated.hold[2].set()
             assert await second == 2 and await third == 3
-            assert gated.answers[1:] == [(3, False), (2, True), (3, True)]
+            assert gated.answers[1:] == [(3, True), (2, True)]  # 2 found itself in place
             assert await w.log.append(b"r4") == 4
+            assert gated.carried[-1] == [4]  # nothing unsure left to carry
         finally:
             await gated.close()
             await w.close()
@@ -142,12 +155,12 @@ def test_an_append_etcd_takes_before_its_predecessor_waits_and_goes_again(
 @pytest.mark.parametrize("lose", ["request", "answer"])
 def test_a_failure_mid_flight_fails_every_later_append(run: Run, cluster: EtcdCluster, prefix: str,
                                                         lose: str) -> None:
-    """Record 2's outcome stays unknown. Records 3 and 4, in flight behind it, fail too:
-    never acknowledged, even when etcd took them (``answer``: record 2 got in, so they
-    could follow it)."""
+    """Record 2's own Txn never gets an answer, so its outcome stays unknown. Records 3
+    and 4, in flight behind it, fail too: never acknowledged, even though etcd took
+    them (and record 2 with them, which they carry)."""
 
     async def main() -> None:
-        w, gated = await gated_writer(cluster.endpoints, prefix, resolve_timeout=0.5)
+        w, gated = await gated_writer(cluster.endpoints, prefix, resolve_timeout=0.5, max_in_flight=4)
         try:
             assert await w.log.append(b"r1") == 1
             gated.lose[2] = lose
@@ -163,11 +176,7 @@ def test_a_failure_mid_flight_fails_every_later_append(run: Run, cluster: EtcdCl
             await gated.close()
             await w.close()
         seen = await replayed(cluster.endpoints, prefix)  # whatever got in is a valid chain
-        if lose == "request":
-            assert seen.records == [(1, b"r1")]
-        else:  # 3 and 4 may have followed 2 in (4 only if etcd took it after 3)
-            every = [(i, b"r%d" % i) for i in (1, 2, 3, 4)]
-            assert len(seen.records) >= 2 and seen.records == every[:len(seen.records)]
+        assert seen.records == [(i, b"r%d" % i) for i in (1, 2, 3, 4)]
 
     run(main())
 
@@ -177,7 +186,7 @@ def test_a_deposed_leaders_appends_in_flight_all_fail(run: Run, cluster: EtcdClu
     of A's Txns fails its leader compare, though the records before them now exist."""
 
     async def main() -> None:
-        a, gated = await gated_writer(cluster.endpoints, prefix, max_in_flight=8)
+        a, gated = await gated_writer(cluster.endpoints, prefix, max_in_flight=8, max_record_bytes=64 * 1024)
         b: Writer | None = None
         try:
             assert await a.log.append(b"a1") == 1

@@ -7,8 +7,8 @@ Keys (see :mod:`~coordcore.cluster.keys`)::
     <prefix>/snap/<index>/manifest           written last (see :mod:`~coordcore.cluster.snapshot`)
 
 **Append** is one Txn: *if* the writer's leader key still has its term as create
-revision, *then* put ``log/<seq>`` if it does not exist yet (a Txn nested in the success
-branch), *else* read ``log/<seq>`` back. The record carries term, seq, the previous
+revision *and* ``log/<seq>`` does not exist, *then* put the record, *else* read
+``log/<seq>`` back. The record carries term, seq, the previous
 record's hash and a random batch id (:mod:`~coordcore.cluster.record`). A deposed
 leader's Txn fails its compare. Under a live guard no other writer can put a log key
 past the end this writer caught up to (a later candidate leads only once this leader
@@ -19,10 +19,10 @@ when an append starts, so record N+1 is sent before N has committed. etcd does n
 the order of concurrent requests (each runs in its own goroutine; measured here, about
 one append in six overtook the one before it at two in flight), and a log key must
 never exist before the one below it: a reader would meet a gap, and if N then never got
-in (its writer deposed), the gap would stay. So each Txn also carries, each in its own
-nested put-if-absent, every record before it that is not yet known to be in etcd:
-whichever Txn etcd takes first writes them all, in one revision, and a later copy of a
-record finds it in place. Appends resolve strictly in order: each waits for the one
+in (its writer deposed), the gap would stay. So while records before it are not yet
+known to be in etcd, a Txn compares only the guard and carries them all, each in its own
+nested put-if-absent (etcd >= 3.3), its own last: whichever Txn etcd takes first writes
+them all, in one revision, and a later copy of a record finds it in place. Appends resolve strictly in order: each waits for the one
 before, and if that one failed (or its outcome is unknown) it fails too, whatever etcd
 did with it, so nothing after a failure is acknowledged. The first failure stops the
 log for writes. The records one Txn may carry, ``max_in_flight`` of the largest, must
@@ -182,9 +182,12 @@ class EtcdLog:
         before = self._last if self._last is not None and not self._last.done() else None
         key = self.keys.log(seq)
         self._unsure.append((seq, key, value))
-        # This Txn puts every record not known to be in yet, its own last (see the docs).
-        puts = [nested([created_at(k, 0)], [put(k, v)]) for _, k, v in self._unsure]
-        task = loop.create_task(self._append(lead, seq, batch_id, record_digest, key, puts, before))
+        if len(self._unsure) == 1:  # all before it are in: the plain guarded put
+            compare, success = [lead.guard(), created_at(key, 0)], [put(key, value)]
+        else:  # it puts every record not known to be in yet, its own last (see the docs)
+            compare = [lead.guard()]
+            success = [nested([created_at(k, 0)], [put(k, v)]) for _, k, v in self._unsure]
+        task = loop.create_task(self._append(lead, seq, batch_id, record_digest, key, compare, success, before))
         # The caller may cancel its future; the Txn goes on (cancelling it would make
         # its outcome unknown), and its error is retrieved here, not left dangling.
         task.add_done_callback(self._settled)
@@ -272,11 +275,11 @@ class EtcdLog:
         return err
 
     async def _append(self, lead: Leadership, seq: int, batch_id: bytes, record_digest: bytes, key: bytes,
-                      puts: list[Op], before: asyncio.Task[int] | None) -> int:
-        """Put record ``seq`` (and those before it in ``puts``); ``before`` is the append
-        of ``seq - 1`` while it is in flight. Resolves only after ``before`` did."""
+                      compare: list[Compare], success: list[Op], before: asyncio.Task[int] | None) -> int:
+        """Put record ``seq`` (and those before it that ``success`` carries); ``before``
+        is the append of ``seq - 1`` while it is in flight. Resolves only after it did."""
         try:
-            return await self._put(lead, seq, batch_id, record_digest, key, puts, before)
+            return await self._put(lead, seq, batch_id, record_digest, key, compare, success, before)
         except Exception as e:
             # The tail already chains on this record: whatever went wrong, no later
             # record may be written after it.
@@ -284,16 +287,16 @@ class EtcdLog:
             raise
 
     async def _put(self, lead: Leadership, seq: int, batch_id: bytes, record_digest: bytes, key: bytes,
-                   puts: list[Op], before: asyncio.Task[int] | None) -> int:
+                   compare: list[Compare], success: list[Op], before: asyncio.Task[int] | None) -> int:
         if self._stopped is not None:
             raise LeadershipLost(f"writes stopped: {self._stopped}")
-        compare, failure = [lead.guard()], [get(key)]
+        failure = [get(key)]
         try:
-            r = await self.etcd.txn(compare, puts, failure, timeout=self.append_timeout)
+            r = await self.etcd.txn(compare, success, failure, timeout=self.append_timeout)
         except EtcdUnavailable as e:
             log.warning("append of record %d: outcome unknown (%s); resolving", seq, e)
             try:
-                r = await self._resolve(compare, puts, failure)
+                r = await self._resolve(compare, success, failure)
             except AppendOutcomeUnknown as unknown:
                 raise self._stop(unknown) from None
         if not r.succeeded:

@@ -27,8 +27,8 @@ def put_seqs(success: Any) -> list[int]:
     """The log seqs a Txn's (nested) puts write, its own last ([]: not a log append)."""
     seqs = []
     for op in success:
-        for inner in op.message.request_txn.success:
-            key = bytes(inner.request_put.key)
+        for put in [op.message] + list(op.message.request_txn.success):
+            key = bytes(put.request_put.key)
             if b"/log/" in key:
                 seqs.append(int(key.rsplit(b"/", 1)[1]))
     return seqs
@@ -140,7 +140,8 @@ def test_an_append_etcd_takes_before_its_predecessor_puts_both(
             assert seen.records == [(1, b"r1"), (2, b"r2"), (3, b"r3")]  # no gap, ever
             gated.hold[2].set()
             assert await second == 2 and await third == 3
-            assert gated.answers[1:] == [(3, True), (2, True)]  # 2 found itself in place
+            # 2's own Txn finds it in place: refused, and the read-back shows its batch id.
+            assert gated.answers[1:] == [(3, True), (2, False)]
             assert await w.log.append(b"r4") == 4
             assert gated.carried[-1] == [4]  # nothing unsure left to carry
         finally:

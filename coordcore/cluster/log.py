@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 ETCD_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default
 _REQUEST_OVERHEAD = 1024  # key, compares, protobuf framing
 #: Appends in flight by default: chosen by measurement (bench/RESULTS.md, cluster section).
-DEFAULT_MAX_IN_FLIGHT = 4
+DEFAULT_MAX_IN_FLIGHT = 2
 MAX_IN_FLIGHT = 64
 
 

@@ -132,7 +132,9 @@ class EtcdLog:
 
     @property
     def next_index(self) -> int:
-        return self._tail.index + 1
+        """The index after the last record known to be in etcd: a follower's position, and
+        a writer's next record when none is in flight (appends in flight go past it)."""
+        return self._chain.index + 1
 
     @property
     def in_flight(self) -> int:

@@ -533,10 +533,10 @@ class CommitPipeline:
 
     def _worth_cutting(self) -> bool:
         """Whether to cut a batch now. With batches in flight, only once the queue holds
-        at least as many commands as the newest of them: one append costs about the
-        same for one command as for a thousand, so under a steady load batches stay as
-        large as with one in flight (on a busy etcd the Txn rate is what runs out),
-        while a backlog goes out at once instead of waiting a round trip."""
+        at least as many commands as the newest of them: one append of many commands
+        costs far less per command than many appends of few, so under a steady load
+        batches stay as large as with one in flight (on a busy etcd its Txn rate is what
+        runs out), while a backlog goes out at once instead of waiting a round trip."""
         inflight = self._inflight
         if not inflight:
             return self._has_work()

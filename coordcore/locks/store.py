@@ -64,7 +64,8 @@ class LogStore(Protocol):
 
     @property
     def next_index(self) -> int:
-        """The index the next appended record gets."""
+        """The index after the last durable record: the one the next appended record
+        gets while no append is in flight (the pipeline snapshots only then)."""
         ...
 
     async def replay(self, restore: Callable[[int, bytes], None],

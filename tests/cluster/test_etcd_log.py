@@ -60,10 +60,11 @@ def test_record_size_limits(run: Run, cluster: EtcdCluster, prefix: str) -> None
             assert w.log.max_in_flight == 4
             first = [w.log.append(b"a%d" % i) for i in range(4)]
             assert w.log.in_flight == 4
+            assert w.log.next_index == 2  # the durable position: appends in flight go past it
             with pytest.raises(RuntimeError, match="max_in_flight"):
                 w.log.append(b"b")  # four appends in flight at a time
             assert await asyncio.gather(*first) == [2, 3, 4, 5]
-            assert w.log.in_flight == 0
+            assert w.log.in_flight == 0 and w.log.next_index == 6
         finally:
             await w.close()
         with pytest.raises(ValueError):

@@ -23,6 +23,7 @@ class MemoryStore:
     ``fail_next`` makes the next append fail; ``floor`` is what replay reports."""
 
     syncs = False
+    max_in_flight = 1
 
     def __init__(self, max_record_bytes: int = 1 << 20) -> None:
         self.max_record_bytes = max_record_bytes

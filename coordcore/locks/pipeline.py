@@ -70,6 +70,13 @@ Add = Callable[[BatchBuilder], int]
 MAX_BATCH: Final = 16_384
 #: The longest batch record without a store (a flood is cut by MAX_BATCH long before).
 MAX_RECORD_BYTES: Final = 1 << 30
+#: An append that takes longer than this (ms) to become durable, once it is the next to
+#: commit, holds the batch clock back by the excess: time in which no record could
+#: commit (etcd without a leader, a stalled disk) does not count against sessions,
+#: waits or graces, whose keep-alives and releases could not commit either. As a
+#: failover resumes the clock (count_downtime=False), so does a stall. A clock that runs
+#: slow only ever ends a lease later, never sooner than its holder can tell.
+STALL_GRACE_MS: Final = 1000
 #: Default bound of holds + waits per session.
 DEFAULT_MAX_CONTENDERS_PER_SESSION: Final = 100_000
 
@@ -224,6 +231,9 @@ class CommitPipeline:
         self._machine = machine
         #: The batch time (ms), never below the last batch's.
         self._clock = clock
+        #: Time (ms) the log could not commit, beyond STALL_GRACE_MS per append: the
+        #: batch clock leaves it out (see STALL_GRACE_MS).
+        self._stalled_ms = 0
         self._tick_interval = tick_interval
         self._snap_records = snapshot_every_records
         self._snap_bytes = snapshot_every_bytes
@@ -276,7 +286,7 @@ class CommitPipeline:
         return error
 
     def now_ms(self) -> int:
-        now = self._clock()
+        now = self._clock() - self._stalled_ms
         return now if now >= self._last_ms else self._last_ms  # never backwards
 
     # --- submitting -----------------------------------------------------------------
@@ -610,7 +620,11 @@ class CommitPipeline:
         """Wait for ``batch`` to be durable, then apply it: its packed results and events."""
         try:
             if batch.appended is not None:
+                began = self._clock()
                 await batch.appended
+                waited = self._clock() - began
+                if waited > STALL_GRACE_MS:
+                    self._stalled_ms += waited - STALL_GRACE_MS
                 assert self._store is not None
                 self.stats.fsyncs += self._store.syncs
             raw_results, raw_events = self._machine.apply_raw(batch.record)

@@ -997,7 +997,7 @@ def _ssl_protocol(loop: asyncio.AbstractEventLoop) -> Any:
     if type(loop).__module__.startswith("uvloop"):
         import uvloop.loop
 
-        return uvloop.loop.SSLProtocol
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]  # compiled, not in its stubs
     return sslproto.SSLProtocol
 
 

@@ -9,15 +9,22 @@
   three members listen on 127.0.0.1, where that driver connects), one
   keep-alive HTTP connection per client (bench/_lockbench.py's light asyncio driver).
 
-Each case runs both twice in alternating order and keeps each one's best. CPU per cycle
-is the sum over the three etcd members (and, for coordcore, its leader too).
+Each case runs each driver ``--rounds`` times (default 2) in alternating order; the report
+keeps each one's best and prints the spread of the per-round ratio. CPU per cycle is the
+sum over the three etcd members (and, for coordcore, its leader too).
 
-Run: PYTHONPATH=. .venv/bin/python bench/cluster_locks.py [--seconds 3] [--quick]
+``--base TREE`` also runs two cluster servers from another built checkout (a git worktree
+of the previous commit, say) as their own coordcore cluster on the same etcd, in the same
+rounds: an A/B of the cluster path, printed as ours / base.
+
+Run: PYTHONPATH=. .venv/bin/python bench/cluster_locks.py [--seconds 3] [--rounds 2] [--quick] [--base TREE]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,14 +64,19 @@ def role(port: int) -> str:
     return text.split("# Cluster", 1)[1].split("role:", 1)[1].split("\r\n", 1)[0]
 
 
-def start_servers(cluster: EtcdCluster, base: Path, n: int) -> tuple[list[subprocess.Popen[bytes]], int, int]:
-    """``n`` cluster-mode servers; the processes, and the leader's port and PID."""
+def start_servers(cluster: EtcdCluster, base: Path, n: int, *, name: str = "bench",
+                  tree: Path | None = None) -> tuple[list[subprocess.Popen[bytes]], int, int]:
+    """``n`` cluster-mode servers of cluster ``name`` (from checkout ``tree``, default this
+    one); the processes, and the leader's port and PID."""
     procs, ports = [], []
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree is not None else None
     for i in range(n):
         port = _peers.free_port()
-        argv = [sys.executable, "-m", "coordcore.server", "--port", str(port), "--data-dir", str(base / f"cc{i}"),
-                "--etcd", ",".join(cluster.endpoints), "--cluster", "bench", "--log-level", "warning"]
-        procs.append(_peers.start(argv, port=port, what="coordcore serve --etcd", log=base / f"cc{i}.log"))
+        data = base / f"{name}-cc{i}"
+        argv = [sys.executable, "-m", "coordcore.server", "--port", str(port), "--data-dir", str(data),
+                "--etcd", ",".join(cluster.endpoints), "--cluster", name, "--log-level", "warning"]
+        procs.append(_peers.start(argv, port=port, what="coordcore serve --etcd", log=base / f"{name}-cc{i}.log",
+                                  cwd=str(tree) if tree is not None else None, env=env))
         ports.append(port)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -108,13 +120,25 @@ def measure(name: str, pids: list[int], fn: Callable[[], Any]) -> dict[str, floa
     return out
 
 
+def spread_of(rounds: list[dict[str, dict[str, float]]], ours: str, theirs: str) -> list[float]:
+    """The ratio ours / theirs (cycles/s) of each round."""
+    return [r[ours]["cycles_per_s"] / r[theirs]["cycles_per_s"] for r in rounds]
+
+
+def fmt_spread(ratios: list[float]) -> str:
+    return (f"median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x, max {max(ratios):.2f}x"
+            f" over {len(ratios)} round(s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one round, shorter")
+    ap.add_argument("--base", type=Path, help="also run the cluster servers of this built checkout (A/B)")
     args = ap.parse_args()
     seconds = 1.5 if args.quick else args.seconds
-    rounds = 1 if args.quick else 2
+    rounds = 1 if args.quick else args.rounds
     warmup = _lockbench.warmup_of(seconds)
     report = Report("cluster_locks", {"aetcd": "aetcd"})
     report.versions["etcd"] = etcd_version()
@@ -130,22 +154,41 @@ def main() -> None:
                 "etcd lock API": (etcd_pids, lambda c, k: uvloop.run(
                     _lockbench.drive(_lockbench.etcd_client, etcd_port, c, k, seconds))),
             }
+            if args.base is not None:
+                base_procs, base_port, base_pid = start_servers(cluster, Path(d), 2, name="bench-base",
+                                                                tree=args.base.resolve())
+                procs += base_procs
+                runners["coordcore cluster (base)"] = ([base_pid, *etcd_pids], lambda c, k: _loadgen.run(
+                    base_port, "coordcore", clients=c, keys=k, seconds=seconds, warmup=warmup))
             for n_clients, n_keys in CASES:
                 print(f"  {n_clients} clients, {n_keys} keys", flush=True)
                 best: dict[str, dict[str, float]] = {}
+                per_round: list[dict[str, dict[str, float]]] = []
                 order = list(runners)
                 for rnd in range(rounds):
+                    this: dict[str, dict[str, float]] = {}
                     for name in (order if rnd % 2 == 0 else order[::-1]):
                         pids, fn = runners[name]
-                        out = measure(name, pids, lambda: fn(n_clients, n_keys))
+                        out = this[name] = measure(name, pids, lambda: fn(n_clients, n_keys))
                         if name not in best or out["cycles_per_s"] > best[name]["cycles_per_s"]:
                             best[name] = out
+                    per_round.append(this)
+                spread = spread_of(per_round, "coordcore cluster", "etcd lock API")
+                print(f"    per-round ratio vs etcd lock API: {fmt_spread(spread)}", flush=True)
+                ab = spread_of(per_round, "coordcore cluster", "coordcore cluster (base)") if args.base else None
+                if ab is not None:
+                    print(f"    per-round ratio vs base:          {fmt_spread(ab)}", flush=True)
                 ours, theirs = best["coordcore cluster"], best["etcd lock API"]
                 report.row(f"durable lock cycles, {n_clients} clients, {n_keys} keys, 3 etcd members", "cycles/s",
                            ours["cycles_per_s"], "etcd lock API (v3lock)", theirs["cycles_per_s"],
                            coordcore_p50_ms=ours["p50_ms"], coordcore_p99_ms=ours["p99_ms"],
                            coordcore_cpu_us=ours["cpu_us_per_cycle"], peer_p50_ms=theirs["p50_ms"],
-                           peer_p99_ms=theirs["p99_ms"], peer_cpu_us=theirs["cpu_us_per_cycle"])
+                           peer_p99_ms=theirs["p99_ms"], peer_cpu_us=theirs["cpu_us_per_cycle"],
+                           round_ratios=spread, rounds=per_round)
+                if ab is not None:
+                    report.row(f"A/B {n_clients} clients, {n_keys} keys: this tree vs --base", "cycles/s",
+                               ours["cycles_per_s"], "coordcore cluster (base)",
+                               best["coordcore cluster (base)"]["cycles_per_s"], round_ratios=ab)
                 if n_clients == 1:
                     txn = uvloop.run(guarded_txn_p50_ms(cluster.endpoints))
                     print(f"    one guarded etcd Txn     p50 {txn:7.2f} ms", flush=True)

@@ -400,6 +400,9 @@ class AuditedStore:
         self.trail = trail
         self.max_record_bytes: int = inner.max_record_bytes
         self.syncs: bool = inner.syncs
+        # One at a time: a checkpoint is signed at a batch boundary, where the tree and
+        # the machine have taken the same records (the journal follows each append).
+        self.max_in_flight = 1
         self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._want: list[asyncio.Future[Checkpoint]] = []
         self._state: Callable[[], bytes] | None = None

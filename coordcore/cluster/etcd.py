@@ -32,7 +32,7 @@ from coordcore.cluster.errors import EtcdCompacted, EtcdRequestFailed, EtcdUnava
 
 __all__ = [
     "Etcd", "KV", "Range", "TxnResult", "WatchEvent", "WatchBatch", "Status", "Compare", "Op",
-    "created_at", "put", "get", "delete", "prefix_end",
+    "created_at", "nested", "put", "get", "delete", "prefix_end",
 ]
 
 T = TypeVar("T")
@@ -129,6 +129,14 @@ def created_at(key: bytes, revision: int) -> Compare:
     """Holds while ``key``'s create revision is ``revision`` (0: the key does not exist)."""
     return Compare(rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key,
                                create_revision=revision))
+
+
+def nested(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> Op:
+    """A Txn inside a Txn's branch (etcd >= 3.3): its compares are checked when the outer
+    branch runs, in the same revision."""
+    return Op(rpc.RequestOp(request_txn=rpc.TxnRequest(compare=[c.message for c in compare],
+                                                       success=[o.message for o in success],
+                                                       failure=[o.message for o in failure])))
 
 
 def put(key: bytes, value: bytes, lease: int = 0) -> Op:

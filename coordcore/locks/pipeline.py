@@ -6,8 +6,17 @@ such as a server's native lane) into one batch record, hands it to the
 :class:`~coordcore.locks.store.LogStore`, and once the store says it is durable applies
 it to the machine, answers every request of the batch and dispatches the events: grants
 and cancels to parked waits, session ends and watch events to the service. Nothing is
-acknowledged before its batch is durable. While one append is in flight the next batch
+acknowledged before its batch is durable. While appends are in flight the next batch
 accumulates (group commit), so under load batches grow by themselves.
+
+A store may take several appends at once (:attr:`LogStore.max_in_flight
+<coordcore.locks.store.LogStore.max_in_flight>`: etcd's, where one append is a network
+round trip): then batch N+1 is cut and appended while N is still on its way. Batches are
+still applied and answered strictly in order; if one fails, every later one in flight
+fails with it and nothing after it is acknowledged. Cutting early is safe because a
+batch's bytes depend on no machine state: commands are checked against the state when
+they are submitted (as they are while one batch is in flight), batch time is kept rising
+across the batches in flight, and a snapshot waits until none is.
 
 The pipeline knows neither the wire nor the public API: :class:`~coordcore.locks.service.LockService`
 drives it, and a server reaches it through :attr:`LockService.pipeline
@@ -61,6 +70,13 @@ Add = Callable[[BatchBuilder], int]
 MAX_BATCH: Final = 16_384
 #: The longest batch record without a store (a flood is cut by MAX_BATCH long before).
 MAX_RECORD_BYTES: Final = 1 << 30
+#: An append that takes longer than this (ms) to become durable, once it is the next to
+#: commit, holds the batch clock back by the excess: time in which no record could
+#: commit (etcd without a leader, a stalled disk) does not count against sessions,
+#: waits or graces, whose keep-alives and releases could not commit either. As a
+#: failover resumes the clock (count_downtime=False), so does a stall. A clock that runs
+#: slow only ever ends a lease later, never sooner than its holder can tell.
+STALL_GRACE_MS: Final = 1000
 #: Default bound of holds + waits per session.
 DEFAULT_MAX_CONTENDERS_PER_SESSION: Final = 100_000
 
@@ -168,7 +184,7 @@ class Request:
 class _Batch:
     """A batch record on its way to the log, and who waits for it."""
 
-    __slots__ = ("record", "accepted", "source", "source_base", "tick_waiters", "appended")
+    __slots__ = ("record", "accepted", "source", "source_base", "tick_waiters", "appended", "count")
 
     def __init__(self, record: bytes, accepted: list[tuple[Request, int]], source: SourceBatch | None,
                  source_base: int, tick_waiters: list[asyncio.Future[None]],
@@ -182,6 +198,8 @@ class _Batch:
         self.tick_waiters = tick_waiters
         #: The store's append (None: no store).
         self.appended = appended
+        #: Commands in the batch.
+        self.count = len(accepted) + (source.count if source is not None else 0)
 
     def abort(self, exc: BaseException) -> None:
         """The batch's fate in the log is unknown: its requesters get the error itself
@@ -213,6 +231,9 @@ class CommitPipeline:
         self._machine = machine
         #: The batch time (ms), never below the last batch's.
         self._clock = clock
+        #: Time (ms) the log could not commit, beyond STALL_GRACE_MS per append: the
+        #: batch clock leaves it out (see STALL_GRACE_MS).
+        self._stalled_ms = 0
         self._tick_interval = tick_interval
         self._snap_records = snapshot_every_records
         self._snap_bytes = snapshot_every_bytes
@@ -234,6 +255,11 @@ class CommitPipeline:
         self._since_snapshot_bytes = 0
         #: The most command bytes one record carries (the store's bound less the header).
         self._max_body = (store.max_record_bytes if store is not None else MAX_RECORD_BYTES) - BATCH_HEADER_SIZE
+        #: Batches appended and not yet applied (in sequence order), at most ``_depth``.
+        self._inflight: collections.deque[_Batch] = collections.deque()
+        self._depth = store.max_in_flight if store is not None else 1
+        if self._depth < 1:
+            raise ValueError(f"the store's max_in_flight must be at least 1, got {self._depth}")
         self.stats = BatchStats()
         self._batch_listeners: list[Callable[[], None]] = []
         #: Commands from outside (a server's native lane), taken into every batch.
@@ -260,7 +286,7 @@ class CommitPipeline:
         return error
 
     def now_ms(self) -> int:
-        now = self._clock()
+        now = self._clock() - self._stalled_ms
         return now if now >= self._last_ms else self._last_ms  # never backwards
 
     # --- submitting -----------------------------------------------------------------
@@ -455,23 +481,42 @@ class CommitPipeline:
         return bool(self._queue or self._tick_wanted or self._source)
 
     async def _write_loop(self) -> None:
-        pending: _Batch | None = None
+        inflight = self._inflight
+        depth = self._depth
         try:
             while True:
-                if pending is None and self._has_work():
-                    pending = self._cut_batch()
-                if pending is not None:
-                    batch, pending = pending, None
-                    raw_results, raw_events = await self._commit(batch)
-                    if self._store is not None and self._has_work() \
-                            and not (self._snapshot_waiters or self._snapshot_due()):
+                if len(inflight) < depth and self._worth_cutting() and not self._snapshot_wanted():
+                    batch = self._cut_batch()
+                    if batch is not None:
+                        inflight.append(batch)
+                        continue  # a flood cut to the bounds: the rest may go too
+                if inflight:
+                    head = inflight[0]
+                    if len(inflight) < depth and head.appended is not None and not head.appended.done() \
+                            and not self._snapshot_wanted():
+                        # Room for another append: wait for the head's (its done callback
+                        # sets the wakeup too), or for enough new work to send at once.
+                        self._wakeup.clear()
+                        if not self._worth_cutting():
+                            await self._wakeup.wait()
+                        if not head.appended.done():
+                            # Let the rest of this turn's arrivals queue into the batch.
+                            await asyncio.sleep(0)
+                            continue
+                    inflight.popleft()  # (_commit aborts it if it fails)
+                    raw_results, raw_events = await self._commit(head)
+                    if self._store is not None and self._has_work() and not self._snapshot_wanted():
                         # Start the next batch's append now: it runs while this
                         # batch's requesters are answered.
-                        pending = self._cut_batch()
-                    self._answer(batch, raw_results, raw_events)
-                    if pending is not None:
+                        while len(inflight) < depth and self._worth_cutting():
+                            batch = self._cut_batch()
+                            if batch is None:
+                                break
+                            inflight.append(batch)
+                    self._answer(head, raw_results, raw_events)
+                    if inflight:
                         continue
-                if self._snapshot_waiters or self._snapshot_due():
+                if self._snapshot_wanted():
                     await self._take_snapshot()
                 if self._has_work() or self._snapshot_waiters:
                     # Let the tasks just answered run (and queue their next requests)
@@ -488,11 +533,28 @@ class CommitPipeline:
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 logger.exception("the lock service's writer failed; closing the service")
-            if pending is not None:
-                pending.abort(exc)
+            # Every batch after a failed one fails too (each chains on the one before,
+            # so nothing later may be acknowledged), the failed one first.
+            while inflight:
+                inflight.popleft().abort(exc)
             self._stop(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+
+    def _worth_cutting(self) -> bool:
+        """Whether to cut a batch now. With batches in flight, only once the queue holds
+        at least as many commands as the newest of them: one append of many commands
+        costs far less per command than many appends of few, so under a steady load
+        batches stay as large as with one in flight (on a busy etcd its Txn rate is what
+        runs out), while a backlog goes out at once instead of waiting a round trip."""
+        inflight = self._inflight
+        if not inflight:
+            return self._has_work()
+        queued = len(self._queue) + (len(self._source) if self._source is not None else 0)
+        return queued > 0 and queued >= inflight[-1].count
+
+    def _snapshot_wanted(self) -> bool:
+        return bool(self._snapshot_waiters) or self._snapshot_due()
 
     def _cut_batch(self) -> _Batch | None:
         """Take the queued requests (and the source's commands) into a batch record and
@@ -543,15 +605,26 @@ class CommitPipeline:
                 if not w.done():
                     w.set_result(None)
             return None  # every request was refused up front: nothing to write
-        record = _formats.assemble(self.now_ms(), parts, count)
+        # Batch time never goes backwards, also past batches still in flight.
+        self._last_ms = now = self.now_ms()
+        record = _formats.assemble(now, parts, count)
         appended = self._store.append(record) if self._store is not None else None
+        if appended is not None and self._depth > 1:
+            appended.add_done_callback(self._wake)
         return _Batch(record, accepted, source, source_base, tick_waiters, appended)
+
+    def _wake(self, _: object) -> None:
+        self._wakeup.set()
 
     async def _commit(self, batch: _Batch) -> tuple[bytes, bytes]:
         """Wait for ``batch`` to be durable, then apply it: its packed results and events."""
         try:
             if batch.appended is not None:
+                began = self._clock()
                 await batch.appended
+                waited = self._clock() - began
+                if waited > STALL_GRACE_MS:
+                    self._stalled_ms += waited - STALL_GRACE_MS
                 assert self._store is not None
                 self.stats.fsyncs += self._store.syncs
             raw_results, raw_events = self._machine.apply_raw(batch.record)
@@ -560,7 +633,8 @@ class CommitPipeline:
         except BaseException as exc:
             batch.abort(exc)
             raise
-        self._last_ms = self._machine.time_ms
+        if self._machine.time_ms > self._last_ms:
+            self._last_ms = self._machine.time_ms
         st = self.stats
         st.batches += 1
         n = len(batch.accepted) + (batch.source.count if batch.source is not None else 0)

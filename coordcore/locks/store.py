@@ -57,10 +57,16 @@ class LogStore(Protocol):
     max_record_bytes: int
     #: True when :meth:`append` resolves only once the record is on stable storage.
     syncs: bool
+    #: How many appends may be in flight at once (1: the next starts once the last is
+    #: durable). With more, the pipeline cuts and appends batch N+1 before N is durable;
+    #: the store must then resolve appends in the order they started, and fail every
+    #: append after one that failed (each record follows the one before).
+    max_in_flight: int
 
     @property
     def next_index(self) -> int:
-        """The index the next appended record gets."""
+        """The index after the last durable record: the one the next appended record
+        gets while no append is in flight (the pipeline snapshots only then)."""
         ...
 
     async def replay(self, restore: Callable[[int, bytes], None],
@@ -72,9 +78,10 @@ class LogStore(Protocol):
         ...
 
     def append(self, record: bytes) -> asyncio.Future[int]:
-        """Start appending ``record`` (on the event loop; one append in flight at a time).
-        The future resolves with its index once it is durable, and fails if it was not
-        written or its fate is unknown (the service then stops: nothing is acknowledged)."""
+        """Start appending ``record`` (on the event loop; at most :attr:`max_in_flight`
+        appends in flight). The future resolves with its index once it is durable, and
+        fails if it was not written or its fate is unknown (the service then stops:
+        nothing is acknowledged)."""
         ...
 
     async def write_snapshot(self, index: int, payload: bytes) -> None:
@@ -88,7 +95,7 @@ class LogStore(Protocol):
         ...
 
     async def close(self) -> None:
-        """Finish the append in flight, release the storage. Idempotent."""
+        """Finish the appends in flight, release the storage. Idempotent."""
         ...
 
 
@@ -161,6 +168,8 @@ class FileStore:
     """
 
     max_record_bytes: int = MAX_RECORD_BYTES
+    #: One write and fdatasync at a time: a group commit per fsync is what makes it fast.
+    max_in_flight: int = 1
 
     def __init__(self, log: BatchLog, mark: RevisionMark, lost: list[str]) -> None:
         self._log = log

@@ -57,7 +57,7 @@ from coordcore.locks.service import LockService
 from coordcore.server import resp
 from coordcore.server.commands import require_args
 from coordcore.server.core import Client, Command, CommandTable, Flag
-from coordcore.server.lockcmds import LockCommands, encode_event
+from coordcore.server.lockcmds import LockCommands, encode_event, push_watch_error
 from coordcore.server.log import StructLog
 
 __all__ = ["ClusterHost", "ClusterNode", "FollowerReads", "LeasedIds"]
@@ -149,8 +149,7 @@ class FollowerReads(LockCommands):
         except CoordcoreError as exc:
             # The replica jumped (reloaded a snapshot), stopped, or this server now leads:
             # the events stop here, so the client must re-read and watch again.
-            conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
-                                        resp.encode_bulk(f"{exc.code} {exc}".encode())], conn.resp3))
+            push_watch_error(conn, f"{exc.code} {exc}")
             conn.abort()
 
 

@@ -716,8 +716,7 @@ class LockCommands:
             async for ev in watch:
                 conn.push(encode_event(ev, conn.resp3))
         except WatchLagged as exc:
-            conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
-                                        resp.encode_bulk(f"{exc.code} {exc}".encode())], conn.resp3))
+            push_watch_error(conn, f"{exc.code} {exc}")
             self.log.warning("watch lagged, closing connection", conn=conn.id, peer=conn.peer)
             conn.abort()
         except CoordcoreError:
@@ -811,6 +810,11 @@ LockCommands.SPEC = {
 }
 
 
+def push_watch_error(conn: Client, error: str) -> None:
+    """Tell a watching client that a watch ended: ``["watch-error", "CODE message"]``."""
+    conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"), resp.encode_bulk(error.encode())], conn.resp3))
+
+
 def end_denied_watches(conn: Client, denied: Callable[[list[bytes]], str | None]) -> int:
     """After the connection's user got new rights (an ACL reload): end each watch the
     user may no longer hold, with a ``watch-error`` push naming why; how many ended."""
@@ -826,8 +830,7 @@ def end_denied_watches(conn: Client, denied: Callable[[list[bytes]], str | None]
         watch, task = watches.pop(prefix)
         watch.close()
         task.cancel()
-        conn.push(resp.encode_push([resp.encode_bulk(b"watch-error"),
-                                    resp.encode_bulk(f"{NoPermission.code} {why}".encode())], conn.resp3))
+        push_watch_error(conn, f"{NoPermission.code} {why}")
         ended += 1
     if ended and not watches:
         conn.watch_mode(False)

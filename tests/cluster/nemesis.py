@@ -39,6 +39,7 @@ from coordcore.cluster.testing import EtcdCluster
 from tests.cluster.ccluster import CoordCluster, cluster_info
 from tests.fault.checker import Report, Snapshot, check
 from tests.fault.fence import FenceServer
+from tests.fault.harness import lock_snapshot, wait_files
 from tests.fault.history import Fault, load_fence_log, load_ops
 from tests.fault.netcut import NetCut
 
@@ -92,20 +93,8 @@ class ClusterRunResult:
 
 
 def _snapshot(addresses: list[str], keys: list[str]) -> Snapshot:
-    snap: dict[str, dict[str, list[list[int]]]] = {}
     with Client(addresses, connect_timeout=2.0) as c:
-        for key in keys:
-            info = c.lock_info(key)
-            snap[key] = {"holders": [[h.session, h.token] for h in info.holders],
-                         "waiters": [[w.session, w.ticket] for w in info.waiters]}
-    return {k: v for k, v in snap.items() if v["holders"] or v["waiters"]}
-
-
-def _wait_files(paths: list[Path], timeout: float) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not all(p.exists() for p in paths):
-        time.sleep(0.05)
-    return [p for p in paths if not p.exists()]
+        return lock_snapshot(c, keys)
 
 
 class _Nemesis:
@@ -266,7 +255,7 @@ def run(cfg: ClusterRunConfig, workdir: Path) -> ClusterRunResult:
         errors += [f"client c{i} exited early: {p.returncode}" for i, p in enumerate(children)
                    if p.poll() is not None]
         (control / "quiesce").touch()
-        missing = _wait_files([control / f"idle-c{i}" for i in range(cfg.clients)], cfg.acquire_timeout + 30.0)
+        missing = wait_files([control / f"idle-c{i}" for i in range(cfg.clients)], cfg.acquire_timeout + 30.0)
         errors += [f"never idle: {p.name} (its stacks are in its log)" for p in missing]
         for p in missing:  # where is it stuck? (tests/fault/client_worker.py dumps its threads)
             children[int(p.name.removeprefix("idle-c"))].send_signal(signal.SIGUSR1)

@@ -13,6 +13,7 @@ from tests.cluster.etcd_support import Applied, Writer, connect, replayed, write
 from coordcore.cluster import EtcdCompacted, EtcdLog, FollowerBehind, Keys, LeadershipLost, LogInvalid
 from coordcore.cluster import etcd as etcd_ops
 from coordcore.cluster.etcd import Etcd, WatchBatch
+from coordcore.cluster.log import DEFAULT_MAX_IN_FLIGHT
 from coordcore.cluster.record import decode, encode
 from coordcore.cluster.testing import EtcdCluster
 
@@ -51,19 +52,31 @@ def test_append_then_replay_round_trip(run: Run, cluster: EtcdCluster, prefix: s
 
 def test_record_size_limits(run: Run, cluster: EtcdCluster, prefix: str) -> None:
     async def main() -> None:
-        w = await writer(cluster.endpoints, prefix, max_record_bytes=64 * 1024)
+        w = await writer(cluster.endpoints, prefix, max_record_bytes=64 * 1024, max_in_flight=4)
         try:
             assert await w.log.append(bytes(64 * 1024)) == 1
             with pytest.raises(ValueError):
                 w.log.append(bytes(64 * 1024 + 1))
-            with pytest.raises(RuntimeError):
-                first = w.log.append(b"a")
-                w.log.append(b"b")  # one append in flight at a time
-            assert await first == 2
+            assert w.log.max_in_flight == 4
+            first = [w.log.append(b"a%d" % i) for i in range(4)]
+            assert w.log.in_flight == 4
+            assert w.log.next_index == 2  # the durable position: appends in flight go past it
+            with pytest.raises(RuntimeError, match="max_in_flight"):
+                w.log.append(b"b")  # four appends in flight at a time
+            assert await asyncio.gather(*first) == [2, 3, 4, 5]
+            assert w.log.in_flight == 0 and w.log.next_index == 6
         finally:
             await w.close()
         with pytest.raises(ValueError):
             EtcdLog(w.etcd, Keys(prefix), max_record_bytes=2 * 1024 * 1024)  # over etcd's 1.5 MiB
+        assert EtcdLog(w.etcd, Keys(prefix)).max_in_flight == DEFAULT_MAX_IN_FLIGHT
+        for bad in (0, -1, 65):
+            with pytest.raises(ValueError, match="max_in_flight"):
+                EtcdLog(w.etcd, Keys(prefix), max_in_flight=bad)
+        # One Txn may carry max_in_flight records: together they must fit etcd's limit.
+        with pytest.raises(ValueError, match="request limit"):
+            EtcdLog(w.etcd, Keys(prefix), max_in_flight=8)
+        assert EtcdLog(w.etcd, Keys(prefix), max_in_flight=8, max_record_bytes=128 * 1024).max_in_flight == 8
 
     run(main())
 

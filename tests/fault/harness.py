@@ -38,7 +38,7 @@ import hiredis
 from coordcore import Client
 from coordcore.server import ServerConfig
 
-__all__ = ["RunConfig", "RunResult", "run"]
+__all__ = ["RunConfig", "RunResult", "lock_snapshot", "run", "wait_files"]
 
 
 @dataclasses.dataclass
@@ -153,17 +153,22 @@ class _Prober(threading.Thread):
         self.join(15)
 
 
-def _snapshot(port: int, keys: list[str]) -> Snapshot:
+def lock_snapshot(client: Client, keys: list[str]) -> Snapshot:
+    """The holders and waiters of ``keys`` (those with any), as the checker reads them."""
     snap: dict[str, dict[str, list[list[int]]]] = {}
-    with Client(port=port, connect_timeout=5.0, retries=10, retry_delay=0.1) as c:
-        for key in keys:
-            info = c.lock_info(key)
-            snap[key] = {"holders": [[h.session, h.token] for h in info.holders],
-                         "waiters": [[w.session, w.ticket] for w in info.waiters]}
+    for key in keys:
+        info = client.lock_info(key)
+        snap[key] = {"holders": [[h.session, h.token] for h in info.holders],
+                     "waiters": [[w.session, w.ticket] for w in info.waiters]}
     return {k: v for k, v in snap.items() if v["holders"] or v["waiters"]}
 
 
-def _wait_files(paths: list[Path], timeout: float) -> list[Path]:
+def _snapshot(port: int, keys: list[str]) -> Snapshot:
+    with Client(port=port, connect_timeout=5.0, retries=10, retry_delay=0.1) as c:
+        return lock_snapshot(c, keys)
+
+
+def wait_files(paths: list[Path], timeout: float) -> list[Path]:
     """Wait until every path exists; the ones still missing at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -239,7 +244,7 @@ def run(cfg: RunConfig, workdir: Path) -> RunResult:
             if c.popen.poll() is not None:
                 errors.append(f"client {c.name} exited early with {c.popen.returncode}")
         (control / "quiesce").touch()
-        missing = _wait_files([control / f"idle-{c.name}" for c in children if c.popen.poll() is None],
+        missing = wait_files([control / f"idle-{c.name}" for c in children if c.popen.poll() is None],
                               cfg.acquire_timeout + 3 * max(cfg.hold) + 20.0)
         if missing:
             errors.append(f"clients never went idle: {[p.name for p in missing]}")

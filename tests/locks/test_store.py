@@ -23,6 +23,7 @@ class MemoryStore:
     ``fail_next`` makes the next append fail; ``floor`` is what replay reports."""
 
     syncs = False
+    max_in_flight = 1
 
     def __init__(self, max_record_bytes: int = 1 << 20) -> None:
         self.max_record_bytes = max_record_bytes
@@ -164,3 +165,55 @@ def test_a_failed_recovery_closes_the_store(run: Run) -> None:
             await LockService.open_store(store)
     run(main())
     assert store.closed == 1
+
+
+class GatedStore(MemoryStore):
+    """A MemoryStore whose appends, once ``gate`` is set, wait until it opens: a log
+    that cannot commit for a while (etcd without a leader, a stalled disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+
+    def append(self, record: bytes) -> asyncio.Future[int]:
+        gate = self.gate
+        if gate is None:
+            return super().append(record)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+
+        async def later() -> None:
+            await gate.wait()
+            fut.set_result(await MemoryStore.append(self, record))
+
+        self.pending = loop.create_task(later())
+        return fut
+
+
+@pytest.mark.parametrize("stall_s", [0.5, 20.0])
+def test_time_in_which_nothing_could_commit_does_not_expire_sessions(run: Run, stall_s: float) -> None:
+    """A keep-alive that waited behind a stalled append keeps its session: past
+    STALL_GRACE_MS the batch clock leaves the stall out. A short stall counts in full."""
+    store = GatedStore()
+    clock = ManualClock()
+
+    async def main() -> None:
+        async with LockService.open_store(store, clock=clock) as svc:
+            s = await svc.open_session(ttl=5, keepalive=False)
+            await svc.acquire("jobs/1", s)
+            clock.advance(4.0)  # 1 s of the TTL left
+            store.gate = asyncio.Event()
+            keep = asyncio.ensure_future(svc.keepalive(s))
+            await asyncio.sleep(0.05)  # its batch is the one in flight
+            clock.advance(stall_s)
+            store.gate.set()
+            store.gate = None
+            await keep
+            await svc.tick()
+            assert [c.session for c in svc.contenders("jobs/1")] == [s.id]
+            # The clock then runs on as before: the session ends a TTL after its renewal.
+            clock.advance(5.0 + 0.1 + (stall_s if stall_s < 1.0 else 1.0))
+            await svc.tick()
+            assert svc.contenders("jobs/1") == []
+
+    run(main())

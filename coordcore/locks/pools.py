@@ -29,10 +29,23 @@ The reference model (tests/models/pool_model.py) is the executable form of these
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from fractions import Fraction
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-__all__ = ["LeaseInfo", "PoolInfo", "TenantInfo", "WaitInfo", "fair_shares"]
+from coordcore._native.lockmachine import EventKind, Mode, Status
+from coordcore.errors import BadArgument, LockTimeout, NotLockHolder, ServiceClosed, SessionExpired
+
+if TYPE_CHECKING:
+    from coordcore.locks.service import LockService
+    from coordcore.locks.sessions import Session
+    from coordcore.locks.watches import Watch
+    from coordcore.types import Key
+
+__all__ = ["Lease", "LeaseInfo", "PoolInfo", "Pools", "TenantInfo", "WaitInfo", "fair_shares"]
 
 
 class TenantInfo(NamedTuple):
@@ -120,3 +133,178 @@ def fair_shares(capacity: int, tenants: list[tuple[int, int, int, int]]) -> list
     slope = sum((w[i] for i in range(len(tenants)) if lo[i] <= w[i] * prev < hi[i]), Fraction(0))
     level = prev + (capacity - sum(at(prev))) / slope if slope else prev
     return at(level)
+
+
+# --- the embedded API (LockService.pools) ------------------------------------------------
+
+class Lease:
+    """Units of a pool held by a session for a tenant. ``token`` is the fencing token.
+    ``giveback`` is set when the machine asks for the units back (preemption: release
+    within the pool's grace), ``revoked`` when the lease was taken (its token is stale)."""
+
+    __slots__ = ("pool", "tenant", "units", "token", "session", "ticket", "giveback", "revoked", "_on_giveback")
+
+    def __init__(self, pool: bytes, tenant: bytes, units: int, token: int, session: int, ticket: int,
+                 on_giveback: Callable[[Lease], object] | None) -> None:
+        self.pool, self.tenant, self.units, self.token = pool, tenant, units, token
+        self.session, self.ticket = session, ticket
+        self.giveback = asyncio.Event()
+        self.revoked = asyncio.Event()
+        self._on_giveback = on_giveback
+
+    def __repr__(self) -> str:
+        return f"Lease({self.pool!r}, tenant={self.tenant!r}, units={self.units}, token={self.token})"
+
+
+class Pools:
+    """Quota pools of one :class:`~coordcore.locks.LockService` (``svc.pools``)."""
+
+    def __init__(self, svc: LockService) -> None:
+        self._svc = svc
+        self._leases: dict[int, Lease] = {}      # token -> lease, while held
+        self._watchers: dict[bytes, asyncio.Task[None]] = {}
+        self._early: dict[int, int] = {}         # token -> GIVEBACK/REVOKE seen before its lease was known
+
+    async def define(self, pool: Key, capacity: int, *, grace: float = 5.0, patience: int = 16) -> None:
+        """Define pool ``pool`` of ``capacity`` units (or change it)."""
+        grace_ms = _ms("grace", grace)
+        await self._svc.pipeline.call(lambda b: b.pool_set(pool, capacity, grace_ms=grace_ms, patience=patience))
+
+    async def define_tenant(self, pool: Key, tenant: Key, *, weight: int = 1, minimum: int = 0,
+                            maximum: int | None = None, band: int = 0) -> None:
+        """Define a tenant of ``pool`` (or change it)."""
+        mx = 1_000_000 if maximum is None else maximum
+        await self._svc.pipeline.call(lambda b: b.tenant_set(pool, tenant, weight=weight, minimum=minimum,
+                                                             maximum=mx, band=band))
+
+    def info(self, pool: Key) -> PoolInfo | None:
+        """The pool's state now (capacity, tenants with their holdings, leases, waits)."""
+        return self._svc._machine.pool(pool)
+
+    async def acquire(self, pool: Key, units: int, session: Session | int, *, tenant: Key,
+                      timeout: float | None = None, on_giveback: Callable[[Lease], object] | None = None) -> Lease:
+        """Lease ``units`` of ``pool`` for ``tenant``, waiting up to ``timeout`` seconds
+        (None: until granted; 0: only if free now). Raises LockTimeout, SessionExpired,
+        BadArgument (more units than the tenant may hold), NOTFOUND (no such pool or
+        tenant). ``on_giveback(lease)`` is called when the lease is preempted."""
+        sid = self._svc._sid(session)
+        name = _name(pool)
+        self._watch(name)
+        if timeout == 0:
+            result = await self._svc.pipeline.call(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False))
+            if result.status == Status.BUSY:
+                raise LockTimeout(f"pool {name!r}: {units} units not free now (timeout=0)")
+        else:
+            wait_ms = 0 if timeout is None else _ms("timeout", timeout)
+            # The machine withdraws the wait at its deadline (a CANCEL event, through the
+            # log): the timeout survives a restart and needs no withdrawal of our own.
+            req = self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, timeout_ms=wait_ms),
+                                            parks=True, contends=sid)
+            req.timeout_error = LockTimeout(f"pool {name!r}: {units} units not granted within {timeout} s")
+            try:
+                result = await req.future
+            except asyncio.CancelledError:
+                if req.result is not None and req.result.status == Status.WAITING:
+                    ticket = req.result.ticket
+                    self._svc.pipeline.track(asyncio.ensure_future(self._withdraw(sid, name, ticket)))
+                raise
+            exc = result.exception()
+            if exc is not None:
+                raise exc
+        lease = Lease(name, _name(tenant), units, result.token, sid, result.ticket, on_giveback)
+        self._leases[lease.token] = lease
+        early = self._early.pop(lease.token, None)
+        if early is not None:
+            self._note(lease, early)
+        return lease
+
+    async def _withdraw(self, sid: int, pool: bytes, ticket: int) -> None:
+        # A cancelled wait: withdraw it, or give back what it was granted meanwhile.
+        try:
+            await self._svc.pipeline.call(lambda b: b.cap_release(sid, pool, ticket))
+        except NotLockHolder:
+            info = self.info(pool)
+            for x in info.leases if info is not None else ():
+                if x.ticket == ticket and x.session == sid:
+                    await self._svc.pipeline.call(lambda b: b.cap_release(sid, pool, x.token))
+        except (SessionExpired, ServiceClosed):
+            pass
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease's units back. Raises NotLockHolder if it was revoked or released."""
+        self._leases.pop(lease.token, None)
+        await self._svc.pipeline.call(lambda b: b.cap_release(lease.session, lease.pool, lease.token))
+
+    async def resize(self, lease: Lease, units: int) -> bool:
+        """Shrink the lease (always done) or grow it (only if nobody waits and the units
+        are free now): True if the lease now has ``units``."""
+        result = await self._svc.pipeline.call(lambda b: b.cap_resize(lease.session, lease.pool, lease.token, units))
+        if result.status == Status.OK:
+            lease.units = units
+        return result.status == Status.OK
+
+    def capacity(self, pool: Key, units: int, session: Session | int, *, tenant: Key, timeout: float | None = None,
+                 on_giveback: Callable[[Lease], object] | None = None) -> AbstractAsyncContextManager[Lease]:
+        """``async with svc.pools.capacity("gpu", 2, session, tenant="research") as lease:``"""
+        return self._held(pool, units, session, tenant, timeout, on_giveback)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, pool: Key, units: int, session: Session | int, tenant: Key, timeout: float | None,
+                    on_giveback: Callable[[Lease], object] | None) -> AsyncIterator[Lease]:
+        lease = await self.acquire(pool, units, session, tenant=tenant, timeout=timeout, on_giveback=on_giveback)
+        try:
+            yield lease
+        finally:
+            if not lease.revoked.is_set():
+                try:
+                    await self.release(lease)
+                except (NotLockHolder, SessionExpired, ServiceClosed):
+                    pass  # revoked, or gone with its session, meanwhile
+
+    # --- give-back and revoke events ---------------------------------------------------
+
+    def _watch(self, pool: bytes) -> None:
+        if pool not in self._watchers:
+            w = self._svc.watch(pool)
+            self._watchers[pool] = asyncio.ensure_future(self._follow(pool, w))
+
+    async def _follow(self, pool: bytes, w: Watch) -> None:
+        async with w:
+            async for ev in w:
+                if ev.key != pool or ev.mode != Mode.POOL:
+                    continue
+                if ev.kind in (EventKind.GIVEBACK, EventKind.REVOKE):
+                    lease = self._leases.get(ev.token)
+                    if lease is not None:
+                        self._note(lease, ev.kind)
+                    elif len(self._early) < 10_000:
+                        self._early[ev.token] = ev.kind
+                elif ev.kind in (EventKind.RELEASE, EventKind.GRANT):
+                    self._early.pop(ev.token, None)
+                    if ev.kind == EventKind.RELEASE:
+                        self._leases.pop(ev.token, None)
+
+    def _note(self, lease: Lease, kind: int) -> None:
+        if kind == EventKind.REVOKE:
+            self._leases.pop(lease.token, None)
+            lease.giveback.set()
+            lease.revoked.set()
+        elif not lease.giveback.is_set():
+            lease.giveback.set()
+            if lease._on_giveback is not None:
+                lease._on_giveback(lease)
+
+    def close(self) -> None:
+        for task in self._watchers.values():
+            task.cancel()
+        self._watchers.clear()
+
+
+def _name(key: Key) -> bytes:
+    return key.encode() if isinstance(key, str) else bytes(key)
+
+
+def _ms(name: str, seconds: float) -> int:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 30 * 86_400:
+        raise BadArgument(f"{name} must be a number of seconds in [0, 2592000], got {seconds!r}")
+    return int(seconds * 1000)

@@ -83,6 +83,13 @@ RULES: dict[bytes, tuple[str, str | None, int]] = {
     b"LOCKS.KEYS": ("locks", _READ, _PREFIX_ARG),
     b"LOCKS.SCAN": ("locks", _READ, _MATCH),
     b"LOCKS.REVISION": ("locks", None, 0),
+    b"POOL.DEFINE": ("admin", None, 0),
+    b"POOL.TENANT": ("admin", None, 0),
+    b"POOL.ACQUIRE": ("locks", _LOCK, 1),
+    b"POOL.TRY": ("locks", _LOCK, 1),
+    b"POOL.RELEASE": ("locks", _LOCK, 1),
+    b"POOL.RESIZE": ("locks", _LOCK, 1),
+    b"POOL.INFO": ("locks", _READ, 1),
     b"WATCH": ("locks", _WATCH, 1),
     b"UNWATCH": ("locks", None, 0),
 }

@@ -45,11 +45,11 @@ from typing import Any, TypeVar
 
 import hiredis
 
-from coordcore.client._common import IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
+from coordcore.client._common import CapacityLease, IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
 from coordcore.client._core import Open, SessionState, Settle, Step, Wait, hello_args, pipeline_replies
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
-from coordcore.errors import ConnectionLost, CoordcoreError, ServiceClosed
+from coordcore.errors import ConnectionLost, CoordcoreError, NotLockHolder, ServiceClosed
 from coordcore.types import Grant, Key, Leader
 
 __all__ = ["Client", "Election", "IdBuffer", "Pipeline", "Session", "SyncElection", "Watch"]
@@ -365,6 +365,34 @@ class Client(ClientSettings):
         """Hold one of ``permits`` slots of the counting semaphore ``name`` (FIFO)."""
         return self._holding(lambda: self.acquire_semaphore(name, permits, ttl=ttl, session=session,
                                                             timeout=timeout))
+
+    # --- quota pools -----------------------------------------------------------------
+
+    def acquire_capacity(self, pool: Key, units: int, *, tenant: Key, ttl: float | None = None,
+                         session: Session | None = None, timeout: float | None = None) -> CapacityLease:
+        """Lease ``units`` of quota pool ``pool`` for ``tenant``, waiting up to ``timeout``
+        s (None: until granted). A preempted lease's give-back request arrives as a
+        ``giveback`` event of ``client.watch(pool)``."""
+        return self._run(self._core.pool_acquire(pool, units, tenant, ttl, session, timeout))
+
+    def release_capacity(self, lease: CapacityLease) -> None:
+        self._run(self._core.pool_release(lease))
+
+    def pool_info(self, pool: Key) -> dict[str, Any] | None:
+        return self._run(self._core.pool_info(pool))
+
+    @contextlib.contextmanager
+    def capacity(self, pool: Key, units: int, *, tenant: Key, ttl: float | None = None,
+                 session: Session | None = None, timeout: float | None = None) -> Iterator[CapacityLease]:
+        """``with client.capacity("gpu", 2, tenant="research") as lease:``"""
+        lease = self.acquire_capacity(pool, units, tenant=tenant, ttl=ttl, session=session, timeout=timeout)
+        try:
+            yield lease
+        finally:
+            try:
+                self.release_capacity(lease)
+            except NotLockHolder:
+                pass  # revoked meanwhile
 
     def election(self, name: Key, *, ttl: float | None = None, session: Session | None = None) -> Election:
         """A leader election handle: ``e.campaign(value)``, ``e.leader()``, ``e.observe()``."""

@@ -19,6 +19,7 @@ cdef enum:
     C_MAX_BAND = 7
     POOL_CONF_SIZE = 8     # u32 grace ms, u32 patience
     TENANT_CONF_SIZE = 16  # u32 weight, u32 minimum, u32 maximum, u8 band, 3 zero bytes; then the name
+    TENANT_VALUE_MAX = 271  # TENANT_CONF_SIZE + C_MAX_NAME (a literal: a sum is an int, compared with a u32)
 
 _POOL_HEAD = _struct.Struct("<HHIIIIII")  # name length, 0, capacity, grace, patience, tenants, leases, waits
 _TENANT_REC = _struct.Struct("<BBHIII")   # name length, band, 0, weight, minimum, maximum
@@ -238,7 +239,7 @@ cdef uint8_t _pool_check(uint8_t op, uint8_t flags, uint64_t sid, uint64_t arg, 
     if klen == 0 or klen > C_MAX_KEY:
         return D_KEY
     if (op == OP_POOL_SET and vlen != POOL_CONF_SIZE) \
-            or (op == OP_TENANT_SET and (vlen <= TENANT_CONF_SIZE or vlen > TENANT_CONF_SIZE + C_MAX_NAME)) \
+            or (op == OP_TENANT_SET and (vlen <= TENANT_CONF_SIZE or vlen > TENANT_VALUE_MAX)) \
             or (op == OP_CAP_ACQUIRE and (vlen == 0 or vlen > C_MAX_NAME)) \
             or (op == OP_CAP_RELEASE and vlen != 0) or (op == OP_CAP_RESIZE and vlen != 4):
         return D_VALUE

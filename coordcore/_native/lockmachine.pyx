@@ -344,11 +344,12 @@ cdef class LockMachine:
             return (i if i < self.st.key_cap else 0, out)
 
     def contender_count(self, uint64_t session_id):
-        """How many holds and waits a live session has (0 if none or no such session)."""
+        """How many holds and waits a live session has, pool leases and waits included
+        (0 if none or no such session): what the service bounds per session."""
         cdef uint32_t si
         with cython.critical_section(self):
             si = map_get(&self.st.ses_map, session_id) if session_id else NIL
-            return 0 if si == NIL else self.st.ses[si].c_count
+            return 0 if si == NIL else self.st.ses[si].c_count + len(self.pl.by_sess.get(session_id, ()))
 
     def keys(self, bytes prefix not None):
         """The keys in use that start with ``prefix``, sorted."""

@@ -165,6 +165,41 @@ out of range inside a well-formed record (bad TTL, key too long, ...) give a
 up front with :class:`~coordcore.errors.BadArgument` or
 :class:`~coordcore.errors.WrongType`.
 
+Quota pools (format version 4)
+------------------------------
+The rules (grant order, starvation bound, preemption) are in :mod:`coordcore.locks.pools`
+and, executable, in tests/models/pool_model.py. A record that carries one of these
+commands has format version 4 (the same layout; :class:`BatchBuilder` and the server's
+assembler write 4 only then, so a log without pools is byte-identical to version 3's):
+
+============== ============================================== =============================
+op             arguments                                      success (``value``, ``aux``)
+============== ============================================== =============================
+POOL_SET       key pool, arg capacity, value u32 grace_ms,    capacity, revision
+               u32 patience (session 0)
+TENANT_SET     key pool, value u32 weight, u32 minimum,       weight, revision
+               u32 maximum, u8 band, 3 zero bytes, tenant
+               name (session 0)
+CAP_ACQUIRE    session, key pool, value tenant, arg           token, ticket (or WAITING:
+               timeout_ms << 32 | units, flag WAIT            0, ticket; BUSY for a try)
+CAP_RELEASE    session, key pool, arg token (or a waiting     token or ticket, units
+               request's ticket: withdraws it)
+CAP_RESIZE     session, key pool, arg token, value u32 units  token, units (BUSY: a grow
+                                                              that would pass a waiter)
+============== ============================================== =============================
+
+Errors: ``NOTFOUND`` (details ``NO_SUCH_POOL``, ``NO_SUCH_TENANT``), ``BADARG``
+(``PERMITS``: more units than the tenant may hold, ``value`` its limit; ``MINIMUMS``:
+the guaranteed minimums would exceed the capacity), ``CONFLICT`` (``OVER``: a new
+capacity or maximum below what is held now), ``NOTHOLDER``. Events carry the pool as
+key, the tenant as value and mode ``POOL``: ``WAIT``, ``GRANT``, ``RELEASE``,
+``CANCEL`` (a wait withdrawn: timeout, release, session end, a request the new limits
+can never grant), ``GIVEBACK`` (a lease asked to give its units back by batch time +
+grace) and ``REVOKE`` (a lease still held at that deadline, taken at the first batch at
+or after it). A session's pool leases and waits end with it, after its locks, in
+ticket order. Snapshots of a machine with pools are version 3 (version 2 plus a pool
+section); without pools they stay version 2, byte for byte.
+
 Snapshot (version 2; version 1 is still read)
 ---------------------------------------------
 ``snapshot()`` is deterministic: sessions sorted by id, keys sorted by bytes,

@@ -191,9 +191,13 @@ class Pools:
         name = _name(pool)
         self._watch(name)
         if timeout == 0:
-            result = await self._svc.pipeline.call(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False))
+            result = await self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False),
+                                                     contends=sid).future
             if result.status == Status.BUSY:
                 raise LockTimeout(f"pool {name!r}: {units} units not free now (timeout=0)")
+            exc = result.exception()
+            if exc is not None:
+                raise exc
         else:
             wait_ms = 0 if timeout is None else _ms("timeout", timeout)
             # The machine withdraws the wait at its deadline (a CANCEL event, through the

@@ -7,12 +7,12 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from coordcore._native.lockmachine import crc32c
-from coordcore.errors import LogCorrupted
+from coordcore.errors import CoordcoreError, LogCorrupted
 from coordcore.locks import BatchBuilder, Command, LockMachine, Op
 from coordcore.locks.machine import BATCH_FORMAT_VERSION, POOL_BATCH_FORMAT_VERSION, EventKind, Status, tick
 from tests.models.pool_model import POOL_CONF, TENANT_CONF, PoolModel
@@ -229,3 +229,42 @@ def test_below_minimum_requests_go_first_oldest_first_whatever_their_band() -> N
     t.step([Command(Op.CAP_RELEASE, 0, sid, 0, leases[0].token, b"gpu", b"")])
     t.same_state()
     assert [x.tenant for x in t.native.pool(b"gpu").leases][-1] == b"c"  # type: ignore[union-attr]
+
+
+def _pool_record() -> tuple[LockMachine, bytes]:
+    m, b = LockMachine(), BatchBuilder()
+    b.open_session(10_000)
+    m.apply(b.build(0))
+    b.clear()
+    b.pool_set("gpu", 3, grace_ms=5)
+    b.tenant_set("gpu", "a", weight=2, minimum=1, maximum=3, band=1)
+    b.cap_acquire(1, "gpu", "a", 2, timeout_ms=5)
+    b.cap_acquire(1, "gpu", "a", 2)
+    b.cap_resize(1, "gpu", 4, 1)
+    b.cap_release(1, "gpu", 5)
+    return m, b.build(1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mutated_pool_records_are_refused_or_applied_whole_never_a_crash(data: st.DataObject) -> None:
+    m, record = _pool_record()
+    before = m.snapshot()
+    blob = bytearray(record)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        if data.draw(st.booleans()):
+            blob[i] = data.draw(st.integers(0, 255))
+        else:
+            del blob[i:i + data.draw(st.integers(1, 6))]
+            if not blob:
+                blob = bytearray(b"x")
+    try:
+        m.apply(bytes(blob))
+    except CoordcoreError:
+        assert m.snapshot() == before  # refused before anything changed
+        return
+    m.check_invariants()
+    m.apply(tick(10**6))  # expire everything after it: deadlines and teardown hold up
+    m.check_invariants()
+    assert LockMachine.from_snapshot(m.snapshot()).snapshot() == m.snapshot()

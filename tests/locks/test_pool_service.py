@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coordcore.errors import BadArgument, CoordcoreError, LockTimeout, NotLockHolder
+from coordcore.errors import BadArgument, CoordcoreError, LimitExceeded, LockTimeout, NotLockHolder
 from coordcore.locks import FencedResource
 from coordcore.locks.pools import Lease
 from coordcore.locks.service import LockService
@@ -128,5 +128,14 @@ def test_bad_requests_give_clear_errors(run: Run) -> None:
             await svc.close_session(s)
             info = svc.pools.info("gpu")
             assert info is not None and info.leases == () and info.waits == ()  # all returned with the session
+            # Pool leases and waits count toward the session's bound, like locks.
+            svc.set_limits(max_contenders_per_session=3)
+            await svc.pools.define("big", 10)
+            await svc.pools.define_tenant("big", "a")
+            s2 = await svc.open_session(ttl=30)
+            for _ in range(3):
+                await svc.pools.acquire("big", 1, s2, tenant="a", timeout=0)
+            with pytest.raises(LimitExceeded):
+                await svc.pools.acquire("big", 1, s2, tenant="a")
 
     run(main())

@@ -177,6 +177,10 @@ class Pools:
         await self._svc.pipeline.call(lambda b: b.tenant_set(pool, tenant, weight=weight, minimum=minimum,
                                                              maximum=mx, band=band))
 
+    def names(self) -> list[bytes]:
+        """The pools defined, sorted."""
+        return self._svc._machine.pool_names()
+
     def info(self, pool: Key) -> PoolInfo | None:
         """The pool's state now (capacity, tenants with their holdings, leases, waits)."""
         return self._svc._machine.pool(pool)

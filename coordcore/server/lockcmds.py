@@ -427,7 +427,8 @@ class LockCommands:
         svc = self.svc
         st = svc.stats
         return ["# Locks", f"revision:{svc.revision}", f"batches:{st.batches}", f"batch_commands:{st.commands}",
-                f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}", ""]
+                f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}",
+                f"pools:{len(svc.pools.names())}", ""]
 
     def commands(self) -> CommandTable:
         """The command table, each entry's handler bound to this service."""

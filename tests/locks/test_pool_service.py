@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from coordcore.errors import BadArgument, CoordcoreError, LimitExceeded, LockTimeout, NotLockHolder
 from coordcore.locks import FencedResource
 from coordcore.locks.pools import Lease
-from coordcore.locks.service import LockService
+from coordcore.locks.service import LockService, ManualClock
 
 Run = Callable[..., Any]
 
@@ -137,5 +138,31 @@ def test_bad_requests_give_clear_errors(run: Run) -> None:
                 await svc.pools.acquire("big", 1, s2, tenant="a", timeout=0)
             with pytest.raises(LimitExceeded):
                 await svc.pools.acquire("big", 1, s2, tenant="a")
+
+    run(main())
+
+
+def test_pools_survive_a_restart_from_the_log_and_from_a_snapshot(run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        async with LockService.open(tmp_path, clock=clock) as svc:
+            await svc.pools.define("gpu", 4, grace=1)
+            await svc.pools.define_tenant("gpu", "batch")
+            await svc.pools.define_tenant("gpu", "urgent", band=1)
+            s = await svc.open_session(ttl=60, keepalive=False)
+            low = await svc.pools.acquire("gpu", 3, s, tenant="batch")
+            await svc.snapshot()  # the pool section goes into a snapshot ...
+            waiting = asyncio.ensure_future(svc.pools.acquire("gpu", 2, s, tenant="urgent"))
+            await asyncio.sleep(0.05)  # ... and the wait and the give-back mark into the log after it
+            info = svc.pools.info("gpu")
+            assert info is not None and info.leases[0].giveback_deadline_ms and len(info.waits) == 1
+            waiting.cancel()
+        async with LockService.open(tmp_path, clock=clock) as svc:
+            after = svc.pools.info("gpu")
+            assert after is not None and after.leases == info.leases and after.tenants == info.tenants
+            clock.advance(2)  # past the grace: the lease is revoked at the next batch
+            await svc.tick()
+            left = svc.pools.info("gpu")
+            assert left is not None and all(x.token != low.token for x in left.leases)
 
     run(main())

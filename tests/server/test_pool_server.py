@@ -44,6 +44,7 @@ def test_pool_commands_and_errors(serve: Serve) -> None:
     with pytest.raises(redis.ResponseError, match="^NOTHOLDER"):
         r.execute_command("POOL.RELEASE", "gpu", s, t)
     assert r.execute_command("POOL.INFO", "nope") is None
+    assert r.info("locks")["pools"] == 1
     assert r.execute_command("PING") is True  # the connection survived every error (redis-py maps PONG)
     with Client(port=srv.port) as c:  # the sync client
         with c.capacity("gpu", 1, tenant="a") as lease:

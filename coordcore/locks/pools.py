@@ -186,14 +186,19 @@ class Pools:
         return self._svc._machine.pool(pool)
 
     async def acquire(self, pool: Key, units: int, session: Session | int, *, tenant: Key,
-                      timeout: float | None = None, on_giveback: Callable[[Lease], object] | None = None) -> Lease:
+                      timeout: float | None = None, on_giveback: Callable[[Lease], object] | None = None,
+                      track: bool = True) -> Lease:
         """Lease ``units`` of ``pool`` for ``tenant``, waiting up to ``timeout`` seconds
         (None: until granted; 0: only if free now). Raises LockTimeout, SessionExpired,
         BadArgument (more units than the tenant may hold), NOTFOUND (no such pool or
-        tenant). ``on_giveback(lease)`` is called when the lease is preempted."""
+        tenant). ``on_giveback(lease)`` is called when the lease is preempted.
+        ``track=False`` leaves ``lease.giveback``/``revoked`` unset (no watch of the pool's
+        events, which costs every batch a full decode): the server's way, whose clients
+        WATCH the pool themselves."""
         sid = self._svc._sid(session)
         name = _name(pool)
-        self._watch(name)
+        if (track or on_giveback is not None) and self.info(name) is not None:
+            self._watch(name)  # pools are defined by admins: one watch each at most
         if timeout == 0:
             result = await self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False),
                                                      contends=sid).future
@@ -220,6 +225,8 @@ class Pools:
             if exc is not None:
                 raise exc
         lease = Lease(name, _name(tenant), units, result.token, sid, result.ticket, on_giveback)
+        if name not in self._watchers:
+            return lease
         self._leases[lease.token] = lease
         early = self._early.pop(lease.token, None)
         if early is not None:

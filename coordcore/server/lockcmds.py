@@ -734,7 +734,7 @@ class LockCommands:
         svc = self.svc
 
         async def run() -> bytes:
-            lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=timeout)
+            lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=timeout, track=False)
             return resp.encode_int(lease.token)
 
         return run()
@@ -747,7 +747,7 @@ class LockCommands:
 
         async def run() -> bytes:
             try:
-                lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=0)
+                lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=0, track=False)
             except LockTimeout:
                 return resp.encode_null(conn.resp3)
             return resp.encode_int(lease.token)

@@ -111,6 +111,7 @@ def test_bad_requests_give_clear_errors(run: Run) -> None:
             s = await svc.open_session(ttl=30)
             with pytest.raises(CoordcoreError, match="no such pool"):
                 await svc.pools.acquire("nope", 1, s, tenant="a")
+            assert not svc.pools._watchers  # no watch kept for a pool that does not exist
             await svc.pools.define("gpu", 2)
             with pytest.raises(CoordcoreError, match="no such tenant"):
                 await svc.pools.acquire("gpu", 1, s, tenant="a")

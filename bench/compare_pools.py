@@ -46,14 +46,14 @@ def native(kind: str, seconds: float = 2.0) -> dict[str, float]:
     b.clear()
     held: list[tuple[int, int]] = []  # (session, token), oldest first
 
-    def acquire(sid: int, i: int) -> None:
+    def acquire(sid: int) -> None:
         if kind == "pool":
-            b.cap_acquire(sid, "gpu", SKEW[i % 8], 1)
+            b.cap_acquire(sid, "gpu", SKEW[sid % 8], 1)  # a session asks for its own tenant, again and again
         else:
             b.sem_acquire(sid, "sem", CAP)
 
-    for i, sid in enumerate(sids):
-        acquire(sid, i)
+    for sid in sids:
+        acquire(sid)
     events = m.apply(b.build(2)).events
     held += [(e.session, e.token) for e in events if e.kind == EventKind.GRANT]
     spent, decisions, t = 0.0, 0, 3
@@ -66,8 +66,8 @@ def native(kind: str, seconds: float = 2.0) -> dict[str, float]:
                 b.cap_release(sid, "gpu", token)
             else:
                 b.sem_release(sid, "sem", token)
-        for j, (sid, _) in enumerate(back):
-            acquire(sid, j)
+        for sid, _ in back:
+            acquire(sid)
         record = b.build(t)
         t += 1
         t0 = time.perf_counter()

@@ -50,6 +50,7 @@ cdef class _Pool:
     cdef bytes name
     cdef uint32_t capacity, grace, patience
     cdef uint64_t held
+    cdef uint64_t marked  # units of the leases asked to give back (kept, not scanned: a waiting head asks often)
     cdef dict tenants  # name -> _Tenant, name order
     cdef dict leases   # token -> _Item, token order
     cdef dict waits    # ticket -> _Item, ticket order
@@ -101,6 +102,8 @@ cdef int _pool_drop(LockMachine self, _Pool pool, _Item x, uint8_t kind) except 
         del pool.leases[x.token]
         x.tenant.held -= x.units
         pool.held -= x.units
+        if x.deadline:
+            pool.marked -= x.units
         return _pool_emit(self, kind, pool, x, x.token)
     del pool.waits[x.ticket]
     x.tenant.queue.remove(x)
@@ -182,16 +185,18 @@ cdef int _pool_preempt(LockMachine self, _Pool pool, _Item pick) except -1:
     cdef _Item x
     cdef _Tenant t
     cdef int64_t need
-    cdef uint64_t marked = 0
     cdef dict spare = {}
     cdef list victims = []
     cdef list chosen = []
     cdef bint below = pick.tenant.held < pick.tenant.minimum
-    for x in pool.leases.values():
-        if x.deadline:
-            marked += x.units
-    need = <int64_t>pick.units - <int64_t>(pool.capacity - pool.held) - <int64_t>marked
+    cdef bint any_victim = False
+    need = <int64_t>pick.units - <int64_t>(pool.capacity - pool.held) - <int64_t>pool.marked
     if need <= 0:
+        return 0
+    for t in pool.tenants.values():  # a cheap look first: is there anyone it may preempt?
+        if t is not pick.tenant and t.held > t.minimum and (t.band < pick.tenant.band or below):
+            any_victim = True
+    if not any_victim:
         return 0
     for t in pool.tenants.values():
         spare[t.name] = <int64_t>t.held - <int64_t>t.minimum
@@ -215,6 +220,7 @@ cdef int _pool_preempt(LockMachine self, _Pool pool, _Item pick) except -1:
     if need > 0:
         return 0  # not enough can be given back: ask nobody
     for x in chosen:
+        pool.marked += x.units
         _pool_deadline(self, pool, x, self.st.time + pool.grace)
         _pool_emit(self, E_GIVEBACK, pool, x, x.token)
     return 0
@@ -426,6 +432,8 @@ cdef int _cap_resize(LockMachine self, uint64_t sid, bytes name, uint64_t token,
     if units != x.units:
         x.tenant.held = x.tenant.held + units - x.units
         pool.held = pool.held + units - x.units
+        if x.deadline:  # a marked lease that shrinks (a grow of one is refused above)
+            pool.marked = pool.marked + units - x.units
         x.units = units
         self.st.revision += 1
         _pool_settle(self, pool)
@@ -646,6 +654,7 @@ cdef size_t _pools_parse(LockMachine self, bytes data) except? 0:
             if x.tenant.held > x.tenant.maximum or pool.held > cap:
                 raise LogCorrupted("snapshot pool over its capacity or a tenant over its maximum")
             if deadline:
+                pool.marked += units
                 heapq.heappush(self.pl.heap, (deadline, token, name))
         last = 0
         for _ in range(nw):
@@ -682,14 +691,16 @@ cdef int _pools_check(LockMachine self) except -1:
     cdef _Pool pool
     cdef _Tenant t
     cdef _Item x
-    cdef uint64_t held, n = 0
+    cdef uint64_t held, marked, n = 0
     for pool in self.pl.pools.values():
-        held = 0
+        held = marked = 0
         for x in pool.leases.values():
             assert x.token and x.units and self.pl.by_sess[x.session][x.ticket][1] is x, "pool lease index"
             assert map_get(&self.st.ses_map, x.session) != NIL, "pool lease of a dead session"
             held += x.units
+            marked += x.units if x.deadline else 0
             n += 1
+        assert marked == pool.marked, "pool marked units"
         assert held == pool.held == sum([(<_Tenant>t).held for t in pool.tenants.values()]), "pool held units"
         assert pool.held <= pool.capacity, "pool over capacity"
         for t in pool.tenants.values():

@@ -861,7 +861,12 @@ class ClientCore(Generic[S]):
     def pool_info(self, pool: Key) -> Proc[dict[str, Any] | None]:
         check_key("pool", pool)
         reply = yield from self.execute(["POOL.INFO", pool])
-        return None if reply is None else to_dict(reply)
+        if reply is None:
+            return None
+        info = to_dict(reply)
+        for part in ("tenants", "leases"):
+            info[part] = [to_dict(x) for x in info[part]]
+        return info
 
     def acquire_semaphore(self, name: Key, permits: int, ttl: float | None, session: S | None,
                           timeout: float | None) -> Proc[Grant]:

@@ -383,16 +383,32 @@ class Client(ClientSettings):
 
     @contextlib.contextmanager
     def capacity(self, pool: Key, units: int, *, tenant: Key, ttl: float | None = None,
-                 session: Session | None = None, timeout: float | None = None) -> Iterator[CapacityLease]:
-        """``with client.capacity("gpu", 2, tenant="research") as lease:``"""
-        lease = self.acquire_capacity(pool, units, tenant=tenant, ttl=ttl, session=session, timeout=timeout)
+                 session: Session | None = None, timeout: float | None = None,
+                 on_giveback: Callable[[CapacityLease], object] | None = None) -> Iterator[CapacityLease]:
+        """``with client.capacity("gpu", 2, tenant="research") as lease:`` holds the units,
+        given back on exit. ``on_giveback(lease)`` runs (on a thread of its own) when a
+        higher-priority request preempts the lease: leave the block within the pool's
+        grace, or the lease is revoked and its token goes stale."""
+        watch = self.watch(pool) if on_giveback is not None else None  # subscribed before the lease exists
+        follow = None
+        lease = None
         try:
+            lease = self.acquire_capacity(pool, units, tenant=tenant, ttl=ttl, session=session, timeout=timeout)
+            if watch is not None and on_giveback is not None:
+                follow = threading.Thread(target=_giveback, args=(watch, lease, on_giveback), daemon=True,
+                                          name="coordcore-giveback")
+                follow.start()
             yield lease
         finally:
-            try:
-                self.release_capacity(lease)
-            except NotLockHolder:
-                pass  # revoked meanwhile
+            if watch is not None:
+                watch.close()  # ends the thread's read
+            if follow is not None:
+                follow.join(5)
+            if lease is not None:
+                try:
+                    self.release_capacity(lease)
+                except NotLockHolder:
+                    pass  # revoked meanwhile
 
     def election(self, name: Key, *, ttl: float | None = None, session: Session | None = None) -> Election:
         """A leader election handle: ``e.campaign(value)``, ``e.leader()``, ``e.observe()``."""
@@ -408,6 +424,16 @@ class Client(ClientSettings):
         if timeout is not None:
             check_seconds("timeout", timeout)
         return Watch(self._open(), prefix, timeout)
+
+
+def _giveback(watch: Watch, lease: CapacityLease, on_giveback: Callable[[CapacityLease], object]) -> None:
+    try:
+        for ev in watch:
+            if ev.key == lease.pool and ev.kind == "giveback" and ev.fields.get("token") == lease.token:
+                on_giveback(lease)
+                return
+    except (OSError, CoordcoreError):
+        return  # the watch was closed: the block ended
 
 
 class Watch:

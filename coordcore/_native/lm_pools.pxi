@@ -507,9 +507,34 @@ cdef int _pools_expire(LockMachine self, uint64_t now) except -1:
         pool = self.pl.pools[name]
         for item in sorted(due[name].values()):  # (deadline, revision) are distinct: never compares items
             x = item[2]
-            _pool_drop(self, pool, x, E_REVOKE if x.token else E_CANCEL)
+            if not x.token:
+                _pool_drop(self, pool, x, E_CANCEL)
+            elif _pool_still_needed(pool, x):
+                _pool_drop(self, pool, x, E_REVOKE)
+            else:
+                x.deadline = 0  # served meanwhile by other units: the mark lapses, the lease stays
+                pool.marked -= x.units
         _pool_settle(self, pool)
     return 0
+
+
+cdef bint _pool_still_needed(_Pool pool, _Item x) except -1:
+    """Whether the pool's candidate still waits for units and may take them from lease x."""
+    cdef list heads = []
+    cdef _Tenant t
+    cdef _Item r, pick
+    for t in pool.tenants.values():
+        if t.queue:
+            r = t.queue[0]
+            if t.held + r.units <= t.maximum:
+                heads.append(r)
+    if not heads:
+        return False
+    pick = _pool_candidate(pool, heads)
+    if pick.units <= pool.capacity - pool.held or x.tenant is pick.tenant:
+        return False
+    return x.tenant.band < pick.tenant.band or (pick.tenant.held < pick.tenant.minimum
+                                                and x.tenant.held > x.tenant.minimum)
 
 
 cdef int _pools_end_session(LockMachine self, uint64_t sid) except -1:

@@ -22,8 +22,9 @@ Preemption: a request that cannot be served, and is of a higher band than some h
 (or below its tenant's minimum), asks whole leases to give back: lower bands first,
 then the tenant most over its share, then the newest lease, never taking a tenant
 below its minimum. The holder gets a GIVEBACK event; a lease still held ``grace_ms``
-later is revoked (a REVOKE event; its token is stale from then on, so a
-:class:`~coordcore.locks.fencing.FencedResource` refuses it).
+later is revoked if the request still needs its units (a REVOKE event; its token is
+stale from then on, so a :class:`~coordcore.locks.fencing.FencedResource` refuses it);
+if other units served it meanwhile, the mark lapses.
 
 The reference model (tests/models/pool_model.py) is the executable form of these rules.
 """

@@ -268,3 +268,20 @@ def test_mutated_pool_records_are_refused_or_applied_whole_never_a_crash(data: s
     m.apply(tick(10**6))  # expire everything after it: deadlines and teardown hold up
     m.check_invariants()
     assert LockMachine.from_snapshot(m.snapshot()).snapshot() == m.snapshot()
+
+
+def test_a_mark_lapses_when_other_units_served_the_request_first() -> None:
+    t = NativeVsModel()  # native and model side by side
+    t.setup([2, 2], 65535, [(1, 0, 2), (1, 0, 2), (1, 0, 2)])  # c is band 2, a band 0
+    sid = t.sessions[-1]
+    t.step([Command(Op.CAP_ACQUIRE, 2, sid, 0, 1, b"gpu", b"a")] * 2)
+    t.step([Command(Op.CAP_ACQUIRE, 2, sid, 0, 1, b"gpu", b"c")])
+    leases = t.native.pool(b"gpu").leases  # type: ignore[union-attr]
+    marked = [x for x in leases if x.giveback_deadline_ms]
+    assert len(marked) == 1 and marked[0].token == leases[-1].token  # the newest is asked back
+    t.step([Command(Op.CAP_RELEASE, 0, sid, 0, leases[0].token, b"gpu", b"")])  # the other one comes back
+    t.step([], 31)  # past the 30 ms grace
+    t.same_state()
+    after = t.native.pool(b"gpu").leases  # type: ignore[union-attr]
+    assert [(x.tenant, x.token, x.giveback_deadline_ms) for x in after][0] == (b"a", marked[0].token, 0)
+    assert [x.tenant for x in after] == [b"a", b"c"]  # no needless revocation

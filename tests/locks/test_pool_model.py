@@ -146,24 +146,21 @@ TestUnitPoolSpec.settings = settings(max_examples=100, stateful_step_count=40, d
 
 
 @settings(max_examples=60, deadline=None)
-@given(cap=st.integers(2, 12), conf=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3), st.integers(1, 12),
-                                                         st.integers(0, 14)), min_size=2, max_size=4),
-       order=st.randoms(use_true_random=False))
-def test_holdings_converge_to_the_fair_share_as_leases_turn_over(cap: int, conf: list[tuple[int, int, int, int]],
-                                                                 order: object) -> None:
+@given(cap=st.integers(2, 12), conf=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 12), st.integers(0, 14)),
+                                             min_size=2, max_size=4))
+def test_holdings_converge_to_the_fair_share_as_leases_turn_over(cap: int, conf: list[tuple[int, int, int]]) -> None:
+    # No minimums here: a tenant below its minimum takes the next unit freed, whoever
+    # frees it (the spec says so), which is not the fair share's order.
     m = PoolModel()
     m.apply(0, [pool_set(cap, patience=65535)])
-    mins = 0
     names = []
-    for i, (w, mn, mx, _) in enumerate(conf):
-        mn = min(mn, mx, cap - mins)
-        mins += mn
+    for i, (w, mx, _) in enumerate(conf):
         names.append(bytes([97 + i]))
-        m.apply(0, [tenant_set(names[-1], w, mn, mx)])
+        m.apply(0, [tenant_set(names[-1], w, 0, mx)])
     (sid,) = [r[4] for r in m.apply(0, [(OPEN, 0, 0, 10**9, b"", b"")])[0]]
     # Each tenant asks for `demand` single units; every step returns the oldest lease and
     # its tenant asks again, so demand stays put while every lease turns over.
-    for name, (_, _, _, demand) in zip(names, conf):
+    for name, (_, _, demand) in zip(names, conf):
         m.apply(0, [acquire(sid, name, 1)] * demand)
     pool = m.pools[POOL]
     for _ in range(4 * cap):

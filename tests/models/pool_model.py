@@ -36,8 +36,11 @@ lowest band first, then the tenant with the largest held/weight (the most over i
 share), then the newest lease; never taking a tenant below its minimum. Whole leases are
 marked, only if the marks cover what is missing (free units plus units already marked
 count). A marked lease gets a GIVEBACK event and a deadline (batch time + grace); if it
-is still held at the first batch at or after the deadline, it is revoked (REVOKE event,
-its token is then stale).
+is still held at the first batch at or after the deadline, and the pool's candidate still
+waits for units and may take them from it, it is revoked (REVOKE event, its token is
+then stale); otherwise (served meanwhile by other units) the mark lapses without event.
+A tenant below its minimum takes the next units freed, whoever frees them: that can
+move another tenant one more unit off its share until its next grant.
 
 Commands, results ``(op, status, detail, flags, value, aux)`` and events
 ``(revision, kind, mode, session, ticket, token, key, value)`` are those of the native
@@ -289,8 +292,24 @@ class PoolModel:
             if not due:
                 continue
             for _, _, x in sorted(due, key=lambda d: (d[0], d[1])):
-                self._drop(pool, x, E_REVOKE if isinstance(x, Lease) else E_CANCEL)
+                if isinstance(x, Request):
+                    self._drop(pool, x, E_CANCEL)
+                elif self._still_needed(pool, x):
+                    self._drop(pool, x, E_REVOKE)
+                else:
+                    x.deadline = 0  # served meanwhile: the mark lapses, the lease stays
             self._settle(pool)
+
+    def _still_needed(self, pool: Pool, x: Lease) -> bool:
+        """Whether the pool's candidate still waits for units and may take them from x."""
+        heads = [t.queue[0] for t in pool.tenants.values() if t.queue and t.held + t.queue[0].units <= t.maximum]
+        if not heads:
+            return False
+        pick = self._candidate(pool, heads)
+        if pick.units <= pool.capacity - pool.held or x.tenant is pick.tenant:
+            return False
+        below = pick.tenant.held < pick.tenant.minimum
+        return x.tenant.band < pick.tenant.band or (below and x.tenant.held > x.tenant.minimum)
 
     # --- pool commands ---------------------------------------------------------
 

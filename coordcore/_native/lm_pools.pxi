@@ -33,6 +33,7 @@ cdef class _Tenant:
     cdef uint32_t weight, minimum, maximum
     cdef uint8_t band
     cdef uint64_t held
+    cdef uint64_t want  # units its waiting requests ask for (demand = held + want)
     cdef list queue  # its waiting _Items, ticket order (FIFO)
 
 
@@ -107,6 +108,7 @@ cdef int _pool_drop(LockMachine self, _Pool pool, _Item x, uint8_t kind) except 
         return _pool_emit(self, kind, pool, x, x.token)
     del pool.waits[x.ticket]
     x.tenant.queue.remove(x)
+    x.tenant.want -= x.units
     return _pool_emit(self, kind, pool, x, 0)
 
 
@@ -115,6 +117,7 @@ cdef int _pool_grant(LockMachine self, _Pool pool, _Item x) except -1:
     if x.ticket != rev:  # from the queue (a direct grant is not queued)
         del pool.waits[x.ticket]
         x.tenant.queue.pop(0)
+        x.tenant.want -= x.units
         x.deadline = 0
     x.token = rev
     pool.leases[rev] = x
@@ -123,16 +126,54 @@ cdef int _pool_grant(LockMachine self, _Pool pool, _Item x) except -1:
     return _pool_emit(self, E_GRANT, pool, x, rev)
 
 
-cdef bint _fairer(_Item a, _Item b) noexcept:
-    """a's tenant is further below its weighted share than b's (then: older ticket)."""
-    cdef uint64_t x = a.tenant.held * b.tenant.weight
-    cdef uint64_t y = b.tenant.held * a.tenant.weight
-    return x < y or (x == y and a.ticket < b.ticket)
+cdef tuple _pool_shares(_Pool pool):
+    """Each tenant's weighted max-min fair share of the demand (held + wanted), as
+    ``({name: S}, D)`` with share = S / D exactly: water-filling, clamp(weight * level,
+    min(minimum, demand), min(maximum, demand, capacity)) at the level that fills the
+    capacity. Integers only (cross-multiplied): the model's Fractions, bit for bit,
+    without their cost."""
+    cdef list ts = list(pool.tenants.values())
+    cdef _Tenant t
+    cdef list lo = [], hi = [], w = [], points
+    cdef Py_ssize_t i, n = len(ts)
+    cdef object cap = pool.capacity, pv = 0, pw = 1, fixed = 0, slope = 0, x
+    for t in ts:
+        lo.append(min(t.minimum, t.held + t.want))
+        hi.append(min(t.maximum, t.held + t.want, pool.capacity))
+        w.append(t.weight)
+    if sum(hi) <= cap:
+        return {(<_Tenant>ts[i]).name: hi[i] for i in range(n)}, 1
+    # The filled amount is piecewise linear in the level, with breakpoints lo/w and hi/w:
+    # find the last breakpoint (pv/pw) below the capacity, then solve on its segment.
+    points = sorted({(v, w[i]) for i in range(n) for v in (lo[i], hi[i])}, key=_ratio_key)
+    for v, d in points:
+        if sum([min(max(w[i] * v, lo[i] * d), hi[i] * d) for i in range(n)]) >= cap * d:
+            break
+        pv, pw = v, d
+    for i in range(n):
+        x = w[i] * pv
+        if x < lo[i] * pw:
+            fixed += lo[i]
+        elif x >= hi[i] * pw:
+            fixed += hi[i]
+        else:
+            slope += w[i]
+    if slope == 0:  # the level is the breakpoint itself
+        return {(<_Tenant>ts[i]).name: min(max(w[i] * pv, lo[i] * pw), hi[i] * pw) for i in range(n)}, pw
+    x = cap - fixed  # level = x / slope
+    return {(<_Tenant>ts[i]).name: min(max(w[i] * x, lo[i] * slope), hi[i] * slope) for i in range(n)}, slope
+
+
+def _ratio_key(p):
+    return Fraction(p[0], p[1])  # sorting a handful of breakpoints: exact and short
 
 
 cdef _Item _pool_candidate(_Pool pool, list heads):
     cdef _Item r, best = None
     cdef int top = -1
+    cdef list band
+    cdef dict share
+    cdef object gap, scale, best_gap = None
     for r in heads:
         if r.tenant.held < r.tenant.minimum and (best is None or r.ticket < best.ticket):
             best = r
@@ -146,9 +187,14 @@ cdef _Item _pool_candidate(_Pool pool, list heads):
             best = r
     if best is not None:
         return best
-    for r in heads:
-        if r.tenant.band == top and (best is None or _fairer(r, best)):
-            best = r
+    band = [r for r in heads if r.tenant.band == top]
+    if len(band) == 1:
+        return band[0]
+    share, scale = _pool_shares(pool)
+    for r in band:  # the largest deficit (share - held), then the oldest ticket
+        gap = r.tenant.held * scale - share[r.tenant.name]
+        if best is None or gap < best_gap or (gap == best_gap and r.ticket < best.ticket):
+            best, best_gap = r, gap
     return best
 
 
@@ -166,6 +212,8 @@ cdef int _pool_settle(LockMachine self, _Pool pool) except -1:
                     heads.append(r)
         if not heads:
             return 0
+        if pool.held == pool.capacity and not _pool_may_preempt(pool, heads):
+            return 0  # nothing to grant, nobody to ask: skip choosing (shares cost)
         pick = _pool_candidate(pool, heads)
         if pick.units > pool.capacity - pool.held:
             return _pool_preempt(self, pool, pick)
@@ -179,6 +227,24 @@ cdef int _pool_settle(LockMachine self, _Pool pool) except -1:
 
 def _victim_order(_Item v):
     return (v.tenant.band, -Fraction(v.tenant.held, v.tenant.weight), -<int64_t>v.token)
+
+
+cdef bint _pool_may_preempt(_Pool pool, list heads) except -1:
+    """Whether some head could ask someone to give back (a superset of _pool_preempt's
+    victims: a head below its minimum, or one above the lowest band holding more than
+    its minimum)."""
+    cdef _Item r
+    cdef _Tenant t
+    cdef int low = 256, top = -1
+    for r in heads:
+        if r.tenant.held < r.tenant.minimum:
+            return True
+        if r.tenant.band > top:
+            top = r.tenant.band
+    for t in pool.tenants.values():
+        if t.held > t.minimum and t.band < low:
+            low = t.band
+    return top > low
 
 
 cdef int _pool_preempt(LockMachine self, _Pool pool, _Item pick) except -1:
@@ -391,6 +457,7 @@ cdef int _cap_acquire(LockMachine self, uint64_t sid, bytes name, const unsigned
         return 0
     pool.waits[x.ticket] = x
     t.queue.append(x)
+    t.want += units
     _pool_emit(self, E_WAIT, pool, x, 0)
     _pool_deadline(self, pool, x, self.st.time + timeout if timeout else 0)
     _res(res, ST_WAITING, D_NONE, 0, x.ticket)
@@ -692,6 +759,7 @@ cdef size_t _pools_parse(LockMachine self, bytes data) except? 0:
             x.passes = passes
             pool.waits[ticket] = x
             x.tenant.queue.append(x)
+            x.tenant.want += units
             if deadline:
                 heapq.heappush(self.pl.heap, (deadline, ticket, name))
         self.pl.pools[name] = pool
@@ -730,6 +798,7 @@ cdef int _pools_check(LockMachine self) except -1:
         assert pool.held <= pool.capacity, "pool over capacity"
         for t in pool.tenants.values():
             assert t.held <= t.maximum, "tenant over its maximum"
+            assert t.want == sum([(<_Item>x).units for x in t.queue]), "tenant wanted units"
             assert [(<_Item>x).ticket for x in t.queue] == sorted([(<_Item>x).ticket for x in t.queue]), "tenant queue order"
         assert sum([len((<_Tenant>t).queue) for t in pool.tenants.values()]) == len(pool.waits), "pool queues"
         for x in pool.waits.values():

@@ -159,7 +159,8 @@ def test_holdings_converge_to_the_fair_share_as_leases_turn_over(cap: int, conf:
         m.apply(0, [tenant_set(names[-1], w, 0, mx)])
     (sid,) = [r[4] for r in m.apply(0, [(OPEN, 0, 0, 10**9, b"", b"")])[0]]
     # Each tenant asks for `demand` single units; every step returns the oldest lease and
-    # its tenant asks again, so demand stays put while every lease turns over.
+    # its tenant asks again, so demand stays put (the queue is stable) while every lease
+    # turns over.
     for name, (_, _, demand) in zip(names, conf):
         m.apply(0, [acquire(sid, name, 1)] * demand)
     pool = m.pools[POOL]
@@ -167,7 +168,8 @@ def test_holdings_converge_to_the_fair_share_as_leases_turn_over(cap: int, conf:
         if not pool.leases:
             break
         oldest = min(pool.leases.values(), key=lambda x: x.token)
-        m.apply(0, [(CAP_RELEASE, 0, sid, oldest.token, POOL, b""), acquire(sid, oldest.tenant.name, 1)])
+        # Asks again first, then returns: the demand is the same when the unit is decided.
+        m.apply(0, [acquire(sid, oldest.tenant.name, 1), (CAP_RELEASE, 0, sid, oldest.token, POOL, b"")])
     shares = fair_shares(cap, [(t.weight, t.minimum, t.maximum, t.held + len(t.queue)) for t in pool.tenants.values()])
     for t, share in zip(pool.tenants.values(), shares):
         assert abs(t.held - share) <= 1, (t, share)

@@ -14,8 +14,9 @@ tenant within its maximum. Among eligible heads, the *candidate* is:
    (minimums outrank bands);
 2. otherwise, in the highest band that has an eligible head: a head that has been
    *passed* ``patience`` times, oldest ticket first;
-3. otherwise, in that band, the head of the tenant with the smallest held/weight
-   (the furthest below its weighted share), then the oldest ticket.
+3. otherwise, in that band, the head of the tenant furthest below its fair share
+   (``fair_shares``: weighted max-min water-filling over every tenant's demand, held
+   plus waiting), then the oldest ticket.
 
 If the candidate fits in the free units it is granted and the rule runs again; if not,
 nothing else is granted (free units are kept for it, so a big request is not starved by
@@ -25,9 +26,12 @@ its band with an older ticket (the count the patience bounds).
 Starvation bound: while a request is an eligible head of the highest band, at most
 ``patience`` grants go to later requests of its band, apart from grants that lift a
 tenant to its minimum; FIFO within a tenant makes every request a head in turn.
-Without aging (rule 2) the grant order is weighted max-min fair: holdings converge to
-within one unit of the water-filling share as leases turn over; an aged grant can move
-one unit off that share, which the next grants correct.
+Without aging (rule 2) the grant order is weighted max-min fair: a unit goes to the
+largest deficit, which is positive whenever a unit is free, so no grant takes a tenant a
+whole unit over its share, and holdings converge to within one unit of the share as
+leases turn over (a divisor rule such as smallest held/weight cannot promise that: it
+misses by more than a unit with several tenants). An aged grant can move one unit off
+that share, which the next grants correct.
 
 Preemption: a candidate that does not fit, below its minimum or of a higher band than
 some holders, may ask holders to give back: leases of other tenants that are either of
@@ -443,7 +447,12 @@ class PoolModel:
         aged = [r for r in band if r.passes >= pool.patience]
         if aged:
             return min(aged, key=lambda r: r.ticket)
-        return min(band, key=lambda r: (Fraction(r.tenant.held, r.tenant.weight), r.ticket))
+        if len(band) == 1:
+            return band[0]
+        tenants = list(pool.tenants.values())
+        share = dict(zip((t.name for t in tenants), fair_shares(
+            pool.capacity, [(t.weight, t.minimum, t.maximum, t.held + sum(q.units for q in t.queue)) for t in tenants])))
+        return min(band, key=lambda r: (r.tenant.held - share[r.tenant.name], r.ticket))
 
     def _preempt(self, pool: Pool, pick: Request) -> None:
         marked = sum(x.units for x in pool.leases.values() if x.deadline)

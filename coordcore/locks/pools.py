@@ -9,10 +9,11 @@ locks, and everything a session holds returns when it ends.
 
 Grant rule (whenever units free up or demand changes), among the tenants' first
 requests that fit under their maximum: a tenant below its guaranteed minimum first;
-then, in the highest band, a request passed ``patience`` times; then the tenant with
-the smallest held/weight. The chosen request waits for units rather than let smaller
-ones pass it. As leases turn over, holdings converge to the weighted max-min fair share
-(:func:`fair_shares`) within one unit.
+then, in the highest band, a request passed ``patience`` times; then the tenant furthest
+below its weighted max-min fair share of the current demand (:func:`fair_shares`). The
+chosen request waits for units rather than let smaller ones pass it. While demand holds
+still, holdings converge to within one unit of the fair share as leases turn over; a
+tenant below its minimum takes the next unit freed, whoever frees it.
 
 Starvation bound: while a request is the first of its tenant, fits its maximum and is
 in the highest waiting band, at most ``patience`` grants go to later requests of its

@@ -249,6 +249,8 @@ cdef int _apply_one(LockMachine self, const unsigned char *p, unsigned char *res
     cdef bint v2 = version >= 2
     memset(res, 0, RES_SIZE)
     res[0] = op
+    if op >= OP_POOL_SET:
+        return _pool_apply(self, op, flags, sid, req, arg, k, klen, v, vlen, res)
     if v2 and (op == OP_ACQUIRE or op == OP_SEM_ACQUIRE or op == OP_CAMPAIGN):
         # Format version 2: an acquire's arg carries its wait TIMEOUT (ms) in the
         # high 32 bits, the semaphore size (or 0) in the low 32.
@@ -400,9 +402,9 @@ cdef object _apply(LockMachine self, object batch):
     if memcmp(p, C_MAGIC, 4) != 0:
         raise BadArgument(f"malformed batch: bad magic {bytes(view[:4])!r}")
     version = p[4]
-    if version < 1 or version > BATCH_VERSION:
+    if version < 1 or version > BATCH_VERSION_POOLS:
         raise BadArgument(f"malformed batch: unsupported format version {version}")
-    last_op = OP_DETACH if version >= 2 else OP_CANCEL
+    last_op = OP_CAP_RESIZE if version >= BATCH_VERSION_POOLS else OP_DETACH if version >= 2 else OP_CANCEL
     if p[5] != 0 or cc_ld16(p + 6) != 0:
         raise BadArgument("malformed batch: reserved header bits set")
     t = cc_ld64(p + 8)
@@ -438,6 +440,7 @@ cdef object _apply(LockMachine self, object batch):
             self.st.time = t
         _expire(self, self.st.time)
         _expire_waits(self, self.st.time)
+        _pools_expire(self, self.st.time)
         pos = HDR_SIZE
         for i in range(count):
             _apply_one(self, p + pos, rp + <size_t>i * RES_SIZE, version)

@@ -12,6 +12,9 @@ cdef object _next_deadline(LockMachine self):
         best = self.st.heap[0].deadline
     if _wheap_live_top(self) != NIL and (best is None or self.st.wheap[0].deadline < best):
         best = self.st.wheap[0].deadline
+    pool = _pools_next_deadline(self)
+    if pool is not None and (best is None or pool < best):
+        best = pool
     return best
 
 cdef tuple _contender_tuple(LockMachine self, uint32_t c):
@@ -125,4 +128,4 @@ cdef int _check_invariants(LockMachine self) except -1:
             c = self.st.con[c].snext
         assert hs == s.c_count
     assert n == self.st.ses_used == self.st.ses_map.used, "session counts"
-    return 0
+    return _pools_check(self)

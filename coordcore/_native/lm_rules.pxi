@@ -92,9 +92,11 @@ cdef int _end_sessions(LockMachine self, uint32_t *slots, uint32_t n, uint8_t ki
             k = self.st.con[c].key
             _remove_contender(self, c)
             _mark_affected(self, k)
+        _pools_end_session(self, self.st.ses[s].id)
         map_del(&self.st.ses_map, self.st.ses[s].id)
         _free_session_slot(self, s)
-    return _promote_affected(self)
+    _promote_affected(self)
+    return _pools_settle_touched(self)
 
 # --- expiry heap --------------------------------------------------------------
 

@@ -109,6 +109,14 @@ cdef object _snapshot(LockMachine self):
                                               <uint32_t>len(name),
                                               cc_xxh64(<const unsigned char *>PyBytes_AS_STRING(name),
                                                       len(name), HASH_SEED)))
+        if self.pl.pools:
+            # Version 3 adds the pool section; a machine without pools writes version 2
+            # bytes exactly as before.
+            b.data[4] = 3
+            name = _pools_snapshot(self)
+            buf_reserve(&b, len(name))
+            memcpy(b.data + b.len, PyBytes_AS_STRING(name), len(name))
+            b.len += len(name)
         crc = cc_crc32c(0, b.data, b.len)
         buf_reserve(&b, 4)
         cc_st32(b.data + b.len, crc)
@@ -135,6 +143,7 @@ cdef int _restore(LockMachine self, object data) except -1:
     tmp = self.st
     self.st = fresh.st
     fresh.st = tmp
+    self.pl, fresh.pl = fresh.pl, self.pl
     self.broken = False
     return 0
 
@@ -157,9 +166,9 @@ cdef int _load(LockMachine self, const unsigned char *p, size_t n) except -1:
     cdef bint v2
     if n < 40 or memcmp(p, b"CCLS", 4) != 0:
         raise LogCorrupted("not a lock machine snapshot (bad magic or too short)")
-    if p[4] != 1 and p[4] != 2:
+    if p[4] < 1 or p[4] > 3:
         raise LogCorrupted(f"unsupported snapshot version {p[4]}")
-    v2 = p[4] == 2
+    v2 = p[4] >= 2
     if cc_ld32(p + n - 4) != cc_crc32c(0, p, n - 4):
         raise LogCorrupted("snapshot checksum mismatch")
     r.p = p
@@ -211,7 +220,7 @@ cdef int _load(LockMachine self, const unsigned char *p, size_t n) except -1:
                 r.u32()
                 e.value = r.u64()
                 e.aux = r.u64()
-                if e.req == 0 or e.op < OP_ACQUIRE or e.op > OP_CANCEL:
+                if e.req == 0 or not (OP_ACQUIRE <= e.op <= OP_CANCEL or OP_CAP_ACQUIRE <= e.op <= OP_CAP_RESIZE):
                     raise LogCorrupted(f"snapshot request table of session {sid} is damaged")
                 if e.req > s.req_max:
                     s.req_max = e.req
@@ -291,6 +300,8 @@ cdef int _load(LockMachine self, const unsigned char *p, size_t n) except -1:
             total += 1
         if _key_invalid(self, ki):
             raise LogCorrupted("snapshot key state violates the lock rules")
+    if p[4] == 3:
+        r.pos += _pools_load(self, p + r.pos, r.n - r.pos)
     if r.pos != r.n:
         raise LogCorrupted("snapshot has trailing bytes")
     # Each session's contenders, in ticket order.

@@ -15,6 +15,7 @@
 
 cdef enum:
     BATCH_VERSION = 3      # 3: a session's second exclusive claim on a lock is HELD
+    BATCH_VERSION_POOLS = 4  # 4: the pool ops; a record without them is still written as 3
     HDR_SIZE = 20
     CMD_SIZE = 32
     RES_SIZE = 24
@@ -46,6 +47,11 @@ cdef enum:  # ops
     OP_RESIGN = 10
     OP_CANCEL = 11
     OP_DETACH = 12  # format version 2
+    OP_POOL_SET = 13      # format version 4: quota pools
+    OP_TENANT_SET = 14
+    OP_CAP_ACQUIRE = 15
+    OP_CAP_RELEASE = 16
+    OP_CAP_RESIZE = 17
 
 cdef enum:  # command flags
     F_SHARED = 1
@@ -84,6 +90,10 @@ cdef enum:  # details
     D_WAIT_ENDED = 16
     D_HELD = 17            # format version 3
     D_UPGRADE = 18
+    D_NO_SUCH_POOL = 19    # format version 4
+    D_NO_SUCH_TENANT = 20
+    D_OVER = 21
+    D_MINIMUMS = 22
 
 cdef enum:  # key kinds
     K_LOCK = 1
@@ -96,6 +106,7 @@ cdef enum:  # contender modes
     M_SHARED = 2
     M_SEM = 3
     M_ELECTION = 4
+    M_POOL = 5
 
 cdef enum:  # event kinds
     E_OPEN = 1
@@ -106,4 +117,6 @@ cdef enum:  # event kinds
     E_RELEASE = 6
     E_CANCEL = 7
     E_PROCLAIM = 8
+    E_GIVEBACK = 9   # a pool lease is asked to give its units back (deadline: batch time + grace)
+    E_REVOKE = 10    # a pool lease not given back by its deadline
 

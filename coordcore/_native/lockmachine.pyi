@@ -4,6 +4,7 @@ from enum import IntEnum
 from typing import Any, TypeVar, final
 
 BATCH_FORMAT_VERSION: int
+POOL_BATCH_FORMAT_VERSION: int
 BATCH_MAGIC: bytes
 SNAPSHOT_VERSION: int
 CREDENTIAL_DIGEST_SIZE: int
@@ -36,6 +37,11 @@ class Op(IntEnum):
     RESIGN = 10
     CANCEL = 11
     DETACH = 12
+    POOL_SET = 13
+    TENANT_SET = 14
+    CAP_ACQUIRE = 15
+    CAP_RELEASE = 16
+    CAP_RESIZE = 17
 
 class Status(IntEnum):
     OK = 0
@@ -70,6 +76,10 @@ class Detail(IntEnum):
     WAIT_ENDED = 16
     HELD = 17
     UPGRADE = 18
+    NO_SUCH_POOL = 19
+    NO_SUCH_TENANT = 20
+    OVER = 21
+    MINIMUMS = 22
 
 class Kind(IntEnum):
     LOCK = 1
@@ -82,6 +92,7 @@ class Mode(IntEnum):
     SHARED = 2
     SEMAPHORE = 3
     ELECTION = 4
+    POOL = 5
 
 class EventKind(IntEnum):
     OPEN = 1
@@ -92,6 +103,8 @@ class EventKind(IntEnum):
     RELEASE = 6
     CANCEL = 7
     PROCLAIM = 8
+    GIVEBACK = 9
+    REVOKE = 10
 
 _T = TypeVar("_T", bound=tuple[Any, ...])
 
@@ -125,6 +138,10 @@ class LockMachine:
     def scan_keys(self, prefix: bytes, cursor: int, count: int) -> tuple[int, list[bytes]]: ...
     def contender_count(self, session_id: int) -> int: ...
     def keys(self, prefix: bytes) -> list[bytes]: ...
+    def pool_info(self, name: bytes) -> tuple[int, int, int, list[tuple[bytes, int, int, int, int, int]],
+                                              list[tuple[int, bytes, int, int, int, int]],
+                                              list[tuple[int, bytes, int, int, int, int]]] | None: ...
+    def pool_names(self) -> list[bytes]: ...
     def check_invariants(self) -> None: ...
 
 def crc32c(data: bytes, value: int = 0) -> int: ...

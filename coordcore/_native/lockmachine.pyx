@@ -16,7 +16,7 @@ token) -> contender slot. Session expiry uses a min-heap of (deadline, id) with 
 deletion (stale entries are skipped on pop).
 """
 cimport cython
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -40,6 +40,7 @@ include "lm_tables.pxi"
 include "lm_codec.pxi"
 include "lm_store.pxi"
 include "lm_rules.pxi"
+include "lm_pools.pxi"
 include "lm_apply.pxi"
 include "lm_snapshot.pxi"
 include "lm_queries.pxi"
@@ -48,6 +49,7 @@ include "lm_queries.pxi"
 # coordcore/locks/machine.py re-exports these and documents what each means.
 
 BATCH_FORMAT_VERSION = BATCH_VERSION
+POOL_BATCH_FORMAT_VERSION = BATCH_VERSION_POOLS
 BATCH_MAGIC = C_MAGIC[:4]
 SNAPSHOT_VERSION = 2
 CREDENTIAL_DIGEST_SIZE = CRED
@@ -83,6 +85,11 @@ class Op(IntEnum):
     RESIGN = OP_RESIGN
     CANCEL = OP_CANCEL
     DETACH = OP_DETACH
+    POOL_SET = OP_POOL_SET
+    TENANT_SET = OP_TENANT_SET
+    CAP_ACQUIRE = OP_CAP_ACQUIRE
+    CAP_RELEASE = OP_CAP_RELEASE
+    CAP_RESIZE = OP_CAP_RESIZE
 
 
 class Status(IntEnum):
@@ -123,6 +130,10 @@ class Detail(IntEnum):
     WAIT_ENDED = D_WAIT_ENDED  # a retried acquire whose wait ended (timed out, withdrawn, released)
     HELD = D_HELD  # the session already holds or waits for this lock, exclusively or this time asking so
     UPGRADE = D_UPGRADE  # the session holds this lock shared and asked for it exclusively
+    NO_SUCH_POOL = D_NO_SUCH_POOL
+    NO_SUCH_TENANT = D_NO_SUCH_TENANT
+    OVER = D_OVER  # a pool (or tenant) would hold more than its new capacity (maximum): ``value`` holds now
+    MINIMUMS = D_MINIMUMS  # the pool's guaranteed minimums would exceed its capacity (``value``: their sum)
 
 
 class Kind(IntEnum):
@@ -141,6 +152,7 @@ class Mode(IntEnum):
     SHARED = M_SHARED
     SEMAPHORE = M_SEM
     ELECTION = M_ELECTION
+    POOL = M_POOL
 
 
 class EventKind(IntEnum):
@@ -154,6 +166,8 @@ class EventKind(IntEnum):
     RELEASE = E_RELEASE
     CANCEL = E_CANCEL
     PROCLAIM = E_PROCLAIM
+    GIVEBACK = E_GIVEBACK
+    REVOKE = E_REVOKE
 
 
 for _enum in (Op, Status, Detail, Kind, Mode, EventKind):
@@ -177,6 +191,7 @@ cdef class LockMachine:
     cdef uint32_t *dead  # sessions expiring at the start of a batch, in order
     cdef uint32_t dead_len, dead_cap
     cdef bint broken
+    cdef _Pools pl       # quota pools (lm_pools.pxi)
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(State))
@@ -185,6 +200,7 @@ cdef class LockMachine:
         self.dead = NULL
         self.aff_len = self.aff_cap = self.dead_len = self.dead_cap = 0
         self.broken = False
+        self.pl = _Pools()
         self.st.next_session = 1
         self.st.con_free = NIL
         self.st.key_free = NIL
@@ -339,16 +355,30 @@ cdef class LockMachine:
             return (i if i < self.st.key_cap else 0, out)
 
     def contender_count(self, uint64_t session_id):
-        """How many holds and waits a live session has (0 if none or no such session)."""
+        """How many holds and waits a live session has, pool leases and waits included
+        (0 if none or no such session): what the service bounds per session."""
         cdef uint32_t si
         with cython.critical_section(self):
             si = map_get(&self.st.ses_map, session_id) if session_id else NIL
-            return 0 if si == NIL else self.st.ses[si].c_count
+            return 0 if si == NIL else self.st.ses[si].c_count + len(self.pl.by_sess.get(session_id, ()))
 
     def keys(self, bytes prefix not None):
         """The keys in use that start with ``prefix``, sorted."""
         with cython.critical_section(self):
             return _keys(self, prefix)
+
+    def pool_info(self, bytes name not None):
+        """(capacity, grace, patience, tenants, leases, waits) of a pool, or None: tenants
+        (name, weight, minimum, maximum, band, held) in name order, leases (session,
+        tenant, units, ticket, token, give-back deadline) in token order, waits (session,
+        tenant, units, ticket, wait deadline, passes) in ticket order."""
+        with cython.critical_section(self):
+            return _pool_info(self, name)
+
+    def pool_names(self):
+        """The pools defined, sorted."""
+        with cython.critical_section(self):
+            return sorted(self.pl.pools)
 
     def check_invariants(self):
         """Check the internal structures (AssertionError on violation). Debug builds run

@@ -11,7 +11,7 @@ from coordcore.client._wire import Arg, error_from_reply, to_dict
 from coordcore.errors import BadArgument, WrongType
 from coordcore.types import Grant, Key, Leader
 
-__all__ = ["Contender", "IdRuns", "LockInfo", "WatchEvent"]
+__all__ = ["CapacityLease", "Contender", "IdRuns", "LockInfo", "WatchEvent"]
 
 
 def session_id_of(credential: bytes) -> int:
@@ -61,6 +61,18 @@ class WatchEvent:
     kind: str
     key: bytes
     fields: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CapacityLease:
+    """Units of a quota pool held by ``session`` for ``tenant`` (``POOL.ACQUIRE``);
+    ``token`` is the fencing token."""
+
+    pool: bytes
+    tenant: bytes
+    units: int
+    token: int
+    session: int
 
 
 class IdRuns:

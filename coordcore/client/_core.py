@@ -50,6 +50,7 @@ from coordcore._holds import HoldCounts, LostCallbacks
 from coordcore.client._common import (
     INFO_COMMAND,
     RELEASE_COMMAND,
+    CapacityLease,
     IdRuns,
     LockInfo,
     WatchEvent,
@@ -67,7 +68,7 @@ from coordcore.client._common import (
     stray_waiters,
     ttl_arg,
 )
-from coordcore.client._wire import Arg, Endpoint, endpoints_from, parse_endpoint
+from coordcore.client._wire import Arg, Endpoint, endpoints_from, parse_endpoint, to_dict
 from coordcore.errors import (
     BadArgument,
     ConnectionLost,
@@ -832,6 +833,40 @@ class ClientCore(Generic[S]):
 
     def lock_info(self, key: Key) -> Proc[LockInfo]:
         return parse_lock_info((yield from self.execute(["LOCK.INFO", key])))
+
+    # --- quota pools (POOL.*) -------------------------------------------------------------
+
+    def pool_acquire(self, pool: Key, units: int, tenant: Key, ttl: float | None, session: S | None,
+                     timeout: float | None) -> Proc[CapacityLease]:
+        check_key("pool", pool)
+        check_key("tenant", tenant)
+        if isinstance(units, bool) or not isinstance(units, int):
+            raise WrongType(f"units must be an int, not {type(units).__name__}")
+        s = yield from self.session_for(session, ttl)
+        args: list[Arg] = ["POOL.ACQUIRE", pool, s.credential, tenant, units]
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+            args += ["TIMEOUT", int(timeout * 1000)]
+        # On a connection of its own (it may park). Not retried: a lost answer could be a
+        # lease granted meanwhile (it returns with the session, or with POOL.RELEASE of
+        # the token POOL.INFO shows).
+        token = yield Wait(args, timeout)
+        return CapacityLease(key_bytes(pool), key_bytes(tenant), units, int(token), s.id)
+
+    def pool_release(self, lease: CapacityLease) -> Proc[None]:
+        if not isinstance(lease, CapacityLease):
+            raise WrongType(f"pool_release takes a CapacityLease, not {type(lease).__name__}")
+        yield from self.execute(["POOL.RELEASE", lease.pool, self.credential(lease.session), lease.token])
+
+    def pool_info(self, pool: Key) -> Proc[dict[str, Any] | None]:
+        check_key("pool", pool)
+        reply = yield from self.execute(["POOL.INFO", pool])
+        if reply is None:
+            return None
+        info = to_dict(reply)
+        for part in ("tenants", "leases"):
+            info[part] = [to_dict(x) for x in info[part]]
+        return info
 
     def acquire_semaphore(self, name: Key, permits: int, ttl: float | None, session: S | None,
                           timeout: float | None) -> Proc[Grant]:

@@ -46,11 +46,11 @@ from typing import Any, TypeVar
 import hiredis
 
 from coordcore._holds import cancelled_on_loss
-from coordcore.client._common import IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
+from coordcore.client._common import CapacityLease, IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
 from coordcore.client._core import Open, SessionState, Settle, Step, Wait, hello_args, pipeline_replies
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
-from coordcore.errors import ConnectionLost, CoordcoreError, ServiceClosed
+from coordcore.errors import ConnectionLost, CoordcoreError, NotLockHolder, ServiceClosed
 from coordcore.types import Grant, Key, Leader
 
 __all__ = ["AsyncClient", "AsyncElection", "AsyncIdBuffer", "AsyncPipeline", "AsyncSession", "AsyncWatch"]
@@ -426,6 +426,49 @@ class AsyncClient(ClientSettings):
         return self._holding(lambda: self.acquire_semaphore(name, permits, ttl=ttl, session=session,
                                                             timeout=timeout))
 
+    # --- quota pools -----------------------------------------------------------------
+
+    async def acquire_capacity(self, pool: Key, units: int, *, tenant: Key, ttl: float | None = None,
+                               session: AsyncSession | None = None, timeout: float | None = None) -> CapacityLease:
+        """Lease ``units`` of quota pool ``pool`` for ``tenant`` (fair share between
+        tenants, FIFO within one), waiting up to ``timeout`` s (None: until granted)."""
+        return await self._run(self._core.pool_acquire(pool, units, tenant, ttl, session, timeout))
+
+    async def release_capacity(self, lease: CapacityLease) -> None:
+        await self._run(self._core.pool_release(lease))
+
+    async def pool_info(self, pool: Key) -> dict[str, Any] | None:
+        """``POOL.INFO``: capacity, tenants (held, fair share), leases, waiting count."""
+        return await self._run(self._core.pool_info(pool))
+
+    @contextlib.asynccontextmanager
+    async def capacity(self, pool: Key, units: int, *, tenant: Key, ttl: float | None = None,
+                       session: AsyncSession | None = None, timeout: float | None = None,
+                       on_giveback: Callable[[CapacityLease], object] | None = None) -> AsyncIterator[CapacityLease]:
+        """``async with client.capacity("gpu", 2, tenant="research") as lease:`` holds the
+        units, given back on exit. ``on_giveback(lease)`` runs when a higher-priority
+        request preempts the lease: give it back (leave the block) within the pool's
+        grace, or it is revoked and its token goes stale."""
+        watch = follow = None
+        if on_giveback is not None:
+            watch = await AsyncWatch(self, pool).start()  # subscribed before the lease exists
+        lease = None
+        try:
+            lease = await self.acquire_capacity(pool, units, tenant=tenant, ttl=ttl, session=session, timeout=timeout)
+            if watch is not None and on_giveback is not None:
+                follow = asyncio.ensure_future(_giveback(watch, lease, on_giveback))
+            yield lease
+        finally:
+            if follow is not None:
+                follow.cancel()
+            if watch is not None:
+                watch.close()
+            if lease is not None:
+                try:
+                    await self.release_capacity(lease)
+                except NotLockHolder:
+                    pass  # revoked meanwhile
+
     def election(self, name: Key, *, ttl: float | None = None,
                  session: AsyncSession | None = None) -> AsyncElection:
         """A leader election handle: ``await e.campaign(value)``, ``await e.leader()``."""
@@ -443,6 +486,14 @@ class AsyncClient(ClientSettings):
         if timeout is not None:
             check_seconds("timeout", timeout)
         return AsyncWatch(self, prefix, timeout)
+
+
+async def _giveback(watch: AsyncWatch, lease: CapacityLease,
+                    on_giveback: Callable[[CapacityLease], object]) -> None:
+    async for ev in watch:
+        if ev.key == lease.pool and ev.kind == "giveback" and ev.fields.get("token") == lease.token:
+            on_giveback(lease)
+            return
 
 
 class AsyncWatch:

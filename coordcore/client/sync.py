@@ -45,11 +45,11 @@ from typing import Any, TypeVar
 
 import hiredis
 
-from coordcore.client._common import IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
+from coordcore.client._common import CapacityLease, IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
 from coordcore.client._core import Open, SessionState, Settle, Step, Wait, hello_args, pipeline_replies
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
-from coordcore.errors import ConnectionLost, CoordcoreError, ServiceClosed
+from coordcore.errors import ConnectionLost, CoordcoreError, NotLockHolder, ServiceClosed
 from coordcore.types import Grant, Key, Leader
 
 __all__ = ["Client", "Election", "IdBuffer", "Pipeline", "Session", "SyncElection", "Watch"]
@@ -366,6 +366,50 @@ class Client(ClientSettings):
         return self._holding(lambda: self.acquire_semaphore(name, permits, ttl=ttl, session=session,
                                                             timeout=timeout))
 
+    # --- quota pools -----------------------------------------------------------------
+
+    def acquire_capacity(self, pool: Key, units: int, *, tenant: Key, ttl: float | None = None,
+                         session: Session | None = None, timeout: float | None = None) -> CapacityLease:
+        """Lease ``units`` of quota pool ``pool`` for ``tenant``, waiting up to ``timeout``
+        s (None: until granted). A preempted lease's give-back request arrives as a
+        ``giveback`` event of ``client.watch(pool)``."""
+        return self._run(self._core.pool_acquire(pool, units, tenant, ttl, session, timeout))
+
+    def release_capacity(self, lease: CapacityLease) -> None:
+        self._run(self._core.pool_release(lease))
+
+    def pool_info(self, pool: Key) -> dict[str, Any] | None:
+        return self._run(self._core.pool_info(pool))
+
+    @contextlib.contextmanager
+    def capacity(self, pool: Key, units: int, *, tenant: Key, ttl: float | None = None,
+                 session: Session | None = None, timeout: float | None = None,
+                 on_giveback: Callable[[CapacityLease], object] | None = None) -> Iterator[CapacityLease]:
+        """``with client.capacity("gpu", 2, tenant="research") as lease:`` holds the units,
+        given back on exit. ``on_giveback(lease)`` runs (on a thread of its own) when a
+        higher-priority request preempts the lease: leave the block within the pool's
+        grace, or the lease is revoked and its token goes stale."""
+        watch = self.watch(pool) if on_giveback is not None else None  # subscribed before the lease exists
+        follow = None
+        lease = None
+        try:
+            lease = self.acquire_capacity(pool, units, tenant=tenant, ttl=ttl, session=session, timeout=timeout)
+            if watch is not None and on_giveback is not None:
+                follow = threading.Thread(target=_giveback, args=(watch, lease, on_giveback), daemon=True,
+                                          name="coordcore-giveback")
+                follow.start()
+            yield lease
+        finally:
+            if watch is not None:
+                watch.close()  # ends the thread's read
+            if follow is not None:
+                follow.join(5)
+            if lease is not None:
+                try:
+                    self.release_capacity(lease)
+                except NotLockHolder:
+                    pass  # revoked meanwhile
+
     def election(self, name: Key, *, ttl: float | None = None, session: Session | None = None) -> Election:
         """A leader election handle: ``e.campaign(value)``, ``e.leader()``, ``e.observe()``."""
         return Election(self, name, ttl, session)
@@ -380,6 +424,16 @@ class Client(ClientSettings):
         if timeout is not None:
             check_seconds("timeout", timeout)
         return Watch(self._open(), prefix, timeout)
+
+
+def _giveback(watch: Watch, lease: CapacityLease, on_giveback: Callable[[CapacityLease], object]) -> None:
+    try:
+        for ev in watch:
+            if ev.key == lease.pool and ev.kind == "giveback" and ev.fields.get("token") == lease.token:
+                on_giveback(lease)
+                return
+    except (OSError, CoordcoreError):
+        return  # the watch was closed: the block ended
 
 
 class Watch:

@@ -165,6 +165,41 @@ out of range inside a well-formed record (bad TTL, key too long, ...) give a
 up front with :class:`~coordcore.errors.BadArgument` or
 :class:`~coordcore.errors.WrongType`.
 
+Quota pools (format version 4)
+------------------------------
+The rules (grant order, starvation bound, preemption) are in :mod:`coordcore.locks.pools`
+and, executable, in tests/models/pool_model.py. A record that carries one of these
+commands has format version 4 (the same layout; :class:`BatchBuilder` and the server's
+assembler write 4 only then, so a log without pools is byte-identical to version 3's):
+
+============== ============================================== =============================
+op             arguments                                      success (``value``, ``aux``)
+============== ============================================== =============================
+POOL_SET       key pool, arg capacity, value u32 grace_ms,    capacity, revision
+               u32 patience (session 0)
+TENANT_SET     key pool, value u32 weight, u32 minimum,       weight, revision
+               u32 maximum, u8 band, 3 zero bytes, tenant
+               name (session 0)
+CAP_ACQUIRE    session, key pool, value tenant, arg           token, ticket (or WAITING:
+               timeout_ms << 32 | units, flag WAIT            0, ticket; BUSY for a try)
+CAP_RELEASE    session, key pool, arg token (or a waiting     token or ticket, units
+               request's ticket: withdraws it)
+CAP_RESIZE     session, key pool, arg token, value u32 units  token, units (BUSY: a grow
+                                                              that would pass a waiter)
+============== ============================================== =============================
+
+Errors: ``NOTFOUND`` (details ``NO_SUCH_POOL``, ``NO_SUCH_TENANT``), ``BADARG``
+(``PERMITS``: more units than the tenant may hold, ``value`` its limit; ``MINIMUMS``:
+the guaranteed minimums would exceed the capacity), ``CONFLICT`` (``OVER``: a new
+capacity or maximum below what is held now), ``NOTHOLDER``. Events carry the pool as
+key, the tenant as value and mode ``POOL``: ``WAIT``, ``GRANT``, ``RELEASE``,
+``CANCEL`` (a wait withdrawn: timeout, release, session end, a request the new limits
+can never grant), ``GIVEBACK`` (a lease asked to give its units back by batch time +
+grace) and ``REVOKE`` (a lease still held at that deadline, taken at the first batch at
+or after it). A session's pool leases and waits end with it, after its locks, in
+ticket order. Snapshots of a machine with pools are version 3 (version 2 plus a pool
+section); without pools they stay version 2, byte for byte.
+
 Snapshot (version 2; version 1 is still read)
 ---------------------------------------------
 ``snapshot()`` is deterministic: sessions sorted by id, keys sorted by bytes,
@@ -192,6 +227,7 @@ import struct
 from typing import NamedTuple
 
 from coordcore.errors import BadArgument, CoordcoreError, UnknownCommand, WrongType, error_for_code
+from coordcore.locks.pools import PoolInfo
 
 try:
     from coordcore._native import lockmachine as _lm
@@ -203,6 +239,7 @@ except ImportError:  # pragma: no cover - a broken installation
 
 __all__ = [
     "BATCH_FORMAT_VERSION",
+    "POOL_BATCH_FORMAT_VERSION",
     "BATCH_HEADER_SIZE",
     "COMMAND_HEADER_SIZE",
     "CREDENTIAL_DIGEST_SIZE",
@@ -242,6 +279,7 @@ __all__ = [
 
 #: Version of the batch record format written by :class:`BatchBuilder` (1 is still read).
 BATCH_FORMAT_VERSION: int = _lm.BATCH_FORMAT_VERSION
+POOL_BATCH_FORMAT_VERSION: int = _lm.POOL_BATCH_FORMAT_VERSION  # a record with pool commands
 #: Size of a session credential's digest (SHA-256) carried by OPEN.
 CREDENTIAL_DIGEST_SIZE: int = _lm.CREDENTIAL_DIGEST_SIZE
 BATCH_MAGIC: bytes = _lm.BATCH_MAGIC
@@ -328,6 +366,10 @@ _DETAIL_TEXT: dict[int, str] = {
     Detail.WAIT_ENDED: "the wait of this request ended before the retry (timed out, withdrawn or released)",
     Detail.HELD: "this session already holds or waits for this lock, and one of the two claims is exclusive",
     Detail.UPGRADE: "this session holds this lock shared: an upgrade to exclusive is refused (release first)",
+    Detail.NO_SUCH_POOL: "no such pool",
+    Detail.NO_SUCH_TENANT: "no such tenant in this pool",
+    Detail.OVER: "more units are held than the new capacity or maximum allows",
+    Detail.MINIMUMS: "the tenants' guaranteed minimums would exceed the pool's capacity",
 }
 
 
@@ -368,7 +410,7 @@ class Result(NamedTuple):
     @property
     def token(self) -> int:
         """Fencing token of a grant (ACQUIRE, SEM_ACQUIRE, CAMPAIGN, RELEASE...); 0 if none."""
-        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.DETACH):
+        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.DETACH, Op.POOL_SET, Op.TENANT_SET):
             return 0
         if self.op == Op.PROCLAIM:
             return self.aux if self.status == Status.OK else 0
@@ -377,7 +419,8 @@ class Result(NamedTuple):
     @property
     def ticket(self) -> int:
         """The contender's ticket (identity while waiting, argument of CANCEL)."""
-        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.PROCLAIM, Op.DETACH):
+        if self.op in (Op.OPEN, Op.KEEPALIVE, Op.CLOSE, Op.PROCLAIM, Op.DETACH, Op.POOL_SET, Op.TENANT_SET,
+                       Op.CAP_RELEASE, Op.CAP_RESIZE):
             return 0
         return self.aux if self.status in (Status.OK, Status.WAITING) else 0
 
@@ -597,11 +640,12 @@ class BatchBuilder:
     2
     """
 
-    __slots__ = ("_buf", "_count")
+    __slots__ = ("_buf", "_count", "_pools")
 
     def __init__(self) -> None:
         self._buf = bytearray(BATCH_HEADER_SIZE)
         self._count = 0
+        self._pools = False  # a pool command makes the record format version 4
 
     def __len__(self) -> int:
         return self._count
@@ -610,11 +654,13 @@ class BatchBuilder:
         """Forget every command (keeps the buffer for reuse)."""
         del self._buf[BATCH_HEADER_SIZE:]
         self._count = 0
+        self._pools = False
 
     def build(self, time_ms: int) -> bytes:
         """The batch record stamped with ``time_ms`` (the appender's clock, in ms)."""
         t = _int("time_ms", time_ms, 0, MAX_TIME_MS)
-        _HEADER.pack_into(self._buf, 0, BATCH_MAGIC, BATCH_FORMAT_VERSION, 0, 0, t, self._count)
+        version = POOL_BATCH_FORMAT_VERSION if self._pools else BATCH_FORMAT_VERSION
+        _HEADER.pack_into(self._buf, 0, BATCH_MAGIC, version, 0, 0, t, self._count)
         return bytes(self._buf)
 
     def _add(self, op: int, flags: int, session: int, request_id: int, arg: int,
@@ -670,6 +716,8 @@ class BatchBuilder:
             return self.cancel(s, k, a, request_id=r)
         if op == Op.DETACH:
             return self.detach(a)
+        if Op.POOL_SET <= op <= Op.CAP_RESIZE:
+            return self._pool_command(op, command.flags, s, r, a, k, v)
         raise UnknownCommand(f"unknown lock machine command {op!r}")
 
     def open_session(self, ttl_ms: int, *, digest: bytes = b"") -> int:
@@ -754,6 +802,68 @@ class BatchBuilder:
         "Detached waiters" in the module docs)."""
         return self._add(12, 0, 0, 0, _int("grace_ms", grace_ms, 0, MAX_TIMEOUT_MS), b"", b"")
 
+    # --- quota pools (format version 4; the rules: coordcore.locks.pools) ----------------
+
+    def _pool_command(self, op: int, flags: int, session: int, request_id: int, arg: int, key: bytes,
+                      value: bytes) -> int:
+        # A decoded pool command: the machine checks its fields (it answers BADARG).
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE or type(value) is not bytes \
+                or len(value) > MAX_VALUE_SIZE:
+            raise BadArgument("a pool command's key or value is out of range")
+        self._pools = True
+        return self._add(op, flags, _u64("session", session), _u64("request_id", request_id), _u64("arg", arg),
+                         key, value)
+
+    def pool_set(self, pool: str | bytes, capacity: int, *, grace_ms: int = 5_000, patience: int = 16) -> int:
+        """Define a pool of ``capacity`` units, or change it: a preempted lease has
+        ``grace_ms`` to give its units back; ``patience`` is the starvation bound."""
+        conf = _POOL_CONF.pack(_int("grace_ms", grace_ms, 0, MAX_TIMEOUT_MS), _int("patience", patience, 1, 65535))
+        self._pools = True
+        return self._add(Op.POOL_SET, 0, 0, 0, _int("capacity", capacity, 1, MAX_PERMITS), _k(pool), conf)
+
+    def tenant_set(self, pool: str | bytes, tenant: str | bytes, *, weight: int = 1, minimum: int = 0,
+                   maximum: int = MAX_PERMITS, band: int = 0) -> int:
+        """Define a tenant of ``pool`` (or change it): its weight, guaranteed minimum,
+        maximum and priority band (0..7, higher preempts lower)."""
+        mx = _int("maximum", maximum, 1, MAX_PERMITS)
+        conf = _TENANT_CONF.pack(_int("weight", weight, 1, MAX_PERMITS), _int("minimum", minimum, 0, mx), mx,
+                                 _int("band", band, 0, 7))
+        self._pools = True
+        return self._add(Op.TENANT_SET, 0, 0, 0, 0, _k(pool), conf + _tenant(tenant))
+
+    def cap_acquire(self, session: int, pool: str | bytes, tenant: str | bytes, units: int, *, wait: bool = True,
+                    request_id: int = 0, timeout_ms: int = 0) -> int:
+        """Ask ``pool`` for ``units`` on behalf of ``tenant``: a lease (OK, its token) or a
+        place in the tenant's queue (WAITING, its ticket); ``wait=False`` is a try."""
+        flags = FLAG_WAIT if _bool("wait", wait) else 0
+        self._pools = True
+        return self._add(Op.CAP_ACQUIRE, flags, _sid(session), _u64("request_id", request_id),
+                         _int("units", units, 1, MAX_PERMITS) | _timeout(timeout_ms, flags), _k(pool), _tenant(tenant))
+
+    def cap_release(self, session: int, pool: str | bytes, revision: int, *, request_id: int = 0) -> int:
+        """Give back the lease with token ``revision``, or withdraw the wait with that ticket."""
+        self._pools = True
+        return self._add(Op.CAP_RELEASE, 0, _sid(session), _u64("request_id", request_id),
+                         _int("revision", revision, 1, _U64), _k(pool), b"")
+
+    def cap_resize(self, session: int, pool: str | bytes, token: int, units: int, *, request_id: int = 0) -> int:
+        """Shrink the lease ``token`` to ``units`` (always), or grow it (only if nobody waits
+        and the units are free: BUSY otherwise)."""
+        self._pools = True
+        return self._add(Op.CAP_RESIZE, 0, _sid(session), _u64("request_id", request_id), _int("token", token, 1, _U64),
+                         _k(pool), _int("units", units, 1, MAX_PERMITS).to_bytes(4, "little"))
+
+
+_POOL_CONF = struct.Struct("<II")
+_TENANT_CONF = struct.Struct("<IIIB3x")
+
+
+def _tenant(name: object) -> bytes:
+    b = name.encode() if type(name) is str else name
+    if type(b) is not bytes or not 0 < len(b) <= 255:
+        raise BadArgument(f"tenant must be 1..255 bytes, got {name!r:.40}")
+    return b
+
 
 def _timeout(timeout_ms: object, wait: int) -> int:
     """An acquire's wait timeout, placed in the high 32 bits of its arg."""
@@ -792,7 +902,7 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
     magic, version, flags, reserved, time_ms, count = _HEADER.unpack_from(data, 0)
     if magic != BATCH_MAGIC:
         raise BadArgument(f"malformed batch: bad magic {magic!r}")
-    if not 1 <= version <= BATCH_FORMAT_VERSION:
+    if not 1 <= version <= POOL_BATCH_FORMAT_VERSION:
         raise BadArgument(f"malformed batch: unsupported format version {version}")
     if flags or reserved:
         raise BadArgument("malformed batch: reserved header bits set")
@@ -804,7 +914,8 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
         if pos + COMMAND_HEADER_SIZE > len(data):
             raise BadArgument(f"malformed batch: command {i} is truncated")
         op, cflags, klen, vlen, session, req, arg = _CMD.unpack_from(data, pos)
-        if not Op.OPEN <= op <= (Op.DETACH if version >= 2 else Op.CANCEL):
+        if not Op.OPEN <= op <= (Op.CAP_RESIZE if version >= POOL_BATCH_FORMAT_VERSION else Op.DETACH if version >= 2
+                                 else Op.CANCEL):
             raise UnknownCommand(f"malformed batch: command {i} has unknown op {op}")
         if cflags & ~(FLAG_SHARED | FLAG_WAIT):
             raise BadArgument(f"malformed batch: command {i} has unknown flags {cflags:#x}")
@@ -1004,6 +1115,15 @@ class LockMachine:
         """The keys in use that start with ``prefix``, sorted (all of them: for large
         states page with :meth:`scan_keys`)."""
         return self._m.keys(_prefix(prefix))
+
+    def pool(self, name: str | bytes) -> PoolInfo | None:
+        """A pool's configuration, tenants, leases and waits (POOL.INFO), or None."""
+        t = self._m.pool_info(_key(name))
+        return None if t is None else PoolInfo.from_tuple(t)
+
+    def pool_names(self) -> list[bytes]:
+        """The pools defined, sorted."""
+        return self._m.pool_names()
 
     def check_invariants(self) -> None:
         """Verify the internal structures and the lock rules (AssertionError if broken).

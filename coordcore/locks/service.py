@@ -108,6 +108,7 @@ from coordcore.locks.machine import (
     Status,
 )
 from coordcore.locks.pipeline import BatchStats, CommitPipeline, write_snapshot
+from coordcore.locks.pools import Lease, Pools
 from coordcore.locks.sessions import Session, credential, new_secret, parse_credential
 from coordcore.locks.store import FileStore, LogStore, SyncTimes, unwrap_snapshot
 from coordcore.locks.watches import DEFAULT_WATCH_BUFFER, Watch, WatchHub
@@ -319,6 +320,8 @@ class LockService:
             snapshot_every_records=snapshot_every_records, snapshot_every_bytes=snapshot_every_bytes,
             on_session_end=self._session_ended, on_stop=self._stopped)
         self._watches = WatchHub(self._set_event_sink)
+        #: Quota pools: fair-share leases of capacity (coordcore.locks.pools).
+        self.pools = Pools(self)
 
     # --- construction --------------------------------------------------------------
 
@@ -799,6 +802,12 @@ class LockService:
         return _GrantContext(lambda: self.acquire_semaphore(key, session, permits, timeout=timeout,
                                                             label=label), self)
 
+    def capacity(self, pool: Key, units: int, session: Session | int, *, tenant: Key, timeout: float | None = None,
+                 on_giveback: Callable[[Lease], object] | None = None) -> contextlib.AbstractAsyncContextManager[Lease]:
+        """``async with svc.capacity("gpu", 2, session, tenant="research") as lease:``: a
+        lease of pool units (see :class:`~coordcore.locks.pools.Pools`), given back on exit."""
+        return self.pools.capacity(pool, units, session, tenant=tenant, timeout=timeout, on_giveback=on_giveback)
+
     # --- elections ---------------------------------------------------------------------
 
     async def campaign(self, name: Key, session: Session | int, value: str | bytes, *,
@@ -958,6 +967,7 @@ class LockService:
             await self._closed.wait()
             return
         self._close_started = True
+        self.pools.close()
         self._pipe.begin_close()
         try:
             for session in tuple(self._sessions.values()):

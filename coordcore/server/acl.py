@@ -91,6 +91,13 @@ RULES: dict[bytes, tuple[str, str | None, int]] = {
     # Every user's events, whatever the prefix: admin only.
     b"AUDIT.HISTORY": ("admin", None, 0),
     b"AUDIT.CHECKPOINT": ("admin", None, 0),
+    b"POOL.DEFINE": ("admin", None, 0),
+    b"POOL.TENANT": ("admin", None, 0),
+    b"POOL.ACQUIRE": ("locks", _LOCK, 1),
+    b"POOL.TRY": ("locks", _LOCK, 1),
+    b"POOL.RELEASE": ("locks", _LOCK, 1),
+    b"POOL.RESIZE": ("locks", _LOCK, 1),
+    b"POOL.INFO": ("locks", _READ, 1),
     b"WATCH": ("locks", _WATCH, 1),
     b"UNWATCH": ("locks", None, 0),
     b"SUBSCRIBE": ("locks", _WATCH, 1),

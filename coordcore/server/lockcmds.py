@@ -45,6 +45,14 @@ request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the old
     LOCKS.KEYS [prefix]                    -> keys in use (LIMIT past max_reply_items)
     LOCKS.SCAN cursor [MATCH prefix] [COUNT n] -> [next cursor, keys] (as Redis's SCAN)
     LOCKS.REVISION                         -> the last committed revision
+    POOL.DEFINE pool capacity [GRACE ms] [PATIENCE n]                    -> OK (admin)
+    POOL.TENANT pool tenant [WEIGHT w] [MIN n] [MAX n] [BAND b]          -> OK (admin)
+    POOL.ACQUIRE pool session tenant units [TIMEOUT ms]                  -> token
+    POOL.TRY pool session tenant units                                   -> token | null
+    POOL.RELEASE pool session token                                      -> OK (a ticket: withdraws a wait)
+    POOL.RESIZE pool session token units                                 -> 1 (done) | 0 (a grow that must wait)
+    POOL.INFO pool                         -> map (capacity, grace_ms, patience, held, tenants, leases,
+                                              waiting) | null
     WATCH prefix / UNWATCH [prefix]        -> OK, then pushes
         >5 "watch" revision kind key {mode, session, ticket, token, value}
 
@@ -248,6 +256,27 @@ _COUNT = frozenset({b"COUNT"})
 DEFAULT_PAGE = 1000
 
 
+def _tenant(value: bytes) -> bytes:
+    if not 1 <= len(value) <= 255:
+        raise BadArgument(f"tenant must be 1..255 bytes, got {len(value)}")
+    return value
+
+
+def _words(args: list[bytes], allowed: dict[bytes, tuple[int, int]]) -> dict[bytes, int]:
+    """``WORD n`` pairs, each a number in its range (POOL.* options)."""
+    out: dict[bytes, int] = {}
+    if len(args) % 2:
+        raise BadArgument(f"{args[-1][:32]!r} needs a value")
+    for i in range(0, len(args), 2):
+        word = args[i].upper()
+        if word not in allowed:
+            raise BadArgument(f"unexpected argument {args[i][:32]!r} (allowed: "
+                              f"{', '.join(sorted(a.decode() for a in allowed))})")
+        lo, hi = allowed[word]
+        out[word] = parse_int(args[i + 1], word.decode(), lo, hi)
+    return out
+
+
 # --- replies -----------------------------------------------------------------------------
 
 
@@ -431,7 +460,8 @@ class LockCommands:
         svc = self.svc
         st = svc.stats
         return ["# Locks", f"revision:{svc.revision}", f"batches:{st.batches}", f"batch_commands:{st.commands}",
-                f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}", ""]
+                f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}",
+                f"pools:{len(svc.pools.names())}", ""]
 
     def commands(self) -> CommandTable:
         """The command table, each entry's handler bound to this service."""
@@ -722,6 +752,95 @@ class LockCommands:
         except CoordcoreError:
             pass  # the service closed: the connection closes with the server
 
+    # --- quota pools (coordcore.locks.pools) ------------------------------------------------
+
+    def cmd_pool_define(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 2)
+        pool, capacity = _key(req[1], "pool"), parse_int(req[2], "capacity", 1, 1_000_000)
+        o = _words(req[3:], {b"GRACE": (0, _MAX_TIMEOUT_MS), b"PATIENCE": (1, 65535)})
+        return _ok(self.svc.pools.define(pool, capacity, grace=o.get(b"GRACE", 5000) / 1000.0,
+                                         patience=o.get(b"PATIENCE", 16)))
+
+    def cmd_pool_tenant(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 2)
+        pool, tenant = _key(req[1], "pool"), _tenant(req[2])
+        o = _words(req[3:], {b"WEIGHT": (1, 1_000_000), b"MIN": (0, 1_000_000), b"MAX": (1, 1_000_000),
+                             b"BAND": (0, 7)})
+        return _ok(self.svc.pools.define_tenant(pool, tenant, weight=o.get(b"WEIGHT", 1), minimum=o.get(b"MIN", 0),
+                                                maximum=o.get(b"MAX"), band=o.get(b"BAND", 0)))
+
+    def cmd_pool_acquire(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 4)
+        pool, sid, tenant = _key(req[1], "pool"), self._session(conn, req[2]), _tenant(req[3])
+        units = parse_int(req[4], "units", 1, 1_000_000)
+        o = _words(req[5:], {b"TIMEOUT": (0, _MAX_TIMEOUT_MS)})
+        timeout = o[b"TIMEOUT"] / 1000.0 if b"TIMEOUT" in o else None
+        svc = self.svc
+
+        async def run() -> bytes:
+            lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=timeout, track=False)
+            return resp.encode_int(lease.token)
+
+        return run()
+
+    def cmd_pool_try(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 4)
+        pool, sid, tenant = _key(req[1], "pool"), self._session(conn, req[2]), _tenant(req[3])
+        units = parse_int(req[4], "units", 1, 1_000_000)
+        svc = self.svc
+
+        async def run() -> bytes:
+            try:
+                lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=0, track=False)
+            except LockTimeout:
+                return resp.encode_null(conn.resp3)
+            return resp.encode_int(lease.token)
+
+        return run()
+
+    def cmd_pool_release(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 3, 3)
+        pool, sid = _key(req[1], "pool"), self._session(conn, req[2])
+        rev = parse_int(req[3], "token", 1, _U63)
+        return self._submit(lambda b: b.cap_release(sid, pool, rev), _ok_encoder(conn))
+
+    def cmd_pool_resize(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
+        require_args(req, 4, 4)
+        pool, sid = _key(req[1], "pool"), self._session(conn, req[2])
+        token, units = parse_int(req[3], "token", 1, _U63), parse_int(req[4], "units", 1, 1_000_000)
+        mark = conn.mark_dirty
+
+        def encode(result: Result) -> bytes:
+            mark()
+            if result.status in (Status.OK, Status.BUSY):
+                return resp.encode_int(int(result.status == Status.OK))
+            return _error_reply(result)
+
+        return self._submit(lambda b: b.cap_resize(sid, pool, token, units), encode)
+
+    def cmd_pool_info(self, conn: Client, req: list[bytes]) -> bytes:
+        require_args(req, 1, 1)
+        info = self.svc.pools.info(_key(req[1], "pool"))
+        if info is None:
+            return resp.encode_null(conn.resp3)
+        r3, lim = conn.resp3, self.max_items
+        shares = info.shares()
+        tenants = [resp.encode_map([(b"name", resp.encode_bulk(t.name)), (b"weight", resp.encode_int(t.weight)),
+                                    (b"min", resp.encode_int(t.minimum)), (b"max", resp.encode_int(t.maximum)),
+                                    (b"band", resp.encode_int(t.band)), (b"held", resp.encode_int(t.held)),
+                                    (b"share", resp.encode_bulk(b"%.3f" % float(shares[t.name])))], r3)
+                   for t in info.tenants[:lim]]
+        leases = [resp.encode_map([(b"session", resp.encode_int(x.session)), (b"tenant", resp.encode_bulk(x.tenant)),
+                                   (b"units", resp.encode_int(x.units)), (b"token", resp.encode_int(x.token)),
+                                   (b"giveback_deadline_ms", resp.encode_int(x.giveback_deadline_ms))], r3)
+                  for x in info.leases[:lim]]
+        return resp.encode_map([
+            (b"capacity", resp.encode_int(info.capacity)), (b"grace_ms", resp.encode_int(info.grace_ms)),
+            (b"patience", resp.encode_int(info.patience)), (b"held", resp.encode_int(info.held)),
+            (b"tenants", resp.encode_array(tenants)), (b"leases", resp.encode_array(leases)),
+            (b"waiting", resp.encode_int(len(info.waits))),
+        ], r3)
+
     def cmd_watch(self, conn: Client, req: list[bytes]) -> bytes:
         require_args(req, 1, 1)
         prefix = req[1]
@@ -803,6 +922,13 @@ LockCommands.SPEC = {
     b"LOCKS.REVISION": (LockCommands.cmd_revision, Flag.READS),
     b"AUDIT.CHECKPOINT": (LockCommands.cmd_audit_checkpoint, Flag.WRITES),
     b"AUDIT.HISTORY": (LockCommands.cmd_audit_history, Flag.READS),
+    b"POOL.DEFINE": (LockCommands.cmd_pool_define, Flag.WRITES),
+    b"POOL.TENANT": (LockCommands.cmd_pool_tenant, Flag.WRITES),
+    b"POOL.ACQUIRE": (LockCommands.cmd_pool_acquire, Flag.PARKS | Flag.WRITES),
+    b"POOL.TRY": (LockCommands.cmd_pool_try, Flag.WRITES),
+    b"POOL.RELEASE": (LockCommands.cmd_pool_release, Flag.WRITES),
+    b"POOL.RESIZE": (LockCommands.cmd_pool_resize, Flag.WRITES),
+    b"POOL.INFO": (LockCommands.cmd_pool_info, Flag.READS),
     b"WATCH": (LockCommands.cmd_watch, Flag.WATCH),
     b"UNWATCH": (LockCommands.cmd_unwatch, Flag.WATCH),
     b"SUBSCRIBE": (LockCommands.cmd_subscribe, Flag.WATCH),

@@ -721,7 +721,8 @@ class Server:
             out["Sessions"] = [f"sessions:{g['sessions']}", f"sessions_opened:{g['sessions_opened']}",
                                f"sessions_expired:{ended.get('expired', 0)}",
                                f"sessions_closed:{ended.get('closed', 0)}", f"max_sessions:{cfg.max_sessions}"]
-            out["Locks"] = [f"revision:{svc.revision}", f"keys_held:{g['keys']}", f"waiters:{g['waiters']}"]
+            out["Locks"] = [f"revision:{svc.revision}", f"keys_held:{g['keys']}", f"waiters:{g['waiters']}",
+                            f"pools:{len(svc.pools.names())}"]
             times = svc.sync_times
             log = [f"durability:{'fsync' if cfg.fsync else 'unsafe-no-fsync'}", f"batches:{st.batches}",
                    f"batch_commands:{st.commands}", f"ticks:{st.ticks}", f"fsyncs:{st.fsyncs}",

@@ -633,7 +633,7 @@ cdef class WireConn:
             if avail > limit:
                 raise RequestTooLarge(f"an inline request over {limit} bytes")
             return False
-        n = nl - base
+        n = <Py_ssize_t>(<size_t>nl - <size_t>base)  # as integers: overflowcheck cannot subtract pointers
         self.inp.start += n + 1
         if n and base[n - 1] == b'\r':
             n -= 1

@@ -589,6 +589,7 @@ class ClientCore(Generic[S]):
         :meth:`Endpoints.retry_delay`)."""
         since = self.clock()
         attempt = 0
+        unknown: ConnectionLost | None = None  # an attempt whose outcome nobody told us
         while True:
             try:
                 return (yield Send(args, timeout))
@@ -596,7 +597,14 @@ class ClientCore(Generic[S]):
                 delay = self.endpoints.retry_delay(exc, idempotent=retry, attempt=attempt, since=since,
                                                    now=self.clock(), retries=self.retries, base=self.retry_delay)
                 if delay is None or self.closed:
+                    if unknown is not None and not isinstance(exc, ConnectionLost):
+                        # The last server applied nothing, but an earlier attempt may have
+                        # been: say the outcome is unknown, not that it failed.
+                        raise ConnectionLost(f"{unknown} (then, until giving up: {exc}); whether "
+                                             f"{str(args[0])} was applied is unknown") from exc
                     raise
+                if isinstance(exc, ConnectionLost):
+                    unknown = exc
                 attempt += 1
                 if delay:
                     yield Pause(delay)

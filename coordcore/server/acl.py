@@ -47,7 +47,8 @@ GROUPS = frozenset({"ids", "locks", "admin"})
 _ALL: tuple[bytes, ...] = (b"",)
 
 #: Served to every authenticated user.
-_EVERYONE = frozenset({b"PING", b"ECHO", b"QUIT", b"AUTH", b"HELLO", b"CLIENT", b"SELECT", b"COMMAND", b"ACL"})
+_EVERYONE = frozenset({b"PING", b"ECHO", b"QUIT", b"AUTH", b"HELLO", b"CLIENT", b"SELECT", b"COMMAND", b"ACL",
+                        b"READONLY", b"READWRITE"})
 
 #: Access kinds, and where a command names its key: an argument index, or _PREFIX_ARG
 #: (an optional prefix argument, default every key), or _MATCH (LOCKS.SCAN's MATCH).

@@ -419,7 +419,9 @@ class ClusterNode:
                 served, lead = self._served, self._leadership
                 if served is not None and lead is not None and lead.alive():
                     return handler(served, conn, req)
-                reads = self._following_reads()
+                # A follower's state may lag: only for clients that asked (READONLY), so
+                # that the others read their own writes, from the leader.
+                reads = self._following_reads() if conn.readonly else None
                 if reads is None:
                     raise self.not_here()
                 return handler(reads, conn, req)

@@ -125,6 +125,12 @@ DOCS: dict[bytes, Doc] = dict([
          errors=("NOPROTO", "WRONGPASS", "NOAUTH")),
     _doc("SELECT", (_a("index", "integer"),), "Accepts database 0, the only one.", "`+OK`.", "connection",
          flags=("fast",)),
+    _doc("READONLY", (), "Lets a cluster follower answer this connection's reads (LOCK.INFO, LOCKS.*, "
+         "SESSION.INFO, ELECT.LEADER, WATCH) from its own state, which may lag the leader's; without it "
+         "a follower redirects reads to the leader (`-MOVED`) as it does writes, so a client reads its "
+         "own writes.", "`+OK`.", "connection", flags=("fast",)),
+    _doc("READWRITE", (), "Ends READONLY: a follower redirects this connection's reads again.", "`+OK`.",
+         "connection", flags=("fast",)),
     _doc("CLIENT", (), "Connection introspection and control.", "See the subcommands.", "connection",
          subcommands=(
              ("ID", _sub((), "This connection's id.", "An integer.")),

@@ -351,6 +351,14 @@ def cmd_acl(conn: Client, req: list[bytes]) -> bytes:
     return resp.encode_bulk(conn.user.name.encode())
 
 
+def cmd_readonly(conn: Client, req: list[bytes]) -> bytes:
+    """``READONLY`` / ``READWRITE`` (as Redis Cluster's): whether a cluster follower may
+    answer this connection's reads from its own state, which may lag the leader's."""
+    require_args(req, 0, 0)
+    conn.readonly = req[0].upper() == b"READONLY"
+    return resp.OK
+
+
 def cmd_select(conn: Client, req: list[bytes]) -> bytes:
     require_args(req, 1, 1)
     if req[1] != b"0":
@@ -545,6 +553,8 @@ def core_commands(auth: Auth, *, version: str, info: Callable[[str | None], list
         b"CLIENT": Command(_client(control)),
         b"ACL": Command(cmd_acl),
         b"SELECT": Command(cmd_select),
+        b"READONLY": Command(cmd_readonly),
+        b"READWRITE": Command(cmd_readonly),
         b"COMMAND": Command(cmd_command),
         b"CONFIG": Command(_config(control)),
         b"INFO": Command(cmd_info),

@@ -80,6 +80,9 @@ class Client(Protocol):
     on_close: list[Callable[[], object]]
     #: Per-connection state the lock commands keep (their reply encoders, watches).
     lock_state: Any
+    #: The client takes a cluster follower's state for reads (``READONLY``), which may
+    #: lag the leader's; else a follower redirects reads to the leader too.
+    readonly: bool
     #: Who the connection acts for (the default user until an AUTH names another).
     user: User
 

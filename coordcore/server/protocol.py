@@ -307,6 +307,7 @@ class Connection(asyncio.Protocol):
         self.fd = -1
         self.created = self.last_read = _monotonic()
         self.last_cmd = b""
+        self.readonly = False
         self.watching = False
         self.peer = "?"
         #: The client's address without its port (what AUTH failures are counted by).

@@ -88,5 +88,6 @@ def test_history_matches_the_reference_model(tmp_path: Path, run: Callable[..., 
             if not after:
                 break
         want = [e for e in expected if start <= e[1] <= end and (not prefix or (e[6] and e[6].startswith(prefix)))]
-        assert got == want and (want or prefix == b"billing/1")
+        assert got == want
+        assert want or prefix, "the whole history is empty: the test drove nothing"  # a window may be
     assert {e[5] for e in expected if e[3] == "opened"} <= {"alice", "bob", "carol"}

@@ -18,17 +18,22 @@ from tests.server.ccserver import ServerProc
 ETCD_TTL = 2.0
 
 
-def command(port: int, *args: Any, timeout: float = 10.0) -> Any:
-    """One command on a fresh connection; an error reply is returned as its exception."""
+def command(port: int, *args: Any, timeout: float = 10.0, readonly: bool = True) -> Any:
+    """One command on a fresh connection (after ``READONLY``, unless not ``readonly``: a
+    follower then answers reads from its own state); an error reply is returned as its
+    exception."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         reader = new_reader()  # error replies as coordcore's exception classes
-        sock.sendall(pack(args))
-        while (reply := reader.gets()) is False:
-            data = sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("closed by server")
-            reader.feed(data)
-        return reply
+        sock.sendall((pack(["READONLY"]) if readonly else b"") + pack(args))
+        replies: list[Any] = []
+        while len(replies) < 1 + readonly:
+            while (reply := reader.gets()) is False:
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError("closed by server")
+                reader.feed(data)
+            replies.append(reply)
+        return replies[-1]
 
 
 def info(port: int) -> dict[str, str]:

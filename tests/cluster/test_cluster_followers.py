@@ -62,6 +62,9 @@ def test_follower_answers_reads_and_watches_from_its_applied_state(cluster: Etcd
             grant = client.acquire("f/1", session=s)
             wait_agree(lport, fport)
             # Reads on the follower, from its own machine.
+            # Without READONLY a follower sends reads to the leader (the client reads its writes).
+            reply = command(fport, "LOCK.INFO", "f/1", readonly=False)
+            assert isinstance(reply, Moved) and reply.address == cc.addresses[lead], reply
             info = as_map(command(fport, "LOCK.INFO", "f/1"))
             holder = as_map(info[b"holders"][0])
             assert (holder[b"session"], holder[b"token"]) == (s.id, grant.token)
@@ -78,7 +81,10 @@ def test_follower_answers_reads_and_watches_from_its_applied_state(cluster: Etcd
             # A watch on the follower sees what the leader commits, in order.
             with socket.create_connection(("127.0.0.1", fport), timeout=10) as sock:
                 reader = new_reader()
-                sock.sendall(pack(["WATCH", "f/"]))
+                sock.sendall(pack(["READONLY"]) + pack(["WATCH", "f/"]))
+                while (item := reader.gets()) is False:
+                    reader.feed(sock.recv(1 << 16))
+                assert item == b"OK"  # READONLY's
                 pushes: list[Any] = []
                 while len(pushes) < 3:
                     while (item := reader.gets()) is False:

@@ -7,6 +7,9 @@ and the test collects its result, so the two overlap instead of adding up.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -35,8 +38,11 @@ class WheelRecipe:
         return code, self._log.read().decode(errors="replace")
 
     def stop(self) -> None:
+        """Stop a recipe still running (the session ended early): its whole process
+        group, so that no pip or gcc of it outlives the session."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
 
 

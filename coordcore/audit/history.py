@@ -143,7 +143,23 @@ def query(directory: Path, prefix: bytes = b"", from_ms: int = 0, to_ms: int = 2
     and the ``after`` of the next page (0: there is none)."""
     if limit < 1:
         raise BadArgument("limit must be >= 1")
-    journal = _Journal(directory, archives)
+    for attempt in range(_RELIST):
+        try:
+            return _query(_Journal(directory, archives), prefix, from_ms, to_ms, after, limit)
+        except FileNotFoundError:
+            # A sealed segment moved to the archive while it was read (it is copied
+            # there before it is removed here): list the segments again.
+            if attempt == _RELIST - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+#: How often a history query lists the journal's segments again when one moved away.
+_RELIST = 3
+
+
+def _query(journal: _Journal, prefix: bytes, from_ms: int, to_ms: int, after: int,
+           limit: int) -> tuple[list[AuditEvent], int]:
     found: list[AuditEvent] = []
     for _, events in replay(journal.entries(), journal.base):
         for ev in events:

@@ -28,7 +28,7 @@ from coordcore.errors import BadArgument, Unavailable
 from coordcore.locks.service import LockService
 from coordcore.locks.store import FileStore
 from coordcore.server import resp
-from coordcore.server.commands import parse_int, require_args
+from coordcore.server.commands import parse_int, parse_options, require_args
 from coordcore.server.core import Client
 
 __all__ = ["audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service"]
@@ -89,18 +89,8 @@ def cmd_history(svc: LockService, conn: Client, req: list[bytes], max_items: int
     prefix = req[1]
     from_ms = parse_int(req[2], "from_ms", 0, _U63)
     to_ms = parse_int(req[3], "to_ms", 0, _U63)
-    after, count = 0, min(100, max_items)
-    rest = req[4:]
-    if len(rest) % 2:
-        raise BadArgument("options come in pairs: AFTER revision, COUNT n")
-    for word, value in zip(rest[::2], rest[1::2]):
-        w = word.upper()
-        if w == b"AFTER":
-            after = parse_int(value, "AFTER", 0, _U63)
-        elif w == b"COUNT":
-            count = parse_int(value, "COUNT", 1, max_items)
-        else:
-            raise BadArgument(f"unexpected argument {word[:32]!r} (allowed: AFTER, COUNT)")
+    o = parse_options(req[4:], {b"AFTER": (0, _U63), b"COUNT": (1, max_items)})
+    after, count = o.get(b"AFTER", 0), o.get(b"COUNT", min(100, max_items))
     directory = store.trail.directory
     archives = _archives.get(store, [])
 

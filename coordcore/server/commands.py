@@ -64,6 +64,25 @@ def parse_int(value: bytes, what: str, low: int, high: int) -> int:
     return number
 
 
+def parse_options(args: list[bytes], allowed: dict[bytes, tuple[int, int]]) -> dict[bytes, int]:
+    """``WORD n`` pairs, each word one of ``allowed`` and its number in that range.
+
+    >>> parse_options([b"count", b"5"], {b"COUNT": (1, 10), b"AFTER": (0, 99)})
+    {b'COUNT': 5}
+    """
+    out: dict[bytes, int] = {}
+    if len(args) % 2:
+        raise BadArgument(f"{args[-1][:32]!r} needs a value")
+    for i in range(0, len(args), 2):
+        word = args[i].upper()
+        if word not in allowed:
+            raise BadArgument(f"unexpected argument {args[i][:32]!r} (allowed: "
+                              f"{', '.join(sorted(a.decode() for a in allowed))})")
+        lo, hi = allowed[word]
+        out[word] = parse_int(args[i + 1], word.decode(), lo, hi)
+    return out
+
+
 def parse_float(value: bytes, what: str, low: float, high: float) -> float:
     """A number in [low, high] written as plain decimal digits with an optional
     fraction (``2``, ``2.5``), or BadArgument."""

@@ -97,7 +97,7 @@ from coordcore.locks.machine import (
 )
 from coordcore.locks.service import LockService
 from coordcore.server import resp
-from coordcore.server.commands import parse_float, parse_int, require_args
+from coordcore.server.commands import parse_float, parse_int, parse_options, require_args
 from coordcore.server.core import Client, Command, CommandTable, Flag
 from coordcore.server.log import StructLog
 from coordcore.types import Grant, GrantKind
@@ -260,21 +260,6 @@ def _tenant(value: bytes) -> bytes:
     if not 1 <= len(value) <= 255:
         raise BadArgument(f"tenant must be 1..255 bytes, got {len(value)}")
     return value
-
-
-def _words(args: list[bytes], allowed: dict[bytes, tuple[int, int]]) -> dict[bytes, int]:
-    """``WORD n`` pairs, each a number in its range (POOL.* options)."""
-    out: dict[bytes, int] = {}
-    if len(args) % 2:
-        raise BadArgument(f"{args[-1][:32]!r} needs a value")
-    for i in range(0, len(args), 2):
-        word = args[i].upper()
-        if word not in allowed:
-            raise BadArgument(f"unexpected argument {args[i][:32]!r} (allowed: "
-                              f"{', '.join(sorted(a.decode() for a in allowed))})")
-        lo, hi = allowed[word]
-        out[word] = parse_int(args[i + 1], word.decode(), lo, hi)
-    return out
 
 
 # --- replies -----------------------------------------------------------------------------
@@ -757,14 +742,14 @@ class LockCommands:
     def cmd_pool_define(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 2)
         pool, capacity = _key(req[1], "pool"), parse_int(req[2], "capacity", 1, 1_000_000)
-        o = _words(req[3:], {b"GRACE": (0, _MAX_TIMEOUT_MS), b"PATIENCE": (1, 65535)})
+        o = parse_options(req[3:], {b"GRACE": (0, _MAX_TIMEOUT_MS), b"PATIENCE": (1, 65535)})
         return _ok(self.svc.pools.define(pool, capacity, grace=o.get(b"GRACE", 5000) / 1000.0,
                                          patience=o.get(b"PATIENCE", 16)))
 
     def cmd_pool_tenant(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
         require_args(req, 2)
         pool, tenant = _key(req[1], "pool"), _tenant(req[2])
-        o = _words(req[3:], {b"WEIGHT": (1, 1_000_000), b"MIN": (0, 1_000_000), b"MAX": (1, 1_000_000),
+        o = parse_options(req[3:], {b"WEIGHT": (1, 1_000_000), b"MIN": (0, 1_000_000), b"MAX": (1, 1_000_000),
                              b"BAND": (0, 7)})
         return _ok(self.svc.pools.define_tenant(pool, tenant, weight=o.get(b"WEIGHT", 1), minimum=o.get(b"MIN", 0),
                                                 maximum=o.get(b"MAX"), band=o.get(b"BAND", 0)))
@@ -773,7 +758,7 @@ class LockCommands:
         require_args(req, 4)
         pool, sid, tenant = _key(req[1], "pool"), self._session(conn, req[2]), _tenant(req[3])
         units = parse_int(req[4], "units", 1, 1_000_000)
-        o = _words(req[5:], {b"TIMEOUT": (0, _MAX_TIMEOUT_MS)})
+        o = parse_options(req[5:], {b"TIMEOUT": (0, _MAX_TIMEOUT_MS)})
         timeout = o[b"TIMEOUT"] / 1000.0 if b"TIMEOUT" in o else None
         svc = self.svc
 

@@ -26,7 +26,7 @@ from typing import Any
 from coordcore.errors import BadArgument
 from coordcore.locks.machine import Contender, Kind, KeyInfo, Mode
 from coordcore.server import resp
-from coordcore.server.commands import parse_int, require_args
+from coordcore.server.commands import parse_int, parse_options, require_args
 from coordcore.server.core import Client, Command, CommandTable, Flag
 
 __all__ = ["TOP_MAX", "TopEntry", "page_html", "status_json", "top", "top_commands"]
@@ -159,21 +159,8 @@ def top_commands(svc: Any) -> CommandTable:
 
     def cmd_top(conn: Client, req: list[bytes]) -> bytes:
         require_args(req, 0, 6)
-        args = req[1:]
-        if len(args) % 2:
-            raise BadArgument("LOCKS.TOP options come in pairs: COUNT n, SCAN m, AFTER cursor")
-        n, scan, after = 10, 10_000, 0
-        for word, value in zip(args[::2], args[1::2]):
-            w = word.upper()
-            if w == b"COUNT":
-                n = parse_int(value, "COUNT", 1, TOP_MAX)
-            elif w == b"SCAN":
-                scan = parse_int(value, "SCAN", 1, SCAN_MAX)
-            elif w == b"AFTER":
-                after = parse_int(value, "AFTER", 0, 2**63 - 1)
-            else:
-                raise BadArgument(f"unexpected LOCKS.TOP option {word[:32]!r} (COUNT, SCAN, AFTER)")
-        busiest, longest, cursor = top(svc, n, scan, after)
+        o = parse_options(req[1:], {b"COUNT": (1, TOP_MAX), b"SCAN": (1, SCAN_MAX), b"AFTER": (0, 2**63 - 1)})
+        busiest, longest, cursor = top(svc, o.get(b"COUNT", 10), o.get(b"SCAN", 10_000), o.get(b"AFTER", 0))
 
         def rows(entries: list[TopEntry]) -> bytes:
             return resp.encode_array([resp.encode_array([resp.encode_bulk(e.key), resp.encode_int(e.holders),

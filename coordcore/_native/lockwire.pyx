@@ -27,6 +27,7 @@ Single-threaded by design: every object here belongs to the event loop's thread.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memmove
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.pyport cimport PY_SSIZE_T_MAX
@@ -731,15 +732,6 @@ cdef struct Entry:
     uint8_t kind         # KIND_ACQUIRE / KIND_RELEASE
     uint32_t timeout_ms  # an acquire's TIMEOUT (0: none)
     double submitted     # CLOCK_MONOTONIC seconds when it entered the lane (with a timeout)
-
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clock, timespec *ts)
-    int CLOCK_MONOTONIC
 
 
 cdef inline double _monotonic() noexcept nogil:

@@ -13,6 +13,7 @@ event loop watches (``loop.add_reader(writer.fileno, ...)``), where
 One job at a time (the log appends one record at a time, in order).
 """
 from libc.errno cimport EINTR, errno
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 import os
@@ -51,14 +52,6 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<stdint.h>":
     ctypedef unsigned long long uint64_t
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clock, timespec *ts)
-    int CLOCK_MONOTONIC
 
 
 cdef inline long long _now_ns() noexcept nogil:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +31,7 @@ from coordcore.server import resp
 from coordcore.server.commands import parse_int, parse_options, require_args
 from coordcore.server.core import Client
 
-__all__ = ["audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service"]
+__all__ = ["archiver", "audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service", "register"]
 
 _U63 = 2**63 - 1
 _stores: weakref.WeakKeyDictionary[LockService, AuditedStore] = weakref.WeakKeyDictionary()
@@ -48,18 +48,28 @@ async def open_audited_service(path: Path, audit_dir: Path, key_path: Path, *,
     journal segments sealed past ``segment_bytes`` go to ``archive_dir`` or
     ``archive_command``."""
     key = load_private_key(key_path)  # a bad key refuses before anything is opened
-    if archive_dir is not None and archive_command is not None:
-        raise BadArgument("an audit archive is a directory or a command, not both")
-    archive = move_to(archive_dir) if archive_dir is not None else \
-        run_command(archive_command) if archive_command is not None else None
+    archive = archiver(archive_dir, archive_command)
     inner = await FileStore.open(path, durability=durability, allow_empty_log=allow_empty_log)
     store = await AuditedStore.open(inner, audit_dir, key=key, every=every, segment_bytes=segment_bytes,
                                     archive=archive)
-    _archives[store] = [archive_dir] if archive_dir is not None else []
     svc = await LockService.open_store(store, count_downtime=False, waiter_grace=waiter_grace)
     attach(svc, store)
-    _stores[svc] = store
+    register(svc, store, [archive_dir] if archive_dir is not None else [])
     return svc
+
+
+def archiver(archive_dir: Path | None, archive_command: str | None) -> Callable[[Path], None] | None:
+    """What takes sealed journal segments away: a directory, a command, or nothing."""
+    if archive_dir is not None and archive_command is not None:
+        raise BadArgument("an audit archive is a directory or a command, not both")
+    return move_to(archive_dir) if archive_dir is not None else \
+        run_command(archive_command) if archive_command is not None else None
+
+
+def register(svc: LockService, store: AuditedStore, archives: list[Path]) -> None:
+    """Serve AUDIT.* for ``svc`` from ``store`` (its archived segments in ``archives``)."""
+    _archives[store] = archives
+    _stores[svc] = store
 
 
 def audit_store(svc: LockService) -> AuditedStore:

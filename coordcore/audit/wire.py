@@ -8,8 +8,9 @@
 
 The journal lives in ``<data_dir>/audit``; with ``--audit-segment-bytes`` it is sealed
 into segments that ``--audit-archive-dir`` or ``--audit-archive-command`` take away.
-AUDIT.HISTORY replays the journal (and a directory archive) in a worker thread (see
-:mod:`coordcore.audit.history`), so one query costs a replay; it answers at most ``COUNT``
+AUDIT.HISTORY replays the journal (and a directory archive) in a worker thread, from the
+last stop of the store's history index before its range (see
+:mod:`coordcore.audit.history`); it answers at most ``COUNT``
 (at most the server's max_reply_items) events a page. A limited ACL user is refused
 both (the ACL's command table does not list them: only unlimited users run them).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from coordcore.audit.checkpoint import load_private_key
-from coordcore.audit.history import AuditEvent, query
+from coordcore.audit.history import AuditEvent, HistoryIndex, query
 from coordcore.audit.trail import DEFAULT_EVERY, AuditedStore, attach, move_to, run_command
 from coordcore.errors import BadArgument, Unavailable
 from coordcore.locks.service import LockService
@@ -37,6 +38,8 @@ _U63 = 2**63 - 1
 _stores: weakref.WeakKeyDictionary[LockService, AuditedStore] = weakref.WeakKeyDictionary()
 #: Where a store's archived segments can be read back (AUDIT.HISTORY reaches into them).
 _archives: weakref.WeakKeyDictionary[AuditedStore, list[Path]] = weakref.WeakKeyDictionary()
+#: Each store's history index (where AUDIT.HISTORY's replays can start).
+_indexes: weakref.WeakKeyDictionary[AuditedStore, HistoryIndex] = weakref.WeakKeyDictionary()
 
 
 async def open_audited_service(path: Path, audit_dir: Path, key_path: Path, *,
@@ -69,6 +72,7 @@ def archiver(archive_dir: Path | None, archive_command: str | None) -> Callable[
 def register(svc: LockService, store: AuditedStore, archives: list[Path]) -> None:
     """Serve AUDIT.* for ``svc`` from ``store`` (its archived segments in ``archives``)."""
     _archives[store] = archives
+    _indexes[store] = HistoryIndex()
     _stores[svc] = store
 
 
@@ -103,11 +107,13 @@ def cmd_history(svc: LockService, conn: Client, req: list[bytes], max_items: int
     after, count = o.get(b"AFTER", 0), o.get(b"COUNT", min(100, max_items))
     directory = store.trail.directory
     archives = _archives.get(store, [])
+    index = _indexes.setdefault(store, HistoryIndex())
 
     async def run() -> bytes:
         loop = asyncio.get_running_loop()
         events, nxt = await loop.run_in_executor(
-            None, lambda: query(directory, prefix, from_ms, to_ms, after=after, limit=count, archives=archives))
+            None, lambda: query(directory, prefix, from_ms, to_ms, after=after, limit=count, archives=archives,
+                                index=index))
         return resp.encode_array([resp.encode_int(nxt),
                                   resp.encode_array([_event(ev, conn.resp3) for ev in events])])
 

@@ -3,12 +3,22 @@ leader signs checkpoints into etcd, the others check them against their own jour
 (coordcore.audit.cluster). Real etcd, real ``coordcore serve`` processes, kill -9."""
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordcore import Client
+from coordcore.audit.cluster import ClusterAudit
+from coordcore.audit.trail import AuditedStore, AuditTrail
+from coordcore.cluster import Keys
+from coordcore.cluster.etcd import Etcd, put
+from coordcore.errors import Unavailable
 from coordcore.audit.checkpoint import read_checkpoints, write_keypair
 from coordcore.audit.journal import JOURNAL, JournalReader, chain_entries, segments
 from coordcore.audit.merkle import MerkleTree, leaf_hash
@@ -144,3 +154,58 @@ def test_a_follower_whose_journal_was_edited_refuses_the_checkpoint(cluster: Etc
             assert "audit journal" in str(exc) and "checksum" in str(exc), str(exc)[-2000:]
         else:
             raise AssertionError("a server with an edited audit journal started")
+
+
+def test_a_new_leader_signs_nothing_unless_its_journal_extends_the_last_checkpoint(
+        run: Any, cluster: EtcdCluster, prefix: str, tmp_path: Path) -> None:
+    """ClusterAudit.check_before_signing against a checkpoint in a real etcd: a journal
+    with the same records adopts it; one with a record changed, or a checkpoint signed
+    by another key, refuses to sign (and says why)."""
+    key = Ed25519PrivateKey.generate()
+    records = [b"record %d" % i for i in range(1, 30)]
+
+    def trail(name: str, recs: list[bytes], k: Ed25519PrivateKey = key) -> AuditTrail:
+        t = AuditTrail.load(tmp_path / name, key=k, fsync=False)
+        t.start(1, None)
+        for i, r in enumerate(recs, 1):
+            t.add(i, r, ())
+        return t
+
+    async def main() -> None:
+        etcd = await Etcd(cluster.endpoints).connect()
+        keys = Keys(prefix)
+        try:
+            signer = ClusterAudit(trail("signer", records), etcd, keys)
+            cp = signer.trail.checkpoint(revision=7, state=None)
+            await etcd.txn([], [put(signer.cp_key(cp.size), json.dumps(cp.to_json()).encode())])
+            for name, recs, k, refused in [("same", records + [b"more"], key, False),
+                                           ("edited", records[:5] + [b"forged"] + records[6:], key, True),
+                                           ("other-key", records, Ed25519PrivateKey.generate(), True)]:
+                audit = ClusterAudit(trail(name, recs, k), etcd, keys)
+                store = audit.store = AuditedStore(_NoLog(), audit.trail, owns_trail=False)
+                await audit.check_before_signing(store)
+                assert (store.refuse_signing is not None) == refused, (name, store.refuse_signing)
+                assert audit.state == ("refusing" if refused else "ok"), name
+                assert audit.mismatches == int(refused)
+                if refused:
+                    assert "does not extend" in (store.refuse_signing or "")
+                    wanted = asyncio.get_running_loop().create_future()
+                    store._want.append(wanted)  # what AUDIT.CHECKPOINT waits on
+                    store.after_batch()
+                    assert isinstance(wanted.exception(), Unavailable)
+                    assert len(audit.trail.checkpoints) == 0  # nothing signed
+                else:
+                    assert audit.trail.checkpoints[-1] == cp  # adopted: kept in its own checkpoints
+                audit.trail.close()
+        finally:
+            await etcd.close()
+
+    run(main())
+
+
+class _NoLog:
+    """A LogStore stand-in: check_before_signing never touches the log."""
+
+    max_record_bytes = 1 << 20
+    syncs = True
+    max_in_flight = 1

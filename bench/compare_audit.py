@@ -39,11 +39,22 @@ from coordcore.audit.verify import verify_lines  # noqa: E402
 from coordcore.locks.machine import LockMachine  # noqa: E402
 
 QUICK = os.environ.get("COORDCORE_BENCH_QUICK") == "1"
-ROUNDS = 1 if QUICK else 3
+ROUNDS = 1 if QUICK else int(os.environ.get("ROUNDS", "6"))
 
 
 def spread(values: list[float]) -> str:
+    """The median's company: the interquartile range from 4 rounds on, else the range."""
+    if len(values) >= 4:
+        q = statistics.quantiles(values, n=4)
+        return f"median of {len(values)}, IQR {q[0]:,.0f}..{q[2]:,.0f}"
     return f"median of {len(values)}, {min(values):,.0f}..{max(values):,.0f}"
+
+
+def paired_ratios(ours: list[float], peer: list[float]) -> str:
+    """Each round's ratio (the two runs of a round share the machine's load of the moment)."""
+    r = sorted(a / b for a, b in zip(ours, peer))
+    q = statistics.quantiles(r, n=4) if len(r) >= 4 else [r[0], 0, r[-1]]
+    return f"per-round ratio median {statistics.median(r):.3f}x, IQR {q[0]:.3f}..{q[2]:.3f}"
 
 
 def alternate(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
@@ -78,6 +89,8 @@ def bench_commit_path(report: Report, *flags: str, rounds: int) -> tuple[Path, P
     report.row(f"  server CPU per cycle, {how}, audited vs not", "ns", statistics.median(cpu[audited_port]),
                "not audited", statistics.median(cpu[plain_port]), higher_is_better=False,
                spread_ours=spread(cpu[audited_port]), spread_peer=spread(cpu[plain_port]))
+    print(f"   throughput {paired_ratios(runs['audit'], runs['none'])}; server CPU per cycle "
+          f"{paired_ratios(cpu[audited_port], cpu[plain_port])}", flush=True)
     for proc in (plain, audited):
         _peers.stop(proc)  # a clean stop signs a last checkpoint over everything
     return data / "audit", pub

@@ -1,11 +1,16 @@
 """The audit history: each record's events, who caused them, queries and exports.
 
 Events are not stored: the journal holds the records, and the deterministic machine
-turns them into the same events every time (:func:`replay`). A query or an export
-replays the journal from its start (or its base state) in a worker thread of the
-server, or offline on a data directory (``coordcore audit history``/``export``): it
-costs a replay of the whole journal (the native machine applies millions of commands
-per second), which keeps the server's commit path free of any history index.
+turns them into the same events every time (:func:`replay`). An export replays the
+journal from its start (or its base state); a query (``AUDIT.HISTORY``, ``coordcore
+audit history``) starts from the last *stop* of a :class:`HistoryIndex` before its range:
+the machine's state, its revision and time before every :data:`STOP_EVERY`-th record,
+noted by the queries that replayed past it (the first query pays one whole replay). A
+page then costs a replay of at most one stop interval plus what it reads, not of the
+whole journal, and the server's commit path keeps no index. Revisions and the machine's
+time never go back, so nothing before such a stop can be in the range; a query also
+stops at the first record past ``to_ms``. Stops name a record by its journal file's first
+record and byte offset, which sealing (a rename) and archiving (a move) keep.
 
 An export is JSON lines, Debezium-style change events with their proofs::
 
@@ -26,7 +31,9 @@ loses a lock by release, cancel, close or expiry, each its own event.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +45,14 @@ from coordcore.audit.merkle import MerkleTree, leaf_hash
 from coordcore.errors import BadArgument, LogCorrupted, NotFound
 from coordcore.locks.machine import EventKind, LockMachine, Mode
 
-__all__ = ["AuditEvent", "Replayer", "export", "query", "replay", "DEFAULT_LIMIT"]
+__all__ = ["AuditEvent", "HistoryIndex", "Replayer", "export", "query", "replay", "DEFAULT_LIMIT",
+           "STOP_EVERY"]
 
 DEFAULT_LIMIT: Final = 1000
+#: Records between two stops of a history index.
+STOP_EVERY: Final = 4096
+#: Stops an index keeps (past this, every other one goes and the interval doubles).
+MAX_STOPS: Final = 512
 
 _KIND: dict[int, str] = {EventKind.OPEN: "opened", EventKind.CLOSE: "closed", EventKind.EXPIRE: "expired",
          EventKind.WAIT: "waited", EventKind.GRANT: "granted", EventKind.RELEASE: "released",
@@ -134,18 +146,104 @@ class _Journal:
     def entries(self) -> Iterator[Entry]:
         return chain_entries(self.paths, self.first_index)
 
+    def positioned(self, stop: _Stop | None) -> Iterator[tuple[int, int, Entry]]:
+        """``(file's first record, byte offset, entry)`` of each entry from ``stop`` (None:
+        the first), across the files; a gap raises as :func:`chain_entries` does."""
+        expected = stop.index if stop is not None else self.first_index
+        for path in self.paths:
+            reader = JournalReader(path)
+            if stop is not None and reader.first_index < stop.segment:
+                continue
+            start = (stop.offset, stop.index) if stop is not None and reader.first_index == stop.segment else None
+            if start is None and reader.first_index != expected:
+                raise NotFound(f"audit records {expected}..{reader.first_index - 1} are in none of the "
+                               "journal files found (archived? give the archive directory)")
+            offsets: list[int] = []
+            for e in reader.entries(offsets, start):
+                yield reader.first_index, offsets.pop(), e
+                expected = e.index + 1
+
+    def identity(self) -> tuple[int, bytes]:
+        """Its first record and that record's digest: a journal another history started
+        (an audit directory moved aside and begun again) does not match an old index."""
+        for e in JournalReader(self.paths[0]).entries():
+            return self.first_index, hashlib.sha256(e.leaf).digest()
+        return self.first_index, b""
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """Where a replay can start: record ``index`` at byte ``offset`` of the journal file
+    whose first record is ``segment``, and the replay's state before it."""
+
+    index: int
+    segment: int
+    offset: int
+    revision: int
+    time_ms: int
+    state: bytes
+    users: tuple[tuple[int, str], ...]
+
+
+class HistoryIndex:
+    """The stops of one audit directory's journal (see the module docs); shared by the
+    queries of a server (each runs in a worker thread: a lock guards the list)."""
+
+    def __init__(self, every: int = STOP_EVERY) -> None:
+        if every < 1:
+            raise BadArgument("a history index needs a stop every >= 1 records")
+        self._lock = threading.Lock()
+        self._identity: tuple[int, bytes] | None = None
+        self._stops: list[_Stop] = []
+        self._first_every = self._every = every
+
+    def start(self, journal: _Journal, after: int, from_ms: int) -> _Stop | None:
+        """The last stop before which no event can have a revision above ``after`` and a
+        time from ``from_ms`` on (None: start at the beginning)."""
+        identity = journal.identity()
+        with self._lock:
+            if identity != self._identity:
+                self._identity, self._stops, self._every = identity, [], self._first_every
+            best = None
+            for stop in self._stops:
+                # Events before the stop have revision <= stop.revision and time <= stop.time_ms.
+                if stop.revision <= after or stop.time_ms < from_ms:
+                    best = stop
+                else:
+                    break
+            return best
+
+    def note(self, segment: int, offset: int, entry: Entry, r: Replayer, first_index: int) -> None:
+        """Keep a stop at ``entry`` (not applied yet) if one is due there."""
+        n = entry.index - first_index
+        if n == 0 or n % self._every:
+            return
+        with self._lock:
+            if self._stops and self._stops[-1].index >= entry.index:
+                return
+            self._stops.append(_Stop(entry.index, segment, offset, r.machine.revision, r.machine.time_ms,
+                                     r.machine.snapshot(), tuple(r._users.items())))
+            if len(self._stops) > MAX_STOPS:
+                self._every *= 2
+                self._stops = [s for s in self._stops if (s.index - first_index) % self._every == 0]
+
+    def __len__(self) -> int:
+        return len(self._stops)
+
 
 def query(directory: Path, prefix: bytes = b"", from_ms: int = 0, to_ms: int = 2**63 - 1, *,
-          after: int = 0, limit: int = DEFAULT_LIMIT,
-          archives: Sequence[Path] = ()) -> tuple[list[AuditEvent], int]:
+          after: int = 0, limit: int = DEFAULT_LIMIT, archives: Sequence[Path] = (),
+          index: HistoryIndex | None = None) -> tuple[list[AuditEvent], int]:
     """At most ``limit`` events on keys under ``prefix`` (session events too when
     ``prefix`` is empty) with ``from_ms <= time <= to_ms`` and revision above ``after``;
-    and the ``after`` of the next page (0: there is none)."""
+    and the ``after`` of the next page (0: there is none). With ``index`` (kept by the
+    caller between queries), the replay starts from its last stop before the range."""
     if limit < 1:
         raise BadArgument("limit must be >= 1")
     for attempt in range(_RELIST):
         try:
-            return _query(_Journal(directory, archives), prefix, from_ms, to_ms, after, limit)
+            return _query(_Journal(directory, archives), prefix, from_ms, to_ms, after, limit,
+                          index if index is not None else HistoryIndex())
         except FileNotFoundError:
             # A sealed segment moved to the archive while it was read (it is copied
             # there before it is removed here): list the segments again.
@@ -159,10 +257,17 @@ _RELIST = 3
 
 
 def _query(journal: _Journal, prefix: bytes, from_ms: int, to_ms: int, after: int,
-           limit: int) -> tuple[list[AuditEvent], int]:
+           limit: int, index: HistoryIndex) -> tuple[list[AuditEvent], int]:
     found: list[AuditEvent] = []
-    for _, events in replay(journal.entries(), journal.base):
-        for ev in events:
+    stop = index.start(journal, after, from_ms)
+    r = Replayer(stop.state if stop is not None else journal.base)
+    if stop is not None:
+        r._users = dict(stop.users)
+    for segment, offset, entry in journal.positioned(stop):
+        index.note(segment, offset, entry, r, journal.first_index)
+        if r.machine.time_ms > to_ms:
+            return found, 0  # time never goes back: no later event is in range
+        for ev in r.step(entry):
             if ev.revision <= after or not from_ms <= ev.time_ms <= to_ms:
                 continue
             if prefix and not (ev.key and ev.key.startswith(prefix)):

@@ -122,16 +122,16 @@ class JournalReader:
         #: Where the complete entries end (set once :meth:`entries` has read them all).
         self.end = _HEADER.size
 
-    def entries(self, offsets: list[int] | None = None) -> Iterator[Entry]:
-        """Every complete entry in order; checks indices and checksums. Only the last
-        entry can be torn (one append at a time, a checkpoint fsyncs before it signs): one
-        that runs past the end of the file, or ends at it with a bad checksum, or zeros to
-        the end, ends the iteration. Any other damage raises :class:`LogCorrupted`."""
-        expected = self.first_index
+    def entries(self, offsets: list[int] | None = None, start: tuple[int, int] | None = None) -> Iterator[Entry]:
+        """Every complete entry in order (from ``start``, ``(offset, index)`` of an entry
+        read before, if given); checks indices and checksums. Only the last entry can be
+        torn (one append at a time, a checkpoint fsyncs before it signs): one that runs
+        past the end of the file, or ends at it with a bad checksum, or zeros to the end,
+        ends the iteration. Any other damage raises :class:`LogCorrupted`."""
+        offset, expected = start if start is not None else (_HEADER.size, self.first_index)
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
-            f.seek(_HEADER.size)
-            offset = _HEADER.size
+            f.seek(offset)
             while True:
                 head = f.read(_ENTRY.size)
                 if len(head) < _ENTRY.size:

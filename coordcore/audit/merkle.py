@@ -211,6 +211,11 @@ class CompactTree:
         """What :meth:`restore` takes back: the right edge's subtree roots."""
         return list(self._edge)
 
+    def copy(self) -> CompactTree:
+        tree = CompactTree()
+        tree.size, tree._edge = self.size, list(self._edge)
+        return tree
+
     @classmethod
     def restore(cls, size: int, edge: list[bytes]) -> CompactTree:
         """The tree of ``size`` leaves whose right edge is ``edge`` (ValueError if the

@@ -9,10 +9,9 @@ commit path pays little (``bench/compare_audit.py``). The server keeps only the 
 right edge (its root in O(log n) memory); inclusion and consistency proofs are built from
 the journal by whoever exports it.
 
-Cluster mode is not wired yet: there the leader appends but followers apply what they
-read from etcd, so each server would journal in its apply path (not in ``append``), only
-the leader would sign, and a new leader would check its journal against the last
-checkpoint as :meth:`AuditTrail.load` does at start.
+In cluster mode (:mod:`coordcore.audit.cluster`) one trail lives as long as the server:
+a follower journals each record it applies (:meth:`AuditTrail.take`), the leader through
+an :class:`AuditedStore` over the etcd log that shares it (``owns_trail=False``).
 
 Checkpoints are signed between batches (a :meth:`CommitPipeline.on_batch
 <coordcore.locks.pipeline.CommitPipeline.on_batch>` listener), where the tree and the
@@ -128,6 +127,9 @@ class AuditTrail:
         self._threads: list[threading.Thread] = []
         #: How many records tree.json's edge covers (sealed segments up to there may go).
         self._sealed_size = 0
+        #: A tree whose later leaves are all in the live journal: :meth:`root_at` starts
+        #: from it (the last checkpoint adopted or signed, or where the live journal starts).
+        self._base = CompactTree()
 
     @classmethod
     def load(cls, directory: Path, *, key: Ed25519PrivateKey | None = None, every: int = DEFAULT_EVERY,
@@ -149,6 +151,8 @@ class AuditTrail:
             reader = JournalReader(path)
             if reader.first_index <= sealed:
                 continue  # a sealed segment the saved edge covers (not archived yet)
+            if path == live:
+                trail._base = trail.tree.copy()
             if trail.origin == 0:
                 trail.origin = reader.first_index
             elif reader.first_index != expected:
@@ -161,6 +165,8 @@ class AuditTrail:
                 trail.tree.append(_leaf_hash([entry.leaf]))
                 if last is not None and trail.tree.size == last.size:
                     trail._root_at_checkpoint = trail.tree.root()
+                    if path == live:
+                        trail._base = trail.tree.copy()
             expected = trail.origin + trail.tree.size
             if path == live:
                 trail.journal = Journal.reopen(path, reader.first_index, expected, reader.end, fsync)
@@ -235,8 +241,14 @@ class AuditTrail:
     def stored_record(self, index: int) -> bytes | None:
         """The record the live journal holds for ``index`` (read back from the file);
         None for one in a sealed segment."""
+        leaf = self.stored_leaf(index)
+        return None if leaf is None else leaf[4:4 + int.from_bytes(leaf[:4], "little")]
+
+    def stored_leaf(self, index: int) -> bytes | None:
+        """The whole leaf (record and users) the live journal holds for ``index``; None
+        for one in a sealed segment."""
         assert self.journal is not None
-        if index < self.journal.first_index:
+        if index < self.journal.first_index or index >= self.journal.next_index:
             return None
         if self._read_fd < 0:  # kept open: recovery compares every record after the snapshot
             self._read_fd = os.open(self.journal.path, os.O_RDONLY)
@@ -248,10 +260,65 @@ class AuditTrail:
             head = os.pread(self._read_fd, 16, offset)
             length = int.from_bytes(head[:4], "little")
             if at == index:
-                leaf = os.pread(self._read_fd, length - 8, offset + 16)
                 self._cursor = (offset + 8 + length, index + 1)
-                return leaf[4:4 + int.from_bytes(leaf[:4], "little")]
+                return os.pread(self._read_fd, length - 8, offset + 16)
             offset, at = offset + 8 + length, at + 1
+
+    def take(self, index: int, record: bytes, base_state: Callable[[], bytes | None]) -> bool:
+        """Journal record ``index`` as applied from a log that may hold records the
+        journal has already (a replay, a follower resuming from an older snapshot):
+        those are compared with the journal's copy, the next one is added. The first
+        record starts the journal (``base_state()``: the state before it). Returns True
+        if it was added; :class:`LogCorrupted` for a copy that differs or a gap."""
+        if self.journal is None:
+            self.start(index, base_state() if index > 1 else None)
+        if index < self.first_index:
+            return False  # before the audit began
+        if index < self.next_index:
+            stored = self.stored_record(index)  # None: in a sealed segment, covered by the edge
+            if stored is not None and stored != record:
+                raise LogCorrupted(f"audit {self.directory}: lock-log record {index} differs from "
+                                   "the audit journal's copy: one of them was altered")
+            return False
+        if index > self.next_index:
+            raise LogCorrupted(f"audit {self.directory}: the journal ends at record {self.next_index - 1} "
+                               f"but the lock log resumes at {index}: records {self.next_index}..{index - 1} "
+                               "were never audited")
+        self.add(index, record, ())
+        return True
+
+    def tree_at(self, size: int) -> CompactTree | None:
+        """The tree of the first ``size`` leaves, hashed again from the live journal's
+        copy on disk (so an edited journal shows); None if ``size`` lies before what the
+        live journal can rebuild, or beyond the tree."""
+        base = self._base
+        if size < base.size or size > self.tree.size:
+            return None
+        tree = base.copy()
+        for index in range(self.origin + base.size, self.origin + size):
+            leaf = self.stored_leaf(index)
+            if leaf is None:
+                return None
+            tree.append(_leaf_hash([leaf]))
+        return tree
+
+    def adopt(self, cp: Checkpoint, tree: CompactTree) -> None:
+        """Keep a checkpoint another server signed, once the caller found that ``tree``
+        (:meth:`tree_at` its size) has its root."""
+        if self.checkpoints and cp.size <= self.checkpoints[-1].size:
+            return
+        self.sync()
+        self._keep(cp, tree)
+
+    def _keep(self, cp: Checkpoint, tree: CompactTree) -> None:
+        cpmod.append_checkpoint(self.directory, cp, self.fsync)
+        self.checkpoints.append(cp)
+        if tree.size >= self._base.size:
+            self._base = tree
+        assert self.journal is not None
+        if self.segment_bytes and self.journal.end >= self.segment_bytes \
+                and self.journal.next_index > self.journal.first_index:
+            self.seal()
 
     def _mark(self, n: int, offset: int) -> None:
         if n % _MARK_EVERY == 0:
@@ -274,11 +341,7 @@ class AuditTrail:
                              root=self.tree.root(), revision=revision,
                              state=hashlib.sha256(state).hexdigest() if state is not None else "-",
                              base=self.base_digest, time_ms=int(time.time() * 1000))
-        cpmod.append_checkpoint(self.directory, cp, self.fsync)
-        self.checkpoints.append(cp)
-        if self.segment_bytes and self.journal.end >= self.segment_bytes \
-                and self.journal.next_index > self.journal.first_index:
-            self.seal()
+        self._keep(cp, self.tree.copy())
         return cp
 
     def seal(self) -> None:
@@ -303,6 +366,7 @@ class AuditTrail:
         if self.fsync:
             _fsync_dir(self.directory)
         self._sealed_size = self.tree.size
+        self._base = self.tree.copy()
         self._archive_sealed()
 
     def _archive_sealed(self) -> None:
@@ -395,9 +459,17 @@ def _leaf_hash(parts: list[bytes]) -> bytes:
 class AuditedStore:
     """A :class:`~coordcore.locks.store.LogStore` that audits every record of another."""
 
-    def __init__(self, inner: LogStore, trail: AuditTrail) -> None:
+    def __init__(self, inner: LogStore, trail: AuditTrail, *, owns_trail: bool = True) -> None:
         self.inner = inner
         self.trail = trail
+        #: False: the trail outlives this store (cluster mode: one trail per server, one
+        #: store per term led), so close() neither signs nor closes it.
+        self.owns_trail = owns_trail
+        #: Called with each checkpoint signed here (cluster mode publishes it in etcd).
+        self.on_checkpoint: Callable[[Checkpoint], None] | None = None
+        #: Why this store must not sign (a new leader whose journal does not extend the
+        #: cluster's last checkpoint), or None.
+        self.refuse_signing: str | None = None
         self.max_record_bytes: int = inner.max_record_bytes
         self.syncs: bool = inner.syncs
         # One at a time: a checkpoint is signed at a batch boundary, where the tree and
@@ -438,22 +510,8 @@ class AuditedStore:
             restore(index, payload)
 
         def on_apply(index: int, payload: bytes) -> None:
-            if trail.journal is None:
-                self._start(index, snap)
-            if index < trail.first_index:
-                pass  # before the audit began
-            elif index < trail.next_index:
-                stored = trail.stored_record(index)  # None: in a sealed segment, covered by the edge
-                if stored is not None and stored != payload:
-                    raise LogCorrupted(f"audit {trail.directory}: lock-log record {index} differs from "
-                                       "the audit journal's copy: one of them was altered")
-            elif index == trail.next_index:
-                trail.add(index, payload, ())  # the journal's unsynced tail, lost in a crash
-                trail.recovered_from_log += 1
-            else:
-                raise LogCorrupted(f"audit {trail.directory}: the journal ends at record "
-                                   f"{trail.next_index - 1} but the lock log resumes at {index}: records "
-                                   f"{trail.next_index}..{index - 1} were never audited")
+            if trail.take(index, payload, lambda: self._base_state(index, snap)):
+                trail.recovered_from_log += 1  # the journal's unsynced tail, lost in a crash
             apply(index, payload)
 
         try:
@@ -461,7 +519,8 @@ class AuditedStore:
         finally:
             trail._close_reader()
         if trail.journal is None:
-            self._start(self.inner.next_index, snap)
+            first = self.inner.next_index
+            trail.start(first, self._base_state(first, snap) if first > 1 else None)
         if trail.next_index > self.inner.next_index:
             raise LogCorrupted(f"audit {trail.directory}: the journal has records up to "
                                f"{trail.next_index - 1} but the lock log ends at {self.inner.next_index - 1}")
@@ -471,14 +530,12 @@ class AuditedStore:
                            trail.recovered_from_log)
         return floor
 
-    def _start(self, first_index: int, snap: list[tuple[int, bytes]]) -> None:
-        base = None
-        if first_index > 1:
-            if not snap or snap[0][0] != first_index - 1:
-                raise LogCorrupted(f"audit {self.trail.directory}: cannot start at record {first_index} "
-                                   "without the snapshot before it")
-            base = unwrap_snapshot(snap[0][1], snap[0][0], self.inner)
-        self.trail.start(first_index, base)
+    def _base_state(self, first_index: int, snap: list[tuple[int, bytes]]) -> bytes:
+        """The state before record ``first_index``: the snapshot just before it."""
+        if not snap or snap[0][0] != first_index - 1:
+            raise LogCorrupted(f"audit {self.trail.directory}: cannot start at record {first_index} "
+                               "without the snapshot before it")
+        return unwrap_snapshot(snap[0][1], snap[0][0], self.inner)
 
     def append(self, record: bytes) -> asyncio.Future[int]:
         users = self._users_of(record) if self._owners else ()
@@ -521,11 +578,12 @@ class AuditedStore:
                 if not w.done():
                     w.set_exception(Unavailable("the lock service closed before the checkpoint"))
             trail = self.trail
-            last = trail.checkpoints[-1].size if trail.checkpoints else 0
-            if trail.key is not None and trail.journal is not None and trail.tree.size > last:
-                # A clean stop signs what it has: an export then proves every record.
-                trail.checkpoint(self._revision(), self._state() if self._state is not None else None)
-            trail.close()
+            if self.owns_trail:
+                last = trail.checkpoints[-1].size if trail.checkpoints else 0
+                if trail.key is not None and trail.journal is not None and trail.tree.size > last:
+                    # A clean stop signs what it has: an export then proves every record.
+                    trail.checkpoint(self._revision(), self._state() if self._state is not None else None)
+                trail.close()
         finally:
             await self.inner.close()
 
@@ -562,7 +620,17 @@ class AuditedStore:
         if trail.key is None or not (self._want or trail.tree.size - last >= trail.every):
             return
         try:
+            if self.refuse_signing is not None:
+                raise Unavailable(f"this server signs no audit checkpoint: {self.refuse_signing}")
             cp = trail.checkpoint(self._revision(), self._state() if self._state is not None else None)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(cp)
+        except Unavailable as exc:
+            for w in self._want:
+                if not w.done():
+                    w.set_exception(exc)
+            self._want.clear()
+            return
         except Exception as exc:
             logger.exception("audit checkpoint failed")
             for w in self._want:
@@ -585,10 +653,13 @@ class AuditedStore:
         return await fut
 
 
-def attach(svc: LockService, store: AuditedStore) -> None:
-    """Wire an audited store to the service that runs on it: openers' names, the
-    state each checkpoint commits to, and the batch boundary checkpoints are taken at."""
+def attach(svc: LockService, store: AuditedStore, *, users: bool = True) -> None:
+    """Wire an audited store to the service that runs on it: openers' names (unless
+    not ``users``: in a cluster the followers, who never see them, must hash the same
+    leaves), the state each checkpoint commits to, and the batch boundary checkpoints
+    are taken at."""
     store._state = svc.state_snapshot
     store._revision = lambda: svc.revision
-    svc.on_open = store.note_owner
+    if users:
+        svc.on_open = store.note_owner
     svc.pipeline.on_batch(store.after_batch)

@@ -8,8 +8,9 @@
 
 The journal lives in ``<data_dir>/audit``; with ``--audit-segment-bytes`` it is sealed
 into segments that ``--audit-archive-dir`` or ``--audit-archive-command`` take away.
-AUDIT.HISTORY replays the journal (and a directory archive) in a worker thread (see
-:mod:`coordcore.audit.history`), so one query costs a replay; it answers at most ``COUNT``
+AUDIT.HISTORY replays the journal (and a directory archive) in a worker thread, from the
+last stop of the store's history index before its range (see
+:mod:`coordcore.audit.history`); it answers at most ``COUNT``
 (at most the server's max_reply_items) events a page. A limited ACL user is refused
 both (the ACL's command table does not list them: only unlimited users run them).
 """
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
 from coordcore.audit.checkpoint import load_private_key
-from coordcore.audit.history import AuditEvent, query
+from coordcore.audit.history import AuditEvent, HistoryIndex, query
 from coordcore.audit.trail import DEFAULT_EVERY, AuditedStore, attach, move_to, run_command
 from coordcore.errors import BadArgument, Unavailable
 from coordcore.locks.service import LockService
@@ -31,12 +32,14 @@ from coordcore.server import resp
 from coordcore.server.commands import parse_int, parse_options, require_args
 from coordcore.server.core import Client
 
-__all__ = ["audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service"]
+__all__ = ["archiver", "audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service", "register"]
 
 _U63 = 2**63 - 1
 _stores: weakref.WeakKeyDictionary[LockService, AuditedStore] = weakref.WeakKeyDictionary()
 #: Where a store's archived segments can be read back (AUDIT.HISTORY reaches into them).
 _archives: weakref.WeakKeyDictionary[AuditedStore, list[Path]] = weakref.WeakKeyDictionary()
+#: Each store's history index (where AUDIT.HISTORY's replays can start).
+_indexes: weakref.WeakKeyDictionary[AuditedStore, HistoryIndex] = weakref.WeakKeyDictionary()
 
 
 async def open_audited_service(path: Path, audit_dir: Path, key_path: Path, *,
@@ -48,18 +51,29 @@ async def open_audited_service(path: Path, audit_dir: Path, key_path: Path, *,
     journal segments sealed past ``segment_bytes`` go to ``archive_dir`` or
     ``archive_command``."""
     key = load_private_key(key_path)  # a bad key refuses before anything is opened
-    if archive_dir is not None and archive_command is not None:
-        raise BadArgument("an audit archive is a directory or a command, not both")
-    archive = move_to(archive_dir) if archive_dir is not None else \
-        run_command(archive_command) if archive_command is not None else None
+    archive = archiver(archive_dir, archive_command)
     inner = await FileStore.open(path, durability=durability, allow_empty_log=allow_empty_log)
     store = await AuditedStore.open(inner, audit_dir, key=key, every=every, segment_bytes=segment_bytes,
                                     archive=archive)
-    _archives[store] = [archive_dir] if archive_dir is not None else []
     svc = await LockService.open_store(store, count_downtime=False, waiter_grace=waiter_grace)
     attach(svc, store)
-    _stores[svc] = store
+    register(svc, store, [archive_dir] if archive_dir is not None else [])
     return svc
+
+
+def archiver(archive_dir: Path | None, archive_command: str | None) -> Callable[[Path], None] | None:
+    """What takes sealed journal segments away: a directory, a command, or nothing."""
+    if archive_dir is not None and archive_command is not None:
+        raise BadArgument("an audit archive is a directory or a command, not both")
+    return move_to(archive_dir) if archive_dir is not None else \
+        run_command(archive_command) if archive_command is not None else None
+
+
+def register(svc: LockService, store: AuditedStore, archives: list[Path]) -> None:
+    """Serve AUDIT.* for ``svc`` from ``store`` (its archived segments in ``archives``)."""
+    _archives[store] = archives
+    _indexes[store] = HistoryIndex()
+    _stores[svc] = store
 
 
 def audit_store(svc: LockService) -> AuditedStore:
@@ -93,11 +107,13 @@ def cmd_history(svc: LockService, conn: Client, req: list[bytes], max_items: int
     after, count = o.get(b"AFTER", 0), o.get(b"COUNT", min(100, max_items))
     directory = store.trail.directory
     archives = _archives.get(store, [])
+    index = _indexes.setdefault(store, HistoryIndex())
 
     async def run() -> bytes:
         loop = asyncio.get_running_loop()
         events, nxt = await loop.run_in_executor(
-            None, lambda: query(directory, prefix, from_ms, to_ms, after=after, limit=count, archives=archives))
+            None, lambda: query(directory, prefix, from_ms, to_ms, after=after, limit=count, archives=archives,
+                                index=index))
         return resp.encode_array([resp.encode_int(nxt),
                                   resp.encode_array([_event(ev, conn.resp3) for ev in events])])
 

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from coordcore.cluster import reader, snapshot
@@ -53,8 +54,12 @@ class Replica:
     cancelled (or until it fails: :attr:`failed` says why)."""
 
     def __init__(self, etcd: Etcd, keys: Keys, data_dir: Path, *, page_size: int = 64,
-                 page_bytes: int = 32 * 1024 * 1024, snapshot_every: int = 10_000) -> None:
+                 page_bytes: int = 32 * 1024 * 1024, snapshot_every: int = 10_000,
+                 on_record: Callable[[int, bytes, Callable[[], bytes]], None] | None = None) -> None:
         self.etcd = etcd
+        #: Called with each record before it is applied, and a function giving the state
+        #: before it (the audit trail journals it; raising LogCorrupted stops the replica).
+        self.on_record = on_record
         self._keys = keys
         self.path = data_dir / LOCAL_SNAPSHOT
         self.page_size = page_size
@@ -154,6 +159,8 @@ class Replica:
                 raise
 
     def _apply(self, index: int, payload: bytes) -> None:
+        if self.on_record is not None:
+            self.on_record(index, payload, self.machine.snapshot)
         try:
             _results, raw_events = self.machine.apply_raw(payload)
         except CoordcoreError as exc:

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="users, password hashes and per-prefix permissions (TOML; reloaded on SIGHUP)")
     a("--audit-key", type=Path, default=None,
       help="keep a tamper-evident audit trail in DATA_DIR/audit, checkpoints signed with this "
-           "Ed25519 private key (PEM; `coordcore audit keygen`)")
+           "Ed25519 private key (PEM; `coordcore audit keygen`); in a cluster give every server the "
+           "same key: the leader signs, the others check")
     a("--audit-every", type=int, default=d.audit_every,
       help="records between two signed audit checkpoints (default %(default)s)")
     a("--audit-segment-bytes", type=int, default=d.audit_segment_bytes,
@@ -131,8 +132,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _audit_key(args: argparse.Namespace) -> Path | None:
-    if args.audit_key is not None and args.etcd:
-        raise BadArgument("--audit-key is single-node only for now (the cluster log is not audited yet)")
     if args.audit_every < 1 or args.audit_segment_bytes < 0:
         raise BadArgument("--audit-every must be >= 1 and --audit-segment-bytes >= 0")
     if args.audit_archive_dir is not None and args.audit_archive_command is not None:

@@ -34,7 +34,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coordcore.cluster import (
     Election,
@@ -59,6 +59,9 @@ from coordcore.server.commands import require_args
 from coordcore.server.core import Client, Command, CommandTable, Flag
 from coordcore.server.lockcmds import LockCommands, encode_event, push_watch_error
 from coordcore.server.log import StructLog
+
+if TYPE_CHECKING:
+    from coordcore.audit.cluster import ClusterAudit
 
 __all__ = ["ClusterHost", "ClusterNode", "FollowerReads", "LeasedIds"]
 
@@ -198,17 +201,30 @@ class ClusterNode:
         self._following: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        #: The audit trail (``--audit-key``): every server journals what it applies.
+        self.audit: ClusterAudit | None = None
 
     # --- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.etcd.connect()
+        cfg = self.config
+        if cfg.audit_key is not None:
+            from coordcore.audit.cluster import ClusterAudit
+            from coordcore.audit.wire import archiver
+
+            self.audit = await ClusterAudit.open(
+                cfg.data_dir, cfg.audit_key, self.etcd, self.keys, every=cfg.audit_every, fsync=cfg.fsync,
+                segment_bytes=cfg.audit_segment_bytes,
+                archive=archiver(cfg.audit_archive_dir, cfg.audit_archive_command))
         await self._new_session()
 
     def run(self, advertise: str) -> None:
         self.advertise = self.advertise or advertise
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._serve()), loop.create_task(self._watch_leader())]
+        if self.audit is not None:
+            self._tasks.append(loop.create_task(self.audit.poll()))
 
     async def close(self) -> None:
         """Step down (resigning, so the next leader need not wait out the lease), free
@@ -225,6 +241,8 @@ class ClusterNode:
             with contextlib.suppress(OSError):
                 await replica.save()  # a restart then resumes from here
         self.ids.close()
+        if self.audit is not None:
+            await self.audit.close()
         if self.session is not None:
             await self.session.close()
         await self.etcd.close()
@@ -308,7 +326,22 @@ class ClusterNode:
         won = time.monotonic()
         store = self._store = EtcdLog(self.etcd, self.keys)
         store.lead(leadership)
-        svc = await LockService.open_store(store, count_downtime=False, waiter_grace=cfg.waiter_grace)
+        audit = self.audit
+        audited = audit.lead(store, leadership) if audit is not None else None
+        svc = await LockService.open_store(audited or store, count_downtime=False, waiter_grace=cfg.waiter_grace)
+        if audit is not None and audited is not None:
+            from coordcore.audit import wire
+            from coordcore.audit.trail import attach
+
+            # Replayed to the log's end: before signing anything, the journal must extend
+            # the cluster's last checkpoint (coordcore.audit.cluster).
+            try:
+                await audit.check_before_signing(audited)
+            except BaseException:
+                await svc.close()
+                raise
+            attach(svc, audited, users=False)
+            wire.register(svc, audited, [cfg.audit_archive_dir] if cfg.audit_archive_dir else [])
         served = self._served = LockCommands(svc, log=server.log, max_reply_items=cfg.max_reply_items)
         # The term's first records, before any client is answered: they prove the guard
         # holds, and give every session a whole TTL from now (as etcd renews its leases
@@ -334,6 +367,8 @@ class ClusterNode:
     async def _step_down(self, leadership: Leadership) -> None:
         served, self._served = self._served, None
         self._leadership = None
+        if self.audit is not None:
+            self.audit.step_down()
         server = self.server
         led = self.role == "leader"
         if led:
@@ -362,7 +397,8 @@ class ClusterNode:
         the log), unless one runs. Fresh after a term of ours: that machine is gone."""
         if self._following is not None and not self._following.done():
             return
-        replica = self.replica = Replica(self.etcd, self.keys, self.config.data_dir)
+        replica = self.replica = Replica(self.etcd, self.keys, self.config.data_dir,
+                                         on_record=self.audit.on_record if self.audit is not None else None)
         self._reads = FollowerReads(replica, log=self.server.log, max_reply_items=self.config.max_reply_items)
         self._following = asyncio.get_running_loop().create_task(self._follow(replica))
 
@@ -467,6 +503,8 @@ class ClusterNode:
             lines[-1:-1] = [f"replica:{state}", f"replica_loaded_from:{replica.loaded_from}",
                             f"applied_index:{replica.index}",
                             f"applied_revision:{replica.revision}"]
+        if self.audit is not None:
+            lines[-1:-1] = self.audit.info_lines()
         if self._served is not None:
             lines += self._served.info_lines()
         return lines

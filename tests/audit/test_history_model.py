@@ -7,7 +7,9 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-from coordcore.audit.history import query
+import pytest
+
+from coordcore.audit.history import HistoryIndex, query
 from coordcore.audit.journal import JOURNAL, JournalReader
 from coordcore.errors import CoordcoreError
 from coordcore.locks.service import ManualClock
@@ -68,12 +70,19 @@ async def drive(d: Path, rng: random.Random, clock: ManualClock) -> dict[int, st
     return owner_of
 
 
-def test_history_matches_the_reference_model(tmp_path: Path, run: Callable[..., Any], rng: random.Random) -> None:
+@pytest.mark.parametrize("every", [0, 1, 5, 16])
+def test_history_matches_the_reference_model(tmp_path: Path, run: Callable[..., Any], rng: random.Random,
+                                             every: int) -> None:
+    """Also through a history index kept across the queries (as the server keeps one),
+    with a stop every ``every`` records (0: none, every query replays from the start)."""
+    index = HistoryIndex(every) if every else None
     clock = ManualClock()
     owner_of = run(drive(tmp_path, rng, clock))
     model = LockModel()
     expected: list[tuple[Any, ...]] = []
+    records = 0
     for entry in JournalReader(tmp_path / "audit" / JOURNAL).entries():
+        records += 1
         _, events = model.apply(entry.record)
         for rev, kind, mode, sid, ticket, token, key, _v in events:
             expected.append((entry.index, model.time, rev, KINDS[kind], sid, owner_of.get(sid, ""), key, token))
@@ -83,7 +92,7 @@ def test_history_matches_the_reference_model(tmp_path: Path, run: Callable[..., 
         got: list[tuple[Any, ...]] = []
         after = 0
         while True:  # small pages: the cursor must neither skip nor repeat
-            page, after = query(tmp_path / "audit", prefix, start, end, after=after, limit=7)
+            page, after = query(tmp_path / "audit", prefix, start, end, after=after, limit=7, index=index)
             got += [(e.index, e.time_ms, e.revision, e.event, e.session, e.user, e.key, e.token) for e in page]
             if not after:
                 break
@@ -91,3 +100,5 @@ def test_history_matches_the_reference_model(tmp_path: Path, run: Callable[..., 
         assert got == want
         assert want or prefix, "the whole history is empty: the test drove nothing"  # a window may be
     assert {e[5] for e in expected if e[3] == "opened"} <= {"alice", "bob", "carol"}
+    if index is not None:
+        assert len(index) >= min(256, (records - 1) // every), "the queries kept fewer stops than the records passed"

@@ -507,6 +507,26 @@ cdef int _cap_resize(LockMachine self, uint64_t sid, bytes name, uint64_t token,
     return 0
 
 
+cdef int _pool_reattach(LockMachine self, uint64_t sid, uint64_t ticket, unsigned char *res) except -1:
+    """A retried acquire whose first answer was WAITING learns where that request stands
+    now: granted (OK, its token), still waiting (WAITING, the first attempt's deadline
+    kept) or gone (NOTFOUND: timed out, withdrawn, released). A read: it changes no
+    state, so logs written before it replay to the same state."""
+    cdef dict mine = self.pl.by_sess.get(sid)
+    cdef object item = mine.get(ticket) if mine is not None else None
+    cdef _Item x
+    if item is None:
+        res[1] = ST_NOTFOUND
+        res[2] = D_WAIT_ENDED
+        cc_st64(res + 8, 0)
+        return 0
+    x = <_Item>(<tuple>item)[1]
+    if x.token:
+        res[1] = ST_OK
+        cc_st64(res + 8, x.token)
+    return 0
+
+
 cdef int _pool_apply(LockMachine self, uint8_t op, uint8_t flags, uint64_t sid, uint64_t req, uint64_t arg,
                      const unsigned char *k, uint32_t klen, const unsigned char *v, uint32_t vlen,
                      unsigned char *res) except -1:
@@ -537,6 +557,8 @@ cdef int _pool_apply(LockMachine self, uint8_t op, uint8_t flags, uint64_t sid, 
             res[3] = 1
             cc_st64(res + 8, e.value)
             cc_st64(res + 16, e.aux)
+            if e.status == ST_WAITING and e.op == OP_CAP_ACQUIRE:
+                _pool_reattach(self, sid, e.aux, res)
             return 0
     if op == OP_CAP_ACQUIRE:
         _cap_acquire(self, sid, name, v, vlen, <uint32_t>(arg & 0xFFFFFFFFULL), arg >> 32, flags & F_WAIT, res)

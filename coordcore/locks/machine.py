@@ -94,12 +94,15 @@ acquire with it; if the grant won the race, the result tells (``value != 0``).
 Every command except OPEN names a session; if it does not exist (never opened,
 closed, expired) the result is ``NOSESSION``.
 
-Idempotence: a command with a non-zero ``request_id`` (ACQUIRE, RELEASE, SEM_*,
+Idempotence: a command with a non-zero ``request_id`` (ACQUIRE, RELEASE, SEM_*, CAP_*,
 CAMPAIGN, PROCLAIM, RESIGN, CANCEL) is remembered in a per-session table of the
 :data:`REQUEST_WINDOW` most recent request ids. A retry with the same
 ``(session, request_id)`` returns the original result with ``duplicate`` set and
 changes nothing (no event), except that a retried acquire that first answered
-``WAITING`` re-attaches (see "Detached waiters"). Clients must not reuse a request id on a session, and must
+``WAITING`` re-attaches (see "Detached waiters"); a retried CAP_ACQUIRE that first
+answered ``WAITING`` answers where that request stands now (``OK`` with its token,
+``WAITING``, or ``NOTFOUND``/``WAIT_ENDED``) and changes nothing (its wait keeps the
+first deadline; pool waiters are not detached at a restart). Clients must not reuse a request id on a session, and must
 not retry a request after issuing :data:`REQUEST_WINDOW` newer ones on that session.
 OPEN, KEEPALIVE and CLOSE are not remembered: a repeated KEEPALIVE is harmless, a
 repeated CLOSE answers ``NOSESSION``, a repeated OPEN opens another session (an

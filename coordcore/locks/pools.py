@@ -189,20 +189,28 @@ class Pools:
 
     async def acquire(self, pool: Key, units: int, session: Session | int, *, tenant: Key,
                       timeout: float | None = None, on_giveback: Callable[[Lease], object] | None = None,
-                      track: bool = True) -> Lease:
+                      track: bool = True, request_id: int = 0) -> Lease:
         """Lease ``units`` of ``pool`` for ``tenant``, waiting up to ``timeout`` seconds
         (None: until granted; 0: only if free now). Raises LockTimeout, SessionExpired,
         BadArgument (more units than the tenant may hold), NOTFOUND (no such pool or
         tenant). ``on_giveback(lease)`` is called when the lease is preempted.
         ``track=False`` leaves ``lease.giveback``/``revoked`` unset (no watch of the pool's
         events, which costs every batch a full decode): the server's way, whose clients
-        WATCH the pool themselves."""
+        WATCH the pool themselves.
+
+        ``request_id`` (non-zero, unique per session) makes a retry idempotent: the same
+        id again answers the first attempt's lease (its token) and holds the units once;
+        if the first attempt was left waiting, the retry takes that wait over (under its
+        first deadline) and answers the token if it was granted meanwhile, or raises
+        NotFound (code ``NOTFOUND``) if the wait ended meanwhile (timed out or withdrawn):
+        the caller then asks again with a new id."""
         sid = self._svc._sid(session)
         name = _name(pool)
         if (track or on_giveback is not None) and self.info(name) is not None:
             self._watch(name)  # pools are defined by admins: one watch each at most
         if timeout == 0:
-            result = await self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False),
+            result = await self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False,
+                                                                                 request_id=request_id),
                                                      contends=sid).future
             if result.status == Status.BUSY:
                 raise LockTimeout(f"pool {name!r}: {units} units not free now (timeout=0)")
@@ -213,13 +221,17 @@ class Pools:
             wait_ms = 0 if timeout is None else _ms("timeout", timeout)
             # The machine withdraws the wait at its deadline (a CANCEL event, through the
             # log): the timeout survives a restart and needs no withdrawal of our own.
-            req = self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, timeout_ms=wait_ms),
+            req = self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, timeout_ms=wait_ms,
+                                                                          request_id=request_id),
                                             parks=True, contends=sid)
             req.timeout_error = LockTimeout(f"pool {name!r}: {units} units not granted within {timeout} s")
             try:
                 result = await req.future
             except asyncio.CancelledError:
-                if req.result is not None and req.result.status == Status.WAITING:
+                # The caller left (its connection went): withdraw the wait, or give back
+                # a grant that raced with the cancellation. Not when a retry of the same
+                # request (same request id) took the wait over: that one owns it now.
+                if not req.abandoned and req.result is not None and req.result.status in (Status.OK, Status.WAITING):
                     ticket = req.result.ticket
                     self._svc.pipeline.track(asyncio.ensure_future(self._withdraw(sid, name, ticket)))
                 raise
@@ -247,15 +259,19 @@ class Pools:
         except (SessionExpired, ServiceClosed):
             pass
 
-    async def release(self, lease: Lease) -> None:
-        """Give the lease's units back. Raises NotLockHolder if it was revoked or released."""
+    async def release(self, lease: Lease, *, request_id: int = 0) -> None:
+        """Give the lease's units back. Raises NotLockHolder if it was revoked or released
+        (a retry with the same ``request_id`` answers as the first attempt did)."""
         self._leases.pop(lease.token, None)
-        await self._svc.pipeline.call(lambda b: b.cap_release(lease.session, lease.pool, lease.token))
+        await self._svc.pipeline.call(lambda b: b.cap_release(lease.session, lease.pool, lease.token,
+                                                              request_id=request_id))
 
-    async def resize(self, lease: Lease, units: int) -> bool:
+    async def resize(self, lease: Lease, units: int, *, request_id: int = 0) -> bool:
         """Shrink the lease (always done) or grow it (only if nobody waits and the units
-        are free now): True if the lease now has ``units``."""
-        result = await self._svc.pipeline.call(lambda b: b.cap_resize(lease.session, lease.pool, lease.token, units))
+        are free now): True if the lease now has ``units`` (a retry with the same
+        ``request_id`` answers as the first attempt did)."""
+        result = await self._svc.pipeline.call(lambda b: b.cap_resize(lease.session, lease.pool, lease.token, units,
+                                                                      request_id=request_id))
         if result.status == Status.OK:
             lease.units = units
         return result.status == Status.OK

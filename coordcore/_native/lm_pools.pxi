@@ -66,6 +66,9 @@ cdef class _Pools:
     cdef dict by_sess  # session id -> {ticket: (_Pool, _Item)}
     cdef list heap     # (deadline, revision, pool name), stale entries skipped
     cdef set touched   # pools to settle after a session teardown
+    # Counted as applied, never snapshotted (a read for metrics: a service takes the
+    # values after its recovery as the zero of "since start").
+    cdef uint64_t givebacks, revokes
 
     def __cinit__(self):
         self.pools = {}
@@ -285,6 +288,7 @@ cdef int _pool_preempt(LockMachine self, _Pool pool, _Item pick) except -1:
             need -= x.units
     if need > 0:
         return 0  # not enough can be given back: ask nobody
+    self.pl.givebacks += len(chosen)
     for x in chosen:
         pool.marked += x.units
         _pool_deadline(self, pool, x, self.st.time + pool.grace)
@@ -599,6 +603,7 @@ cdef int _pools_expire(LockMachine self, uint64_t now) except -1:
             if not x.token:
                 _pool_drop(self, pool, x, E_CANCEL)
             elif _pool_still_needed(pool, x):
+                self.pl.revokes += 1
                 _pool_drop(self, pool, x, E_REVOKE)
             else:
                 x.deadline = 0  # served meanwhile by other units: the mark lapses, the lease stays
@@ -680,6 +685,26 @@ cdef object _pool_info(LockMachine self, bytes name):
             [(t.name, t.weight, t.minimum, t.maximum, t.band, t.held) for t in pool.tenants.values()],
             [(x.session, x.tenant.name, x.units, x.ticket, x.token, x.deadline) for x in pool.leases.values()],
             [(x.session, x.tenant.name, x.units, x.ticket, x.deadline, x.passes) for x in pool.waits.values()])
+
+
+cdef tuple _pools_totals(LockMachine self):
+    cdef _Pool pool
+    cdef uint64_t cap = 0, held = 0, waiting = 0
+    for pool in self.pl.pools.values():
+        cap += pool.capacity
+        held += pool.held
+        waiting += len(pool.waits)
+    return len(self.pl.pools), cap, held, waiting, self.pl.givebacks, self.pl.revokes
+
+
+cdef object _pool_summary(LockMachine self, bytes name):
+    cdef _Pool pool = self.pl.pools.get(name)
+    cdef _Tenant t
+    if pool is None:
+        return None
+    return (pool.capacity, pool.held, len(pool.waits),
+            [(t.name, t.weight, t.minimum, t.maximum, t.band, t.held, t.want, len(t.queue))
+             for t in pool.tenants.values()])
 
 
 cdef bytes _pools_snapshot(LockMachine self):

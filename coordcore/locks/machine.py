@@ -1128,6 +1128,17 @@ class LockMachine:
         """The pools defined, sorted."""
         return self._m.pool_names()
 
+    def pool_summary(self, name: str | bytes) -> tuple[int, int, int, list[tuple[bytes, int, int, int, int, int, int, int]]] | None:
+        """A pool without its leases and waits (a bounded read): (capacity, held, waiting
+        requests, tenants (name, weight, minimum, maximum, band, held, wanted units,
+        waiting requests)), or None."""
+        return self._m.pool_summary(_key(name))
+
+    def pool_totals(self) -> tuple[int, int, int, int, int, int]:
+        """(pools, capacity, held, waiting requests) over every pool, and the give-back
+        requests and revocations this machine applied (replays included)."""
+        return self._m.pool_totals()
+
     def check_invariants(self) -> None:
         """Verify the internal structures and the lock rules (AssertionError if broken).
 

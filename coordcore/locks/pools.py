@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from coordcore.locks.watches import Watch
     from coordcore.types import Key
 
-__all__ = ["Lease", "LeaseInfo", "PoolInfo", "Pools", "TenantInfo", "WaitInfo", "fair_shares"]
+__all__ = ["Lease", "LeaseInfo", "PoolInfo", "PoolSummary", "PoolTotals", "Pools", "TenantInfo", "TenantSummary",
+           "WaitInfo", "fair_shares"]
 
 
 class TenantInfo(NamedTuple):
@@ -105,6 +106,37 @@ class PoolInfo(NamedTuple):
         """Each tenant's weighted max-min fair share of the current demand."""
         s = fair_shares(self.capacity, [(t.weight, t.minimum, t.maximum, self.demand(t.name)) for t in self.tenants])
         return {t.name: x for t, x in zip(self.tenants, s)}
+
+
+class PoolTotals(NamedTuple):
+    """Every pool together (INFO, metrics): counts now, and since the service started."""
+    pools: int
+    capacity: int
+    held: int
+    waiting: int       # requests waiting
+    preemptions: int   # leases asked to give back
+    revocations: int   # leases revoked after their grace
+
+
+class TenantSummary(NamedTuple):
+    name: bytes
+    weight: int
+    minimum: int
+    maximum: int
+    band: int
+    held: int
+    wanted: int   # units its waiting requests ask for
+    waiting: int  # its waiting requests
+    share: Fraction  # its weighted max-min fair share of the current demand
+
+
+class PoolSummary(NamedTuple):
+    """A pool without its leases and waits (what a status page lists)."""
+    name: bytes
+    capacity: int
+    held: int
+    waiting: int
+    tenants: tuple[TenantSummary, ...]
 
 
 def fair_shares(capacity: int, tenants: list[tuple[int, int, int, int]]) -> list[Fraction]:
@@ -166,6 +198,9 @@ class Pools:
         self._leases: dict[int, Lease] = {}      # token -> lease, while held
         self._watchers: dict[bytes, asyncio.Task[None]] = {}
         self._early: dict[int, int] = {}         # token -> GIVEBACK/REVOKE seen before its lease was known
+        # The machine counts give-backs and revocations as it applies them, recovery's
+        # replay included: the values now are the zero of "since the service started".
+        self._base = svc._machine.pool_totals()[4:]
 
     async def define(self, pool: Key, capacity: int, *, grace: float = 5.0, patience: int = 16) -> None:
         """Define pool ``pool`` of ``capacity`` units (or change it)."""
@@ -186,6 +221,26 @@ class Pools:
     def info(self, pool: Key) -> PoolInfo | None:
         """The pool's state now (capacity, tenants with their holdings, leases, waits)."""
         return self._svc._machine.pool(pool)
+
+    def summary(self, pool: Key, *, shares: bool = True) -> PoolSummary | None:
+        """The pool's capacity, holdings, waiting requests and each tenant's fair share
+        (0 with ``shares=False``, which skips the water-filling), without its leases and
+        waits: bounded by its tenants."""
+        name = _name(pool)
+        t = self._svc._machine.pool_summary(name)
+        if t is None:
+            return None
+        cap, held, waiting, tenants = t
+        demand = [(w, mn, mx, h + want) for _, w, mn, mx, _, h, want, _ in tenants]
+        shares_ = fair_shares(cap, demand) if shares else [Fraction(0)] * len(tenants)
+        return PoolSummary(name, cap, held, waiting,
+                           tuple(TenantSummary(*x, share) for x, share in zip(tenants, shares_)))
+
+    def totals(self) -> PoolTotals:
+        """Every pool together: pools, capacity, units held, requests waiting, and the
+        preemptions (give-back requests) and revocations since the service started."""
+        pools, cap, held, waiting, givebacks, revokes = self._svc._machine.pool_totals()
+        return PoolTotals(pools, cap, held, waiting, givebacks - self._base[0], revokes - self._base[1])
 
     async def acquire(self, pool: Key, units: int, session: Session | int, *, tenant: Key,
                       timeout: float | None = None, on_giveback: Callable[[Lease], object] | None = None,

@@ -102,7 +102,7 @@ from coordcore.server.core import Client, Command, CommandTable, Flag
 from coordcore.server.log import StructLog
 from coordcore.types import Grant, GrantKind
 
-__all__ = ["LockCommands", "LockConfig", "encode_event", "open_service"]
+__all__ = ["LockCommands", "LockConfig", "encode_event", "open_service", "pools_info"]
 
 _U63 = 2**63 - 1
 _lw = require("lockwire")
@@ -447,7 +447,7 @@ class LockCommands:
         st = svc.stats
         return ["# Locks", f"revision:{svc.revision}", f"batches:{st.batches}", f"batch_commands:{st.commands}",
                 f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}",
-                f"pools:{len(svc.pools.names())}", ""]
+                f"pools:{len(svc.pools.names())}", "", "# Pools", *pools_info(svc), ""]
 
     def commands(self) -> CommandTable:
         """The command table, each entry's handler bound to this service."""
@@ -926,6 +926,13 @@ LockCommands.SPEC = {
     b"SUBSCRIBE": (LockCommands.cmd_subscribe, Flag.WATCH),
     b"UNSUBSCRIBE": (LockCommands.cmd_unsubscribe, Flag.WATCH),
 }
+
+
+def pools_info(svc: LockService) -> list[str]:
+    """INFO's ``Pools`` section: every pool together (no per-pool lines: bounded)."""
+    t = svc.pools.totals()
+    return [f"pools:{t.pools}", f"capacity_total:{t.capacity}", f"units_held:{t.held}",
+            f"requests_waiting:{t.waiting}", f"preemptions:{t.preemptions}", f"revocations:{t.revocations}"]
 
 
 def push_watch_error(conn: Client, error: str) -> None:

@@ -42,12 +42,13 @@ from coordcore._native.lockmachine import EventKind, Mode, Status
 from coordcore.errors import BadArgument, LockTimeout, NotLockHolder, ServiceClosed, SessionExpired
 
 if TYPE_CHECKING:
+    from coordcore.locks.machine import LockMachine
     from coordcore.locks.service import LockService
     from coordcore.locks.sessions import Session
     from coordcore.locks.watches import Watch
     from coordcore.types import Key
 
-__all__ = ["Lease", "LeaseInfo", "PoolInfo", "PoolSummary", "PoolTotals", "Pools", "TenantInfo", "TenantSummary",
+__all__ = ["Lease", "LeaseInfo", "PoolInfo", "PoolReads", "PoolSummary", "PoolTotals", "Pools", "TenantInfo", "TenantSummary",
            "WaitInfo", "fair_shares"]
 
 
@@ -190,10 +191,41 @@ class Lease:
         return f"Lease({self.pool!r}, tenant={self.tenant!r}, units={self.units}, token={self.token})"
 
 
-class Pools:
+class PoolReads:
+    """The reads of quota pools over a machine (``machine()``: the one to read now), which
+    a cluster follower serves from its replica too."""
+
+    def __init__(self, machine: Callable[[], LockMachine]) -> None:
+        self._machine = machine
+
+    def names(self) -> list[bytes]:
+        """The pools defined, sorted."""
+        return self._machine().pool_names()
+
+    def info(self, pool: Key) -> PoolInfo | None:
+        """The pool's state now (capacity, tenants with their holdings, leases, waits)."""
+        return self._machine().pool(pool)
+
+    def summary(self, pool: Key, *, shares: bool = True) -> PoolSummary | None:
+        """The pool's capacity, holdings, waiting requests and each tenant's fair share
+        (0 with ``shares=False``, which skips the water-filling), without its leases and
+        waits: bounded by its tenants."""
+        name = _name(pool)
+        t = self._machine().pool_summary(name)
+        if t is None:
+            return None
+        cap, held, waiting, tenants = t
+        demand = [(w, mn, mx, h + want) for _, w, mn, mx, _, h, want, _ in tenants]
+        shares_ = fair_shares(cap, demand) if shares else [Fraction(0)] * len(tenants)
+        return PoolSummary(name, cap, held, waiting,
+                           tuple(TenantSummary(*x, share) for x, share in zip(tenants, shares_)))
+
+
+class Pools(PoolReads):
     """Quota pools of one :class:`~coordcore.locks.LockService` (``svc.pools``)."""
 
     def __init__(self, svc: LockService) -> None:
+        super().__init__(lambda: svc._machine)
         self._svc = svc
         self._leases: dict[int, Lease] = {}      # token -> lease, while held
         self._watchers: dict[bytes, asyncio.Task[None]] = {}
@@ -213,28 +245,6 @@ class Pools:
         mx = 1_000_000 if maximum is None else maximum
         await self._svc.pipeline.call(lambda b: b.tenant_set(pool, tenant, weight=weight, minimum=minimum,
                                                              maximum=mx, band=band))
-
-    def names(self) -> list[bytes]:
-        """The pools defined, sorted."""
-        return self._svc._machine.pool_names()
-
-    def info(self, pool: Key) -> PoolInfo | None:
-        """The pool's state now (capacity, tenants with their holdings, leases, waits)."""
-        return self._svc._machine.pool(pool)
-
-    def summary(self, pool: Key, *, shares: bool = True) -> PoolSummary | None:
-        """The pool's capacity, holdings, waiting requests and each tenant's fair share
-        (0 with ``shares=False``, which skips the water-filling), without its leases and
-        waits: bounded by its tenants."""
-        name = _name(pool)
-        t = self._svc._machine.pool_summary(name)
-        if t is None:
-            return None
-        cap, held, waiting, tenants = t
-        demand = [(w, mn, mx, h + want) for _, w, mn, mx, _, h, want, _ in tenants]
-        shares_ = fair_shares(cap, demand) if shares else [Fraction(0)] * len(tenants)
-        return PoolSummary(name, cap, held, waiting,
-                           tuple(TenantSummary(*x, share) for x, share in zip(tenants, shares_)))
 
     def totals(self) -> PoolTotals:
         """Every pool together: pools, capacity, units held, requests waiting, and the

@@ -15,14 +15,34 @@ chosen request waits for units rather than let smaller ones pass it. While deman
 still, holdings converge to within one unit of the fair share as leases turn over; a
 tenant below its minimum takes the next unit freed, whoever frees it.
 
-Starvation bound: while a request is the first of its tenant, fits its maximum and is
-in the highest waiting band, at most ``patience`` grants go to later requests of its
-band (grants that lift a tenant to its minimum aside).
+Starvation bound (exactly what the machine enforces): a request is *eligible* while it is
+the first of its tenant's queue and granting it keeps the tenant within its maximum.
+While it is eligible and in the highest band that has an eligible request, at most
+``patience`` grants go to later requests (higher tickets) of its band, not counting
+grants to a tenant below its minimum: each such grant adds one to its ``passes``
+(``WaitInfo.passes``, never above ``patience``). Once it has been passed ``patience``
+times it is chosen before every request of its band except older ones passed as often,
+and the pool then grants nothing else (except below-minimum requests) until enough units
+are free for it: freed units are kept for it, not handed to smaller later requests.
+FIFO within a tenant makes every request eligible in turn. The bound counts grants, not
+time: units are granted only as they are released, given back or revoked; while a
+higher band has an eligible request, only it (and below-minimum requests) are served.
+
+Minimums and maximums: a tenant never holds more than its maximum, nor a pool more than
+its capacity (a request for more than ``min(maximum, capacity)`` is refused at once; one
+that would take its tenant past the maximum is not eligible and waits); a pool's
+minimums add up to at most its capacity (POOL_SET and TENANT_SET refuse more). A
+tenant holding less than its minimum is served first, whatever its band (its oldest
+eligible request; among several such tenants the oldest ticket), takes the next units
+freed, and may preempt any other tenant's whole leases that leave that tenant at or
+above its own minimum; if such leases cannot cover what it misses, it waits for
+releases. A tenant at or below its minimum is never preempted.
 
 Preemption: a request that cannot be served, and is of a higher band than some holders
 (or below its tenant's minimum), asks whole leases to give back: lower bands first,
-then the tenant most over its share, then the newest lease, never taking a tenant
-below its minimum. The holder gets a GIVEBACK event; a lease still held ``grace_ms``
+then the tenant with the most units held per unit of weight, then the newest lease,
+never taking a tenant below its minimum, and only if the marked leases (with the free
+units and those already asked for) cover the request. The holder gets a GIVEBACK event; a lease still held ``grace_ms``
 later is revoked if the request still needs its units (a REVOKE event; its token is
 stale from then on, so a :class:`~coordcore.locks.fencing.FencedResource` refuses it);
 if other units served it meanwhile, the mark lapses.

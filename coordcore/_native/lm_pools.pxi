@@ -66,6 +66,9 @@ cdef class _Pools:
     cdef dict by_sess  # session id -> {ticket: (_Pool, _Item)}
     cdef list heap     # (deadline, revision, pool name), stale entries skipped
     cdef set touched   # pools to settle after a session teardown
+    # Counted as applied, never snapshotted (a read for metrics: a service takes the
+    # values after its recovery as the zero of "since start").
+    cdef uint64_t givebacks, revokes
 
     def __cinit__(self):
         self.pools = {}
@@ -285,6 +288,7 @@ cdef int _pool_preempt(LockMachine self, _Pool pool, _Item pick) except -1:
             need -= x.units
     if need > 0:
         return 0  # not enough can be given back: ask nobody
+    self.pl.givebacks += len(chosen)
     for x in chosen:
         pool.marked += x.units
         _pool_deadline(self, pool, x, self.st.time + pool.grace)
@@ -507,6 +511,26 @@ cdef int _cap_resize(LockMachine self, uint64_t sid, bytes name, uint64_t token,
     return 0
 
 
+cdef int _pool_reattach(LockMachine self, uint64_t sid, uint64_t ticket, unsigned char *res) except -1:
+    """A retried acquire whose first answer was WAITING learns where that request stands
+    now: granted (OK, its token), still waiting (WAITING, the first attempt's deadline
+    kept) or gone (NOTFOUND: timed out, withdrawn, released). A read: it changes no
+    state, so logs written before it replay to the same state."""
+    cdef dict mine = self.pl.by_sess.get(sid)
+    cdef object item = mine.get(ticket) if mine is not None else None
+    cdef _Item x
+    if item is None:
+        res[1] = ST_NOTFOUND
+        res[2] = D_WAIT_ENDED
+        cc_st64(res + 8, 0)
+        return 0
+    x = <_Item>(<tuple>item)[1]
+    if x.token:
+        res[1] = ST_OK
+        cc_st64(res + 8, x.token)
+    return 0
+
+
 cdef int _pool_apply(LockMachine self, uint8_t op, uint8_t flags, uint64_t sid, uint64_t req, uint64_t arg,
                      const unsigned char *k, uint32_t klen, const unsigned char *v, uint32_t vlen,
                      unsigned char *res) except -1:
@@ -537,6 +561,8 @@ cdef int _pool_apply(LockMachine self, uint8_t op, uint8_t flags, uint64_t sid, 
             res[3] = 1
             cc_st64(res + 8, e.value)
             cc_st64(res + 16, e.aux)
+            if e.status == ST_WAITING and e.op == OP_CAP_ACQUIRE:
+                _pool_reattach(self, sid, e.aux, res)
             return 0
     if op == OP_CAP_ACQUIRE:
         _cap_acquire(self, sid, name, v, vlen, <uint32_t>(arg & 0xFFFFFFFFULL), arg >> 32, flags & F_WAIT, res)
@@ -577,6 +603,7 @@ cdef int _pools_expire(LockMachine self, uint64_t now) except -1:
             if not x.token:
                 _pool_drop(self, pool, x, E_CANCEL)
             elif _pool_still_needed(pool, x):
+                self.pl.revokes += 1
                 _pool_drop(self, pool, x, E_REVOKE)
             else:
                 x.deadline = 0  # served meanwhile by other units: the mark lapses, the lease stays
@@ -658,6 +685,26 @@ cdef object _pool_info(LockMachine self, bytes name):
             [(t.name, t.weight, t.minimum, t.maximum, t.band, t.held) for t in pool.tenants.values()],
             [(x.session, x.tenant.name, x.units, x.ticket, x.token, x.deadline) for x in pool.leases.values()],
             [(x.session, x.tenant.name, x.units, x.ticket, x.deadline, x.passes) for x in pool.waits.values()])
+
+
+cdef tuple _pools_totals(LockMachine self):
+    cdef _Pool pool
+    cdef uint64_t cap = 0, held = 0, waiting = 0
+    for pool in self.pl.pools.values():
+        cap += pool.capacity
+        held += pool.held
+        waiting += len(pool.waits)
+    return len(self.pl.pools), cap, held, waiting, self.pl.givebacks, self.pl.revokes
+
+
+cdef object _pool_summary(LockMachine self, bytes name):
+    cdef _Pool pool = self.pl.pools.get(name)
+    cdef _Tenant t
+    if pool is None:
+        return None
+    return (pool.capacity, pool.held, len(pool.waits),
+            [(t.name, t.weight, t.minimum, t.maximum, t.band, t.held, t.want, len(t.queue))
+             for t in pool.tenants.values()])
 
 
 cdef bytes _pools_snapshot(LockMachine self):

@@ -380,6 +380,20 @@ cdef class LockMachine:
         with cython.critical_section(self):
             return sorted(self.pl.pools)
 
+    def pool_summary(self, bytes name not None):
+        """(capacity, held, waiting requests, tenants) of a pool without its leases and
+        waits, or None: tenants (name, weight, minimum, maximum, band, held, wanted
+        units, waiting requests) in name order."""
+        with cython.critical_section(self):
+            return _pool_summary(self, name)
+
+    def pool_totals(self):
+        """(pools, capacity, held, waiting requests) over every pool, then (give-back
+        requests, revocations) applied by this machine (replays included; not in
+        snapshots)."""
+        with cython.critical_section(self):
+            return _pools_totals(self)
+
     def check_invariants(self):
         """Check the internal structures (AssertionError on violation). Debug builds run
         this after every batch; tests call it directly."""

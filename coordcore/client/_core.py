@@ -726,37 +726,8 @@ class ClientCore(Generic[S]):
         still be held or queued for it is settled once the server can be reached
         (:meth:`settle`), so the caller never holds a lock it was not told about."""
         k = self.ledger.begin(s.id, key)
-        attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self.reqid(),
-                           now=self.clock())
-        redirects = 0
         try:
-            while True:
-                left = attempt.left(self.clock())
-                try:
-                    try:
-                        token = int((yield Wait(make_args(left, attempt.reqid), left)))
-                        break
-                    except Moved as exc:
-                        self.endpoints.moved(exc)
-                        redirects += 1
-                        if redirects <= len(self.endpoints.all):
-                            continue  # nothing applied there: to the leader at once, same REQID
-                        raise ConnectionLost(f"redirected in a circle, last to {exc.address}") from exc
-                    except Unavailable as exc:
-                        if not self.endpoints.several:
-                            raise
-                        self.endpoints.skip()
-                        # Between leaders: wait for one as for a broken connection.
-                        raise ConnectionLost(f"no leader serving: {exc}") from exc
-                except OSError:  # ConnectionLost too
-                    redirects = 0
-                    delay = attempt.after_break(self.clock(), self.closed or s.closed)
-                    if delay is None:
-                        raise
-                    yield Pause(delay)
-                except CoordcoreError as exc:
-                    if not attempt.after_error(exc, self.reqid):
-                        raise
+            token = yield from self.reattached(make_args, s, timeout)
         except BaseException as exc:
             if answered(exc):
                 self.ledger.failed(k)
@@ -766,6 +737,39 @@ class ClientCore(Generic[S]):
             raise
         self.ledger.granted(k, token)
         return Grant(key_bytes(key), token, s.id, kind, shared)
+
+    def reattached(self, make_args: MakeArgs, s: SessionState, timeout: float | None) -> Proc[int]:
+        """The retry loop of a blocking acquire (:meth:`contend`, :meth:`pool_acquire`): the
+        same request id across reconnects (see :class:`Reattach`); returns the token."""
+        attempt = Reattach(timeout=timeout, ttl=s.ttl, first_delay=self.retry_delay, reqid=self.reqid(),
+                           now=self.clock())
+        redirects = 0
+        while True:
+            left = attempt.left(self.clock())
+            try:
+                try:
+                    return int((yield Wait(make_args(left, attempt.reqid), left)))
+                except Moved as exc:
+                    self.endpoints.moved(exc)
+                    redirects += 1
+                    if redirects <= len(self.endpoints.all):
+                        continue  # nothing applied there: to the leader at once, same REQID
+                    raise ConnectionLost(f"redirected in a circle, last to {exc.address}") from exc
+                except Unavailable as exc:
+                    if not self.endpoints.several:
+                        raise
+                    self.endpoints.skip()
+                    # Between leaders: wait for one as for a broken connection.
+                    raise ConnectionLost(f"no leader serving: {exc}") from exc
+            except OSError:  # ConnectionLost too
+                redirects = 0
+                delay = attempt.after_break(self.clock(), self.closed or s.closed)
+                if delay is None:
+                    raise
+                yield Pause(delay)
+            except CoordcoreError as exc:
+                if not attempt.after_error(exc, self.reqid):
+                    raise
 
     def settle(self, s: SessionState) -> Proc[None]:
         """Release the holds and withdraw the waits of session ``s`` on keys whose
@@ -850,21 +854,29 @@ class ClientCore(Generic[S]):
         check_key("tenant", tenant)
         if isinstance(units, bool) or not isinstance(units, int):
             raise WrongType(f"units must be an int, not {type(units).__name__}")
-        s = yield from self.session_for(session, ttl)
-        args: list[Arg] = ["POOL.ACQUIRE", pool, s.credential, tenant, units]
         if timeout is not None:
             check_seconds("timeout", timeout)
-            args += ["TIMEOUT", int(timeout * 1000)]
-        # On a connection of its own (it may park). Not retried: a lost answer could be a
-        # lease granted meanwhile (it returns with the session, or with POOL.RELEASE of
-        # the token POOL.INFO shows).
-        token = yield Wait(args, timeout)
-        return CapacityLease(key_bytes(pool), key_bytes(tenant), units, int(token), s.id)
+        s = yield from self.session_for(session, ttl)
+
+        def make_args(left: float | None, reqid: int) -> list[Arg]:
+            args: list[Arg] = ["POOL.ACQUIRE", pool, s.credential, tenant, units]
+            if left is not None:
+                args += ["TIMEOUT", int(left * 1000)]
+            return args + ["REQID", reqid]
+
+        # On a connection of its own (it may park); on a lost connection retried with the
+        # same REQID, which answers the lease the first attempt got (the units are held
+        # once) or takes its wait over. If it gives up without an answer, a lease granted
+        # meanwhile stays with the session (POOL.INFO shows its token) until it ends.
+        token = yield from self.reattached(make_args, s, timeout)
+        return CapacityLease(key_bytes(pool), key_bytes(tenant), units, token, s.id)
 
     def pool_release(self, lease: CapacityLease) -> Proc[None]:
         if not isinstance(lease, CapacityLease):
             raise WrongType(f"pool_release takes a CapacityLease, not {type(lease).__name__}")
-        yield from self.execute(["POOL.RELEASE", lease.pool, self.credential(lease.session), lease.token])
+        # retried with the same REQID: a release applied before the reply was lost answers OK
+        yield from self.execute(["POOL.RELEASE", lease.pool, self.credential(lease.session), lease.token,
+                                 "REQID", self.reqid()])
 
     def pool_info(self, pool: Key) -> Proc[dict[str, Any] | None]:
         check_key("pool", pool)

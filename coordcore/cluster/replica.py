@@ -35,6 +35,7 @@ from coordcore.cluster.keys import Keys
 from coordcore.cluster.record import Chain, decode
 from coordcore.errors import CoordcoreError, LogCorrupted, ServiceClosed
 from coordcore.locks.machine import Contender, KeyInfo, LockMachine, SessionInfo, decode_events
+from coordcore.locks.pools import PoolReads
 from coordcore.locks.store import unwrap_snapshot
 from coordcore.locks.watches import DEFAULT_WATCH_BUFFER, Watch, WatchHub
 from coordcore.types import Leader
@@ -66,6 +67,8 @@ class Replica:
         self.page_bytes = page_bytes
         self.snapshot_every = snapshot_every
         self.machine = LockMachine()
+        #: POOL.INFO and the other pool reads, from whichever machine is loaded now.
+        self.pools = PoolReads(lambda: self.machine)
         self.chain = Chain()
         #: Why it stopped applying (a broken log or a record the machine refused), or None.
         self.failed: Exception | None = None

@@ -94,12 +94,15 @@ acquire with it; if the grant won the race, the result tells (``value != 0``).
 Every command except OPEN names a session; if it does not exist (never opened,
 closed, expired) the result is ``NOSESSION``.
 
-Idempotence: a command with a non-zero ``request_id`` (ACQUIRE, RELEASE, SEM_*,
+Idempotence: a command with a non-zero ``request_id`` (ACQUIRE, RELEASE, SEM_*, CAP_*,
 CAMPAIGN, PROCLAIM, RESIGN, CANCEL) is remembered in a per-session table of the
 :data:`REQUEST_WINDOW` most recent request ids. A retry with the same
 ``(session, request_id)`` returns the original result with ``duplicate`` set and
 changes nothing (no event), except that a retried acquire that first answered
-``WAITING`` re-attaches (see "Detached waiters"). Clients must not reuse a request id on a session, and must
+``WAITING`` re-attaches (see "Detached waiters"); a retried CAP_ACQUIRE that first
+answered ``WAITING`` answers where that request stands now (``OK`` with its token,
+``WAITING``, or ``NOTFOUND``/``WAIT_ENDED``) and changes nothing (its wait keeps the
+first deadline; pool waiters are not detached at a restart). Clients must not reuse a request id on a session, and must
 not retry a request after issuing :data:`REQUEST_WINDOW` newer ones on that session.
 OPEN, KEEPALIVE and CLOSE are not remembered: a repeated KEEPALIVE is harmless, a
 repeated CLOSE answers ``NOSESSION``, a repeated OPEN opens another session (an
@@ -1124,6 +1127,17 @@ class LockMachine:
     def pool_names(self) -> list[bytes]:
         """The pools defined, sorted."""
         return self._m.pool_names()
+
+    def pool_summary(self, name: str | bytes) -> tuple[int, int, int, list[tuple[bytes, int, int, int, int, int, int, int]]] | None:
+        """A pool without its leases and waits (a bounded read): (capacity, held, waiting
+        requests, tenants (name, weight, minimum, maximum, band, held, wanted units,
+        waiting requests)), or None."""
+        return self._m.pool_summary(_key(name))
+
+    def pool_totals(self) -> tuple[int, int, int, int, int, int]:
+        """(pools, capacity, held, waiting requests) over every pool, and the give-back
+        requests and revocations this machine applied (replays included)."""
+        return self._m.pool_totals()
 
     def check_invariants(self) -> None:
         """Verify the internal structures and the lock rules (AssertionError if broken).

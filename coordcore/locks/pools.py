@@ -15,14 +15,34 @@ chosen request waits for units rather than let smaller ones pass it. While deman
 still, holdings converge to within one unit of the fair share as leases turn over; a
 tenant below its minimum takes the next unit freed, whoever frees it.
 
-Starvation bound: while a request is the first of its tenant, fits its maximum and is
-in the highest waiting band, at most ``patience`` grants go to later requests of its
-band (grants that lift a tenant to its minimum aside).
+Starvation bound (exactly what the machine enforces): a request is *eligible* while it is
+the first of its tenant's queue and granting it keeps the tenant within its maximum.
+While it is eligible and in the highest band that has an eligible request, at most
+``patience`` grants go to later requests (higher tickets) of its band, not counting
+grants to a tenant below its minimum: each such grant adds one to its ``passes``
+(``WaitInfo.passes``, never above ``patience``). Once it has been passed ``patience``
+times it is chosen before every request of its band except older ones passed as often,
+and the pool then grants nothing else (except below-minimum requests) until enough units
+are free for it: freed units are kept for it, not handed to smaller later requests.
+FIFO within a tenant makes every request eligible in turn. The bound counts grants, not
+time: units are granted only as they are released, given back or revoked; while a
+higher band has an eligible request, only it (and below-minimum requests) are served.
+
+Minimums and maximums: a tenant never holds more than its maximum, nor a pool more than
+its capacity (a request for more than ``min(maximum, capacity)`` is refused at once; one
+that would take its tenant past the maximum is not eligible and waits); a pool's
+minimums add up to at most its capacity (POOL_SET and TENANT_SET refuse more). A
+tenant holding less than its minimum is served first, whatever its band (its oldest
+eligible request; among several such tenants the oldest ticket), takes the next units
+freed, and may preempt any other tenant's whole leases that leave that tenant at or
+above its own minimum; if such leases cannot cover what it misses, it waits for
+releases. A tenant at or below its minimum is never preempted.
 
 Preemption: a request that cannot be served, and is of a higher band than some holders
 (or below its tenant's minimum), asks whole leases to give back: lower bands first,
-then the tenant most over its share, then the newest lease, never taking a tenant
-below its minimum. The holder gets a GIVEBACK event; a lease still held ``grace_ms``
+then the tenant with the most units held per unit of weight, then the newest lease,
+never taking a tenant below its minimum, and only if the marked leases (with the free
+units and those already asked for) cover the request. The holder gets a GIVEBACK event; a lease still held ``grace_ms``
 later is revoked if the request still needs its units (a REVOKE event; its token is
 stale from then on, so a :class:`~coordcore.locks.fencing.FencedResource` refuses it);
 if other units served it meanwhile, the mark lapses.
@@ -42,12 +62,14 @@ from coordcore._native.lockmachine import EventKind, Mode, Status
 from coordcore.errors import BadArgument, LockTimeout, NotLockHolder, ServiceClosed, SessionExpired
 
 if TYPE_CHECKING:
+    from coordcore.locks.machine import LockMachine
     from coordcore.locks.service import LockService
     from coordcore.locks.sessions import Session
     from coordcore.locks.watches import Watch
     from coordcore.types import Key
 
-__all__ = ["Lease", "LeaseInfo", "PoolInfo", "Pools", "TenantInfo", "WaitInfo", "fair_shares"]
+__all__ = ["Lease", "LeaseInfo", "PoolInfo", "PoolReads", "PoolSummary", "PoolTotals", "Pools", "TenantInfo", "TenantSummary",
+           "WaitInfo", "fair_shares"]
 
 
 class TenantInfo(NamedTuple):
@@ -107,6 +129,37 @@ class PoolInfo(NamedTuple):
         return {t.name: x for t, x in zip(self.tenants, s)}
 
 
+class PoolTotals(NamedTuple):
+    """Every pool together (INFO, metrics): counts now, and since the service started."""
+    pools: int
+    capacity: int
+    held: int
+    waiting: int       # requests waiting
+    preemptions: int   # leases asked to give back
+    revocations: int   # leases revoked after their grace
+
+
+class TenantSummary(NamedTuple):
+    name: bytes
+    weight: int
+    minimum: int
+    maximum: int
+    band: int
+    held: int
+    wanted: int   # units its waiting requests ask for
+    waiting: int  # its waiting requests
+    share: Fraction  # its weighted max-min fair share of the current demand
+
+
+class PoolSummary(NamedTuple):
+    """A pool without its leases and waits (what a status page lists)."""
+    name: bytes
+    capacity: int
+    held: int
+    waiting: int
+    tenants: tuple[TenantSummary, ...]
+
+
 def fair_shares(capacity: int, tenants: list[tuple[int, int, int, int]]) -> list[Fraction]:
     """Weighted max-min fair shares by water-filling: ``tenants`` are (weight, minimum,
     maximum, demand); each gets ``clamp(weight * level, min(minimum, demand),
@@ -158,14 +211,48 @@ class Lease:
         return f"Lease({self.pool!r}, tenant={self.tenant!r}, units={self.units}, token={self.token})"
 
 
-class Pools:
+class PoolReads:
+    """The reads of quota pools over a machine (``machine()``: the one to read now), which
+    a cluster follower serves from its replica too."""
+
+    def __init__(self, machine: Callable[[], LockMachine]) -> None:
+        self._machine = machine
+
+    def names(self) -> list[bytes]:
+        """The pools defined, sorted."""
+        return self._machine().pool_names()
+
+    def info(self, pool: Key) -> PoolInfo | None:
+        """The pool's state now (capacity, tenants with their holdings, leases, waits)."""
+        return self._machine().pool(pool)
+
+    def summary(self, pool: Key, *, shares: bool = True) -> PoolSummary | None:
+        """The pool's capacity, holdings, waiting requests and each tenant's fair share
+        (0 with ``shares=False``, which skips the water-filling), without its leases and
+        waits: bounded by its tenants."""
+        name = _name(pool)
+        t = self._machine().pool_summary(name)
+        if t is None:
+            return None
+        cap, held, waiting, tenants = t
+        demand = [(w, mn, mx, h + want) for _, w, mn, mx, _, h, want, _ in tenants]
+        shares_ = fair_shares(cap, demand) if shares else [Fraction(0)] * len(tenants)
+        return PoolSummary(name, cap, held, waiting,
+                           tuple(TenantSummary(*x, share) for x, share in zip(tenants, shares_)))
+
+
+class Pools(PoolReads):
     """Quota pools of one :class:`~coordcore.locks.LockService` (``svc.pools``)."""
 
     def __init__(self, svc: LockService) -> None:
+        super().__init__(lambda: svc._machine)
         self._svc = svc
         self._leases: dict[int, Lease] = {}      # token -> lease, while held
         self._watchers: dict[bytes, asyncio.Task[None]] = {}
         self._early: dict[int, int] = {}         # token -> GIVEBACK/REVOKE seen before its lease was known
+        # The machine counts give-backs and revocations as it applies them, recovery's
+        # replay included: the values now are the zero of "since the service started".
+        self._base = svc._machine.pool_totals()[4:]
 
     async def define(self, pool: Key, capacity: int, *, grace: float = 5.0, patience: int = 16) -> None:
         """Define pool ``pool`` of ``capacity`` units (or change it)."""
@@ -179,30 +266,36 @@ class Pools:
         await self._svc.pipeline.call(lambda b: b.tenant_set(pool, tenant, weight=weight, minimum=minimum,
                                                              maximum=mx, band=band))
 
-    def names(self) -> list[bytes]:
-        """The pools defined, sorted."""
-        return self._svc._machine.pool_names()
-
-    def info(self, pool: Key) -> PoolInfo | None:
-        """The pool's state now (capacity, tenants with their holdings, leases, waits)."""
-        return self._svc._machine.pool(pool)
+    def totals(self) -> PoolTotals:
+        """Every pool together: pools, capacity, units held, requests waiting, and the
+        preemptions (give-back requests) and revocations since the service started."""
+        pools, cap, held, waiting, givebacks, revokes = self._svc._machine.pool_totals()
+        return PoolTotals(pools, cap, held, waiting, givebacks - self._base[0], revokes - self._base[1])
 
     async def acquire(self, pool: Key, units: int, session: Session | int, *, tenant: Key,
                       timeout: float | None = None, on_giveback: Callable[[Lease], object] | None = None,
-                      track: bool = True) -> Lease:
+                      track: bool = True, request_id: int = 0) -> Lease:
         """Lease ``units`` of ``pool`` for ``tenant``, waiting up to ``timeout`` seconds
         (None: until granted; 0: only if free now). Raises LockTimeout, SessionExpired,
         BadArgument (more units than the tenant may hold), NOTFOUND (no such pool or
         tenant). ``on_giveback(lease)`` is called when the lease is preempted.
         ``track=False`` leaves ``lease.giveback``/``revoked`` unset (no watch of the pool's
         events, which costs every batch a full decode): the server's way, whose clients
-        WATCH the pool themselves."""
+        WATCH the pool themselves.
+
+        ``request_id`` (non-zero, unique per session) makes a retry idempotent: the same
+        id again answers the first attempt's lease (its token) and holds the units once;
+        if the first attempt was left waiting, the retry takes that wait over (under its
+        first deadline) and answers the token if it was granted meanwhile, or raises
+        NotFound (code ``NOTFOUND``) if the wait ended meanwhile (timed out or withdrawn):
+        the caller then asks again with a new id."""
         sid = self._svc._sid(session)
         name = _name(pool)
         if (track or on_giveback is not None) and self.info(name) is not None:
             self._watch(name)  # pools are defined by admins: one watch each at most
         if timeout == 0:
-            result = await self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False),
+            result = await self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False,
+                                                                                 request_id=request_id),
                                                      contends=sid).future
             if result.status == Status.BUSY:
                 raise LockTimeout(f"pool {name!r}: {units} units not free now (timeout=0)")
@@ -213,13 +306,17 @@ class Pools:
             wait_ms = 0 if timeout is None else _ms("timeout", timeout)
             # The machine withdraws the wait at its deadline (a CANCEL event, through the
             # log): the timeout survives a restart and needs no withdrawal of our own.
-            req = self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, timeout_ms=wait_ms),
+            req = self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, timeout_ms=wait_ms,
+                                                                          request_id=request_id),
                                             parks=True, contends=sid)
             req.timeout_error = LockTimeout(f"pool {name!r}: {units} units not granted within {timeout} s")
             try:
                 result = await req.future
             except asyncio.CancelledError:
-                if req.result is not None and req.result.status == Status.WAITING:
+                # The caller left (its connection went): withdraw the wait, or give back
+                # a grant that raced with the cancellation. Not when a retry of the same
+                # request (same request id) took the wait over: that one owns it now.
+                if not req.abandoned and req.result is not None and req.result.status in (Status.OK, Status.WAITING):
                     ticket = req.result.ticket
                     self._svc.pipeline.track(asyncio.ensure_future(self._withdraw(sid, name, ticket)))
                 raise
@@ -247,15 +344,19 @@ class Pools:
         except (SessionExpired, ServiceClosed):
             pass
 
-    async def release(self, lease: Lease) -> None:
-        """Give the lease's units back. Raises NotLockHolder if it was revoked or released."""
+    async def release(self, lease: Lease, *, request_id: int = 0) -> None:
+        """Give the lease's units back. Raises NotLockHolder if it was revoked or released
+        (a retry with the same ``request_id`` answers as the first attempt did)."""
         self._leases.pop(lease.token, None)
-        await self._svc.pipeline.call(lambda b: b.cap_release(lease.session, lease.pool, lease.token))
+        await self._svc.pipeline.call(lambda b: b.cap_release(lease.session, lease.pool, lease.token,
+                                                              request_id=request_id))
 
-    async def resize(self, lease: Lease, units: int) -> bool:
+    async def resize(self, lease: Lease, units: int, *, request_id: int = 0) -> bool:
         """Shrink the lease (always done) or grow it (only if nobody waits and the units
-        are free now): True if the lease now has ``units``."""
-        result = await self._svc.pipeline.call(lambda b: b.cap_resize(lease.session, lease.pool, lease.token, units))
+        are free now): True if the lease now has ``units`` (a retry with the same
+        ``request_id`` answers as the first attempt did)."""
+        result = await self._svc.pipeline.call(lambda b: b.cap_resize(lease.session, lease.pool, lease.token, units,
+                                                                      request_id=request_id))
         if result.status == Status.OK:
             lease.units = units
         return result.status == Status.OK

@@ -234,29 +234,32 @@ DOCS: dict[bytes, Doc] = dict([
     _doc("POOL.DEFINE", (_a("pool", "key"), _a("capacity", "integer"), _opt("GRACE", "ms", "integer"),
                          _opt("PATIENCE", "n", "integer")),
          "Defines a pool of `capacity` units (or changes it): GRACE (5000 ms) is how long a preempted lease "
-         "has to give back, PATIENCE (16) how many later grants a waiting request lets pass. Admin.",
+         "has to give back, PATIENCE (16) how many later grants a waiting request lets pass. Admin; it sets, so a retry is harmless.",
          "`+OK`.", "locks", flags=("write",), keyed=True),
     _doc("POOL.TENANT", (_a("pool", "key"), _a("tenant"), _opt("WEIGHT", "w", "integer"),
                          _opt("MIN", "units", "integer"), _opt("MAX", "units", "integer"),
                          _opt("BAND", "priority", "integer")),
          "Defines a tenant of a pool (or changes it): its weight in the fair share (1), the units it is "
-         "guaranteed (0) and may hold at most (the capacity), and its priority band 0-7 (0). Admin.",
+         "guaranteed (0) and may hold at most (the capacity), and its priority band 0-7 (0). Admin; it sets, so a retry is harmless.",
          "`+OK`.", "locks", flags=("write",), keyed=True),
-    _doc("POOL.ACQUIRE", (_a("pool", "key"), _SESSION, _a("tenant"), _a("units", "integer"), _TIMEOUT),
+    _doc("POOL.ACQUIRE", (_a("pool", "key"), _SESSION, _a("tenant"), _a("units", "integer"), _TIMEOUT, _REQID),
          "Leases `units` of the pool for the tenant, waiting (weighted max-min fair share across tenants, "
          "FIFO within one; a higher band may preempt a lower one's leases over its share, after a give-back "
-         "grace).", "The lease's fencing token.", "locks", flags=("write", "blocking"), keyed=True,
-         errors=("NOSESSION", "TIMEOUT", "LIMIT")),
-    _doc("POOL.TRY", (_a("pool", "key"), _SESSION, _a("tenant"), _a("units", "integer")),
+         "grace). A retry with the same REQID whose first attempt was left waiting takes that wait over "
+         "(its first TIMEOUT still counts): it answers the token if the wait was granted meanwhile, or "
+         "`-NOTFOUND` if the wait ended meanwhile (then ask again with a new REQID).",
+         "The lease's fencing token.", "locks", flags=("write", "blocking"), keyed=True, reqid=True,
+         errors=("NOSESSION", "TIMEOUT", "NOTFOUND", "LIMIT")),
+    _doc("POOL.TRY", (_a("pool", "key"), _SESSION, _a("tenant"), _a("units", "integer"), _REQID),
          "Leases `units` of the pool for the tenant if they are free for it now.",
-         "The lease's fencing token, or nil.", "locks", flags=("write", "fast"), keyed=True,
+         "The lease's fencing token, or nil.", "locks", flags=("write", "fast"), keyed=True, reqid=True,
          errors=("NOSESSION", "LIMIT")),
-    _doc("POOL.RELEASE", (_a("pool", "key"), _SESSION, _a("token", "integer")), "Gives a lease back.",
-         "`+OK`.", "locks", flags=("write", "fast"), keyed=True, errors=("NOSESSION", "NOTHOLDER")),
-    _doc("POOL.RESIZE", (_a("pool", "key"), _SESSION, _a("token", "integer"), _a("units", "integer")),
+    _doc("POOL.RELEASE", (_a("pool", "key"), _SESSION, _a("token", "integer"), _REQID), "Gives a lease back.",
+         "`+OK`.", "locks", flags=("write", "fast"), keyed=True, reqid=True, errors=("NOSESSION", "NOTHOLDER")),
+    _doc("POOL.RESIZE", (_a("pool", "key"), _SESSION, _a("token", "integer"), _a("units", "integer"), _REQID),
          "Grows or shrinks a lease (shrinking always succeeds; growing only if the units are free for it).",
          "`:1` if done, `:0` if the units to grow by are not free now.", "locks", flags=("write", "fast"),
-         keyed=True, errors=("NOSESSION", "NOTHOLDER")),
+         keyed=True, reqid=True, errors=("NOSESSION", "NOTHOLDER")),
     _doc("POOL.INFO", (_a("pool", "key"),), "A pool's capacity, tenants (with their fair share), leases and "
          "waits.", "A map: `capacity`, `grace_ms`, `patience`, `held`, `tenants` (name, weight, min, max, band, "
          "held, share), `leases` (session, tenant, units, token, giveback_deadline_ms), `waiting`; nil if no "

@@ -47,10 +47,10 @@ request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the old
     LOCKS.REVISION                         -> the last committed revision
     POOL.DEFINE pool capacity [GRACE ms] [PATIENCE n]                    -> OK (admin)
     POOL.TENANT pool tenant [WEIGHT w] [MIN n] [MAX n] [BAND b]          -> OK (admin)
-    POOL.ACQUIRE pool session tenant units [TIMEOUT ms]                  -> token
-    POOL.TRY pool session tenant units                                   -> token | null
-    POOL.RELEASE pool session token                                      -> OK (a ticket: withdraws a wait)
-    POOL.RESIZE pool session token units                                 -> 1 (done) | 0 (a grow that must wait)
+    POOL.ACQUIRE pool session tenant units [TIMEOUT ms] [REQID n]        -> token
+    POOL.TRY pool session tenant units [REQID n]                         -> token | null
+    POOL.RELEASE pool session token [REQID n]                            -> OK (a ticket: withdraws a wait)
+    POOL.RESIZE pool session token units [REQID n]                       -> 1 (done) | 0 (a grow that must wait)
     POOL.INFO pool                         -> map (capacity, grace_ms, patience, held, tenants, leases,
                                               waiting) | null
     WATCH prefix / UNWATCH [prefix]        -> OK, then pushes
@@ -102,7 +102,7 @@ from coordcore.server.core import Client, Command, CommandTable, Flag
 from coordcore.server.log import StructLog
 from coordcore.types import Grant, GrantKind
 
-__all__ = ["LockCommands", "LockConfig", "encode_event", "open_service"]
+__all__ = ["LockCommands", "LockConfig", "encode_event", "open_service", "pools_info"]
 
 _U63 = 2**63 - 1
 _lw = require("lockwire")
@@ -250,6 +250,7 @@ _SEM_TRY = frozenset({b"REQID", b"LABEL"})
 _REL = frozenset({b"TOKEN", b"REQID"})
 _CAMPAIGN = frozenset({b"TIMEOUT", b"REQID"})
 _CANCEL = frozenset({b"TICKET", b"REQID"})
+_REQID = (1, _U63)  # REQID's range, for parse_options
 _PAGE = frozenset({b"AFTER", b"COUNT"})
 _COUNT = frozenset({b"COUNT"})
 #: Items a paged reply lists when the request does not say (COUNT).
@@ -446,7 +447,7 @@ class LockCommands:
         st = svc.stats
         return ["# Locks", f"revision:{svc.revision}", f"batches:{st.batches}", f"batch_commands:{st.commands}",
                 f"fsyncs:{st.fsyncs}", f"snapshots:{st.snapshots}", f"keys:{len(svc.keys())}",
-                f"pools:{len(svc.pools.names())}", ""]
+                f"pools:{len(svc.pools.names())}", "", "# Pools", *pools_info(svc), ""]
 
     def commands(self) -> CommandTable:
         """The command table, each entry's handler bound to this service."""
@@ -758,12 +759,14 @@ class LockCommands:
         require_args(req, 4)
         pool, sid, tenant = _key(req[1], "pool"), self._session(conn, req[2]), _tenant(req[3])
         units = parse_int(req[4], "units", 1, 1_000_000)
-        o = parse_options(req[5:], {b"TIMEOUT": (0, _MAX_TIMEOUT_MS)})
+        o = parse_options(req[5:], {b"TIMEOUT": (0, _MAX_TIMEOUT_MS), b"REQID": _REQID})
         timeout = o[b"TIMEOUT"] / 1000.0 if b"TIMEOUT" in o else None
+        rid = o.get(b"REQID", 0)
         svc = self.svc
 
         async def run() -> bytes:
-            lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=timeout, track=False)
+            lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=timeout, track=False,
+                                            request_id=rid)
             return resp.encode_int(lease.token)
 
         return run()
@@ -772,11 +775,13 @@ class LockCommands:
         require_args(req, 4)
         pool, sid, tenant = _key(req[1], "pool"), self._session(conn, req[2]), _tenant(req[3])
         units = parse_int(req[4], "units", 1, 1_000_000)
+        rid = parse_options(req[5:], {b"REQID": _REQID}).get(b"REQID", 0)
         svc = self.svc
 
         async def run() -> bytes:
             try:
-                lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=0, track=False)
+                lease = await svc.pools.acquire(pool, units, sid, tenant=tenant, timeout=0, track=False,
+                                                request_id=rid)
             except LockTimeout:
                 return resp.encode_null(conn.resp3)
             return resp.encode_int(lease.token)
@@ -784,15 +789,17 @@ class LockCommands:
         return run()
 
     def cmd_pool_release(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
-        require_args(req, 3, 3)
+        require_args(req, 3, 5)
         pool, sid = _key(req[1], "pool"), self._session(conn, req[2])
         rev = parse_int(req[3], "token", 1, _U63)
-        return self._submit(lambda b: b.cap_release(sid, pool, rev), _ok_encoder(conn))
+        rid = parse_options(req[4:], {b"REQID": _REQID}).get(b"REQID", 0)
+        return self._submit(lambda b: b.cap_release(sid, pool, rev, request_id=rid), _ok_encoder(conn))
 
     def cmd_pool_resize(self, conn: Client, req: list[bytes]) -> Awaitable[bytes]:
-        require_args(req, 4, 4)
+        require_args(req, 4, 6)
         pool, sid = _key(req[1], "pool"), self._session(conn, req[2])
         token, units = parse_int(req[3], "token", 1, _U63), parse_int(req[4], "units", 1, 1_000_000)
+        rid = parse_options(req[5:], {b"REQID": _REQID}).get(b"REQID", 0)
         mark = conn.mark_dirty
 
         def encode(result: Result) -> bytes:
@@ -801,7 +808,7 @@ class LockCommands:
                 return resp.encode_int(int(result.status == Status.OK))
             return _error_reply(result)
 
-        return self._submit(lambda b: b.cap_resize(sid, pool, token, units), encode)
+        return self._submit(lambda b: b.cap_resize(sid, pool, token, units, request_id=rid), encode)
 
     def cmd_pool_info(self, conn: Client, req: list[bytes]) -> bytes:
         require_args(req, 1, 1)
@@ -919,6 +926,13 @@ LockCommands.SPEC = {
     b"SUBSCRIBE": (LockCommands.cmd_subscribe, Flag.WATCH),
     b"UNSUBSCRIBE": (LockCommands.cmd_unsubscribe, Flag.WATCH),
 }
+
+
+def pools_info(svc: LockService) -> list[str]:
+    """INFO's ``Pools`` section: every pool together (no per-pool lines: bounded)."""
+    t = svc.pools.totals()
+    return [f"pools:{t.pools}", f"capacity_total:{t.capacity}", f"units_held:{t.held}",
+            f"requests_waiting:{t.waiting}", f"preemptions:{t.preemptions}", f"revocations:{t.revocations}"]
 
 
 def push_watch_error(conn: Client, error: str) -> None:

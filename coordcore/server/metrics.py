@@ -159,6 +159,20 @@ class ServerCollector:
                                 value=g["waiters"])
         yield GaugeMetricFamily("coordcore_revision", "The revision of the last committed change.",
                                 value=svc.revision)
+        pools = svc.pools.totals()  # every pool together: no per-pool or per-tenant labels
+        yield GaugeMetricFamily("coordcore_pools", "Quota pools defined.", value=pools.pools)
+        yield GaugeMetricFamily("coordcore_pool_capacity_units", "Capacity of every quota pool together.",
+                                value=pools.capacity)
+        yield GaugeMetricFamily("coordcore_pool_held_units", "Units leased from every quota pool together.",
+                                value=pools.held)
+        yield GaugeMetricFamily("coordcore_pool_waiting_requests", "Requests waiting for quota pool units.",
+                                value=pools.waiting)
+        yield CounterMetricFamily("coordcore_pool_preemptions_total",
+                                  "Pool leases asked to give back (preempted) since the server started.",
+                                  value=pools.preemptions)
+        yield CounterMetricFamily("coordcore_pool_revocations_total",
+                                  "Pool leases revoked after their give-back grace since the server started.",
+                                  value=pools.revocations)
         st = svc.stats
         yield CounterMetricFamily("coordcore_batches_total", "Batch records committed (ticks included).",
                                   value=st.batches)

@@ -723,6 +723,9 @@ class Server:
                                f"sessions_closed:{ended.get('closed', 0)}", f"max_sessions:{cfg.max_sessions}"]
             out["Locks"] = [f"revision:{svc.revision}", f"keys_held:{g['keys']}", f"waiters:{g['waiters']}",
                             f"pools:{len(svc.pools.names())}"]
+            from coordcore.server.lockcmds import pools_info  # (lazy: an ID-only server never loads it)
+
+            out["Pools"] = pools_info(svc)
             times = svc.sync_times
             log = [f"durability:{'fsync' if cfg.fsync else 'unsafe-no-fsync'}", f"batches:{st.batches}",
                    f"batch_commands:{st.commands}", f"ticks:{st.ticks}", f"fsyncs:{st.fsyncs}",

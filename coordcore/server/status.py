@@ -13,7 +13,15 @@ waiter).
      "batches": {...}, "fsync": {...} | null, "cluster": {...} | null,
      "locks": [{"key", "kind", "permits", "mode", "holders": [...], "waiters": [...],
                 "holder_count", "waiter_count"}, ...],
-     "next": cursor | null}
+     "next": cursor | null,
+     "pool_totals": {"pools", "capacity", "held", "waiting", "preemptions", "revocations"},
+     "pools": [{"pool", "capacity", "held", "waiting", "tenant_count",
+                "tenants": [{"tenant", "weight", "min", "max", "band", "held", "waiting", "share"}, ...]},
+               ...]}
+
+``pools`` is the top ``pools=n`` (10, at most 100) by units held, then requests waiting,
+among at most ``SCAN_MAX`` pools in name order, each with its first ``CONTENDERS_MAX``
+tenants (by name; ``tenant_count`` is whole) and their fair share of the current demand.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ from coordcore.server import resp
 from coordcore.server.commands import parse_int, parse_options, require_args
 from coordcore.server.core import Client, Command, CommandTable, Flag
 
-__all__ = ["TOP_MAX", "TopEntry", "page_html", "status_json", "top", "top_commands"]
+__all__ = ["TOP_MAX", "TopEntry", "page_html", "status_json", "top", "top_commands", "top_pools"]
 
 #: Most keys one page of /status.json lists, and most keys a top read scans.
 PAGE_MAX = 500
@@ -102,12 +110,35 @@ def status_json(server: Any, query: dict[str, str]) -> dict[str, Any]:
     out["fsync"] = None if times is None else {
         "count": times.count, "seconds": round(times.sum, 6), "slowest_seconds": round(times.slowest, 6),
         "mean_seconds": round(times.sum / times.count, 6) if times.count else 0.0}
+    out["pool_totals"] = svc.pools.totals()._asdict()
+    out["pools"] = top_pools(svc, _int_param(query, "pools", 10, 0, TOP_MAX))
     cursor, keys = svc.scan_keys(prefix, after, count)
     for key in keys:
         info = svc.info(key, limit=CONTENDERS_MAX)
         if info is not None:
             out["locks"].append(key_json(info))
     out["next"] = cursor or None
+    return out
+
+
+def top_pools(svc: Any, n: int, scan: int = SCAN_MAX) -> list[dict[str, Any]]:
+    """The ``n`` pools holding the most units (then with the most waiting requests) among
+    the first ``scan`` by name, with their tenants' holdings and fair shares."""
+    ranked: list[tuple[int, int, bytes]] = []
+    for name in svc.pools.names()[:scan]:
+        s = svc.pools.summary(name, shares=False)
+        if s is not None:
+            ranked.append((s.held, s.waiting, name))
+    out = []
+    for _, _, name in heapq.nlargest(n, ranked, key=lambda t: (t[0], t[1])):
+        s = svc.pools.summary(name)
+        if s is None:
+            continue
+        out.append({"pool": _text(s.name), "capacity": s.capacity, "held": s.held, "waiting": s.waiting,
+                    "tenant_count": len(s.tenants),
+                    "tenants": [{"tenant": _text(t.name), "weight": t.weight, "min": t.minimum, "max": t.maximum,
+                                 "band": t.band, "held": t.held, "waiting": t.waiting,
+                                 "share": round(float(t.share), 3)} for t in s.tenants[:CONTENDERS_MAX]]})
     return out
 
 

@@ -27,6 +27,9 @@ th{background:#f6f6f6} #err{color:#b00} .muted{color:#777} button{margin-right:.
 <div><button id="first">first page</button><button id="more">next page</button></div>
 <table><thead><tr><th>key</th><th>kind</th><th>mode</th><th>holders (session: token)</th>
 <th>waiters</th></tr></thead><tbody id="locks"></tbody></table>
+<h2>Pools <span class="muted" id="poolinfo"></span></h2>
+<table><thead><tr><th>pool</th><th>capacity</th><th>held</th><th>waiting</th>
+<th>tenants (held / fair share)</th></tr></thead><tbody id="pools"></tbody></table>
 <p class="muted">Refreshed every second from <a href="status.json">/status.json</a>;
 <a href="metrics">/metrics</a> for Prometheus.</p>
 <script>
@@ -61,6 +64,18 @@ function draw(s) {
     body.appendChild(tr);
   }
   if (!s.locks.length) { const tr = document.createElement("tr"); cell(tr, "no key is held"); body.appendChild(tr); }
+  const pools = $("pools"); pools.replaceChildren();
+  for (const p of (s.pools || [])) {
+    const tr = document.createElement("tr"); tr.dataset.pool = p.pool;
+    cell(tr, p.pool); cell(tr, p.capacity); cell(tr, p.held); cell(tr, p.waiting);
+    const shown = p.tenants.map((t) => t.tenant + " " + t.held + " / " + t.share).join(", ");
+    cell(tr, p.tenant_count > p.tenants.length ? shown + " (+" + (p.tenant_count - p.tenants.length) + " more)" : shown);
+    pools.appendChild(tr);
+  }
+  if (!(s.pools || []).length) { const tr = document.createElement("tr"); cell(tr, "no pool is defined"); pools.appendChild(tr); }
+  const pt = s.pool_totals;
+  $("poolinfo").textContent = pt ? "(" + pt.pools + " pools, " + pt.held + " of " + pt.capacity + " units held, "
+    + pt.waiting + " waiting; " + pt.preemptions + " preemptions, " + pt.revocations + " revocations)" : "";
   next = s.next;
   $("pageinfo").textContent = "(" + s.locks.length + " shown from cursor " + after + (next ? ", more follow" : "") + ")";
   $("more").disabled = !next;

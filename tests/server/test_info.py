@@ -21,7 +21,7 @@ def test_info_sections_and_section_argument(serve: Serve) -> None:
     raw = Raw(srv.port)
     text = raw.command("INFO").decode()
     headers = [line for line in text.split("\r\n") if line.startswith("# ")]
-    assert headers == ["# Server", "# Clients", "# Sessions", "# Locks", "# Log", "# IDs", "# Stats"]
+    assert headers == ["# Server", "# Clients", "# Sessions", "# Locks", "# Pools", "# Log", "# IDs", "# Stats"]
     handle = r.execute_command("SESSION.OPEN", 10)
     r.execute_command("LOCK.ACQUIRE", "info/a", handle)
     locks = raw.command("INFO", "locks").decode()

@@ -77,6 +77,8 @@ class ClusterHost(Protocol):
     locks: Any
     lane: Any
     worker_id: int
+    #: The spans of traced commands (None: the server does not trace).
+    tracer: Any
 
     @property
     def connections(self) -> Iterable[_Connection]: ...
@@ -309,6 +311,8 @@ class ClusterNode:
         store = self._store = EtcdLog(self.etcd, self.keys)
         store.lead(leadership)
         svc = await LockService.open_store(store, count_downtime=False, waiter_grace=cfg.waiter_grace)
+        if server.tracer is not None:
+            svc.pipeline.tracer = server.tracer.tracer  # a span per batch that carries traced requests
         served = self._served = LockCommands(svc, log=server.log, max_reply_items=cfg.max_reply_items)
         # The term's first records, before any client is answered: they prove the guard
         # holds, and give every session a whole TTL from now (as etcd renews its leases

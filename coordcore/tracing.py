@@ -6,7 +6,7 @@ on, so a program that never turns it on never loads it (and works without it).
 
 The trace context travels on the wire as a prefix of the command it belongs to::
 
-    TRACE 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 LOCK.TRY jobs/1 <session>
+    TRACEPARENT 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 LOCK.TRY jobs/1 <session>
 
 Each command carries its own parent, so a pipeline of traced commands (or commands of
 several traced tasks sharing one connection) stays correct. The value is a W3C

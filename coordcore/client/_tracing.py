@@ -5,7 +5,7 @@ OpenTelemetry semantic conventions' database attributes (``db.system.name``,
 ``db.operation.name``, ``server.address``, ``server.port``); the key only with
 ``trace_keys`` (``coordcore.key``; never a session credential or any other argument).
 An error reply sets the span's status to ERROR with ``error.type``, the reply's code
-word. A sampled span's context goes to the server as the command's ``TRACE`` prefix
+word. A sampled span's context goes to the server as the command's ``TRACEPARENT`` prefix
 (see :mod:`coordcore.tracing`), so the server's span is its child.
 
 When tracing is off a transport holds None instead of a :class:`CommandTracer` and
@@ -49,7 +49,7 @@ class CommandTracer:
 
     def begin(self, args: Sequence[Arg], endpoint: Endpoint) -> tuple[Any, Sequence[Arg]]:
         """Start the span of command ``args`` sent to ``endpoint``: the span, and the
-        arguments to send (with the ``TRACE`` prefix when the span is sampled)."""
+        arguments to send (with the ``TRACEPARENT`` prefix when the span is sampled)."""
         name = _name(args[0]) if args else "?"
         attributes: dict[str, Any] = {"db.system.name": DB_SYSTEM, "db.operation.name": name,
                                       "server.address": endpoint.host, "server.port": endpoint.port}
@@ -61,7 +61,7 @@ class CommandTracer:
         ctx = span.get_span_context()
         if not ctx.trace_flags.sampled:
             return span, args  # nothing recorded here: nothing for the server to join
-        return span, ["TRACE", format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), *args]
+        return span, ["TRACEPARENT", format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), *args]
 
     def end(self, span: Any, error: BaseException | None = None) -> None:
         """End ``span``; ``error``: what the command raised (an error reply, a lost

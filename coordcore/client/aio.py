@@ -641,7 +641,7 @@ class AsyncPipeline(CommandQueue):
         if tracer is None:
             futs = conn.request(b"".join(pack(c) for c in commands), len(commands))
             return pipeline_replies(await asyncio.gather(*futs, return_exceptions=True), raise_on_error)
-        # A span per command, each sent with its own TRACE prefix.
+        # A span per command, each sent with its own TRACEPARENT prefix.
         started = [tracer.begin(c, conn.endpoint or self.client.endpoint) for c in commands]
         try:
             futs = conn.request(b"".join(pack(args) for _, args in started), len(commands))

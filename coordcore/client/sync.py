@@ -576,7 +576,7 @@ class Pipeline(CommandQueue):
         return pipeline_replies(replies, raise_on_error)
 
     def _traced(self, tracer: CommandTracer, commands: list[Sequence[Arg]], raise_on_error: bool) -> list[Any]:
-        """A span per command, each sent with its own TRACE prefix."""
+        """A span per command, each sent with its own TRACEPARENT prefix."""
         started = [tracer.begin(c, self.client.endpoint) for c in commands]
         replies: list[Any] = []
         try:

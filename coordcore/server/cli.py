@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="serve Prometheus /metrics, the status page (/) and /status.json over HTTP on --host:PORT "
            "(needs coordcore[metrics]; the same users as the RESP port; default: off)")
     a("--otel", action="store_true",
-      help="OpenTelemetry spans of traced commands (sent with a TRACE prefix) and of the batches that carry "
+      help="OpenTelemetry spans of traced commands (sent with a TRACEPARENT prefix) and of the batches that carry "
            "them, exported as the OTEL_* environment variables say (needs coordcore[otel], opentelemetry-sdk "
            "and an exporter; default: off)")
     a("--log-format", choices=("kv", "json"), default=d.log_format,

@@ -686,7 +686,7 @@ class Connection(asyncio.Protocol):
                 entry = commands.get(req[0])
                 if entry is None:
                     entry = self._lookup(req[0])
-                    if entry is None and req[0].upper() == b"TRACE":
+                    if entry is None and req[0].upper() == b"TRACEPARENT":
                         # Not in the table, so only requests that missed it pay for this.
                         entry, req = self._trace_prefix(req)
                 need = self._need
@@ -700,7 +700,7 @@ class Connection(asyncio.Protocol):
             if slots and flags & _READS:
                 # A read of lock state behind writes still in flight on this
                 # connection: run it once they commit, so it sees them (as a pipeline
-                # on Redis would). (A traced one waits in its whole TRACE form.)
+                # on Redis would). (A traced one waits in its whole TRACEPARENT form.)
                 self._deferred = req if type(req) is list else req.whole
                 self._hold(_BARRIER)
                 handled -= 1
@@ -747,16 +747,16 @@ class Connection(asyncio.Protocol):
             self._write(b"".join(out) if len(out) > 1 else out[0])
 
     def _trace_prefix(self, req: list[bytes]) -> tuple[Command | None, list[bytes]]:
-        """``TRACE traceparent command [arg ...]``: the entry and arguments of the
+        """``TRACEPARENT traceparent command [arg ...]``: the entry and arguments of the
         command it carries, its handler inside a server span when the server traces
         (see :mod:`coordcore.server.tracing`); an error entry for a bad prefix."""
         if len(req) < 3:
-            return _error_entry(BadArgument("TRACE takes traceparent command [arg ...]")), req
+            return _error_entry(BadArgument("TRACEPARENT takes traceparent command [arg ...]")), req
         inner = _Traced(req[2:])
         inner.whole = req
         name = inner[0]
-        if name.upper() == b"TRACE":
-            return _error_entry(BadArgument("TRACE cannot carry another TRACE")), req
+        if name.upper() == b"TRACEPARENT":
+            return _error_entry(BadArgument("TRACEPARENT cannot carry another TRACEPARENT")), req
         try:
             parent = parse_traceparent(req[1])
         except CoordcoreError as exc:
@@ -969,7 +969,7 @@ class Connection(asyncio.Protocol):
 
 
 class _Traced(list[bytes]):
-    """The arguments of a command that came with a TRACE prefix, and that whole
+    """The arguments of a command that came with a TRACEPARENT prefix, and that whole
     request (what a deferred request is run again from)."""
 
     __slots__ = ("whole",)

@@ -379,8 +379,8 @@ class Server:
             self.serve_locks(await lockcmds.open_service(cfg, self.log))
         if cfg.metrics_port is not None:
             self._start_metrics_table()
-        # TRACE is a prefix the read loop resolves, kept out of the table (see protocol.py).
-        self.command_names = sorted([*self.commands, b"TRACE"])
+        # TRACEPARENT is a prefix the read loop resolves, kept out of the table (see protocol.py).
+        self.command_names = sorted([*self.commands, b"TRACEPARENT"])
         loop = asyncio.get_running_loop()
         self.budget.clock = loop.time
         self._sweeper = loop.create_task(self._sweep())

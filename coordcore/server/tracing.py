@@ -1,6 +1,6 @@
 """Server spans: one per traced command, and what ``coordcore serve --otel`` sets up.
 
-A command that arrives as ``TRACE <traceparent> <command> [arg ...]`` (see
+A command that arrives as ``TRACEPARENT <traceparent> <command> [arg ...]`` (see
 :mod:`coordcore.tracing`) is served by the command table, never by the native lane,
 and, while the server traces, inside a span of kind SERVER that is the child of the
 client's span, named after the command, with ``db.system.name``,

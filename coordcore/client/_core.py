@@ -68,6 +68,7 @@ from coordcore.client._common import (
     stray_waiters,
     ttl_arg,
 )
+from coordcore.client._tracing import tracer_for
 from coordcore.client._wire import Arg, Endpoint, endpoints_from, parse_endpoint, to_dict
 from coordcore.errors import (
     BadArgument,
@@ -505,7 +506,7 @@ class ClientSettings:
 
     def __init__(self, host: str | Sequence[str], port: int, *, password: str | None, connect_timeout: float,
                  retries: int, retry_delay: float, default_ttl: float, ssl: ssl_module.SSLContext | None = None,
-                 username: str | None = None) -> None:
+                 username: str | None = None, tracing: object = False, trace_keys: bool = False) -> None:
         # A URL (redis://, rediss:// for TLS) may carry the user, password, host and port.
         url_tls = False
         if isinstance(host, str) and "://" in host:
@@ -524,6 +525,8 @@ class ClientSettings:
         self.retry_delay = retry_delay
         #: The TTL of the session the client opens for a lock taken without one.
         self.default_ttl = default_ttl
+        #: A span per command (None: tracing off, the one test a command pays for it).
+        self._tracer = tracer_for(tracing, trace_keys)
 
     @property
     def endpoint(self) -> Endpoint:

@@ -141,15 +141,17 @@ class AsyncClient(ClientSettings):
     (everything but the ones that create state); ``default_ttl`` is the TTL of the
     session that :meth:`lock` and friends open when not given one. The decisions are
     :class:`~coordcore.client._core.ClientCore`'s, shared with
-    :class:`~coordcore.client.Client`; this class does the I/O.
+    :class:`~coordcore.client.Client`; this class does the I/O. ``tracing`` and
+    ``trace_keys``: OpenTelemetry spans, as :class:`~coordcore.client.Client` has them.
     """
 
     def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0, ssl: ssl_module.SSLContext | None = None,
-                 username: str | None = None) -> None:
+                 username: str | None = None, tracing: object = False, trace_keys: bool = False) -> None:
         super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
-                         retry_delay=retry_delay, default_ttl=default_ttl, ssl=ssl, username=username)
+                         retry_delay=retry_delay, default_ttl=default_ttl, ssl=ssl, username=username,
+                         tracing=tracing, trace_keys=trace_keys)
         self._main: _Conn | None = None
         self._connecting: asyncio.Future[_Conn] | None = None
         self._idle: list[_Conn] = []
@@ -249,9 +251,16 @@ class AsyncClient(ClientSettings):
             return await self._open_one(op.endpoint, op.on_push)
         if isinstance(op, Send):
             conn = await self._main_conn()
-            return await asyncio.wait_for(conn.request(pack(op.args), 1)[0], op.timeout)
+            tracer = self._tracer
+            if tracer is None:
+                return await asyncio.wait_for(conn.request(pack(op.args), 1)[0], op.timeout)
+            return await tracer.acall(op.args, conn.endpoint or self.endpoint,
+                                      lambda args: asyncio.wait_for(conn.request(pack(args), 1)[0], op.timeout))
         if isinstance(op, Wait):
-            return await self.execute_blocking(*op.args)
+            tracer = self._tracer
+            if tracer is None:
+                return await self.execute_blocking(*op.args)
+            return await tracer.acall(op.args, self.endpoint, lambda args: self.execute_blocking(*args))
         if isinstance(op, Pause):
             return await asyncio.sleep(op.seconds)
         assert isinstance(op, Settle)
@@ -628,8 +637,22 @@ class AsyncPipeline(CommandQueue):
             return []
         conn = await self.client._main_conn()
         commands = self.take()
-        futs = conn.request(b"".join(pack(c) for c in commands), len(commands))
-        return pipeline_replies(await asyncio.gather(*futs, return_exceptions=True), raise_on_error)
+        tracer = self.client._tracer
+        if tracer is None:
+            futs = conn.request(b"".join(pack(c) for c in commands), len(commands))
+            return pipeline_replies(await asyncio.gather(*futs, return_exceptions=True), raise_on_error)
+        # A span per command, each sent with its own TRACEPARENT prefix.
+        started = [tracer.begin(c, conn.endpoint or self.client.endpoint) for c in commands]
+        try:
+            futs = conn.request(b"".join(pack(args) for _, args in started), len(commands))
+        except BaseException as exc:
+            for span, _ in started:
+                tracer.end(span, exc)
+            raise
+        replies = await asyncio.gather(*futs, return_exceptions=True)
+        for (span, _), reply in zip(started, replies):
+            tracer.end(span, reply if isinstance(reply, BaseException) else None)
+        return pipeline_replies(replies, raise_on_error)
 
 
 class AsyncIdBuffer:

@@ -48,6 +48,7 @@ import hiredis
 from coordcore.client._common import CapacityLease, IdRuns, LockInfo, WatchEvent, check_key, check_seconds, watch_event
 from coordcore.client._core import ClientCore, ClientSettings, CommandQueue, ElectionState, IdStock, Pause, Proc, Send
 from coordcore.client._core import Open, SessionState, Settle, Step, Wait, hello_args, pipeline_replies
+from coordcore.client._tracing import CommandTracer
 from coordcore.client._wire import Arg, Endpoint, new_reader, pack
 from coordcore.errors import ConnectionLost, CoordcoreError, NotLockHolder, ServiceClosed
 from coordcore.types import Grant, Key, Leader
@@ -130,14 +131,19 @@ class Client(ClientSettings):
     ``default_ttl`` is the TTL of the session that :meth:`lock` and friends open when
     not given one. What it decides is :class:`~coordcore.client._core.ClientCore`'s,
     shared with :class:`~coordcore.client.AsyncClient`; this class does the I/O.
+
+    ``tracing``: an OpenTelemetry span per command (True: from the global tracer
+    provider, or the ``TracerProvider`` given; needs ``coordcore[otel]``), its context
+    sent to the server with the command; ``trace_keys`` adds the key to the spans.
     """
 
     def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 7379, *, password: str | None = None,
                  connect_timeout: float = 5.0, retries: int = 3, retry_delay: float = 0.05,
                  default_ttl: float = 10.0, pool_size: int = 8, ssl: ssl_module.SSLContext | None = None,
-                 username: str | None = None) -> None:
+                 username: str | None = None, tracing: object = False, trace_keys: bool = False) -> None:
         super().__init__(host, port, password=password, connect_timeout=connect_timeout, retries=retries,
-                         retry_delay=retry_delay, default_ttl=default_ttl, ssl=ssl, username=username)
+                         retry_delay=retry_delay, default_ttl=default_ttl, ssl=ssl, username=username,
+                         tracing=tracing, trace_keys=trace_keys)
         self.pool_size = pool_size
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
@@ -225,11 +231,18 @@ class Client(ClientSettings):
         if isinstance(op, Open):
             return self._open(op.endpoint)
         if isinstance(op, Send):
-            return self._call(op.args, op.timeout)
+            tracer = self._tracer
+            if tracer is None:
+                return self._call(op.args, op.timeout)
+            return tracer.call(op.args, self.endpoint, lambda args: self._call(args, op.timeout))
         if isinstance(op, Wait):
             # The server's TIMEOUT decides; the socket timeout is only a safety net. A
             # broken or interrupted wait closes its connection, which withdraws it.
-            return self._call(op.args, None if op.timeout is None else op.timeout + 30.0)
+            timeout = None if op.timeout is None else op.timeout + 30.0
+            tracer = self._tracer
+            if tracer is None:
+                return self._call(op.args, timeout)
+            return tracer.call(op.args, self.endpoint, lambda args: self._call(args, timeout))
         if isinstance(op, Pause):
             return time.sleep(op.seconds)
         assert isinstance(op, Settle)
@@ -554,9 +567,29 @@ class Pipeline(CommandQueue):
         commands = self.take()
         if not commands:
             return []
+        tracer = self.client._tracer
+        if tracer is not None:
+            return self._traced(tracer, commands, raise_on_error)
         with self.client.connection() as conn:
             conn.send(b"".join(pack(c) for c in commands))
             replies = [conn.read() for _ in commands]
+        return pipeline_replies(replies, raise_on_error)
+
+    def _traced(self, tracer: CommandTracer, commands: list[Sequence[Arg]], raise_on_error: bool) -> list[Any]:
+        """A span per command, each sent with its own TRACEPARENT prefix."""
+        started = [tracer.begin(c, self.client.endpoint) for c in commands]
+        replies: list[Any] = []
+        try:
+            with self.client.connection() as conn:
+                conn.send(b"".join(pack(args) for _, args in started))
+                for span, _ in started:
+                    reply = conn.read()
+                    tracer.end(span, reply if isinstance(reply, CoordcoreError) else None)
+                    replies.append(reply)
+        except BaseException as exc:
+            for span, _ in started[len(replies):]:
+                tracer.end(span, exc)
+            raise
         return pipeline_replies(replies, raise_on_error)
 
 

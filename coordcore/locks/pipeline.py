@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
+from coordcore import tracing
 from coordcore._native import require
 from coordcore.errors import (
     Cancelled,
@@ -144,7 +146,10 @@ class Request:
     """
 
     __slots__ = ("add", "future", "parks", "abandoned", "result", "applied", "encode", "pipeline", "key", "sid",
-                 "timer", "timeout_error", "counted")
+                 "timer", "timeout_error", "counted", "link")
+    #: The span context of the server span it was queued from; set only while the
+    #: pipeline traces (unset: untraced), so an untraced request pays nothing for it.
+    link: Any
 
     def __init__(self, add: Add | None, parks: bool,
                  future: asyncio.Future[Any], encode: Callable[[Result], Any] | None = None) -> None:
@@ -184,7 +189,8 @@ class Request:
 class _Batch:
     """A batch record on its way to the log, and who waits for it."""
 
-    __slots__ = ("record", "accepted", "source", "source_base", "tick_waiters", "appended", "count")
+    __slots__ = ("record", "accepted", "source", "source_base", "tick_waiters", "appended", "count", "links",
+                 "cut_ns")
 
     def __init__(self, record: bytes, accepted: list[tuple[Request, int]], source: SourceBatch | None,
                  source_base: int, tick_waiters: list[asyncio.Future[None]],
@@ -200,6 +206,10 @@ class _Batch:
         self.appended = appended
         #: Commands in the batch.
         self.count = len(accepted) + (source.count if source is not None else 0)
+        #: The span contexts of the traced requests in it, and when it was cut (only
+        #: while the pipeline traces; see CommitPipeline.tracer).
+        self.links: list[Any] | None = None
+        self.cut_ns = 0
 
     def abort(self, exc: BaseException) -> None:
         """The batch's fate in the log is unknown: its requesters get the error itself
@@ -268,6 +278,9 @@ class CommitPipeline:
         #: in the log, so replay never depends on it).
         self.max_contenders_per_session = DEFAULT_MAX_CONTENDERS_PER_SESSION
         self._pending_contenders: dict[int, int] = {}
+        #: An OpenTelemetry tracer (set by a server that traces; None: off): a batch
+        #: that carries traced requests gets a span linked to theirs (see _trace_batch).
+        self.tracer: Any = None
         self._writer = asyncio.ensure_future(self._write_loop())
         self._ticker = asyncio.ensure_future(self._tick_loop()) if tick_interval > 0 else None
 
@@ -306,6 +319,8 @@ class CommitPipeline:
         self._wakeup.set()
         if contends:
             self._count(req, contends)
+        if self.tracer is not None:
+            req.link = tracing.LINK.get()  # the server span it runs in (None: untraced)
         return req
 
     async def call(self, add: Add) -> Result:
@@ -608,10 +623,17 @@ class CommitPipeline:
         # Batch time never goes backwards, also past batches still in flight.
         self._last_ms = now = self.now_ms()
         record = _formats.assemble(now, parts, count)
+        tracer = self.tracer
+        cut_ns = time.time_ns() if tracer is not None else 0
         appended = self._store.append(record) if self._store is not None else None
         if appended is not None and self._depth > 1:
             appended.add_done_callback(self._wake)
-        return _Batch(record, accepted, source, source_base, tick_waiters, appended)
+        out = _Batch(record, accepted, source, source_base, tick_waiters, appended)
+        if tracer is not None:
+            links = [link for req, _ in accepted if (link := getattr(req, "link", None)) is not None]
+            if links:
+                out.links, out.cut_ns = links, cut_ns
+        return out
 
     def _wake(self, _: object) -> None:
         self._wakeup.set()
@@ -645,7 +667,22 @@ class CommitPipeline:
         st.sizes[1 << (n.bit_length() - 1) if n else 0] += 1
         self._since_snapshot_records += 1
         self._since_snapshot_bytes += len(batch.record)
+        if batch.links is not None:
+            self._trace_batch(batch, n)
         return raw_results, raw_events
+
+    def _trace_batch(self, batch: _Batch, commands: int) -> None:
+        """The span of a committed batch that carried traced requests: from its cut to
+        now, linked to each of their server spans (and the child of the first, so a
+        trace shows its commit)."""
+        attributes: dict[str, Any] = {"coordcore.batch.commands": commands,
+                                      "coordcore.batch.bytes": len(batch.record),
+                                      "coordcore.batch.traced": len(batch.links or ()),
+                                      "coordcore.revision": self._machine.revision}
+        times = getattr(self._store, "sync_times", None)
+        if times is not None and getattr(self._store, "syncs", False):
+            attributes["coordcore.fsync.duration"] = times.last
+        tracing.batch_span(self.tracer, "coordcore.commit", batch.links or [], batch.cut_ns, attributes)
 
     def _answer(self, batch: _Batch, raw_results: bytes, raw_events: bytes) -> None:
         """Resolve a committed batch's requests and dispatch its events."""

@@ -137,10 +137,13 @@ class SyncTimes:
         self.count = 0
         self.sum = 0.0
         self.slowest = 0.0
+        #: The latest fdatasync's seconds (a traced batch's span reports it).
+        self.last = 0.0
         self._warned_at = float("-inf")
 
     def observe(self, seconds: float) -> None:
         self.count += 1
+        self.last = seconds
         self.sum += seconds
         if seconds > self.slowest:
             self.slowest = seconds

@@ -48,7 +48,9 @@ _ALL: tuple[bytes, ...] = (b"",)
 
 #: Served to every authenticated user.
 _EVERYONE = frozenset({b"PING", b"ECHO", b"QUIT", b"AUTH", b"HELLO", b"CLIENT", b"SELECT", b"COMMAND", b"ACL",
-                        b"READONLY", b"READWRITE"})
+                        b"READONLY", b"READWRITE",
+                        # A prefix: what it carries is checked as itself (a bad prefix runs nothing).
+                        b"TRACEPARENT"})
 
 #: Access kinds, and where a command names its key: an argument index, or _PREFIX_ARG
 #: (an optional prefix argument, default every key), or _MATCH (LOCKS.SCAN's MATCH).

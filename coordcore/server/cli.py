@@ -100,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-port", type=int, default=None, metavar="PORT",
       help="serve Prometheus /metrics, the status page (/) and /status.json over HTTP on --host:PORT "
            "(needs coordcore[metrics]; the same users as the RESP port; default: off)")
+    a("--otel", action="store_true",
+      help="OpenTelemetry spans of traced commands (sent with a TRACEPARENT prefix) and of the batches that carry "
+           "them, exported as the OTEL_* environment variables say (needs coordcore[otel], opentelemetry-sdk "
+           "and an exporter; default: off)")
     a("--log-format", choices=("kv", "json"), default=d.log_format,
       help="log lines as key=value pairs or JSON, on stderr (default %(default)s)")
     a("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level,
@@ -128,7 +132,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_format=args.log_format,
         log_level=args.log_level,
         etcd=tuple(_etcd_endpoints(args.etcd)), cluster=args.cluster, advertise=args.advertise,
-        etcd_ttl=args.etcd_ttl, metrics_port=args.metrics_port)
+        etcd_ttl=args.etcd_ttl, metrics_port=args.metrics_port, otel=args.otel)
 
 
 def _audit_key(args: argparse.Namespace) -> Path | None:

@@ -80,6 +80,8 @@ class ClusterHost(Protocol):
     locks: Any
     lane: Any
     worker_id: int
+    #: The spans of traced commands (None: the server does not trace).
+    tracer: Any
 
     @property
     def connections(self) -> Iterable[_Connection]: ...
@@ -329,6 +331,8 @@ class ClusterNode:
         audit = self.audit
         audited = audit.lead(store, leadership) if audit is not None else None
         svc = await LockService.open_store(audited or store, count_downtime=False, waiter_grace=cfg.waiter_grace)
+        if server.tracer is not None:
+            svc.pipeline.tracer = server.tracer.tracer  # a span per batch that carries traced requests
         if audit is not None and audited is not None:
             from coordcore.audit import wire
             from coordcore.audit.trail import attach

@@ -203,6 +203,9 @@ class ServerView(Protocol):
     #: The ID generator, for ``ID.NEXT`` answered natively (None: none yet).
     @property
     def ids(self) -> IdSource | None: ...
+    #: The spans of traced commands (a ServerTracer; None: the server does not trace).
+    @property
+    def tracer(self) -> Any: ...
     #: Requests handled, all connections together (INFO).
     commands_total: int
 

@@ -100,6 +100,7 @@ import hiredis
 from coordcore._native import require
 from coordcore.errors import (
     AuthRequired,
+    BadArgument,
     CoordcoreError,
     InternalError,
     NoPermission,
@@ -113,6 +114,7 @@ from coordcore.server import resp
 from coordcore.server.acl import DEFAULT, User
 from coordcore.server.budget import FLOOR
 from coordcore.server.core import Client, Command, Flag, Reply, ServerView
+from coordcore.tracing import parse_traceparent
 
 __all__ = ["Connection", "State", "TlsAccept", "cert_names"]
 
@@ -684,6 +686,9 @@ class Connection(asyncio.Protocol):
                 entry = commands.get(req[0])
                 if entry is None:
                     entry = self._lookup(req[0])
+                    if entry is None and req[0].upper() == b"TRACEPARENT":
+                        # Not in the table, so only requests that missed it pay for this.
+                        entry, req = self._trace_prefix(req)
                 need = self._need
                 if entry is None or entry.flags & need != need:
                     entry = self._refuse
@@ -695,8 +700,8 @@ class Connection(asyncio.Protocol):
             if slots and flags & _READS:
                 # A read of lock state behind writes still in flight on this
                 # connection: run it once they commit, so it sees them (as a pipeline
-                # on Redis would).
-                self._deferred = req
+                # on Redis would). (A traced one waits in its whole TRACEPARENT form.)
+                self._deferred = req if type(req) is list else req.whole
                 self._hold(_BARRIER)
                 handled -= 1
                 break
@@ -740,6 +745,28 @@ class Connection(asyncio.Protocol):
         self._server.commands_total += handled
         if out and self.transport is not None:  # (closing too: QUIT's +OK)
             self._write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _trace_prefix(self, req: list[bytes]) -> tuple[Command | None, list[bytes]]:
+        """``TRACEPARENT traceparent command [arg ...]``: the entry and arguments of the
+        command it carries, its handler inside a server span when the server traces
+        (see :mod:`coordcore.server.tracing`); an error entry for a bad prefix."""
+        if len(req) < 3:
+            return _error_entry(BadArgument("TRACEPARENT takes traceparent command [arg ...]")), req
+        inner = _Traced(req[2:])
+        inner.whole = req
+        name = inner[0]
+        if name.upper() == b"TRACEPARENT":
+            return _error_entry(BadArgument("TRACEPARENT cannot carry another TRACEPARENT")), req
+        try:
+            parent = parse_traceparent(req[1])
+        except CoordcoreError as exc:
+            return _error_entry(exc), req
+        self.last_cmd = name
+        entry = self._commands.get(name) or self._lookup(name)
+        tracer = self._server.tracer
+        if entry is None or tracer is None:
+            return entry, inner
+        return Command(tracer.wrap(entry.handler, name, parent, self.peer_host), Flag(entry.flags)), inner
 
     def _deny_request(self, why: str, conn: Client, req: list[bytes]) -> bytes:
         return self._deny(req, why)
@@ -939,6 +966,19 @@ class Connection(asyncio.Protocol):
         self._pause &= ~reason
         if was and not self._pause and self.transport is not None and self.state < _CLOSING:
             self.transport.resume_reading()
+
+
+class _Traced(list[bytes]):
+    """The arguments of a command that came with a TRACEPARENT prefix, and that whole
+    request (what a deferred request is run again from)."""
+
+    __slots__ = ("whole",)
+    whole: list[bytes]
+
+
+def _error_entry(exc: CoordcoreError) -> Command:
+    reply = resp.encode_exception(exc)
+    return Command(lambda conn, req: reply)
 
 
 def _safe_name(req: list[Any]) -> str:

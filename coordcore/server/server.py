@@ -122,6 +122,9 @@ class ServerConfig:
     #: Port of the HTTP endpoint (Prometheus /metrics, the status page at /, /status.json)
     #: on ``host``; None: off (0: any free port).
     metrics_port: int | None = None
+    #: OpenTelemetry spans of traced commands and of the batches that carry them (the
+    #: ``Server``'s ``tracer_provider``, else the global one; needs ``coordcore[otel]``).
+    otel: bool = False
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -284,9 +287,12 @@ class Server:
     ``shutdown_grace``), closes the lock service (flush and fsync) and the connections.
     """
 
-    def __init__(self, config: ServerConfig, *, log: StructLog | None = None) -> None:
+    def __init__(self, config: ServerConfig, *, log: StructLog | None = None, tracer_provider: Any = None) -> None:
         config.validate()
         self.config = config
+        #: The spans of traced commands (None: config.otel is off).
+        self.tracer: Any = None
+        self._tracer_provider = tracer_provider
         self.version = VERSION
         self.log = log if log is not None else configure(config.log_format, config.log_level)
         self.connections: set[Connection] = set()
@@ -358,6 +364,10 @@ class Server:
             ids_dir.mkdir(parents=True, exist_ok=True)
             self.ids = Snowflake(worker, datacenter_id=dc, state_file=ids_dir / f"worker-{dc}-{worker}.state")
         self.worker_id, self.datacenter_id = worker, dc
+        if cfg.otel:
+            from coordcore.server.tracing import ServerTracer
+
+            self.tracer = ServerTracer.from_option(self._tracer_provider or True)
         self.commands = self.base_commands()
         if self.cluster is not None:
             # Lock commands answer MOVED until this server leads (see cluster.py).
@@ -369,7 +379,8 @@ class Server:
             self.serve_locks(await lockcmds.open_service(cfg, self.log))
         if cfg.metrics_port is not None:
             self._start_metrics_table()
-        self.command_names = sorted(self.commands)
+        # TRACEPARENT is a prefix the read loop resolves, kept out of the table (see protocol.py).
+        self.command_names = sorted([*self.commands, b"TRACEPARENT"])
         loop = asyncio.get_running_loop()
         self.budget.clock = loop.time
         self._sweeper = loop.create_task(self._sweep())
@@ -497,6 +508,8 @@ class Server:
         from coordcore.server.lockcmds import LockCommands
 
         self.locks = svc
+        if self.tracer is not None:
+            svc.pipeline.tracer = self.tracer.tracer  # a span per batch that carries traced requests
         served = LockCommands(svc, log=self.log, max_reply_items=self.config.max_reply_items)
         self.lane = served.lane
         self.commands.update(served.commands())
@@ -771,9 +784,14 @@ def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_s
     # commit; with the default 5 ms switch interval a busy event loop can hold that
     # report (and every reply waiting on it) for up to 5 ms. 0.5 ms bounds it.
     sys.setswitchinterval(float(os.environ.get("COORDCORE_SWITCH_INTERVAL", "0.0005")))
+    provider: Any = None
+    if config.otel:
+        from coordcore.server.tracing import sdk_provider
+
+        provider = sdk_provider()  # before anything starts: a clear error if the SDK is missing
 
     async def main() -> None:
-        server = Server(config, log=log)
+        server = Server(config, log=log, tracer_provider=provider)
         stop = asyncio.Event()
         server.on_stop = stop.set
         loop = asyncio.get_running_loop()
@@ -811,6 +829,10 @@ def run_server(config: ServerConfig, *, announce_port: bool = False, exit_with_s
         await stop.wait()
         await server.close()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    finally:
+        if provider is not None:
+            provider.shutdown()  # export the spans still buffered
     return 0

@@ -331,8 +331,6 @@ class ClusterNode:
         audit = self.audit
         audited = audit.lead(store, leadership) if audit is not None else None
         svc = await LockService.open_store(audited or store, count_downtime=False, waiter_grace=cfg.waiter_grace)
-        if server.tracer is not None:
-            svc.pipeline.tracer = server.tracer.tracer  # a span per batch that carries traced requests
         if audit is not None and audited is not None:
             from coordcore.audit import wire
             from coordcore.audit.trail import attach
@@ -346,7 +344,8 @@ class ClusterNode:
                 raise
             attach(svc, audited, users=False)
             wire.register(svc, audited, [cfg.audit_archive_dir] if cfg.audit_archive_dir else [])
-        served = self._served = LockCommands(svc, log=server.log, max_reply_items=cfg.max_reply_items)
+        served = self._served = LockCommands(svc, log=server.log, max_reply_items=cfg.max_reply_items,
+                                             tracer=server.tracer.tracer if server.tracer is not None else None)
         # The term's first records, before any client is answered: they prove the guard
         # holds, and give every session a whole TTL from now (as etcd renews its leases
         # at a leader change). The clock resumed at the last batch's time, so no session

@@ -363,7 +363,7 @@ class LockCommands:
     gave replies to, and INFO's lines. Every call into the service's server-facing
     API is made here, once."""
 
-    def __init__(self, svc: LockService, *, log: StructLog, max_reply_items: int) -> None:
+    def __init__(self, svc: LockService, *, log: StructLog, max_reply_items: int, tracer: Any = None) -> None:
         self.svc = svc
         self.log = log
         self.max_items = max_reply_items
@@ -373,6 +373,8 @@ class LockCommands:
         lane.verify = svc.admit_hot
         svc.pipeline.attach(lane)
         svc.pipeline.on_batch(self._flush_dirty)
+        # An OpenTelemetry tracer (the server's --otel): a span per batch that carries traced requests.
+        svc.pipeline.tracer = tracer
 
     def _flush_dirty(self) -> None:
         """Write the replies a committed batch made ready: one write per connection.

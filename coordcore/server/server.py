@@ -508,9 +508,8 @@ class Server:
         from coordcore.server.lockcmds import LockCommands
 
         self.locks = svc
-        if self.tracer is not None:
-            svc.pipeline.tracer = self.tracer.tracer  # a span per batch that carries traced requests
-        served = LockCommands(svc, log=self.log, max_reply_items=self.config.max_reply_items)
+        served = LockCommands(svc, log=self.log, max_reply_items=self.config.max_reply_items,
+                              tracer=self.tracer.tracer if self.tracer is not None else None)
         self.lane = served.lane
         self.commands.update(served.commands())
         from coordcore.server.status import top_commands

@@ -80,6 +80,23 @@ def _histogram(buckets: list[tuple[float, int]], total: float) -> tuple[list[tup
     return out, total
 
 
+def _timings(t: Any) -> Iterator[Any]:
+    """The lock machine's wait and hold histograms (native counts, ms) in seconds."""
+    from prometheus_client.core import HistogramMetricFamily
+
+    for name, text, per_kind in (
+            ("coordcore_lock_wait_seconds", "How long contenders waited for a grant (0 for one granted at once), "
+             "by kind, in batch time, since the service opened.", t.waits),
+            ("coordcore_lock_hold_seconds", "How long holds lasted until released, closed, expired, withdrawn "
+             "or revoked, by kind, in batch time, since the service opened.", t.holds)):
+        fam = HistogramMetricFamily(name, text, labels=["kind"])
+        for kind, (counts, sum_ms) in per_kind.items():
+            cum, _ = _histogram([(b / 1000, n) for b, n in zip(t.bounds_ms, counts)], 0.0)
+            cum.append(("+Inf", sum(counts)))
+            fam.add_metric([kind], cum, sum_value=sum_ms / 1000)
+        yield fam
+
+
 class ServerCollector:
     """A prometheus_client collector reading ``server``'s counters (see the module)."""
 
@@ -177,6 +194,7 @@ class ServerCollector:
         yield HistogramMetricFamily("coordcore_batch_size_commands",
                                     "Commands per non-empty batch (buckets by powers of two).",
                                     buckets=cum, sum_value=st.commands)
+        yield from _timings(svc.timings())
         times = svc.sync_times
         if times is not None:
             cum, total = _histogram(list(zip(times.BOUNDS, times.counts)), times.sum)

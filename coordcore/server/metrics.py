@@ -129,12 +129,43 @@ class ServerCollector:
         if svc is not None:
             yield from self._locks(svc)
         yield from self._ids()
-        cluster = srv.cluster
-        if cluster is not None:
-            yield GaugeMetricFamily("coordcore_cluster_is_leader", "1 while this server leads its cluster.",
-                                    value=1 if cluster.role == "leader" else 0)
-            yield GaugeMetricFamily("coordcore_cluster_term", "The leadership term this server last saw.",
-                                    value=cluster.term)
+        if srv.cluster is not None:
+            yield from self._cluster(srv.cluster)
+
+    def _cluster(self, cluster: Any) -> Iterator[Any]:
+        """The node's role; the leader's log position, or a follower's replica (its lock
+        figures are the leader's, in :meth:`_locks`, read there)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("coordcore_cluster_is_leader", "1 while this server leads its cluster.",
+                                value=1 if cluster.role == "leader" else 0)
+        role = GaugeMetricFamily("coordcore_cluster_role", "This server's role in its cluster (always 1).",
+                                 labels=["role"])
+        role.add_metric([cluster.role], 1)
+        yield role
+        yield GaugeMetricFamily("coordcore_cluster_term", "The leadership term this server last saw.",
+                                value=cluster.term)
+        yield CounterMetricFamily("coordcore_cluster_terms_led_total", "Terms this server has led.",
+                                  value=cluster.terms_led)
+        index = cluster.log_index
+        if index is not None:
+            yield GaugeMetricFamily("coordcore_cluster_log_index",
+                                    "The leader's last record known to be in etcd.", value=index)
+        replica = cluster.replica
+        if replica is None:
+            return
+        yield GaugeMetricFamily("coordcore_replica_ready",
+                                "1 while this follower's replica is loaded and applies the log.",
+                                value=1 if replica.ready and replica.failed is None else 0)
+        yield GaugeMetricFamily("coordcore_replica_applied_index", "The last log record this replica applied.",
+                                value=replica.index)
+        yield GaugeMetricFamily("coordcore_replica_revision", "The revision of this replica's lock state.",
+                                value=replica.revision)
+        lag = cluster.replica_lag()
+        if lag is not None:
+            yield GaugeMetricFamily("coordcore_replica_lag_records",
+                                    "Records this replica is behind the newest in etcd's log (read each second).",
+                                    value=lag)
 
     def _commands(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily

@@ -8,7 +8,8 @@ checkout of coordcore (say the previous commit), in one run, rounds interleaved.
 
 Each round runs every case once in a fresh interpreter per tree (alternating which tree
 goes first), each case the best of a few repeats, in CPU time. The cases: the lock machine applying
-records of acquires and releases, the lane's hot path (parse, encode, cut, assemble,
+records of acquires and releases (each key free, and each key contended by two sessions,
+the second waiting for the first's release), the lane's hot path (parse, encode, cut, assemble,
 resolve), a ring lookup of one str key and of a million, hash64 of one str key and jump
 hash of a million. It prints ns per operation per round and the median ratio ours/base
 (below 1: ours is faster) with its spread, and writes bench/out/ab_native.json.
@@ -60,6 +61,25 @@ def machine():
     for _ in range(20):
         m.apply_raw(acq); m.apply_raw(rel)
 out["machine acquire+release (per command)"] = best(machine, 40 * N)
+
+# Contended: two sessions per key, the second waits and is granted at the first's release.
+half = N // 2
+b.clear()
+for s in range(1, half + 1):
+    b.acquire(s, b"key/%04d" % s); b.acquire(s + half, b"key/%04d" % s)
+cacq = b.build(4)
+b.clear()
+for s in range(1, half + 1):
+    b.release(s, b"key/%04d" % s)
+crel1 = b.build(5)
+b.clear()
+for s in range(1, half + 1):
+    b.release(s + half, b"key/%04d" % s)
+crel2 = b.build(6)
+def contended():
+    for _ in range(20):
+        m.apply_raw(cacq); m.apply_raw(crel1); m.apply_raw(crel2)
+out["machine contended acquire+release (per command)"] = best(contended, 20 * 4 * half)
 
 secret = b"0123456789abcdef" * 2
 lane = lw.WireLane(None, lambda *a: None, [])

@@ -32,7 +32,7 @@ import json, sys, time
 import numpy as np
 from coordcore.locks.machine import BatchBuilder, LockMachine
 from coordcore.ring import HashRing, hash64, jump_hash_many
-from coordcore._native import lockwire as lw
+from coordcore._native import lockmachine as lm, lockwire as lw
 
 def best(fn, ops, repeat=5):
     # CPU time of this thread, not wall time: on a shared machine a descheduled slice
@@ -94,7 +94,7 @@ def wire():
         for c, r in zip(conns, reqs):
             c.feed(r); c.run_hot(lane, 100)
         batch = lane.cut(1 << 20)
-        lw.assemble(5, [batch.commands], batch.count)  # the alias: the base may predate lockmachine.assemble
+        lm.assemble(5, [batch.commands], batch.count)
         batch.resolve(fake, 0)
         for c in conns:
             c.take_output()

@@ -92,7 +92,7 @@ cdef int _acquire(LockMachine self, uint32_t si, uint64_t sid, uint8_t kind, uin
     cp.mode = mode
     cp.value = vcopy
     cp.vlen = vlen
-    cp.arrived = self.st.time
+    cp.since = self.st.time
     _link_key(self, c, grant)
     _link_session(self, c)
     if grant:

@@ -44,7 +44,7 @@ cdef class _Item:
     cdef uint64_t deadline  # waiting: wait timeout; lease: give-back deadline (0: none)
     cdef uint32_t units, passes
     cdef _Tenant tenant
-    cdef uint64_t arrived, granted  # batch times for the histograms (lm_timings.pxi); C_NO_TIME: restored
+    cdef uint64_t since  # batch time of its arrival, then of its grant (lm_timings.pxi); C_NO_TIME: restored
 
 
 @cython.final
@@ -101,7 +101,7 @@ cdef int _pool_drop(LockMachine self, _Pool pool, _Item x, uint8_t kind) except 
         if not mine:
             del self.pl.by_sess[x.session]
     if x.token:
-        _hist_add(&self.holds[M_POOL - 1], x.granted, self.st.time)
+        _hist_add(&self.holds[M_POOL - 1], x.since, self.st.time)
         del pool.leases[x.token]
         x.tenant.held -= x.units
         pool.held -= x.units
@@ -122,8 +122,8 @@ cdef int _pool_grant(LockMachine self, _Pool pool, _Item x) except -1:
         x.tenant.want -= x.units
         x.deadline = 0
     x.token = rev
-    x.granted = self.st.time
-    _hist_add(&self.waits[M_POOL - 1], x.arrived, x.granted)
+    _hist_add(&self.waits[M_POOL - 1], x.since, self.st.time)
+    x.since = self.st.time
     pool.leases[rev] = x
     x.tenant.held += x.units
     pool.held += x.units
@@ -451,7 +451,7 @@ cdef int _cap_acquire(LockMachine self, uint64_t sid, bytes name, const unsigned
     x.tenant = t
     x.units = units
     x.ticket = self.st.revision + 1
-    x.arrived = self.st.time
+    x.since = self.st.time
     mine = self.pl.by_sess.get(sid)
     if mine is None:
         mine = self.pl.by_sess[sid] = {}
@@ -781,7 +781,7 @@ cdef _Item _pool_loaded_item(LockMachine self, _Pool pool, _Tenant t, uint64_t s
         raise LogCorrupted("snapshot pool item out of range")
     revs.add(ticket)
     x.session, x.ticket, x.units, x.deadline, x.tenant = sid, ticket, units, deadline, t
-    x.arrived = x.granted = C_NO_TIME  # a snapshot has no such times: not observed (lm_timings.pxi)
+    x.since = C_NO_TIME  # a snapshot has no such times: not observed (lm_timings.pxi)
     self.pl.by_sess.setdefault(sid, {})[ticket] = (pool, x)
     return x
 

@@ -40,9 +40,10 @@ ctypedef struct Contender:
     uint8_t detached      # a waiter at a restart: withdrawn at wait_deadline unless its client re-attaches
     uint64_t wait_deadline  # withdrawn at the first batch at or after it (0: never)
     unsigned char *value
-    # Batch times (ms) of arrival and grant, for the wait and hold histograms only: not
-    # state (never in a snapshot, nor compared), C_NO_TIME when restored from one.
-    uint64_t arrived, granted
+    # For the wait and hold histograms only: the batch time (ms) of its arrival while it
+    # waits, of its grant once granted. Not state (never in a snapshot, nor compared);
+    # C_NO_TIME when restored from one.
+    uint64_t since
 
 ctypedef struct KeySlot:
     unsigned char *key

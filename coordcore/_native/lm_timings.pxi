@@ -28,12 +28,13 @@ cdef inline void _hist_add(Histogram *h, uint64_t start, uint64_t end) noexcept 
     h.sum_ms = h.sum_ms + d if d <= 0xFFFFFFFFFFFFFFFFULL - h.sum_ms else 0xFFFFFFFFFFFFFFFFULL
 
 cdef inline void _timed_grant(LockMachine self, Contender *cp) noexcept:
-    cp.granted = self.st.time
-    _hist_add(&self.waits[cp.mode - 1], cp.arrived, cp.granted)
+    """A grant: one wait observation (since its arrival); its hold starts now."""
+    _hist_add(&self.waits[cp.mode - 1], cp.since, self.st.time)
+    cp.since = self.st.time
 
 cdef inline void _timed_end(LockMachine self, Contender *cp) noexcept:
     """A holder's end (released, closed, expired, withdrawn): one hold observation."""
-    _hist_add(&self.holds[cp.mode - 1], cp.granted, self.st.time)
+    _hist_add(&self.holds[cp.mode - 1], cp.since, self.st.time)
 
 _HIST_KINDS = ("exclusive", "shared", "semaphore", "election", "pool")
 

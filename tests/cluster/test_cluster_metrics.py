@@ -1,15 +1,23 @@
 """Metrics in cluster mode, on real ``coordcore serve --etcd`` processes and a real etcd
 cluster: the leader exports the lock, session, revision and wait/hold figures of the
 service it serves; a follower its replica (applied record and revision, lag, role); after
-a ``kill -9`` of the leader the new one exports the lock figures."""
+a ``kill -9`` of the leader the new one exports the lock figures; a follower that stops
+applying shows how far behind etcd's log it is."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from coordcore.cluster.testing import EtcdCluster
+import hiredis
+
 from tests.cluster.ccluster import CoordCluster, command, info
+from tests.server.ccserver import aio_raw, inprocess_server, read_reply
 from tests.server.test_metrics import histogram, scrape
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -86,3 +94,39 @@ def test_leader_exports_the_lock_figures_and_a_follower_its_replica(healthy: Etc
         # Its histograms count from its term on: the replayed history is not counted again.
         assert histogram(n, "coordcore_lock_wait_seconds", "exclusive")[1] == 0
         assert not any(name.startswith("coordcore_replica_") for name, _ in n)
+
+
+def test_a_follower_that_stops_applying_shows_its_lag(healthy: EtcdCluster, tmp_path: Path,
+                                                     run: Callable[..., Any]) -> None:
+    cfg = {"locks": True, "worker_id": None, "etcd": tuple(healthy.endpoints), "cluster": f"t{uuid.uuid4().hex[:10]}",
+           "etcd_ttl": 2.0, "metrics_port": 0}
+
+    async def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not check():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+    async def main() -> None:
+        async with inprocess_server(tmp_path / "a", **cfg) as a:
+            await until(lambda: a.cluster.role == "leader", "the first server never led")
+            async with inprocess_server(tmp_path / "b", **cfg) as b:
+                node = b.cluster
+                await until(lambda: node.replica_lag() == 0, "the follower never caught up")
+                node._following.cancel()  # its replica stops applying (as if stuck)
+                applied = node.replica.index
+                reader, writer = await aio_raw(a.port)
+                parser = hiredis.Reader()
+                for _ in range(5):  # a record each
+                    writer.write(b"*2\r\n$12\r\nSESSION.OPEN\r\n$2\r\n30\r\n")
+                    assert isinstance(await read_reply(reader, parser), bytes)  # a session handle
+                writer.close()
+                last = a.cluster.log_index
+                assert last >= applied + 5
+                await until(lambda: (node.log_head or 0) >= last, "the follower never read the log's head")
+                m = await asyncio.to_thread(scrape, b.http.port)
+                assert m[("coordcore_replica_applied_index", ())] == applied
+                assert m[("coordcore_replica_lag_records", ())] >= last - applied >= 5
+                assert m[("coordcore_replica_ready", ())] == 1  # loaded, only not advancing
+
+    run(main(), timeout=90)

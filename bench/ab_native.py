@@ -8,7 +8,8 @@ checkout of coordcore (say the previous commit), in one run, rounds interleaved.
 
 Each round runs every case once in a fresh interpreter per tree (alternating which tree
 goes first), each case the best of a few repeats, in CPU time. The cases: the lock machine applying
-records of acquires and releases, the lane's hot path (parse, encode, cut, assemble,
+records of acquires and releases (each key free, and each key contended by two sessions,
+the second waiting for the first's release), the lane's hot path (parse, encode, cut, assemble,
 resolve), a ring lookup of one str key and of a million, hash64 of one str key and jump
 hash of a million. It prints ns per operation per round and the median ratio ours/base
 (below 1: ours is faster) with its spread, and writes bench/out/ab_native.json.
@@ -31,7 +32,7 @@ import json, sys, time
 import numpy as np
 from coordcore.locks.machine import BatchBuilder, LockMachine
 from coordcore.ring import HashRing, hash64, jump_hash_many
-from coordcore._native import lockwire as lw
+from coordcore._native import lockmachine as lm, lockwire as lw
 
 def best(fn, ops, repeat=5):
     # CPU time of this thread, not wall time: on a shared machine a descheduled slice
@@ -61,6 +62,25 @@ def machine():
         m.apply_raw(acq); m.apply_raw(rel)
 out["machine acquire+release (per command)"] = best(machine, 40 * N)
 
+# Contended: two sessions per key, the second waits and is granted at the first's release.
+half = N // 2
+b.clear()
+for s in range(1, half + 1):
+    b.acquire(s, b"key/%04d" % s); b.acquire(s + half, b"key/%04d" % s)
+cacq = b.build(4)
+b.clear()
+for s in range(1, half + 1):
+    b.release(s, b"key/%04d" % s)
+crel1 = b.build(5)
+b.clear()
+for s in range(1, half + 1):
+    b.release(s + half, b"key/%04d" % s)
+crel2 = b.build(6)
+def contended():
+    for _ in range(20):
+        m.apply_raw(cacq); m.apply_raw(crel1); m.apply_raw(crel2)
+out["machine contended acquire+release (per command)"] = best(contended, 20 * 4 * half)
+
 secret = b"0123456789abcdef" * 2
 lane = lw.WireLane(None, lambda *a: None, [])
 lane.verify = lambda h: int(h.partition(b".")[0]) if h.endswith(secret) else 0
@@ -74,7 +94,7 @@ def wire():
         for c, r in zip(conns, reqs):
             c.feed(r); c.run_hot(lane, 100)
         batch = lane.cut(1 << 20)
-        lw.assemble(5, [batch.commands], batch.count)  # the alias: the base may predate lockmachine.assemble
+        lm.assemble(5, [batch.commands], batch.count)
         batch.resolve(fake, 0)
         for c in conns:
             c.take_output()

@@ -92,9 +92,11 @@ cdef int _acquire(LockMachine self, uint32_t si, uint64_t sid, uint8_t kind, uin
     cp.mode = mode
     cp.value = vcopy
     cp.vlen = vlen
+    cp.since = self.st.time
     _link_key(self, c, grant)
     _link_session(self, c)
     if grant:
+        _timed_grant(self, cp)
         _emit_contender(self, E_GRANT, c, rev)
         cc_st64(res + 8, rev)
     else:

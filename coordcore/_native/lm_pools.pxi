@@ -44,6 +44,7 @@ cdef class _Item:
     cdef uint64_t deadline  # waiting: wait timeout; lease: give-back deadline (0: none)
     cdef uint32_t units, passes
     cdef _Tenant tenant
+    cdef uint64_t since  # batch time of its arrival, then of its grant (lm_timings.pxi); C_NO_TIME: restored
 
 
 @cython.final
@@ -103,6 +104,7 @@ cdef int _pool_drop(LockMachine self, _Pool pool, _Item x, uint8_t kind) except 
         if not mine:
             del self.pl.by_sess[x.session]
     if x.token:
+        _hist_add(&self.holds[M_POOL - 1], x.since, self.st.time)
         del pool.leases[x.token]
         x.tenant.held -= x.units
         pool.held -= x.units
@@ -123,6 +125,8 @@ cdef int _pool_grant(LockMachine self, _Pool pool, _Item x) except -1:
         x.tenant.want -= x.units
         x.deadline = 0
     x.token = rev
+    _hist_add(&self.waits[M_POOL - 1], x.since, self.st.time)
+    x.since = self.st.time
     pool.leases[rev] = x
     x.tenant.held += x.units
     pool.held += x.units
@@ -451,6 +455,7 @@ cdef int _cap_acquire(LockMachine self, uint64_t sid, bytes name, const unsigned
     x.tenant = t
     x.units = units
     x.ticket = self.st.revision + 1
+    x.since = self.st.time
     mine = self.pl.by_sess.get(sid)
     if mine is None:
         mine = self.pl.by_sess[sid] = {}
@@ -823,6 +828,7 @@ cdef _Item _pool_loaded_item(LockMachine self, _Pool pool, _Tenant t, uint64_t s
         raise LogCorrupted("snapshot pool item out of range")
     revs.add(ticket)
     x.session, x.ticket, x.units, x.deadline, x.tenant = sid, ticket, units, deadline, t
+    x.since = C_NO_TIME  # a snapshot has no such times: not observed (lm_timings.pxi)
     self.pl.by_sess.setdefault(sid, {})[ticket] = (pool, x)
     return x
 

@@ -26,6 +26,7 @@ cdef int _promote(LockMachine self, uint32_t k) except -1:
         map_put(&self.st.rev_map, rev, c)
         self.st.revision = rev
         self.st.con[c].token = rev
+        _timed_grant(self, &self.st.con[c])
         if not self.st.con[c].detached:
             self.st.con[c].wait_deadline = 0  # granted: its TIMEOUT is over
         _link_key(self, c, True)
@@ -37,6 +38,8 @@ cdef int _remove_contender(LockMachine self, uint32_t c) except -1:
     cdef Contender *cp = &self.st.con[c]
     cdef uint64_t rev = self.st.revision + 1
     self.st.revision = rev
+    if cp.token != 0:
+        _timed_end(self, cp)
     _emit_contender(self, E_RELEASE if cp.token != 0 else E_CANCEL, c, rev)
     cp = &self.st.con[c]
     _unlink_key(self, c)

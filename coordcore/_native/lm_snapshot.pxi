@@ -263,6 +263,9 @@ cdef int _load(LockMachine self, const unsigned char *p, size_t n) except -1:
             if v2:
                 cp.wait_deadline = r.u64()
             cp.key = ki
+            # A snapshot carries no arrival or grant times: a restored contender's wait
+            # or hold is not observed (its later grant, then hold, are).
+            cp.since = C_NO_TIME
             if cp.detached > 1 or (cp.wait_deadline != 0 and j < nh and not cp.detached):
                 raise LogCorrupted("snapshot contender wait state out of range")
             if vlen > C_MAX_VALUE:

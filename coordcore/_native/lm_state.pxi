@@ -17,6 +17,13 @@ cdef uint64_t C_MAX_TIME = 1ULL << 62
 cdef uint64_t C_MAX_COUNTER = 1ULL << 62
 
 
+# Wait and hold time histograms (lm_timings.pxi): fixed power-of-two buckets in ms.
+cdef enum:
+    HIST_BOUNDS = 24  # finite upper bounds 1, 2, 4, ... 2**23 ms (2.3 h); one more count: above
+    HIST_KINDS = 5    # by contender mode - 1: exclusive, shared, semaphore, election, pool
+cdef uint64_t C_NO_TIME = 0xFFFFFFFFFFFFFFFFULL  # not known (a contender restored from a snapshot)
+
+
 # --- data structures -----------------------------------------------------------------
 
 ctypedef struct Contender:
@@ -33,6 +40,10 @@ ctypedef struct Contender:
     uint8_t detached      # a waiter at a restart: withdrawn at wait_deadline unless its client re-attaches
     uint64_t wait_deadline  # withdrawn at the first batch at or after it (0: never)
     unsigned char *value
+    # For the wait and hold histograms only: the batch time (ms) of its arrival while it
+    # waits, of its grant once granted. Not state (never in a snapshot, nor compared);
+    # C_NO_TIME when restored from one.
+    uint64_t since
 
 ctypedef struct KeySlot:
     unsigned char *key
@@ -105,5 +116,9 @@ ctypedef struct State:
     uint32_t heap_len, heap_cap
     HeapEntry *wheap      # (wait deadline, ticket)
     uint32_t wheap_len, wheap_cap
+
+ctypedef struct Histogram:
+    uint64_t counts[HIST_BOUNDS + 1]  # per bucket, not cumulative; the last: above every bound
+    uint64_t sum_ms                   # saturates at 2**64 - 1 (never wraps)
 
 cdef uint64_t HASH_SEED = <uint64_t>int.from_bytes(os.urandom(8), "little")

@@ -36,6 +36,7 @@ from coordcore.errors import BadArgument, LogCorrupted, UnknownCommand, WrongTyp
 cc_crc32c_init()
 
 include "lm_state.pxi"
+include "lm_timings.pxi"
 include "lm_tables.pxi"
 include "lm_codec.pxi"
 include "lm_store.pxi"
@@ -192,10 +193,14 @@ cdef class LockMachine:
     cdef uint32_t dead_len, dead_cap
     cdef bint broken
     cdef _Pools pl       # quota pools (lm_pools.pxi)
+    cdef Histogram waits[HIST_KINDS]  # wait and hold times by mode (lm_timings.pxi): not state
+    cdef Histogram holds[HIST_KINDS]
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(State))
         memset(&self.ev, 0, sizeof(Buf))
+        memset(self.waits, 0, sizeof(self.waits))
+        memset(self.holds, 0, sizeof(self.holds))
         self.aff = NULL
         self.dead = NULL
         self.aff_len = self.aff_cap = self.dead_len = self.dead_cap = 0
@@ -393,6 +398,25 @@ cdef class LockMachine:
         snapshots)."""
         with cython.critical_section(self):
             return _pools_totals(self)
+
+    def timings(self):
+        """The wait and hold times observed by this object, as ``(bounds_ms, waits,
+        holds)``: the buckets' upper bounds (ms), then for each kind ("exclusive",
+        "shared", "semaphore", "election", "pool") ``(counts, sum_ms)``, counts per
+        bucket (not cumulative) with one more at the end for times above the last bound.
+        A wait is observed at each grant (0 for one granted at once), a hold at each
+        end of a hold (release, close, expiry, withdrawal, revocation). Not state: not
+        in snapshots, kept across :meth:`restore`, only ever growing (see
+        :meth:`clear_timings`)."""
+        with cython.critical_section(self):
+            return _timings(self)
+
+    def clear_timings(self):
+        """Forget the observed times (a service calls it once its log is replayed, so
+        that its metrics count what happened since it started serving)."""
+        with cython.critical_section(self):
+            memset(self.waits, 0, sizeof(self.waits))
+            memset(self.holds, 0, sizeof(self.holds))
 
     def check_invariants(self):
         """Check the internal structures (AssertionError on violation). Debug builds run

@@ -270,6 +270,7 @@ __all__ = [
     "Result",
     "SessionInfo",
     "Status",
+    "Timings",
     "decode_batch",
     "decode_events",
     "decode_results",
@@ -529,6 +530,18 @@ class SessionInfo(NamedTuple):
     contenders: tuple[tuple[bytes, Contender], ...]
     #: All its contenders (``contenders`` may be one page of them).
     contender_count: int = 0
+
+
+class Timings(NamedTuple):
+    """How long contenders waited and held (:meth:`LockMachine.timings`), by kind:
+    "exclusive", "shared" (locks), "semaphore", "election", "pool". Each kind maps to
+    ``(counts, sum_ms)``: counts per bucket, not cumulative, one per bound in
+    ``bounds_ms`` (a time falls in the first bucket whose bound is >= it) and one more
+    for times above the last bound."""
+
+    bounds_ms: list[int]
+    waits: dict[str, tuple[list[int], int]]
+    holds: dict[str, tuple[list[int], int]]
 
 
 class Command(NamedTuple):
@@ -1138,6 +1151,35 @@ class LockMachine:
         """(pools, capacity, held, waiting requests) over every pool, and the give-back
         requests and revocations this machine applied (replays included)."""
         return self._m.pool_totals()
+
+    def timings(self) -> Timings:
+        """Wait and hold times observed by this machine, in batch-time ms (metrics).
+
+        A wait is observed at each grant (0 for one granted at once), a hold when it
+        ends (release, close, expiry, withdrawal, revocation). They are not state: not
+        in snapshots nor compared, kept across :meth:`restore`; contenders restored from
+        a snapshot have no known arrival or grant time, so their wait or hold is not
+        observed (their later grant and hold are).
+
+        >>> m, b = LockMachine(), BatchBuilder()
+        >>> b.open_session(ttl_ms=5_000), b.open_session(ttl_ms=5_000)
+        (0, 1)
+        >>> _ = m.apply(b.build(time_ms=0)); b.clear()
+        >>> b.acquire(1, "k"), b.acquire(2, "k", wait=True)
+        (0, 1)
+        >>> token = m.apply(b.build(time_ms=10)).results[0].token; b.clear()
+        >>> b.release(1, "k", token)
+        0
+        >>> _ = m.apply(b.build(time_ms=310))
+        >>> t = m.timings()
+        >>> sum(t.waits["exclusive"][0]), t.waits["exclusive"][1], t.holds["exclusive"][1]
+        (2, 300, 300)
+        """
+        return Timings(*self._m.timings())
+
+    def clear_timings(self) -> None:
+        """Forget the observed times (a service does once its log is replayed)."""
+        self._m.clear_timings()
 
     def check_invariants(self) -> None:
         """Verify the internal structures and the lock rules (AssertionError if broken).

@@ -106,6 +106,7 @@ from coordcore.locks.machine import (
     Result,
     SessionInfo,
     Status,
+    Timings,
 )
 from coordcore.locks.pipeline import BatchStats, CommitPipeline, write_snapshot
 from coordcore.locks.pools import Lease, Pools
@@ -906,6 +907,11 @@ class LockService:
         return {"sessions": m.session_count, "sessions_opened": m.next_session_id - 1,
                 "keys": m.key_count, "waiters": m.waiter_count}
 
+    def timings(self) -> Timings:
+        """Wait and hold times of the committed batches since the service opened, read
+        natively (metrics): see :meth:`LockMachine.timings`."""
+        return self._machine.timings()
+
     @property
     def sync_times(self) -> SyncTimes | None:
         """The file log's fdatasync durations (None: no file log, or no fsync)."""
@@ -1016,4 +1022,6 @@ async def _recover(store: LogStore) -> LockMachine:
         logger.warning("lock log %s: revision raised to %d (records were lost), so no fencing "
                        "token is issued twice; snapshot written", store, floor)
     store.applied(machine.revision)
+    # The replayed history was observed by an earlier process: metrics count from here.
+    machine.clear_timings()
     return machine

@@ -88,6 +88,8 @@ class ClusterHost(Protocol):
 
 #: How often a follower asks etcd who leads (for its redirects).
 LEADER_POLL = 0.25
+#: How often a follower reads the log's newest record index in etcd (its lag, in metrics).
+LOG_HEAD_POLL = 1.0
 #: How often a leader checks that its leadership and service still stand.
 LEADER_CHECK = 0.05
 #: How long a step-down waits for etcd to take its resignation (else the lease ends it).
@@ -201,6 +203,8 @@ class ClusterNode:
         self.replica: Replica | None = None
         self._reads: FollowerReads | None = None
         self._following: asyncio.Task[None] | None = None
+        #: While following: the newest record index in etcd's log as last read (None: unknown).
+        self.log_head: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         #: The audit trail (``--audit-key``): every server journals what it applies.
@@ -422,15 +426,52 @@ class ClusterNode:
             replica.restart_watches("this server stopped following (it leads now, or stops): watch again")
 
     async def _watch_leader(self) -> None:
+        head_due = 0.0
         while True:
             if self.role != "leader":
                 try:
                     info = await current_leader(self.etcd, self.keys)
                     # Our own candidacy first, but not serving yet: no leader to name.
                     self.leader = info.address if info is not None and info.address != self.advertise else None
+                    if time.monotonic() >= head_due:
+                        head_due = time.monotonic() + LOG_HEAD_POLL
+                        self.log_head = await self._read_log_head()
                 except (EtcdUnavailable, EtcdRequestFailed):
                     pass  # keep the last known leader
+            else:
+                self.log_head = None
             await asyncio.sleep(LEADER_POLL)
+
+    async def _read_log_head(self) -> int | None:
+        """The newest record's index in etcd's log (one key, no value), or None if the
+        log holds no record (all below a snapshot): what a follower's lag is against."""
+        prefix = self.keys.log_prefix
+        found = await self.etcd.range(prefix, self.keys.end(prefix), limit=1, keys_only=True, order="key-desc")
+        return self.keys.log_seq(found.kvs[0].key) if found.kvs else None
+
+    # --- what the metrics and the status page read --------------------------------------
+
+    @property
+    def lock_service(self) -> LockService | None:
+        """The lock service this server serves while it leads (its leadership alive),
+        else None: a follower has only its :attr:`replica`."""
+        served, lead = self._served, self._leadership
+        return served.svc if served is not None and lead is not None and lead.alive() else None
+
+    @property
+    def log_index(self) -> int | None:
+        """While leading: the last record known to be in etcd; else None."""
+        store = self._store
+        return store.next_index - 1 if self.lock_service is not None and store is not None else None
+
+    def replica_lag(self) -> int | None:
+        """While following: how many records the replica is behind the newest one in
+        etcd as last read (up to LOG_HEAD_POLL old, so 0 may hide a few), or None if
+        either is unknown (no replica loaded, no record in etcd's log)."""
+        replica, head = self.replica, self.log_head
+        if self.role == "leader" or replica is None or not replica.ready or head is None:
+            return None
+        return max(0, head - replica.index)
 
     # --- commands ----------------------------------------------------------------------
 
@@ -503,9 +544,11 @@ class ClusterNode:
         replica = self.replica
         if replica is not None:
             state = "failed" if replica.failed is not None else "ready" if replica.ready else "loading"
+            lag = self.replica_lag()
             lines[-1:-1] = [f"replica:{state}", f"replica_loaded_from:{replica.loaded_from}",
                             f"applied_index:{replica.index}",
-                            f"applied_revision:{replica.revision}"]
+                            f"applied_revision:{replica.revision}",
+                            f"replica_lag_records:{'' if lag is None else lag}"]
         if self.audit is not None:
             lines[-1:-1] = self.audit.info_lines()
         if self._served is not None:

@@ -80,6 +80,23 @@ def _histogram(buckets: list[tuple[float, int]], total: float) -> tuple[list[tup
     return out, total
 
 
+def _timings(t: Any) -> Iterator[Any]:
+    """The lock machine's wait and hold histograms (native counts, ms) in seconds."""
+    from prometheus_client.core import HistogramMetricFamily
+
+    for name, text, per_kind in (
+            ("coordcore_lock_wait_seconds", "How long contenders waited for a grant (0 for one granted at once), "
+             "by kind, in batch time, since the service opened.", t.waits),
+            ("coordcore_lock_hold_seconds", "How long holds lasted until released, closed, expired, withdrawn "
+             "or revoked, by kind, in batch time, since the service opened.", t.holds)):
+        fam = HistogramMetricFamily(name, text, labels=["kind"])
+        for kind, (counts, sum_ms) in per_kind.items():
+            cum, _ = _histogram([(b / 1000, n) for b, n in zip(t.bounds_ms, counts)], 0.0)
+            cum.append(("+Inf", sum(counts)))
+            fam.add_metric([kind], cum, sum_value=sum_ms / 1000)
+        yield fam
+
+
 class ServerCollector:
     """A prometheus_client collector reading ``server``'s counters (see the module)."""
 
@@ -112,12 +129,43 @@ class ServerCollector:
         if svc is not None:
             yield from self._locks(svc)
         yield from self._ids()
-        cluster = srv.cluster
-        if cluster is not None:
-            yield GaugeMetricFamily("coordcore_cluster_is_leader", "1 while this server leads its cluster.",
-                                    value=1 if cluster.role == "leader" else 0)
-            yield GaugeMetricFamily("coordcore_cluster_term", "The leadership term this server last saw.",
-                                    value=cluster.term)
+        if srv.cluster is not None:
+            yield from self._cluster(srv.cluster)
+
+    def _cluster(self, cluster: Any) -> Iterator[Any]:
+        """The node's role; the leader's log position, or a follower's replica (its lock
+        figures are the leader's, in :meth:`_locks`, read there)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("coordcore_cluster_is_leader", "1 while this server leads its cluster.",
+                                value=1 if cluster.role == "leader" else 0)
+        role = GaugeMetricFamily("coordcore_cluster_role", "This server's role in its cluster (always 1).",
+                                 labels=["role"])
+        role.add_metric([cluster.role], 1)
+        yield role
+        yield GaugeMetricFamily("coordcore_cluster_term", "The leadership term this server last saw.",
+                                value=cluster.term)
+        yield CounterMetricFamily("coordcore_cluster_terms_led_total", "Terms this server has led.",
+                                  value=cluster.terms_led)
+        index = cluster.log_index
+        if index is not None:
+            yield GaugeMetricFamily("coordcore_cluster_log_index",
+                                    "The leader's last record known to be in etcd.", value=index)
+        replica = cluster.replica
+        if replica is None:
+            return
+        yield GaugeMetricFamily("coordcore_replica_ready",
+                                "1 while this follower's replica is loaded and applies the log.",
+                                value=1 if replica.ready and replica.failed is None else 0)
+        yield GaugeMetricFamily("coordcore_replica_applied_index", "The last log record this replica applied.",
+                                value=replica.index)
+        yield GaugeMetricFamily("coordcore_replica_revision", "The revision of this replica's lock state.",
+                                value=replica.revision)
+        lag = cluster.replica_lag()
+        if lag is not None:
+            yield GaugeMetricFamily("coordcore_replica_lag_records",
+                                    "Records this replica is behind the newest in etcd's log (read each second).",
+                                    value=lag)
 
     def _commands(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
@@ -191,6 +239,7 @@ class ServerCollector:
         yield HistogramMetricFamily("coordcore_batch_size_commands",
                                     "Commands per non-empty batch (buckets by powers of two).",
                                     buckets=cum, sum_value=st.commands)
+        yield from _timings(svc.timings())
         times = svc.sync_times
         if times is not None:
             cum, total = _histogram(list(zip(times.BOUNDS, times.counts)), times.sum)

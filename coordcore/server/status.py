@@ -80,8 +80,8 @@ def lock_service(server: Any) -> Any:
     """The lock service ``server`` serves (in cluster mode: while it leads), or None."""
     if server.locks is not None:
         return server.locks
-    served = getattr(server.cluster, "_served", None)
-    return served.svc if served is not None else None
+    cluster = server.cluster
+    return cluster.lock_service if cluster is not None else None
 
 
 def status_json(server: Any, query: dict[str, str]) -> dict[str, Any]:

@@ -8,14 +8,19 @@ now and then, 2, whose rules differ in a session's second claim on a lock) and m
 and have byte-identical snapshots after every step. On top of that, the lock rules are
 checked on the native state after every step, tokens must rise strictly, revisions
 must have no gaps, and replaying every record from an empty machine (and from a
-snapshot taken half-way) must reproduce the final snapshot.
+snapshot taken half-way) must reproduce the final snapshot. The wait and hold time
+histograms (not state) must match those computed from the events and batch times, and
+never decrease.
 """
 from __future__ import annotations
+
+from typing import Any
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from coordcore.locks import BatchBuilder, Command, EventKind, Kind, LockMachine, Mode, Op, Status
+from coordcore.locks.machine import Timings
 from tests.models.lock_model import LockModel
 
 LOCK_KEYS = [b"lock/a", b"lock/a", b"lock/b", b"lock/a/sub"]
@@ -24,6 +29,50 @@ ELECTION_KEYS = [b"elect/e"]
 KEYS = sorted(set(LOCK_KEYS + SEM_KEYS + ELECTION_KEYS))
 TTLS = [1, 20, 100, 1000, 1000, 60_000]
 DELTAS = [0, 0, 0, 0, 1, 3, 10, 50, 200, -7, -1000]
+
+
+KINDS = {Mode.EXCLUSIVE: "exclusive", Mode.SHARED: "shared", Mode.SEMAPHORE: "semaphore",
+         Mode.ELECTION: "election", Mode.POOL: "pool"}
+
+
+class TimingModel:
+    """Wait and hold times as LockMachine.timings() must count them, from the events:
+    a wait from a contender's WAIT (or direct GRANT) to its GRANT, a hold from its
+    GRANT to its RELEASE or REVOKE, at the batches' times; contenders whose start this
+    object did not see (restored from a snapshot) are not observed."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[int, int] = {}  # ticket -> time
+        self.granted: dict[int, int] = {}  # token -> time
+        self.waits: dict[str, list[int]] = {k: [] for k in KINDS.values()}
+        self.holds: dict[str, list[int]] = {k: [] for k in KINDS.values()}
+
+    def observe(self, events: list[Any], now: int) -> None:
+        for e in events:
+            if e.kind == EventKind.WAIT:
+                self.arrived[e.ticket] = now
+            elif e.kind == EventKind.GRANT:
+                if e.ticket == e.token:
+                    self.arrived[e.ticket] = now
+                if e.ticket in self.arrived:
+                    self.waits[KINDS[e.mode]].append(now - self.arrived.pop(e.ticket))
+                self.granted[e.token] = now
+            elif e.kind in (EventKind.RELEASE, EventKind.REVOKE) and e.token:
+                if e.token in self.granted:
+                    self.holds[KINDS[e.mode]].append(now - self.granted.pop(e.token))
+            elif e.kind == EventKind.CANCEL:
+                self.arrived.pop(e.ticket, None)
+
+    def expected(self, bounds: list[int]) -> Timings:
+        def hist(times: list[int]) -> tuple[list[int], int]:
+            counts = [0] * (len(bounds) + 1)
+            for t in times:
+                assert t >= 0
+                counts[next((i for i, b in enumerate(bounds) if t <= b), len(bounds))] += 1
+            return counts, sum(times)
+
+        return Timings(bounds, {k: hist(v) for k, v in self.waits.items()},
+                       {k: hist(v) for k, v in self.holds.items()})
 
 
 class MachineVsModel(RuleBasedStateMachine):
@@ -40,6 +89,8 @@ class MachineVsModel(RuleBasedStateMachine):
         self.next_request = 1
         self.max_token = 0
         self.stats = {"grant": 0, "wait": 0, "expire": 0, "dup": 0, "held": 0}
+        self.timing = TimingModel()
+        self.last_timings = self.native.timings()
 
     # --- drawing commands ----------------------------------------------------------
 
@@ -141,6 +192,10 @@ class MachineVsModel(RuleBasedStateMachine):
         snap = self.native.snapshot()
         self.native = LockMachine.from_snapshot(snap)
         assert self.native.snapshot() == snap
+        # A new object: its histograms start empty, and the times of the contenders it
+        # restored are unknown (their waits and holds so far are not observed).
+        self.timing = TimingModel()
+        self.last_timings = self.native.timings()
         self.midpoint = (len(self.records), snap)
 
     def _apply(self, b: BatchBuilder, delta: int, version: int = 3) -> None:
@@ -175,6 +230,7 @@ class MachineVsModel(RuleBasedStateMachine):
             if r.status == Status.OK and r.op in (Op.ACQUIRE, Op.SEM_ACQUIRE, Op.CAMPAIGN) and not r.duplicate:
                 assert r.token == r.ticket
         assert self.native.time_ms == self.model.time
+        self.timing.observe(applied.events, self.native.time_ms)
 
     # --- invariants ----------------------------------------------------------------
 
@@ -182,6 +238,15 @@ class MachineVsModel(RuleBasedStateMachine):
     def same_state(self) -> None:
         assert self.native.snapshot() == self.model.snapshot()
         self.native.check_invariants()
+
+    @invariant()
+    def timings(self) -> None:
+        now = self.native.timings()
+        assert now == self.timing.expected(now.bounds_ms)
+        for old, new in ((self.last_timings.waits, now.waits), (self.last_timings.holds, now.holds)):
+            for kind, (counts, total) in new.items():
+                assert all(a <= b for a, b in zip(old[kind][0], counts)) and old[kind][1] <= total
+        self.last_timings = now
 
     @invariant()
     def lock_rules(self) -> None:

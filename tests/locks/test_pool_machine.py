@@ -1,7 +1,7 @@
 """The native pools against the reference model (tests/models/pool_model.py), driven by
 hypothesis with the same batch records: identical results, events and pool state after
-every step, the native invariants, and replay from the log and from a snapshot giving
-the same snapshot bytes."""
+every step, the native invariants, replay from the log and from a snapshot giving
+the same snapshot bytes, and lease wait and hold times counted as the events say."""
 from __future__ import annotations
 
 import struct
@@ -15,6 +15,7 @@ from coordcore._native.lockmachine import crc32c
 from coordcore.errors import CoordcoreError, LogCorrupted
 from coordcore.locks import BatchBuilder, Command, LockMachine, Op
 from coordcore.locks.machine import BATCH_FORMAT_VERSION, POOL_BATCH_FORMAT_VERSION, EventKind, Status, tick
+from tests.locks.test_machine_state import TimingModel
 from tests.models.pool_model import POOL_CONF, TENANT_CONF, PoolModel
 
 POOLS = [b"gpu", b"lic"]
@@ -39,6 +40,7 @@ class NativeVsModel(RuleBasedStateMachine):
         self.midpoint: tuple[int, bytes] | None = None
         self.sessions: list[int] = []
         self.revs: list[int] = [1]
+        self.timing = TimingModel()
 
     def step(self, commands: list[Command], dt: int = 0) -> None:
         self.time = max(0, self.time + dt)
@@ -51,6 +53,9 @@ class NativeVsModel(RuleBasedStateMachine):
         results, events = self.model.apply(self.time, [(c.op, c.flags, c.session, c.arg, c.key, c.value) for c in commands])
         assert [tuple(r) for r in applied.results] == results
         assert [tuple(e) for e in applied.events] == events
+        self.timing.observe(applied.events, self.native.time_ms)
+        timings = self.native.timings()
+        assert timings == self.timing.expected(timings.bounds_ms)
         for e in applied.events:
             if e.kind == EventKind.OPEN:
                 self.sessions.append(e.session)

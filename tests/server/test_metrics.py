@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -194,3 +195,68 @@ def test_slowloris_head_is_cut_off(run: Callable[..., object], tmp_path: Path,
             assert not server.http.conns
 
     run(main())
+
+
+def histogram(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+              kind: str) -> tuple[list[tuple[float, float]], float, float]:
+    """One kind's (le, cumulative count) buckets, count and sum, checked for shape."""
+    buckets = sorted((float(dict(labels)["le"]), v) for (n, labels), v in metrics.items()
+                     if n == f"{name}_bucket" and dict(labels)["kind"] == kind)
+    count = metrics[(f"{name}_count", (("kind", kind),))]
+    total = metrics[(f"{name}_sum", (("kind", kind),))]
+    assert len(buckets) == 25 and buckets[-1] == (float("inf"), count)
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), "buckets not cumulative"
+    return buckets, count, total
+
+
+def test_lock_wait_and_hold_histograms_count_a_contended_lock_and_an_expiry(serve: Serve) -> None:
+    srv = serve("--metrics-port", "0")
+    r = redis.Redis(port=srv.port)
+    port = metrics_port(r)
+    families = {f.name: f.type for f in text_string_to_metric_families(get(port, "/metrics")[1].decode())}
+    assert families["coordcore_lock_wait_seconds"] == families["coordcore_lock_hold_seconds"] == "histogram"
+    first = r.execute_command("SESSION.OPEN", 10)
+    token = r.execute_command("LOCK.ACQUIRE", "hist/a", first)
+    before = scrape(port)
+    waiter: dict[str, object] = {}
+
+    def wait_for_it() -> None:
+        other = redis.Redis(port=srv.port)
+        handle = other.execute_command("SESSION.OPEN", 10)
+        waiter["token"] = other.execute_command("LOCK.ACQUIRE", "hist/a", handle, "TIMEOUT", 10_000)
+
+    thread = threading.Thread(target=wait_for_it)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while scrape(port)[("coordcore_waiters", ())] < 1:
+        assert time.monotonic() < deadline, "the second client never queued"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    r.execute_command("LOCK.RELEASE", "hist/a", first, "TOKEN", token)
+    thread.join(10)
+    assert int(waiter["token"]) > token  # type: ignore[call-overload]
+    after = scrape(port)
+    _, wait_before, wait_sum_before = histogram(before, "coordcore_lock_wait_seconds", "exclusive")
+    buckets, wait_count, wait_sum = histogram(after, "coordcore_lock_wait_seconds", "exclusive")
+    assert wait_count == wait_before + 1 and wait_sum - wait_sum_before >= 0.25
+    assert dict(buckets)[0.128] == wait_before  # the new one waited more than 128 ms
+    _, hold_before, _ = histogram(before, "coordcore_lock_hold_seconds", "exclusive")
+    _, hold_count, hold_sum = histogram(after, "coordcore_lock_hold_seconds", "exclusive")
+    assert hold_count == hold_before + 1 and hold_sum >= 0.25
+    for kind in ("shared", "semaphore", "election", "pool"):
+        assert histogram(after, "coordcore_lock_wait_seconds", kind)[1] == 0
+
+    # An expired session's hold counts too (ended by the expiry, not a release).
+    short = r.execute_command("SESSION.OPEN", "0.2")
+    r.execute_command("LOCK.ACQUIRE", "hist/b", short)
+    deadline = time.monotonic() + 10
+    while scrape(port).get(("coordcore_sessions_ended_total", (("reason", "expired"),)), 0) < 1:
+        assert time.monotonic() < deadline, "the short session never expired"
+        time.sleep(0.05)
+    expired = scrape(port)
+    _, count, total = histogram(expired, "coordcore_lock_hold_seconds", "exclusive")
+    assert count == hold_count + 1 and total - hold_sum >= 0.15
+    # Counts never go down between scrapes.
+    for name, labels in after:
+        if name.startswith("coordcore_lock_") and (name, labels) in expired:
+            assert expired[(name, labels)] >= after[(name, labels)], name

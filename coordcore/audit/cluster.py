@@ -7,7 +7,8 @@ an :class:`~coordcore.audit.trail.AuditedStore` over the term's etcd log that sh
 same trail), and the trees of all servers agree.
 
 **Who signs.** Every server is given the same key (``--audit-key`` on each): any of
-them may become leader, and the leader signs. It publishes each checkpoint in etcd at
+them may become leader, and the leader signs. After a key rotation each server is also
+given the old public keys (``--audit-trusted-key``), whose checkpoints it still accepts. It publishes each checkpoint in etcd at
 ``<prefix>/audit/cp/<tree size>`` under its leadership's guard (a deposed leader cannot
 add one). Every server reads them (a poll every :data:`POLL`), rebuilds its own root at
 that size from its journal *on disk* (:meth:`AuditTrail.tree_at
@@ -35,11 +36,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from coordcore.audit.checkpoint import MAX_LINE, Checkpoint, load_private_key
+from coordcore.audit.checkpoint import MAX_LINE, Checkpoint, load_private_key, load_public_key
 from coordcore.audit.trail import AuditedStore, AuditTrail
 from coordcore.cluster.election import Leadership
 from coordcore.cluster.errors import EtcdRequestFailed, EtcdUnavailable, LeadershipLost
@@ -67,7 +68,6 @@ class ClusterAudit:
         self.trail = trail
         self.etcd = etcd
         self._prefix = keys.prefix + b"/audit/cp/"
-        self._public = trail.key.public_key()
         #: Checkpoints read from etcd whose size this server's tree has not reached yet.
         self._pending: dict[int, Checkpoint] = {}
         self._read_to = trail.checkpoints[-1].size if trail.checkpoints else 0
@@ -81,11 +81,13 @@ class ClusterAudit:
     @classmethod
     async def open(cls, data_dir: Path, key_path: Path, etcd: Etcd, keys: Keys, *, every: int,
                    fsync: bool, segment_bytes: int = 0,
-                   archive: Callable[[Path], None] | None = None) -> ClusterAudit:
+                   archive: Callable[[Path], None] | None = None,
+                   trusted: Sequence[Path] = ()) -> ClusterAudit:
         key = load_private_key(key_path)
+        olds = [load_public_key(p) for p in trusted]
         trail = await asyncio.get_running_loop().run_in_executor(
             None, lambda: AuditTrail.load(data_dir / "audit", key=key, every=every, fsync=fsync,
-                                          segment_bytes=segment_bytes, archive=archive))
+                                          segment_bytes=segment_bytes, archive=archive, trusted=olds))
         return cls(trail, etcd, keys)
 
     def cp_key(self, size: int) -> bytes:
@@ -145,8 +147,10 @@ class ClusterAudit:
     def problem(self, cp: Checkpoint) -> str | None:
         """Why ``cp`` does not describe this server's journal, or None (it is then kept)."""
         trail = self.trail
-        if not cp.signed_by(self._public):
-            return f"the checkpoint of size {cp.size} is not signed by this server's --audit-key"
+        unsigned = trail.keyring.problem(cp)
+        if unsigned is not None:
+            return (f"the checkpoint of size {cp.size} {unsigned}: neither this server's --audit-key nor "
+                    "an --audit-trusted-key")
         if cp.first_index != trail.origin:
             return (f"the checkpoint of size {cp.size} is of a tree from record {cp.first_index}; this "
                     f"server's journal starts at record {trail.origin}")

@@ -21,7 +21,7 @@ boundary comes at once).
 
 >>> import asyncio, tempfile
 >>> from pathlib import Path
->>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+>>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 >>> from coordcore.locks.service import LockService
 >>> from coordcore.locks.store import FileStore
 >>> async def demo(d: Path) -> tuple[int, int]:
@@ -50,11 +50,11 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from coordcore.audit import checkpoint as cpmod
 from coordcore.audit.checkpoint import Checkpoint
@@ -101,9 +101,13 @@ class AuditTrail:
     """
 
     def __init__(self, directory: Path, key: Ed25519PrivateKey | None, every: int, fsync: bool,
-                 segment_bytes: int = 0, archive: Callable[[Path], None] | None = None) -> None:
+                 segment_bytes: int = 0, archive: Callable[[Path], None] | None = None,
+                 trusted: Sequence[Ed25519PublicKey] = ()) -> None:
         self.directory = directory
         self.key = key
+        #: The keys whose checkpoints this trail accepts: its own and older ones it was
+        #: signed with before ``--audit-key`` was rotated (``--audit-trusted-key``).
+        self.keyring = cpmod.Keyring([*([key.public_key()] if key is not None else []), *trusted])
         self.every = every
         self.fsync = fsync
         self.segment_bytes = segment_bytes
@@ -134,13 +138,15 @@ class AuditTrail:
     @classmethod
     def load(cls, directory: Path, *, key: Ed25519PrivateKey | None = None, every: int = DEFAULT_EVERY,
              fsync: bool = True, segment_bytes: int = 0,
-             archive: Callable[[Path], None] | None = None) -> AuditTrail:
+             archive: Callable[[Path], None] | None = None,
+             trusted: Sequence[Ed25519PublicKey] = ()) -> AuditTrail:
         """Read an audit directory (creating it); raises :class:`LogCorrupted` if its tree
-        does not extend its last checkpoint, or the checkpoints were signed by another key."""
+        does not extend its last checkpoint, or that checkpoint is not signed by ``key``
+        or one of the ``trusted`` older keys."""
         if type(every) is not int or every < 1:
             raise BadArgument(f"checkpoint interval must be >= 1 record, not {every!r}")
         directory.mkdir(parents=True, exist_ok=True)
-        trail = cls(directory, key, every, fsync, segment_bytes, archive)
+        trail = cls(directory, key, every, fsync, segment_bytes, archive, trusted)
         last = trail.checkpoints[-1] if trail.checkpoints else None
         sealed = trail._load_edge()
         if last is not None and last.size == trail.tree.size:
@@ -205,9 +211,12 @@ class AuditTrail:
                 f"{where}: the journal ({self.tree.size} records from {first}) does not extend the "
                 f"last signed checkpoint (size {cp.size} from record {cp.first_index}): refusing to "
                 "start, which would sign a checkpoint inconsistent with it")
-        if self.key is not None and cp.key != cpmod._raw_public(self.key.public_key()):
-            raise LogCorrupted(f"{where}: the checkpoints were signed by key {cp.key.hex()}, not by "
-                               "--audit-key's (move checkpoints.jsonl aside to start a new chain)")
+        problem = self.keyring.problem(cp) if self.key is not None else None
+        if problem is not None:
+            raise LogCorrupted(f"{where}: the last checkpoint (size {cp.size}) {problem}; neither --audit-key "
+                               "nor an --audit-trusted-key made it (give the old public key with "
+                               "--audit-trusted-key after a key rotation, or move checkpoints.jsonl aside "
+                               "to start a new chain)")
 
     @property
     def first_index(self) -> int:
@@ -483,13 +492,14 @@ class AuditedStore:
     @classmethod
     async def open(cls, inner: LogStore, directory: Path, *, key: Ed25519PrivateKey | None = None,
                    every: int = DEFAULT_EVERY, segment_bytes: int = 0,
-                   archive: Callable[[Path], None] | None = None) -> AuditedStore:
+                   archive: Callable[[Path], None] | None = None,
+                   trusted: Sequence[Ed25519PublicKey] = ()) -> AuditedStore:
         fsync = bool(inner.syncs)
         loop = asyncio.get_running_loop()
         try:
             trail = await loop.run_in_executor(
                 None, lambda: AuditTrail.load(directory, key=key, every=every, fsync=fsync,
-                                              segment_bytes=segment_bytes, archive=archive))
+                                              segment_bytes=segment_bytes, archive=archive, trusted=trusted))
         except BaseException:
             await inner.close()
             raise

@@ -218,7 +218,7 @@ class ClusterNode:
             self.audit = await ClusterAudit.open(
                 cfg.data_dir, cfg.audit_key, self.etcd, self.keys, every=cfg.audit_every, fsync=cfg.fsync,
                 segment_bytes=cfg.audit_segment_bytes,
-                archive=archiver(cfg.audit_archive_dir, cfg.audit_archive_command))
+                archive=archiver(cfg.audit_archive_dir, cfg.audit_archive_command), trusted=cfg.audit_trusted_keys)
         await self._new_session()
 
     def run(self, advertise: str) -> None:

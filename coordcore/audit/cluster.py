@@ -110,7 +110,7 @@ class ClusterAudit:
                 await self.read_new()
             except (EtcdUnavailable, EtcdRequestFailed) as exc:
                 logger.debug("audit: cannot read checkpoints from etcd (%s)", exc)
-            self.check_pending()
+            await self.check_pending()
             await asyncio.sleep(POLL)
 
     async def read_new(self) -> None:
@@ -134,18 +134,20 @@ class ClusterAudit:
             return None
         return cp
 
-    def check_pending(self) -> None:
+    async def check_pending(self) -> None:
         """Check (and keep, or refuse) each pending checkpoint the tree has reached."""
         for size in sorted(self._pending):
             if size > self.trail.tree.size:
                 break
             cp = self._pending.pop(size)
-            problem = self.problem(cp)
+            problem = await self.problem(cp)
             if problem is not None:
                 self._alarm(problem)
 
-    def problem(self, cp: Checkpoint) -> str | None:
-        """Why ``cp`` does not describe this server's journal, or None (it is then kept)."""
+    async def problem(self, cp: Checkpoint) -> str | None:
+        """Why ``cp`` does not describe this server's journal, or None (it is then kept).
+        Rehashing the journal's records up to it (about ``every`` of them, from disk) and
+        the fsync before keeping it run in a thread, off the event loop."""
         trail = self.trail
         unsigned = trail.keyring.problem(cp)
         if unsigned is not None:
@@ -160,7 +162,9 @@ class ClusterAudit:
         if mine is not None:
             return None if mine.root == cp.root else \
                 f"the checkpoint of size {cp.size} has another root than the one this server kept"
-        tree = trail.tree_at(cp.size)
+        loop = asyncio.get_running_loop()
+        job = trail.rebuild(cp.size)
+        tree = await loop.run_in_executor(None, job) if job is not None else None
         if tree is None:
             logger.info("audit: checkpoint of size %d lies before this server's live journal: not checked",
                         cp.size)
@@ -169,7 +173,9 @@ class ClusterAudit:
             return (f"this server's journal (records {cp.first_index}..{cp.last_index}) has root "
                     f"{tree.root().hex()}, the checkpoint of size {cp.size} {cp.root.hex()}: one of them "
                     "was altered")
-        trail.adopt(cp, tree)
+        kept = await loop.run_in_executor(None, trail.begin_adopt(cp))
+        if kept is not None:
+            trail.kept(kept, tree)
         self.verified += 1
         return None
 
@@ -195,7 +201,7 @@ class ClusterAudit:
             return
         size = int(r.kvs[0].key[len(self._prefix):])
         cp = self._parse(r.kvs[0].value, size)
-        problem = self.problem(cp) if cp is not None else "the newest checkpoint in etcd is damaged"
+        problem = await self.problem(cp) if cp is not None else "the newest checkpoint in etcd is damaged"
         if problem is not None:
             store.refuse_signing = f"its journal does not extend the cluster's last checkpoint: {problem}"
             self._alarm(problem)

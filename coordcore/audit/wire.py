@@ -32,7 +32,7 @@ from coordcore.server import resp
 from coordcore.server.commands import parse_int, parse_options, require_args
 from coordcore.server.core import Client
 
-__all__ = ["archiver", "audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service", "register"]
+__all__ = ["archiver", "audit_store", "find_store", "cmd_checkpoint", "cmd_history", "open_audited_service", "register"]
 
 _U63 = 2**63 - 1
 _stores: weakref.WeakKeyDictionary[LockService, AuditedStore] = weakref.WeakKeyDictionary()
@@ -76,6 +76,11 @@ def register(svc: LockService, store: AuditedStore, archives: list[Path]) -> Non
     _archives[store] = archives
     _indexes[store] = HistoryIndex()
     _stores[svc] = store
+
+
+def find_store(svc: LockService) -> AuditedStore | None:
+    """The audited store ``svc`` runs on, or None (no --audit-key)."""
+    return _stores.get(svc)
 
 
 def audit_store(svc: LockService) -> AuditedStore:

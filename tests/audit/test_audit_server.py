@@ -159,3 +159,28 @@ def test_a_key_rotation_across_a_real_restart(serve: Serve, tmp_path: Path) -> N
         done = cli("verify", str(export), "--public-key", str(new_pub), "--trusted-key", str(old_pub))
         assert done.returncode == 1 and f"FAIL line {at + 1}: checkpoint of size {cp.size} {why}" in done.stdout, \
             done.stdout
+
+
+def test_audit_metrics_move(serve: Serve, tmp_path: Path) -> None:
+    from tests.server.test_metrics import scrape
+
+    key = tmp_path / "audit.key"
+    write_keypair(key)
+    server = serve("--audit-key", str(key), "--unsafe-no-fsync", "--audit-every", "4", "--metrics-port", "0")
+    with Raw(server.port) as c:
+        info = c.command("INFO", "server").decode()
+    mport = int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("metrics_port:")))
+
+    def audit() -> dict[str, float]:
+        return {name: v for (name, _), v in scrape(mport).items() if name.startswith("coordcore_audit_")}
+
+    before = audit()
+    _traffic(server.port)
+    with Raw(server.port) as c:
+        size = as_dict(c.command("AUDIT.CHECKPOINT"))[b"size"]
+    after = audit()
+    assert after["coordcore_audit_tree_size"] >= size > before["coordcore_audit_tree_size"]
+    assert after["coordcore_audit_checkpoint_size"] == size
+    # Every 4 records and the one asked for (they were all signed in this run).
+    assert after["coordcore_audit_checkpoints_total"] >= before["coordcore_audit_checkpoints_total"] + size // 4
+    assert after["coordcore_audit_checkpoint_mismatches_total"] == 0

@@ -38,7 +38,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from coordcore.audit.checkpoint import MAX_LINE, Checkpoint, load_private_key, load_public_key
 from coordcore.audit.trail import AuditedStore, AuditTrail
@@ -46,8 +46,11 @@ from coordcore.cluster.election import Leadership
 from coordcore.cluster.errors import EtcdRequestFailed, EtcdUnavailable, LeadershipLost
 from coordcore.cluster.etcd import Etcd, prefix_end, put
 from coordcore.cluster.keys import Keys
-from coordcore.errors import BadArgument, LogCorrupted
+from coordcore.errors import BadArgument, CoordcoreError, LogCorrupted
 from coordcore.locks.store import LogStore
+
+if TYPE_CHECKING:
+    from coordcore.locks.service import LockService
 
 __all__ = ["ClusterAudit", "POLL"]
 
@@ -220,6 +223,26 @@ class ClusterAudit:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def final_checkpoint(self, svc: LockService, leadership: Leadership) -> Checkpoint | None:
+        """A clean stop of a leader that still leads: sign what the tree holds beyond the
+        last checkpoint and publish it in etcd before resigning (None: nothing new, or
+        not signed: deposed, refusing, or the tick or the publication failed). The
+        checkpoint is taken after a tick committed under the leadership's guard, so only
+        a leader that still led then signs it, and etcd takes it only if it still leads."""
+        store, trail = self.store, self.trail
+        last = trail.checkpoints[-1].size if trail.checkpoints else 0
+        if store is None or store.refuse_signing is not None or not leadership.alive() \
+                or svc.closed or trail.tree.size <= last:
+            return None
+        try:
+            cp = await asyncio.wait_for(store.request_checkpoint(svc), PUBLISH_TIMEOUT)
+        except (CoordcoreError, TimeoutError) as exc:
+            logger.warning("audit: no final checkpoint (%s)", exc)
+            return None
+        if self._tasks:  # its publication in etcd
+            await asyncio.wait(set(self._tasks), timeout=PUBLISH_TIMEOUT)
+        return cp
 
     def step_down(self) -> None:
         self.store = None

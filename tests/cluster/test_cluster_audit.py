@@ -227,3 +227,25 @@ class _NoLog:
     syncs = True
     max_in_flight = 1
 
+
+def test_a_clean_stop_of_the_leader_signs_a_final_checkpoint(cluster: EtcdCluster, tmp_path: Path) -> None:
+    """As a single server does: a leader stopped cleanly (SIGTERM) signs what its term
+    added while it still leads, publishes it, and the followers keep it."""
+    key = tmp_path / "audit.key"
+    public = write_keypair(key)
+    with CoordCluster(cluster, tmp_path, 3, "--audit-key", str(key), "--audit-every", "100000") as cc:
+        lead = cc.settled()
+        traffic(cc.addresses, "a", 10)
+        size1 = checkpoint(cc, lead)
+        traffic(cc.addresses, "b", 15)  # not covered by any checkpoint yet
+        assert cc.servers[lead].stop() == 0
+        mine = read_checkpoints(cc.servers[lead].data_dir / "audit")
+        journaled = len(leaves(cc.servers[lead].data_dir))
+        assert mine[-1].size == journaled > size1 + 15, (mine[-1].size, journaled, size1)
+        others = [i for i in range(3) if i != lead]
+        wait_checkpoint(cc, others, mine[-1].size)
+        for i in others:
+            assert [c for c in read_checkpoints(cc.servers[i].data_dir / "audit")
+                    if c.size == mine[-1].size] == [mine[-1]]
+        done = verify(cc.servers[lead].data_dir, public)
+        assert done.returncode == 0 and done.stdout.startswith(f"ok: {journaled} records"), done.stdout + done.stderr

@@ -3,7 +3,8 @@
 A checkpoint is one JSON line in ``checkpoints.jsonl``; what is signed is its plain
 text body (in the spirit of C2SP's signed notes), one field per line::
 
-    coordcore-audit/v1
+    coordcore-audit/v2
+    <key id: 8 hex digits>
     <first record index>
     <tree size>
     <root, base64>
@@ -11,6 +12,13 @@ text body (in the spirit of C2SP's signed notes), one field per line::
     <sha-256 of the machine state after it, hex, or "-">
     <sha-256 of the base state the journal starts from, hex, or "-">
     <time, ms since the epoch>
+
+The *key id* names the signer as C2SP's signed notes do (the first 4 bytes of
+SHA-256(``coordcore-audit`` || 0x0A || 0x01 || public key)), so a verifier given
+several trusted keys (an operator rotated ``--audit-key``) finds the one to check
+the signature with: a :class:`Keyring`. Checkpoints written before key ids (body
+``coordcore-audit/v1``, without the key id line) are still read and verified; their
+key id is computed from the public key they carry.
 
 The writer never signs a checkpoint that does not extend the last one it signed (the
 trail refuses to start when its tree does not), so two checkpoints of one log are
@@ -20,10 +28,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
@@ -32,11 +42,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from coordcore.errors import BadArgument, LogCorrupted
 
-__all__ = ["Checkpoint", "CHECKPOINTS", "load_private_key", "load_public_key", "public_hex",
+__all__ = ["Checkpoint", "CHECKPOINTS", "Keyring", "key_id", "load_private_key", "load_public_key", "public_hex",
            "read_checkpoints", "write_keypair"]
 
 CHECKPOINTS: Final = "checkpoints.jsonl"
-_ORIGIN: Final = "coordcore-audit/v1"
+_ORIGIN_V1: Final = "coordcore-audit/v1"
+_ORIGIN: Final = "coordcore-audit/v2"
+#: The key name a key id hashes (C2SP signed notes: name, newline, 0x01 for Ed25519, key).
+_KEY_NAME: Final = b"coordcore-audit"
 #: A checkpoint line longer than this is not one (bounds what a hostile file costs).
 MAX_LINE: Final = 4096
 
@@ -52,20 +65,29 @@ class Checkpoint:
     time_ms: int
     key: bytes  # the raw 32-byte public key that signed it
     sig: bytes
+    #: The signer's key id (signed); "" for a checkpoint of the v1 format, which had none.
+    key_id: str = ""
 
     @property
     def last_index(self) -> int:
         return self.first_index + self.size - 1
 
+    @property
+    def signer_id(self) -> str:
+        """The key id of the key this checkpoint says signed it."""
+        return self.key_id or key_id(self.key)
+
     def body(self) -> bytes:
-        return "\n".join([_ORIGIN, str(self.first_index), str(self.size),
+        head = [_ORIGIN, self.key_id] if self.key_id else [_ORIGIN_V1]
+        return "\n".join([*head, str(self.first_index), str(self.size),
                           base64.b64encode(self.root).decode(), str(self.revision), self.state,
                           self.base, str(self.time_ms), ""]).encode()
 
     @classmethod
     def sign(cls, key: Ed25519PrivateKey, *, first_index: int, size: int, root: bytes, revision: int,
              state: str, base: str, time_ms: int) -> Checkpoint:
-        unsigned = cls(first_index, size, root, revision, state, base, time_ms, _raw_public(key.public_key()), b"")
+        raw = _raw_public(key.public_key())
+        unsigned = cls(first_index, size, root, revision, state, base, time_ms, raw, b"", key_id(raw))
         return cls(**{**unsigned.__dict__, "sig": key.sign(unsigned.body())})
 
     def signed_by(self, public: Ed25519PublicKey) -> bool:
@@ -77,9 +99,12 @@ class Checkpoint:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {"first_index": self.first_index, "size": self.size, "root": self.root.hex(),
-                "revision": self.revision, "state": self.state, "base": self.base,
-                "time_ms": self.time_ms, "key": self.key.hex(), "sig": self.sig.hex()}
+        out = {"first_index": self.first_index, "size": self.size, "root": self.root.hex(),
+               "revision": self.revision, "state": self.state, "base": self.base,
+               "time_ms": self.time_ms, "key": self.key.hex(), "sig": self.sig.hex()}
+        if self.key_id:
+            out["key_id"] = self.key_id
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> Checkpoint:
@@ -92,7 +117,47 @@ class Checkpoint:
                     _int(obj, "time_ms", 0), _hex(obj, "key", 32), _hex(obj, "sig", 64))
         except KeyError as exc:
             raise BadArgument(f"a checkpoint has no {exc.args[0]!r}") from None
-        return c
+        if "key_id" not in obj:
+            return c  # the v1 format
+        named = obj["key_id"]
+        if named != key_id(c.key):  # (also refuses a key id that is not 8 lower-case hex digits)
+            raise BadArgument(f"a checkpoint's key_id {str(named)[:40]!r} is not the id of the key it carries")
+        return cls(**{**c.__dict__, "key_id": named})
+
+
+def key_id(public: bytes | Ed25519PublicKey) -> str:
+    """The C2SP-style id of a public key (raw 32 bytes or a key): 8 hex digits."""
+    raw = public if isinstance(public, bytes) else _raw_public(public)
+    return hashlib.sha256(_KEY_NAME + b"\n\x01" + raw).digest()[:4].hex()
+
+
+class Keyring:
+    """The public keys whose checkpoints are trusted: the current signer's and the older
+    ones an operator rotated away from. A checkpoint is checked with the trusted key its
+    key id names, never with the key it carries."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey]) -> None:
+        self._by_id: dict[str, list[Ed25519PublicKey]] = {}
+        for k in keys:
+            same = self._by_id.setdefault(key_id(k), [])
+            if all(_raw_public(o) != _raw_public(k) for o in same):
+                same.append(k)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_id.values())
+
+    def ids(self) -> list[str]:
+        return sorted(self._by_id)
+
+    def problem(self, cp: Checkpoint) -> str | None:
+        """Why ``cp`` is not signed by a trusted key, or None."""
+        kid = cp.signer_id
+        candidates = self._by_id.get(kid)
+        if not candidates:
+            return f"is signed by key {kid}, which is not a trusted key (trusted: {', '.join(self.ids()) or 'none'})"
+        if not any(cp.signed_by(k) for k in candidates):
+            return f"does not carry a valid signature of key {kid} (forged or edited)"
+        return None
 
 
 def _int(obj: dict[str, Any], name: str, lo: int) -> int:

@@ -71,10 +71,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from coordcore.audit.checkpoint import load_public_key
+    from coordcore.audit.checkpoint import Keyring, load_public_key
     from coordcore.audit.verify import read_lines, verify_lines
 
-    public = load_public_key(args.public_key)
+    public = Keyring(load_public_key(p) for p in [args.public_key, *args.trusted_key])
     if args.source.is_dir():
         from coordcore.audit.history import export
 
@@ -135,6 +135,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                  "inserted record is reported with its position.")
     q.add_argument("source", type=Path, metavar="EXPORT_OR_DATA_DIR", help="an export file or a data directory")
     q.add_argument("--public-key", type=Path, required=True, help="the checkpoint signer's public key (PEM)")
+    q.add_argument("--trusted-key", type=Path, action="append", default=[], metavar="PUBKEY",
+                   help="an older public key (PEM) whose checkpoints are also accepted, after a key "
+                        "rotation (repeatable); a checkpoint of any other key fails")
     archives(q)
     q.set_defaults(func=_verify)
 

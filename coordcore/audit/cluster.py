@@ -7,7 +7,8 @@ an :class:`~coordcore.audit.trail.AuditedStore` over the term's etcd log that sh
 same trail), and the trees of all servers agree.
 
 **Who signs.** Every server is given the same key (``--audit-key`` on each): any of
-them may become leader, and the leader signs. It publishes each checkpoint in etcd at
+them may become leader, and the leader signs. After a key rotation each server is also
+given the old public keys (``--audit-trusted-key``), whose checkpoints it still accepts. It publishes each checkpoint in etcd at
 ``<prefix>/audit/cp/<tree size>`` under its leadership's guard (a deposed leader cannot
 add one). Every server reads them (a poll every :data:`POLL`), rebuilds its own root at
 that size from its journal *on disk* (:meth:`AuditTrail.tree_at
@@ -35,18 +36,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from coordcore.audit.checkpoint import MAX_LINE, Checkpoint, load_private_key
+from coordcore.audit.checkpoint import MAX_LINE, Checkpoint, load_private_key, load_public_key
 from coordcore.audit.trail import AuditedStore, AuditTrail
 from coordcore.cluster.election import Leadership
 from coordcore.cluster.errors import EtcdRequestFailed, EtcdUnavailable, LeadershipLost
 from coordcore.cluster.etcd import Etcd, prefix_end, put
 from coordcore.cluster.keys import Keys
-from coordcore.errors import BadArgument, LogCorrupted
+from coordcore.errors import BadArgument, CoordcoreError, LogCorrupted
 from coordcore.locks.store import LogStore
+
+if TYPE_CHECKING:
+    from coordcore.locks.service import LockService
 
 __all__ = ["ClusterAudit", "POLL"]
 
@@ -67,7 +71,6 @@ class ClusterAudit:
         self.trail = trail
         self.etcd = etcd
         self._prefix = keys.prefix + b"/audit/cp/"
-        self._public = trail.key.public_key()
         #: Checkpoints read from etcd whose size this server's tree has not reached yet.
         self._pending: dict[int, Checkpoint] = {}
         self._read_to = trail.checkpoints[-1].size if trail.checkpoints else 0
@@ -81,11 +84,13 @@ class ClusterAudit:
     @classmethod
     async def open(cls, data_dir: Path, key_path: Path, etcd: Etcd, keys: Keys, *, every: int,
                    fsync: bool, segment_bytes: int = 0,
-                   archive: Callable[[Path], None] | None = None) -> ClusterAudit:
+                   archive: Callable[[Path], None] | None = None,
+                   trusted: Sequence[Path] = ()) -> ClusterAudit:
         key = load_private_key(key_path)
+        olds = [load_public_key(p) for p in trusted]
         trail = await asyncio.get_running_loop().run_in_executor(
             None, lambda: AuditTrail.load(data_dir / "audit", key=key, every=every, fsync=fsync,
-                                          segment_bytes=segment_bytes, archive=archive))
+                                          segment_bytes=segment_bytes, archive=archive, trusted=olds))
         return cls(trail, etcd, keys)
 
     def cp_key(self, size: int) -> bytes:
@@ -108,7 +113,7 @@ class ClusterAudit:
                 await self.read_new()
             except (EtcdUnavailable, EtcdRequestFailed) as exc:
                 logger.debug("audit: cannot read checkpoints from etcd (%s)", exc)
-            self.check_pending()
+            await self.check_pending()
             await asyncio.sleep(POLL)
 
     async def read_new(self) -> None:
@@ -132,21 +137,25 @@ class ClusterAudit:
             return None
         return cp
 
-    def check_pending(self) -> None:
+    async def check_pending(self) -> None:
         """Check (and keep, or refuse) each pending checkpoint the tree has reached."""
         for size in sorted(self._pending):
             if size > self.trail.tree.size:
                 break
             cp = self._pending.pop(size)
-            problem = self.problem(cp)
+            problem = await self.problem(cp)
             if problem is not None:
                 self._alarm(problem)
 
-    def problem(self, cp: Checkpoint) -> str | None:
-        """Why ``cp`` does not describe this server's journal, or None (it is then kept)."""
+    async def problem(self, cp: Checkpoint) -> str | None:
+        """Why ``cp`` does not describe this server's journal, or None (it is then kept).
+        Rehashing the journal's records up to it (about ``every`` of them, from disk) and
+        the fsync before keeping it run in a thread, off the event loop."""
         trail = self.trail
-        if not cp.signed_by(self._public):
-            return f"the checkpoint of size {cp.size} is not signed by this server's --audit-key"
+        unsigned = trail.keyring.problem(cp)
+        if unsigned is not None:
+            return (f"the checkpoint of size {cp.size} {unsigned}: neither this server's --audit-key nor "
+                    "an --audit-trusted-key")
         if cp.first_index != trail.origin:
             return (f"the checkpoint of size {cp.size} is of a tree from record {cp.first_index}; this "
                     f"server's journal starts at record {trail.origin}")
@@ -156,7 +165,9 @@ class ClusterAudit:
         if mine is not None:
             return None if mine.root == cp.root else \
                 f"the checkpoint of size {cp.size} has another root than the one this server kept"
-        tree = trail.tree_at(cp.size)
+        loop = asyncio.get_running_loop()
+        job = trail.rebuild(cp.size)
+        tree = await loop.run_in_executor(None, job) if job is not None else None
         if tree is None:
             logger.info("audit: checkpoint of size %d lies before this server's live journal: not checked",
                         cp.size)
@@ -165,7 +176,9 @@ class ClusterAudit:
             return (f"this server's journal (records {cp.first_index}..{cp.last_index}) has root "
                     f"{tree.root().hex()}, the checkpoint of size {cp.size} {cp.root.hex()}: one of them "
                     "was altered")
-        trail.adopt(cp, tree)
+        kept = await loop.run_in_executor(None, trail.begin_adopt(cp))
+        if kept is not None:
+            trail.kept(kept, tree)
         self.verified += 1
         return None
 
@@ -191,7 +204,7 @@ class ClusterAudit:
             return
         size = int(r.kvs[0].key[len(self._prefix):])
         cp = self._parse(r.kvs[0].value, size)
-        problem = self.problem(cp) if cp is not None else "the newest checkpoint in etcd is damaged"
+        problem = await self.problem(cp) if cp is not None else "the newest checkpoint in etcd is damaged"
         if problem is not None:
             store.refuse_signing = f"its journal does not extend the cluster's last checkpoint: {problem}"
             self._alarm(problem)
@@ -210,6 +223,26 @@ class ClusterAudit:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def final_checkpoint(self, svc: LockService, leadership: Leadership) -> Checkpoint | None:
+        """A clean stop of a leader that still leads: sign what the tree holds beyond the
+        last checkpoint and publish it in etcd before resigning (None: nothing new, or
+        not signed: deposed, refusing, or the tick or the publication failed). The
+        checkpoint is taken after a tick committed under the leadership's guard, so only
+        a leader that still led then signs it, and etcd takes it only if it still leads."""
+        store, trail = self.store, self.trail
+        last = trail.checkpoints[-1].size if trail.checkpoints else 0
+        if store is None or store.refuse_signing is not None or not leadership.alive() \
+                or svc.closed or trail.tree.size <= last:
+            return None
+        try:
+            cp = await asyncio.wait_for(store.request_checkpoint(svc), PUBLISH_TIMEOUT)
+        except (CoordcoreError, TimeoutError) as exc:
+            logger.warning("audit: no final checkpoint (%s)", exc)
+            return None
+        if self._tasks:  # its publication in etcd
+            await asyncio.wait(set(self._tasks), timeout=PUBLISH_TIMEOUT)
+        return cp
 
     def step_down(self) -> None:
         self.store = None

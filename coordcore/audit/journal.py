@@ -277,6 +277,12 @@ class Journal:
             os.fdatasync(self._fd)
         self._dirty = False
 
+    def sync_data(self) -> None:
+        """fdatasync whatever was written, from any thread (unlike :meth:`sync`, it
+        leaves the dirty mark alone: the loop may be appending meanwhile)."""
+        if self._fsync and self._fd >= 0:
+            os.fdatasync(self._fd)
+
     def close(self) -> None:
         if self._fd >= 0:
             self.sync()

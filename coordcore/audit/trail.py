@@ -21,7 +21,7 @@ boundary comes at once).
 
 >>> import asyncio, tempfile
 >>> from pathlib import Path
->>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+>>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 >>> from coordcore.locks.service import LockService
 >>> from coordcore.locks.store import FileStore
 >>> async def demo(d: Path) -> tuple[int, int]:
@@ -50,11 +50,11 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from coordcore.audit import checkpoint as cpmod
 from coordcore.audit.checkpoint import Checkpoint
@@ -101,9 +101,13 @@ class AuditTrail:
     """
 
     def __init__(self, directory: Path, key: Ed25519PrivateKey | None, every: int, fsync: bool,
-                 segment_bytes: int = 0, archive: Callable[[Path], None] | None = None) -> None:
+                 segment_bytes: int = 0, archive: Callable[[Path], None] | None = None,
+                 trusted: Sequence[Ed25519PublicKey] = ()) -> None:
         self.directory = directory
         self.key = key
+        #: The keys whose checkpoints this trail accepts: its own and older ones it was
+        #: signed with before ``--audit-key`` was rotated (``--audit-trusted-key``).
+        self.keyring = cpmod.Keyring([*([key.public_key()] if key is not None else []), *trusted])
         self.every = every
         self.fsync = fsync
         self.segment_bytes = segment_bytes
@@ -124,6 +128,11 @@ class AuditTrail:
         self._read_fd = -1
         self._root_at_checkpoint = b""
         self._archiving = threading.Lock()
+        #: Held by a checkpoint job writing (fsync, append) and by whoever closes the journal.
+        self._writing = threading.Lock()
+        self._written_size = self.checkpoints[-1].size if self.checkpoints else -1
+        #: Checkpoints signed or adopted since start (a metric).
+        self.checkpoints_kept = 0
         self._threads: list[threading.Thread] = []
         #: How many records tree.json's edge covers (sealed segments up to there may go).
         self._sealed_size = 0
@@ -134,13 +143,15 @@ class AuditTrail:
     @classmethod
     def load(cls, directory: Path, *, key: Ed25519PrivateKey | None = None, every: int = DEFAULT_EVERY,
              fsync: bool = True, segment_bytes: int = 0,
-             archive: Callable[[Path], None] | None = None) -> AuditTrail:
+             archive: Callable[[Path], None] | None = None,
+             trusted: Sequence[Ed25519PublicKey] = ()) -> AuditTrail:
         """Read an audit directory (creating it); raises :class:`LogCorrupted` if its tree
-        does not extend its last checkpoint, or the checkpoints were signed by another key."""
+        does not extend its last checkpoint, or that checkpoint is not signed by ``key``
+        or one of the ``trusted`` older keys."""
         if type(every) is not int or every < 1:
             raise BadArgument(f"checkpoint interval must be >= 1 record, not {every!r}")
         directory.mkdir(parents=True, exist_ok=True)
-        trail = cls(directory, key, every, fsync, segment_bytes, archive)
+        trail = cls(directory, key, every, fsync, segment_bytes, archive, trusted)
         last = trail.checkpoints[-1] if trail.checkpoints else None
         sealed = trail._load_edge()
         if last is not None and last.size == trail.tree.size:
@@ -205,9 +216,12 @@ class AuditTrail:
                 f"{where}: the journal ({self.tree.size} records from {first}) does not extend the "
                 f"last signed checkpoint (size {cp.size} from record {cp.first_index}): refusing to "
                 "start, which would sign a checkpoint inconsistent with it")
-        if self.key is not None and cp.key != cpmod._raw_public(self.key.public_key()):
-            raise LogCorrupted(f"{where}: the checkpoints were signed by key {cp.key.hex()}, not by "
-                               "--audit-key's (move checkpoints.jsonl aside to start a new chain)")
+        problem = self.keyring.problem(cp) if self.key is not None else None
+        if problem is not None:
+            raise LogCorrupted(f"{where}: the last checkpoint (size {cp.size}) {problem}; neither --audit-key "
+                               "nor an --audit-trusted-key made it (give the old public key with "
+                               "--audit-trusted-key after a key rotation, or move checkpoints.jsonl aside "
+                               "to start a new chain)")
 
     @property
     def first_index(self) -> int:
@@ -291,28 +305,85 @@ class AuditTrail:
         """The tree of the first ``size`` leaves, hashed again from the live journal's
         copy on disk (so an edited journal shows); None if ``size`` lies before what the
         live journal can rebuild, or beyond the tree."""
+        job = self.rebuild(size)
+        return job() if job is not None else None
+
+    def rebuild(self, size: int) -> Callable[[], CompactTree | None] | None:
+        """:meth:`tree_at` in two halves: what it starts from is taken now (on the event
+        loop), the returned job reads and hashes the leaves and may run in a thread: it
+        reads through a descriptor of its own (which a seal's rename does not disturb)
+        and only bytes written before now, never the trail's read cursor."""
         base = self._base
-        if size < base.size or size > self.tree.size:
+        journal = self.journal
+        if size < base.size or size > self.tree.size or journal is None:
             return None
-        tree = base.copy()
-        for index in range(self.origin + base.size, self.origin + size):
-            leaf = self.stored_leaf(index)
-            if leaf is None:
-                return None
-            tree.append(_leaf_hash([leaf]))
-        return tree
+        start, end = self.origin + base.size, self.origin + size
+        if start == end:
+            copy = base.copy()
+            return lambda: copy
+        if start < journal.first_index:
+            return None
+        n = start - journal.first_index
+        offset, at = self._marks[n // _MARK_EVERY], journal.first_index + n - n % _MARK_EVERY
+        fd = os.open(journal.path, os.O_RDONLY)
+        base = base.copy()
+
+        def run() -> CompactTree | None:
+            tree, pos, index = base, offset, at
+            try:
+                while index < end:
+                    head = os.pread(fd, 16, pos)
+                    if len(head) < 16:
+                        return None
+                    length = int.from_bytes(head[:4], "little")
+                    if index >= start:
+                        tree.append(_leaf_hash([os.pread(fd, length - 8, pos + 16)]))
+                    pos, index = pos + 8 + length, index + 1
+            finally:
+                os.close(fd)
+            return tree
+
+        return run
 
     def adopt(self, cp: Checkpoint, tree: CompactTree) -> None:
         """Keep a checkpoint another server signed, once the caller found that ``tree``
         (:meth:`tree_at` its size) has its root."""
+        job = self.begin_adopt(cp)
+        kept = job()
+        if kept is not None:
+            self.kept(kept, tree)
+
+    def begin_adopt(self, cp: Checkpoint) -> Callable[[], Checkpoint | None]:
+        """:meth:`adopt`'s file work (fsync the journal, append the checkpoint) as a job
+        that may run in a thread; then :meth:`kept` on the loop if it returned ``cp``."""
+        return self._writer(lambda: cp)
+
+    def _writer(self, make: Callable[[], Checkpoint]) -> Callable[[], Checkpoint | None]:
+        """A job that fsyncs the journal (a checkpoint never covers a record the journal
+        could lose), makes the checkpoint and appends it to checkpoints.jsonl: one at a
+        time, in size order (None: a checkpoint as large was written meanwhile)."""
+        journal = self.journal
+        assert journal is not None
+
+        def run() -> Checkpoint | None:
+            with self._writing:
+                journal.sync_data()
+                cp = make()
+                if cp.size <= self._written_size:
+                    return None
+                cpmod.append_checkpoint(self.directory, cp, self.fsync)
+                self._written_size = cp.size
+                return cp
+
+        return run
+
+    def kept(self, cp: Checkpoint, tree: CompactTree) -> None:
+        """On the event loop, once a checkpoint's job wrote it: keep it in memory, and
+        seal the live journal if it is long enough."""
         if self.checkpoints and cp.size <= self.checkpoints[-1].size:
             return
-        self.sync()
-        self._keep(cp, tree)
-
-    def _keep(self, cp: Checkpoint, tree: CompactTree) -> None:
-        cpmod.append_checkpoint(self.directory, cp, self.fsync)
         self.checkpoints.append(cp)
+        self.checkpoints_kept += 1
         if tree.size >= self._base.size:
             self._base = tree
         assert self.journal is not None
@@ -329,26 +400,42 @@ class AuditTrail:
             self.journal.sync()
 
     def checkpoint(self, revision: int, state: bytes | None) -> Checkpoint:
-        """Sign and store a checkpoint of the whole tree (the journal is fsynced first:
-        a checkpoint never covers a record the journal could lose); then seal the live
-        journal if it is long enough."""
+        """Sign and store a checkpoint of the whole tree, all at once (see
+        :meth:`begin_checkpoint` for the halves)."""
+        job, tree = self.begin_checkpoint(revision, state)
+        cp = job()
+        if cp is None:
+            raise Unavailable("a checkpoint as large was signed meanwhile")
+        self.kept(cp, tree)
+        return cp
+
+    def begin_checkpoint(self, revision: int, state: bytes | None
+                         ) -> tuple[Callable[[], Checkpoint | None], CompactTree]:
+        """A checkpoint of the whole tree as it is now, in two halves. What it signs is
+        taken here, on the event loop between two batches (the tree, the revision, the
+        machine state's bytes); the returned job hashes the state, fsyncs the journal,
+        signs and appends the checkpoint, and may run in a thread, since it touches
+        nothing the loop changes. Then :meth:`kept` on the loop, with the tree returned."""
         if self.key is None:
             raise Unavailable("this audit trail has no signing key (--audit-key)")
         if self.journal is None:
             raise Unavailable("the audit journal has not started yet")
-        self.sync()
-        cp = Checkpoint.sign(self.key, first_index=self.origin, size=self.tree.size,
-                             root=self.tree.root(), revision=revision,
-                             state=hashlib.sha256(state).hexdigest() if state is not None else "-",
-                             base=self.base_digest, time_ms=int(time.time() * 1000))
-        self._keep(cp, self.tree.copy())
-        return cp
+        key, tree, origin, base = self.key, self.tree.copy(), self.origin, self.base_digest
+        time_ms = int(time.time() * 1000)
+
+        def make() -> Checkpoint:
+            return Checkpoint.sign(key, first_index=origin, size=tree.size, root=tree.root(), revision=revision,
+                                   state=hashlib.sha256(state).hexdigest() if state is not None else "-",
+                                   base=base, time_ms=time_ms)
+
+        return self._writer(make), tree
 
     def seal(self) -> None:
         """Close the live journal as a sealed segment, save the tree's edge, start anew."""
         journal = self.journal
         assert journal is not None
-        journal.close()
+        with self._writing:  # no checkpoint job is fsyncing the journal being closed
+            journal.close()
         self._close_reader()
         os.replace(journal.path, self.directory / segment_name(journal.first_index))
         if self.fsync:
@@ -404,7 +491,8 @@ class AuditTrail:
     def close(self) -> None:
         self._close_reader()
         if self.journal is not None:
-            self.journal.close()
+            with self._writing:  # a checkpoint job in a thread finishes first
+                self.journal.close()
         for thread in self._threads:  # a clean stop lets the archiving finish
             thread.join()
         self._threads = []
@@ -479,17 +567,22 @@ class AuditedStore:
         self._want: list[asyncio.Future[Checkpoint]] = []
         self._state: Callable[[], bytes] | None = None
         self._revision: Callable[[], int] = lambda: 0
+        #: The checkpoint being signed in a thread, if one is.
+        self._signing: asyncio.Task[None] | None = None
+        #: Sign in a worker thread (False: on the event loop, the bench's baseline).
+        self.offload = True
 
     @classmethod
     async def open(cls, inner: LogStore, directory: Path, *, key: Ed25519PrivateKey | None = None,
                    every: int = DEFAULT_EVERY, segment_bytes: int = 0,
-                   archive: Callable[[Path], None] | None = None) -> AuditedStore:
+                   archive: Callable[[Path], None] | None = None,
+                   trusted: Sequence[Ed25519PublicKey] = ()) -> AuditedStore:
         fsync = bool(inner.syncs)
         loop = asyncio.get_running_loop()
         try:
             trail = await loop.run_in_executor(
                 None, lambda: AuditTrail.load(directory, key=key, every=every, fsync=fsync,
-                                              segment_bytes=segment_bytes, archive=archive))
+                                              segment_bytes=segment_bytes, archive=archive, trusted=trusted))
         except BaseException:
             await inner.close()
             raise
@@ -574,15 +667,18 @@ class AuditedStore:
 
     async def close(self) -> None:
         try:
-            for w in self._want:
-                if not w.done():
-                    w.set_exception(Unavailable("the lock service closed before the checkpoint"))
+            await self.wait_signed()
+            _fail(self._want, Unavailable("the lock service closed before the checkpoint"))
             trail = self.trail
             if self.owns_trail:
                 last = trail.checkpoints[-1].size if trail.checkpoints else 0
                 if trail.key is not None and trail.journal is not None and trail.tree.size > last:
                     # A clean stop signs what it has: an export then proves every record.
-                    trail.checkpoint(self._revision(), self._state() if self._state is not None else None)
+                    job, tree = trail.begin_checkpoint(self._revision(),
+                                                       self._state() if self._state is not None else None)
+                    cp = await asyncio.get_running_loop().run_in_executor(None, job)
+                    if cp is not None:
+                        trail.kept(cp, tree)
                 trail.close()
         finally:
             await self.inner.close()
@@ -614,34 +710,60 @@ class AuditedStore:
     # --- checkpoints --------------------------------------------------------------------
 
     def after_batch(self) -> None:
-        """Between two batches: sign a checkpoint if one is due or wanted."""
+        """Between two batches: begin a checkpoint if one is due or wanted (one at a
+        time; the wanted ones that come meanwhile wait for the next)."""
         trail = self.trail
         last = trail.checkpoints[-1].size if trail.checkpoints else 0
-        if trail.key is None or not (self._want or trail.tree.size - last >= trail.every):
+        if self._signing is not None or trail.key is None or \
+                not (self._want or trail.tree.size - last >= trail.every):
             return
+        wants, self._want = self._want, []
         try:
             if self.refuse_signing is not None:
                 raise Unavailable(f"this server signs no audit checkpoint: {self.refuse_signing}")
-            cp = trail.checkpoint(self._revision(), self._state() if self._state is not None else None)
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(cp)
-        except Unavailable as exc:
-            for w in self._want:
-                if not w.done():
-                    w.set_exception(exc)
-            self._want.clear()
+            # The state's bytes are taken here, where the machine has taken exactly the
+            # tree's records; hashing them, the fsync and the signature go to a thread.
+            job, tree = trail.begin_checkpoint(self._revision(), self._state() if self._state is not None else None)
+        except Exception as exc:
+            if not isinstance(exc, Unavailable):
+                logger.exception("audit checkpoint failed")
+            _fail(wants, exc)
             return
+        if not self.offload:
+            self._finish(job(), tree, wants)
+            return
+        self._signing = asyncio.get_running_loop().create_task(self._sign(job, tree, wants))
+
+    async def _sign(self, job: Callable[[], Checkpoint | None], tree: CompactTree,
+                    wants: list[asyncio.Future[Checkpoint]]) -> None:
+        try:
+            cp = await asyncio.get_running_loop().run_in_executor(None, job)
         except Exception as exc:
             logger.exception("audit checkpoint failed")
-            for w in self._want:
-                if not w.done():
-                    w.set_exception(exc)
-            self._want.clear()
+            _fail(wants, exc)
             return
-        for w in self._want:
+        except BaseException:  # cancelled: the loop is going away
+            _fail(wants, Unavailable("the lock service closed before the checkpoint"))
+            raise
+        finally:
+            self._signing = None
+        self._finish(cp, tree, wants)
+
+    def _finish(self, cp: Checkpoint | None, tree: CompactTree, wants: list[asyncio.Future[Checkpoint]]) -> None:
+        if cp is None:
+            _fail(wants, Unavailable("a checkpoint as large was signed meanwhile"))
+            return
+        try:
+            self.trail.kept(cp, tree)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(cp)
+        except Exception as exc:
+            logger.exception("audit checkpoint failed")
+            _fail(wants, exc)
+            return
+        for w in wants:
             if not w.done():
                 w.set_result(cp)
-        self._want.clear()
 
     async def request_checkpoint(self, svc: LockService) -> Checkpoint:
         """Sign a checkpoint now (after a tick, so it is taken at a batch boundary)."""
@@ -649,8 +771,24 @@ class AuditedStore:
             raise Unavailable("no audit key: the server was started without --audit-key")
         fut: asyncio.Future[Checkpoint] = asyncio.get_running_loop().create_future()
         self._want.append(fut)
-        await svc.tick()
+        while fut in self._want:  # not taken by a checkpoint yet (one was being signed)
+            busy = self._signing
+            if busy is not None:
+                await asyncio.wait({busy})
+            await svc.tick()
         return await fut
+
+    async def wait_signed(self) -> None:
+        """Until the checkpoint being signed (if any) is written."""
+        busy = self._signing
+        if busy is not None:
+            await asyncio.wait({busy})
+
+
+def _fail(wants: list[asyncio.Future[Checkpoint]], exc: BaseException) -> None:
+    for w in wants:
+        if not w.done():
+            w.set_exception(exc)
 
 
 def attach(svc: LockService, store: AuditedStore, *, users: bool = True) -> None:

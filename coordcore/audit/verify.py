@@ -2,8 +2,10 @@
 
 Checked, and each failure reported with its line and record index:
 
-* every checkpoint's Ed25519 signature, by the key given (never by the key a
-  checkpoint names), and each checkpoint's consistency proof from the one before;
+* every checkpoint's Ed25519 signature, by the given key its key id names (never by
+  the key a checkpoint carries: an export that spans a key rotation verifies with the
+  old and the new public key given, and fails naming the first checkpoint of a key not
+  given), and each checkpoint's consistency proof from the one before;
 * every record's RFC 6962 inclusion proof in the last checkpoint's tree, and that the
   records come in order, one per index, none missing at the end: an edited, dropped,
   reordered or inserted record fails here;
@@ -24,8 +26,7 @@ from typing import IO, Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from coordcore.audit.checkpoint import Checkpoint, canonical_hex, decode_b64
-from coordcore.audit.checkpoint import _raw_public as public_raw
+from coordcore.audit.checkpoint import Checkpoint, Keyring, canonical_hex, decode_b64
 from coordcore.audit.history import Replayer
 from coordcore.audit.journal import Entry, decode_leaf
 from coordcore.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
@@ -88,18 +89,22 @@ def _int(obj: dict[str, Any], name: str) -> int:
     return v
 
 
-def verify_lines(lines: Iterable[bytes | str], public: Ed25519PublicKey) -> Report:
-    """Check an export's lines (see the module docs); never raises on bad input."""
+def verify_lines(lines: Iterable[bytes | str],
+                 public: Ed25519PublicKey | Iterable[Ed25519PublicKey] | Keyring) -> Report:
+    """Check an export's lines (see the module docs) against the trusted public key(s);
+    never raises on bad input."""
+    keys = public if isinstance(public, Keyring) else \
+        Keyring([public] if isinstance(public, Ed25519PublicKey) else public)
     report = Report()
     it = iter(enumerate(lines, 1))
     try:
-        _verify(it, public, report)
+        _verify(it, keys, report)
     except BadArgument as exc:  # a line too long: reading cannot go on
         report.problem(str(exc))
     return report
 
 
-def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, report: Report) -> None:
+def _verify(it: Iterator[tuple[int, bytes | str]], keys: Keyring, report: Report) -> None:
     first = next(it, None)
     header = _json(first[1]) if first is not None else None
     if not isinstance(header, dict) or header.get("type") != "export" or header.get("version") != 1:
@@ -113,7 +118,6 @@ def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, rep
     except (BadArgument, KeyError) as exc:
         report.problem(f"line 1: a bad export header ({exc})")
         return
-    given = public_raw(public)
     checkpoints: list[Checkpoint] = []
     pending: tuple[int, bytes | str] | None = None
     for lineno, raw in it:
@@ -128,10 +132,9 @@ def _verify(it: Iterator[tuple[int, bytes | str]], public: Ed25519PublicKey, rep
             report.problem(f"line {lineno}: a bad checkpoint ({exc})")
             continue
         report.checkpoints += 1
-        if not cp.signed_by(public):
-            report.problem(f"line {lineno}: checkpoint of size {cp.size} is not signed by the given key")
-        elif cp.key != given:
-            report.problem(f"line {lineno}: checkpoint of size {cp.size} names another key than the given one")
+        unsigned = keys.problem(cp)
+        if unsigned is not None:
+            report.problem(f"line {lineno}: checkpoint of size {cp.size} {unsigned}")
         if cp.first_index != first_index:
             report.problem(f"line {lineno}: checkpoint starts at record {cp.first_index}, the export at {first_index}")
         prev = checkpoints[-1] if checkpoints else None

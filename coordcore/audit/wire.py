@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from coordcore.audit.checkpoint import load_private_key
+from coordcore.audit.checkpoint import load_private_key, load_public_key
 from coordcore.audit.history import AuditEvent, HistoryIndex, query
 from coordcore.audit.trail import DEFAULT_EVERY, AuditedStore, attach, move_to, run_command
 from coordcore.errors import BadArgument, Unavailable
@@ -32,7 +32,7 @@ from coordcore.server import resp
 from coordcore.server.commands import parse_int, parse_options, require_args
 from coordcore.server.core import Client
 
-__all__ = ["archiver", "audit_store", "cmd_checkpoint", "cmd_history", "open_audited_service", "register"]
+__all__ = ["archiver", "audit_store", "find_store", "cmd_checkpoint", "cmd_history", "open_audited_service", "register"]
 
 _U63 = 2**63 - 1
 _stores: weakref.WeakKeyDictionary[LockService, AuditedStore] = weakref.WeakKeyDictionary()
@@ -46,15 +46,17 @@ async def open_audited_service(path: Path, audit_dir: Path, key_path: Path, *,
                                durability: Literal["fsync", "unsafe-no-fsync"], allow_empty_log: bool,
                                waiter_grace: float, every: int = DEFAULT_EVERY, segment_bytes: int = 0,
                                archive_dir: Path | None = None,
-                               archive_command: str | None = None) -> LockService:
+                               archive_command: str | None = None,
+                               trusted: Sequence[Path] = ()) -> LockService:
     """The lock service on ``path``'s file log, every record audited in ``audit_dir``;
     journal segments sealed past ``segment_bytes`` go to ``archive_dir`` or
-    ``archive_command``."""
+    ``archive_command``; checkpoints of the older public keys in ``trusted`` are accepted."""
     key = load_private_key(key_path)  # a bad key refuses before anything is opened
+    olds = [load_public_key(p) for p in trusted]
     archive = archiver(archive_dir, archive_command)
     inner = await FileStore.open(path, durability=durability, allow_empty_log=allow_empty_log)
     store = await AuditedStore.open(inner, audit_dir, key=key, every=every, segment_bytes=segment_bytes,
-                                    archive=archive)
+                                    archive=archive, trusted=olds)
     svc = await LockService.open_store(store, count_downtime=False, waiter_grace=waiter_grace)
     attach(svc, store)
     register(svc, store, [archive_dir] if archive_dir is not None else [])
@@ -74,6 +76,11 @@ def register(svc: LockService, store: AuditedStore, archives: list[Path]) -> Non
     _archives[store] = archives
     _indexes[store] = HistoryIndex()
     _stores[svc] = store
+
+
+def find_store(svc: LockService) -> AuditedStore | None:
+    """The audited store ``svc`` runs on, or None (no --audit-key)."""
+    return _stores.get(svc)
 
 
 def audit_store(svc: LockService) -> AuditedStore:

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="move sealed audit segments into this directory")
     a("--audit-archive-command", default=None, metavar="CMD",
       help="run `CMD PATH` for each sealed audit segment; it is removed when CMD exits 0")
+    a("--audit-trusted-key", type=Path, action="append", default=[], metavar="PUBKEY",
+      help="an older audit public key (PEM) whose checkpoints are still accepted after --audit-key was "
+           "rotated (repeatable); checkpoints of any other key are refused")
     a("--insecure", action="store_true",
       help="allow listening on a non-loopback address without authentication")
     a("--tls-cert", type=Path, default=None, help="serve TLS (1.2+) with this certificate chain (PEM)")
@@ -120,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         acl_file=args.acl_file, audit_key=_audit_key(args), audit_every=args.audit_every,
         audit_segment_bytes=args.audit_segment_bytes, audit_archive_dir=args.audit_archive_dir,
         audit_archive_command=args.audit_archive_command,
+        audit_trusted_keys=tuple(args.audit_trusted_key),
         insecure=args.insecure, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         max_connections=args.max_connections, max_request_bytes=args.max_request_bytes,
@@ -175,6 +179,11 @@ def _setting(key: str, value: object, action: argparse.Action) -> object:
         return value if isinstance(action, argparse._StoreTrueAction) else not value
     if action.dest == "etcd" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = ",".join(value)  # etcd = ["127.0.0.1:2379", ...] as well as one string
+    if isinstance(action, argparse._AppendAction):  # a repeatable flag: one string or a list of them
+        values = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+        if len(values) != (len(value) if isinstance(value, list) else 1):
+            raise bad("a string or a list of strings")
+        return [Path(v) if action.type is Path else v for v in values]
     kind = action.type
     if kind is int:
         if type(value) is not int:

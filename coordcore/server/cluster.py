@@ -222,7 +222,7 @@ class ClusterNode:
             self.audit = await ClusterAudit.open(
                 cfg.data_dir, cfg.audit_key, self.etcd, self.keys, every=cfg.audit_every, fsync=cfg.fsync,
                 segment_bytes=cfg.audit_segment_bytes,
-                archive=archiver(cfg.audit_archive_dir, cfg.audit_archive_command))
+                archive=archiver(cfg.audit_archive_dir, cfg.audit_archive_command), trusted=cfg.audit_trusted_keys)
         await self._new_session()
 
     def run(self, advertise: str) -> None:
@@ -372,6 +372,11 @@ class ClusterNode:
         raise LeadershipLost("session lapsed" if not leadership.alive() else "the lock service stopped")
 
     async def _step_down(self, leadership: Leadership) -> None:
+        if self._closing and self.audit is not None and self._served is not None and leadership.alive():
+            # A clean stop signs what this term added (as a single server does), while
+            # it still leads: before the connections go and before resigning.
+            with contextlib.suppress(Exception):
+                await self.audit.final_checkpoint(self._served.svc, leadership)
         served, self._served = self._served, None
         self._leadership = None
         if self.audit is not None:

@@ -136,6 +136,8 @@ class LockConfig(Protocol):
     def audit_archive_dir(self) -> Path | None: ...
     @property
     def audit_archive_command(self) -> str | None: ...
+    @property
+    def audit_trusted_keys(self) -> tuple[Path, ...]: ...
 
 
 async def open_service(config: LockConfig, log: StructLog) -> LockService:
@@ -164,7 +166,8 @@ async def open_service(config: LockConfig, log: StructLog) -> LockService:
                                          waiter_grace=config.waiter_grace, every=config.audit_every,
                                          segment_bytes=config.audit_segment_bytes,
                                          archive_dir=config.audit_archive_dir,
-                                         archive_command=config.audit_archive_command)
+                                         archive_command=config.audit_archive_command,
+                                         trusted=config.audit_trusted_keys)
     else:
         svc = await LockService.open(path, durability=durability, count_downtime=False,
                                      waiter_grace=config.waiter_grace, allow_empty_log=allow_empty)

@@ -129,6 +129,7 @@ class ServerCollector:
         if svc is not None:
             yield from self._locks(svc)
         yield from self._ids()
+        yield from self._audit(srv, svc)
         if srv.cluster is not None:
             yield from self._cluster(srv.cluster)
 
@@ -262,6 +263,32 @@ class ServerCollector:
                                     value=log_bytes)
             yield GaugeMetricFamily("coordcore_snapshot_size_bytes", "Bytes of the lock log's snapshots on disk.",
                                     value=snap_bytes)
+
+    def _audit(self, srv: Any, svc: Any) -> Iterator[Any]:
+        """The audit trail (``--audit-key``): a cluster server's, or the single server's."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        audit = srv.cluster.audit if srv.cluster is not None else None
+        if audit is not None:
+            trail, mismatches = audit.trail, audit.mismatches
+        else:
+            from coordcore.audit import wire
+
+            store = wire.find_store(svc) if svc is not None else None
+            if store is None:
+                return
+            trail, mismatches = store.trail, 0
+        yield GaugeMetricFamily("coordcore_audit_tree_size", "Records in the audit trail's Merkle tree.",
+                                value=trail.tree.size)
+        yield GaugeMetricFamily("coordcore_audit_checkpoint_size",
+                                "Records the newest signed audit checkpoint covers.",
+                                value=trail.checkpoints[-1].size if trail.checkpoints else 0)
+        yield CounterMetricFamily("coordcore_audit_checkpoints_total",
+                                  "Audit checkpoints signed or checked and kept since start.",
+                                  value=trail.checkpoints_kept)
+        yield CounterMetricFamily("coordcore_audit_checkpoint_mismatches_total",
+                                  "Audit checkpoints refused since start (another root, first record or key).",
+                                  value=mismatches)
 
     def _ids(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily

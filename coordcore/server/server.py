@@ -66,6 +66,8 @@ class ServerConfig:
     audit_segment_bytes: int = 0
     audit_archive_dir: Path | None = None
     audit_archive_command: str | None = None
+    #: Older audit public keys whose checkpoints are still accepted (a rotated --audit-key).
+    audit_trusted_keys: tuple[Path, ...] = ()
     #: Listen on a non-loopback address without authentication anyway (warned at start).
     insecure: bool = False
     #: TLS on every port: certificate chain and key (PEM); a CA makes client

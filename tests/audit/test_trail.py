@@ -8,10 +8,20 @@ from typing import Any, Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import shutil
+
+from coordcore.audit.checkpoint import key_id, load_private_key, read_checkpoints
+from coordcore.audit.history import export
 from coordcore.audit.journal import JOURNAL, JournalReader
 from coordcore.audit.merkle import MerkleTree, leaf_hash, verify_consistency
 from coordcore.errors import LogCorrupted
+from coordcore.audit.trail import AuditedStore, attach
+from coordcore.audit.verify import verify_lines
+from coordcore.locks.service import LockService
+from coordcore.locks.store import FileStore
 from tests.audit.helpers import open_audited, some_history
+
+DATA = Path(__file__).parent / "data"
 
 
 def test_records_users_and_checkpoints_every_n(tmp_path: Path, run: Callable[..., Any]) -> None:
@@ -81,6 +91,48 @@ def test_refuses_another_key(tmp_path: Path, run: Callable[..., Any]) -> None:
     run(go(Ed25519PrivateKey.generate()))
     with pytest.raises(LogCorrupted, match="signed by key"):
         run(go(Ed25519PrivateKey.generate()))
+
+
+def test_a_rotated_key_needs_the_old_one_trusted(tmp_path: Path, run: Callable[..., Any]) -> None:
+    old, new, third = (Ed25519PrivateKey.generate() for _ in range(3))
+
+    async def go(key: Ed25519PrivateKey, trusted: list[Any]) -> int:
+        inner = await FileStore.open(tmp_path / "locks", durability="unsafe-no-fsync")
+        store = await AuditedStore.open(inner, tmp_path / "audit", key=key, trusted=trusted)
+        async with LockService.open_store(store) as svc:
+            attach(svc, store)
+            await some_history(svc)
+            return (await store.request_checkpoint(svc)).size
+
+    run(go(old, []))
+    with pytest.raises(LogCorrupted, match=f"signed by key {key_id(old.public_key())}, which is not a trusted"):
+        run(go(new, [third.public_key()]))
+    size = run(go(new, [old.public_key()]))
+    cps = read_checkpoints(tmp_path / "audit")
+    assert [c.key_id for c in cps] == [key_id(old.public_key()), key_id(new.public_key())]
+    assert cps[-1].size == size
+    assert verify_lines(export(tmp_path / "audit"), [new.public_key(), old.public_key()]).ok
+    # The new chain's last checkpoint is the new key's: the old key alone no longer starts it.
+    with pytest.raises(LogCorrupted, match=f"signed by key {key_id(new.public_key())}"):
+        run(go(old, []))
+
+
+def test_a_data_dir_of_the_v1_format_starts_and_extends(tmp_path: Path, run: Callable[..., Any]) -> None:
+    """A data dir written before checkpoints named their key id (by the code of that time)."""
+    shutil.copytree(DATA / "v1-data", tmp_path, dirs_exist_ok=True)
+    key = load_private_key(DATA / "v1.key")
+
+    async def go() -> None:
+        svc, store = await open_audited(tmp_path, key)
+        await some_history(svc)
+        await store.request_checkpoint(svc)
+        await svc.close()
+
+    run(go())
+    cps = read_checkpoints(tmp_path / "audit")
+    assert [c.key_id for c in cps] == ["", "", key_id(key.public_key())]
+    report = verify_lines(export(tmp_path / "audit"), key.public_key())
+    assert report.ok and report.replayed and report.checkpoints == 3, report.problems
 
 
 def test_a_lost_journal_tail_is_taken_from_the_log(tmp_path: Path, run: Callable[..., Any]) -> None:

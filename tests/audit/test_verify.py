@@ -11,11 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordcore.audit.checkpoint import Checkpoint, key_id, load_public_key
 from coordcore.audit.history import export
 from coordcore.audit.verify import verify_lines
 from tests.audit.helpers import open_audited, some_history
 
 KEY = Ed25519PrivateKey.generate()
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +107,39 @@ def test_renumbered_tail_after_a_drop_still_fails(lines: list[str]) -> None:
 
 
 def test_a_checkpoint_signed_by_another_key_fails(lines: list[str]) -> None:
-    problems = verify_lines(lines, Ed25519PrivateKey.generate().public_key()).problems
-    assert problems[:2] == ["line 2: checkpoint of size %d is not signed by the given key" % json.loads(lines[1])["size"],
-                            "line 3: checkpoint of size %d is not signed by the given key" % json.loads(lines[2])["size"]]
+    other = Ed25519PrivateKey.generate().public_key()
+    problems = verify_lines(lines, other).problems
+    kid, size = key_id(KEY.public_key()), [json.loads(lines[n])["size"] for n in (1, 2)]
+    assert problems[:2] == [f"line {n + 2}: checkpoint of size {size[n]} is signed by key {kid}, which is not "
+                            f"a trusted key (trusted: {key_id(other)})" for n in (0, 1)]
+    assert verify_lines(lines, [other, KEY.public_key()]).ok  # one of the keys given is enough
+
+
+def test_checkpoints_name_their_key_id_under_the_signature(lines: list[str]) -> None:
+    obj = json.loads(lines[1])
+    assert obj["key_id"] == key_id(KEY.public_key()) and len(obj["key_id"]) == 8
+    cp = Checkpoint.from_json(obj)
+    assert cp.body().startswith(f"coordcore-audit/v2\n{obj['key_id']}\n".encode())
+    # Another key's id with this key's signature: the keyring looks up a key the
+    # signature is not of (the body changed); a key_id that does not match the key is
+    # refused when read.
+    obj["key_id"] = "0" * 8
+    assert "not the id of the key" in verify_lines([lines[0], json.dumps(obj), *lines[2:]], KEY.public_key()).problems[0]
+
+
+def test_the_v1_format_still_verifies() -> None:
+    """An export written before checkpoints named their key id (by the code of that time)."""
+    v1 = (DATA / "v1-export.jsonl").read_text().splitlines()
+    assert all("key_id" not in json.loads(line) for line in v1)
+    public = load_public_key(DATA / "v1.pub")
+    report = verify_lines(v1, public)
+    assert report.ok and report.checkpoints == 2 and report.replayed, report.problems
+    assert not verify_lines(v1, Ed25519PrivateKey.generate().public_key()).ok
+    obj = json.loads(v1[1])
+    obj["revision"] += 1  # the v1 body is what was signed: an edit of it fails
+    problems = verify_lines([v1[0], json.dumps(obj), *v1[2:]], public).problems
+    assert problems[0] == f"line 2: checkpoint of size {obj['size']} does not carry a valid signature of key " \
+                          f"{key_id(public)} (forged or edited)"
 
 
 def test_edited_events_fail_the_replay(lines: list[str]) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordcore import Client
@@ -107,10 +108,20 @@ def test_every_server_journals_the_same_tree_across_a_failover(cluster: EtcdClus
         assert len(roots) == 1, size
 
 
+def audit_metrics(port: int) -> dict[str, float]:
+    """The coordcore_audit_* samples of a server's /metrics."""
+    from tests.server.test_metrics import scrape
+
+    with redis.Redis(port=port) as r:
+        mport = int(r.info("server")["metrics_port"])
+    return {name: v for (name, labels), v in scrape(mport).items() if name.startswith("coordcore_audit_")}
+
+
 def test_a_follower_whose_journal_was_edited_refuses_the_checkpoint(cluster: EtcdCluster, tmp_path: Path) -> None:
     key = tmp_path / "audit.key"
     write_keypair(key)
-    with CoordCluster(cluster, tmp_path, 3, "--audit-key", str(key), "--audit-every", "100000") as cc:
+    with CoordCluster(cluster, tmp_path, 3, "--audit-key", str(key), "--audit-every", "100000",
+                      "--metrics-port", "0") as cc:
         lead = cc.settled()
         traffic(cc.addresses, "a", 20)
         size1 = checkpoint(cc, lead)
@@ -146,6 +157,12 @@ def test_a_follower_whose_journal_was_edited_refuses_the_checkpoint(cluster: Etc
         assert "checkpoint refused" in cc.servers[bad].log()
         assert audit_info(cc.servers[good].port)["audit_state"] == "ok"
         assert max(c.size for c in read_checkpoints(cc.servers[bad].data_dir / "audit")) == size1
+        m_bad, m_good = (audit_metrics(cc.servers[i].port) for i in (bad, good))
+        assert m_bad["coordcore_audit_checkpoint_mismatches_total"] == int(a["audit_mismatches"]) >= 1
+        assert m_good["coordcore_audit_checkpoint_mismatches_total"] == 0
+        assert m_bad["coordcore_audit_checkpoint_size"] == size1 and m_good["coordcore_audit_checkpoint_size"] == size2
+        assert m_good["coordcore_audit_checkpoints_total"] == 2 and m_bad["coordcore_audit_checkpoints_total"] == 1
+        assert m_good["coordcore_audit_tree_size"] >= size2
         # Restarted, it refuses the edited journal outright (its checksum no longer holds).
         cc.servers[bad].kill()
         try:
@@ -209,3 +226,26 @@ class _NoLog:
     max_record_bytes = 1 << 20
     syncs = True
     max_in_flight = 1
+
+
+def test_a_clean_stop_of_the_leader_signs_a_final_checkpoint(cluster: EtcdCluster, tmp_path: Path) -> None:
+    """As a single server does: a leader stopped cleanly (SIGTERM) signs what its term
+    added while it still leads, publishes it, and the followers keep it."""
+    key = tmp_path / "audit.key"
+    public = write_keypair(key)
+    with CoordCluster(cluster, tmp_path, 3, "--audit-key", str(key), "--audit-every", "100000") as cc:
+        lead = cc.settled()
+        traffic(cc.addresses, "a", 10)
+        size1 = checkpoint(cc, lead)
+        traffic(cc.addresses, "b", 15)  # not covered by any checkpoint yet
+        assert cc.servers[lead].stop() == 0
+        mine = read_checkpoints(cc.servers[lead].data_dir / "audit")
+        journaled = len(leaves(cc.servers[lead].data_dir))
+        assert mine[-1].size == journaled > size1 + 15, (mine[-1].size, journaled, size1)
+        others = [i for i in range(3) if i != lead]
+        wait_checkpoint(cc, others, mine[-1].size)
+        for i in others:
+            assert [c for c in read_checkpoints(cc.servers[i].data_dir / "audit")
+                    if c.size == mine[-1].size] == [mine[-1]]
+        done = verify(cc.servers[lead].data_dir, public)
+        assert done.returncode == 0 and done.stdout.startswith(f"ok: {journaled} records"), done.stdout + done.stderr

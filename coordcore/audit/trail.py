@@ -396,8 +396,12 @@ class AuditTrail:
             self._marks.append(offset)
 
     def sync(self) -> None:
-        if self.journal is not None:
-            self.journal.sync()
+        """fdatasync the journal; safe in a thread while the loop appends (it never
+        clears the journal's dirty mark, which a later :meth:`Journal.sync` relies on)."""
+        journal = self.journal
+        if journal is not None:
+            with self._writing:  # the journal is not closed under us (seal, close)
+                journal.sync_data()
 
     def checkpoint(self, revision: int, state: bytes | None) -> Checkpoint:
         """Sign and store a checkpoint of the whole tree, all at once (see

@@ -217,3 +217,31 @@ def test_stored_records_are_found_from_the_sparse_index(tmp_path: Path, rng: Any
     picks = [*rng.sample(sorted(records), 50), *range(1020, 1040), 5, 2599]
     assert all(again.stored_record(i) == records[i] for i in picks)
     again.close()
+
+
+def test_a_sync_in_a_thread_never_hides_a_record_the_loop_appended_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AuditedStore.write_snapshot fsyncs the journal in a thread while the loop may
+    append: a record appended during that fsync must still be synced by the next one
+    (the snapshot after it drops the record from the log, so the journal is its only copy)."""
+    from coordcore.audit import journal as journal_mod
+    from coordcore.audit.journal import Journal
+    from coordcore.audit.trail import AuditTrail
+
+    trail = AuditTrail.load(tmp_path / "audit", key=Ed25519PrivateKey.generate(), every=1_000)
+    journal = trail.journal = Journal.create(tmp_path / "audit", 1, True)  # (made at the first record)
+    journal.append(1, [b"first"])
+    synced: list[int] = []
+    real = journal_mod.os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(journal.next_index)
+        if len(synced) == 1:
+            journal.append(2, [b"appended by the loop during the thread's fsync"])
+        real(fd)
+
+    monkeypatch.setattr(journal_mod.os, "fdatasync", fdatasync)
+    trail.sync()  # as write_snapshot's thread does
+    journal.sync()  # the next durable point on the loop
+    assert synced == [2, 3], "the record appended during the first fsync was never synced"
+    trail.close()

@@ -24,7 +24,7 @@ def test_facade_exports_exactly_all() -> None:
     for name in coordcore.__all__:
         assert hasattr(coordcore, name), name
     public = {n for n in vars(coordcore) if not n.startswith("_")}
-    submodules = {"errors", "ids", "uuids", "ring", "locks", "server", "client", "cli", "cluster", "types", "audit"}
+    submodules = {"errors", "ids", "uuids", "ring", "locks", "server", "client", "cli", "cluster", "types", "audit", "tracing"}
     assert public - set(coordcore.__all__) <= submodules
 
 

@@ -263,6 +263,8 @@ cdef int _apply_one(LockMachine self, const unsigned char *p, unsigned char *res
         allowed = F_SHARED | F_WAIT
     elif op == OP_SEM_ACQUIRE or op == OP_CAMPAIGN:
         allowed = F_WAIT
+    elif op == OP_DETACH and version >= BATCH_VERSION_POOL_DETACH:
+        allowed = F_DETACH_POOLS
     else:
         allowed = 0
     takes_key = op > OP_CLOSE and op != OP_DETACH
@@ -321,7 +323,10 @@ cdef int _apply_one(LockMachine self, const unsigned char *p, unsigned char *res
         cc_st64(res + 16, s.deadline)
         return 0
     if op == OP_DETACH:
-        cc_st64(res + 8, _detach(self, arg))
+        rev = _detach(self, arg)
+        if flags & F_DETACH_POOLS:
+            rev += _pools_detach(self, arg)
+        cc_st64(res + 8, rev)
         return 0
     si = map_get(&self.st.ses_map, sid)
     if si == NIL:
@@ -404,7 +409,7 @@ cdef object _apply(LockMachine self, object batch):
     if memcmp(p, C_MAGIC, 4) != 0:
         raise BadArgument(f"malformed batch: bad magic {bytes(view[:4])!r}")
     version = p[4]
-    if version < 1 or version > BATCH_VERSION_POOLS:
+    if version < 1 or version > BATCH_VERSION_POOL_DETACH:
         raise BadArgument(f"malformed batch: unsupported format version {version}")
     last_op = OP_CAP_RESIZE if version >= BATCH_VERSION_POOLS else OP_DETACH if version >= 2 else OP_CANCEL
     if p[5] != 0 or cc_ld16(p + 6) != 0:

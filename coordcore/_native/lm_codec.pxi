@@ -168,22 +168,26 @@ def assemble(time_ms, list parts, Py_ssize_t count):
         n = PyBytes_GET_SIZE(part)
         memcpy(p, PyBytes_AS_STRING(part), <size_t>n)
         p += n
-    if _has_pool_op(<const unsigned char *>PyBytes_AS_STRING(out) + HDR_SIZE, <size_t>(total - HDR_SIZE)):
-        (<unsigned char *>PyBytes_AS_STRING(out))[4] = BATCH_VERSION_POOLS
+    (<unsigned char *>PyBytes_AS_STRING(out))[4] = _record_version(
+        <const unsigned char *>PyBytes_AS_STRING(out) + HDR_SIZE, <size_t>(total - HDR_SIZE))
     return out
 
 
-cdef bint _has_pool_op(const unsigned char *p, size_t n) noexcept:
-    """Whether the commands at p carry a pool op (the record is then format version 4;
-    BatchBuilder decides the same way). A malformed tail stops the scan: apply refuses it."""
+cdef uint8_t _record_version(const unsigned char *p, size_t n) noexcept:
+    """The format version of a record of the commands at p, as BatchBuilder decides it:
+    5 with a DETACH of pool waits, 4 with a pool op, else 3. A malformed tail stops the
+    scan: apply refuses it."""
     cdef size_t pos = 0
+    cdef uint8_t version = BATCH_VERSION
     while n - pos >= CMD_SIZE:
+        if p[pos] == OP_DETACH and p[pos + 1] & F_DETACH_POOLS:
+            return BATCH_VERSION_POOL_DETACH
         if p[pos] >= OP_POOL_SET:
-            return True
+            version = BATCH_VERSION_POOLS
         pos += CMD_SIZE + <size_t>cc_ld16(p + pos + 2) + cc_ld32(p + pos + 4)
         if pos > n:
-            return False
-    return False
+            break
+    return version
 
 
 def filter_events(bytes raw, cls, dict parked):

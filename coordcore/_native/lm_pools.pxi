@@ -24,7 +24,7 @@ cdef enum:
 _POOL_HEAD = _struct.Struct("<HHIIIIII")  # name length, 0, capacity, grace, patience, tenants, leases, waits
 _TENANT_REC = _struct.Struct("<BBHIII")   # name length, band, 0, weight, minimum, maximum
 _LEASE_REC = _struct.Struct("<QQQQII")    # session, ticket, token, give-back deadline, units, tenant index
-_WAIT_REC = _struct.Struct("<QQQIIII")    # session, ticket, wait deadline, units, passes, tenant index, 0
+_WAIT_REC = _struct.Struct("<QQQIIII")    # session, ticket, wait deadline, units, passes, tenant index, detached
 
 
 @cython.final
@@ -43,6 +43,7 @@ cdef class _Item:
     cdef uint64_t session, ticket, token
     cdef uint64_t deadline  # waiting: wait timeout; lease: give-back deadline (0: none)
     cdef uint32_t units, passes
+    cdef uint8_t detached  # a wait at a restart: withdrawn at its deadline unless its client re-attaches
     cdef _Tenant tenant
     cdef uint64_t since  # batch time of its arrival, then of its grant (lm_timings.pxi); C_NO_TIME: restored
 
@@ -124,6 +125,7 @@ cdef int _pool_grant(LockMachine self, _Pool pool, _Item x) except -1:
         x.tenant.queue.pop(0)
         x.tenant.want -= x.units
         x.deadline = 0
+        x.detached = 0
     x.token = rev
     _hist_add(&self.waits[M_POOL - 1], x.since, self.st.time)
     x.since = self.st.time
@@ -516,11 +518,14 @@ cdef int _cap_resize(LockMachine self, uint64_t sid, bytes name, uint64_t token,
     return 0
 
 
-cdef int _pool_reattach(LockMachine self, uint64_t sid, uint64_t ticket, unsigned char *res) except -1:
+cdef int _pool_reattach(LockMachine self, uint64_t sid, uint64_t ticket, uint64_t timeout,
+                        unsigned char *res) except -1:
     """A retried acquire whose first answer was WAITING learns where that request stands
-    now: granted (OK, its token), still waiting (WAITING, the first attempt's deadline
-    kept) or gone (NOTFOUND: timed out, withdrawn, released). A read: it changes no
-    state, so logs written before it replay to the same state."""
+    now: granted (OK, its token), still waiting (WAITING) or gone (NOTFOUND: timed out,
+    withdrawn, released). A wait keeps its first deadline, except a detached one (see
+    _pools_detach): its client is back, so it is re-attached with the retry's TIMEOUT
+    from now, as a lock waiter is. Only a detached wait changes: logs written before
+    pool waiters were detached replay to the same state."""
     cdef dict mine = self.pl.by_sess.get(sid)
     cdef object item = mine.get(ticket) if mine is not None else None
     cdef _Item x
@@ -533,7 +538,30 @@ cdef int _pool_reattach(LockMachine self, uint64_t sid, uint64_t ticket, unsigne
     if x.token:
         res[1] = ST_OK
         cc_st64(res + 8, x.token)
+    elif x.detached:
+        x.detached = 0
+        _pool_deadline(self, <_Pool>(<tuple>item)[0], x, self.st.time + timeout if timeout else 0)
     return 0
+
+
+cdef uint64_t _pools_detach(LockMachine self, uint64_t grace) except? 0xFFFFFFFFFFFFFFFF:
+    """DETACH for pools (format version 5): every pool wait gets at most ``grace`` ms more,
+    then is withdrawn unless its client re-attaches (retries with its request id). One
+    granted meanwhile stays a lease: its client learns of it on the retry, or releases
+    it when it settles an acquire it gave up; the session's end returns it otherwise.
+    Pools in name order, waits in ticket order. Returns how many."""
+    cdef uint64_t n = 0
+    cdef uint64_t deadline = self.st.time + grace
+    cdef _Pool pool
+    cdef _Item x
+    for name in sorted(self.pl.pools):
+        pool = self.pl.pools[name]
+        for x in pool.waits.values():
+            x.detached = 1
+            if x.deadline == 0 or x.deadline > deadline:
+                _pool_deadline(self, pool, x, deadline)
+            n += 1
+    return n
 
 
 cdef int _pool_apply(LockMachine self, uint8_t op, uint8_t flags, uint64_t sid, uint64_t req, uint64_t arg,
@@ -567,7 +595,7 @@ cdef int _pool_apply(LockMachine self, uint8_t op, uint8_t flags, uint64_t sid, 
             cc_st64(res + 8, e.value)
             cc_st64(res + 16, e.aux)
             if e.status == ST_WAITING and e.op == OP_CAP_ACQUIRE:
-                _pool_reattach(self, sid, e.aux, res)
+                _pool_reattach(self, sid, e.aux, arg >> 32 if op == OP_CAP_ACQUIRE else 0, res)
             return 0
     if op == OP_CAP_ACQUIRE:
         _cap_acquire(self, sid, name, v, vlen, <uint32_t>(arg & 0xFFFFFFFFULL), arg >> 32, flags & F_WAIT, res)
@@ -729,7 +757,8 @@ cdef bytes _pools_snapshot(LockMachine self):
         for x in pool.leases.values():
             out.append(_LEASE_REC.pack(x.session, x.ticket, x.token, x.deadline, x.units, index[x.tenant.name]))
         for x in pool.waits.values():
-            out.append(_WAIT_REC.pack(x.session, x.ticket, x.deadline, x.units, x.passes, index[x.tenant.name], 0))
+            out.append(_WAIT_REC.pack(x.session, x.ticket, x.deadline, x.units, x.passes, index[x.tenant.name],
+                                      x.detached))
     return b"".join(out)
 
 
@@ -802,13 +831,14 @@ cdef size_t _pools_parse(LockMachine self, bytes data) except? 0:
                 heapq.heappush(self.pl.heap, (deadline, token, name))
         last = 0
         for _ in range(nw):
-            sid, ticket, deadline, units, passes, ti, zero = _WAIT_REC.unpack_from(data, pos)
+            sid, ticket, deadline, units, passes, ti, detached = _WAIT_REC.unpack_from(data, pos)
             pos += _WAIT_REC.size
-            if ticket <= last or zero or passes > patience:
+            if ticket <= last or detached > 1 or (detached and not deadline) or passes > patience:
                 raise LogCorrupted("snapshot waits out of order or out of range")
             x = _pool_loaded_item(self, pool, tenants[ti], sid, ticket, units, deadline, revs)
             last = ticket
             x.passes = passes
+            x.detached = detached
             pool.waits[ticket] = x
             x.tenant.queue.append(x)
             x.tenant.want += units
@@ -842,6 +872,7 @@ cdef int _pools_check(LockMachine self) except -1:
         held = marked = 0
         for x in pool.leases.values():
             assert x.token and x.units and self.pl.by_sess[x.session][x.ticket][1] is x, "pool lease index"
+            assert not x.detached, "a detached lease"
             assert map_get(&self.st.ses_map, x.session) != NIL, "pool lease of a dead session"
             held += x.units
             marked += x.units if x.deadline else 0
@@ -856,6 +887,7 @@ cdef int _pools_check(LockMachine self) except -1:
         assert sum([len((<_Tenant>t).queue) for t in pool.tenants.values()]) == len(pool.waits), "pool queues"
         for x in pool.waits.values():
             assert x.token == 0 and x in x.tenant.queue and self.pl.by_sess[x.session][x.ticket][1] is x, "pool wait index"
+            assert x.deadline or not x.detached, "a detached wait without a deadline"
             n += 1
     assert n == sum([len(d) for d in self.pl.by_sess.values()]), "pool session index"
     return 0

@@ -16,6 +16,7 @@
 cdef enum:
     BATCH_VERSION = 3      # 3: a session's second exclusive claim on a lock is HELD
     BATCH_VERSION_POOLS = 4  # 4: the pool ops; a record without them is still written as 3
+    BATCH_VERSION_POOL_DETACH = 5  # 5: DETACH may detach pool waiters too (F_DETACH_POOLS)
     HDR_SIZE = 20
     CMD_SIZE = 32
     RES_SIZE = 24
@@ -56,6 +57,7 @@ cdef enum:  # ops
 cdef enum:  # command flags
     F_SHARED = 1
     F_WAIT = 2
+    F_DETACH_POOLS = 2  # on DETACH (format version 5): pool waiters too
 
 cdef enum:  # statuses
     ST_OK = 0

@@ -44,7 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from coordcore._holds import HoldCounts, LostCallbacks
 from coordcore.client._common import (
@@ -100,7 +100,11 @@ MAX_RETRY_DELAY = 0.5
 #: cluster is between leaders (a dead leader's etcd lease runs out first).
 FAILOVER_WINDOW = 15.0
 
-LedgerKey = tuple[int, bytes]
+#: What the ledger settles: a grant of the lock machine's keys, or a quota pool's lease
+#: (pools have names of their own: a pool and a lock may share one).
+SettleKind = GrantKind | Literal["pool"]
+#: (session id, key or pool name, whether it is a pool)
+LedgerKey = tuple[int, bytes, bool]
 
 
 class Endpoints:
@@ -201,11 +205,11 @@ class Ledger:
         self._mutex = threading.Lock()
         self._held: dict[LedgerKey, set[int]] = {}
         self._inflight: dict[LedgerKey, int] = {}
-        self._unsettled: dict[LedgerKey, tuple[str | bytes, GrantKind]] = {}
+        self._unsettled: dict[LedgerKey, tuple[str | bytes, SettleKind]] = {}
 
-    def begin(self, sid: int, key: str | bytes) -> LedgerKey:
+    def begin(self, sid: int, key: str | bytes, kind: SettleKind = "lock") -> LedgerKey:
         """An acquire of ``key`` for session ``sid`` is on its way."""
-        k = (sid, key_bytes(key))
+        k = (sid, key_bytes(key), kind == "pool")
         with self._mutex:
             self._inflight[k] = self._inflight.get(k, 0) + 1
         return k
@@ -220,28 +224,33 @@ class Ledger:
         with self._mutex:
             self._inflight[k] -= 1
 
-    def broke_off(self, k: LedgerKey, key: str | bytes, kind: GrantKind) -> None:
+    def broke_off(self, k: LedgerKey, key: str | bytes, kind: SettleKind) -> None:
         """It ended without an answer: settle the key once the server can be asked."""
         with self._mutex:
             self._inflight[k] -= 1
             self._unsettled[k] = (key, kind)
 
-    def unsettle(self, sid: int, key: str | bytes, kind: GrantKind) -> None:
+    def unsettle(self, sid: int, key: str | bytes, kind: SettleKind) -> None:
         """A release went unanswered: settle the key too (its hold, no longer known,
         is released then if the release never arrived)."""
         with self._mutex:
-            self._unsettled[(sid, key_bytes(key))] = (key, kind)
+            self._unsettled[(sid, key_bytes(key), kind == "pool")] = (key, kind)
 
-    def hold(self, sid: int, key: str | bytes, token: int) -> None:
+    def hold(self, sid: int, key: str | bytes, token: int, kind: SettleKind = "lock") -> None:
         """A grant that did not wait (a try)."""
         with self._mutex:
-            self._held.setdefault((sid, key_bytes(key)), set()).add(token)
+            self._held.setdefault((sid, key_bytes(key), kind == "pool"), set()).add(token)
 
-    def released(self, sid: int, key: str | bytes, token: int) -> None:
+    def released(self, sid: int, key: str | bytes, token: int, kind: SettleKind = "lock") -> None:
         with self._mutex:
-            self._held.get((sid, key_bytes(key)), set()).discard(token)
+            self._held.get((sid, key_bytes(key), kind == "pool"), set()).discard(token)
 
-    def unsettled(self, sid: int) -> list[tuple[LedgerKey, str | bytes, GrantKind]]:
+    def known(self, k: LedgerKey) -> set[int]:
+        """The tokens the client was told of (held, not released) on ``k``."""
+        with self._mutex:
+            return set(self._held.get(k, set()))
+
+    def unsettled(self, sid: int) -> list[tuple[LedgerKey, str | bytes, SettleKind]]:
         with self._mutex:
             return [(k, key, kind) for k, (key, kind) in self._unsettled.items() if k[0] == sid]
 
@@ -256,13 +265,28 @@ class Ledger:
         """What to send, given the key's ``LOCK.INFO``, so the session holds and waits
         for nothing on it that the client does not know of: release the stray holds,
         withdraw the stray waits. Then call :meth:`settled`."""
-        sid, key = k
-        with self._mutex:
-            known = set(self._held.get(k, set()))
+        sid = k[0]
+        key = k[1]
+        known = self.known(k)
         out: list[list[Arg]] = [[RELEASE_COMMAND[kind], key, credential, "TOKEN", token, "REQID", reqid()]
                                 for token in stray_holds(info, sid, known)]
         out += [["LOCK.CANCEL", key, credential, "TICKET", ticket, "REQID", reqid()]
                 for ticket in stray_waiters(info, sid)]
+        return out
+
+    def pool_settle_commands(self, k: LedgerKey, info: dict[str, Any] | None, credential: bytes,
+                             reqid: Callable[[], int]) -> list[list[Arg]]:
+        """:meth:`settle_commands` for a pool, given its ``POOL.INFO pool SESSION id``
+        (None: no such pool any more). A wait withdrawn by its ticket that was granted
+        meanwhile answers NOTHOLDER: the key stays unsettled, and the next round releases
+        the lease it became."""
+        if info is None:
+            return []
+        known = self.known(k)
+        pool = k[1]
+        out: list[list[Arg]] = [["POOL.RELEASE", pool, credential, token, "REQID", reqid()]
+                                for token in (int(to_dict(x)["token"]) for x in info["leases"]) if token not in known]
+        out += [["POOL.RELEASE", pool, credential, int(to_dict(x)["ticket"]), "REQID", reqid()] for x in info["waits"]]
         return out
 
     def settled(self, k: LedgerKey) -> None:
@@ -728,7 +752,14 @@ class ClientCore(Generic[S]):
         without an answer (it cannot get back, it is interrupted or cancelled), what may
         still be held or queued for it is settled once the server can be reached
         (:meth:`settle`), so the caller never holds a lock it was not told about."""
-        k = self.ledger.begin(s.id, key)
+        token = yield from self.tracked(make_args, key, s, kind, timeout)
+        return Grant(key_bytes(key), token, s.id, kind, shared)
+
+    def tracked(self, make_args: MakeArgs, key: Key, s: SessionState, kind: SettleKind,
+                timeout: float | None) -> Proc[int]:
+        """:meth:`reattached`, kept in the ledger: an acquire that ends without an answer
+        has its key settled (see :meth:`contend`); returns the token."""
+        k = self.ledger.begin(s.id, key, kind)
         try:
             token = yield from self.reattached(make_args, s, timeout)
         except BaseException as exc:
@@ -739,7 +770,7 @@ class ClientCore(Generic[S]):
                 yield Settle(s)
             raise
         self.ledger.granted(k, token)
-        return Grant(key_bytes(key), token, s.id, kind, shared)
+        return token
 
     def reattached(self, make_args: MakeArgs, s: SessionState, timeout: float | None) -> Proc[int]:
         """The retry loop of a blocking acquire (:meth:`contend`, :meth:`pool_acquire`): the
@@ -782,8 +813,14 @@ class ClientCore(Generic[S]):
             if self.ledger.busy(k):
                 continue  # an acquire of ours on this key is in flight: do not guess
             try:
-                info = parse_lock_info((yield from self.execute([INFO_COMMAND[kind], key])))
-                for args in self.ledger.settle_commands(k, info, s.credential, kind, self.reqid):
+                if kind == "pool":
+                    reply = yield from self.execute(["POOL.INFO", key, "SESSION", s.id])
+                    commands = self.ledger.pool_settle_commands(k, None if reply is None else to_dict(reply),
+                                                                s.credential, self.reqid)
+                else:
+                    info = parse_lock_info((yield from self.execute([INFO_COMMAND[kind], key])))
+                    commands = self.ledger.settle_commands(k, info, s.credential, kind, self.reqid)
+                for args in commands:
                     yield from self.execute(args)
             except SessionExpired:
                 pass  # the session took everything with it
@@ -869,17 +906,24 @@ class ClientCore(Generic[S]):
 
         # On a connection of its own (it may park); on a lost connection retried with the
         # same REQID, which answers the lease the first attempt got (the units are held
-        # once) or takes its wait over. If it gives up without an answer, a lease granted
-        # meanwhile stays with the session (POOL.INFO shows its token) until it ends.
-        token = yield from self.reattached(make_args, s, timeout)
+        # once) or takes its wait over. If it gives up without an answer (its timeout, a
+        # cancellation, the retries abandoned), the pool is settled: a lease granted
+        # meanwhile is released, a wait left behind withdrawn.
+        token = yield from self.tracked(make_args, pool, s, "pool", timeout)
         return CapacityLease(key_bytes(pool), key_bytes(tenant), units, token, s.id)
 
     def pool_release(self, lease: CapacityLease) -> Proc[None]:
         if not isinstance(lease, CapacityLease):
             raise WrongType(f"pool_release takes a CapacityLease, not {type(lease).__name__}")
-        # retried with the same REQID: a release applied before the reply was lost answers OK
-        yield from self.execute(["POOL.RELEASE", lease.pool, self.credential(lease.session), lease.token,
-                                 "REQID", self.reqid()])
+        try:
+            # retried with the same REQID: a release applied before the reply was lost answers OK
+            yield from self.execute(["POOL.RELEASE", lease.pool, self.credential(lease.session), lease.token,
+                                     "REQID", self.reqid()])
+        except OSError:  # ConnectionLost too: settled once the server answers again
+            self.ledger.unsettle(lease.session, lease.pool, "pool")
+            raise
+        finally:
+            self.ledger.released(lease.session, lease.pool, lease.token, "pool")
 
     def pool_info(self, pool: Key) -> Proc[dict[str, Any] | None]:
         check_key("pool", pool)

@@ -102,7 +102,8 @@ changes nothing (no event), except that a retried acquire that first answered
 ``WAITING`` re-attaches (see "Detached waiters"); a retried CAP_ACQUIRE that first
 answered ``WAITING`` answers where that request stands now (``OK`` with its token,
 ``WAITING``, or ``NOTFOUND``/``WAIT_ENDED``) and changes nothing (its wait keeps the
-first deadline; pool waiters are not detached at a restart). Clients must not reuse a request id on a session, and must
+first deadline), except that a detached pool wait is re-attached (see "Detached pool
+waits"). Clients must not reuse a request id on a session, and must
 not retry a request after issuing :data:`REQUEST_WINDOW` newer ones on that session.
 OPEN, KEEPALIVE and CLOSE are not remembered: a repeated KEEPALIVE is harmless, a
 repeated CLOSE answers ``NOSESSION``, a repeated OPEN opens another session (an
@@ -203,6 +204,15 @@ or after it). A session's pool leases and waits end with it, after its locks, in
 ticket order. Snapshots of a machine with pools are version 3 (version 2 plus a pool
 section); without pools they stay version 2, byte for byte.
 
+Detached pool waits (format version 5): ``DETACH grace_ms`` with flag ``WAIT`` (only in
+a version 5 record; :class:`BatchBuilder` writes 5 only for it) detaches the pool waits
+too, as it does lock waiters: each gets at most ``grace_ms`` more, then is withdrawn
+(``CANCEL``) unless its client re-attaches by retrying its CAP_ACQUIRE with the same
+request id (the wait then has the retry's ``timeout_ms`` from now). One granted before
+that stays a lease (its client learns the token on the retry). A DETACH without the
+flag, as every record before version 5, leaves pool waits alone. A detached wait is
+marked in the snapshot's wait record (its last u32, 0 before).
+
 Snapshot (version 2; version 1 is still read)
 ---------------------------------------------
 ``snapshot()`` is deterministic: sessions sorted by id, keys sorted by bytes,
@@ -243,6 +253,7 @@ except ImportError:  # pragma: no cover - a broken installation
 __all__ = [
     "BATCH_FORMAT_VERSION",
     "POOL_BATCH_FORMAT_VERSION",
+    "POOL_DETACH_BATCH_FORMAT_VERSION",
     "BATCH_HEADER_SIZE",
     "COMMAND_HEADER_SIZE",
     "CREDENTIAL_DIGEST_SIZE",
@@ -284,6 +295,8 @@ __all__ = [
 #: Version of the batch record format written by :class:`BatchBuilder` (1 is still read).
 BATCH_FORMAT_VERSION: int = _lm.BATCH_FORMAT_VERSION
 POOL_BATCH_FORMAT_VERSION: int = _lm.POOL_BATCH_FORMAT_VERSION  # a record with pool commands
+#: A record with a DETACH of pool waiters (``detach(grace_ms, pools=True)``).
+POOL_DETACH_BATCH_FORMAT_VERSION: int = _lm.POOL_DETACH_BATCH_FORMAT_VERSION
 #: Size of a session credential's digest (SHA-256) carried by OPEN.
 CREDENTIAL_DIGEST_SIZE: int = _lm.CREDENTIAL_DIGEST_SIZE
 BATCH_MAGIC: bytes = _lm.BATCH_MAGIC
@@ -656,12 +669,13 @@ class BatchBuilder:
     2
     """
 
-    __slots__ = ("_buf", "_count", "_pools")
+    __slots__ = ("_buf", "_count", "_pools", "_detach_pools")
 
     def __init__(self) -> None:
         self._buf = bytearray(BATCH_HEADER_SIZE)
         self._count = 0
         self._pools = False  # a pool command makes the record format version 4
+        self._detach_pools = False  # a DETACH of pool waits makes it version 5
 
     def __len__(self) -> int:
         return self._count
@@ -671,11 +685,13 @@ class BatchBuilder:
         del self._buf[BATCH_HEADER_SIZE:]
         self._count = 0
         self._pools = False
+        self._detach_pools = False
 
     def build(self, time_ms: int) -> bytes:
         """The batch record stamped with ``time_ms`` (the appender's clock, in ms)."""
         t = _int("time_ms", time_ms, 0, MAX_TIME_MS)
-        version = POOL_BATCH_FORMAT_VERSION if self._pools else BATCH_FORMAT_VERSION
+        version = POOL_DETACH_BATCH_FORMAT_VERSION if self._detach_pools \
+            else POOL_BATCH_FORMAT_VERSION if self._pools else BATCH_FORMAT_VERSION
         _HEADER.pack_into(self._buf, 0, BATCH_MAGIC, version, 0, 0, t, self._count)
         return bytes(self._buf)
 
@@ -731,7 +747,7 @@ class BatchBuilder:
         if op == Op.CANCEL:
             return self.cancel(s, k, a, request_id=r)
         if op == Op.DETACH:
-            return self.detach(a)
+            return self.detach(a, pools=bool(command.flags & FLAG_WAIT))
         if Op.POOL_SET <= op <= Op.CAP_RESIZE:
             return self._pool_command(op, command.flags, s, r, a, k, v)
         raise UnknownCommand(f"unknown lock machine command {op!r}")
@@ -813,10 +829,13 @@ class BatchBuilder:
         return self._add(11, 0, _sid(session), _u64("request_id", request_id),
                          _int("ticket", ticket, 1, _U64), _k(key), b"")
 
-    def detach(self, grace_ms: int) -> int:
+    def detach(self, grace_ms: int, *, pools: bool = False) -> int:
         """Give every waiter at most ``grace_ms`` more unless its client re-attaches (see
-        "Detached waiters" in the module docs)."""
-        return self._add(12, 0, 0, 0, _int("grace_ms", grace_ms, 0, MAX_TIMEOUT_MS), b"", b"")
+        "Detached waiters" in the module docs); with ``pools``, every pool wait too
+        (format version 5: "Detached pool waits")."""
+        if _bool("pools", pools):
+            self._detach_pools = True
+        return self._add(12, FLAG_WAIT if pools else 0, 0, 0, _int("grace_ms", grace_ms, 0, MAX_TIMEOUT_MS), b"", b"")
 
     # --- quota pools (format version 4; the rules: coordcore.locks.pools) ----------------
 
@@ -918,7 +937,7 @@ def decode_batch(batch: bytes) -> tuple[int, list[Command]]:
     magic, version, flags, reserved, time_ms, count = _HEADER.unpack_from(data, 0)
     if magic != BATCH_MAGIC:
         raise BadArgument(f"malformed batch: bad magic {magic!r}")
-    if not 1 <= version <= POOL_BATCH_FORMAT_VERSION:
+    if not 1 <= version <= POOL_DETACH_BATCH_FORMAT_VERSION:
         raise BadArgument(f"malformed batch: unsupported format version {version}")
     if flags or reserved:
         raise BadArgument("malformed batch: reserved header bits set")

@@ -30,7 +30,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
@@ -417,9 +417,11 @@ class CommitPipeline:
         req.future.add_done_callback(retrieve)
         return self.withdraw_request(req, key, sid)
 
-    async def withdraw_request(self, req: Request, key: Key, sid: int) -> None:
+    async def withdraw_request(self, req: Request, key: Key, sid: int,
+                               cancel: Callable[[int], Awaitable[None]] | None = None) -> None:
         """Make sure an abandoned acquire holds nothing: if it never reached a batch it is
-        dropped; otherwise CANCEL its ticket (which also releases it if the grant won)."""
+        dropped; otherwise CANCEL its ticket (which also releases it if the grant won), or
+        ``await cancel(ticket)`` for a request that is no lock's (a pool's)."""
         req.abandoned = True
         if req.result is None:
             try:
@@ -447,6 +449,9 @@ class CommitPipeline:
             del self._parked[ticket]
         if not req.future.done():
             req.future.cancel()
+        if cancel is not None:
+            await cancel(ticket)
+            return
         try:
             await self.call(lambda b: b.cancel(sid, key, ticket))
         except (SessionExpired, ServiceClosed, NotLockHolder):

@@ -293,36 +293,31 @@ class Pools(PoolReads):
         name = _name(pool)
         if (track or on_giveback is not None) and self.info(name) is not None:
             self._watch(name)  # pools are defined by admins: one watch each at most
-        if timeout == 0:
-            result = await self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=False,
-                                                                                 request_id=request_id),
-                                                     contends=sid).future
-            if result.status == Status.BUSY:
-                raise LockTimeout(f"pool {name!r}: {units} units not free now (timeout=0)")
-            exc = result.exception()
-            if exc is not None:
-                raise exc
-        else:
-            wait_ms = 0 if timeout is None else _ms("timeout", timeout)
-            # The machine withdraws the wait at its deadline (a CANCEL event, through the
-            # log): the timeout survives a restart and needs no withdrawal of our own.
-            req = self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, timeout_ms=wait_ms,
-                                                                          request_id=request_id),
-                                            parks=True, contends=sid)
-            req.timeout_error = LockTimeout(f"pool {name!r}: {units} units not granted within {timeout} s")
-            try:
-                result = await req.future
-            except asyncio.CancelledError:
-                # The caller left (its connection went): withdraw the wait, or give back
-                # a grant that raced with the cancellation. Not when a retry of the same
-                # request (same request id) took the wait over: that one owns it now.
-                if not req.abandoned and req.result is not None and req.result.status in (Status.OK, Status.WAITING):
-                    ticket = req.result.ticket
-                    self._svc.pipeline.track(asyncio.ensure_future(self._withdraw(sid, name, ticket)))
-                raise
-            exc = result.exception()
-            if exc is not None:
-                raise exc
+        wait_ms = 0 if not timeout else _ms("timeout", timeout)
+        # With a timeout the machine withdraws the wait at its deadline (a CANCEL event,
+        # through the log): the timeout survives a restart and needs no timer of ours.
+        req = self._svc.pipeline.submit(lambda b: b.cap_acquire(sid, name, tenant, units, wait=timeout != 0,
+                                                                      timeout_ms=wait_ms, request_id=request_id),
+                                        parks=timeout != 0, contends=sid)
+        req.timeout_error = LockTimeout(f"pool {name!r}: {units} units not granted within {timeout} s")
+        try:
+            result = await req.future
+        except asyncio.CancelledError:
+            # The caller left (a cancelled task, its connection went): withdraw the wait,
+            # or give back a grant that raced with the cancellation, also one still in
+            # the batch being written (withdraw_request waits for its outcome). Not when
+            # a retry of the same request (same request id) took the wait over: that one
+            # owns it now.
+            if not req.abandoned:
+                pipe = self._svc.pipeline
+                pipe.track(asyncio.ensure_future(pipe.withdraw_request(
+                    req, name, sid, lambda ticket: self._withdraw(sid, name, ticket))))
+            raise
+        if result.status == Status.BUSY:
+            raise LockTimeout(f"pool {name!r}: {units} units not free now (timeout=0)")
+        exc = result.exception()
+        if exc is not None:
+            raise exc
         lease = Lease(name, _name(tenant), units, result.token, sid, result.ticket, on_giveback)
         if name not in self._watchers:
             return lease

@@ -351,7 +351,9 @@ class LockService:
         Waiters recovered from the log have lost their callers: they are detached
         (``DETACH``), so each is withdrawn ``waiter_grace`` seconds after the start
         (released, if it was granted meanwhile) unless its client retries the acquire
-        with the same request id (a server's clients do when they reconnect).
+        with the same request id (a server's clients do when they reconnect). Pool
+        waits too, except that one granted meanwhile stays a lease (a client learns its
+        token on the retry, or settles it if it gave up; see coordcore.locks.machine).
         Raises :class:`~coordcore.errors.LogCorrupted` for a damaged log (other than a
         torn tail, which is cut off; ``coordcore locks repair`` cuts damage off explicitly)
         and a clear ``OSError`` for an unusable path. A log whose segments and snapshots are
@@ -411,9 +413,12 @@ class LockService:
             chosen = _default_clock(machine.time_ms / 1000 if resume else None)
         svc = cls(store=store, machine=machine, clock=chosen, tick_interval=tick_interval,
                   snapshot_every_records=snapshot_every_records, snapshot_every_bytes=snapshot_every_bytes)
-        if machine.waiter_count:
+        # Pool waits too, and only when there are some: a log without pools keeps the
+        # records it always had (a DETACH of pool waits is format version 5).
+        pool_waits = machine.pool_totals()[3] > 0
+        if machine.waiter_count or pool_waits:
             try:
-                detached = await svc._pipe.call(lambda b: b.detach(grace_ms))
+                detached = await svc._pipe.call(lambda b: b.detach(grace_ms, pools=pool_waits))
             except BaseException:
                 await svc.close()
                 raise

@@ -270,10 +270,12 @@ DOCS: dict[bytes, Doc] = dict([
          "Grows or shrinks a lease (shrinking always succeeds; growing only if the units are free for it).",
          "`:1` if done, `:0` if the units to grow by are not free now.", "locks", flags=("write", "fast"),
          keyed=True, reqid=True, errors=("NOSESSION", "NOTHOLDER")),
-    _doc("POOL.INFO", (_a("pool", "key"),), "A pool's capacity, tenants (with their fair share), leases and "
-         "waits.", "A map: `capacity`, `grace_ms`, `patience`, `held`, `tenants` (name, weight, min, max, band, "
-         "held, share), `leases` (session, tenant, units, token, giveback_deadline_ms), `waiting`; nil if no "
-         "such pool.", "locks", flags=_READ, keyed=True),
+    _doc("POOL.INFO", (_a("pool", "key"), _opt("SESSION", "id", "integer")),
+         "A pool's capacity, tenants (with their fair share), leases and waits; with SESSION only that "
+         "session's leases and waits (a client settles an acquire it gave up with it).",
+         "A map: `capacity`, `grace_ms`, `patience`, `held`, `tenants` (name, weight, min, max, band, "
+         "held, share), `leases` (session, tenant, units, token, giveback_deadline_ms), `waiting` (how many), "
+         "`waits` (session, tenant, units, ticket); nil if no such pool.", "locks", flags=_READ, keyed=True),
     # --- elections
     _doc("ELECT.CAMPAIGN", (_a("name", "key"), _SESSION, _a("value"), _TIMEOUT, _REQID),
          "Waits to lead the election, then leads with value.", "The leader's fencing token.", "locks",

@@ -51,8 +51,8 @@ request idempotent per session; ``TOKEN t`` names one hold, 0 or absent: the old
     POOL.TRY pool session tenant units [REQID n]                         -> token | null
     POOL.RELEASE pool session token [REQID n]                            -> OK (a ticket: withdraws a wait)
     POOL.RESIZE pool session token units [REQID n]                       -> 1 (done) | 0 (a grow that must wait)
-    POOL.INFO pool                         -> map (capacity, grace_ms, patience, held, tenants, leases,
-                                              waiting) | null
+    POOL.INFO pool [SESSION id]            -> map (capacity, grace_ms, patience, held, tenants, leases,
+                                              waiting, waits; SESSION: only its leases, waits) | null
     WATCH prefix / UNWATCH [prefix]        -> OK, then pushes
         >5 "watch" revision kind key {mode, session, ticket, token, value}
 
@@ -816,10 +816,16 @@ class LockCommands:
         return self._submit(lambda b: b.cap_resize(sid, pool, token, units, request_id=rid), encode)
 
     def cmd_pool_info(self, conn: Client, req: list[bytes]) -> bytes:
-        require_args(req, 1, 1)
+        """``POOL.INFO pool [SESSION id]``: with SESSION, only that session's leases and
+        waits (what a client settles after an acquire it gave up)."""
+        require_args(req, 1, 3)
+        only = parse_options(req[2:], {b"SESSION": (1, _U63)}).get(b"SESSION")
         info = self.svc.pools.info(_key(req[1], "pool"))
         if info is None:
             return resp.encode_null(conn.resp3)
+        if only is not None:
+            info = info._replace(leases=tuple(x for x in info.leases if x.session == only),
+                                 waits=tuple(x for x in info.waits if x.session == only))
         r3, lim = conn.resp3, self.max_items
         shares = info.shares()
         tenants = [resp.encode_map([(b"name", resp.encode_bulk(t.name)), (b"weight", resp.encode_int(t.weight)),
@@ -836,6 +842,10 @@ class LockCommands:
             (b"patience", resp.encode_int(info.patience)), (b"held", resp.encode_int(info.held)),
             (b"tenants", resp.encode_array(tenants)), (b"leases", resp.encode_array(leases)),
             (b"waiting", resp.encode_int(len(info.waits))),
+            (b"waits", resp.encode_array([resp.encode_map([
+                (b"session", resp.encode_int(x.session)), (b"tenant", resp.encode_bulk(x.tenant)),
+                (b"units", resp.encode_int(x.units)), (b"ticket", resp.encode_int(x.ticket))], r3)
+                for x in info.waits[:lim]])),
         ], r3)
 
     def cmd_watch(self, conn: Client, req: list[bytes]) -> bytes:

@@ -138,7 +138,7 @@ MALFORMED: list[tuple[str, bytes, type[Exception]]] = [
     ("empty", b"", errors.BadArgument),
     ("short header", GOOD[:19], errors.BadArgument),
     ("bad magic", b"XXXX" + GOOD[4:], errors.BadArgument),
-    ("future version", GOOD[:4] + b"\x05" + GOOD[5:], errors.BadArgument),  # 4 carries pool commands
+    ("future version", GOOD[:4] + b"\x06" + GOOD[5:], errors.BadArgument),  # 4: pool commands, 5: pool DETACH
     ("header flags", GOOD[:5] + b"\x01" + GOOD[6:], errors.BadArgument),
     ("reserved", GOOD[:6] + b"\x01\x00" + GOOD[8:], errors.BadArgument),
     ("time too large", GOOD[:8] + struct.pack("<Q", MAX_TIME_MS + 1) + GOOD[16:], errors.BadArgument),

@@ -22,7 +22,9 @@ The others run in this process, as their users run them:
 
 Each case reports cycles/s, acquire latency p50/p99 and the server's CPU per cycle,
 and prints the load generator's own CPU per cycle beside it, to show that the
-generator is not the bottleneck.
+generator is not the bottleneck. The latency distributions and cycles/s become
+bench/plots/locks_latency_cdf.png and locks_throughput.png (their data:
+bench/out/locks_plot.json; ``python bench/_lockbench.py`` redraws them).
 """
 from __future__ import annotations
 
@@ -298,9 +300,15 @@ def run(report: Report, *, quick: bool = False,
                        coordcore_p50_ms=ours["p50_ms"], coordcore_p99_ms=ours["p99_ms"],
                        coordcore_cpu_us=ours["cpu_us_per_cycle"], peer_p50_ms=theirs["p50_ms"],
                        peer_p99_ms=theirs["p99_ms"], peer_cpu_us=theirs["cpu_us_per_cycle"])
+    _loadgen.OUT.mkdir(exist_ok=True)
+    PLOT_DATA.write_text(json.dumps({"systems": ["coordcore", *peers], "cases": [
+        {"clients": c, "keys": k, "by_system": by} for (c, k), by in results.items()]}))
     plot(results, ["coordcore", *peers])
 
 
+PLOT_DATA = _loadgen.OUT / "locks_plot.json"  # what plot() draws: `python bench/_lockbench.py` redraws it
+# Redis's Lock on one key is no handoff: the releaser re-takes it while the others poll.
+ONE_KEY = {1: " (Redis: one client re-taking the lock)", 1000: ""}
 LABELS = {"coordcore": "coordcore serve (fsync on)", "redis-py": "Redis, redis-py Lock",
           "redis": "Redis, Lock protocol, no persistence", "redis-aof": "Redis, Lock protocol, AOF always",
           "etcd": "etcd lock API", "zk": "ZooKeeper, kazoo Lock"}
@@ -312,17 +320,24 @@ def plot(results: dict[tuple[int, int], dict[str, dict[str, Any]]], systems: lis
     for n_clients, n_keys in ((32, 1000), (8, 1)):
         lines = [_plots.cdf_line(LABELS[s], results[(n_clients, n_keys)][s]["quantiles_ms"], key=s)
                  for s in systems if results[(n_clients, n_keys)][s]["quantiles_ms"]]
-        cdfs.append(_plots.Panel(f"{n_clients} clients, {n_keys} key{'s' if n_keys > 1 else ''}",
+        cdfs.append(_plots.Panel(f"{n_clients} clients, {n_keys} key{'s' if n_keys > 1 else ''}{ONE_KEY[n_keys]}",
                                  "acquire latency (ms, log scale)", "cycles at or below (percentile, logit scale)",
                                  lines, xscale="log", yscale="logit"))
-    _plots.save("locks_latency_cdf", "Lock acquire latency CDF (acquire + release cycles, loopback)", cdfs)
+    _plots.save("locks_latency_cdf", "Lock acquire latency CDF (acquire + release cycles, loopback)", cdfs,
+                shared_legend=True)
     panels = []
     for n_keys in (1, 1000):
         lines = []
         for s in systems:
             pts = sorted((c, by[s]["cycles_per_s"]) for (c, k), by in results.items() if k == n_keys)
             lines.append(_plots.Line(LABELS[s], [c for c, _ in pts], [v for _, v in pts], key=s))
-        panels.append(_plots.Panel(f"{n_keys} key{'s' if n_keys > 1 else ''}", "clients (log scale)",
+        panels.append(_plots.Panel(f"{n_keys} key{'s' if n_keys > 1 else ''}{ONE_KEY[n_keys]}", "clients (log scale)",
                                    "lock cycles/s (log scale)", lines, xscale="log", yscale="log",
                                    xticks=sorted({c for c, _ in CASES})))
-    _plots.save("locks_throughput", "Lock cycles/s vs clients (one process each, 2 shared cores)", panels)
+    _plots.save("locks_throughput", "Lock cycles/s vs clients (one process each, 2 shared cores)", panels,
+                shared_legend=True)
+
+
+if __name__ == "__main__":
+    doc = json.loads(PLOT_DATA.read_text())
+    plot({(c["clients"], c["keys"]): c["by_system"] for c in doc["cases"]}, doc["systems"])

@@ -21,7 +21,7 @@ LEVELS = tuple(k / 1000 for k in range(1, 1000))
 
 # One colour per system across every figure, so "etcd" looks the same everywhere.
 _COLOURS = {"coordcore": "#1f77b4", "redis": "#d62728", "redis-aof": "#ff7f0e", "redis-py": "#e377c2",
-            "etcd": "#2ca02c", "zk": "#9467bd"}
+            "etcd": "#2ca02c", "zk": "#9467bd", "model": "0.3"}
 
 
 @dataclass
@@ -74,9 +74,11 @@ def wanted() -> bool:
     return True
 
 
-def save(name: str, title: str, panels: Sequence[Panel], *, out_dir: Path | None = None) -> Path | None:
+def save(name: str, title: str, panels: Sequence[Panel], *, out_dir: Path | None = None,
+         shared_legend: bool = False) -> Path | None:
     """Draw ``panels`` side by side into ``out_dir``/``name``.png (default bench/plots/);
-    returns the path, or None when plots are off (see :func:`wanted`)."""
+    returns the path, or None when plots are off (see :func:`wanted`). ``shared_legend``:
+    one legend below the panels (the same lines in each), so that none hides a line."""
     if not panels:
         raise ValueError("a figure needs at least one panel")
     if not wanted():
@@ -109,9 +111,16 @@ def save(name: str, title: str, panels: Sequence[Panel], *, out_dir: Path | None
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.grid(True, which="major", alpha=0.35)
-        ax.legend(fontsize=8, loc="best")
+        if not shared_legend:
+            ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    if shared_legend:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+        fig.set_figheight(5.4)
+        fig.tight_layout(rect=(0, 0.13, 1, 1))
+    else:
+        fig.tight_layout()
     out_dir = out_dir or PLOTS
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"

@@ -129,7 +129,7 @@ def id_series(report: Report, seconds: float = 1.0) -> None:
                                    [_plots.Line(label, np.arange(len(series)), series, key=key, marker="", width=0.8)],
                                    hlines=[("ceiling: 4096 IDs/ms per worker", 4096)], ylim=(0, 4096 * 1.25)))
     _plots.save("ids_per_ms", "Snowflake IDs per ms over 1 s (clock=\"wait\", one worker, one thread; "
-                "gaps: the process was not on a CPU)", panels)
+                "a gap: the thread did not run)", panels)
 
 
 def main() -> None:

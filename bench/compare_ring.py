@@ -243,7 +243,7 @@ def plot_balance(curves: dict[int, dict[str, list[float]]]) -> None:
                 _plots.Line("coordcore, xxh64 points", v, c["xxh64"], key="coordcore"),
                 _plots.Line("coordcore, ketama points (md5)", v, c["ketama"], key="redis-aof"),
                 _plots.Line("ideal hash (uniform random points, simulated)", v, c["ideal"], key="etcd", marker="s"),
-                _plots.Line("1 + E[max z] / sqrt(vnodes)", v, c["approx"], marker="", dashed=True)],
+                _plots.Line("1 + E[max z] / sqrt(vnodes)", v, c["approx"], key="model", marker="", dashed=True)],
             xscale="log", hlines=[("perfect balance (1.0)", 1.0)], xticks=v))
     _plots.save("ring_balance", "Ring balance vs points per node: largest node's share / mean share", panels)
 

@@ -26,13 +26,18 @@ one scrape is measured apart (10 scrapes of an idle server) and the result is al
 given per cycle at a real rate (``--rate`` cycles/s, one scrape a second). The
 functions whose instructions per cycle differ most between on and off are listed.
 
-Both write bench/out/ab_metrics.json (or ab_metrics_callgrind.json).
+``--together`` loads on and off in the same window each round (two generators at once)
+instead of one after the other: each round's ratio then compares the two under the same
+momentary load, though each gets about half the machine.
+
+They write bench/out/ab_metrics.json (ab_metrics_together.json, ab_metrics_callgrind.json).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
 import re
 import select
 import statistics
@@ -113,6 +118,13 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, med, q3
 
 
+def median_interval(xs: list[float], resamples: int = 5000) -> tuple[float, float]:
+    """A 95% interval for the median of ``xs`` (percentile bootstrap, fixed seed)."""
+    rnd = random.Random(14)
+    meds = sorted(statistics.median(rnd.choices(xs, k=len(xs))) for _ in range(resamples))
+    return meds[int(resamples * 0.025)], meds[int(resamples * 0.975) - 1]
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -125,32 +137,46 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # --- wall clock ---------------------------------------------------------------------------
 
 
+def load_one(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace) -> dict[str, float]:
+    """One measured load of one server ("on": scraped once a second meanwhile)."""
+    scraper = Scraper(metrics_port(port)) if name == "on" else None
+    cpu0 = _peers.cpu_seconds_of(proc.pid)
+    if scraper is not None:
+        scraper.__enter__()
+    try:
+        s = _loadgen.run(port, "coordcore", clients=args.clients, keys=args.keys, seconds=args.seconds, warmup=0.5)
+    finally:
+        if scraper is not None:
+            scraper.__exit__()
+    cpu = _peers.cpu_seconds_of(proc.pid) - cpu0
+    got = {"cycles_per_s": s.cycles_per_s, "p99_ms": s.p99_ms, "cpu_us_per_cycle": cpu / s.all_cycles * 1e6}
+    if scraper is not None:
+        if scraper.count == 0:
+            raise SystemExit("the metrics port was never scraped during the load")
+        got["scrapes"] = scraper.count
+    return got
+
+
 def wall_clock(args: argparse.Namespace) -> dict[str, object]:
     rows = []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="cc-abm-") as tmp:
-            servers = {"on": start_server(Path(tmp) / "on", True), "off": start_server(Path(tmp) / "off", False)}
+            first = ("on", "off") if r % 2 == 0 else ("off", "on")  # who starts, and is loaded, first
+            servers = {n: start_server(Path(tmp) / n, n == "on") for n in first}
             try:
                 got: dict[str, dict[str, float]] = {}
-                for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
-                    proc, port = servers[name]
-                    scraper = Scraper(metrics_port(port)) if name == "on" else None
-                    cpu0 = _peers.cpu_seconds_of(proc.pid)
-                    if scraper is not None:
-                        scraper.__enter__()
-                    try:
-                        s = _loadgen.run(port, "coordcore", clients=args.clients, keys=args.keys,
-                                         seconds=args.seconds, warmup=0.5)
-                    finally:
-                        if scraper is not None:
-                            scraper.__exit__()
-                    cpu = _peers.cpu_seconds_of(proc.pid) - cpu0
-                    got[name] = {"cycles_per_s": s.cycles_per_s, "p99_ms": s.p99_ms,
-                                 "cpu_us_per_cycle": cpu / s.all_cycles * 1e6}
-                    if scraper is not None:
-                        if scraper.count == 0:
-                            raise SystemExit("the metrics port was never scraped during the load")
-                        got[name]["scrapes"] = scraper.count
+                if args.together:  # both loaded in the same window: they share whatever else runs
+                    threads = [threading.Thread(target=lambda n=n: got.__setitem__(n, load_one(n, *servers[n], args)))
+                               for n in servers]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    if len(got) != 2:
+                        raise SystemExit("a load failed (see above)")
+                else:
+                    for name in first:
+                        got[name] = load_one(name, *servers[name], args)
             finally:
                 for proc, _ in servers.values():
                     stop(proc)
@@ -161,18 +187,21 @@ def wall_clock(args: argparse.Namespace) -> dict[str, object]:
         rows.append(row)
         progress(f"round {r + 1}/{args.rounds}: on {got['on']['cycles_per_s']:8.0f} cycles/s "
                  f"({got['on']['cpu_us_per_cycle']:5.1f} us CPU/cycle)  off {got['off']['cycles_per_s']:8.0f} "
-                 f"({got['off']['cpu_us_per_cycle']:5.1f} us)  on/off {row['ratio']:.3f}  load {load1:.2f}")
+                 f"({got['off']['cpu_us_per_cycle']:5.1f} us)  on/off {row['ratio']:.3f}")
     summary = {}
     for key, what in (("ratio", "cycles/s on/off"), ("cpu_ratio", "server CPU per cycle on/off")):
-        q1, med, q3 = quartiles([row[key] for row in rows])  # type: ignore[misc]
-        summary[key] = {"q1": q1, "median": med, "q3": q3}
-        print(f"{what} over {len(rows)} rounds: median {med:.3f}, IQR {q1:.3f}-{q3:.3f}, "
+        xs = [row[key] for row in rows]
+        q1, med, q3 = quartiles(xs)  # type: ignore[arg-type]
+        lo, hi = median_interval(xs)  # type: ignore[arg-type]
+        summary[key] = {"q1": q1, "median": med, "q3": q3, "median_95": [lo, hi]}
+        print(f"{what} over {len(rows)} rounds: median {med:.3f} (95% interval {lo:.3f}-{hi:.3f}), "
+              f"IQR {q1:.3f}-{q3:.3f}, "
               f"min {min(row[key] for row in rows):.3f}, max {max(row[key] for row in rows):.3f}")
     loads = [row["load1"] for row in rows]
     print(f"load average (1 min) during the rounds: median {statistics.median(loads):.2f}, "
           f"{min(loads):.2f}-{max(loads):.2f}; {args.clients} clients x {args.keys} keys, fsync, "
           f"{args.seconds} s per measurement")
-    return {"mode": "wall-clock", "rows": rows, "summary": summary}
+    return {"mode": "wall-clock together" if args.together else "wall-clock", "rows": rows, "summary": summary}
 
 
 # --- callgrind ------------------------------------------------------------------------------
@@ -356,6 +385,8 @@ def main() -> None:
     ap.add_argument("--callgrind", action="store_true",
                     help="count the server's instructions per cycle under valgrind instead of timing")
     ap.add_argument("--rounds", type=int, default=20, help="wall clock: interleaved on/off rounds")
+    ap.add_argument("--together", action="store_true",
+                    help="wall clock: load on and off in the same window each round instead of one after the other")
     ap.add_argument("--reps", type=int, default=2, help="callgrind: runs of each of on and off")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--keys", type=int, default=1000)
@@ -368,12 +399,15 @@ def main() -> None:
         ap.error("--rounds must be >= 2 and --reps >= 1")
     if args.seconds is None:
         args.seconds = 8.0 if args.callgrind else 2.0
+    if not 0 < args.seconds <= 3600 or args.rate <= 0:
+        ap.error("--seconds must be in (0, 3600] and --rate > 0")
     _loadgen.build()
     doc = callgrind(args) if args.callgrind else wall_clock(args)
     doc.update(clients=args.clients, keys=args.keys, seconds=args.seconds,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     (HERE / "out").mkdir(exist_ok=True)
-    name = "ab_metrics_callgrind.json" if args.callgrind else "ab_metrics.json"
+    name = ("ab_metrics_callgrind.json" if args.callgrind
+            else "ab_metrics_together.json" if args.together else "ab_metrics.json")
     (HERE / "out" / name).write_text(json.dumps(doc, indent=1))
 
 

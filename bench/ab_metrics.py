@@ -402,9 +402,10 @@ def main() -> None:
     if not 0 < args.seconds <= 3600 or args.rate <= 0:
         ap.error("--seconds must be in (0, 3600] and --rate > 0")
     _loadgen.build()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     doc = callgrind(args) if args.callgrind else wall_clock(args)
-    doc.update(clients=args.clients, keys=args.keys, seconds=args.seconds,
-               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    doc.update(clients=args.clients, keys=args.keys, seconds=args.seconds, started=started,
+               ended=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     (HERE / "out").mkdir(exist_ok=True)
     name = ("ab_metrics_callgrind.json" if args.callgrind
             else "ab_metrics_together.json" if args.together else "ab_metrics.json")

@@ -59,6 +59,14 @@ def test_no_plots_flag_draws_nothing(plots: ModuleType, tmp_path: Path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bench_run_no_plots_reaches_the_scripts(plots: ModuleType, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench/run --no-plots sets this for the scripts it runs (their own argv has no flag)
+    monkeypatch.setenv("COORDCORE_BENCH_PLOTS", "0")
+    assert plots.save("tiny", "A tiny figure", tiny_panels(plots), out_dir=tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_without_matplotlib_says_why(plots: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError

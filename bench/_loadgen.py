@@ -43,6 +43,7 @@ class LoadStats:
     p50_ms: float          # acquire latency percentiles of the measured window (nan: none)
     p99_ms: float
     client_cpu: float      # the generator's own CPU seconds (user + system)
+    quantiles_ms: tuple[float, ...] = ()  # acquire latency at quantiles 0.001 .. 0.999 (empty: none)
 
     def percentiles_ms(self) -> tuple[float, float]:
         return self.p50_ms, self.p99_ms
@@ -94,7 +95,7 @@ def run(port: int, protocol: str, *, clients: int, keys: int, seconds: float, wa
         cycles_per_s=doc["cycles_per_s"],
         p50_ms=math.nan if doc["p50_ms"] is None else doc["p50_ms"],
         p99_ms=math.nan if doc["p99_ms"] is None else doc["p99_ms"],
-        client_cpu=doc["cpu_user_s"] + doc["cpu_sys_s"])
+        client_cpu=doc["cpu_user_s"] + doc["cpu_sys_s"], quantiles_ms=tuple(doc["quantiles_ms"]))
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,9 @@ The others run in this process, as their users run them:
 
 Each case reports cycles/s, acquire latency p50/p99 and the server's CPU per cycle,
 and prints the load generator's own CPU per cycle beside it, to show that the
-generator is not the bottleneck.
+generator is not the bottleneck. The latency distributions and cycles/s become
+bench/plots/locks_latency_cdf.png and locks_throughput.png (their data:
+bench/out/locks_plot.json; ``python bench/_lockbench.py`` redraws them).
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ import uvloop
 
 import _loadgen
 import _peers
-from _report import Report
+import _plots
+from _report import Report, progress
 
 CASES = [(1, 1), (8, 1), (32, 1), (1, 1000), (8, 1000), (32, 1000)]
 
@@ -67,6 +70,10 @@ class Stats:
     @property
     def cycles_per_s(self) -> float:
         return self.cycles / self.elapsed
+
+    @property
+    def quantiles_ms(self) -> list[float]:
+        return [q * 1e3 for q in _plots.quantiles(self.latencies)]
 
     def percentiles_ms(self) -> tuple[float, float]:
         lat = sorted(self.latencies) or [math.nan]
@@ -214,7 +221,7 @@ def _own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(name: str, pid: int, fn: Callable[[], Stats | _loadgen.LoadStats]) -> dict[str, float]:
+def measure(name: str, pid: int, fn: Callable[[], Stats | _loadgen.LoadStats]) -> dict[str, Any]:
     """Run one case; the server's CPU is read from /proc around the whole run and
     divided by every cycle of the run (warm-up included). The load generator's CPU
     per cycle is printed beside it: the C generator's own, else this process's."""
@@ -225,7 +232,7 @@ def measure(name: str, pid: int, fn: Callable[[], Stats | _loadgen.LoadStats]) -
     p50_ms, p99_ms = stats.percentiles_ms()
     cycles = max(stats.all_cycles, 1)
     out = {"cycles_per_s": stats.cycles_per_s, "p50_ms": p50_ms, "p99_ms": p99_ms,
-           "cpu_us_per_cycle": cpu / cycles * 1e6}
+           "cpu_us_per_cycle": cpu / cycles * 1e6, "quantiles_ms": list(stats.quantiles_ms)}
     print(f"    {name:<28} {out['cycles_per_s']:>10,.0f} cycles/s  p50 {out['p50_ms']:7.2f} ms  "
           f"p99 {out['p99_ms']:8.2f} ms  server CPU {out['cpu_us_per_cycle']:7.1f} us/cycle  "
           f"gen. CPU {gen_cpu / cycles * 1e6:6.1f} us/cycle", flush=True)
@@ -261,9 +268,11 @@ def run(report: Report, *, quick: bool = False,
         else:
             proc, port = _peers.start_zookeeper()
             servers[peer] = (proc, lambda c, k, p=port: kazoo_run(p, c, k, seconds))
-    results: dict[tuple[int, int], dict[str, dict[str, float]]] = {case: {} for case in CASES}
+    results: dict[tuple[int, int], dict[str, dict[str, Any]]] = {case: {} for case in CASES}
     try:
-        for n_clients, n_keys in CASES:
+        for i, (n_clients, n_keys) in enumerate(CASES):
+            progress(f"locks: case {i + 1}/{len(CASES)}, {n_clients} clients x {n_keys} key(s), "
+                     f"{len(servers)} systems x {rounds} round(s)")
             print(f"  locks: {n_clients} clients, {n_keys} key(s)", flush=True)
             order = list(servers)
             for rnd in range(rounds):
@@ -291,3 +300,44 @@ def run(report: Report, *, quick: bool = False,
                        coordcore_p50_ms=ours["p50_ms"], coordcore_p99_ms=ours["p99_ms"],
                        coordcore_cpu_us=ours["cpu_us_per_cycle"], peer_p50_ms=theirs["p50_ms"],
                        peer_p99_ms=theirs["p99_ms"], peer_cpu_us=theirs["cpu_us_per_cycle"])
+    _loadgen.OUT.mkdir(exist_ok=True)
+    PLOT_DATA.write_text(json.dumps({"systems": ["coordcore", *peers], "cases": [
+        {"clients": c, "keys": k, "by_system": by} for (c, k), by in results.items()]}))
+    plot(results, ["coordcore", *peers])
+
+
+PLOT_DATA = _loadgen.OUT / "locks_plot.json"  # what plot() draws: `python bench/_lockbench.py` redraws it
+# Redis's Lock on one key is no handoff: the releaser re-takes it while the others poll.
+ONE_KEY = {1: " (Redis: one client re-taking the lock)", 1000: ""}
+LABELS = {"coordcore": "coordcore serve (fsync on)", "redis-py": "Redis, redis-py Lock",
+          "redis": "Redis, Lock protocol, no persistence", "redis-aof": "Redis, Lock protocol, AOF always",
+          "etcd": "etcd lock API", "zk": "ZooKeeper, kazoo Lock"}
+
+
+def plot(results: dict[tuple[int, int], dict[str, dict[str, Any]]], systems: list[str]) -> None:
+    """bench/plots/locks_latency_cdf.png and locks_throughput.png (see _plots)."""
+    cdfs = []
+    for n_clients, n_keys in ((32, 1000), (8, 1)):
+        lines = [_plots.cdf_line(LABELS[s], results[(n_clients, n_keys)][s]["quantiles_ms"], key=s)
+                 for s in systems if results[(n_clients, n_keys)][s]["quantiles_ms"]]
+        cdfs.append(_plots.Panel(f"{n_clients} clients, {n_keys} key{'s' if n_keys > 1 else ''}{ONE_KEY[n_keys]}",
+                                 "acquire latency (ms, log scale)", "cycles at or below (percentile, logit scale)",
+                                 lines, xscale="log", yscale="logit"))
+    _plots.save("locks_latency_cdf", "Lock acquire latency CDF (acquire + release cycles, loopback)", cdfs,
+                shared_legend=True)
+    panels = []
+    for n_keys in (1, 1000):
+        lines = []
+        for s in systems:
+            pts = sorted((c, by[s]["cycles_per_s"]) for (c, k), by in results.items() if k == n_keys)
+            lines.append(_plots.Line(LABELS[s], [c for c, _ in pts], [v for _, v in pts], key=s))
+        panels.append(_plots.Panel(f"{n_keys} key{'s' if n_keys > 1 else ''}{ONE_KEY[n_keys]}", "clients (log scale)",
+                                   "lock cycles/s (log scale)", lines, xscale="log", yscale="log",
+                                   xticks=sorted({c for c, _ in CASES})))
+    _plots.save("locks_throughput", "Lock cycles/s vs clients (one process each, 2 shared cores)", panels,
+                shared_legend=True)
+
+
+if __name__ == "__main__":
+    doc = json.loads(PLOT_DATA.read_text())
+    plot({(c["clients"], c["keys"]): c["by_system"] for c in doc["cases"]}, doc["systems"])

@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent / "out"
+_T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, with the seconds since this process started and the
+    machine's load average (1 min), so a long run shows where it is, and how busy the
+    machine was, without mixing into the figures on stdout."""
+    print(f"[{time.monotonic() - _T0:7.1f} s, load {os.getloadavg()[0]:4.1f}] {message}", file=sys.stderr, flush=True)
 
 
 def version_of(dist: str) -> str:

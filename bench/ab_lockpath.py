@@ -9,11 +9,8 @@ Each round starts a fresh `python -m coordcore.server` (fsync on, data in a temp
 directory, 127.0.0.1) from each tree and drives it with that tree's own C load
 generator (bench/loadgen, whose protocol follows the tree's), alternating which goes
 first. It prints cycles/s and p99 per round and the ratio ours/base with its spread,
-and writes bench/out/ab_lockpath.json.
-
-``--metrics`` compares this checkout with itself instead: "ours" serves with
-``--metrics-port`` and is scraped once a second (``/metrics``) while the load runs,
-"base" runs without metrics (the issue's bound: on >= 0.97x off).
+and writes bench/out/ab_lockpath.json. (The cost of ``--metrics-port``, this checkout
+against itself, is bench/ab_metrics.py.)
 """
 from __future__ import annotations
 
@@ -25,9 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,25 +42,10 @@ def start_server(tree: Path, data: Path, extra: list[str]) -> tuple[subprocess.P
     return proc, int(line.split()[1])
 
 
-def scrape_every_second(port: int, stop: threading.Event, scrapes: list[int]) -> None:
-    import redis
-
-    mport = int(redis.Redis(port=port).info("server")["metrics_port"])
-    while not stop.wait(1.0):
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as reply:
-            scrapes.append(len(reply.read()))
-
-
-def measure(tree: Path, clients: int, keys: int, seconds: float, metrics: bool = False) -> dict[str, float]:
-    """One server from ``tree``, driven by ``tree``'s load generator (with ``metrics``:
-    serving them, scraped once a second)."""
+def measure(tree: Path, clients: int, keys: int, seconds: float) -> dict[str, float]:
+    """One server from ``tree``, driven by ``tree``'s load generator."""
     with tempfile.TemporaryDirectory(prefix="cc-ab-") as tmp:
-        proc, port = start_server(tree, Path(tmp) / "data", ["--metrics-port", "0"] if metrics else [])
-        stop = threading.Event()
-        scrapes: list[int] = []
-        scraper = threading.Thread(target=scrape_every_second, args=(port, stop, scrapes), daemon=True)
-        if metrics:
-            scraper.start()
+        proc, port = start_server(tree, Path(tmp) / "data", [])
         try:
             code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import _loadgen; "
                     "s = _loadgen.run(int(sys.argv[2]), 'coordcore', clients=int(sys.argv[3]), "
@@ -74,36 +54,26 @@ def measure(tree: Path, clients: int, keys: int, seconds: float, metrics: bool =
             out = subprocess.run([sys.executable, "-c", code, str(tree / "bench"), str(port), str(clients), str(keys),
                                   str(seconds)], capture_output=True, text=True, check=True, cwd=tree / "bench")
             got: dict[str, float] = json.loads(out.stdout)
-            if metrics:
-                if not scrapes:
-                    raise SystemExit("the metrics port was never scraped")
-                got["scrapes"] = len(scrapes)
             return got
         finally:
-            stop.set()
             proc.terminate()
             proc.wait(30)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", type=Path, help="another built coordcore checkout")
-    ap.add_argument("--metrics", action="store_true",
-                    help="this checkout with --metrics-port (scraped each second) against itself without")
+    ap.add_argument("--base", type=Path, required=True, help="another built coordcore checkout")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
-    if args.base is None and not args.metrics:
-        ap.error("give --base (another checkout) or --metrics")
     ours = HERE.parent
-    base = ours if args.metrics else args.base.resolve()
+    base = args.base.resolve()
     ratios, rows = [], []
     for r in range(args.rounds):
         order = [("ours", ours), ("base", base)] if r % 2 == 0 else [("base", base), ("ours", ours)]
-        got = {name: measure(tree, args.clients, args.keys, args.seconds, args.metrics and name == "ours")
-               for name, tree in order}
+        got = {name: measure(tree, args.clients, args.keys, args.seconds) for name, tree in order}
         ratio = got["ours"]["cycles_per_s"] / got["base"]["cycles_per_s"]
         ratios.append(ratio)
         rows.append({"round": r, **{f"{k}_{m}": v for k, d in got.items() for m, v in d.items()}, "ratio": ratio})
@@ -111,12 +81,10 @@ def main() -> None:
               f"  base {got['base']['cycles_per_s']:9.0f} (p99 {got['base']['p99_ms']:.2f} ms)  ratio {ratio:.3f}",
               flush=True)
         time.sleep(0.5)
-    what = "metrics on/off" if args.metrics else "ours/base"
-    print(f"{what} over {len(ratios)} rounds: median {statistics.median(ratios):.3f}, "
+    print(f"ours/base over {len(ratios)} rounds: median {statistics.median(ratios):.3f}, "
           f"min {min(ratios):.3f}, max {max(ratios):.3f}  ({args.clients} clients x {args.keys} keys, fsync)")
     (HERE / "out").mkdir(exist_ok=True)
-    name = "ab_metrics.json" if args.metrics else "ab_lockpath.json"
-    (HERE / "out" / name).write_text(json.dumps({"rows": rows, "base": str(base), "metrics": args.metrics}, indent=1))
+    (HERE / "out" / "ab_lockpath.json").write_text(json.dumps({"rows": rows, "base": str(base)}, indent=1))
 
 
 if __name__ == "__main__":

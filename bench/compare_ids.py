@@ -1,6 +1,9 @@
 """IDs: coordcore's Snowflake beside uuid-utils, python-ulid, snowflake-id, stdlib uuid and a
 plain pure-Python Snowflake with a threading.Lock, all in this one process and run.
 
+Also IDs per ms over one second against the 4096/ms ceiling, counted from the IDs' own
+timestamps: bench/plots/ids_per_ms.png (``--no-plots``: none).
+
 Run: ./dev bench ids
 """
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from itertools import repeat
 
 import numpy as np
@@ -15,11 +19,13 @@ import snowflake as snowflake_id  # the `snowflake-id` package
 import ulid
 import uuid_utils
 
-from _report import Report, measure
+import _plots
+from _report import Report, measure, progress
 from coordcore.ids import Snowflake
 
 CEILING = 4_096_000  # IDs/s per worker under the 41/10/12 ms layout
 CALLS = 20_000
+WAIT_GEN = Snowflake(9, clock="wait")  # the time series' generator
 
 
 class LockedSnowflake:
@@ -85,6 +91,45 @@ def one_thread(fn, seconds: float = 1.0) -> float:  # type: ignore[no-untyped-de
             fn()
         n += 2000
     return n / (time.perf_counter() - t0)
+
+
+def ids_per_ms(make_ids: Callable[[], np.ndarray], seconds: float) -> np.ndarray:
+    """IDs issued in each millisecond of a ``seconds`` run of ``make_ids``: the IDs' own
+    timestamps, counted (the first and last, partial, milliseconds dropped)."""
+    chunks = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        chunks.append(make_ids())
+    ms = WAIT_GEN.decode_many(np.concatenate(chunks))["timestamp_ms"]
+    counts = np.bincount(ms - ms[0])
+    return counts[1:-1]
+
+
+def id_series(report: Report, seconds: float = 1.0) -> None:
+    """IDs per ms over a second, one call at a time and in batches, against the ceiling;
+    bench/plots/ids_per_ms.png."""
+    progress("ids: IDs per ms over time")
+    buf = np.empty(4096, dtype=np.int64)
+    batched = ids_per_ms(lambda: WAIT_GEN.next_ids(out=buf).copy(), seconds)
+
+    def calls() -> np.ndarray:
+        return np.fromiter((WAIT_GEN.next_id() for _ in repeat(None, 2000)), dtype=np.int64, count=2000)
+
+    single = ids_per_ms(calls, seconds)
+    for name, series in (("next_ids(out=) batches of 4096", batched), ("next_id() one call at a time", single)):
+        report.row(f"IDs per ms, {name}: median over {len(series)} ms vs ceiling", "IDs/ms",
+                   float(np.median(series)), "ceiling", CEILING / 1000, min_ms=int(series.min()),
+                   max_ms=int(series.max()))
+    panels = []
+    for title, series, key in (("next_ids(out=), batches of 4096", batched, "coordcore"),
+                               ("next_id(), one call at a time", single, "redis-aof")):
+        at = float(np.mean(series >= 4096)) * 100
+        label = f"median {np.median(series):,.0f} IDs/ms; {at:.0f}% of the ms at the ceiling"
+        panels.append(_plots.Panel(title, "time (ms since the first full ms)", "IDs issued in that ms",
+                                   [_plots.Line(label, np.arange(len(series)), series, key=key, marker="", width=0.8)],
+                                   hlines=[("ceiling: 4096 IDs/ms per worker", 4096)], ylim=(0, 4096 * 1.25)))
+    _plots.save("ids_per_ms", "Snowflake IDs per ms over 1 s (clock=\"wait\", one worker, one thread; "
+                "a gap: the thread did not run)", panels)
 
 
 def main() -> None:
@@ -163,6 +208,7 @@ def main() -> None:
     duo = two_threads(locked.next_id)
     report.row("two threads / one thread, pure-Python + Lock", "ratio", duo / solo, None, None)
 
+    id_series(report)
     report.finish()
 
 

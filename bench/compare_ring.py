@@ -8,7 +8,8 @@ are checked against ours before it is timed, so a ratio never compares different
 Times are the best of several repeats (the machine is shared; the best run is the least
 disturbed one). Balance: peak-to-mean of the hash-space shares per vnode count, averaged
 over independent rings, beside an ideal hash (uniform random points, simulated) and the
-normal approximation 1 + E[max of n N(0,1)] / sqrt(vnodes).
+normal approximation 1 + E[max of n N(0,1)] / sqrt(vnodes); plotted in
+bench/plots/ring_balance.png (``--no-plots``: none).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import uhashring
 import xxhash
-from _report import Report, measure
+import _plots
+from _report import Report, measure, progress
 
 import coordcore
 from coordcore.ring import HashRing, RingSnapshot, hash64_many, jump_hash, jump_hash_many
@@ -27,6 +29,7 @@ from coordcore.ring import HashRing, RingSnapshot, hash64_many, jump_hash, jump_
 NODES = [f"cache-{i:02d}.example:11211" for i in range(10)]
 N_BATCH = 1_000_000
 N_SCALAR = 20_000
+VNODES = (8, 16, 40, 80, 160, 320, 640)  # the balance rows and ring_balance.png
 
 
 def best_rate(fn: Callable[[], int], *, repeat: int = 5, min_seconds: float = 0.4) -> float:
@@ -120,6 +123,7 @@ def main() -> None:
     assert [ketama.node_for(k) for k in few] == [peer_ketama.get_node(k) for k in few]
 
     # --- single lookups -------------------------------------------------------------------
+    progress("ring: single lookups")
     ns = per_call_ns(loop_calls(ours.node_for, few))
     peer_ns = per_call_ns(loop_calls(peer.get_node, few[:5000]), repeat=3)
     report.row("node_for(str), xxh64 ring (budget <= 150 ns)", "ns/call", ns, "uhashring get_node", peer_ns,
@@ -134,6 +138,7 @@ def main() -> None:
                higher_is_better=False)
 
     # --- batches --------------------------------------------------------------------------
+    progress("ring: batches of 1M keys")
     out = np.empty(N_BATCH, dtype=np.int32)
     points, owners = snap.points, snap.owners
 
@@ -180,6 +185,7 @@ def main() -> None:
     report.row("nodes_for_many(n=3), 1M pre-hashed uint64", "keys/s", rate, "uhashring range(key, 3) loop", peer_rate)
 
     # --- jump hash ------------------------------------------------------------------------
+    progress("ring: jump hash")
     jkeys = hashes
     for buckets in (10, 100):
         assert (np_jump(jkeys[:100_000], buckets) == jump_hash_many(jkeys[:100_000], buckets)).all()
@@ -197,13 +203,16 @@ def main() -> None:
     report.row("jump_hash(int, 10) single call", "ns/call", ns, "paper's loop in Python", peer_ns, higher_is_better=False)
 
     # --- balance --------------------------------------------------------------------------
+    progress("ring: balance vs vnodes")
     rng = np.random.default_rng(2024)
+    curves: dict[int, dict[str, list[float]]] = {}
     print("\n  peak-to-mean of hash-space shares (mean over independent rings)")
     print(f"  {'nodes':>5} {'vnodes':>6} {'xxh64':>8} {'ketama':>8} {'ideal':>8} {'1+z/sqrt(v)':>12} {'1/sqrt(v)':>10}")
     for n in (10, 100):
         z = expected_max_normal(n)
         rings = 20 if n == 10 else 5
-        for v in (8, 40, 160, 640):
+        curve = curves.setdefault(n, {"vnodes": [], "xxh64": [], "ketama": [], "ideal": [], "approx": []})
+        for v in VNODES:
             xx = float(np.mean([RingSnapshot([f"r{r}-node-{i}" for i in range(n)], vnodes=v).balance().peak_to_mean
                                 for r in range(rings)]))
             kv = v  # ketama places points 4 per md5 digest: multiples of 4
@@ -211,13 +220,32 @@ def main() -> None:
                                 for r in range(rings)]))
             ideal = ideal_peak_to_mean(n, v, 200 if n == 10 else 40, rng)
             approx = 1 + z / math.sqrt(v)
+            for k, val in (("vnodes", v), ("xxh64", xx), ("ketama", kt), ("ideal", ideal), ("approx", approx)):
+                curve[k].append(val)
             print(f"  {n:>5} {v:>6} {xx:>8.3f} {kt:>8.3f} {ideal:>8.3f} {approx:>12.3f} {1 / math.sqrt(v):>10.3f}")
             report.rows.append({"case": f"peak-to-mean, {n} nodes, {v} vnodes", "unit": "ratio", "coordcore": xx,
                                 "ketama": kt, "ideal": ideal, "normal_approx": approx,
                                 "spread": 1 / math.sqrt(v), "peer": "ideal (simulated)", "peer_value": ideal,
                                 "ratio": None})
     print(f"  coordcore {coordcore.__version__}, numpy {np.__version__}")
+    plot_balance(curves)
     report.finish()
+
+
+def plot_balance(curves: dict[int, dict[str, list[float]]]) -> None:
+    """bench/plots/ring_balance.png: peak-to-mean load vs points per node."""
+    panels = []
+    for n, c in curves.items():
+        v = c["vnodes"]
+        panels.append(_plots.Panel(
+            f"{n} nodes (mean of {20 if n == 10 else 5} rings)", "points per node (vnodes, log scale)",
+            "max / mean share of the hash space", [
+                _plots.Line("coordcore, xxh64 points", v, c["xxh64"], key="coordcore"),
+                _plots.Line("coordcore, ketama points (md5)", v, c["ketama"], key="redis-aof"),
+                _plots.Line("ideal hash (uniform random points, simulated)", v, c["ideal"], key="etcd", marker="s"),
+                _plots.Line("1 + E[max z] / sqrt(vnodes)", v, c["approx"], key="model", marker="", dashed=True)],
+            xscale="log", hlines=[("perfect balance (1.0)", 1.0)], xticks=v))
+    _plots.save("ring_balance", "Ring balance vs points per node: largest node's share / mean share", panels)
 
 
 if __name__ == "__main__":

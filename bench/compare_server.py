@@ -4,7 +4,8 @@
    without -P 16), alternating rounds, best of each; server CPU per request.
 2. ID.RANGE: IDs per ms from one worker process (ceiling 4096/ms) and from two.
 3. Locks (see _lockbench.py): acquire+release cycles/s and latency percentiles with 1,
-   8, 32 clients on 1 key and 1000 keys; coordcore (fsync on) vs redis-py Lock on Redis
+   8, 32 clients on 1 key and 1000 keys (plots: bench/plots/locks_latency_cdf.png,
+   locks_throughput.png; ``--no-plots``: none); coordcore (fsync on) vs redis-py Lock on Redis
    (no persistence, and AOF always), etcd's lock API, kazoo's Lock on ZooKeeper.
    coordcore and the Redis Lock protocol are driven by a C load generator
    (bench/loadgen/lockload.c, built with gcc into bench/out/ on first use).
@@ -27,7 +28,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _peers  # noqa: E402
-from _report import Report  # noqa: E402
+from _report import Report, progress  # noqa: E402
 
 QUICK = os.environ.get("COORDCORE_BENCH_QUICK") == "1"
 
@@ -51,6 +52,7 @@ def bench_id_next(report: Report, cc: tuple[int, int], rd: tuple[int, int]) -> N
         best: dict[str, tuple[float, float]] = {}
         for _ in range(rounds):
             for name, (port, pid), cmd in (("coordcore", cc, ["ID.NEXT"]), ("redis", rd, ["INCR", "k"])):
+                progress(f"  redis-benchmark -P {pipeline}: {name}")
                 rps, cpu = redis_benchmark(port, pid, cmd, pipeline=pipeline, requests=n)
                 if rps > best.get(name, (0.0, 0.0))[0]:
                     best[name] = (rps, cpu)
@@ -166,16 +168,19 @@ def main() -> None:
         cc_proc, cc_port, _ = _peers.start_coordcore()
         rd_proc, rd_port = _peers.start_redis()
         try:
+            progress("server: ID.NEXT vs INCR with redis-benchmark")
             bench_id_next(report, (cc_port, cc_proc.pid), (rd_port, rd_proc.pid))
         finally:
             _peers.stop(cc_proc)
             _peers.stop(rd_proc)
+        progress("server: ID.RANGE, 1 and 2 worker processes")
         bench_id_range(report)
         try:
             import _lockbench
         except ImportError as exc:
             raise SystemExit(f"lock benchmark unavailable: {exc}") from exc
         fsync_probe(report, "before the lock cases")
+        progress("server: lock cycles (6 cases x 6 systems; a few minutes)")
         _lockbench.run(report, quick=QUICK)
         fsync_probe(report, "after the lock cases")
     finally:

@@ -24,7 +24,8 @@
  * server's CPU by it). After the measured window each connection finishes its cycle
  * (releases, closes its session) and closes; a drain deadline bounds that.
  *
- * Output: one JSON object on stdout. Any error reply, unexpected reply, dropped
+ * Output: one JSON object on stdout (figures, and the measured latencies' quantiles at
+ * 0.001 .. 0.999 for the CDF plots). Any error reply, unexpected reply, dropped
  * connection, a grant of a key another client still holds, or a fencing token that
  * does not rise per key is printed to stderr and the exit status is 1 (2 for usage).
  */
@@ -790,7 +791,17 @@ static void report(void)
     double elapsed = end > g.t_meas0 ? (double)(end - g.t_meas0) / 1e9 : 0.0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"cycles\": %" PRIu64 ", \"all_cycles\": %" PRIu64 ", \"elapsed\": %.6f, "
+    /* the latency distribution for the CDF plots: quantiles at k/1000, k = 1..999,
+     * indexed as p99 above (lat[min(n-1, int(n*q))]); an empty list when nothing was measured */
+    printf("{\"quantiles_ms\": [");
+    for (unsigned k = 1; g.nlat > 0 && k < 1000; k++) {
+        size_t i = (size_t)((double)g.nlat * k / 1000.0);
+        if (i > g.nlat - 1)
+            i = g.nlat - 1;
+        printf("%s%.6f", k > 1 ? ", " : "", (double)g.lat[i] / 1e6);
+    }
+    printf("], ");
+    printf("\"cycles\": %" PRIu64 ", \"all_cycles\": %" PRIu64 ", \"elapsed\": %.6f, "
            "\"cycles_per_s\": %.3f, \"p50_ms\": %s, \"p99_ms\": %s, \"errors\": %d, "
            "\"cpu_user_s\": %.6f, \"cpu_sys_s\": %.6f, \"protocol\": \"%s\", \"clients\": %u, "
            "\"keys\": %" PRIu32 "}\n",

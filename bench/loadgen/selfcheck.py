@@ -146,6 +146,10 @@ async def scenario(name: str, protocol: str, fake: Fake, *, expect_ok: bool, say
             problems.append(f"exit {proc.returncode}: {err}")
         if doc["all_cycles"] != fake.grants or not 0 < doc["cycles"] <= doc["all_cycles"]:
             problems.append(f"cycles {doc['cycles']}/{doc['all_cycles']} vs {fake.grants} grants")
+        q = doc.get("quantiles_ms", [])
+        if len(q) != 999 or q != sorted(q) or not q[0] <= doc["p50_ms"] <= q[-1] or q[989] != doc["p99_ms"]:
+            problems.append(f"latency quantiles do not fit p50 {doc.get('p50_ms')} / p99 {doc.get('p99_ms')}: "
+                            f"{len(q)} values, {q[:3]}...")
         if fake.releases != fake.grants:
             problems.append(f"{fake.releases} releases for {fake.grants} grants")
         if protocol == "redis-lock" and fake.nulls == 0:

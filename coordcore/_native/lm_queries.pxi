@@ -60,6 +60,25 @@ cdef object _key_info(LockMachine self, bytes key, uint32_t limit):
     return (self.st.keys[ki].kind, self.st.keys[ki].permits, holders, waiters,
             self.st.keys[ki].h_count, self.st.keys[ki].w_count)
 
+cdef object _oldest_wait(LockMachine self, bytes key, uint64_t now):
+    # A key's first waiter is its oldest (FIFO), so one hash lookup bounds the read.
+    cdef uint32_t klen = <uint32_t>len(key)
+    cdef const unsigned char *k = <const unsigned char *>PyBytes_AS_STRING(key)
+    cdef uint32_t ki, c
+    cdef uint64_t since
+    if klen == 0 or klen > C_MAX_KEY:
+        return None
+    ki = _key_find(self, k, klen, cc_xxh64(k, klen, HASH_SEED))
+    if ki == NIL:
+        return None
+    c = self.st.keys[ki].w_head
+    if c == NIL:
+        return None
+    since = self.st.con[c].since
+    if since == C_NO_TIME:
+        return None
+    return now - since if now > since else 0
+
 cdef object _keys(LockMachine self, bytes prefix):
     cdef list out = []
     cdef uint32_t i, plen = <uint32_t>len(prefix)

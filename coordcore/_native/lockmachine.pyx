@@ -340,6 +340,18 @@ cdef class LockMachine:
         with cython.critical_section(self):
             return _key_info(self, key, limit)
 
+    def oldest_wait_ms(self, bytes key not None, now_ms=None):
+        """How long (ms of batch time) the first waiter of ``key`` has waited: ``now_ms``
+        (default: the last batch's time; never taken below it) minus its arrival's batch
+        time. None if the key is unused or has no waiter, or if that waiter was restored
+        from a snapshot (which keeps no such times). One lookup: bounded. Not state."""
+        cdef uint64_t now
+        with cython.critical_section(self):
+            now = self.st.time
+            if now_ms is not None and <uint64_t>now_ms > now:
+                now = <uint64_t>now_ms
+            return _oldest_wait(self, key, now)
+
     def scan_keys(self, bytes prefix not None, uint64_t cursor, uint32_t count):
         """One page of the keys in use that start with ``prefix``: ``(next cursor, keys)``,
         unordered; cursor 0 starts, a next cursor of 0 says the scan is over. As Redis's

@@ -1124,6 +1124,26 @@ class LockMachine:
         return KeyInfo(k, kind, permits, tuple(map(_contender, holders)),
                        tuple(map(_contender, waiters)), nh, nw)
 
+    def oldest_wait_ms(self, key: str | bytes, *, now_ms: int | None = None) -> int | None:
+        """How long the first (oldest) waiter of ``key`` has waited, in ms of batch time:
+        ``now_ms`` (default: the last batch's time; never taken below it) minus the
+        time of the batch it arrived in. None if the key is unused or has no waiter, or
+        if that waiter was restored from a snapshot: snapshots keep no such times, so
+        its wait is unknown. One lookup; not state (snapshots and hashes ignore it).
+
+        >>> m, b = LockMachine(), BatchBuilder()
+        >>> b.open_session(ttl_ms=5_000), b.open_session(ttl_ms=5_000)
+        (0, 1)
+        >>> _ = m.apply(b.build(time_ms=0)); b.clear()
+        >>> b.acquire(1, "k"), b.acquire(2, "k", wait=True)
+        (0, 1)
+        >>> _ = m.apply(b.build(time_ms=10)); b.clear()
+        >>> m.oldest_wait_ms("k"), m.oldest_wait_ms("k", now_ms=260), m.oldest_wait_ms("free")
+        (0, 250, None)
+        """
+        now = None if now_ms is None else _int("now_ms", now_ms, 0, _U64)
+        return self._m.oldest_wait_ms(_key(key), now)
+
     def scan_keys(self, prefix: str | bytes = b"", cursor: int = 0, count: int = 1000) -> tuple[int, list[bytes]]:
         """One page of the keys in use under ``prefix`` (unordered): ``(next cursor,
         keys)``; start with cursor 0, stop when the next cursor is 0 (Redis's SCAN

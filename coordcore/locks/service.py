@@ -891,6 +891,12 @@ class LockService:
         counts are whole), or None if unused."""
         return self._machine.info(key, limit=limit)
 
+    def oldest_wait_ms(self, key: Key) -> int | None:
+        """How long the oldest waiter of ``key`` has waited so far, in ms of batch time
+        (until the time the next batch would carry), or None: no waiter, or one whose
+        arrival is unknown (restored from a snapshot). See :meth:`LockMachine.oldest_wait_ms`."""
+        return self._machine.oldest_wait_ms(key, now_ms=self._pipe.now_ms())
+
     def scan_keys(self, prefix: Key = b"", cursor: int = 0, count: int = 1000) -> tuple[int, list[bytes]]:
         """One page of the keys in use under ``prefix``: see :meth:`LockMachine.scan_keys`."""
         return self._machine.scan_keys(prefix, cursor, count)

@@ -299,8 +299,10 @@ DOCS: dict[bytes, Doc] = dict([
     _doc("LOCKS.TOP", (_opt("COUNT", "n", "integer"), _opt("SCAN", "m", "integer"), _opt("AFTER", "cursor", "integer")),
          "The busiest keys and the longest waits among at most SCAN keys (10000; at most 100000) "
          "from cursor AFTER: COUNT of each (10; at most 100). What `coordcore top` shows; admin.",
-         "`[next cursor, busiest, longest]`, each a list of `[key, holders, waiters, waited revisions]` "
-         "(how many revisions the oldest waiter has waited); the cursor is 0 when the scan reached the end.",
+         "`[next cursor, busiest, longest]`, each a list of `[key, holders, waiters, waited revisions, "
+         "waited ms]`: how long the oldest waiter has waited, in revisions and in ms of batch time (0 "
+         "without a waiter; the ms are nil when unknown, for a waiter restored from a snapshot); longest "
+         "first (revisions and batch time rise together). The cursor is 0 when the scan reached the end.",
          "locks", flags=("readonly",)),
     # --- the audit trail (serve --audit-key)
     _doc("AUDIT.CHECKPOINT", (),

@@ -77,20 +77,24 @@ def format_info(info: dict[str, dict[str, str]]) -> str:
 
 
 def _format_top(reply: list[Any]) -> str:
-    def rows(title: str, entries: list[Any], last: str) -> list[str]:
+    """LOCKS.TOP's reply as two tables; a wait in ms that is unknown (a waiter restored
+    from a snapshot) shows as "-"."""
+    head = ("holders", "waiters", "waited (revisions)", "waited (ms)")
+
+    def rows(title: str, entries: list[Any]) -> list[str]:
         out = [title]
         if not entries:
             return out + ["  (none)"]
         width = max(len(e[0]) for e in entries)
-        out.append(f"  {'key':<{width}}  holders  waiters  {last}")
-        for key, holders, waiters, waited in entries:
+        out.append(f"  {'key':<{width}}  " + "  ".join(head))
+        for key, *figures in entries:
             text = key.decode("utf-8", "backslashreplace")
-            out.append(f"  {text:<{width}}  {holders:>7}  {waiters:>7}  {waited:>{len(last)}}")
+            cells = ["-" if v is None else str(v) for v in figures]
+            out.append(f"  {text:<{width}}  " + "  ".join(f"{c:>{len(h)}}" for c, h in zip(cells, head)))
         return out
 
     _, busiest, longest = reply
-    return "\n".join(rows("Busiest keys", busiest, "waited (revisions)") + [""]
-                     + rows("Longest waits", longest, "waited (revisions)")) + "\n"
+    return "\n".join(rows("Busiest keys", busiest) + [""] + rows("Longest waits", longest)) + "\n"
 
 
 def _connect(args: argparse.Namespace) -> _Conn:

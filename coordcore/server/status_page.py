@@ -26,7 +26,10 @@ th{background:#f6f6f6} #err{color:#b00} .muted{color:#777} button{margin-right:.
 <h2>Locks <span class="muted" id="pageinfo"></span></h2>
 <div><button id="first">first page</button><button id="more">next page</button></div>
 <table><thead><tr><th>key</th><th>kind</th><th>mode</th><th>holders (session: token)</th>
-<th>waiters</th></tr></thead><tbody id="locks"></tbody></table>
+<th>waiters</th><th>oldest wait ms</th></tr></thead><tbody id="locks"></tbody></table>
+<h2>Wait and hold times <span class="muted">(batch time, ms, since the service opened)</span></h2>
+<table><thead><tr><th>kind</th><th>waits</th><th>wait mean</th><th>wait p50 / p99</th><th>holds</th>
+<th>hold mean</th><th>hold p50 / p99</th></tr></thead><tbody id="timings"></tbody></table>
 <h2>Pools <span class="muted" id="poolinfo"></span></h2>
 <table><thead><tr><th>pool</th><th>capacity</th><th>held</th><th>waiting</th>
 <th>tenants (held / fair share)</th></tr></thead><tbody id="pools"></tbody></table>
@@ -61,9 +64,22 @@ function draw(s) {
     const tr = document.createElement("tr"); tr.dataset.key = k.key;
     cell(tr, k.key); cell(tr, k.kind); cell(tr, k.mode);
     cell(tr, people(k.holders, k.holder_count, true)); cell(tr, people(k.waiters, k.waiter_count, false));
+    cell(tr, k.waiter_count ? (k.oldest_wait_ms ?? "unknown") : "-");
     body.appendChild(tr);
   }
   if (!s.locks.length) { const tr = document.createElement("tr"); cell(tr, "no key is held"); body.appendChild(tr); }
+  const timings = $("timings"); timings.replaceChildren();
+  if (s.timings) {
+    // A quantile is a bucket's upper bound ("<= n"); null above the last bound or with none seen.
+    const q = (v, n) => n ? (v === null ? "> " + s.timings.bounds_ms[s.timings.bounds_ms.length - 1] : "<= " + v) : "-";
+    for (const kind of Object.keys(s.timings.waits)) {
+      const w = s.timings.waits[kind], h = s.timings.holds[kind];
+      const tr = document.createElement("tr"); tr.dataset.kind = kind;
+      cell(tr, kind); cell(tr, w.count); cell(tr, w.mean_ms ?? "-"); cell(tr, q(w.p50_ms, w.count) + " / " + q(w.p99_ms, w.count));
+      cell(tr, h.count); cell(tr, h.mean_ms ?? "-"); cell(tr, q(h.p50_ms, h.count) + " / " + q(h.p99_ms, h.count));
+      timings.appendChild(tr);
+    }
+  }
   const pools = $("pools"); pools.replaceChildren();
   for (const p of (s.pools || [])) {
     const tr = document.createElement("tr"); tr.dataset.pool = p.pool;

@@ -146,3 +146,56 @@ def test_pool_leases_count_their_waits_holds_and_revocations() -> None:
     t = m.timings()
     assert counts_at(t, "waits", "pool") == {0: 1, 7: 1} and t.waits["pool"][1] == 100
     assert counts_at(t, "holds", "pool") == {7: 1} and t.holds["pool"][1] == 101
+
+
+def test_the_oldest_waiters_wait_in_batch_time_and_unknown_after_a_restore() -> None:
+    m, b = machine(4)
+    b.acquire(1, "x")
+    b.acquire(2, "x", wait=True)                 # the oldest waiter: arrives at 100
+    b.sem_acquire(1, "s", 1)
+    b.sem_acquire(2, "s", 1, wait=True)
+    m.apply(b.build(100))
+    b.clear()
+    b.acquire(3, "x", wait=True)                 # a younger one behind it
+    m.apply(b.build(250))
+    b.clear()
+    assert m.oldest_wait_ms("x") == 150 and m.oldest_wait_ms("s") == 150  # machine time: 250
+    assert m.oldest_wait_ms("x", now_ms=1_100) == 1_000
+    assert m.oldest_wait_ms("x", now_ms=7) == 150  # never before the machine's time
+    assert m.oldest_wait_ms("free") is None and m.oldest_wait_ms(b"\xff" * 5) is None
+    b.acquire(4, "alone")
+    m.apply(b.build(260))
+    b.clear()
+    assert m.oldest_wait_ms("alone") is None   # held, nobody waits
+    snap = m.snapshot()
+    assert m.oldest_wait_ms("x") == 160
+    assert m.snapshot() == snap                # a read: the state is untouched
+    restored = LockMachine.from_snapshot(snap)
+    assert restored.snapshot() == snap
+    info = restored.info("x")
+    assert info is not None and info.waiter_count == 2
+    assert restored.oldest_wait_ms("x") is None  # the snapshot keeps no arrival times
+    # Once the unknown waiter is granted the next one's wait is unknown too (restored as
+    # well); a waiter arriving after the restore is known.
+    first = restored.info("x")
+    assert first is not None
+    b.release(1, "x", first.holders[0].token)
+    b.acquire(1, "x", wait=True)
+    restored.apply(b.build(300))
+    b.clear()
+    assert restored.oldest_wait_ms("x") is None
+    granted = restored.info("x")
+    assert granted is not None
+    b.release(2, "x", granted.holders[0].token)
+    restored.apply(b.build(320))
+    b.clear()
+    assert restored.oldest_wait_ms("x") == 20  # session 1 queued at 300, after the restore
+    granted = restored.info("x")
+    assert granted is not None
+    b.release(3, "x", granted.holders[0].token)
+    restored.apply(b.build(330))
+    assert restored.oldest_wait_ms("x") is None  # session 1 now holds, nobody waits
+    b.clear()
+    b.acquire(2, "x", wait=True)
+    restored.apply(b.build(340))
+    assert restored.oldest_wait_ms("x", now_ms=400) == 60

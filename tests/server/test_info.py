@@ -103,6 +103,68 @@ def test_status_and_top_commands(serve: Serve) -> None:
     waiter.close()
 
 
+def test_a_waits_age_in_ms_shows_in_top_status_json_and_coordcore_top(serve: Serve) -> None:
+    srv = serve("--metrics-port", "0")
+    r = redis.Redis(port=srv.port)
+    port = int(r.info("server")["metrics_port"])
+    a, b = r.execute_command("SESSION.OPEN", 30), r.execute_command("SESSION.OPEN", 30)
+    r.execute_command("LOCK.ACQUIRE", "wait/held", a)
+    r.execute_command("LOCK.ACQUIRE", "wait/free", a)
+    waiter = Raw(srv.port)
+    began = time.monotonic()
+    waiter.send(b"*3\r\n$12\r\nLOCK.ACQUIRE\r\n$9\r\nwait/held\r\n$%d\r\n%s\r\n" % (len(b), b))
+    deadline = time.monotonic() + 5
+    while r.info("locks")["waiters"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # nothing commits meanwhile: the wait still ages (the next batch's time)
+    _, busiest, longest = r.execute_command("LOCKS.TOP")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json?prefix=wait/") as reply:
+        doc = json.loads(reply.read())
+    elapsed_ms = (time.monotonic() - began) * 1000
+    [entry] = [e for e in longest if e[0] == b"wait/held"]
+    _, holders, waiters, revisions, ms = entry
+    assert (holders, waiters, revisions) == (1, 1, 0)  # nothing changed since it queued
+    assert 250 <= ms <= elapsed_ms + 2, (ms, elapsed_ms)  # never more than it can have waited
+    calm = [e for e in busiest if e[0] == b"wait/free"]
+    assert calm == [[b"wait/free", 1, 0, 0, 0]]  # no waiter: 0 of both
+    locks = {e["key"]: e for e in doc["locks"]}
+    assert set(locks) == {"wait/held", "wait/free"}
+    assert 250 <= locks["wait/held"]["oldest_wait_ms"] <= elapsed_ms + 2 and locks["wait/free"]["oldest_wait_ms"] is None
+    info = r.execute_command("LOCK.INFO", "wait/held")  # the rest still matches LOCK.INFO
+    got = locks["wait/held"]
+    assert got["holder_count"] == info[b"holder_count"] == 1 and got["waiter_count"] == info[b"waiter_count"] == 1
+    assert [w["session"] for w in got["waiters"]] == [w[b"session"] for w in info[b"waiters"]]
+    assert [w["ticket"] for w in got["waiters"]] == [w[b"ticket"] for w in info[b"waiters"]]
+    assert [h["token"] for h in got["holders"]] == [h[b"token"] for h in info[b"holders"]]
+    out = subprocess.run([sys.executable, "-m", "coordcore.cli", "top", "--port", str(srv.port), "--iterations", "1"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    longest_text = out.stdout.split("Longest waits")[1]
+    assert "waited (revisions)  waited (ms)" in longest_text
+    [row] = [line.split() for line in longest_text.splitlines() if "wait/held" in line]
+    assert row[:4] == ["wait/held", "1", "1", "0"] and int(row[4]) >= 250
+    # The release grants the waiter after about 300 ms: the histograms' summary has it.
+    r.execute_command("LOCK.RELEASE", "wait/held", a)
+    assert isinstance(waiter.read(), int)  # its fencing token
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json?prefix=wait/") as reply:
+        timings = json.loads(reply.read())["timings"]
+    waits, holds = timings["waits"]["exclusive"], timings["holds"]["exclusive"]
+    assert timings["bounds_ms"][:3] == [1, 2, 4]
+    assert waits["count"] == 3 and waits["mean_ms"] >= 250 / 3  # two at once (0 ms), one >= 250 ms
+    assert waits["p50_ms"] == 1 and waits["p99_ms"] is not None and waits["p99_ms"] >= 256
+    assert holds["count"] == 1 and holds["mean_ms"] >= 250  # wait/held's first hold ended
+    assert timings["waits"]["shared"] == {"count": 0, "mean_ms": None, "p50_ms": None, "p99_ms": None}
+    waiter.close()
+
+
+def test_top_shows_an_unknown_wait_as_a_dash() -> None:
+    from coordcore.server.status_cli import _format_top
+
+    text = _format_top([b"0", [[b"k", 1, 2, 5, None]], [[b"k", 1, 2, 5, None], [b"j", 1, 1, 3, 40]]])
+    rows = [line.split() for line in text.splitlines() if line.startswith("  ") and "key" not in line]
+    assert rows == [["k", "1", "2", "5", "-"], ["k", "1", "2", "5", "-"], ["j", "1", "1", "3", "40"]]
+
+
 def test_session_and_recovery_log_lines(serve: Serve) -> None:
     srv = serve("--log-level", "debug")
     r = redis.Redis(port=srv.port)

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 
-from tests.server.ccserver import ServerProc, serve  # noqa: F401 (serve is a fixture)
+from tests.server.ccserver import Raw, ServerProc, serve  # noqa: F401 (serve is a fixture)
 
 Serve = Callable[..., ServerProc]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -97,13 +98,28 @@ def test_the_status_page_shows_a_lock_then_its_release_without_a_reload(serve: S
     with chromium_page(f"http://127.0.0.1:{port}/", tmp_path / "profile") as page:
         page.wait_for("document.getElementById('locks').innerText.includes('no key is held')")
         page.evaluate("window.__sameDocument = 42")  # gone if anything reloads the page
-        handle = r.execute_command("SESSION.OPEN", 30)
+        handle, other = r.execute_command("SESSION.OPEN", 30), r.execute_command("SESSION.OPEN", 30)
         token = r.execute_command("LOCK.ACQUIRE", "page/held-by-the-test", handle)
         session = handle.split(b".")[0].decode()
         row = page.wait_for("[...document.querySelectorAll('#locks tr')].map(tr => tr.innerText)"
                             ".find(t => t.includes('page/held-by-the-test'))")
         assert f"{session}: {token}" in row, row  # the holder and its fencing token
+        # A waiter (its connection parks): the row shows how long it has waited, in ms.
+        waiter = Raw(srv.port)
+        waiter.send(hiredis.pack_command(("LOCK.ACQUIRE", "page/held-by-the-test", other)))
+        waited = page.wait_for("[...document.querySelectorAll('#locks tr')]"
+                               ".filter(tr => tr.dataset.key === 'page/held-by-the-test')"
+                               ".map(tr => Number(tr.lastChild.textContent)).find(ms => ms >= 200)")
+        assert waited >= 200
         r.execute_command("LOCK.RELEASE", "page/held-by-the-test", handle)
+        assert isinstance(waiter.read(), int)  # granted
+        r.execute_command("LOCK.RELEASE", "page/held-by-the-test", other)
+        waiter.close()
+        # The wait and hold summary: two exclusive waits (one at once, one of >= 200 ms).
+        cells = page.wait_for("(() => { const tr = document.querySelector('#timings tr[data-kind=exclusive]');"
+                              " const c = tr ? [...tr.children].map(td => td.textContent) : [];"
+                              " return c[1] === '2' && c[4] === '2' ? c : null; })()")
+        assert cells[0] == "exclusive" and float(cells[2]) >= 100, cells  # mean of 0 and >= 200 ms
         page.wait_for("!document.getElementById('locks').innerText.includes('page/held-by-the-test')")
         assert page.evaluate("window.__sameDocument") == 42
         assert page.evaluate("document.getElementById('err').innerText") == ""

@@ -6,7 +6,9 @@ OpenTelemetry semantic conventions' database attributes (``db.system.name``,
 ``trace_keys`` (``coordcore.key``; never a session credential or any other argument).
 An error reply sets the span's status to ERROR with ``error.type``, the reply's code
 word. A sampled span's context goes to the server as the command's ``TRACEPARENT`` prefix
-(see :mod:`coordcore.tracing`), so the server's span is its child.
+(see :mod:`coordcore.tracing`), so the server's span is its child; its ``tracestate``,
+when it has one, goes along (``TRACESTATE``), members beyond the W3C bound of 512 bytes
+dropped from the right.
 
 When tracing is off a transport holds None instead of a :class:`CommandTracer` and
 tests it once per command: nothing else runs, and OpenTelemetry is never imported.
@@ -18,7 +20,7 @@ from typing import Any
 
 from coordcore.client._wire import Arg, Endpoint
 from coordcore.errors import BadArgument, CoordcoreError
-from coordcore.tracing import DB_SYSTEM, format_traceparent, require_api, tracer_from
+from coordcore.tracing import DB_SYSTEM, format_traceparent, format_tracestate, require_api, tracer_from
 
 __all__ = ["KEYED", "CommandTracer", "tracer_for"]
 
@@ -61,7 +63,11 @@ class CommandTracer:
         ctx = span.get_span_context()
         if not ctx.trace_flags.sampled:
             return span, args  # nothing recorded here: nothing for the server to join
-        return span, ["TRACEPARENT", format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), *args]
+        parent = format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+        state = format_tracestate(ctx.trace_state.items()) if ctx.trace_state else None
+        if state is None:
+            return span, ["TRACEPARENT", parent, *args]
+        return span, ["TRACEPARENT", parent, "TRACESTATE", state, *args]
 
     def end(self, span: Any, error: BaseException | None = None) -> None:
         """End ``span``; ``error``: what the command raised (an error reply, a lost

@@ -131,15 +131,18 @@ DOCS: dict[bytes, Doc] = dict([
          "own writes.", "`+OK`.", "connection", flags=("fast",)),
     _doc("READWRITE", (), "Ends READONLY: a follower redirects this connection's reads again.", "`+OK`.",
          "connection", flags=("fast",)),
-    _doc("TRACEPARENT", (_a("traceparent"), _a("command"), Arg("arg", optional=True, multiple=True)),
+    _doc("TRACEPARENT", (_a("traceparent"), _opt("TRACESTATE", "tracestate"), _a("command"),
+                         Arg("arg", optional=True, multiple=True)),
          "Runs `command` as the child of an OpenTelemetry span: `traceparent` is a W3C traceparent of "
          "version 00 (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, lower-case hex, 55 bytes, "
-         "neither id all zeros). Each command carries its own parent, so traced commands may be "
+         "neither id all zeros); `tracestate`, the parent's W3C tracestate (`key=value` members "
+         "separated by commas, at most 512 bytes and 32 members, keys unique; empty members are "
+         "skipped), is restored with it. Each command carries its own parent, so traced commands may be "
          "pipelined and share a connection. A traced command is served by the command table, not the "
          "native lane; on a server started with `--otel` it gets a span (kind SERVER, named after the "
          "command), and the group-commit batch that carries it a `coordcore.commit` span linked to "
          "it. Without `--otel` the prefix is checked, then the command runs untraced. The command is "
-         "checked (authentication, ACL, arity) as if it came alone; a bad traceparent runs nothing.",
+         "checked (authentication, ACL, arity) as if it came alone; a bad traceparent or tracestate runs nothing.",
          "The command's own reply.", "connection", flags=("fast",), errors=("BADARG",)),
     _doc("CLIENT", (), "Connection introspection and control.", "See the subcommands.", "connection",
          subcommands=(

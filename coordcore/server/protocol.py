@@ -114,7 +114,7 @@ from coordcore.server import resp
 from coordcore.server.acl import DEFAULT, User
 from coordcore.server.budget import FLOOR
 from coordcore.server.core import Client, Command, Flag, Reply, ServerView
-from coordcore.tracing import parse_traceparent
+from coordcore.tracing import parse_traceparent, parse_tracestate
 
 __all__ = ["Connection", "State", "TlsAccept", "cert_names"]
 
@@ -747,18 +747,26 @@ class Connection(asyncio.Protocol):
             self._write(b"".join(out) if len(out) > 1 else out[0])
 
     def _trace_prefix(self, req: list[bytes]) -> tuple[Command | None, list[bytes]]:
-        """``TRACEPARENT traceparent command [arg ...]``: the entry and arguments of the
-        command it carries, its handler inside a server span when the server traces
-        (see :mod:`coordcore.server.tracing`); an error entry for a bad prefix."""
+        """``TRACEPARENT traceparent [TRACESTATE tracestate] command [arg ...]``: the
+        entry and arguments of the command it carries, its handler inside a server span
+        when the server traces (see :mod:`coordcore.server.tracing`); an error entry for
+        a bad prefix."""
+        usage = "TRACEPARENT takes traceparent [TRACESTATE tracestate] command [arg ...]"
         if len(req) < 3:
-            return _error_entry(BadArgument("TRACEPARENT takes traceparent command [arg ...]")), req
-        inner = _Traced(req[2:])
+            return _error_entry(BadArgument(usage)), req
+        start = 2
+        if req[2].upper() == b"TRACESTATE":  # no command has this name: a second prefix word
+            if len(req) < 5:
+                return _error_entry(BadArgument(usage)), req
+            start = 4
+        inner = _Traced(req[start:])
         inner.whole = req
         name = inner[0]
-        if name.upper() == b"TRACEPARENT":
-            return _error_entry(BadArgument("TRACEPARENT cannot carry another TRACEPARENT")), req
+        if name.upper() in (b"TRACEPARENT", b"TRACESTATE"):
+            return _error_entry(BadArgument(f"TRACEPARENT cannot carry another {name.upper().decode()}")), req
         try:
             parent = parse_traceparent(req[1])
+            state = parse_tracestate(req[3]) if start == 4 else []
         except CoordcoreError as exc:
             return _error_entry(exc), req
         self.last_cmd = name
@@ -766,7 +774,7 @@ class Connection(asyncio.Protocol):
         tracer = self._server.tracer
         if entry is None or tracer is None:
             return entry, inner
-        return Command(tracer.wrap(entry.handler, name, parent, self.peer_host), Flag(entry.flags)), inner
+        return Command(tracer.wrap(entry.handler, name, parent, self.peer_host, state), Flag(entry.flags)), inner
 
     def _deny_request(self, why: str, conn: Client, req: list[bytes]) -> bytes:
         return self._deny(req, why)

@@ -1,9 +1,10 @@
 """Server spans: one per traced command, and what ``coordcore serve --otel`` sets up.
 
-A command that arrives as ``TRACEPARENT <traceparent> <command> [arg ...]`` (see
-:mod:`coordcore.tracing`) is served by the command table, never by the native lane,
-and, while the server traces, inside a span of kind SERVER that is the child of the
-client's span, named after the command, with ``db.system.name``,
+A command that arrives as ``TRACEPARENT <traceparent> [TRACESTATE <tracestate>]
+<command> [arg ...]`` (see :mod:`coordcore.tracing`) is served by the command table,
+never by the native lane, and, while the server traces, inside a span of kind SERVER
+that is the child of the client's span (its ``tracestate`` restored with it, so the
+server's span carries it on), named after the command, with ``db.system.name``,
 ``db.operation.name`` and ``client.address`` (never a key or any other argument). An
 error reply sets its status to ERROR. The commit pipeline links the batch that
 carries the command to this span (:data:`coordcore.tracing.LINK`).
@@ -14,6 +15,7 @@ when a request's name is not in the command table.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from coordcore.errors import CoordcoreError
@@ -35,6 +37,7 @@ class ServerTracer:
         self._flags = trace.TraceFlags
         self._span_context = trace.SpanContext
         self._non_recording = trace.NonRecordingSpan
+        self._trace_state = trace.TraceState
 
     @classmethod
     def from_option(cls, tracing: object) -> ServerTracer | None:
@@ -42,12 +45,15 @@ class ServerTracer:
         tracer = tracer_from(tracing, "coordcore.server")
         return None if tracer is None else cls(tracer)
 
-    def wrap(self, handler: Handler, name: bytes, parent: tuple[int, int, int], peer: str) -> Handler:
+    def wrap(self, handler: Handler, name: bytes, parent: tuple[int, int, int], peer: str,
+             state: Sequence[tuple[str, str]] = ()) -> Handler:
         """``handler``, run inside a span whose parent is the client's ``parent``
-        (``(trace_id, span_id, flags)`` from its traceparent)."""
+        (``(trace_id, span_id, flags)`` from its traceparent, with the ``(key, value)``
+        members of its tracestate)."""
         trace = self._trace
         trace_id, span_id, flags = parent
-        remote = self._span_context(trace_id, span_id, is_remote=True, trace_flags=self._flags(flags))
+        remote = self._span_context(trace_id, span_id, is_remote=True, trace_flags=self._flags(flags),
+                                    trace_state=self._trace_state(state) if state else None)
         context = trace.set_span_in_context(self._non_recording(remote))
         op = name.decode("ascii", "replace").upper()
         attributes = {"db.system.name": DB_SYSTEM, "db.operation.name": op, "client.address": peer}

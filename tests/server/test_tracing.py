@@ -20,7 +20,8 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, TraceState,
+                                 set_span_in_context)
 
 from tests.server.ccserver import aio_raw, read_reply
 
@@ -31,7 +32,7 @@ from coordcore.server import Server, ServerConfig
 from coordcore.server.acl import hash_password
 from coordcore.server.cmddocs import DOCS
 from coordcore.server.log import configure
-from coordcore.tracing import format_traceparent
+from coordcore.tracing import TRACESTATE_MAX_LEN, format_traceparent, format_tracestate, parse_tracestate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -320,6 +321,111 @@ def test_hostile_traceparents_get_a_clear_error_and_the_connection_goes_on(tmp_p
     assert sorted(s.name for s in spans) == ["ECHO", "PING", "PING", "PING"]
     assert [s.status.status_code for s in spans if s.name == "PING"].count(StatusCode.ERROR) == 1
     assert all(s.context.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736 for s in spans)
+
+
+def test_the_tracestate_travels_from_the_client_span_to_the_server_span(tmp_path: Path, run: Any) -> None:
+    provider, exporter = spans_to_memory()
+    tracer = provider.get_tracer("the test")
+    # An upstream service's context with vendors' state, as a propagator would extract it.
+    state = TraceState([("congo", "t61rcWkgMzE"), ("rojo", "00f067aa0ba902b7")])
+    upstream = NonRecordingSpan(SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
+                                            trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=state))
+
+    async def main() -> None:
+        async with traced_server(tmp_path, provider) as server:
+            async with AsyncClient(port=server.port, tracing=provider) as client:
+                with tracer.start_as_current_span("job", context=set_span_in_context(upstream)):
+                    await client.execute("PING")
+                await client.execute("ECHO", "no state")  # a root span: no tracestate, none sent
+
+    run(main())
+    spans = exporter.get_finished_spans()
+    (client_span,) = by_name(spans, "PING", SpanKind.CLIENT)
+    (server_span,) = by_name(spans, "PING", SpanKind.SERVER)
+    assert client_span.context.trace_state == state  # inherited from the upstream context
+    assert server_span.parent is not None and server_span.parent.span_id == client_span.context.span_id
+    assert server_span.parent.trace_state == state and server_span.context.trace_state == state
+    (echo,) = by_name(spans, "ECHO", SpanKind.SERVER)
+    assert echo.parent is not None and len(echo.parent.trace_state) == 0
+
+
+def test_a_tracestate_longer_than_the_w3c_bound_is_cut_from_the_right_by_the_client() -> None:
+    members = [(f"v{i:02d}", "x" * 40) for i in range(20)]  # 20 members of 44 bytes: 899 with commas
+    sent = format_tracestate(members)
+    assert sent is not None and len(sent) <= TRACESTATE_MAX_LEN
+    assert parse_tracestate(sent.encode()) == members[:11]  # 11 * 44 + 10 = 494; 12 would be 539
+    assert format_tracestate([]) is None and format_tracestate([("a", "x" * 600)]) is None
+    assert format_tracestate([(f"k{i}", "1") for i in range(40)]) == ",".join(f"k{i}=1" for i in range(32))
+
+
+TS_HOSTILE: dict[str, bytes] = {
+    "longer than 512 bytes": b"a=" + b"x" * 200 + b",b=" + b"x" * 200 + b",c=" + b"x" * 110,
+    "far too long": b"a=" + b"x" * 70_000,
+    "33 members": b",".join(b"k%d=1" for i in range(33)),
+    "upper-case key": b"Congo=1",
+    "key starts with a digit": b"1abc=1",
+    "key of 257 characters": b"k" * 257 + b"=1",
+    "two @ in a key": b"a@b@c=1",
+    "a system id of 15": b"t@" + b"s" * 15 + b"=1",
+    "no =": b"congo",
+    "empty value": b"congo=",
+    "= in the value": b"congo=a=b",
+    "value of 257 characters": b"a=" + b"x" * 257,
+    "a control character": b"congo=a\x01b",
+    "a tab in the value": b"congo=a\tb",
+    "a NUL": b"congo=\x00",
+    "non-ascii": "congo=\u00e9".encode(),
+    "invalid utf-8": b"congo=\xff\xfe",
+    "a repeated key": b"congo=1,rojo=2,congo=3",
+    "a CRLF": b"congo=1\r\nPING",
+}
+
+
+def test_hostile_tracestates_get_a_clear_error_and_run_nothing(tmp_path: Path, run: Any) -> None:
+    provider, exporter = spans_to_memory()
+
+    async def main() -> None:
+        async with traced_server(tmp_path, provider) as server:
+            reader, writer = await aio_raw(server.port)
+            parser = hiredis.Reader()
+
+            async def call(*args: str | bytes) -> Any:
+                parts = [a if isinstance(a, bytes) else a.encode() for a in args]
+                writer.write(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+                return await read_reply(reader, parser)
+
+            for why, value in TS_HOSTILE.items():
+                reply = await call("TRACEPARENT", TP, "TRACESTATE", value, "SESSION.OPEN", "10000")
+                assert isinstance(reply, hiredis.ReplyError), why
+                assert str(reply).startswith("BADARG bad tracestate"), (why, str(reply))
+                assert len(str(reply)) < 200, why  # nothing long is echoed back
+            for args, expect in ((("TRACEPARENT", TP, "TRACESTATE"), "BADARG TRACEPARENT takes"),
+                                 (("TRACEPARENT", TP, "TRACESTATE", "a=1"), "BADARG TRACEPARENT takes"),
+                                 (("TRACEPARENT", TP, "tracestate", "a=1", "TRACESTATE", "b=2", "PING"),
+                                  "BADARG TRACEPARENT cannot carry another TRACESTATE"),
+                                 (("TRACEPARENT", "x", "TRACESTATE", "a=1", "PING"), "BADARG bad traceparent")):
+                reply = await call(*args)
+                assert isinstance(reply, hiredis.ReplyError) and str(reply).startswith(expect), (args, reply)
+            # What the W3C allows: the bounds exactly, empty members, spaces around members,
+            # multi-tenant keys, spaces inside a value, any case of the word.
+            widest = b",".join(b"k%02d=%s" % (i, b"x" * 11) for i in range(32))  # 32 * 15 + 31 = 511
+            widest += b"y"
+            assert len(widest) == TRACESTATE_MAX_LEN
+            assert await call("TRACEPARENT", TP, "TRACESTATE", widest, "ECHO", "widest") == b"widest"
+            assert await call("TRACEPARENT", TP, "tracestate", b" a=1 , ,tenant@sys=x y,\t", "ECHO", "lax") == b"lax"
+            assert await call("TRACEPARENT", TP, "TRACESTATE", b"", "ECHO", "empty") == b"empty"
+            writer.write(f"TRACEPARENT {TP} TRACESTATE congo=1 PING\r\n".encode())  # inline form too
+            assert await read_reply(reader, parser) == b"PONG"
+            writer.close()
+
+    run(main())
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["ECHO", "ECHO", "ECHO", "PING"]  # nothing hostile ran
+    (ping,) = [s for s in spans if s.name == "PING"]
+    lax = [s for s in spans if s.name == "ECHO" and s.parent is not None and "tenant@sys" in s.parent.trace_state]
+    assert len(lax) == 1 and list(lax[0].parent.trace_state.items()) == [("a", "1"), ("tenant@sys", "x y")]
+    assert ping.parent is not None and dict(ping.parent.trace_state) == {"congo": "1"}
+    assert sum(len(s.parent.trace_state) == 32 for s in spans if s.parent is not None) == 1
 
 
 def test_a_traced_command_is_checked_against_the_acl_as_itself(tmp_path: Path, run: Any) -> None:

@@ -46,7 +46,8 @@ cdef class _Tenant:
     cdef uint8_t band
     cdef uint64_t held
     cdef uint64_t want  # units its waiting requests ask for (demand = held + want)
-    cdef i128 share  # its fair share times the scale _pool_shares returned last (scratch)
+    cdef i128 share  # its fair share times its pool's scale (_pool_shares; a cache, not state)
+    cdef int64_t s_w, s_lo, s_hi  # the inputs that share was water-filled from
     cdef list queue  # its waiting _Items, ticket order (FIFO)
 
 
@@ -70,6 +71,8 @@ cdef class _Pool:
     cdef dict tenants  # name -> _Tenant, name order
     cdef dict leases   # token -> _Item, token order
     cdef dict waits    # ticket -> _Item, ticket order
+    cdef i128 scale    # the tenants' shares' denominator (0: not computed)
+    cdef uint32_t s_cap  # the capacity they were computed for
 
     cdef inline uint64_t limit(self, _Tenant t):
         return t.maximum if t.maximum < self.capacity else self.capacity
@@ -167,18 +170,41 @@ cdef inline i128 _clamp(i128 x, i128 lo, i128 hi) noexcept nogil:
 
 
 cdef i128 _pool_shares(_Pools pl, _Pool pool) except -1:
-    """Set each tenant's weighted max-min fair share of the demand (held + wanted) as
-    t.share / the returned scale, exactly: water-filling, clamp(weight * level,
-    min(minimum, demand), min(maximum, demand, capacity)) at the level that fills the
-    capacity. Integers only (cross-multiplied): the model's Fractions, bit for bit,
-    without their cost. Breakpoints of equal value may come in any order: the fill
-    test and the shares are homogeneous in (v, d), and decisions compare deficits at
-    one scale, so any of them gives the same grants."""
+    """Each tenant's weighted max-min fair share, as t.share / the returned scale,
+    water-filled again only when an input changed: the capacity, or a tenant's weight,
+    min(minimum, demand) or min(maximum, demand, capacity). A grant moves units from
+    wanted to held (the demand stays), and a tenant that asks for more than the pool
+    holds keeps its inputs as its queue moves: most decisions reuse the shares."""
+    cdef bint same = pool.scale != 0 and pool.s_cap == pool.capacity
+    cdef _Tenant t
+    cdef uint64_t dem
+    cdef int64_t lo, hi
+    for t in pool.tenants.values():
+        dem = t.held + t.want
+        lo = min(<uint64_t>t.minimum, dem)
+        hi = min(<uint64_t>t.maximum, dem, <uint64_t>pool.capacity)
+        if t.s_w != t.weight or t.s_lo != lo or t.s_hi != hi:
+            same = False
+            t.s_w, t.s_lo, t.s_hi = t.weight, lo, hi
+    if same:
+        return pool.scale
+    pool.scale = 0  # stays so if the fill fails (no memory)
+    pool.s_cap = pool.capacity
+    pool.scale = _pool_fill(pl, pool)
+    return pool.scale
+
+
+cdef i128 _pool_fill(_Pools pl, _Pool pool) except -1:
+    """Water-filling over the inputs _pool_shares left in each tenant (s_w, s_lo, s_hi):
+    share = clamp(weight * level, lo, hi) at the level that fills the capacity. Integers
+    only (cross-multiplied): the model's Fractions, bit for bit, without their cost.
+    Breakpoints of equal value may come in any order: the fill test and the shares are
+    homogeneous in (v, d), and decisions compare deficits at one scale, so any of them
+    gives the same grants."""
     cdef Py_ssize_t i, k, n = len(pool.tenants)
     cdef _ShareRow *rows
     cdef _Point *pts
     cdef _Tenant t
-    cdef uint64_t dem
     cdef int64_t cap = pool.capacity, pv = 0, pw = 1, v, d, sum_hi = 0
     cdef i128 filled, x, fixed = 0, slope = 0
     if n > pl.nshare:
@@ -194,11 +220,8 @@ cdef i128 _pool_shares(_Pools pl, _Pool pool) except -1:
     rows, pts = pl.rows, pl.pts
     i = 0
     for t in pool.tenants.values():
-        dem = t.held + t.want
-        rows[i].w = t.weight
-        rows[i].lo = min(<uint64_t>t.minimum, dem)
-        rows[i].hi = min(<uint64_t>t.maximum, dem, <uint64_t>pool.capacity)
-        sum_hi += rows[i].hi
+        rows[i].w, rows[i].lo, rows[i].hi = t.s_w, t.s_lo, t.s_hi
+        sum_hi += t.s_hi
         i += 1
     if sum_hi <= cap:
         i = 0

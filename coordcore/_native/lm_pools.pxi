@@ -23,7 +23,9 @@ cdef enum:
 
 cdef extern from *:
     # gcc and clang: the water-filling's cross-multiplied sums stay exact for any number of
-    # tenants (each term is below 2^40: units and weights are at most C_MAX_PERMITS).
+    # tenants (each factor is at most C_MAX_PERMITS, below 2^20, or a sum of weights).
+    # Cython takes it for the long long it is declared as, so the functions computing with
+    # it have overflowcheck off (a debug build would refuse the size otherwise).
     ctypedef long long i128 "__int128"
 
 ctypedef struct _ShareRow:
@@ -194,6 +196,7 @@ cdef i128 _pool_shares(_Pools pl, _Pool pool) except -1:
     return pool.scale
 
 
+@cython.overflowcheck(False)
 cdef i128 _pool_fill(_Pools pl, _Pool pool) except -1:
     """Water-filling over the inputs _pool_shares left in each tenant (s_w, s_lo, s_hi):
     share = clamp(weight * level, lo, hi) at the level that fills the capacity. Integers
@@ -265,6 +268,7 @@ cdef i128 _pool_fill(_Pools pl, _Pool pool) except -1:
     return slope
 
 
+@cython.overflowcheck(False)
 cdef _Item _pool_candidate(_Pools pl, _Pool pool, list heads):
     cdef _Item r, best = None
     cdef int top = -1

@@ -21,6 +21,20 @@ cdef enum:
     TENANT_CONF_SIZE = 16  # u32 weight, u32 minimum, u32 maximum, u8 band, 3 zero bytes; then the name
     TENANT_VALUE_MAX = 271  # TENANT_CONF_SIZE + C_MAX_NAME (a literal: a sum is an int, compared with a u32)
 
+cdef extern from *:
+    # gcc and clang: the water-filling's cross-multiplied sums stay exact for any number of
+    # tenants (each factor is at most C_MAX_PERMITS, below 2^20, or a sum of weights).
+    # Cython takes it for the long long it is declared as, so the functions computing with
+    # it have overflowcheck off (a debug build would refuse the size otherwise).
+    ctypedef long long i128 "__int128"
+
+ctypedef struct _ShareRow:
+    int64_t w, lo, hi
+
+ctypedef struct _Point:  # a breakpoint of the level, v / d
+    int64_t v, d
+
+
 _POOL_HEAD = _struct.Struct("<HHIIIIII")  # name length, 0, capacity, grace, patience, tenants, leases, waits
 _TENANT_REC = _struct.Struct("<BBHIII")   # name length, band, 0, weight, minimum, maximum
 _LEASE_REC = _struct.Struct("<QQQQII")    # session, ticket, token, give-back deadline, units, tenant index
@@ -34,6 +48,8 @@ cdef class _Tenant:
     cdef uint8_t band
     cdef uint64_t held
     cdef uint64_t want  # units its waiting requests ask for (demand = held + want)
+    cdef i128 share  # its fair share times its pool's scale (_pool_shares; a cache, not state)
+    cdef int64_t s_w, s_lo, s_hi  # the inputs that share was water-filled from
     cdef list queue  # its waiting _Items, ticket order (FIFO)
 
 
@@ -57,6 +73,8 @@ cdef class _Pool:
     cdef dict tenants  # name -> _Tenant, name order
     cdef dict leases   # token -> _Item, token order
     cdef dict waits    # ticket -> _Item, ticket order
+    cdef i128 scale    # the tenants' shares' denominator (0: not computed)
+    cdef uint32_t s_cap  # the capacity they were computed for
 
     cdef inline uint64_t limit(self, _Tenant t):
         return t.maximum if t.maximum < self.capacity else self.capacity
@@ -71,12 +89,20 @@ cdef class _Pools:
     # Counted as applied, never snapshotted (a read for metrics: a service takes the
     # values after its recovery as the zero of "since start").
     cdef uint64_t givebacks, revokes
+    # _pool_shares' scratch, for the largest pool seen (nshare tenants): no allocation per decision.
+    cdef _ShareRow *rows
+    cdef _Point *pts
+    cdef Py_ssize_t nshare
 
     def __cinit__(self):
         self.pools = {}
         self.by_sess = {}
         self.heap = []
         self.touched = set()
+
+    def __dealloc__(self):
+        cc_free(self.rows)
+        cc_free(self.pts)
 
 
 cdef inline const unsigned char *_bp(bytes b):
@@ -135,54 +161,119 @@ cdef int _pool_grant(LockMachine self, _Pool pool, _Item x) except -1:
     return _pool_emit(self, E_GRANT, pool, x, rev)
 
 
-cdef tuple _pool_shares(_Pool pool):
-    """Each tenant's weighted max-min fair share of the demand (held + wanted), as
-    ``({name: S}, D)`` with share = S / D exactly: water-filling, clamp(weight * level,
-    min(minimum, demand), min(maximum, demand, capacity)) at the level that fills the
-    capacity. Integers only (cross-multiplied): the model's Fractions, bit for bit,
-    without their cost."""
-    cdef list ts = list(pool.tenants.values())
+cdef int _point_cmp(const void *a, const void *b) noexcept nogil:
+    cdef int64_t l = (<const _Point *>a).v * (<const _Point *>b).d
+    cdef int64_t r = (<const _Point *>b).v * (<const _Point *>a).d
+    return (l > r) - (l < r)
+
+
+cdef inline i128 _clamp(i128 x, i128 lo, i128 hi) noexcept nogil:
+    return min(max(x, lo), hi)
+
+
+cdef i128 _pool_shares(_Pools pl, _Pool pool) except -1:
+    """Each tenant's weighted max-min fair share, as t.share / the returned scale,
+    water-filled again only when an input changed: the capacity, or a tenant's weight,
+    min(minimum, demand) or min(maximum, demand, capacity). A grant moves units from
+    wanted to held (the demand stays), and a tenant that asks for more than the pool
+    holds keeps its inputs as its queue moves: most decisions reuse the shares."""
+    cdef bint same = pool.scale != 0 and pool.s_cap == pool.capacity
     cdef _Tenant t
-    cdef list lo = [], hi = [], w = [], points
-    cdef Py_ssize_t i, n = len(ts)
-    cdef object cap = pool.capacity, pv = 0, pw = 1, fixed = 0, slope = 0, x
-    for t in ts:
-        lo.append(min(t.minimum, t.held + t.want))
-        hi.append(min(t.maximum, t.held + t.want, pool.capacity))
-        w.append(t.weight)
-    if sum(hi) <= cap:
-        return {(<_Tenant>ts[i]).name: hi[i] for i in range(n)}, 1
+    cdef uint64_t dem
+    cdef int64_t lo, hi
+    for t in pool.tenants.values():
+        dem = t.held + t.want
+        lo = min(<uint64_t>t.minimum, dem)
+        hi = min(<uint64_t>t.maximum, dem, <uint64_t>pool.capacity)
+        if t.s_w != t.weight or t.s_lo != lo or t.s_hi != hi:
+            same = False
+            t.s_w, t.s_lo, t.s_hi = t.weight, lo, hi
+    if same:
+        return pool.scale
+    pool.scale = 0  # stays so if the fill fails (no memory)
+    pool.s_cap = pool.capacity
+    pool.scale = _pool_fill(pl, pool)
+    return pool.scale
+
+
+@cython.overflowcheck(False)
+cdef i128 _pool_fill(_Pools pl, _Pool pool) except -1:
+    """Water-filling over the inputs _pool_shares left in each tenant (s_w, s_lo, s_hi):
+    share = clamp(weight * level, lo, hi) at the level that fills the capacity. Integers
+    only (cross-multiplied): the model's Fractions, bit for bit, without their cost.
+    Breakpoints of equal value may come in any order: the fill test and the shares are
+    homogeneous in (v, d), and decisions compare deficits at one scale, so any of them
+    gives the same grants."""
+    cdef Py_ssize_t i, k, n = len(pool.tenants)
+    cdef _ShareRow *rows
+    cdef _Point *pts
+    cdef _Tenant t
+    cdef int64_t cap = pool.capacity, pv = 0, pw = 1, v, d, sum_hi = 0
+    cdef i128 filled, x, fixed = 0, slope = 0
+    if n > pl.nshare:
+        rows = <_ShareRow *>cc_realloc(pl.rows, n * sizeof(_ShareRow))
+        if rows == NULL:
+            raise MemoryError()
+        pl.rows = rows
+        pts = <_Point *>cc_realloc(pl.pts, 2 * n * sizeof(_Point))
+        if pts == NULL:
+            raise MemoryError()
+        pl.pts = pts
+        pl.nshare = n
+    rows, pts = pl.rows, pl.pts
+    i = 0
+    for t in pool.tenants.values():
+        rows[i].w, rows[i].lo, rows[i].hi = t.s_w, t.s_lo, t.s_hi
+        sum_hi += t.s_hi
+        i += 1
+    if sum_hi <= cap:
+        i = 0
+        for t in pool.tenants.values():
+            t.share = rows[i].hi
+            i += 1
+        return 1
     # The filled amount is piecewise linear in the level, with breakpoints lo/w and hi/w:
     # find the last breakpoint (pv/pw) below the capacity, then solve on its segment.
-    points = sorted({(v, w[i]) for i in range(n) for v in (lo[i], hi[i])}, key=_ratio_key)
-    for v, d in points:
-        if sum([min(max(w[i] * v, lo[i] * d), hi[i] * d) for i in range(n)]) >= cap * d:
+    for i in range(n):
+        pts[2 * i].v, pts[2 * i].d = rows[i].lo, rows[i].w
+        pts[2 * i + 1].v, pts[2 * i + 1].d = rows[i].hi, rows[i].w
+    qsort(pts, 2 * n, sizeof(_Point), _point_cmp)
+    for k in range(2 * n):
+        v, d = pts[k].v, pts[k].d
+        filled = 0
+        for i in range(n):
+            filled += _clamp(<i128>rows[i].w * v, <i128>rows[i].lo * d, <i128>rows[i].hi * d)
+        if filled >= <i128>cap * d:
             break
         pv, pw = v, d
     for i in range(n):
-        x = w[i] * pv
-        if x < lo[i] * pw:
-            fixed += lo[i]
-        elif x >= hi[i] * pw:
-            fixed += hi[i]
+        x = <i128>rows[i].w * pv
+        if x < <i128>rows[i].lo * pw:
+            fixed += rows[i].lo
+        elif x >= <i128>rows[i].hi * pw:
+            fixed += rows[i].hi
         else:
-            slope += w[i]
+            slope += rows[i].w
     if slope == 0:  # the level is the breakpoint itself
-        return {(<_Tenant>ts[i]).name: min(max(w[i] * pv, lo[i] * pw), hi[i] * pw) for i in range(n)}, pw
+        i = 0
+        for t in pool.tenants.values():
+            t.share = _clamp(<i128>rows[i].w * pv, <i128>rows[i].lo * pw, <i128>rows[i].hi * pw)
+            i += 1
+        return pw
     x = cap - fixed  # level = x / slope
-    return {(<_Tenant>ts[i]).name: min(max(w[i] * x, lo[i] * slope), hi[i] * slope) for i in range(n)}, slope
+    i = 0
+    for t in pool.tenants.values():
+        t.share = _clamp(<i128>rows[i].w * x, <i128>rows[i].lo * slope, <i128>rows[i].hi * slope)
+        i += 1
+    return slope
 
 
-def _ratio_key(p):
-    return Fraction(p[0], p[1])  # sorting a handful of breakpoints: exact and short
-
-
-cdef _Item _pool_candidate(_Pool pool, list heads):
+@cython.overflowcheck(False)
+cdef _Item _pool_candidate(_Pools pl, _Pool pool, list heads):
     cdef _Item r, best = None
     cdef int top = -1
     cdef list band
-    cdef dict share
-    cdef object gap, scale, best_gap = None
+    cdef i128 gap, scale, best_gap = 0
     for r in heads:
         if r.tenant.held < r.tenant.minimum and (best is None or r.ticket < best.ticket):
             best = r
@@ -199,9 +290,9 @@ cdef _Item _pool_candidate(_Pool pool, list heads):
     band = [r for r in heads if r.tenant.band == top]
     if len(band) == 1:
         return band[0]
-    share, scale = _pool_shares(pool)
+    scale = _pool_shares(pl, pool)
     for r in band:  # the largest deficit (share - held), then the oldest ticket
-        gap = r.tenant.held * scale - share[r.tenant.name]
+        gap = <i128>r.tenant.held * scale - r.tenant.share
         if best is None or gap < best_gap or (gap == best_gap and r.ticket < best.ticket):
             best, best_gap = r, gap
     return best
@@ -223,7 +314,7 @@ cdef int _pool_settle(LockMachine self, _Pool pool) except -1:
             return 0
         if pool.held == pool.capacity and not _pool_may_preempt(pool, heads):
             return 0  # nothing to grant, nobody to ask: skip choosing (shares cost)
-        pick = _pool_candidate(pool, heads)
+        pick = _pool_candidate(self.pl, pool, heads)
         if pick.units > pool.capacity - pool.held:
             return _pool_preempt(self, pool, pick)
         below = pick.tenant.held < pick.tenant.minimum
@@ -635,7 +726,7 @@ cdef int _pools_expire(LockMachine self, uint64_t now) except -1:
             x = item[2]
             if not x.token:
                 _pool_drop(self, pool, x, E_CANCEL)
-            elif _pool_still_needed(pool, x):
+            elif _pool_still_needed(self.pl, pool, x):
                 self.pl.revokes += 1
                 _pool_drop(self, pool, x, E_REVOKE)
             else:
@@ -645,7 +736,7 @@ cdef int _pools_expire(LockMachine self, uint64_t now) except -1:
     return 0
 
 
-cdef bint _pool_still_needed(_Pool pool, _Item x) except -1:
+cdef bint _pool_still_needed(_Pools pl, _Pool pool, _Item x) except -1:
     """Whether the pool's candidate still waits for units and may take them from lease x."""
     cdef list heads = []
     cdef _Tenant t
@@ -657,7 +748,7 @@ cdef bint _pool_still_needed(_Pool pool, _Item x) except -1:
                 heads.append(r)
     if not heads:
         return False
-    pick = _pool_candidate(pool, heads)
+    pick = _pool_candidate(pl, pool, heads)
     if pick.units <= pool.capacity - pool.held or x.tenant is pick.tenant:
         return False
     return x.tenant.band < pick.tenant.band or (pick.tenant.held < pick.tenant.minimum

@@ -89,7 +89,7 @@ def summarize(mode: str, runs: list[dict[str, object]], top: int) -> dict[str, o
     ratios = [a / b for a, b in zip(on_pc, off_pc)]
 
     def per_cycle(rs: list[dict[str, object]], k: str) -> list[float]:
-        return [r["log"][k] / r["cycles"] for r in rs]  # type: ignore[index,operator]
+        return [r["log"][k] / r["cycles"] for r in rs]  # type: ignore[index]
 
     def cmds_per_batch(rs: list[dict[str, object]]) -> list[float]:
         return [r["log"]["batch_commands"] / max(1, r["log"]["batches"] - r["log"]["ticks"])  # type: ignore[index]
@@ -101,11 +101,11 @@ def summarize(mode: str, runs: list[dict[str, object]], top: int) -> dict[str, o
     print(f"  off {statistics.median(off_pc):10,.0f}  (pairs: {', '.join(f'{x:,.0f}' for x in off_pc)})")
     print(f"  on/off median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}; "
           f"pairs: {', '.join(f'{x:.3f}' for x in ratios)})")
-    for label, fn in (("batches per cycle", lambda rs: per_cycle(rs, "batches")),
+    for label, metric in (("batches per cycle", lambda rs: per_cycle(rs, "batches")),
                       ("fsyncs per cycle", lambda rs: per_cycle(rs, "fsyncs")),
                       ("commands per batch", cmds_per_batch),
                       ("cycles/s under valgrind", lambda rs: [r["cycles_per_s"] for r in rs])):
-        a, b = fn(on), fn(off)
+        a, b = metric(on), metric(off)
         print(f"  {label:<24} on {', '.join(f'{x:.3f}' for x in a)}   off {', '.join(f'{x:.3f}' for x in b)}")
     diffs = _callgrind.differences(_callgrind.mean_per_cycle(on), _callgrind.mean_per_cycle(off))
     total = statistics.mean(on_pc) - statistics.mean(off_pc)
@@ -113,6 +113,11 @@ def summarize(mode: str, runs: list[dict[str, object]], top: int) -> dict[str, o
           f"total {total:+,.0f}):")
     for d, fn in diffs[:top]:
         print(f"    {d:+9.0f}  {fn[:110]}")
+    crypto = sum(d for d, fn in diffs if "libcrypto" in fn or "sha256" in fn.lower())
+    batches = statistics.mean(per_cycle(on, "batches"))
+    print(f"  of the {total:+,.0f}: {crypto:+,.0f} in libcrypto (SHA-256: valgrind does not offer SHA-NI, so "
+          f"OpenSSL runs its software rounds), {total - crypto:+,.0f} elsewhere (Python, the journal's write "
+          f"and CRC); per batch (record) {total / batches:+,.0f}, of which {crypto / batches:+,.0f} in libcrypto")
     return {"on": on_pc, "off": off_pc, "ratios": ratios, "top_differences": [(fn, d) for d, fn in diffs[:60]]}
 
 
@@ -124,7 +129,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of the measured load")
     ap.add_argument("--modes", default="durable,no-fsync", help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--top", type=int, default=20, help="functions listed per mode")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="print the summary of an earlier run's JSON (bench/out/callgrind_audit.json) instead")
     args = ap.parse_args()
+    if args.from_json is not None:
+        old = json.loads(args.from_json.read_text())
+        for mode, got in old["modes"].items():
+            summarize(mode, got["runs"], args.top)
+        return
     modes = args.modes.split(",")
     if args.reps < 1 or not 0 < args.seconds <= 3600 or any(m not in MODES for m in modes):
         ap.error("--reps >= 1, --seconds in (0, 3600], --modes of " + ", ".join(MODES))
@@ -133,8 +145,9 @@ def main() -> None:
     from coordcore.audit.checkpoint import write_keypair
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    loads: list[float] = []
     doc: dict[str, object] = {"clients": args.clients, "keys": args.keys, "seconds": args.seconds,
-                              "started": started, "load1": [], "modes": {}}
+                              "started": started, "load1": loads, "modes": {}}
     with tempfile.TemporaryDirectory(prefix="cc-cga-") as tmp_s:
         tmp = Path(tmp_s)
         key = tmp / "audit.key"
@@ -145,7 +158,7 @@ def main() -> None:
                 progress(f"{mode} pair {rep + 1}/{args.reps}: on and off at once (starting under valgrind: ~30 s)")
                 got = pair(args, tmp, key, MODES[mode], rep)
                 load1 = os.getloadavg()[0]
-                doc["load1"].append(load1)  # type: ignore[attr-defined]
+                loads.append(load1)
                 for name, r in got.items():
                     r.update(rep=rep, name=name, load1=load1)
                     runs[mode].append(r)
@@ -158,8 +171,7 @@ def main() -> None:
         doc["modes"][mode] = summarize(mode, runs[mode], args.top)  # type: ignore[index]
         _callgrind.trim_functions(runs[mode])
         doc["modes"][mode]["runs"] = runs[mode]  # type: ignore[index]
-    loads = doc["load1"]
-    print(f"load average (1 min) after each pair: {min(loads):.2f}-{max(loads):.2f}; "  # type: ignore[type-var,arg-type]
+    print(f"load average (1 min) after each pair: {min(loads):.2f}-{max(loads):.2f}; "
           f"{args.clients} clients x {args.keys} keys, {args.seconds} s windows")
     doc["ended"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (HERE / "out").mkdir(exist_ok=True)

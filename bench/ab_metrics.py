@@ -38,8 +38,6 @@ import argparse
 import json
 import os
 import random
-import re
-import select
 import statistics
 import subprocess
 import sys
@@ -48,32 +46,22 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TREE = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import _callgrind  # noqa: E402
 import _loadgen  # noqa: E402
 import _peers  # noqa: E402
 from _report import progress  # noqa: E402
 
 
-def start_server(data: Path, metrics: bool, wrap: list[str] = (), timeout: float = 60) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(data: Path, metrics: bool, wrap: Sequence[str] = (), timeout: float = 60) -> tuple[subprocess.Popen[bytes], int]:
     """A server of this checkout on a free port; ``wrap`` runs it under another program."""
-    argv = [*wrap, sys.executable, "-m", "coordcore.server", "--port", "0", "--data-dir", str(data),
-            "--worker-id", "1", "--announce-port", "--log-level", "warning"]
-    if metrics:
-        argv += ["--metrics-port", "0"]
-    env = dict(os.environ, PYTHONPATH=str(TREE))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=TREE)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else b""
-    if not line.startswith(b"PORT "):
-        proc.kill()
-        raise SystemExit(f"the server did not start within {timeout:.0f} s: {line!r}")
-    return proc, int(line.split()[1])
+    return _callgrind.start_server(data, ["--metrics-port", "0"] if metrics else [], wrap, timeout)
 
 
 def metrics_port(port: int) -> int:
@@ -125,13 +113,7 @@ def median_interval(xs: list[float], resamples: int = 5000) -> tuple[float, floa
     return meds[int(resamples * 0.025)], meds[int(resamples * 0.975) - 1]
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop = _callgrind.stop
 
 
 # --- wall clock ---------------------------------------------------------------------------
@@ -207,117 +189,47 @@ def wall_clock(args: argparse.Namespace) -> dict[str, object]:
 # --- callgrind ------------------------------------------------------------------------------
 
 
-def callgrind_total(path: Path) -> int:
-    m = re.search(rb"^summary: (\d+)", path.read_bytes(), re.M)
-    if m is None:
-        raise SystemExit(f"no summary line in {path}")
-    return int(m.group(1))
-
-
-def self_cost_by_function(path: Path) -> dict[str, int]:
-    """Instructions spent in each function itself (callees excluded), from a callgrind
-    dump: cost lines belong to the current ``fn=``; the line after ``calls=`` is the
-    callee's inclusive cost and is skipped."""
-    names: dict[str, str] = {}
-    cost: dict[str, int] = defaultdict(int)
-    fn = "?"
-    skip_next = False
-    for raw in path.read_text(errors="replace").splitlines():
-        if not raw:
-            continue
-        c = raw[0]
-        if c.isdigit() or c in "+-*":
-            if skip_next:
-                skip_next = False
-                continue
-            parts = raw.split()
-            if len(parts) >= 2:
-                cost[fn] += int(parts[-1])
-        elif raw.startswith("fn="):
-            m = re.match(r"fn=\((\d+)\)(?: (.*))?", raw)
-            if m:
-                if m.group(2) is not None:
-                    names[m.group(1)] = m.group(2)
-                fn = names.get(m.group(1), m.group(1))
-            else:
-                fn = raw[3:]
-        elif raw.startswith("cfn="):  # callee names share fn='s compression table
-            m = re.match(r"cfn=\((\d+)\) (.*)", raw)
-            if m:
-                names[m.group(1)] = m.group(2)
-        elif raw.startswith("calls="):
-            skip_next = True
-    return dict(cost)
+callgrind_total = _callgrind.callgrind_total
+self_cost_by_function = _callgrind.self_cost_by_function
 
 
 def callgrind_pair(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, object]]:
     """One "on" and one "off" server under callgrind, loaded at the same time (so that the
     machine's load, and the per-second costs of a server that does not depend on its
     load, fall on both alike): instructions and cycles of one window each."""
-    wrap = ["valgrind", "--tool=callgrind", "--collect-atstart=yes"]
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for name in ("on", "off"):
-            procs[name] = start_server(tmp / f"data-{name}", name == "on",
-                                       [*wrap, f"--callgrind-out-file={tmp}/cg-{name}.%p"], timeout=600)
+            procs[name] = _callgrind.start_under_callgrind(tmp, name, ["--metrics-port", "0"] if name == "on" else [])
         mport = metrics_port(procs["on"][1])
         scrape(mport)
-
-        def both(seconds: float) -> dict[str, _loadgen.LoadStats]:
-            got: dict[str, _loadgen.LoadStats] = {}
-            threads = [threading.Thread(target=lambda n=n: got.__setitem__(n, _loadgen.run(
-                procs[n][1], "coordcore", clients=args.clients, keys=args.keys, seconds=seconds, warmup=0.0,
-                drain=120.0))) for n in procs]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if len(got) != len(procs):
-                raise SystemExit("a load generator failed (see above)")
-            return got
-
-        both(2.0)  # warm-up: first-use costs (imports, allocations, caches) stay out of the window
-        before = set(tmp.glob("cg-*"))
+        ports = {n: port for n, (_, port) in procs.items()}
+        # warm-up: first-use costs (imports, allocations, caches) stay out of the window
+        _callgrind.load_at_once(ports, clients=args.clients, keys=args.keys, seconds=2.0)
         for proc, _ in procs.values():
-            subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)
+            _callgrind.zero(proc.pid)
         with Scraper(mport) as scraper:
-            stats = both(args.seconds)
-        for name, (proc, _) in procs.items():
-            subprocess.run(["callgrind_control", f"--dump=load-{name}", str(proc.pid)], check=True,
-                           capture_output=True)
-        dumps = wait_dumps(tmp, before, 2)
+            stats = _callgrind.load_at_once(ports, clients=args.clients, keys=args.keys, seconds=args.seconds)
+        dumps = _callgrind.dump_all(tmp, procs, "load")
         out: dict[str, dict[str, object]] = {}
         for name in procs:
-            dump = next(p for p in dumps if p.name.startswith(f"cg-{name}."))
-            out[name] = {"instructions": callgrind_total(dump), "cycles": stats[name].all_cycles,
+            out[name] = {"instructions": callgrind_total(dumps[name]), "cycles": stats[name].all_cycles,
                          "scrapes": scraper.count if name == "on" else 0,
-                         "functions": self_cost_by_function(dump)}
+                         "functions": self_cost_by_function(dumps[name])}
         # One scrape's instructions, apart: under valgrind a second holds few cycles.
         before = set(tmp.glob("cg-*"))
         pid = procs["on"][0].pid
-        subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+        _callgrind.zero(pid)
         for _ in range(10):
             scrape(mport)
-        subprocess.run(["callgrind_control", "--dump=scrapes", str(pid)], check=True, capture_output=True)
-        (idle,) = wait_dumps(tmp, before, 1)
+        _callgrind.dump(pid, "scrapes")
+        (idle,) = _callgrind.wait_dumps(tmp, before, 1)
         out["on"]["instructions_per_scrape"] = callgrind_total(idle) / 10
         out["on"]["scrape_functions"] = {fn: c / 10 for fn, c in self_cost_by_function(idle).items()}
         return out
     finally:
         for proc, _ in procs.values():
             stop(proc)
-
-
-def wait_dumps(tmp: Path, before: set[Path], n: int) -> list[Path]:
-    """The ``n`` callgrind dumps written since ``before`` (a listing of ``tmp``)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        new = [p for p in set(tmp.glob("cg-*")) - before if p.stat().st_size > 0]
-        if len(new) >= n:
-            time.sleep(1.0)  # let the dumps finish writing
-            return new
-        time.sleep(0.2)
-    raise SystemExit(f"callgrind wrote {n} dump(s) within 120 s: no")
 
 
 def callgrind(args: argparse.Namespace) -> dict[str, object]:
@@ -365,16 +277,12 @@ def callgrind(args: argparse.Namespace) -> dict[str, object]:
         return acc
 
     f_on, f_off = per_cycle(on), per_cycle(off)
-    diffs = sorted(((f_on.get(fn, 0.0) - f_off.get(fn, 0.0), fn) for fn in set(f_on) | set(f_off)),
-                   key=lambda t: -abs(t[0]))
+    diffs = _callgrind.differences(f_on, f_off)
     print("  functions whose instructions per cycle differ most (on - off, self cost, mean of the pairs, "
           "scrapes subtracted):")
     for d, fn in diffs[:15]:
         print(f"    {d:+9.0f}  {fn[:110]}")
-    for r in runs:
-        for k in ("functions", "scrape_functions"):
-            if k in r:
-                r[k] = dict(sorted(r[k].items(), key=lambda kv: -kv[1])[:200])  # type: ignore[attr-defined]
+    _callgrind.trim_functions(runs, ("functions", "scrape_functions"))
     return {"mode": "callgrind", "runs": runs, "per_cycle": {
         "off": off_pc, "on": on_pc, "on_without_scrapes": hot_pc, "on_at_rate": real_pc,
         "per_scrape": per_scrape, "rate": args.rate}, "top_differences": [(fn, d) for d, fn in diffs[:40]]}

@@ -11,8 +11,11 @@ before them and off just after, with ``callgrind_control``), in every thread of 
 process (the log's writer thread included). Runs alternate audited / not, in ABBA order.
 
 The embedded service is the server's commit path without its wire: the same pipeline,
-store and journal code; the wire's own cost per cycle (the same in both) only dilutes
-the audit's share in a server, so this is the larger of the two ratios.
+store and journal code. Its ratio is NOT an upper bound for a server's: here the 32
+client tasks are Python in the same process (~160k instructions per cycle in all),
+while a server's clients are the C load generator in another process and its wire is
+native (~38k per cycle), so the audit's cost, about the same in instructions per cycle
+in both, is a larger share of a server's. bench/callgrind_audit.py counts the server.
 """
 from __future__ import annotations
 

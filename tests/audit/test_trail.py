@@ -245,3 +245,27 @@ def test_a_sync_in_a_thread_never_hides_a_record_the_loop_appended_meanwhile(
     journal.sync()  # the next durable point on the loop
     assert synced == [2, 3], "the record appended during the first fsync was never synced"
     trail.close()
+
+
+def test_the_user_less_fast_path_writes_and_hashes_the_same_bytes(tmp_path: Path) -> None:
+    from coordcore.audit.journal import Journal
+    from coordcore.audit.trail import AuditTrail, _leaf_hash, _leaf_parts
+
+    records = [b"", b"x", bytes(range(256)) * 5]
+    slow, fast = tmp_path / "slow", tmp_path / "fast"
+    slow.mkdir()
+    journal = Journal.create(slow, 7, fsync=False)
+    for i, r in enumerate(records):
+        journal.append(7 + i, _leaf_parts(r, ()))
+    journal.close()
+    fast.mkdir()
+    trail = AuditTrail(fast, None, 1000, fsync=False)
+    trail.start(7, None)
+    for i, r in enumerate(records):
+        trail.add(7 + i, r, ())
+    trail.close()
+    assert (fast / JOURNAL).read_bytes() == (slow / JOURNAL).read_bytes()
+    tree = MerkleTree()
+    for r in records:
+        tree.append(_leaf_hash(_leaf_parts(r, ())))
+    assert trail.tree.root() == tree.root()

@@ -576,6 +576,8 @@ class AuditedStore:
         self.refuse_signing: str | None = None
         self.max_record_bytes: int = inner.max_record_bytes
         self.syncs: bool = inner.syncs
+        self._append_then: Callable[[bytes, Callable[[int], None]], asyncio.Future[int] | None] | None = \
+            getattr(inner, "append_then", None)
         # One at a time: a checkpoint is signed at a batch boundary, where the tree and
         # the machine have taken the same records (the journal follows each append).
         self.max_in_flight = 1
@@ -648,9 +650,15 @@ class AuditedStore:
 
     def append(self, record: bytes) -> asyncio.Future[int]:
         users = self._users_of(record) if self._owners else ()
+        trail = self.trail
+        if self._append_then is not None:
+            # The file store runs the audit before it resolves the append: no second
+            # future, no extra event-loop turn per batch.
+            fut = self._append_then(record, lambda index: trail.add(index, record, users))
+            if fut is not None:
+                return fut
         inner = self.inner.append(record)
         out: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        trail = self.trail
 
         def done(f: asyncio.Future[int]) -> None:
             if out.done():

@@ -269,3 +269,25 @@ def test_the_user_less_fast_path_writes_and_hashes_the_same_bytes(tmp_path: Path
     for r in records:
         tree.append(_leaf_hash(_leaf_parts(r, ())))
     assert trail.tree.root() == tree.root()
+
+
+def test_a_record_the_trail_cannot_take_is_not_acknowledged(tmp_path: Path, run: Callable[..., Any]) -> None:
+    async def go() -> None:
+        svc, store = await open_audited(tmp_path, None)
+        await svc.open_session(ttl=30, keepalive=False)
+        assert store._append_then is not None  # the file store's path, without a second future
+        size = store.trail.tree.size
+
+        def broken(*_: object) -> None:
+            raise OSError("audit disk full")
+
+        store.trail.add = broken  # type: ignore[method-assign]
+        with pytest.raises(Exception):
+            await svc.open_session(ttl=30, keepalive=False)
+        assert store.trail.tree.size == size
+        try:
+            await svc.close()
+        except Exception:
+            pass
+
+    run(go())

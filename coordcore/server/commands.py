@@ -55,8 +55,14 @@ def parse_int(value: bytes, what: str, low: int, high: int) -> int:
     Traceback (most recent call last):
     ...
     coordcore.errors.BadArgument: n is not a plain decimal integer: b'1_0'
+    >>> parse_int(b"99999999999999999999999", "n", 0, 100)
+    Traceback (most recent call last):
+    ...
+    coordcore.errors.BadArgument: n must be in [0, 100], got 99999999999999999999999
     """
     if len(value) > 20 or _INT.fullmatch(value) is None or (value[:1] == b"-" and low >= 0):
+        if len(value) <= 64 and _INT.fullmatch(value) is not None:  # plain, just out of range
+            raise BadArgument(f"{what} must be in [{low}, {high}], got {value.decode()}")
         raise BadArgument(f"{what} is not a plain decimal integer: {value[:24]!r}")
     number = int(value)
     if not low <= number <= high:

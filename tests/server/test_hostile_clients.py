@@ -418,6 +418,13 @@ def test_parse_helpers_take_negatives_only_where_allowed() -> None:
             commands.parse_int(bad, "n", 0, 10)
     with pytest.raises(BadArgument):
         commands.parse_float(b"-2.5", "x", 0.0, 10.0)
+    # A plain number out of range says so, however long (up to a bound), rather than
+    # calling it malformed.
+    for plain in (b"-3", b"11", b"9" * 23):
+        with pytest.raises(BadArgument, match=r"must be in \[0, 10\]"):
+            commands.parse_int(plain, "n", 0, 10)
+    with pytest.raises(BadArgument, match="not a plain decimal integer"):
+        commands.parse_int(b"9" * 65, "n", 0, 10)
 
 
 # --- item 8: an unknown command runs nothing ------------------------------------------------

@@ -65,8 +65,29 @@ class ClusterRunConfig:
     acquire_timeout: float = 3.0
     hold: tuple[float, float] = (0.03, 0.2)
     gap: tuple[float, float] = (1.5, 3.0)  # between faults
+    #: After the faults, the load goes on (at most ``settle_max`` s) until the clients have
+    #: released this many grants: a run that happened to grant little is not vacuous.
+    min_releases: int = 0
+    settle_max: float = 30.0
     seed: int = 0
     verbose: bool = False
+
+
+def _releases(hist: Path) -> int:
+    """Releases the clients' histories so far record as done (a line being written is skipped)."""
+    done = 0
+    for path in hist.glob("*.jsonl"):
+        releases: set[int] = set()
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("f") == "release":
+                releases.add(e["op"])
+            elif e.get("type") == "ok" and e.get("op") in releases:
+                done += 1
+    return done
 
 
 @dataclasses.dataclass
@@ -252,6 +273,9 @@ def run(cfg: ClusterRunConfig, workdir: Path) -> ClusterRunResult:
             time.sleep(rng.uniform(*cfg.gap))
             nemesis.inject(schedule.pop() if schedule else rng.choice(cfg.faults))
         time.sleep(2.0)
+        settle_until = time.monotonic() + cfg.settle_max
+        while _releases(hist) < cfg.min_releases and time.monotonic() < settle_until:
+            time.sleep(0.5)
         errors += [f"client c{i} exited early: {p.returncode}" for i, p in enumerate(children)
                    if p.poll() is not None]
         (control / "quiesce").touch()

@@ -30,7 +30,7 @@ def test_locks_hold_under_every_cluster_fault(tmp_path: Path) -> None:
         faults = tuple(f for f in FAULTS if f not in CUTS)
         print(f"\nno network cuts here ({why}): {', '.join(faults)} only")
     seed = int(os.environ.get("COORDCORE_TEST_SEED", random.randrange(2**32)))
-    result = run(ClusterRunConfig(faults=faults, seed=seed), tmp_path)
+    result = run(ClusterRunConfig(faults=faults, seed=seed, min_releases=20), tmp_path)
     text = f"COORDCORE_TEST_SEED={seed}\n{result.text()}"
     print("\n" + text)
     assert not result.harness_errors, text

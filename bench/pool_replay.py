@@ -122,6 +122,8 @@ def load(path: Path) -> tuple[list[bytes], list[int]]:
         (size,) = struct.unpack_from("<I", body, pos)
         records.append(body[pos + 4:pos + 4 + size])
         pos += 4 + size
+    if pos != len(body):
+        raise ValueError(f"{path}: {len(body) - pos} bytes after the last of its {n} records")
     return records, digests
 
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.server.ccserver import aio_raw, read_reply
-from tests.server.test_tracing import by_name, commits_linking, spans_to_memory
+from tests.server.test_tracing import assert_commit_of, by_name, commits_linking, spans_to_memory
 
 from coordcore.client import AsyncClient
 from coordcore.cluster.testing import EtcdCluster
@@ -87,16 +87,9 @@ def test_a_traced_command_to_the_leader_shows_client_server_and_commit_spans(
     assert server_span.status.status_code is StatusCode.UNSET
     # The leader appended the batch that carried the acquire to etcd: its span is linked
     # to the server span, the child of it, in the same trace, within the request's time.
-    (commit,) = commits_linking(spans, server_span)
-    assert commit.parent is not None and commit.parent.span_id == server_span.context.span_id
-    assert commit.context.trace_id == job.context.trace_id
-    attrs = dict(commit.attributes or {})
-    assert attrs["coordcore.batch.commands"] >= 1 and attrs["coordcore.batch.bytes"] > 0
-    assert attrs["coordcore.batch.traced"] >= 1
+    attrs = assert_commit_of(spans, server_span, client_span)
     assert attrs["coordcore.revision"] >= got["token"]  # the batch that granted the token
     assert "coordcore.fsync.duration" not in attrs  # etcd made it durable, not a local fsync
-    assert server_span.start_time <= commit.start_time <= commit.end_time <= server_span.end_time
-    assert client_span.start_time <= server_span.start_time <= server_span.end_time <= client_span.end_time
     (release,) = by_name(spans, "LOCK.RELEASE", SpanKind.SERVER)
     assert release.context.trace_id != job.context.trace_id and len(commits_linking(spans, release)) == 1
     # The follower: MOVED to the leader, an ERROR server span in the caller's trace, no commit.

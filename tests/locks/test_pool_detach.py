@@ -69,17 +69,7 @@ def test_a_detached_pool_wait_is_withdrawn_at_the_grace_unless_its_client_reatta
     r.one(lambda b: b.cap_acquire(2, "gpu", "b", 1, request_id=7, timeout_ms=30))
     info = r.m.pool("gpu")
     assert info is not None and info.waits[1].deadline_ms == r.time + 30
-    r.m.check_invariants()
-    final = r.m.snapshot()
-    replay = LockMachine()
-    for rec in r.records:
-        replay.apply(rec)
-    assert replay.snapshot() == final
-    n, snap = midpoint
-    half = LockMachine.from_snapshot(snap)  # a snapshot with a detached wait in it
-    for rec in r.records[n:]:
-        half.apply(rec)
-    assert half.snapshot() == final
+    final = r.assert_replays(midpoint)  # its snapshot holds a detached wait
     assert LockMachine.from_snapshot(final).snapshot() == final
 
 

@@ -6,8 +6,7 @@ water-filling moved to C integers. The grant decisions are part of the log's mea
 so this build must reproduce every digest."""
 from __future__ import annotations
 
-import struct
-import zlib
+import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -15,19 +14,17 @@ from coordcore._native.lockmachine import crc32c
 from coordcore.locks import LockMachine
 from coordcore.locks.machine import EventKind, decode_events
 
+ROOT = Path(__file__).resolve().parents[2]
 HISTORY = Path(__file__).parent / "data" / "pool_history.bin"
 
 
 def load() -> tuple[list[bytes], list[int]]:
-    data = HISTORY.read_bytes()
-    (n,) = struct.unpack_from("<I", data)
-    digests = list(struct.unpack_from(f"<{n}I", data, 4))
-    body, pos, records = zlib.decompress(data[4 + 4 * n:]), 0, []
-    for _ in range(n):
-        (size,) = struct.unpack_from("<I", body, pos)
-        records.append(body[pos + 4:pos + 4 + size])
-        pos += 4 + size
-    assert pos == len(body)
+    """The fixture, read by the script that wrote it (bench/pool_replay.py)."""
+    spec = importlib.util.spec_from_file_location("pool_replay", ROOT / "bench" / "pool_replay.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    records, digests = script.load(HISTORY)
     return records, digests
 
 

@@ -44,6 +44,22 @@ class Recorder:
         add(b)
         return self.apply(b, dt)
 
+    def assert_replays(self, midpoint: tuple[int, bytes]) -> bytes:
+        """Every record replayed from the start, and those after ``midpoint`` (record
+        count, snapshot) from its snapshot, give this machine's state byte for byte."""
+        self.m.check_invariants()
+        final = self.m.snapshot()
+        replay = LockMachine()
+        for rec in self.records:
+            replay.apply(rec)
+        assert replay.snapshot() == final
+        n, snap = midpoint
+        half = LockMachine.from_snapshot(snap)
+        for rec in self.records[n:]:
+            half.apply(rec)
+        assert half.snapshot() == final
+        return final
+
 
 def test_a_retried_acquire_answers_the_first_lease_and_holds_the_units_once() -> None:
     r = Recorder()
@@ -91,17 +107,7 @@ def test_a_retried_wait_learns_where_it_stands_and_replays_to_the_same_state() -
     r.one(lambda b: b.cap_release(2, "gpu", late.token))
     gone = r.one(lambda b: b.cap_acquire(2, "gpu", "b", 2, request_id=1)).results[0]
     assert gone.status == Status.NOTFOUND and gone.detail == Detail.WAIT_ENDED
-    r.m.check_invariants()
-    final = r.m.snapshot()
-    replay = LockMachine()
-    for rec in r.records:
-        replay.apply(rec)
-    assert replay.snapshot() == final
-    n, snap = midpoint
-    half = LockMachine.from_snapshot(snap)
-    for rec in r.records[n:]:
-        half.apply(rec)
-    assert half.snapshot() == final
+    r.assert_replays(midpoint)
 
 
 def test_the_service_hands_a_retry_the_first_lease_or_the_wait_it_took_over(run: Run) -> None:

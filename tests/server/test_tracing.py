@@ -67,6 +67,21 @@ def commits_linking(spans: tuple[ReadableSpan, ...], server_span: ReadableSpan) 
                     for link in s.links)]
 
 
+def assert_commit_of(spans: tuple[ReadableSpan, ...], server_span: ReadableSpan,
+                     client_span: ReadableSpan) -> dict[str, Any]:
+    """The one commit span linked to ``server_span``: its child, in its trace, within the
+    request's time (as the server's span is within the client's); its attributes."""
+    (commit,) = commits_linking(spans, server_span)
+    assert commit.parent is not None and commit.parent.span_id == server_span.context.span_id
+    assert commit.context.trace_id == server_span.context.trace_id
+    attrs = dict(commit.attributes or {})
+    assert attrs["coordcore.batch.commands"] >= 1 and attrs["coordcore.batch.bytes"] > 0
+    assert attrs["coordcore.batch.traced"] >= 1
+    assert server_span.start_time <= commit.start_time <= commit.end_time <= server_span.end_time
+    assert client_span.start_time <= server_span.start_time <= server_span.end_time <= client_span.end_time
+    return attrs
+
+
 def test_one_trace_shows_the_client_span_the_server_span_and_the_commit(tmp_path: Path, run: Any) -> None:
     provider, exporter = spans_to_memory()
     tracer = provider.get_tracer("the test")
@@ -94,17 +109,10 @@ def test_one_trace_shows_the_client_span_the_server_span_and_the_commit(tmp_path
         "server.address": "127.0.0.1", "server.port": port}
     assert (server_span.attributes or {})["db.operation.name"] == "LOCK.ACQUIRE"
     assert client_span.status.status_code is StatusCode.UNSET
-    # The batch that committed the acquire: linked to the server span, and its child.
-    (commit,) = commits_linking(spans, server_span)
-    assert commit.parent is not None and commit.parent.span_id == server_span.context.span_id
-    assert commit.context.trace_id == job.context.trace_id
-    attrs = dict(commit.attributes or {})
-    assert attrs["coordcore.batch.commands"] >= 1 and attrs["coordcore.batch.bytes"] > 0
-    assert attrs["coordcore.batch.traced"] >= 1
+    # The batch that committed the acquire: linked to the server span, its child, inside
+    # the request's time.
+    attrs = assert_commit_of(spans, server_span, client_span)
     assert attrs["coordcore.fsync.duration"] > 0  # fsync=True: the batch waited for one
-    # The commit happened inside the request's time.
-    assert server_span.start_time <= commit.start_time <= commit.end_time <= server_span.end_time
-    assert client_span.start_time <= server_span.start_time <= server_span.end_time <= client_span.end_time
     # The release is its own trace, with its own commit.
     (release,) = by_name(spans, "LOCK.RELEASE", SpanKind.SERVER)
     assert release.context.trace_id != job.context.trace_id
